@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Creates one virtual environment per peer FHE library, outside the git tree:
+#   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/tenseal   (tenseal, pinned)
+#   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/orion     (orion-fhe, pinned)
+# Idempotent: a venv whose stamp matches its requirements file and whose
+# import check passes is left alone. Uses PyPI through pip only.
+#
+# Environment:
+#   HECNN_PEERS_DIR   where the venvs live (default ~/.cache/hecnn/peers)
+#   PYTHON            interpreter used to create the venvs (default python3;
+#                     tenseal 0.3.18 needs >= 3.11, orion-fhe needs < 3.13)
+#   ORION_FULL_DEPS=1 also install orion-fhe's declared dependencies (torch,
+#                     torchvision, ...; several GB). Not needed by orion_ops.py.
+#   FORCE=1           rebuild the venvs even if they look up to date.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+peers_dir="${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}"
+python="${PYTHON:-python3}"
+mkdir -p "$peers_dir"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# stamp_of NAME FILES... -> a hash of the requirement files and options.
+stamp_of() {
+    local name="$1"
+    shift
+    {
+        echo "$name"
+        echo "full_deps=${ORION_FULL_DEPS:-0}"
+        "$python" -c 'import sys; print(sys.version_info[:2])'
+        cat "$@"
+    } | sha256sum | cut -d' ' -f1
+}
+
+# ensure_venv NAME CHECK_PY INSTALL_FN REQ_FILES...
+ensure_venv() {
+    local name="$1" check="$2" install_fn="$3"
+    shift 3
+    local venv="$peers_dir/$name"
+    local stamp
+    stamp="$(stamp_of "$name" "$@")"
+    if [[ "${FORCE:-0}" != 1 && -f "$venv/.hecnn-stamp" ]] \
+        && [[ "$(cat "$venv/.hecnn-stamp")" == "$stamp" ]] \
+        && "$venv/bin/python" -c "$check" >/dev/null 2>&1; then
+        log "$name: already installed in $venv (skipped)"
+        return 0
+    fi
+    if [[ -d "$venv" ]]; then
+        log "$name: venv out of date or broken, recreating $venv"
+        rm -rf "$venv"
+    else
+        log "$name: creating venv $venv"
+    fi
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$install_fn" "$venv"
+    "$venv/bin/python" -c "$check" >&2
+    echo "$stamp" >"$venv/.hecnn-stamp"
+    log "$name: installed: $("$venv/bin/python" -m pip freeze --disable-pip-version-check | tr '\n' ' ')"
+}
+
+install_tenseal() {
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$here/requirements-tenseal.txt"
+}
+
+install_orion() {
+    if [[ "${ORION_FULL_DEPS:-0}" == 1 ]]; then
+        "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -r "$here/requirements-orion.txt"
+    else
+        # numpy first, then orion-fhe without its (torch, ...) dependencies.
+        "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -r "$here/requirements-orion-deps.txt"
+        # pip warns about the deliberately missing dependencies: hide only that.
+        local pip_log rc=0
+        pip_log="$(mktemp)"
+        "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-deps -r "$here/requirements-orion.txt" >"$pip_log" 2>&1 || rc=$?
+        grep -v -e 'dependency resolver' -e 'requires .*, which is not installed' \
+            "$pip_log" >&2 || true
+        rm -f "$pip_log"
+        return "$rc"
+    fi
+}
+
+tenseal_check='import tenseal, tenseal.sealapi; print(tenseal.__version__)'
+# Do not `import orion` (its __init__ pulls in torch); check the Go library.
+orion_check='import importlib.util, os, ctypes, numpy
+spec = importlib.util.find_spec("orion")
+root = os.path.dirname(spec.origin)
+ctypes.CDLL(os.path.join(root, "backend", "lattigo", "lattigo-linux.so"))'
+
+ensure_venv tenseal "$tenseal_check" install_tenseal "$here/requirements-tenseal.txt"
+ensure_venv orion "$orion_check" install_orion \
+    "$here/requirements-orion.txt" "$here/requirements-orion-deps.txt"
+
+log "done: venvs in $peers_dir"
+printf 'TENSEAL_PY=%s\nORION_PY=%s\n' "$peers_dir/tenseal/bin/python" "$peers_dir/orion/bin/python"

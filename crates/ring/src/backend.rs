@@ -1,0 +1,216 @@
+//! The `Backend` boundary: batches of RNS limbs on some device.
+//!
+//! Primitives work on whole polynomials (all live limbs in one call) so that a GPU backend
+//! can launch one kernel per primitive. Composite steps (gadget decomposition for key
+//! switching, the key-switching inner product) are default methods built from the
+//! primitives; a backend may override them with fused kernels. Scheme code is generic over
+//! `B: Backend` and chooses the backend once per run.
+
+use std::ops::Range;
+
+use crate::{Basis, RingError, RnsContext};
+
+/// An operand of a multi-term kernel: a buffer and the basis of its limbs.
+pub type Operand<'a, B> = (&'a <B as Backend>::Buffer, Basis);
+
+/// A compute backend for RNS polynomial arithmetic.
+///
+/// Buffers hold limbs limb-major (`[limb][n]`). In every kernel, `basis` describes the
+/// destination; each source operand comes with its own basis, which must contain the
+/// destination's limbs (so a key over `Q ∪ P` can be used at any level without copying).
+/// Kernels trust the caller on these invariants (checked by [`crate::RnsPoly`]); they are
+/// infallible except where noted.
+pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
+    /// A device buffer of `u64` words.
+    type Buffer: Clone + Send + Sync + std::fmt::Debug;
+
+    /// Human-readable name, e.g. `cpu(2 threads)`.
+    fn name(&self) -> String;
+
+    /// Allocates `words` zeroed words.
+    ///
+    /// # Errors
+    /// [`RingError::Backend`] if the device is out of memory.
+    fn alloc(&self, words: usize) -> Result<Self::Buffer, RingError>;
+
+    /// Copies host words to a new device buffer.
+    ///
+    /// # Errors
+    /// [`RingError::Backend`] on transfer failure.
+    fn upload(&self, host: &[u64]) -> Result<Self::Buffer, RingError>;
+
+    /// Copies the first `words` words of a buffer to the host.
+    ///
+    /// # Errors
+    /// [`RingError::Backend`] on transfer failure or if the buffer is shorter.
+    fn download(&self, buf: &Self::Buffer, words: usize) -> Result<Vec<u64>, RingError>;
+
+    /// Forward NTT of every limb of `basis`.
+    fn ntt_forward(&self, ctx: &RnsContext, basis: Basis, buf: &mut Self::Buffer);
+
+    /// Inverse NTT of every limb of `basis`.
+    fn ntt_inverse(&self, ctx: &RnsContext, basis: Basis, buf: &mut Self::Buffer);
+
+    /// `dst += src`.
+    fn add_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        src: &Self::Buffer,
+        src_basis: Basis,
+    );
+
+    /// `dst -= src`.
+    fn sub_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        src: &Self::Buffer,
+        src_basis: Basis,
+    );
+
+    /// `dst = -dst`.
+    fn neg_assign(&self, ctx: &RnsContext, basis: Basis, dst: &mut Self::Buffer);
+
+    /// `dst ⊙= src` (evaluation domain).
+    fn mul_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        src: &Self::Buffer,
+        src_basis: Basis,
+    );
+
+    /// `dst = [dst +] Σ_j a_j[perm] ⊙ b_j` with lazy reduction (one reduction per output
+    /// word for up to 32 terms). `perm`, if given, permutes the `a_j` operands' coefficients
+    /// (`a_j[perm[i]]`), which fuses an evaluation-domain automorphism into the sum.
+    #[allow(clippy::too_many_arguments)]
+    fn mul_sum(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        a: &[Operand<'_, Self>],
+        b: &[Operand<'_, Self>],
+        perm: Option<&[u32]>,
+        accumulate: bool,
+    );
+
+    /// Multiplies limb `i` by `scalars[i]`.
+    fn mul_scalar_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        scalars: &[u64],
+    );
+
+    /// Adds the constant polynomial with residues `scalars[i]` (evaluation domain: to every
+    /// word; coefficient domain: to the constant coefficient).
+    fn add_scalar_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        scalars: &[u64],
+        eval: bool,
+    );
+
+    /// `dst = src(X^galois)` in either domain.
+    ///
+    /// # Errors
+    /// [`RingError::InvalidGaloisElement`].
+    fn automorphism(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        src: &Self::Buffer,
+        dst: &mut Self::Buffer,
+        galois: usize,
+        eval: bool,
+    ) -> Result<(), RingError>;
+
+    /// Divide-and-round by the last Q limb of `basis` (evaluation domain in and out). The
+    /// result occupies the first `basis.q - 1` limbs.
+    fn rescale(&self, ctx: &RnsContext, basis: Basis, buf: &mut Self::Buffer);
+
+    /// ModUp of one gadget digit: given `c` over `Q_l` (`l = q - 1`) in both domains, writes
+    /// into `out` (basis `Q_l ∪ P`, evaluation domain) a polynomial congruent to `c` modulo
+    /// the digit's primes `Q_digit` (fast basis conversion from `Q_digit` to all other primes).
+    fn mod_up(
+        &self,
+        ctx: &RnsContext,
+        q: usize,
+        digit: Range<usize>,
+        c_coeff: &Self::Buffer,
+        c_eval: &Self::Buffer,
+        out: &mut Self::Buffer,
+    );
+
+    /// ModDown: maps `x` over `Q_l ∪ P` (evaluation domain) to `⌊x / P⌉` over `Q_l`; the
+    /// result occupies the first `q` limbs.
+    fn mod_down(&self, ctx: &RnsContext, q: usize, buf: &mut Self::Buffer);
+
+    /// Gadget decomposition for hybrid key switching: the ModUp of every digit of `d`
+    /// (evaluation domain, `q` limbs), each over `Q_l ∪ P` in the evaluation domain.
+    ///
+    /// # Errors
+    /// Allocation failure.
+    fn decompose(
+        &self,
+        ctx: &RnsContext,
+        q: usize,
+        d_eval: &Self::Buffer,
+        digits: &[Range<usize>],
+    ) -> Result<Vec<Self::Buffer>, RingError> {
+        let mut coeff = d_eval.clone();
+        self.ntt_inverse(ctx, Basis::q(q), &mut coeff);
+        let ext = Basis::qp(q, ctx.p_count());
+        digits
+            .iter()
+            .filter(|r| r.start < q)
+            .map(|r| {
+                let mut out = self.alloc(ext.len() * ctx.n())?;
+                self.mod_up(ctx, q, r.start..r.end.min(q), &coeff, d_eval, &mut out);
+                Ok(out)
+            })
+            .collect()
+    }
+
+    /// Key-switching inner product and ModDown: returns
+    /// `(⌊Σ_j σ(d_j)·b_j / P⌉, ⌊Σ_j σ(d_j)·a_j / P⌉)` over `Q_l`, where `σ` is the optional
+    /// evaluation-domain permutation and `(b_j, a_j)` are key digits over `Q ∪ P`.
+    ///
+    /// # Errors
+    /// [`RingError::LengthMismatch`] if there are more digits than key components.
+    fn key_switch_decomposed(
+        &self,
+        ctx: &RnsContext,
+        q: usize,
+        parts: &[Self::Buffer],
+        key: &[(&Self::Buffer, &Self::Buffer)],
+        perm: Option<&[u32]>,
+    ) -> Result<(Self::Buffer, Self::Buffer), RingError> {
+        if parts.len() > key.len() {
+            return Err(RingError::LengthMismatch {
+                expected: key.len(),
+                found: parts.len(),
+            });
+        }
+        let ext = Basis::qp(q, ctx.p_count());
+        let full = ctx.full_basis();
+        let a: Vec<Operand<'_, Self>> = parts.iter().map(|p| (p, ext)).collect();
+        let kb: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.0, full)).collect();
+        let ka: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.1, full)).collect();
+        let mut c0 = self.alloc(ext.len() * ctx.n())?;
+        let mut c1 = self.alloc(ext.len() * ctx.n())?;
+        self.mul_sum(ctx, ext, &mut c0, &a, &kb[..a.len()], perm, false);
+        self.mul_sum(ctx, ext, &mut c1, &a, &ka[..a.len()], perm, false);
+        self.mod_down(ctx, q, &mut c0);
+        self.mod_down(ctx, q, &mut c1);
+        Ok((c0, c1))
+    }
+}

@@ -1,0 +1,442 @@
+//! Multi-threaded CPU backend: rayon across limbs, `tfhe-ntt` (AVX-512/IFMA) or the scalar
+//! NTT per limb, lazy 128-bit accumulation in multiply-sum kernels.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::{
+    AlignedVec, Backend, Basis, RingError, RnsContext, backend::Operand, modulus::Modulus,
+};
+
+/// The CPU backend. It owns its rayon thread pool, so thread counts are explicit per backend
+/// (benchmarks compare 1 and 2 threads in one process).
+#[derive(Clone)]
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuBackend({} threads)", self.threads)
+    }
+}
+
+impl CpuBackend {
+    /// A backend with `threads` worker threads (0 = one per available core).
+    ///
+    /// # Errors
+    /// [`RingError::Backend`] if the thread pool cannot be created.
+    pub fn new(threads: usize) -> Result<Self, RingError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hecnn-cpu-{i}"))
+            .build()
+            .map_err(|e| RingError::Backend(format!("thread pool: {e}")))?;
+        Ok(Self {
+            pool: Arc::new(pool),
+            threads,
+        })
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f` inside this backend's thread pool (so nested rayon calls use it).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+}
+
+#[inline]
+fn limb(buf: &AlignedVec, pos: usize, n: usize) -> &[u64] {
+    &buf.as_slice()[pos * n..(pos + 1) * n]
+}
+
+/// Position of the limb with global index `g` in `b` (the caller checked containment).
+#[inline]
+fn pos_of(ctx: &RnsContext, b: &Basis, g: usize) -> usize {
+    debug_assert!(b.position(ctx, g).is_some());
+    if g < ctx.q_count() {
+        g
+    } else {
+        b.q + (g - ctx.q_count())
+    }
+}
+
+/// `Π_{i ∈ digit, i ≠ skip} q_i mod m`.
+fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modulus) -> u64 {
+    digit
+        .filter(|&i| Some(i) != skip)
+        .fold(1 % m.value(), |acc, i| {
+            m.mul(acc, m.reduce(ctx.modulus(i).value()))
+        })
+}
+
+impl CpuBackend {
+    fn zip_limbs(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        src: &AlignedVec,
+        src_basis: Basis,
+        f: impl Fn(&Modulus, &mut [u64], &[u64]) + Sync,
+    ) {
+        let n = ctx.n();
+        self.pool.install(|| {
+            dst.as_mut_slice()[..basis.len() * n]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(pos, d)| {
+                    let g = basis.global(ctx, pos);
+                    f(ctx.modulus(g), d, limb(src, pos_of(ctx, &src_basis, g), n));
+                });
+        });
+    }
+
+    fn each_limb(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        f: impl Fn(usize, usize, &mut [u64]) + Sync,
+    ) {
+        let n = ctx.n();
+        self.pool.install(|| {
+            dst.as_mut_slice()[..basis.len() * n]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(pos, d)| f(pos, basis.global(ctx, pos), d));
+        });
+    }
+}
+
+impl Backend for CpuBackend {
+    type Buffer = AlignedVec;
+
+    fn name(&self) -> String {
+        format!("cpu({} threads)", self.threads)
+    }
+
+    fn alloc(&self, words: usize) -> Result<AlignedVec, RingError> {
+        Ok(AlignedVec::zeroed(words))
+    }
+
+    fn upload(&self, host: &[u64]) -> Result<AlignedVec, RingError> {
+        Ok(AlignedVec::from_slice(host))
+    }
+
+    fn download(&self, buf: &AlignedVec, words: usize) -> Result<Vec<u64>, RingError> {
+        buf.as_slice()
+            .get(..words)
+            .map(<[u64]>::to_vec)
+            .ok_or(RingError::LengthMismatch {
+                expected: words,
+                found: buf.len(),
+            })
+    }
+
+    fn ntt_forward(&self, ctx: &RnsContext, basis: Basis, buf: &mut AlignedVec) {
+        self.each_limb(ctx, basis, buf, |_, g, d| ctx.ntt(g).forward(d));
+    }
+
+    fn ntt_inverse(&self, ctx: &RnsContext, basis: Basis, buf: &mut AlignedVec) {
+        self.each_limb(ctx, basis, buf, |_, g, d| ctx.ntt(g).inverse(d));
+    }
+
+    fn add_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        src: &AlignedVec,
+        src_basis: Basis,
+    ) {
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
+            for (x, &y) in d.iter_mut().zip(s) {
+                *x = m.add(*x, y);
+            }
+        });
+    }
+
+    fn sub_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        src: &AlignedVec,
+        src_basis: Basis,
+    ) {
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
+            for (x, &y) in d.iter_mut().zip(s) {
+                *x = m.sub(*x, y);
+            }
+        });
+    }
+
+    fn neg_assign(&self, ctx: &RnsContext, basis: Basis, dst: &mut AlignedVec) {
+        self.each_limb(ctx, basis, dst, |_, g, d| {
+            let m = ctx.modulus(g);
+            for x in d.iter_mut() {
+                *x = m.neg(*x);
+            }
+        });
+    }
+
+    fn mul_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        src: &AlignedVec,
+        src_basis: Basis,
+    ) {
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
+            for (x, &y) in d.iter_mut().zip(s) {
+                *x = m.mul(*x, y);
+            }
+        });
+    }
+
+    fn mul_sum(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        a: &[Operand<'_, Self>],
+        b: &[Operand<'_, Self>],
+        perm: Option<&[u32]>,
+        accumulate: bool,
+    ) {
+        const CHUNK: usize = 32; // 32 products of < 2^122 each fit in a u128 with the carry-in.
+        let n = ctx.n();
+        self.each_limb(ctx, basis, dst, |_, g, d| {
+            let m = ctx.modulus(g);
+            let al: Vec<&[u64]> = a.iter().map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n)).collect();
+            let bl: Vec<&[u64]> = b.iter().map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n)).collect();
+            let mut first = !accumulate;
+            for (ac, bc) in al.chunks(CHUNK).zip(bl.chunks(CHUNK)) {
+                for (i, out) in d.iter_mut().enumerate() {
+                    let ia = perm.map_or(i, |p| p[i] as usize);
+                    let mut acc: u128 = if first { 0 } else { *out as u128 };
+                    for (x, y) in ac.iter().zip(bc) {
+                        acc += x[ia] as u128 * y[i] as u128;
+                    }
+                    *out = m.reduce_u128_any(acc);
+                }
+                first = false;
+            }
+            if first {
+                d.fill(0);
+            }
+        });
+    }
+
+    fn mul_scalar_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        scalars: &[u64],
+    ) {
+        self.each_limb(ctx, basis, dst, |pos, g, d| {
+            let m = ctx.modulus(g);
+            let s = m.reduce(scalars[pos]);
+            let ss = m.shoup(s);
+            for x in d.iter_mut() {
+                *x = m.mul_shoup(*x, s, ss);
+            }
+        });
+    }
+
+    fn add_scalar_assign(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        scalars: &[u64],
+        eval: bool,
+    ) {
+        self.each_limb(ctx, basis, dst, |pos, g, d| {
+            let m = ctx.modulus(g);
+            let s = m.reduce(scalars[pos]);
+            if eval {
+                for x in d.iter_mut() {
+                    *x = m.add(*x, s);
+                }
+            } else if let Some(x) = d.first_mut() {
+                *x = m.add(*x, s);
+            }
+        });
+    }
+
+    fn automorphism(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        src: &AlignedVec,
+        dst: &mut AlignedVec,
+        galois: usize,
+        eval: bool,
+    ) -> Result<(), RingError> {
+        let n = ctx.n();
+        if eval {
+            let perm = ctx.eval_permutation(galois)?;
+            self.zip_limbs(ctx, basis, dst, src, basis, |_, d, s| {
+                for (x, &p) in d.iter_mut().zip(perm.iter()) {
+                    *x = s[p as usize];
+                }
+            });
+        } else {
+            ctx.check_galois(galois)?;
+            let two_n = 2 * n;
+            self.zip_limbs(ctx, basis, dst, src, basis, |m, d, s| {
+                for (i, &c) in s.iter().enumerate() {
+                    let j = (i * galois) % two_n;
+                    if j < n {
+                        d[j] = c;
+                    } else {
+                        d[j - n] = m.neg(c);
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn rescale(&self, ctx: &RnsContext, basis: Basis, buf: &mut AlignedVec) {
+        let n = ctx.n();
+        let last = basis.q - 1;
+        let ql = *ctx.modulus(last);
+        let half = ql.value() >> 1;
+        let (head, tail) = buf.as_mut_slice().split_at_mut(last * n);
+        let mut t = tail[..n].to_vec();
+        ctx.ntt(last).inverse(&mut t);
+        for x in t.iter_mut() {
+            *x = ql.add(*x, half); // [c + ⌊q_l/2⌋]_{q_l}: rounds instead of flooring
+        }
+        self.pool.install(|| {
+            head.par_chunks_mut(n).enumerate().for_each(|(i, d)| {
+                let m = ctx.modulus(i);
+                let half_i = m.reduce(half);
+                let mut tmp: Vec<u64> = t.iter().map(|&x| m.sub(m.reduce(x), half_i)).collect();
+                ctx.ntt(i).forward(&mut tmp);
+                // q_l is a different prime, hence invertible modulo q_i.
+                let inv = m.inv(ql.value()).unwrap_or(0);
+                let inv_s = m.shoup(inv);
+                for (x, &y) in d.iter_mut().zip(&tmp) {
+                    *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
+                }
+            });
+        });
+    }
+
+    fn mod_up(
+        &self,
+        ctx: &RnsContext,
+        q: usize,
+        digit: Range<usize>,
+        c_coeff: &AlignedVec,
+        c_eval: &AlignedVec,
+        out: &mut AlignedVec,
+    ) {
+        let n = ctx.n();
+        let ext = Basis::qp(q, ctx.p_count());
+        // y_j = c_j · (Q_D / q_j)^{-1} mod q_j
+        let y: Vec<Vec<u64>> = self.pool.install(|| {
+            digit
+                .clone()
+                .into_par_iter()
+                .map(|j| {
+                    let m = ctx.modulus(j);
+                    let inv = m.inv(prod_mod(ctx, digit.clone(), Some(j), m)).unwrap_or(0);
+                    let inv_s = m.shoup(inv);
+                    limb(c_coeff, j, n)
+                        .iter()
+                        .map(|&c| m.mul_shoup(c, inv, inv_s))
+                        .collect()
+                })
+                .collect()
+        });
+        self.each_limb(ctx, ext, out, |_, g, d| {
+            if digit.contains(&g) {
+                d.copy_from_slice(limb(c_eval, g, n));
+                return;
+            }
+            let m = ctx.modulus(g);
+            let consts: Vec<u64> = digit
+                .clone()
+                .map(|j| prod_mod(ctx, digit.clone(), Some(j), m))
+                .collect();
+            for (i, out) in d.iter_mut().enumerate() {
+                let mut acc: u128 = 0;
+                for (yj, &cj) in y.iter().zip(&consts) {
+                    acc += yj[i] as u128 * cj as u128;
+                }
+                *out = m.reduce_u128_any(acc);
+            }
+            ctx.ntt(g).forward(d);
+        });
+    }
+
+    fn mod_down(&self, ctx: &RnsContext, q: usize, buf: &mut AlignedVec) {
+        let n = ctx.n();
+        let k = ctx.p_count();
+        let qc = ctx.q_count();
+        let (head, tail) = buf.as_mut_slice().split_at_mut(q * n);
+        let p_range = qc..qc + k;
+        // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain.
+        let y: Vec<Vec<u64>> = self.pool.install(|| {
+            tail[..k * n]
+                .par_chunks(n)
+                .enumerate()
+                .map(|(j, src)| {
+                    let g = qc + j;
+                    let m = ctx.modulus(g);
+                    let mut v = src.to_vec();
+                    ctx.ntt(g).inverse(&mut v);
+                    let inv = m.inv(prod_mod(ctx, p_range.clone(), Some(g), m)).unwrap_or(0);
+                    let inv_s = m.shoup(inv);
+                    for x in v.iter_mut() {
+                        *x = m.mul_shoup(*x, inv, inv_s);
+                    }
+                    v
+                })
+                .collect()
+        });
+        self.pool.install(|| {
+            head.par_chunks_mut(n).enumerate().for_each(|(i, d)| {
+                let m = ctx.modulus(i);
+                let consts: Vec<u64> = p_range
+                    .clone()
+                    .map(|g| prod_mod(ctx, p_range.clone(), Some(g), m))
+                    .collect();
+                let mut conv: Vec<u64> = (0..n)
+                    .map(|c| {
+                        let mut acc: u128 = 0;
+                        for (yj, &cj) in y.iter().zip(&consts) {
+                            acc += yj[c] as u128 * cj as u128;
+                        }
+                        m.reduce_u128_any(acc)
+                    })
+                    .collect();
+                ctx.ntt(i).forward(&mut conv);
+                let p_inv = m.inv(prod_mod(ctx, p_range.clone(), None, m)).unwrap_or(0);
+                let p_inv_s = m.shoup(p_inv);
+                for (x, &c) in d.iter_mut().zip(&conv) {
+                    *x = m.mul_shoup(m.sub(*x, c), p_inv, p_inv_s);
+                }
+            });
+        });
+    }
+}

@@ -1,0 +1,176 @@
+//! Backend kernels against a big-integer reference (num-bigint).
+
+use hecnn_ring::{
+    Backend, Basis, Coeff, CpuBackend, Eval, NttKind, Prng, RnsContext, RnsPoly, crt, prime,
+    sampler,
+};
+use num_bigint::BigInt;
+use proptest::prelude::*;
+
+const LOG_N: u32 = 5;
+const N: usize = 1 << LOG_N;
+
+fn ctx(kind: NttKind) -> RnsContext {
+    let q = prime::ntt_primes_near(45, LOG_N, 4, &[]).unwrap();
+    let p = prime::ntt_primes(50, LOG_N, 2).unwrap();
+    RnsContext::new(LOG_N, &q, &p, kind).unwrap()
+}
+
+fn random_poly(ctx: &RnsContext, basis: Basis, seed: u64) -> Vec<u64> {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    sampler::expand_uniform(&s, ctx, basis)
+}
+
+fn big(ctx: &RnsContext, basis: Basis, limbs: &[u64]) -> Vec<BigInt> {
+    (0..N).map(|i| crt::crt_centered(ctx, basis, limbs, i)).collect()
+}
+
+fn modulus_of(ctx: &RnsContext, basis: Basis) -> BigInt {
+    ctx.basis_moduli(&basis)
+        .iter()
+        .map(|m| BigInt::from(m.value()))
+        .product()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn rescale_is_exact_rounding(seed in any::<u64>(), threads in 1usize..=2) {
+        let ctx = ctx(NttKind::Fast);
+        let be = CpuBackend::new(threads).unwrap();
+        let basis = Basis::q(4);
+        let host = random_poly(&ctx, basis, seed);
+        let want: Vec<BigInt> = big(&ctx, basis, &host).iter().map(|a| {
+            let ql = BigInt::from(ctx.modulus(3).value());
+            let h = &ql / 2;
+            let s = a + h;
+            // floor division
+            let (d, r) = (&s / &ql, &s % &ql);
+            if r < BigInt::from(0) { d - 1 } else { d }
+        }).collect();
+        let mut p = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &host).unwrap().into_eval(&be, &ctx);
+        p.rescale_assign(&be, &ctx).unwrap();
+        let got = p.into_coeff(&be, &ctx).to_host(&be, &ctx).unwrap();
+        prop_assert_eq!(big(&ctx, Basis::q(3), &got), want);
+    }
+
+    #[test]
+    fn mod_down_divides_by_p(seed in any::<u64>()) {
+        let ctx = ctx(NttKind::Fast);
+        let be = CpuBackend::new(2).unwrap();
+        let ext = Basis::qp(3, 2);
+        let host = random_poly(&ctx, ext, seed);
+        let x = big(&ctx, ext, &host);
+        let pp = modulus_of(&ctx, Basis::qp(0, 2));
+        let poly = RnsPoly::<_, Coeff>::from_host(&be, &ctx, ext, &host).unwrap().into_eval(&be, &ctx);
+        let (mut buf, _) = poly.into_parts();
+        be.mod_down(&ctx, 3, &mut buf);
+        let out = RnsPoly::<_, Eval>::from_buffer(buf, Basis::q(3)).into_coeff(&be, &ctx).to_host(&be, &ctx).unwrap();
+        let got = big(&ctx, Basis::q(3), &out);
+        for (g, xv) in got.iter().zip(&x) {
+            let diff = g * &pp - xv;
+            // ⌊x/P⌋ up to the approximate conversion's u·P term, |u| ≤ number of P primes.
+            prop_assert!(diff.magnitude() <= (&pp * 3u32).magnitude(), "diff {}", diff);
+        }
+    }
+
+    #[test]
+    fn mod_up_is_congruent_modulo_the_digit(seed in any::<u64>()) {
+        let ctx = ctx(NttKind::Scalar);
+        let be = CpuBackend::new(1).unwrap();
+        let basis = Basis::q(4);
+        let host = random_poly(&ctx, basis, seed);
+        let c_eval = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &host).unwrap().into_eval(&be, &ctx);
+        let c_coeff = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &host).unwrap();
+        let ext = Basis::qp(4, 2);
+        let mut out = be.alloc(ext.len() * N).unwrap();
+        be.mod_up(&ctx, 4, 1..3, c_coeff.buffer(), c_eval.buffer(), &mut out);
+        let up = RnsPoly::<_, Eval>::from_buffer(out, ext).into_coeff(&be, &ctx).to_host(&be, &ctx).unwrap();
+        let got = big(&ctx, ext, &up);
+        // [x]_{Q_D} in [0, Q_D): CRT over the digit's primes.
+        let qd = BigInt::from(ctx.modulus(1).value()) * BigInt::from(ctx.modulus(2).value());
+        for i in 0..N {
+            let xd = BigInt::from(host[N + i]) * 1; // limb 1 residue
+            let v = &got[i];
+            // v ≡ x mod q_1 and mod q_2, and v - [x]_{Q_D} = u·Q_D with 0 ≤ u ≤ 2.
+            let r1 = v.modpow(&BigInt::from(1), &BigInt::from(ctx.modulus(1).value()));
+            let r1 = if r1 < BigInt::from(0) { r1 + BigInt::from(ctx.modulus(1).value()) } else { r1 };
+            prop_assert_eq!(r1, xd);
+            let mut base = BigInt::from(0);
+            // reconstruct [x]_{Q_D}
+            for cand in 0..2u64 { let _ = cand; }
+            let x12 = {
+                let m1 = ctx.modulus(1); let m2 = ctx.modulus(2);
+                let a1 = host[N + i]; let a2 = host[2 * N + i];
+                // Garner for two primes
+                let t = m2.mul(m2.sub(a2, m2.reduce(a1)), m2.inv(m1.value()).unwrap());
+                BigInt::from(a1) + BigInt::from(t) * BigInt::from(m1.value())
+            };
+            base += x12;
+            let mut vpos = v.clone();
+            if vpos < BigInt::from(0) { vpos += modulus_of(&ctx, ext); }
+            let diff = vpos - base;
+            prop_assert!(diff >= BigInt::from(0) && diff <= &qd * 2 && (&diff % &qd) == BigInt::from(0), "u·Q_D expected, got {}", diff);
+        }
+    }
+
+    #[test]
+    fn automorphism_domains_agree(seed in any::<u64>(), k in 0usize..N) {
+        let ctx = ctx(NttKind::Fast);
+        let be = CpuBackend::new(1).unwrap();
+        let basis = Basis::qp(2, 2);
+        let host = random_poly(&ctx, basis, seed);
+        let galois = 2 * k + 1;
+        let a = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &host).unwrap();
+        let via_coeff = a.automorphism(&be, &ctx, galois).unwrap().into_eval(&be, &ctx).to_host(&be, &ctx).unwrap();
+        let via_eval = a.clone().into_eval(&be, &ctx).automorphism(&be, &ctx, galois).unwrap().to_host(&be, &ctx).unwrap();
+        prop_assert_eq!(&via_coeff, &via_eval);
+        // Coefficient domain against the definition X^i -> X^(i·g) over big integers.
+        let x = big(&ctx, basis, &host);
+        let got = big(&ctx, basis, &a.automorphism(&be, &ctx, galois).unwrap().to_host(&be, &ctx).unwrap());
+        for i in 0..N {
+            let j = (i * galois) % (2 * N);
+            if j < N { prop_assert_eq!(&got[j], &x[i]); } else { prop_assert_eq!(&got[j - N], &(-x[i].clone())); }
+        }
+    }
+
+    #[test]
+    fn products_match_negacyclic_convolution(seed in any::<u64>()) {
+        let ctx = ctx(NttKind::Fast);
+        let be = CpuBackend::new(2).unwrap();
+        let basis = Basis::q(3);
+        let mut rng = Prng::from_seed([seed as u8; 32]);
+        let a_small = sampler::sample_gaussian(&mut rng, N);
+        let b_small: Vec<i64> = (0..N).map(|_| rng.below(1 << 40) as i64 - (1 << 39)).collect();
+        let a = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &sampler::small_to_rns(&ctx, basis, &a_small)).unwrap().into_eval(&be, &ctx);
+        let b = RnsPoly::<_, Coeff>::from_host(&be, &ctx, basis, &sampler::small_to_rns(&ctx, basis, &b_small)).unwrap().into_eval(&be, &ctx);
+        let mut acc = RnsPoly::<_, Eval>::zero(&be, &ctx, basis).unwrap();
+        acc.mul_acc(&be, &ctx, &a, &b).unwrap();
+        acc.mul_acc(&be, &ctx, &a, &b).unwrap();
+        let got = big(&ctx, basis, &acc.into_coeff(&be, &ctx).to_host(&be, &ctx).unwrap());
+        let mut want = vec![BigInt::from(0); N];
+        for i in 0..N { for j in 0..N {
+            let p = BigInt::from(a_small[i]) * BigInt::from(b_small[j]) * 2;
+            if i + j < N { want[i + j] += p; } else { want[i + j - N] -= p; }
+        }}
+        prop_assert_eq!(got, want);
+    }
+}
+
+#[test]
+fn bad_inputs_are_typed_errors() {
+    let ctx = ctx(NttKind::Fast);
+    let be = CpuBackend::new(1).unwrap();
+    let err = RnsPoly::<_, Coeff>::from_host(&be, &ctx, Basis::q(2), &[0; 3]).unwrap_err();
+    assert!(matches!(err, hecnn_ring::RingError::LengthMismatch { .. }));
+    let mut bad = vec![0u64; 2 * N];
+    bad[5] = u64::MAX;
+    let err = RnsPoly::<_, Coeff>::from_host(&be, &ctx, Basis::q(2), &bad).unwrap_err();
+    assert!(matches!(err, hecnn_ring::RingError::UnreducedInput { limb: 0 }));
+    let a = RnsPoly::<_, Eval>::zero(&be, &ctx, Basis::q(3)).unwrap();
+    let mut b = RnsPoly::<_, Eval>::zero(&be, &ctx, Basis::q(4)).unwrap();
+    assert!(matches!(b.add_assign(&be, &ctx, &a), Err(hecnn_ring::RingError::BasisMismatch { .. })));
+    assert!(a.automorphism(&be, &ctx, 2).is_err());
+}
