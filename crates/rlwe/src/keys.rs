@@ -1,0 +1,424 @@
+//! Secret, public, relinearization and Galois keys.
+//!
+//! The [`SecretKey`] stays with the party that generated it: it is not `Clone`, it is zeroized
+//! on drop, and no server-side API accepts it. Everything else is public and carries the
+//! 32-byte seeds its uniform parts were expanded from, so keys travel at half size.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use hecnn_ring::{Backend, Basis, Coeff, Eval, Prng, RnsPoly, sampler};
+use zeroize::Zeroizing;
+
+use crate::{Params, RlweError, SecretDistribution};
+
+/// The secret key `s` (ternary), kept on the host in coefficient and evaluation form.
+pub struct SecretKey {
+    params: Arc<Params>,
+    coeffs: Zeroizing<Vec<i8>>,
+    /// NTT of `s` over the full basis `Q ∪ P`, limb-major.
+    eval_qp: Zeroizing<Vec<u64>>,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
+}
+
+/// Uploads the evaluation form of a small polynomial over `basis`.
+pub(crate) fn small_eval<B: Backend>(
+    be: &B,
+    params: &Params,
+    basis: Basis,
+    coeffs: &[i64],
+) -> Result<RnsPoly<B, Eval>, RlweError> {
+    let ctx = params.ctx();
+    let host = Zeroizing::new(sampler::small_to_rns(ctx, basis, coeffs));
+    Ok(RnsPoly::<B, Coeff>::from_host(be, ctx, basis, &host)?.into_eval(be, ctx))
+}
+
+/// A fresh Gaussian error polynomial over `basis`, evaluation domain.
+pub(crate) fn gaussian_eval<B: Backend>(
+    be: &B,
+    params: &Params,
+    basis: Basis,
+    rng: &mut Prng,
+) -> Result<RnsPoly<B, Eval>, RlweError> {
+    let e = Zeroizing::new(sampler::sample_gaussian(rng, params.n()));
+    small_eval(be, params, basis, &e)
+}
+
+/// The uniform polynomial expanded from `seed` over `basis`.
+pub(crate) fn uniform_eval<B: Backend>(
+    be: &B,
+    params: &Params,
+    basis: Basis,
+    seed: &[u8; 32],
+) -> Result<RnsPoly<B, Eval>, RlweError> {
+    let host = sampler::expand_uniform(seed, params.ctx(), basis);
+    Ok(RnsPoly::from_host(be, params.ctx(), basis, &host)?)
+}
+
+impl SecretKey {
+    /// Samples a secret key with the parameters' secret distribution.
+    ///
+    /// # Errors
+    /// Sampling errors (e.g. an impossible Hamming weight).
+    pub fn generate(params: &Arc<Params>, rng: &mut Prng) -> Result<Self, RlweError> {
+        let n = params.n();
+        let coeffs = Zeroizing::new(match params.secret() {
+            SecretDistribution::Ternary => sampler::sample_ternary(rng, n),
+            SecretDistribution::SparseTernary { h } => sampler::sample_sparse_ternary(rng, n, h)?,
+        });
+        Self::from_coeffs(params, coeffs)
+    }
+
+    fn from_coeffs(params: &Arc<Params>, coeffs: Zeroizing<Vec<i8>>) -> Result<Self, RlweError> {
+        let ctx = params.ctx();
+        let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coeffs.iter().map(|&c| c as i64).collect());
+        let mut eval = Zeroizing::new(sampler::small_to_rns(ctx, ctx.full_basis(), &wide));
+        for (g, limb) in eval.chunks_exact_mut(params.n()).enumerate() {
+            ctx.ntt(g).forward(limb);
+        }
+        Ok(Self {
+            params: Arc::clone(params),
+            coeffs,
+            eval_qp: eval,
+        })
+    }
+
+    /// The parameters of this key.
+    pub fn params(&self) -> &Arc<Params> {
+        &self.params
+    }
+
+    /// `s` over `basis` in the evaluation domain, on the backend.
+    pub(crate) fn eval_poly<B: Backend>(
+        &self,
+        be: &B,
+        basis: Basis,
+    ) -> Result<RnsPoly<B, Eval>, RlweError> {
+        let ctx = self.params.ctx();
+        let n = self.params.n();
+        let mut host = Zeroizing::new(Vec::with_capacity(basis.len() * n));
+        for pos in 0..basis.len() {
+            let g = basis.global(ctx, pos);
+            host.extend_from_slice(&self.eval_qp[g * n..(g + 1) * n]);
+        }
+        Ok(RnsPoly::from_host(be, ctx, basis, &host)?)
+    }
+
+    /// The public key `(b, a) = (-a·s + e, a)` over `Q`.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn public_key<B: Backend>(&self, be: &B, rng: &mut Prng) -> Result<PublicKey<B>, RlweError> {
+        let basis = Basis::q(self.params.q().len());
+        let seed = rng.seed();
+        let (b, a) = self.rlwe_sample(be, basis, &seed, rng)?;
+        Ok(PublicKey {
+            params: Arc::clone(&self.params),
+            b,
+            a,
+            seed,
+        })
+    }
+
+    /// `(-a·s + e, a)` over `basis` with `a` expanded from `seed`.
+    pub(crate) fn rlwe_sample<B: Backend>(
+        &self,
+        be: &B,
+        basis: Basis,
+        seed: &[u8; 32],
+        rng: &mut Prng,
+    ) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
+        let ctx = self.params.ctx();
+        let a = uniform_eval(be, &self.params, basis, seed)?;
+        let s = self.eval_poly(be, basis)?;
+        let mut b = gaussian_eval(be, &self.params, basis, rng)?;
+        let mut as_ = a.clone();
+        as_.mul_assign(be, ctx, &s)?;
+        b.sub_assign(be, ctx, &as_)?;
+        Ok((b, a))
+    }
+
+    /// A key switching from `s'` (given in evaluation form over `Q ∪ P`) to `s`.
+    fn switching_key<B: Backend>(
+        &self,
+        be: &B,
+        s_prime: &RnsPoly<B, Eval>,
+        rng: &mut Prng,
+    ) -> Result<SwitchingKey<B>, RlweError> {
+        let params = &self.params;
+        let ctx = params.ctx();
+        if params.p().is_empty() {
+            return Err(RlweError::NoSpecialPrimes);
+        }
+        let full = ctx.full_basis();
+        let p_mod_q: Vec<u64> = (0..ctx.q_count())
+            .map(|i| {
+                let m = ctx.modulus(i);
+                params.p().iter().fold(1, |acc, &p| m.mul(acc, m.reduce(p)))
+            })
+            .collect();
+        let mut parts = Vec::with_capacity(params.dnum());
+        let mut seeds = Vec::with_capacity(params.dnum());
+        for digit in params.digits() {
+            let seed = rng.seed();
+            let (mut b, a) = self.rlwe_sample(be, full, &seed, rng)?;
+            // + P·g_j·s' where [g_j]_{q_i} = 1 for q_i in the digit, 0 elsewhere (and mod P).
+            let scalars: Vec<u64> = (0..full.len())
+                .map(|pos| if digit.contains(&pos) { p_mod_q[pos] } else { 0 })
+                .collect();
+            let mut t = s_prime.clone();
+            t.mul_scalar_assign(be, ctx, &scalars)?;
+            b.add_assign(be, ctx, &t)?;
+            parts.push((b, a));
+            seeds.push(seed);
+        }
+        Ok(SwitchingKey { parts, seeds })
+    }
+
+    /// The relinearization key (switches `s²` to `s`).
+    ///
+    /// # Errors
+    /// [`RlweError::NoSpecialPrimes`] without P primes; backend failures.
+    pub fn relin_key<B: Backend>(&self, be: &B, rng: &mut Prng) -> Result<RelinKey<B>, RlweError> {
+        let ctx = self.params.ctx();
+        let s = self.eval_poly(be, ctx.full_basis())?;
+        let mut s2 = s.clone();
+        s2.mul_assign(be, ctx, &s)?;
+        Ok(RelinKey(self.switching_key(be, &s2, rng)?))
+    }
+
+    /// The Galois key for `X ↦ X^galois` (switches `s(X^galois)` to `s`).
+    ///
+    /// # Errors
+    /// Invalid Galois element, no P primes, backend failures.
+    pub fn galois_key<B: Backend>(
+        &self,
+        be: &B,
+        galois: usize,
+        rng: &mut Prng,
+    ) -> Result<GaloisKey<B>, RlweError> {
+        let ctx = self.params.ctx();
+        let s = self.eval_poly(be, ctx.full_basis())?;
+        let s_g = s.automorphism(be, ctx, galois)?;
+        Ok(GaloisKey {
+            galois,
+            key: self.switching_key(be, &s_g, rng)?,
+        })
+    }
+
+    /// Generates exactly the evaluation keys listed in `req`.
+    ///
+    /// # Errors
+    /// See [`SecretKey::relin_key`] and [`SecretKey::galois_key`].
+    pub fn evaluation_keys<B: Backend>(
+        &self,
+        be: &B,
+        req: &KeyRequirements,
+        rng: &mut Prng,
+    ) -> Result<EvaluationKeys<B>, RlweError> {
+        let relin = if req.relin {
+            Some(self.relin_key(be, rng)?)
+        } else {
+            None
+        };
+        let mut galois = BTreeMap::new();
+        for g in req.galois_elements(&self.params) {
+            galois.insert(g, self.galois_key(be, g, rng)?);
+        }
+        Ok(EvaluationKeys {
+            params: Arc::clone(&self.params),
+            relin,
+            galois,
+        })
+    }
+
+    /// Serializes the secret key (ternary coefficients, 2 bits of information each, stored as
+    /// bytes). Store the result only where the key owner controls it.
+    pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let body: Zeroizing<Vec<u8>> =
+            Zeroizing::new(self.coeffs.iter().map(|&c| c as u8).collect());
+        Zeroizing::new(crate::serial::encode(
+            crate::serial::Kind::SecretKey,
+            &self.params,
+            &body.as_slice(),
+        ))
+    }
+
+    /// Loads a secret key written by [`SecretKey::to_secret_bytes`].
+    ///
+    /// # Errors
+    /// Malformed data, wrong parameters, coefficients outside `{-1, 0, 1}`.
+    pub fn from_secret_bytes(params: &Arc<Params>, bytes: &[u8]) -> Result<Self, RlweError> {
+        let body: Vec<u8> = crate::serial::decode(
+            crate::serial::Kind::SecretKey,
+            params,
+            bytes,
+            params.n() + 64,
+        )?;
+        let body = Zeroizing::new(body);
+        if body.len() != params.n() {
+            return Err(RlweError::Malformed {
+                what: "secret key length",
+            });
+        }
+        let coeffs: Zeroizing<Vec<i8>> = Zeroizing::new(body.iter().map(|&b| b as i8).collect());
+        if coeffs.iter().any(|&c| !(-1..=1).contains(&c)) {
+            return Err(RlweError::Malformed {
+                what: "secret key coefficient",
+            });
+        }
+        Self::from_coeffs(params, coeffs)
+    }
+}
+
+/// The public encryption key `(b, a)` over `Q`.
+pub struct PublicKey<B: Backend> {
+    pub(crate) params: Arc<Params>,
+    pub(crate) b: RnsPoly<B, Eval>,
+    pub(crate) a: RnsPoly<B, Eval>,
+    pub(crate) seed: [u8; 32],
+}
+
+/// Digits `(b_j, a_j)` of a hybrid key-switching key over `Q ∪ P`, with the seeds of `a_j`.
+pub struct SwitchingKey<B: Backend> {
+    pub(crate) parts: Vec<(RnsPoly<B, Eval>, RnsPoly<B, Eval>)>,
+    pub(crate) seeds: Vec<[u8; 32]>,
+}
+
+impl<B: Backend> SwitchingKey<B> {
+    /// Number of digits.
+    pub fn dnum(&self) -> usize {
+        self.parts.len()
+    }
+    pub(crate) fn buffers(&self) -> Vec<(&B::Buffer, &B::Buffer)> {
+        self.parts
+            .iter()
+            .map(|(b, a)| (b.buffer(), a.buffer()))
+            .collect()
+    }
+}
+
+/// Relinearization key.
+pub struct RelinKey<B: Backend>(pub(crate) SwitchingKey<B>);
+
+/// Galois (rotation / conjugation) key for one Galois element.
+pub struct GaloisKey<B: Backend> {
+    pub(crate) galois: usize,
+    pub(crate) key: SwitchingKey<B>,
+}
+
+impl<B: Backend> GaloisKey<B> {
+    /// The Galois element `g` of `X ↦ X^g`.
+    pub fn galois(&self) -> usize {
+        self.galois
+    }
+}
+
+/// Which evaluation keys a computation needs (computed from a circuit or plan).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyRequirements {
+    /// Relinearization key.
+    pub relin: bool,
+    /// Slot rotations by these steps.
+    pub rotations: BTreeSet<i64>,
+    /// Complex conjugation.
+    pub conjugate: bool,
+}
+
+impl KeyRequirements {
+    /// Only a relinearization key.
+    pub fn relin() -> Self {
+        Self {
+            relin: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds rotation steps.
+    pub fn with_rotations(mut self, steps: impl IntoIterator<Item = i64>) -> Self {
+        self.rotations.extend(steps);
+        self
+    }
+
+    /// Adds the conjugation key.
+    pub fn with_conjugate(mut self) -> Self {
+        self.conjugate = true;
+        self
+    }
+
+    /// The distinct Galois elements these requirements translate to.
+    pub fn galois_elements(&self, params: &Params) -> BTreeSet<usize> {
+        let ctx = params.ctx();
+        let mut out: BTreeSet<usize> = self
+            .rotations
+            .iter()
+            .map(|&k| ctx.galois_element(k))
+            .filter(|&g| g != 1)
+            .collect();
+        if self.conjugate {
+            out.insert(ctx.galois_conjugate());
+        }
+        out
+    }
+
+    /// Size in bytes of the seed-compressed keys these requirements produce.
+    pub fn key_bytes(&self, params: &Params) -> usize {
+        let count = self.galois_elements(params).len() + usize::from(self.relin);
+        count * params.switching_key_bytes()
+    }
+}
+
+/// The evaluation keys a server holds: relinearization and Galois keys. Never a secret key.
+pub struct EvaluationKeys<B: Backend> {
+    pub(crate) params: Arc<Params>,
+    pub(crate) relin: Option<RelinKey<B>>,
+    pub(crate) galois: BTreeMap<usize, GaloisKey<B>>,
+}
+
+impl<B: Backend> EvaluationKeys<B> {
+    /// The parameters these keys belong to.
+    pub fn params(&self) -> &Arc<Params> {
+        &self.params
+    }
+    /// The relinearization key.
+    ///
+    /// # Errors
+    /// [`RlweError::MissingRelinKey`].
+    pub fn relin(&self) -> Result<&RelinKey<B>, RlweError> {
+        self.relin.as_ref().ok_or(RlweError::MissingRelinKey)
+    }
+    /// The Galois key for element `g`.
+    ///
+    /// # Errors
+    /// [`RlweError::MissingGaloisKey`].
+    pub fn galois(&self, g: usize) -> Result<&GaloisKey<B>, RlweError> {
+        self.galois
+            .get(&g)
+            .ok_or(RlweError::MissingGaloisKey { galois: g })
+    }
+    /// Whether a Galois key for `g` is present.
+    pub fn has_galois(&self, g: usize) -> bool {
+        self.galois.contains_key(&g)
+    }
+    /// The Galois elements with keys.
+    pub fn galois_elements(&self) -> impl Iterator<Item = usize> + '_ {
+        self.galois.keys().copied()
+    }
+    /// Adds a Galois key (e.g. received separately).
+    ///
+    /// # Errors
+    /// [`RlweError::ParamsMismatch`] never here (keys carry no parameters); kept for symmetry.
+    pub fn insert_galois(&mut self, key: GaloisKey<B>) {
+        self.galois.insert(key.galois, key);
+    }
+    /// Size in bytes of these keys in seed-compressed serialized form.
+    pub fn size_bytes(&self) -> usize {
+        let count = self.galois.len() + usize::from(self.relin.is_some());
+        count * self.params.switching_key_bytes()
+    }
+}

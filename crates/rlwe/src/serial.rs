@@ -1,0 +1,501 @@
+//! Versioned, fingerprinted, size-bounded serialization of parameters, keys and ciphertexts.
+//!
+//! Every object is an envelope `{ magic, format version, kind, parameter fingerprint, body }`
+//! encoded with `postcard`; polynomial limbs are raw little-endian words. Loading checks the
+//! total size against a caller-given bound before parsing, the magic, version, kind and
+//! fingerprint, every length against the parameters, and that every word is reduced modulo
+//! its prime.
+
+use std::sync::Arc;
+
+use hecnn_ring::{Backend, Basis, Eval, RnsPoly, sampler::UNIFORM_EXPANSION_ID};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{
+    Ciphertext, EvaluationKeys, GaloisKey, Params, ParamsLiteral, PublicKey, RelinKey, RlweError,
+    SwitchingKey, keys::uniform_eval,
+};
+
+/// Magic bytes at the start of every hecnn object.
+pub const MAGIC: [u8; 4] = *b"HECN";
+/// Current format version.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// What an envelope holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Kind {
+    /// Parameters.
+    Params,
+    /// A secret key (client only).
+    SecretKey,
+    /// A public key.
+    PublicKey,
+    /// Evaluation keys (relinearization and Galois).
+    EvaluationKeys,
+    /// A ciphertext.
+    Ciphertext,
+    /// Scheme-level payload (e.g. a CKKS ciphertext with its scale).
+    Scheme,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    magic: [u8; 4],
+    version: u16,
+    kind: Kind,
+    fingerprint: [u8; 32],
+    body: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EnvelopeHead {
+    magic: [u8; 4],
+    version: u16,
+    kind: Kind,
+    fingerprint: [u8; 32],
+}
+
+/// Encodes `body` in an envelope for `params`.
+pub fn encode<T: Serialize>(kind: Kind, params: &Params, body: &T) -> Vec<u8> {
+    let env = Envelope {
+        magic: MAGIC,
+        version: FORMAT_VERSION,
+        kind,
+        fingerprint: params.fingerprint(),
+        body,
+    };
+    // Serializing plain structs into a Vec cannot fail.
+    postcard::to_allocvec(&env).unwrap_or_default()
+}
+
+/// Decodes and checks an envelope; `limit` bounds the input size in bytes.
+///
+/// # Errors
+/// [`RlweError::TooLarge`], [`RlweError::Malformed`], [`RlweError::UnsupportedVersion`],
+/// [`RlweError::WrongKind`], [`RlweError::ParamsMismatch`].
+pub fn decode<T: DeserializeOwned>(
+    kind: Kind,
+    params: &Params,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, RlweError> {
+    check_head(kind, Some(params), bytes, limit)?;
+    let env: Envelope<T> = postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed {
+        what: "object body",
+    })?;
+    Ok(env.body)
+}
+
+fn check_head(
+    kind: Kind,
+    params: Option<&Params>,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(), RlweError> {
+    if bytes.len() > limit {
+        return Err(RlweError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let (head, _): (EnvelopeHead, _) =
+        postcard::take_from_bytes(bytes).map_err(|_| RlweError::Malformed {
+            what: "object header",
+        })?;
+    if head.magic != MAGIC {
+        return Err(RlweError::Malformed {
+            what: "magic bytes (not a hecnn object)",
+        });
+    }
+    if head.version != FORMAT_VERSION {
+        return Err(RlweError::UnsupportedVersion {
+            found: head.version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if head.kind != kind {
+        return Err(RlweError::WrongKind {
+            expected: format!("{kind:?}"),
+            found: format!("{:?}", head.kind),
+        });
+    }
+    if let Some(p) = params
+        && head.fingerprint != p.fingerprint()
+    {
+        return Err(RlweError::ParamsMismatch);
+    }
+    Ok(())
+}
+
+/// A polynomial on the wire: live limb counts and raw little-endian words.
+#[derive(Serialize, Deserialize)]
+pub struct PolyWire {
+    q: u32,
+    p: u32,
+    words: Vec<u8>,
+}
+
+impl PolyWire {
+    /// Downloads and packs a polynomial.
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn pack<B: Backend>(
+        be: &B,
+        params: &Params,
+        poly: &RnsPoly<B, Eval>,
+    ) -> Result<Self, RlweError> {
+        let host = poly.to_host(be, params.ctx())?;
+        let basis = poly.basis();
+        Ok(Self {
+            q: basis.q as u32,
+            p: basis.p as u32,
+            words: bytemuck::cast_slice(&host).to_vec(),
+        })
+    }
+
+    /// Validates and uploads a polynomial; `expect` fixes the basis when it is known.
+    ///
+    /// # Errors
+    /// [`RlweError::Malformed`] for a wrong basis, length or unreduced words.
+    pub fn unpack<B: Backend>(
+        &self,
+        be: &B,
+        params: &Params,
+        expect: Option<Basis>,
+    ) -> Result<RnsPoly<B, Eval>, RlweError> {
+        let ctx = params.ctx();
+        let basis = Basis::qp(self.q as usize, self.p as usize);
+        if basis.q == 0 || basis.q > ctx.q_count() || basis.p > ctx.p_count() {
+            return Err(RlweError::Malformed { what: "limb count" });
+        }
+        if expect.is_some_and(|e| e != basis) {
+            return Err(RlweError::Malformed { what: "basis" });
+        }
+        if self.words.len() != basis.len() * params.n() * 8 {
+            return Err(RlweError::Malformed {
+                what: "polynomial length",
+            });
+        }
+        let words: Vec<u64> = self
+            .words
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect();
+        RnsPoly::from_host(be, ctx, basis, &words).map_err(|_| RlweError::Malformed {
+            what: "unreduced polynomial coefficients",
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct CiphertextWire {
+    parts: Vec<PolyWire>,
+    /// (expansion algorithm id, seed of c_1) for seed-compressed ciphertexts.
+    seed: Option<(u8, [u8; 32])>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SwitchingKeyWire {
+    galois: Option<u64>,
+    b: Vec<PolyWire>,
+    seeds: Vec<[u8; 32]>,
+    expansion: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EvaluationKeysWire {
+    relin: Option<SwitchingKeyWire>,
+    galois: Vec<SwitchingKeyWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicKeyWire {
+    b: PolyWire,
+    seed: [u8; 32],
+    expansion: u8,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ParamsWire {
+    literal: ParamsLiteral,
+    q: Vec<u64>,
+    p: Vec<u64>,
+}
+
+fn check_expansion(id: u8) -> Result<(), RlweError> {
+    if id == UNIFORM_EXPANSION_ID {
+        Ok(())
+    } else {
+        Err(RlweError::Malformed {
+            what: "unknown seed-expansion algorithm",
+        })
+    }
+}
+
+impl Params {
+    /// Serializes the parameters (literal and generated primes).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(
+            Kind::Params,
+            self,
+            &ParamsWire {
+                literal: self.literal().clone(),
+                q: self.q().to_vec(),
+                p: self.p().to_vec(),
+            },
+        )
+    }
+
+    /// Loads parameters, rebuilding (and re-checking security of) the literal, and verifying
+    /// that the primes and fingerprint match.
+    ///
+    /// # Errors
+    /// Malformed data, a failed security check, or mismatching primes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Arc<Self>, RlweError> {
+        check_head(Kind::Params, None, bytes, 1 << 20)?;
+        let env: Envelope<ParamsWire> =
+            postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed {
+                what: "parameters",
+            })?;
+        let params = env.body.literal.build()?;
+        if params.q() != env.body.q.as_slice()
+            || params.p() != env.body.p.as_slice()
+            || params.fingerprint() != env.fingerprint
+        {
+            return Err(RlweError::ParamsMismatch);
+        }
+        Ok(Arc::new(params))
+    }
+}
+
+/// Upper bound on the serialized size of a ciphertext of degree ≤ 2 for these parameters.
+pub fn ciphertext_limit(params: &Params) -> usize {
+    3 * params.poly_bytes(params.max_level()) + 4096
+}
+
+impl<B: Backend> Ciphertext<B> {
+    /// Serializes (seed-compressed when possible).
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn to_bytes(&self, be: &B, params: &Params) -> Result<Vec<u8>, RlweError> {
+        let wire = self.to_wire(be, params)?;
+        Ok(encode(Kind::Ciphertext, params, &wire))
+    }
+
+    fn to_wire(&self, be: &B, params: &Params) -> Result<CiphertextWire, RlweError> {
+        let (parts, seed) = match (self.seed(), self.parts()) {
+            (Some(seed), [c0, _]) => (vec![c0], Some((UNIFORM_EXPANSION_ID, *seed))),
+            _ => (self.parts().iter().collect(), None),
+        };
+        Ok(CiphertextWire {
+            parts: parts
+                .into_iter()
+                .map(|p| PolyWire::pack(be, params, p))
+                .collect::<Result<_, _>>()?,
+            seed,
+        })
+    }
+
+    /// Loads and validates a ciphertext for `params`.
+    ///
+    /// # Errors
+    /// Size, format, fingerprint and content errors.
+    pub fn from_bytes(be: &B, params: &Params, bytes: &[u8]) -> Result<Self, RlweError> {
+        let wire: CiphertextWire =
+            decode(Kind::Ciphertext, params, bytes, ciphertext_limit(params))?;
+        Self::from_wire(be, params, &wire)
+    }
+
+    fn from_wire(be: &B, params: &Params, wire: &CiphertextWire) -> Result<Self, RlweError> {
+        let first = wire.parts.first().ok_or(RlweError::Malformed {
+            what: "ciphertext without components",
+        })?;
+        let basis = Basis::q(first.q as usize);
+        let mut parts = wire
+            .parts
+            .iter()
+            .map(|p| p.unpack(be, params, Some(basis)))
+            .collect::<Result<Vec<_>, _>>()?;
+        match wire.seed {
+            Some((id, seed)) => {
+                check_expansion(id)?;
+                if parts.len() != 1 {
+                    return Err(RlweError::Malformed {
+                        what: "seeded ciphertext component count",
+                    });
+                }
+                parts.push(uniform_eval(be, params, basis, &seed)?);
+                Ok(Ciphertext::with_seed(parts, Some(seed)))
+            }
+            None => {
+                if parts.len() > 3 {
+                    return Err(RlweError::Malformed {
+                        what: "ciphertext degree",
+                    });
+                }
+                Ciphertext::from_parts(parts)
+            }
+        }
+    }
+}
+
+/// Serializes a scheme-level ciphertext: the RLWE ciphertext plus scheme metadata `M`.
+///
+/// # Errors
+/// Backend transfer failures.
+pub fn encode_with_meta<B: Backend, M: Serialize>(
+    be: &B,
+    params: &Params,
+    ct: &Ciphertext<B>,
+    meta: &M,
+) -> Result<Vec<u8>, RlweError> {
+    let wire = ct.to_wire(be, params)?;
+    Ok(encode(Kind::Scheme, params, &(meta, wire)))
+}
+
+/// Loads a scheme-level ciphertext written by [`encode_with_meta`].
+///
+/// # Errors
+/// Size, format, fingerprint and content errors.
+pub fn decode_with_meta<B: Backend, M: DeserializeOwned>(
+    be: &B,
+    params: &Params,
+    bytes: &[u8],
+) -> Result<(Ciphertext<B>, M), RlweError> {
+    let (meta, wire): (M, CiphertextWire) =
+        decode(Kind::Scheme, params, bytes, ciphertext_limit(params))?;
+    Ok((Ciphertext::from_wire(be, params, &wire)?, meta))
+}
+
+impl<B: Backend> PublicKey<B> {
+    /// Serializes `b` and the seed of `a`.
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, RlweError> {
+        let wire = PublicKeyWire {
+            b: PolyWire::pack(be, &self.params, &self.b)?,
+            seed: self.seed,
+            expansion: UNIFORM_EXPANSION_ID,
+        };
+        Ok(encode(Kind::PublicKey, &self.params, &wire))
+    }
+
+    /// Loads a public key.
+    ///
+    /// # Errors
+    /// Size, format, fingerprint and content errors.
+    pub fn from_bytes(be: &B, params: &Arc<Params>, bytes: &[u8]) -> Result<Self, RlweError> {
+        let wire: PublicKeyWire = decode(
+            Kind::PublicKey,
+            params,
+            bytes,
+            params.poly_bytes(params.max_level()) + 4096,
+        )?;
+        check_expansion(wire.expansion)?;
+        let b = wire
+            .b
+            .unpack(be, params, Some(Basis::q(params.q().len())))?;
+        Self::from_b_and_seed(be, params, b, wire.seed)
+    }
+}
+
+impl<B: Backend> SwitchingKey<B> {
+    fn to_wire(&self, be: &B, params: &Params, galois: Option<usize>) -> Result<SwitchingKeyWire, RlweError> {
+        Ok(SwitchingKeyWire {
+            galois: galois.map(|g| g as u64),
+            b: self
+                .parts
+                .iter()
+                .map(|(b, _)| PolyWire::pack(be, params, b))
+                .collect::<Result<_, _>>()?,
+            seeds: self.seeds.clone(),
+            expansion: UNIFORM_EXPANSION_ID,
+        })
+    }
+
+    fn from_wire(be: &B, params: &Params, wire: &SwitchingKeyWire) -> Result<Self, RlweError> {
+        check_expansion(wire.expansion)?;
+        if wire.b.len() != params.dnum() || wire.seeds.len() != params.dnum() {
+            return Err(RlweError::Malformed {
+                what: "switching-key digit count",
+            });
+        }
+        let full = params.ctx().full_basis();
+        let mut parts = Vec::with_capacity(wire.b.len());
+        for (b, seed) in wire.b.iter().zip(&wire.seeds) {
+            let b = b.unpack(be, params, Some(full))?;
+            let a = uniform_eval(be, params, full, seed)?;
+            parts.push((b, a));
+        }
+        Ok(Self {
+            parts,
+            seeds: wire.seeds.clone(),
+        })
+    }
+}
+
+impl<B: Backend> EvaluationKeys<B> {
+    /// Serializes the relinearization and Galois keys (seed-compressed).
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, RlweError> {
+        let params = &self.params;
+        let wire = EvaluationKeysWire {
+            relin: self
+                .relin
+                .as_ref()
+                .map(|r| r.0.to_wire(be, params, None))
+                .transpose()?,
+            galois: self
+                .galois
+                .values()
+                .map(|g| g.key.to_wire(be, params, Some(g.galois)))
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(encode(Kind::EvaluationKeys, params, &wire))
+    }
+
+    /// Loads evaluation keys; `max_keys` bounds the number of switching keys accepted.
+    ///
+    /// # Errors
+    /// Size, format, fingerprint and content errors.
+    pub fn from_bytes(
+        be: &B,
+        params: &Arc<Params>,
+        bytes: &[u8],
+        max_keys: usize,
+    ) -> Result<Self, RlweError> {
+        let limit = max_keys.saturating_mul(params.switching_key_bytes() + 4096);
+        let wire: EvaluationKeysWire = decode(Kind::EvaluationKeys, params, bytes, limit)?;
+        let relin = wire
+            .relin
+            .as_ref()
+            .map(|w| SwitchingKey::from_wire(be, params, w).map(RelinKey))
+            .transpose()?;
+        let mut keys = EvaluationKeys {
+            params: Arc::clone(params),
+            relin,
+            galois: Default::default(),
+        };
+        for w in &wire.galois {
+            let g = w.galois.ok_or(RlweError::Malformed {
+                what: "Galois key without element",
+            })? as usize;
+            params.ctx().check_galois(g)?;
+            keys.insert_galois(GaloisKey {
+                galois: g,
+                key: SwitchingKey::from_wire(be, params, w)?,
+            });
+        }
+        Ok(keys)
+    }
+}
