@@ -1,0 +1,676 @@
+//! The CKKS evaluator: arithmetic, rescaling, level and scale management, rotations
+//! (direct, composed and hoisted), conjugation, inner sums and replication.
+//!
+//! The evaluator holds parameters, evaluation keys and a backend handle and keeps no
+//! per-call state, so one instance can be shared across threads.
+
+use std::sync::Arc;
+
+use hecnn_ring::{Backend, Basis, Eval, RnsContext, RnsPoly};
+use hecnn_rlwe::{EvaluationKeys, keyswitch};
+use num_complex::Complex64;
+
+use crate::{Ciphertext, CkksError, CkksParams, Encoder, Plaintext};
+
+/// Relative scale difference below which two scales count as equal (floating-point
+/// rounding of scale products, far below CKKS noise).
+const SCALE_TOLERANCE: f64 = 1e-12;
+
+/// Evaluates CKKS operations with a fixed set of evaluation keys on one backend.
+pub struct Evaluator<B: Backend> {
+    params: Arc<CkksParams>,
+    keys: Arc<EvaluationKeys<B>>,
+    be: B,
+    encoder: Encoder,
+}
+
+impl<B: Backend> std::fmt::Debug for Evaluator<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("backend", &self.be.name())
+            .field("params", &self.params.rlwe().fingerprint_hex())
+            .finish()
+    }
+}
+
+impl<B: Backend> Evaluator<B> {
+    /// An evaluator for `params` with the server's evaluation keys.
+    ///
+    /// # Errors
+    /// [`CkksError::Rlwe`] (`ParamsMismatch`) if the keys belong to other parameters.
+    pub fn new(
+        params: Arc<CkksParams>,
+        keys: Arc<EvaluationKeys<B>>,
+        be: B,
+    ) -> Result<Self, CkksError> {
+        if keys.params().fingerprint() != params.rlwe().fingerprint() {
+            return Err(hecnn_rlwe::RlweError::ParamsMismatch.into());
+        }
+        let encoder = Encoder::new(params.n());
+        Ok(Self {
+            params,
+            keys,
+            be,
+            encoder,
+        })
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Arc<CkksParams> {
+        &self.params
+    }
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.be
+    }
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    /// The evaluation keys.
+    pub fn keys(&self) -> &EvaluationKeys<B> {
+        &self.keys
+    }
+    pub(crate) fn ctx(&self) -> &RnsContext {
+        self.params.rlwe().ctx()
+    }
+
+    /// Encodes real values at `level` and `scale` with the ciphertext slot count `slots`.
+    ///
+    /// # Errors
+    /// See [`Encoder::encode`].
+    pub fn encode_real(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<Plaintext<B>, CkksError> {
+        self.encoder
+            .encode_real(&self.be, &self.params, values, level, scale, slots)
+    }
+
+    /// Encodes complex values.
+    ///
+    /// # Errors
+    /// See [`Encoder::encode`].
+    pub fn encode(
+        &self,
+        values: &[Complex64],
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<Plaintext<B>, CkksError> {
+        self.encoder
+            .encode(&self.be, &self.params, values, level, scale, slots)
+    }
+
+    // ----- checks -------------------------------------------------------------------------
+
+    fn check_slots(a: usize, b: usize) -> Result<(), CkksError> {
+        if a == b {
+            Ok(())
+        } else {
+            Err(CkksError::SlotMismatch { lhs: a, rhs: b })
+        }
+    }
+
+    fn check_scale(a: f64, b: f64) -> Result<(), CkksError> {
+        if ((a - b) / a).abs() <= SCALE_TOLERANCE {
+            Ok(())
+        } else {
+            Err(CkksError::ScaleMismatch {
+                lhs: a.log2(),
+                rhs: b.log2(),
+            })
+        }
+    }
+
+    /// Residues of the integer `v` in every limb of `basis`.
+    pub(crate) fn int_residues(&self, v: i128, basis: Basis) -> Vec<u64> {
+        let ctx = self.ctx();
+        (0..basis.len())
+            .map(|pos| ctx.limb_modulus(&basis, pos).reduce_i128(v))
+            .collect()
+    }
+
+    fn round_to_i128(v: f64) -> Result<i128, CkksError> {
+        let r = v.round();
+        if !r.is_finite() || r.abs() >= 2f64.powi(126) {
+            return Err(CkksError::Overflow {
+                value: v,
+                scale: 1.0,
+            });
+        }
+        Ok(r as i128)
+    }
+
+    // ----- levels -------------------------------------------------------------------------
+
+    /// Drops limbs down to `level` without rescaling (the scale is unchanged).
+    ///
+    /// # Errors
+    /// [`CkksError::Rlwe`] (`LevelMismatch`) if `level` is above the current level.
+    pub fn drop_to_level_assign(
+        &self,
+        ct: &mut Ciphertext<B>,
+        level: usize,
+    ) -> Result<(), CkksError> {
+        ct.inner_mut().drop_to_level(level)?;
+        Ok(())
+    }
+
+    /// Copy of `ct` at `level` (see [`Evaluator::drop_to_level_assign`]).
+    ///
+    /// # Errors
+    /// See [`Evaluator::drop_to_level_assign`].
+    pub fn drop_to_level(&self, ct: &Ciphertext<B>, level: usize) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = ct.clone();
+        self.drop_to_level_assign(&mut out, level)?;
+        Ok(out)
+    }
+
+    /// Brings `ct` to `level` and exactly `scale` by one multiplication with the constant 1
+    /// encoded at the right scale and a rescale (consumes one level: `ct` must be above
+    /// `level`).
+    ///
+    /// # Errors
+    /// [`CkksError::LevelTooLow`] if `ct.level() <= level`.
+    pub fn adjust(&self, ct: &Ciphertext<B>, level: usize, scale: f64) -> Result<Ciphertext<B>, CkksError> {
+        if ct.level() <= level {
+            return Err(CkksError::LevelTooLow {
+                needed: level + 1,
+                have: ct.level(),
+            });
+        }
+        let mut x = self.drop_to_level(ct, level + 1)?;
+        let factor = scale * self.params.q_at(level + 1) / x.scale();
+        let k = Self::round_to_i128(factor)?;
+        self.mul_int_big_assign(&mut x, k)?;
+        x.set_scale(scale * self.params.q_at(level + 1));
+        self.rescale_assign(&mut x)?;
+        x.set_scale(scale);
+        Ok(x)
+    }
+
+    // ----- additive operations ------------------------------------------------------------
+
+    /// `a + b`; the operand at the higher level is dropped to the lower level first.
+    ///
+    /// # Errors
+    /// [`CkksError::ScaleMismatch`], [`CkksError::SlotMismatch`].
+    pub fn add(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a += b`.
+    ///
+    /// # Errors
+    /// See [`Evaluator::add`].
+    pub fn add_assign(&self, a: &mut Ciphertext<B>, b: &Ciphertext<B>) -> Result<(), CkksError> {
+        self.combine(a, b, false, true)
+    }
+
+    /// `a - b`.
+    ///
+    /// # Errors
+    /// See [`Evaluator::add`].
+    pub fn sub(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = a.clone();
+        self.sub_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    /// `a -= b`.
+    ///
+    /// # Errors
+    /// See [`Evaluator::add`].
+    pub fn sub_assign(&self, a: &mut Ciphertext<B>, b: &Ciphertext<B>) -> Result<(), CkksError> {
+        self.combine(a, b, true, true)
+    }
+
+    /// Adds or subtracts; `check` is false only for internal callers that matched scales up
+    /// to integer rounding of a scaling constant (a relative error near 2^-40).
+    pub(crate) fn combine(
+        &self,
+        a: &mut Ciphertext<B>,
+        b: &Ciphertext<B>,
+        subtract: bool,
+        check: bool,
+    ) -> Result<(), CkksError> {
+        Self::check_slots(a.slots(), b.slots())?;
+        if check {
+            Self::check_scale(a.scale(), b.scale())?;
+        }
+        let level = a.level().min(b.level());
+        if a.level() > level {
+            self.drop_to_level_assign(a, level)?;
+        }
+        let ctx = self.params.rlwe().ctx();
+        let be = &self.be;
+        let b_parts = b.inner().parts();
+        // Extend a to b's degree with zero components if needed.
+        if a.degree() < b.degree() {
+            let basis = a.inner().basis();
+            let mut parts = a.inner().parts().to_vec();
+            while parts.len() < b_parts.len() {
+                parts.push(RnsPoly::zero(be, ctx, basis)?);
+            }
+            *a.inner_mut() = hecnn_rlwe::Ciphertext::from_parts(parts)?;
+        }
+        for (x, y) in a.inner_mut().parts_mut().iter_mut().zip(b_parts) {
+            if subtract {
+                x.sub_assign(be, ctx, y)?;
+            } else {
+                x.add_assign(be, ctx, y)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `-a`.
+    pub fn neg(&self, a: &Ciphertext<B>) -> Ciphertext<B> {
+        let mut out = a.clone();
+        for p in out.inner_mut().parts_mut() {
+            p.neg_assign(&self.be, self.ctx());
+        }
+        out
+    }
+
+    /// `a + pt` (the plaintext's level must be at least the ciphertext's).
+    ///
+    /// # Errors
+    /// Scale, slot or level mismatches.
+    pub fn add_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.plain_combine(a, pt, false)
+    }
+
+    /// `a - pt`.
+    ///
+    /// # Errors
+    /// See [`Evaluator::add_plain`].
+    pub fn sub_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.plain_combine(a, pt, true)
+    }
+
+    fn plain_combine(
+        &self,
+        a: &Ciphertext<B>,
+        pt: &Plaintext<B>,
+        subtract: bool,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        Self::check_slots(a.slots(), pt.slots())?;
+        Self::check_scale(a.scale(), pt.scale())?;
+        Self::check_plain_level(a, pt)?;
+        let mut out = a.clone();
+        let c0 = &mut out.inner_mut().parts_mut()[0];
+        if subtract {
+            c0.sub_assign(&self.be, self.ctx(), pt.poly())?;
+        } else {
+            c0.add_assign(&self.be, self.ctx(), pt.poly())?;
+        }
+        Ok(out)
+    }
+
+    fn check_plain_level(a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<(), CkksError> {
+        if pt.level() < a.level() {
+            return Err(CkksError::LevelTooLow {
+                needed: a.level(),
+                have: pt.level(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds the real constant `c` to every slot.
+    ///
+    /// # Errors
+    /// [`CkksError::Overflow`] for a constant too large for the scale.
+    pub fn add_const(&self, a: &Ciphertext<B>, c: f64) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = a.clone();
+        let v = Self::round_to_i128(c * a.scale())?;
+        self.add_int_assign(&mut out, v)?;
+        Ok(out)
+    }
+
+    /// Adds the integer `v` (already scaled) to every slot.
+    pub(crate) fn add_int_assign(&self, a: &mut Ciphertext<B>, v: i128) -> Result<(), CkksError> {
+        let basis = a.inner().basis();
+        let residues = self.int_residues(v, basis);
+        a.inner_mut().parts_mut()[0].add_scalar_assign(&self.be, self.ctx(), &residues)?;
+        Ok(())
+    }
+
+    // ----- multiplicative operations ------------------------------------------------------
+
+    /// Multiplies by the integer `k` (scale unchanged, no level consumed).
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn mul_int(&self, a: &Ciphertext<B>, k: i64) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = a.clone();
+        self.mul_int_big_assign(&mut out, k as i128)?;
+        Ok(out)
+    }
+
+    pub(crate) fn mul_int_big_assign(&self, a: &mut Ciphertext<B>, k: i128) -> Result<(), CkksError> {
+        let residues = self.int_residues(k, a.inner().basis());
+        let (be, ctx) = (&self.be, self.params.rlwe().ctx());
+        for p in a.inner_mut().parts_mut() {
+            p.mul_scalar_assign(be, ctx, &residues)?;
+        }
+        Ok(())
+    }
+
+    /// Multiplies by the real constant `c`, encoded at scale `q_level` so that the following
+    /// [`Evaluator::rescale`] restores the input scale exactly. The result is not rescaled.
+    ///
+    /// # Errors
+    /// [`CkksError::Overflow`].
+    pub fn mul_const(&self, a: &Ciphertext<B>, c: f64) -> Result<Ciphertext<B>, CkksError> {
+        self.mul_const_scaled(a, c, self.params.q_at(a.level()))
+    }
+
+    /// Multiplies by `round(c · const_scale)`; the result's scale is `scale · const_scale`.
+    ///
+    /// # Errors
+    /// [`CkksError::Overflow`].
+    pub fn mul_const_scaled(
+        &self,
+        a: &Ciphertext<B>,
+        c: f64,
+        const_scale: f64,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let k = Self::round_to_i128(c * const_scale)?;
+        let mut out = a.clone();
+        self.mul_int_big_assign(&mut out, k)?;
+        out.set_scale(a.scale() * const_scale);
+        Ok(out)
+    }
+
+    /// `a ⊙ pt` (scales multiply; not rescaled).
+    ///
+    /// # Errors
+    /// Slot or level mismatches.
+    pub fn mul_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+        Self::check_slots(a.slots(), pt.slots())?;
+        Self::check_plain_level(a, pt)?;
+        let mut out = a.clone();
+        for p in out.inner_mut().parts_mut() {
+            p.mul_assign(&self.be, self.params.rlwe().ctx(), pt.poly())?;
+        }
+        out.set_scale(a.scale() * pt.scale());
+        Ok(out)
+    }
+
+    /// Tensor product of two degree-1 ciphertexts (degree 2; scales multiply).
+    ///
+    /// # Errors
+    /// Slot mismatch or degrees other than 1.
+    pub fn mul(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        Self::check_slots(a.slots(), b.slots())?;
+        let level = a.level().min(b.level());
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        let (ap, bp) = (a.inner().parts(), b.inner().parts());
+        let ([a0, a1], [b0, b1]) = (ap, bp) else {
+            return Err(CkksError::Degree {
+                expected: 1,
+                found: a.degree().max(b.degree()),
+            });
+        };
+        let mut d0 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let mut d1 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let mut d2 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        d0.mul_acc(be, ctx, a0, b0)?;
+        be.mul_sum(
+            ctx,
+            basis,
+            d1.buffer_mut(),
+            &[(a0.buffer(), a0.basis()), (a1.buffer(), a1.basis())],
+            &[(b1.buffer(), b1.basis()), (b0.buffer(), b0.basis())],
+            None,
+            false,
+        );
+        d2.mul_acc(be, ctx, a1, b1)?;
+        let inner = hecnn_rlwe::Ciphertext::from_parts(vec![d0, d1, d2])?;
+        Ok(Ciphertext::new(inner, a.scale() * b.scale(), a.slots()))
+    }
+
+    /// Relinearizes a degree-2 ciphertext.
+    ///
+    /// # Errors
+    /// [`CkksError::Rlwe`] (`MissingRelinKey`), wrong degree.
+    pub fn relinearize(&self, ct: Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        let (scale, slots) = (ct.scale(), ct.slots());
+        let rlk = self.keys.relin()?;
+        let inner = keyswitch::relinearize(&self.be, self.params.rlwe(), ct.into_inner(), rlk)?;
+        Ok(Ciphertext::new(inner, scale, slots))
+    }
+
+    /// `relinearize(a ⊗ b)` (not rescaled).
+    ///
+    /// # Errors
+    /// See [`Evaluator::mul`] and [`Evaluator::relinearize`].
+    pub fn mul_relin(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.relinearize(self.mul(a, b)?)
+    }
+
+    /// Divides by the last prime `q_level`: level − 1, scale / `q_level`.
+    ///
+    /// # Errors
+    /// [`CkksError::LevelTooLow`] at level 0.
+    pub fn rescale(&self, a: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        let mut out = a.clone();
+        self.rescale_assign(&mut out)?;
+        Ok(out)
+    }
+
+    /// In-place [`Evaluator::rescale`].
+    ///
+    /// # Errors
+    /// See [`Evaluator::rescale`].
+    pub fn rescale_assign(&self, a: &mut Ciphertext<B>) -> Result<(), CkksError> {
+        if a.level() == 0 {
+            return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
+        }
+        let q = self.params.q_at(a.level());
+        let (be, ctx) = (&self.be, self.params.rlwe().ctx());
+        for p in a.inner_mut().parts_mut() {
+            p.rescale_assign(be, ctx)?;
+        }
+        a.set_scale(a.scale() / q);
+        Ok(())
+    }
+
+    // ----- rotations ----------------------------------------------------------------------
+
+    fn normalize_step(slots: usize, k: i64) -> i64 {
+        k.rem_euclid(slots as i64)
+    }
+
+    fn galois_for(&self, slots: usize, k: i64) -> Option<usize> {
+        let ctx = self.ctx();
+        let k = Self::normalize_step(slots, k);
+        [k, k - slots as i64]
+            .into_iter()
+            .map(|s| ctx.galois_element(s))
+            .find(|&g| self.keys.has_galois(g))
+    }
+
+    fn apply_galois(&self, ct: &Ciphertext<B>, g: usize) -> Result<Ciphertext<B>, CkksError> {
+        let gk = self.keys.galois(g)?;
+        let inner = keyswitch::apply_galois(&self.be, self.params.rlwe(), ct.inner(), gk)?;
+        Ok(Ciphertext::new(inner, ct.scale(), ct.slots()))
+    }
+
+    /// Rotates the slots left by `k` (slot `i` receives slot `i + k`); negative `k` rotates
+    /// right. Uses the key for `k` if present, otherwise composes power-of-two rotations.
+    ///
+    /// # Errors
+    /// [`CkksError::MissingRotationKey`] if no combination of available keys gives `k`.
+    pub fn rotate(&self, ct: &Ciphertext<B>, k: i64) -> Result<Ciphertext<B>, CkksError> {
+        let slots = ct.slots();
+        let k = Self::normalize_step(slots, k);
+        if k == 0 {
+            return Ok(ct.clone());
+        }
+        if let Some(g) = self.galois_for(slots, k) {
+            return self.apply_galois(ct, g);
+        }
+        // Compose from power-of-two keys (left or right), checking availability first.
+        let mut plan = Vec::new();
+        let mut bit = 0;
+        let mut rest = k;
+        while rest != 0 {
+            if rest & 1 == 1 {
+                let g = self
+                    .galois_for(slots, 1 << bit)
+                    .ok_or(CkksError::MissingRotationKey { step: k })?;
+                plan.push(g);
+            }
+            rest >>= 1;
+            bit += 1;
+        }
+        let mut out = ct.clone();
+        for g in plan {
+            out = self.apply_galois(&out, g)?;
+        }
+        Ok(out)
+    }
+
+    /// Rotations of one ciphertext by several steps, sharing one decomposition (hoisting).
+    /// Every step needs its own key.
+    ///
+    /// # Errors
+    /// [`CkksError::MissingRotationKey`].
+    pub fn rotate_hoisted(
+        &self,
+        ct: &Ciphertext<B>,
+        steps: &[i64],
+    ) -> Result<Vec<Ciphertext<B>>, CkksError> {
+        let slots = ct.slots();
+        let galois: Vec<Option<usize>> = steps
+            .iter()
+            .map(|&k| {
+                if Self::normalize_step(slots, k) == 0 {
+                    Ok(None)
+                } else {
+                    self.galois_for(slots, k)
+                        .map(Some)
+                        .ok_or(CkksError::MissingRotationKey { step: k })
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        if galois.iter().all(Option::is_none) {
+            return Ok(vec![ct.clone(); steps.len()]);
+        }
+        let params = self.params.rlwe();
+        let dec = keyswitch::decompose_ct(&self.be, params, ct.inner())?;
+        galois
+            .into_iter()
+            .map(|g| match g {
+                None => Ok(ct.clone()),
+                Some(g) => {
+                    let gk = self.keys.galois(g)?;
+                    let inner =
+                        keyswitch::apply_galois_hoisted(&self.be, params, ct.inner(), &dec, gk)?;
+                    Ok(Ciphertext::new(inner, ct.scale(), ct.slots()))
+                }
+            })
+            .collect()
+    }
+
+    /// Complex conjugation of every slot.
+    ///
+    /// # Errors
+    /// [`CkksError::Rlwe`] (`MissingGaloisKey`) without the conjugation key.
+    pub fn conjugate(&self, ct: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.apply_galois(ct, self.ctx().galois_conjugate())
+    }
+
+    /// Rotation steps [`Evaluator::inner_sum`] uses.
+    pub fn inner_sum_rotations(stride: i64, count: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut shift = 0i64;
+        let mut block = 1usize;
+        let mut i = 0;
+        while block <= count {
+            if count >> i & 1 == 1 {
+                if shift != 0 {
+                    out.push(shift);
+                }
+                shift += stride * block as i64;
+            }
+            if block * 2 <= count {
+                out.push(stride * block as i64);
+            }
+            block <<= 1;
+            i += 1;
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `Σ_{j < count} rotate(ct, j·stride)`: slot `i` receives the sum of slots
+    /// `i, i + stride, …, i + (count−1)·stride`. Uses `O(log count)` rotations.
+    ///
+    /// # Errors
+    /// [`CkksError::MissingRotationKey`].
+    pub fn inner_sum(&self, ct: &Ciphertext<B>, stride: i64, count: usize) -> Result<Ciphertext<B>, CkksError> {
+        if count == 0 {
+            return Err(CkksError::InvalidArgument {
+                what: "inner_sum over zero elements",
+            });
+        }
+        let mut acc: Option<Ciphertext<B>> = None;
+        let mut cur = ct.clone(); // Σ_{j < block} rot(ct, j·stride)
+        let mut shift = 0i64;
+        let mut block = 1usize;
+        let mut i = 0;
+        while block <= count {
+            if count >> i & 1 == 1 {
+                let part = self.rotate(&cur, shift)?;
+                acc = Some(match acc {
+                    None => part,
+                    Some(a) => self.add(&a, &part)?,
+                });
+                shift += stride * block as i64;
+            }
+            if block * 2 <= count {
+                let r = self.rotate(&cur, stride * block as i64)?;
+                self.add_assign(&mut cur, &r)?;
+            }
+            block <<= 1;
+            i += 1;
+        }
+        acc.ok_or(CkksError::InvalidArgument { what: "inner_sum" })
+    }
+
+    /// Replicates: slot `i` receives `Σ_{j < count} ct[i − j·stride]`, which copies a block
+    /// of `stride` slots `count` times when the other slots are zero.
+    ///
+    /// # Errors
+    /// [`CkksError::MissingRotationKey`].
+    pub fn replicate(&self, ct: &Ciphertext<B>, stride: i64, count: usize) -> Result<Ciphertext<B>, CkksError> {
+        self.inner_sum(ct, -stride, count)
+    }
+
+    /// A noiseless encryption of the real constant `value` in every slot (for circuits that
+    /// need a ciphertext operand).
+    ///
+    /// # Errors
+    /// [`CkksError::Overflow`].
+    pub fn trivial(&self, value: f64, level: usize, scale: f64, slots: usize) -> Result<Ciphertext<B>, CkksError> {
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        let c0 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let c1 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let mut ct = Ciphertext::new(hecnn_rlwe::Ciphertext::from_parts(vec![c0, c1])?, scale, slots);
+        self.add_int_assign(&mut ct, Self::round_to_i128(value * scale)?)?;
+        Ok(ct)
+    }
+}
