@@ -33,6 +33,32 @@ impl<B: Backend> std::fmt::Debug for Evaluator<B> {
     }
 }
 
+/// Signed binary digits of `k` (all with the sign of `k`).
+fn binary(k: i64) -> Vec<i64> {
+    let sign = k.signum();
+    let m = k.unsigned_abs();
+    (0..64)
+        .filter(|i| m >> i & 1 == 1)
+        .map(|i| sign * (1i64 << i))
+        .collect()
+}
+
+/// Non-adjacent form of `k`: signed powers of two summing to `k`, no two adjacent.
+fn naf(mut k: i64) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut bit = 1i64;
+    while k != 0 {
+        if k & 1 == 1 {
+            let d = 2 - k.rem_euclid(4); // +1 or −1
+            out.push(d * bit);
+            k -= d;
+        }
+        k >>= 1;
+        bit <<= 1;
+    }
+    out
+}
+
 impl<B: Backend> Evaluator<B> {
     /// An evaluator for `params` with the server's evaluation keys.
     ///
@@ -520,20 +546,18 @@ impl<B: Backend> Evaluator<B> {
         if let Some(g) = self.galois_for(slots, k) {
             return self.apply_galois(ct, g);
         }
-        // Compose from power-of-two keys (left or right), checking availability first.
-        let mut plan = Vec::new();
-        let mut bit = 0;
-        let mut rest = k;
-        while rest != 0 {
-            if rest & 1 == 1 {
-                let g = self
-                    .galois_for(slots, 1 << bit)
-                    .ok_or(CkksError::MissingRotationKey { step: k })?;
-                plan.push(g);
-            }
-            rest >>= 1;
-            bit += 1;
-        }
+        // Compose from power-of-two keys: the binary or non-adjacent form of k or of k − slots,
+        // the first whose keys all exist; availability is checked before any work.
+        let k_neg = k - slots as i64;
+        let plan = [naf(k), binary(k), naf(k_neg), binary(k_neg)]
+            .into_iter()
+            .find_map(|digits| {
+                digits
+                    .into_iter()
+                    .map(|d| self.galois_for(slots, d))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .ok_or(CkksError::MissingRotationKey { step: k })?;
         let mut out = ct.clone();
         for g in plan {
             out = self.apply_galois(&out, g)?;
