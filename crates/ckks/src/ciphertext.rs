@@ -129,7 +129,12 @@ impl<B: Backend> Ciphertext<B> {
             scale: self.scale,
             slots: self.slots as u32,
         };
-        Ok(serial::encode_with_meta(be, params.rlwe(), &self.inner, &meta)?)
+        Ok(serial::encode_with_meta(
+            be,
+            params.rlwe(),
+            &self.inner,
+            &meta,
+        )?)
     }
 
     /// Loads and validates a ciphertext.

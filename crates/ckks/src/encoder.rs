@@ -163,7 +163,10 @@ impl Encoder {
         if !(scale.is_finite() && scale >= 1.0) {
             return Err(CkksError::InvalidScale { scale });
         }
-        if values.iter().any(|z| !(z.re.is_finite() && z.im.is_finite())) {
+        if values
+            .iter()
+            .any(|z| !(z.re.is_finite() && z.im.is_finite()))
+        {
             return Err(CkksError::NonFinite);
         }
         let coeffs = self.embed_inverse(values, slots)?;
@@ -278,7 +281,10 @@ mod tests {
                 for (k, &c) in coeffs.iter().enumerate() {
                     acc += Complex64::from_polar(c, PI * (e * k) as f64 / n as f64);
                 }
-                assert!((acc - want).norm() < 1e-12, "slots {slots} j {j}: {acc} vs {want}");
+                assert!(
+                    (acc - want).norm() < 1e-12,
+                    "slots {slots} j {j}: {acc} vs {want}"
+                );
             }
             let back = enc.embed(&coeffs, slots).unwrap();
             for (a, b) in back.iter().zip(&vals) {
@@ -286,6 +292,9 @@ mod tests {
             }
         }
         assert!(enc.embed_inverse(&[], 3).is_err());
-        assert!(enc.embed_inverse(&[Complex64::new(1.0, 0.0); 5], 4).is_err());
+        assert!(
+            enc.embed_inverse(&[Complex64::new(1.0, 0.0); 5], 4)
+                .is_err()
+        );
     }
 }

@@ -190,7 +190,11 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// See [`Evaluator::drop_to_level_assign`].
-    pub fn drop_to_level(&self, ct: &Ciphertext<B>, level: usize) -> Result<Ciphertext<B>, CkksError> {
+    pub fn drop_to_level(
+        &self,
+        ct: &Ciphertext<B>,
+        level: usize,
+    ) -> Result<Ciphertext<B>, CkksError> {
         let mut out = ct.clone();
         self.drop_to_level_assign(&mut out, level)?;
         Ok(out)
@@ -202,7 +206,12 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// [`CkksError::LevelTooLow`] if `ct.level() <= level`.
-    pub fn adjust(&self, ct: &Ciphertext<B>, level: usize, scale: f64) -> Result<Ciphertext<B>, CkksError> {
+    pub fn adjust(
+        &self,
+        ct: &Ciphertext<B>,
+        level: usize,
+        scale: f64,
+    ) -> Result<Ciphertext<B>, CkksError> {
         if ct.level() <= level {
             return Err(CkksError::LevelTooLow {
                 needed: level + 1,
@@ -309,7 +318,11 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// Scale, slot or level mismatches.
-    pub fn add_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+    pub fn add_plain(
+        &self,
+        a: &Ciphertext<B>,
+        pt: &Plaintext<B>,
+    ) -> Result<Ciphertext<B>, CkksError> {
         self.plain_combine(a, pt, false)
     }
 
@@ -317,7 +330,11 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// See [`Evaluator::add_plain`].
-    pub fn sub_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+    pub fn sub_plain(
+        &self,
+        a: &Ciphertext<B>,
+        pt: &Plaintext<B>,
+    ) -> Result<Ciphertext<B>, CkksError> {
         self.plain_combine(a, pt, true)
     }
 
@@ -381,7 +398,11 @@ impl<B: Backend> Evaluator<B> {
         Ok(out)
     }
 
-    pub(crate) fn mul_int_big_assign(&self, a: &mut Ciphertext<B>, k: i128) -> Result<(), CkksError> {
+    pub(crate) fn mul_int_big_assign(
+        &self,
+        a: &mut Ciphertext<B>,
+        k: i128,
+    ) -> Result<(), CkksError> {
         let residues = self.int_residues(k, a.inner().basis());
         let (be, ctx) = (&self.be, self.params.rlwe().ctx());
         for p in a.inner_mut().parts_mut() {
@@ -420,7 +441,11 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// Slot or level mismatches.
-    pub fn mul_plain(&self, a: &Ciphertext<B>, pt: &Plaintext<B>) -> Result<Ciphertext<B>, CkksError> {
+    pub fn mul_plain(
+        &self,
+        a: &Ciphertext<B>,
+        pt: &Plaintext<B>,
+    ) -> Result<Ciphertext<B>, CkksError> {
         Self::check_slots(a.slots(), pt.slots())?;
         Self::check_plain_level(a, pt)?;
         let mut out = a.clone();
@@ -480,7 +505,11 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// See [`Evaluator::mul`] and [`Evaluator::relinearize`].
-    pub fn mul_relin(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+    pub fn mul_relin(
+        &self,
+        a: &Ciphertext<B>,
+        b: &Ciphertext<B>,
+    ) -> Result<Ciphertext<B>, CkksError> {
         self.relinearize(self.mul(a, b)?)
     }
 
@@ -644,7 +673,12 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// [`CkksError::MissingRotationKey`].
-    pub fn inner_sum(&self, ct: &Ciphertext<B>, stride: i64, count: usize) -> Result<Ciphertext<B>, CkksError> {
+    pub fn inner_sum(
+        &self,
+        ct: &Ciphertext<B>,
+        stride: i64,
+        count: usize,
+    ) -> Result<Ciphertext<B>, CkksError> {
         if count == 0 {
             return Err(CkksError::InvalidArgument {
                 what: "inner_sum over zero elements",
@@ -679,7 +713,12 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// [`CkksError::MissingRotationKey`].
-    pub fn replicate(&self, ct: &Ciphertext<B>, stride: i64, count: usize) -> Result<Ciphertext<B>, CkksError> {
+    pub fn replicate(
+        &self,
+        ct: &Ciphertext<B>,
+        stride: i64,
+        count: usize,
+    ) -> Result<Ciphertext<B>, CkksError> {
         self.inner_sum(ct, -stride, count)
     }
 
@@ -688,12 +727,22 @@ impl<B: Backend> Evaluator<B> {
     ///
     /// # Errors
     /// [`CkksError::Overflow`].
-    pub fn trivial(&self, value: f64, level: usize, scale: f64, slots: usize) -> Result<Ciphertext<B>, CkksError> {
+    pub fn trivial(
+        &self,
+        value: f64,
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<Ciphertext<B>, CkksError> {
         let basis = Basis::q(level + 1);
         let (be, ctx) = (&self.be, self.ctx());
         let c0 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
         let c1 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
-        let mut ct = Ciphertext::new(hecnn_rlwe::Ciphertext::from_parts(vec![c0, c1])?, scale, slots);
+        let mut ct = Ciphertext::new(
+            hecnn_rlwe::Ciphertext::from_parts(vec![c0, c1])?,
+            scale,
+            slots,
+        );
         self.add_int_assign(&mut ct, Self::round_to_i128(value * scale)?)?;
         Ok(ct)
     }

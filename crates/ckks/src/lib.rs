@@ -38,7 +38,7 @@ mod poly_eval;
 pub use ciphertext::{Ciphertext, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::Evaluator;
-pub use linear::{LinearTransform, diagonals_of};
+pub use linear::{LinearTransform, bsgs_rotations, diagonals_of};
 pub use num_complex::Complex64;
 pub use params::{CkksParams, Preset};
 pub use poly_eval::ChebyshevPoly;

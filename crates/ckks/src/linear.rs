@@ -26,7 +26,10 @@ impl<B: Backend> std::fmt::Debug for LinearTransform<B> {
             .field("slots", &self.slots)
             .field("level", &self.level)
             .field("n1", &self.n1)
-            .field("diagonals", &self.groups.values().map(Vec::len).sum::<usize>())
+            .field(
+                "diagonals",
+                &self.groups.values().map(Vec::len).sum::<usize>(),
+            )
             .finish()
     }
 }
@@ -68,6 +71,19 @@ fn choose_n1(indices: &BTreeSet<i64>, slots: usize) -> usize {
         n1 <<= 1;
     }
     best.1
+}
+
+/// The rotation steps a transform with these diagonal indices will need (computable before
+/// key generation, so the exact key set can be requested).
+pub fn bsgs_rotations(indices: &BTreeSet<i64>, slots: usize) -> BTreeSet<i64> {
+    let n1 = choose_n1(indices, slots) as i64;
+    let mut out = BTreeSet::new();
+    for &k in indices {
+        out.insert(k % n1);
+        out.insert(k - k % n1);
+    }
+    out.remove(&0);
+    out
 }
 
 impl<B: Backend> LinearTransform<B> {
@@ -119,7 +135,11 @@ impl<B: Backend> LinearTransform<B> {
     ///
     /// # Errors
     /// See [`LinearTransform::new`].
-    pub fn from_matrix(eval: &Evaluator<B>, matrix: &[Vec<f64>], level: usize) -> Result<Self, CkksError> {
+    pub fn from_matrix(
+        eval: &Evaluator<B>,
+        matrix: &[Vec<f64>],
+        level: usize,
+    ) -> Result<Self, CkksError> {
         let slots = matrix.len();
         Self::new(eval, &diagonals_of(matrix)?, slots, level)
     }
@@ -181,7 +201,8 @@ impl<B: Backend> Evaluator<B> {
             .collect();
         let baby_steps: Vec<i64> = babies.iter().copied().collect();
         let rotated = self.rotate_hoisted(&ct, &baby_steps)?;
-        let baby: BTreeMap<i64, &Ciphertext<B>> = baby_steps.iter().copied().zip(rotated.iter()).collect();
+        let baby: BTreeMap<i64, &Ciphertext<B>> =
+            baby_steps.iter().copied().zip(rotated.iter()).collect();
 
         let (be, ctx) = (self.backend(), self.ctx());
         let basis = Basis::q(lt.level + 1);

@@ -166,7 +166,11 @@ mod tests {
         for p in Preset::ALL {
             let params = p.build().unwrap();
             let qp = params.rlwe().log_qp().round() as u32;
-            assert!(p.name().contains(&format!("QP{qp}")), "{} has log QP {qp}", p.name());
+            assert!(
+                p.name().contains(&format!("QP{qp}")),
+                "{} has log QP {qp}",
+                p.name()
+            );
             assert_eq!(Preset::from_name(&p.name().to_lowercase()), Some(p));
         }
     }

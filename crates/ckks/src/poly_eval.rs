@@ -42,12 +42,20 @@ impl ChebyshevPoly {
     ///
     /// # Errors
     /// See [`ChebyshevPoly::new`].
-    pub fn interpolate(f: impl Fn(f64) -> f64, degree: usize, a: f64, b: f64) -> Result<Self, CkksError> {
+    pub fn interpolate(
+        f: impl Fn(f64) -> f64,
+        degree: usize,
+        a: f64,
+        b: f64,
+    ) -> Result<Self, CkksError> {
         let m = degree + 1;
         let nodes: Vec<f64> = (0..m)
             .map(|k| (std::f64::consts::PI * (k as f64 + 0.5) / m as f64).cos())
             .collect();
-        let values: Vec<f64> = nodes.iter().map(|&t| f((b - a) / 2.0 * t + (a + b) / 2.0)).collect();
+        let values: Vec<f64> = nodes
+            .iter()
+            .map(|&t| f((b - a) / 2.0 * t + (a + b) / 2.0))
+            .collect();
         let coeffs = (0..m)
             .map(|j| {
                 let s: f64 = nodes
@@ -240,7 +248,14 @@ impl<B: Backend> Evaluator<B> {
             t: HashMap::from([(1, x.clone())]),
         };
         let target_level = ct.level() - depth;
-        self.eval_rec(&p.coeffs, l, target_level, target_scale, &mut cache, x.slots())
+        self.eval_rec(
+            &p.coeffs,
+            l,
+            target_level,
+            target_scale,
+            &mut cache,
+            x.slots(),
+        )
     }
 
     fn eval_rec(

@@ -1,6 +1,6 @@
 //! Shared setup for the CKKS scheme tests: toy (insecure) parameters at the ring sizes of
 //! `hecnn_testkit::test_log_ns()`, keys with a deterministic generator.
-#![allow(dead_code)]
+#![allow(dead_code, missing_docs)]
 
 use std::sync::Arc;
 
@@ -18,9 +18,8 @@ pub struct Ctx {
 }
 
 pub fn setup(log_n: u32, levels: usize, rotations: &[i64]) -> Ctx {
-    let params = Arc::new(
-        CkksParams::from_literal(&hecnn_testkit::toy_literal(log_n, levels), 40).unwrap(),
-    );
+    let params =
+        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(log_n, levels), 40).unwrap());
     let be = CpuBackend::new(2).unwrap();
     let mut rng = Prng::from_seed([log_n as u8; 32]);
     let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();

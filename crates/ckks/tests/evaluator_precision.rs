@@ -19,27 +19,50 @@ fn encrypt_decrypt_and_additive_ops() {
         let x = uniform_values(1, c.slots);
         let y = uniform_values(2, c.slots);
         let (cx, cy) = (c.encrypt(&x), c.encrypt(&y));
-        PrecisionStats::real(&x, &c.decrypt(&cx)).assert_at_least(&format!("encrypt/logN={log_n}"), 25.0, 28.0);
+        PrecisionStats::real(&x, &c.decrypt(&cx)).assert_at_least(
+            &format!("encrypt/logN={log_n}"),
+            25.0,
+            28.0,
+        );
 
         let pk = c.sk.public_key(&c.be, &mut c.rng).unwrap();
         let pt = c.encode(&x, c.params.max_level());
         let cpk = encrypt_pk(&pk, &c.be, &pt, &mut c.rng).unwrap();
-        PrecisionStats::real(&x, &c.decrypt(&cpk)).assert_at_least(&format!("pk-encrypt/logN={log_n}"), 22.0, 25.0);
+        PrecisionStats::real(&x, &c.decrypt(&cpk)).assert_at_least(
+            &format!("pk-encrypt/logN={log_n}"),
+            22.0,
+            25.0,
+        );
 
         let e = &c.eval;
         let sum: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
         let diff: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a - b).collect();
-        PrecisionStats::real(&sum, &c.decrypt(&e.add(&cx, &cy).unwrap())).assert_at_least("add", 24.0, 27.0);
-        PrecisionStats::real(&diff, &c.decrypt(&e.sub(&cx, &cy).unwrap())).assert_at_least("sub", 24.0, 27.0);
+        PrecisionStats::real(&sum, &c.decrypt(&e.add(&cx, &cy).unwrap()))
+            .assert_at_least("add", 24.0, 27.0);
+        PrecisionStats::real(&diff, &c.decrypt(&e.sub(&cx, &cy).unwrap()))
+            .assert_at_least("sub", 24.0, 27.0);
         let neg: Vec<f64> = x.iter().map(|a| -a).collect();
         PrecisionStats::real(&neg, &c.decrypt(&e.neg(&cx))).assert_at_least("neg", 25.0, 28.0);
         let pty = c.encode(&y, c.params.max_level());
-        PrecisionStats::real(&sum, &c.decrypt(&e.add_plain(&cx, &pty).unwrap())).assert_at_least("add_plain", 24.0, 27.0);
-        PrecisionStats::real(&diff, &c.decrypt(&e.sub_plain(&cx, &pty).unwrap())).assert_at_least("sub_plain", 24.0, 27.0);
+        PrecisionStats::real(&sum, &c.decrypt(&e.add_plain(&cx, &pty).unwrap())).assert_at_least(
+            "add_plain",
+            24.0,
+            27.0,
+        );
+        PrecisionStats::real(&diff, &c.decrypt(&e.sub_plain(&cx, &pty).unwrap())).assert_at_least(
+            "sub_plain",
+            24.0,
+            27.0,
+        );
         let plus: Vec<f64> = x.iter().map(|a| a + 0.75).collect();
-        PrecisionStats::real(&plus, &c.decrypt(&e.add_const(&cx, 0.75).unwrap())).assert_at_least("add_const", 24.0, 27.0);
+        PrecisionStats::real(&plus, &c.decrypt(&e.add_const(&cx, 0.75).unwrap())).assert_at_least(
+            "add_const",
+            24.0,
+            27.0,
+        );
         let times3: Vec<f64> = x.iter().map(|a| 3.0 * a).collect();
-        PrecisionStats::real(&times3, &c.decrypt(&e.mul_int(&cx, 3).unwrap())).assert_at_least("mul_int", 23.0, 26.0);
+        PrecisionStats::real(&times3, &c.decrypt(&e.mul_int(&cx, 3).unwrap()))
+            .assert_at_least("mul_int", 23.0, 26.0);
     });
 }
 
@@ -56,18 +79,29 @@ fn multiplicative_ops_and_rescale() {
         assert_eq!(m.level(), c.params.max_level() - 1);
         let scale_expected = c.params.default_scale().powi(2) / c.params.q_at(c.params.max_level());
         assert!((m.scale() / scale_expected - 1.0).abs() < 1e-15);
-        PrecisionStats::real(&prod, &c.decrypt(&m)).assert_at_least(&format!("mul_relin+rescale/logN={log_n}"), 20.0, 23.0);
+        PrecisionStats::real(&prod, &c.decrypt(&m)).assert_at_least(
+            &format!("mul_relin+rescale/logN={log_n}"),
+            20.0,
+            23.0,
+        );
 
         // Degree-2 ciphertexts decrypt too (before relinearization).
         let t = e.rescale(&e.mul(&cx, &cy).unwrap()).unwrap();
         PrecisionStats::real(&prod, &c.decrypt(&t)).assert_at_least("tensor", 20.0, 23.0);
 
         let pty = c.encode(&y, c.params.max_level());
-        PrecisionStats::real(&prod, &c.decrypt(&e.rescale(&e.mul_plain(&cx, &pty).unwrap()).unwrap())).assert_at_least("mul_plain", 20.0, 23.0);
+        PrecisionStats::real(
+            &prod,
+            &c.decrypt(&e.rescale(&e.mul_plain(&cx, &pty).unwrap()).unwrap()),
+        )
+        .assert_at_least("mul_plain", 20.0, 23.0);
 
         let k: Vec<f64> = x.iter().map(|a| a * -1.37).collect();
         let mc = e.rescale(&e.mul_const(&cx, -1.37).unwrap()).unwrap();
-        assert!((mc.scale() / cx.scale() - 1.0).abs() < 1e-15, "mul_const + rescale keeps the scale");
+        assert!(
+            (mc.scale() / cx.scale() - 1.0).abs() < 1e-15,
+            "mul_const + rescale keeps the scale"
+        );
         PrecisionStats::real(&k, &c.decrypt(&mc)).assert_at_least("mul_const", 20.0, 23.0);
 
         // x²·y² at depth 2, then add x at a lower level (level matching and exact scale adjust).
@@ -78,7 +112,10 @@ fn multiplicative_ops_and_rescale() {
         let r = e.add(&x2y2, &adj).unwrap();
         let want: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a * a * b * b + a).collect();
         PrecisionStats::real(&want, &c.decrypt(&r)).assert_at_least("depth-2 + adjust", 18.0, 21.0);
-        assert!(e.add(&x2y2, &cx).is_err(), "different scales must not add silently");
+        assert!(
+            e.add(&x2y2, &cx).is_err(),
+            "different scales must not add silently"
+        );
     });
 }
 
@@ -87,7 +124,9 @@ fn rotations_conjugation_and_sums() {
     for_each_size(|log_n| {
         let mut steps = vec![1i64, 2, 4, 8, -1, 5, 64];
         for (stride, count) in [(1, 8), (1, 5), (-2, 3)] {
-            steps.extend(hecnn_ckks::Evaluator::<hecnn_ring::CpuBackend>::inner_sum_rotations(stride, count));
+            steps.extend(
+                hecnn_ckks::Evaluator::<hecnn_ring::CpuBackend>::inner_sum_rotations(stride, count),
+            );
         }
         let mut c = common::setup(log_n, 2, &steps);
         let n = c.slots;
@@ -95,9 +134,15 @@ fn rotations_conjugation_and_sums() {
         let cx = c.encrypt(&x);
         let e = &c.eval;
         for k in [1i64, -1, 5, 64, 3, 13, 9] {
-            let want: Vec<f64> = (0..n).map(|i| x[(i as i64 + k).rem_euclid(n as i64) as usize]).collect();
+            let want: Vec<f64> = (0..n)
+                .map(|i| x[(i as i64 + k).rem_euclid(n as i64) as usize])
+                .collect();
             let got = c.decrypt(&e.rotate(&cx, k).unwrap());
-            PrecisionStats::real(&want, &got).assert_at_least(&format!("rotate {k}/logN={log_n}"), 22.0, 25.0);
+            PrecisionStats::real(&want, &got).assert_at_least(
+                &format!("rotate {k}/logN={log_n}"),
+                22.0,
+                25.0,
+            );
         }
         let hoisted = e.rotate_hoisted(&cx, &[0, 1, 2, 4, 8]).unwrap();
         for (k, ct) in [0usize, 1, 2, 4, 8].iter().zip(&hoisted) {
@@ -105,8 +150,14 @@ fn rotations_conjugation_and_sums() {
             PrecisionStats::real(&want, &c.decrypt(ct)).assert_at_least("hoisted", 22.0, 25.0);
         }
         // Conjugation on complex slots.
-        let z: Vec<Complex64> = x.iter().zip(uniform_values(6, n)).map(|(&a, b)| Complex64::new(a, b)).collect();
-        let pt = e.encode(&z, c.params.max_level(), c.params.default_scale(), n).unwrap();
+        let z: Vec<Complex64> = x
+            .iter()
+            .zip(uniform_values(6, n))
+            .map(|(&a, b)| Complex64::new(a, b))
+            .collect();
+        let pt = e
+            .encode(&z, c.params.max_level(), c.params.default_scale(), n)
+            .unwrap();
         let cz = hecnn_ckks::encrypt_sk(&c.sk, &c.be, &pt, &mut c.rng).unwrap();
         let conj = hecnn_ckks::decrypt(&c.sk, &c.be, &e.conjugate(&cz).unwrap()).unwrap();
         let got = e.encoder().decode(&c.be, &c.params, &conj).unwrap();
@@ -115,13 +166,19 @@ fn rotations_conjugation_and_sums() {
 
         // Inner sum over blocks of 8 with stride 1, and replication.
         let s = e.inner_sum(&cx, 1, 8).unwrap();
-        let want: Vec<f64> = (0..n).map(|i| (0..8).map(|j| x[(i + j) % n]).sum()).collect();
+        let want: Vec<f64> = (0..n)
+            .map(|i| (0..8).map(|j| x[(i + j) % n]).sum())
+            .collect();
         PrecisionStats::real(&want, &c.decrypt(&s)).assert_at_least("inner_sum", 20.0, 23.0);
         let s5 = e.inner_sum(&cx, 1, 5).unwrap();
-        let want5: Vec<f64> = (0..n).map(|i| (0..5).map(|j| x[(i + j) % n]).sum()).collect();
+        let want5: Vec<f64> = (0..n)
+            .map(|i| (0..5).map(|j| x[(i + j) % n]).sum())
+            .collect();
         PrecisionStats::real(&want5, &c.decrypt(&s5)).assert_at_least("inner_sum 5", 20.0, 23.0);
         let r = e.replicate(&cx, 2, 3).unwrap();
-        let wantr: Vec<f64> = (0..n).map(|i| (0..3).map(|j| x[(i + n - 2 * j) % n]).sum()).collect();
+        let wantr: Vec<f64> = (0..n)
+            .map(|i| (0..3).map(|j| x[(i + n - 2 * j) % n]).sum())
+            .collect();
         PrecisionStats::real(&wantr, &c.decrypt(&r)).assert_at_least("replicate", 20.0, 23.0);
     });
 }
@@ -132,7 +189,10 @@ fn sparse_slots_rotate_within_the_block() {
     let mut c = common::setup(10, 2, &steps);
     let slots = 64;
     let x = uniform_values(7, slots);
-    let pt = c.eval.encode_real(&x, 2, c.params.default_scale(), slots).unwrap();
+    let pt = c
+        .eval
+        .encode_real(&x, 2, c.params.default_scale(), slots)
+        .unwrap();
     let ct = hecnn_ckks::encrypt_sk(&c.sk, &c.be, &pt, &mut c.rng).unwrap();
     let r = c.eval.rotate(&ct, 3).unwrap();
     let pt = hecnn_ckks::decrypt(&c.sk, &c.be, &r).unwrap();
@@ -148,26 +208,40 @@ fn bsgs_matrix_vector() {
         // A banded matrix with 24 diagonals spread out, plus dense rows for a small block.
         let mut m = vec![vec![0.0; n]; n];
         let vals = uniform_values(8, n * 24);
-        for (d, k) in [0usize, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 100, 127, 200, 255, 300, 333, 400, 401, 402, 450, 480, 500, 511].iter().enumerate() {
-            if *k >= n { continue; }
+        for (d, k) in [
+            0usize, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 100, 127, 200, 255, 300, 333, 400, 401, 402,
+            450, 480, 500, 511,
+        ]
+        .iter()
+        .enumerate()
+        {
+            if *k >= n {
+                continue;
+            }
             for i in 0..n {
                 m[i][(i + k) % n] = vals[d * n + i] / 4.0;
             }
         }
         let diags = hecnn_ckks::diagonals_of(&m).unwrap();
-        // Probe which rotations are needed with a throwaway context, then build the real one.
-        let probe = common::setup(log_n, 2, &[]);
-        let lt0 = LinearTransform::new(&probe.eval, &diags, n, 2).unwrap();
-        let rots: Vec<i64> = lt0.rotations().into_iter().collect();
+        let rots: Vec<i64> = hecnn_ckks::bsgs_rotations(&diags.keys().copied().collect(), n)
+            .into_iter()
+            .collect();
         let mut c = common::setup(log_n, 2, &rots);
         let lt = LinearTransform::new(&c.eval, &diags, n, 2).unwrap();
+        assert_eq!(lt.rotations().into_iter().collect::<Vec<_>>(), rots);
         let x = uniform_values(9, n);
         let cx = c.encrypt(&x);
         let out = c.eval.linear_transform(&cx, &lt).unwrap();
         assert_eq!(out.level(), 1);
         assert!((out.scale() / cx.scale() - 1.0).abs() < 1e-15);
-        let want: Vec<f64> = (0..n).map(|i| (0..n).map(|j| m[i][j] * x[j]).sum()).collect();
-        PrecisionStats::real(&want, &c.decrypt(&out)).assert_at_least(&format!("bsgs/logN={log_n}"), 19.0, 22.0);
+        let want: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| m[i][j] * x[j]).sum())
+            .collect();
+        PrecisionStats::real(&want, &c.decrypt(&out)).assert_at_least(
+            &format!("bsgs/logN={log_n}"),
+            19.0,
+            22.0,
+        );
     });
 }
 
@@ -178,13 +252,21 @@ fn chebyshev_evaluation() {
         let x = uniform_values(10, c.slots);
         let cx = c.encrypt(&x);
         // Degree-15 approximation of a smooth function on [-1, 1] (depth 4) ...
-        let p = ChebyshevPoly::interpolate(|t| (2.0 * t).sin() / (1.0 + t * t), 15, -1.0, 1.0).unwrap();
+        let p =
+            ChebyshevPoly::interpolate(|t| (2.0 * t).sin() / (1.0 + t * t), 15, -1.0, 1.0).unwrap();
         assert_eq!(p.depth(), 4);
         let out = c.eval.evaluate_chebyshev(&cx, &p, None).unwrap();
         assert_eq!(out.level(), c.params.max_level() - 4);
-        assert!((out.scale() / cx.scale() - 1.0).abs() < 1e-12, "scale is exact");
+        assert!(
+            (out.scale() / cx.scale() - 1.0).abs() < 1e-12,
+            "scale is exact"
+        );
         let want: Vec<f64> = x.iter().map(|&t| p.eval(t)).collect();
-        PrecisionStats::real(&want, &c.decrypt(&out)).assert_at_least(&format!("chebyshev-15/logN={log_n}"), 16.0, 19.0);
+        PrecisionStats::real(&want, &c.decrypt(&out)).assert_at_least(
+            &format!("chebyshev-15/logN={log_n}"),
+            16.0,
+            19.0,
+        );
         // ... and a degree-27 polynomial on [-4, 4] (interval change: one more level).
         let q = ChebyshevPoly::interpolate(|t| (t / 2.0).tanh(), 27, -4.0, 4.0).unwrap();
         assert_eq!(q.depth(), 6);

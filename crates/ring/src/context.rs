@@ -8,6 +8,7 @@ use crate::{
     RingError,
     modulus::Modulus,
     ntt::{Ntt, NttKind, bit_reverse, build_ntt},
+    simd::IfmaModulus,
 };
 
 /// Which limbs a polynomial holds: the first `q` primes of the Q chain, followed by the
@@ -76,6 +77,7 @@ pub struct RnsContext {
     q_count: usize,
     ntts: Vec<Box<dyn Ntt>>,
     ntt_kind: NttKind,
+    ifma: Vec<Option<IfmaModulus>>,
     /// Eval-domain automorphism permutations, by Galois element.
     perms: RwLock<HashMap<usize, Arc<Vec<u32>>>>,
 }
@@ -118,9 +120,11 @@ impl RnsContext {
             .iter()
             .map(|&m| build_ntt(ntt_kind, m, n))
             .collect::<Result<Vec<_>, _>>()?;
+        let ifma = moduli.iter().map(IfmaModulus::new).collect();
         Ok(Self {
             log_n,
             n,
+            ifma,
             moduli,
             q_count: q.len(),
             ntts,
@@ -157,17 +161,27 @@ impl RnsContext {
     pub fn ntt(&self, i: usize) -> &dyn Ntt {
         self.ntts[i].as_ref()
     }
+    /// IFMA constants of the modulus with global index `i`, when the CPU and prime allow.
+    pub fn ifma(&self, i: usize) -> Option<&IfmaModulus> {
+        self.ifma[i].as_ref()
+    }
     /// Which NTT implementation this context uses.
     pub fn ntt_kind(&self) -> NttKind {
         self.ntt_kind
     }
     /// Q prime values.
     pub fn q_values(&self) -> Vec<u64> {
-        self.moduli[..self.q_count].iter().map(|m| m.value()).collect()
+        self.moduli[..self.q_count]
+            .iter()
+            .map(|m| m.value())
+            .collect()
     }
     /// P prime values.
     pub fn p_values(&self) -> Vec<u64> {
-        self.moduli[self.q_count..].iter().map(|m| m.value()).collect()
+        self.moduli[self.q_count..]
+            .iter()
+            .map(|m| m.value())
+            .collect()
     }
     /// The full basis `Q ∪ P`.
     pub fn full_basis(&self) -> Basis {
@@ -218,10 +232,7 @@ impl RnsContext {
     /// [`RingError::InvalidGaloisElement`].
     pub fn check_galois(&self, galois: usize) -> Result<(), RingError> {
         if galois.is_multiple_of(2) || galois >= 2 * self.n {
-            return Err(RingError::InvalidGaloisElement {
-                galois,
-                n: self.n,
-            });
+            return Err(RingError::InvalidGaloisElement { galois, n: self.n });
         }
         Ok(())
     }

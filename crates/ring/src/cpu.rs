@@ -82,6 +82,33 @@ fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modu
         })
 }
 
+/// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the sources and the
+/// target allow, else 128-bit lazy accumulation.
+fn dot_const(
+    ctx: &RnsContext,
+    g: usize,
+    out: &mut [u64],
+    y: &[Vec<u64>],
+    consts: &[u64],
+    sources_fit: bool,
+) {
+    let m = ctx.modulus(g);
+    if sources_fit && let Some(c) = ctx.ifma(g) {
+        let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
+        let cs: Vec<(u64, u64)> = consts.iter().map(|&w| (w, c.shoup(w))).collect();
+        if c.dot_const(out, &ys, &cs) {
+            return;
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut acc: u128 = 0;
+        for (yj, &cj) in y.iter().zip(consts) {
+            acc += yj[i] as u128 * cj as u128;
+        }
+        *o = m.reduce_u128_any(acc);
+    }
+}
+
 impl CpuBackend {
     fn zip_limbs(
         &self,
@@ -201,10 +228,22 @@ impl Backend for CpuBackend {
         src: &AlignedVec,
         src_basis: Basis,
     ) {
-        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
-            for (x, &y) in d.iter_mut().zip(s) {
-                *x = m.mul(*x, y);
-            }
+        let n = ctx.n();
+        self.pool.install(|| {
+            dst.as_mut_slice()[..basis.len() * n]
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(pos, d)| {
+                    let g = basis.global(ctx, pos);
+                    let s = limb(src, pos_of(ctx, &src_basis, g), n);
+                    if ctx.ifma(g).is_some_and(|c| c.mul_assign(d, s)) {
+                        return;
+                    }
+                    let m = ctx.modulus(g);
+                    for (x, &y) in d.iter_mut().zip(s) {
+                        *x = m.mul(*x, y);
+                    }
+                });
         });
     }
 
@@ -222,8 +261,20 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         self.each_limb(ctx, basis, dst, |_, g, d| {
             let m = ctx.modulus(g);
-            let al: Vec<&[u64]> = a.iter().map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n)).collect();
-            let bl: Vec<&[u64]> = b.iter().map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n)).collect();
+            let al: Vec<&[u64]> = a
+                .iter()
+                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
+                .collect();
+            let bl: Vec<&[u64]> = b
+                .iter()
+                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
+                .collect();
+            if ctx
+                .ifma(g)
+                .is_some_and(|c| c.mul_sum(d, &al, &bl, perm, accumulate))
+            {
+                return;
+            }
             let mut first = !accumulate;
             for (ac, bc) in al.chunks(CHUNK).zip(bl.chunks(CHUNK)) {
                 for (i, out) in d.iter_mut().enumerate() {
@@ -252,6 +303,11 @@ impl Backend for CpuBackend {
         self.each_limb(ctx, basis, dst, |pos, g, d| {
             let m = ctx.modulus(g);
             let s = m.reduce(scalars[pos]);
+            if let Some(c) = ctx.ifma(g)
+                && c.mul_shoup_assign(d, s, c.shoup(s))
+            {
+                return;
+            }
             let ss = m.shoup(s);
             for x in d.iter_mut() {
                 *x = m.mul_shoup(*x, s, ss);
@@ -329,10 +385,21 @@ impl Backend for CpuBackend {
             head.par_chunks_mut(n).enumerate().for_each(|(i, d)| {
                 let m = ctx.modulus(i);
                 let half_i = m.reduce(half);
-                let mut tmp: Vec<u64> = t.iter().map(|&x| m.sub(m.reduce(x), half_i)).collect();
-                ctx.ntt(i).forward(&mut tmp);
                 // q_l is a different prime, hence invertible modulo q_i.
                 let inv = m.inv(ql.value()).unwrap_or(0);
+                if let Some(c) = ctx.ifma(i) {
+                    // [t - h]_{q_i} = [t + (q_i - [h]_{q_i})]_{q_i}, all below 2^52.
+                    let off = m.value() - half_i;
+                    let mut tmp: Vec<u64> = t.iter().map(|&x| x + off).collect();
+                    if c.reduce_assign(&mut tmp) {
+                        ctx.ntt(i).forward(&mut tmp);
+                        if c.sub_mul_shoup_assign(d, &tmp, inv, c.shoup(inv)) {
+                            return;
+                        }
+                    }
+                }
+                let mut tmp: Vec<u64> = t.iter().map(|&x| m.sub(m.reduce(x), half_i)).collect();
+                ctx.ntt(i).forward(&mut tmp);
                 let inv_s = m.shoup(inv);
                 for (x, &y) in d.iter_mut().zip(&tmp) {
                     *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
@@ -353,6 +420,9 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         let ext = Basis::qp(q, ctx.p_count());
         // y_j = c_j · (Q_D / q_j)^{-1} mod q_j
+        let digit_fits_ifma = digit
+            .clone()
+            .all(|j| ctx.modulus(j).value() < crate::simd::IFMA_MAX_MODULUS);
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             digit
                 .clone()
@@ -360,11 +430,17 @@ impl Backend for CpuBackend {
                 .map(|j| {
                     let m = ctx.modulus(j);
                     let inv = m.inv(prod_mod(ctx, digit.clone(), Some(j), m)).unwrap_or(0);
-                    let inv_s = m.shoup(inv);
-                    limb(c_coeff, j, n)
-                        .iter()
-                        .map(|&c| m.mul_shoup(c, inv, inv_s))
-                        .collect()
+                    let mut v = limb(c_coeff, j, n).to_vec();
+                    if !ctx
+                        .ifma(j)
+                        .is_some_and(|c| c.mul_shoup_assign(&mut v, inv, c.shoup(inv)))
+                    {
+                        let inv_s = m.shoup(inv);
+                        for x in v.iter_mut() {
+                            *x = m.mul_shoup(*x, inv, inv_s);
+                        }
+                    }
+                    v
                 })
                 .collect()
         });
@@ -378,13 +454,7 @@ impl Backend for CpuBackend {
                 .clone()
                 .map(|j| prod_mod(ctx, digit.clone(), Some(j), m))
                 .collect();
-            for (i, out) in d.iter_mut().enumerate() {
-                let mut acc: u128 = 0;
-                for (yj, &cj) in y.iter().zip(&consts) {
-                    acc += yj[i] as u128 * cj as u128;
-                }
-                *out = m.reduce_u128_any(acc);
-            }
+            dot_const(ctx, g, d, &y, &consts, digit_fits_ifma);
             ctx.ntt(g).forward(d);
         });
     }
@@ -395,6 +465,9 @@ impl Backend for CpuBackend {
         let qc = ctx.q_count();
         let (head, tail) = buf.as_mut_slice().split_at_mut(q * n);
         let p_range = qc..qc + k;
+        let p_fits_ifma = p_range
+            .clone()
+            .all(|g| ctx.modulus(g).value() < crate::simd::IFMA_MAX_MODULUS);
         // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain.
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             tail[..k * n]
@@ -405,7 +478,9 @@ impl Backend for CpuBackend {
                     let m = ctx.modulus(g);
                     let mut v = src.to_vec();
                     ctx.ntt(g).inverse(&mut v);
-                    let inv = m.inv(prod_mod(ctx, p_range.clone(), Some(g), m)).unwrap_or(0);
+                    let inv = m
+                        .inv(prod_mod(ctx, p_range.clone(), Some(g), m))
+                        .unwrap_or(0);
                     let inv_s = m.shoup(inv);
                     for x in v.iter_mut() {
                         *x = m.mul_shoup(*x, inv, inv_s);
@@ -421,17 +496,16 @@ impl Backend for CpuBackend {
                     .clone()
                     .map(|g| prod_mod(ctx, p_range.clone(), Some(g), m))
                     .collect();
-                let mut conv: Vec<u64> = (0..n)
-                    .map(|c| {
-                        let mut acc: u128 = 0;
-                        for (yj, &cj) in y.iter().zip(&consts) {
-                            acc += yj[c] as u128 * cj as u128;
-                        }
-                        m.reduce_u128_any(acc)
-                    })
-                    .collect();
+                let mut conv = vec![0u64; n];
+                dot_const(ctx, i, &mut conv, &y, &consts, p_fits_ifma);
                 ctx.ntt(i).forward(&mut conv);
                 let p_inv = m.inv(prod_mod(ctx, p_range.clone(), None, m)).unwrap_or(0);
+                if ctx
+                    .ifma(i)
+                    .is_some_and(|c| c.sub_mul_shoup_assign(d, &conv, p_inv, c.shoup(p_inv)))
+                {
+                    return;
+                }
                 let p_inv_s = m.shoup(p_inv);
                 for (x, &c) in d.iter_mut().zip(&conv) {
                     *x = m.mul_shoup(m.sub(*x, c), p_inv, p_inv_s);

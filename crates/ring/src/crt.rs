@@ -117,7 +117,11 @@ mod tests {
         for (c, &v) in vals.iter().enumerate() {
             let exact = crt_centered(&ctx, basis, &limbs, c).to_f64().unwrap();
             assert_eq!(exact, v as f64);
-            assert!((f[c] - v as f64).abs() <= (v as f64).abs() * 1e-15, "{c}: {} vs {v}", f[c]);
+            assert!(
+                (f[c] - v as f64).abs() <= (v as f64).abs() * 1e-15,
+                "{c}: {} vs {v}",
+                f[c]
+            );
         }
     }
 }

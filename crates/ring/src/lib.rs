@@ -34,6 +34,11 @@ pub mod ntt;
 mod poly;
 pub mod prime;
 pub mod sampler;
+#[cfg(target_arch = "x86_64")]
+pub mod simd;
+#[cfg(not(target_arch = "x86_64"))]
+#[path = "simd_fallback.rs"]
+pub mod simd;
 
 pub use aligned::AlignedVec;
 pub use backend::Backend;

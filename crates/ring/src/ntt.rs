@@ -191,12 +191,11 @@ impl FastNtt {
     /// # Errors
     /// [`RingError::NoRootOfUnity`] if no plan exists for these parameters.
     pub fn new(q: Modulus, n: usize) -> Result<Self, RingError> {
-        let plan = tfhe_ntt::prime64::Plan::try_new(n, q.value()).ok_or(
-            RingError::NoRootOfUnity {
+        let plan =
+            tfhe_ntt::prime64::Plan::try_new(n, q.value()).ok_or(RingError::NoRootOfUnity {
                 modulus: q.value(),
                 order: 2 * n as u64,
-            },
-        )?;
+            })?;
         // The transform of X at index 0 is ψ^(2·brev(0)+1) = ψ.
         let mut x = vec![0u64; n];
         x[1] = 1;

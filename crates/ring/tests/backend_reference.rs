@@ -23,7 +23,9 @@ fn random_poly(ctx: &RnsContext, basis: Basis, seed: u64) -> Vec<u64> {
 }
 
 fn big(ctx: &RnsContext, basis: Basis, limbs: &[u64]) -> Vec<BigInt> {
-    (0..N).map(|i| crt::crt_centered(ctx, basis, limbs, i)).collect()
+    (0..N)
+        .map(|i| crt::crt_centered(ctx, basis, limbs, i))
+        .collect()
 }
 
 fn modulus_of(ctx: &RnsContext, basis: Basis) -> BigInt {
@@ -168,9 +170,15 @@ fn bad_inputs_are_typed_errors() {
     let mut bad = vec![0u64; 2 * N];
     bad[5] = u64::MAX;
     let err = RnsPoly::<_, Coeff>::from_host(&be, &ctx, Basis::q(2), &bad).unwrap_err();
-    assert!(matches!(err, hecnn_ring::RingError::UnreducedInput { limb: 0 }));
+    assert!(matches!(
+        err,
+        hecnn_ring::RingError::UnreducedInput { limb: 0 }
+    ));
     let a = RnsPoly::<_, Eval>::zero(&be, &ctx, Basis::q(3)).unwrap();
     let mut b = RnsPoly::<_, Eval>::zero(&be, &ctx, Basis::q(4)).unwrap();
-    assert!(matches!(b.add_assign(&be, &ctx, &a), Err(hecnn_ring::RingError::BasisMismatch { .. })));
+    assert!(matches!(
+        b.add_assign(&be, &ctx, &a),
+        Err(hecnn_ring::RingError::BasisMismatch { .. })
+    ));
     assert!(a.automorphism(&be, &ctx, 2).is_err());
 }

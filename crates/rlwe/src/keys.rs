@@ -113,7 +113,11 @@ impl SecretKey {
     ///
     /// # Errors
     /// Backend failures.
-    pub fn public_key<B: Backend>(&self, be: &B, rng: &mut Prng) -> Result<PublicKey<B>, RlweError> {
+    pub fn public_key<B: Backend>(
+        &self,
+        be: &B,
+        rng: &mut Prng,
+    ) -> Result<PublicKey<B>, RlweError> {
         let basis = Basis::q(self.params.q().len());
         let seed = rng.seed();
         let (b, a) = self.rlwe_sample(be, basis, &seed, rng)?;
@@ -169,7 +173,13 @@ impl SecretKey {
             let (mut b, a) = self.rlwe_sample(be, full, &seed, rng)?;
             // + P·g_j·s' where [g_j]_{q_i} = 1 for q_i in the digit, 0 elsewhere (and mod P).
             let scalars: Vec<u64> = (0..full.len())
-                .map(|pos| if digit.contains(&pos) { p_mod_q[pos] } else { 0 })
+                .map(|pos| {
+                    if digit.contains(&pos) {
+                        p_mod_q[pos]
+                    } else {
+                        0
+                    }
+                })
                 .collect();
             let mut t = s_prime.clone();
             t.mul_scalar_assign(be, ctx, &scalars)?;

@@ -109,12 +109,7 @@ impl ParamsLiteral {
             let bits = self.log_p[i];
             let run = self.log_p[i..].iter().take_while(|&&b| b == bits).count();
             let taken: Vec<u64> = q.iter().chain(&p).copied().collect();
-            p.extend(prime::ntt_primes_excluding(
-                bits,
-                self.log_n,
-                run,
-                &taken,
-            )?);
+            p.extend(prime::ntt_primes_excluding(bits, self.log_n, run, &taken)?);
             i += run;
         }
         let log_q: f64 = q.iter().map(|&v| (v as f64).log2()).sum();

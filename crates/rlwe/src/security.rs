@@ -57,7 +57,10 @@ pub fn max_log_qp(log_n: u32, level: SecurityLevel) -> Option<u32> {
         SecurityLevel::Bits256 => 2,
         SecurityLevel::UncheckedForReproduction => return None,
     };
-    TABLE.iter().find(|(l, _)| *l == log_n).map(|(_, row)| row[col])
+    TABLE
+        .iter()
+        .find(|(l, _)| *l == log_n)
+        .map(|(_, row)| row[col])
 }
 
 /// The highest level from the table that `log_qp` meets at `2^log_n`, if any.

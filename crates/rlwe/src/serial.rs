@@ -260,9 +260,7 @@ impl Params {
     pub fn from_bytes(bytes: &[u8]) -> Result<Arc<Self>, RlweError> {
         check_head(Kind::Params, None, bytes, 1 << 20)?;
         let env: Envelope<ParamsWire> =
-            postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed {
-                what: "parameters",
-            })?;
+            postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed { what: "parameters" })?;
         let params = env.body.literal.build()?;
         if params.q() != env.body.q.as_slice()
             || params.p() != env.body.p.as_slice()
@@ -408,7 +406,12 @@ impl<B: Backend> PublicKey<B> {
 }
 
 impl<B: Backend> SwitchingKey<B> {
-    fn to_wire(&self, be: &B, params: &Params, galois: Option<usize>) -> Result<SwitchingKeyWire, RlweError> {
+    fn to_wire(
+        &self,
+        be: &B,
+        params: &Params,
+        galois: Option<usize>,
+    ) -> Result<SwitchingKeyWire, RlweError> {
         Ok(SwitchingKeyWire {
             galois: galois.map(|g| g as u64),
             b: self

@@ -1,0 +1,56 @@
+//! Small measurement helpers shared by the commands.
+
+use std::time::Instant;
+
+/// Precision of `got` against `want` in bits: `(min, mean)` = `(-log2 max|err|, -log2 mean|err|)`.
+pub fn precision(want: &[f64], got: &[f64]) -> (f64, f64) {
+    let errs: Vec<f64> = want.iter().zip(got).map(|(a, b)| (a - b).abs()).collect();
+    bits_of(&errs)
+}
+
+fn bits_of(errs: &[f64]) -> (f64, f64) {
+    let max = errs.iter().copied().fold(0.0, f64::max);
+    let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+    let bits = |e: f64| -(e.max(f64::MIN_POSITIVE)).log2();
+    (bits(max), bits(mean))
+}
+
+/// Times `f` `reps` times after one warm-up; returns (median, min) in milliseconds.
+pub fn time_ms<T, E>(reps: usize, mut f: impl FnMut() -> Result<T, E>) -> Result<(f64, f64), E> {
+    f()?;
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = Instant::now();
+            f().map(|_| s.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect::<Result<_, _>>()?;
+    t.sort_by(f64::total_cmp);
+    Ok((t[t.len() / 2], t[0]))
+}
+
+/// Human-readable byte size.
+pub fn human_bytes(b: usize) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / 1024f64.powi(3))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / 1024f64.powi(2))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+/// Uniform pseudo-random values in `[-1, 1]` (SplitMix64; inputs, not keys).
+pub fn uniform_values(seed: u64, count: usize) -> Vec<f64> {
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect()
+}

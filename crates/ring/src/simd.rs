@@ -1,0 +1,389 @@
+//! AVX-512 IFMA kernels for element-wise arithmetic modulo primes below 2^50.
+//!
+//! IFMA multiplies 52-bit lanes into 104-bit products (`vpmadd52luq` / `vpmadd52huq`), which
+//! gives eight modular products in a handful of instructions. Two reductions are used:
+//!
+//! * **Barrett** for variable × variable: with `n = bits(q) ≤ 50`, `μ = ⌊2^(n+51)/q⌋ < 2^52`,
+//!   product `P = hi·2^52 + lo < 2^(2n)`, `T = ⌊P / 2^(n-1)⌋ < 2^(n+1)`,
+//!   `q̂ = ⌊T·μ / 2^52⌋` satisfies `⌊P/q⌋ − 2 ≤ q̂ ≤ ⌊P/q⌋`, so `P − q̂·q < 3q < 2^52` is exact
+//!   in 52-bit arithmetic and two conditional subtractions finish.
+//! * **Shoup** for a constant `w`: `w' = ⌊w·2^52/q⌋`, `q̂ = ⌊a·w'/2^52⌋`, and
+//!   `a·w − q̂·q ∈ [0, 2q)` for any `a < 2^52`.
+//!
+//! Conditional subtraction is `min(x, x − q)` on unsigned lanes (the wrapped difference is
+//! larger whenever `x < q`), so nothing branches on data. The CPU is detected once at run time;
+//! every other machine (and every prime of 50 bits or more) takes the scalar path.
+#![allow(unsafe_code)]
+
+use std::arch::x86_64::{
+    __m512i, _mm_set_epi64x, _mm256_loadu_si256, _mm512_add_epi64, _mm512_and_si512,
+    _mm512_i32gather_epi64, _mm512_loadu_si512, _mm512_madd52hi_epu64, _mm512_madd52lo_epu64,
+    _mm512_min_epu64, _mm512_or_si512, _mm512_set1_epi64, _mm512_setzero_si512, _mm512_sll_epi64,
+    _mm512_srl_epi64, _mm512_storeu_si512, _mm512_sub_epi64,
+};
+
+use crate::modulus::Modulus;
+
+/// Largest modulus the IFMA kernels accept (exclusive).
+pub const IFMA_MAX_MODULUS: u64 = 1 << 50;
+
+/// Whether this CPU has AVX-512F and AVX-512 IFMA (detected once).
+pub fn ifma_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512ifma")
+            && std::env::var_os("HECNN_NO_SIMD").is_none()
+    })
+}
+
+/// Constants of one modulus for the IFMA kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct IfmaModulus {
+    q: u64,
+    n: u32,
+    mu: u64,
+}
+
+impl IfmaModulus {
+    /// The constants for `m`, if it is small enough and the CPU supports IFMA.
+    pub fn new(m: &Modulus) -> Option<Self> {
+        let q = m.value();
+        if q >= IFMA_MAX_MODULUS || !ifma_available() {
+            return None;
+        }
+        let n = m.bits();
+        let mu = ((1u128 << (n + 51)) / q as u128) as u64;
+        Some(Self { q, n, mu })
+    }
+
+    /// Shoup constant `⌊w·2^52/q⌋` for a fixed operand `w < q`.
+    pub fn shoup(&self, w: u64) -> u64 {
+        (((w as u128) << 52) / self.q as u128) as u64
+    }
+}
+
+const MASK52: i64 = (1 << 52) - 1;
+
+// Every function below requires AVX-512F and AVX-512 IFMA; the safe wrappers at the bottom
+// are only reachable through an `IfmaModulus`, whose constructor checked both.
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn csub(x: __m512i, q: __m512i) -> __m512i {
+    _mm512_min_epu64(x, _mm512_sub_epi64(x, q))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn barrett(a: __m512i, b: __m512i, c: &IfmaModulus) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let q = _mm512_set1_epi64(c.q as i64);
+    let lo = _mm512_madd52lo_epu64(zero, a, b);
+    let hi = _mm512_madd52hi_epu64(zero, a, b);
+    let t = _mm512_or_si512(
+        _mm512_sll_epi64(hi, _mm_set_epi64x(0, (53 - c.n) as i64)),
+        _mm512_srl_epi64(lo, _mm_set_epi64x(0, (c.n - 1) as i64)),
+    );
+    let qhat = _mm512_madd52hi_epu64(zero, t, _mm512_set1_epi64(c.mu as i64));
+    let r = _mm512_and_si512(
+        _mm512_sub_epi64(lo, _mm512_madd52lo_epu64(zero, qhat, q)),
+        _mm512_set1_epi64(MASK52),
+    );
+    csub(csub(r, q), q)
+}
+
+/// Lazy Shoup product in `[0, 2q)`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn shoup_lazy(a: __m512i, w: __m512i, ws: __m512i, q: __m512i) -> __m512i {
+    let zero = _mm512_setzero_si512();
+    let qhat = _mm512_madd52hi_epu64(zero, a, ws);
+    _mm512_and_si512(
+        _mm512_sub_epi64(
+            _mm512_madd52lo_epu64(zero, a, w),
+            _mm512_madd52lo_epu64(zero, qhat, q),
+        ),
+        _mm512_set1_epi64(MASK52),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn load(s: &[u64], i: usize) -> __m512i {
+    debug_assert!(i + 8 <= s.len());
+    // SAFETY: the callers iterate `i` over multiples of 8 below `s.len()`, which is a multiple
+    // of 8, so the eight words `s[i..i + 8]` are in bounds; unaligned loads are allowed.
+    unsafe { _mm512_loadu_si512(s.as_ptr().add(i).cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn store(s: &mut [u64], i: usize, v: __m512i) {
+    debug_assert!(i + 8 <= s.len());
+    // SAFETY: as in `load`, `s[i..i + 8]` is in bounds.
+    unsafe { _mm512_storeu_si512(s.as_mut_ptr().add(i).cast(), v) }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_assign_imp(d: &mut [u64], s: &[u64], c: &IfmaModulus) {
+    for i in (0..d.len()).step_by(8) {
+        let r = barrett(load(d, i), load(s, i), c);
+        store(d, i, r);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_shoup_assign_imp(d: &mut [u64], w: u64, ws: u64, c: &IfmaModulus) {
+    let (wv, wsv, q) = (
+        _mm512_set1_epi64(w as i64),
+        _mm512_set1_epi64(ws as i64),
+        _mm512_set1_epi64(c.q as i64),
+    );
+    for i in (0..d.len()).step_by(8) {
+        let r = csub(shoup_lazy(load(d, i), wv, wsv, q), q);
+        store(d, i, r);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn sub_mul_shoup_assign_imp(d: &mut [u64], s: &[u64], w: u64, ws: u64, c: &IfmaModulus) {
+    let (wv, wsv, q) = (
+        _mm512_set1_epi64(w as i64),
+        _mm512_set1_epi64(ws as i64),
+        _mm512_set1_epi64(c.q as i64),
+    );
+    for i in (0..d.len()).step_by(8) {
+        // (d - s) mod q, then × w.
+        let diff = _mm512_add_epi64(_mm512_sub_epi64(load(d, i), load(s, i)), q);
+        let r = csub(shoup_lazy(csub(diff, q), wv, wsv, q), q);
+        store(d, i, r);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_sum_imp(
+    out: &mut [u64],
+    a: &[&[u64]],
+    b: &[&[u64]],
+    perm: Option<&[u32]>,
+    accumulate: bool,
+    c: &IfmaModulus,
+) {
+    let q = _mm512_set1_epi64(c.q as i64);
+    for i in (0..out.len()).step_by(8) {
+        let mut acc = if accumulate {
+            load(out, i)
+        } else {
+            _mm512_setzero_si512()
+        };
+        let idx = perm.map(|p| {
+            debug_assert!(i + 8 <= p.len());
+            // SAFETY: `p` has `out.len()` entries (checked by the wrapper), so eight u32 at
+            // `i` are in bounds.
+            unsafe { _mm256_loadu_si256(p.as_ptr().add(i).cast()) }
+        });
+        for (x, y) in a.iter().zip(b) {
+            let xa = match idx {
+                // SAFETY: every index in `perm` is below `x.len()` (a permutation of
+                // `0..n`, checked by the wrapper), so the gather stays in bounds.
+                Some(ix) => unsafe { _mm512_i32gather_epi64::<8>(ix, x.as_ptr().cast()) },
+                None => load(x, i),
+            };
+            acc = csub(_mm512_add_epi64(acc, barrett(xa, load(y, i), c)), q);
+        }
+        store(out, i, acc);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_const_imp(out: &mut [u64], ys: &[&[u64]], consts: &[(u64, u64)], c: &IfmaModulus) {
+    let q = _mm512_set1_epi64(c.q as i64);
+    let two_q = _mm512_set1_epi64(2 * c.q as i64);
+    let cs: Vec<(__m512i, __m512i)> = consts
+        .iter()
+        .map(|&(w, ws)| (_mm512_set1_epi64(w as i64), _mm512_set1_epi64(ws as i64)))
+        .collect();
+    for i in (0..out.len()).step_by(8) {
+        let mut acc = _mm512_setzero_si512();
+        for (y, &(w, ws)) in ys.iter().zip(&cs) {
+            acc = csub(
+                _mm512_add_epi64(acc, shoup_lazy(load(y, i), w, ws, q)),
+                two_q,
+            );
+        }
+        store(out, i, csub(acc, q));
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn reduce_assign_imp(d: &mut [u64], c: &IfmaModulus) {
+    let one = _mm512_set1_epi64(1);
+    for i in (0..d.len()).step_by(8) {
+        let r = barrett(load(d, i), one, c);
+        store(d, i, r);
+    }
+}
+
+fn lanes_ok(len: usize) -> bool {
+    len.is_multiple_of(8)
+}
+
+impl IfmaModulus {
+    /// `d[i] = d[i]·s[i] mod q`. Returns false (doing nothing) if the shape is unsupported.
+    pub fn mul_assign(&self, d: &mut [u64], s: &[u64]) -> bool {
+        if !lanes_ok(d.len()) || s.len() != d.len() {
+            return false;
+        }
+        // SAFETY: `IfmaModulus` exists only when AVX-512F and IFMA were detected.
+        unsafe { mul_assign_imp(d, s, self) };
+        true
+    }
+
+    /// `d[i] = d[i]·w mod q` for a constant `w < q` with `ws = self.shoup(w)`; `d[i] < 2^52`.
+    pub fn mul_shoup_assign(&self, d: &mut [u64], w: u64, ws: u64) -> bool {
+        if !lanes_ok(d.len()) {
+            return false;
+        }
+        // SAFETY: see `mul_assign`.
+        unsafe { mul_shoup_assign_imp(d, w, ws, self) };
+        true
+    }
+
+    /// `d[i] = (d[i] − s[i])·w mod q` (inputs reduced).
+    pub fn sub_mul_shoup_assign(&self, d: &mut [u64], s: &[u64], w: u64, ws: u64) -> bool {
+        if !lanes_ok(d.len()) || s.len() != d.len() {
+            return false;
+        }
+        // SAFETY: see `mul_assign`.
+        unsafe { sub_mul_shoup_assign_imp(d, s, w, ws, self) };
+        true
+    }
+
+    /// `out[i] = [out[i] +] Σ_j a_j[perm[i]]·b_j[i] mod q` (inputs reduced).
+    pub fn mul_sum(
+        &self,
+        out: &mut [u64],
+        a: &[&[u64]],
+        b: &[&[u64]],
+        perm: Option<&[u32]>,
+        accumulate: bool,
+    ) -> bool {
+        let n = out.len();
+        if !lanes_ok(n)
+            || a.len() != b.len()
+            || a.iter().chain(b).any(|x| x.len() != n)
+            || perm.is_some_and(|p| p.len() != n || n > i32::MAX as usize)
+        {
+            return false;
+        }
+        // SAFETY: see `mul_assign`; `perm` entries are below `n` by construction of the
+        // context's permutation tables (a permutation of 0..n).
+        unsafe { mul_sum_imp(out, a, b, perm, accumulate, self) };
+        true
+    }
+
+    /// `out[i] = Σ_j ys[j][i]·w_j mod q` for constants `(w_j, shoup(w_j))`; `ys[j][i] < 2^52`.
+    pub fn dot_const(&self, out: &mut [u64], ys: &[&[u64]], consts: &[(u64, u64)]) -> bool {
+        let n = out.len();
+        if !lanes_ok(n)
+            || ys.len() != consts.len()
+            || ys.iter().any(|y| y.len() != n)
+            || ys.len() > 1 << 10
+        {
+            return false;
+        }
+        // SAFETY: see `mul_assign`.
+        unsafe { dot_const_imp(out, ys, consts, self) };
+        true
+    }
+
+    /// `d[i] = d[i] mod q` for `d[i] < 2^52`.
+    pub fn reduce_assign(&self, d: &mut [u64]) -> bool {
+        if !lanes_ok(d.len()) || d.iter().any(|&x| x >= 1 << 52) {
+            return false;
+        }
+        // SAFETY: see `mul_assign`.
+        unsafe { reduce_assign_imp(d, self) };
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn modulus(bits: u32) -> Modulus {
+        Modulus::new(crate::prime::ntt_primes(bits, 10, 1).unwrap()[0]).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn kernels_match_scalar(seed in any::<u64>(), bits in 20u32..=50) {
+            let m = modulus(bits);
+            let Some(c) = IfmaModulus::new(&m) else { return Ok(()); };
+            let q = m.value();
+            let mut s = seed | 1;
+            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let n = 64;
+            let a: Vec<u64> = (0..n).map(|i| if i < 3 { q - 1 - i as u64 } else { next(q) }).collect();
+            let b: Vec<u64> = (0..n).map(|i| if i < 3 { q - 1 } else { next(q) }).collect();
+            let w = next(q);
+            let ws = c.shoup(w);
+
+            let mut d = a.clone();
+            prop_assert!(c.mul_assign(&mut d, &b));
+            let want: Vec<u64> = a.iter().zip(&b).map(|(&x, &y)| m.mul(x, y)).collect();
+            prop_assert_eq!(&d, &want);
+
+            let big: Vec<u64> = (0..n).map(|_| next(1 << 52)).collect();
+            let mut d = big.clone();
+            prop_assert!(c.mul_shoup_assign(&mut d, w, ws));
+            let want: Vec<u64> = big.iter().map(|&x| ((x as u128 * w as u128) % q as u128) as u64).collect();
+            prop_assert_eq!(&d, &want);
+
+            let mut d = a.clone();
+            prop_assert!(c.sub_mul_shoup_assign(&mut d, &b, w, ws));
+            let want: Vec<u64> = a.iter().zip(&b).map(|(&x, &y)| m.mul(m.sub(x, y), w)).collect();
+            prop_assert_eq!(&d, &want);
+
+            let terms = 5;
+            let xs: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(q)).collect()).collect();
+            let ys: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(q)).collect()).collect();
+            let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
+            let yr: Vec<&[u64]> = ys.iter().map(Vec::as_slice).collect();
+            let perm: Vec<u32> = (0..n as u32).rev().collect();
+            let mut out = a.clone();
+            prop_assert!(c.mul_sum(&mut out, &xr, &yr, Some(&perm), true));
+            for i in 0..n {
+                let mut acc = a[i];
+                for t in 0..terms { acc = m.add(acc, m.mul(xs[t][perm[i] as usize], ys[t][i])); }
+                prop_assert_eq!(out[i], acc);
+            }
+
+            let consts: Vec<(u64, u64)> = (0..terms).map(|_| { let w = next(q); (w, c.shoup(w)) }).collect();
+            let raw: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(1 << 50)).collect()).collect();
+            let rr: Vec<&[u64]> = raw.iter().map(Vec::as_slice).collect();
+            let mut out = vec![0; n];
+            prop_assert!(c.dot_const(&mut out, &rr, &consts));
+            for i in 0..n {
+                let want = (0..terms).fold(0u128, |acc, t| acc + raw[t][i] as u128 * consts[t].0 as u128) % q as u128;
+                prop_assert_eq!(out[i], want as u64);
+            }
+
+            let mut d = big.clone();
+            prop_assert!(c.reduce_assign(&mut d));
+            prop_assert!(d.iter().zip(&big).all(|(&r, &x)| r == x % q));
+        }
+    }
+
+    #[test]
+    fn refuses_large_primes_and_odd_shapes() {
+        assert!(IfmaModulus::new(&modulus(55)).is_none());
+        if let Some(c) = IfmaModulus::new(&modulus(40)) {
+            assert!(!c.mul_assign(&mut [1; 7], &[1; 7]));
+        }
+    }
+}
