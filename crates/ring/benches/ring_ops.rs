@@ -6,6 +6,9 @@
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hecnn_ring::{Backend, Basis, Coeff, CpuBackend, NttKind, RnsContext, RnsPoly, prime, sampler};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn context(log_n: u32, q: usize, p: usize, bits: u32, kind: NttKind) -> RnsContext {
     let qs = prime::ntt_primes(bits, log_n, q).unwrap_or_default();
     let ps = prime::ntt_primes_excluding(bits, log_n, p, &qs).unwrap_or_default();

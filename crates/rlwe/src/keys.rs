@@ -137,9 +137,21 @@ impl SecretKey {
         seed: &[u8; 32],
         rng: &mut Prng,
     ) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
-        let ctx = self.params.ctx();
-        let a = uniform_eval(be, &self.params, basis, seed)?;
         let s = self.eval_poly(be, basis)?;
+        self.rlwe_sample_under(be, &s, seed, rng)
+    }
+
+    /// `(-a·t + e, a)` for the secret `t` (evaluation domain, over its basis).
+    fn rlwe_sample_under<B: Backend>(
+        &self,
+        be: &B,
+        s: &RnsPoly<B, Eval>,
+        seed: &[u8; 32],
+        rng: &mut Prng,
+    ) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
+        let ctx = self.params.ctx();
+        let basis = s.basis();
+        let a = uniform_eval(be, &self.params, basis, seed)?;
         let mut b = gaussian_eval(be, &self.params, basis, rng)?;
         let mut as_ = a.clone();
         as_.mul_assign(be, ctx, &s)?;
@@ -147,11 +159,13 @@ impl SecretKey {
         Ok((b, a))
     }
 
-    /// A key switching from `s'` (given in evaluation form over `Q ∪ P`) to `s`.
+    /// A key switching from `s'` to `t` (both in evaluation form over `Q ∪ P`): digits
+    /// `(-a_j·t + e_j + P·g_j·s', a_j)`.
     fn switching_key<B: Backend>(
         &self,
         be: &B,
         s_prime: &RnsPoly<B, Eval>,
+        target: &RnsPoly<B, Eval>,
         rng: &mut Prng,
     ) -> Result<SwitchingKey<B>, RlweError> {
         let params = &self.params;
@@ -170,7 +184,7 @@ impl SecretKey {
         let mut seeds = Vec::with_capacity(params.dnum());
         for digit in params.digits() {
             let seed = rng.seed();
-            let (mut b, a) = self.rlwe_sample(be, full, &seed, rng)?;
+            let (mut b, a) = self.rlwe_sample_under(be, target, &seed, rng)?;
             // + P·g_j·s' where [g_j]_{q_i} = 1 for q_i in the digit, 0 elsewhere (and mod P).
             let scalars: Vec<u64> = (0..full.len())
                 .map(|pos| {
@@ -199,10 +213,15 @@ impl SecretKey {
         let s = self.eval_poly(be, ctx.full_basis())?;
         let mut s2 = s.clone();
         s2.mul_assign(be, ctx, &s)?;
-        Ok(RelinKey(self.switching_key(be, &s2, rng)?))
+        Ok(RelinKey(self.switching_key(be, &s2, &s, rng)?))
     }
 
-    /// The Galois key for `X ↦ X^galois` (switches `s(X^galois)` to `s`).
+    /// The Galois key for `σ: X ↦ X^galois`.
+    ///
+    /// It is stored *pre-permuted*: a switching key from `s` to `σ⁻¹(s)`. Switching `c_1`
+    /// with it gives `(v_0, v_1)` with `v_0 + v_1·σ⁻¹(s) ≈ c_1·s`, and applying `σ` afterwards
+    /// yields `σ(v_0) + σ(v_1)·s ≈ σ(c_1)·σ(s)`. The automorphism thus touches two output
+    /// polynomials instead of every digit of the decomposition inside the inner product.
     ///
     /// # Errors
     /// Invalid Galois element, no P primes, backend failures.
@@ -213,11 +232,18 @@ impl SecretKey {
         rng: &mut Prng,
     ) -> Result<GaloisKey<B>, RlweError> {
         let ctx = self.params.ctx();
+        ctx.check_galois(galois)?;
         let s = self.eval_poly(be, ctx.full_basis())?;
-        let s_g = s.automorphism(be, ctx, galois)?;
+        // σ⁻¹ = X ↦ X^(g⁻¹ mod 2n); the group (Z/2n)^* has order n, so g⁻¹ = g^(n-1).
+        let two_n = 2 * ctx.n() as u64;
+        let mut inv = 1u64;
+        for _ in 0..ctx.n() - 1 {
+            inv = inv * galois as u64 % two_n;
+        }
+        let s_inv = s.automorphism(be, ctx, inv as usize)?;
         Ok(GaloisKey {
             galois,
-            key: self.switching_key(be, &s_g, rng)?,
+            key: self.switching_key(be, &s, &s_inv, rng)?,
         })
     }
 

@@ -146,10 +146,12 @@ pub fn apply_galois_hoisted<B: Backend>(
             rhs: dec.level(),
         });
     }
-    // σ(c_1)'s decomposition is σ applied to the decomposition of c_1 (basis conversion
-    // commutes with the signed coefficient permutation up to multiples of the digit modulus).
-    let (k0, k1) = switch_decomposed(be, params, dec, &gk.key, Some(gk.galois))?;
-    let mut out0 = c0.automorphism(be, ctx, gk.galois)?;
-    out0.add_assign(be, ctx, &k0)?;
-    Ciphertext::from_parts(vec![out0, k1])
+    // The key switches from s to σ⁻¹(s) (see `SecretKey::galois_key`): switch c_1 as it is,
+    // then apply σ to (c_0 + v_0, v_1).
+    let (mut v0, v1) = switch_decomposed(be, params, dec, &gk.key, None)?;
+    v0.add_assign(be, ctx, c0)?;
+    Ciphertext::from_parts(vec![
+        v0.automorphism(be, ctx, gk.galois)?,
+        v1.automorphism(be, ctx, gk.galois)?,
+    ])
 }
