@@ -206,3 +206,28 @@ pub fn decrypt<B: Backend>(
         ct.slots(),
     ))
 }
+
+/// Decrypts many ciphertexts with the secret key uploaded once (zeroized on drop).
+pub struct Decryptor<'a, B: Backend>(hecnn_rlwe::Decryptor<'a, B>);
+
+impl<'a, B: Backend> Decryptor<'a, B> {
+    /// Uploads the secret key.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn new(sk: &'a SecretKey, be: &'a B) -> Result<Self, CkksError> {
+        Ok(Self(sk.decryptor(be)?))
+    }
+
+    /// Decrypts to a plaintext.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn decrypt(&self, ct: &Ciphertext<B>) -> Result<Plaintext<B>, CkksError> {
+        Ok(Plaintext::new(
+            self.0.decrypt(ct.inner())?,
+            ct.scale(),
+            ct.slots(),
+        ))
+    }
+}

@@ -35,7 +35,7 @@ mod linear;
 mod params;
 mod poly_eval;
 
-pub use ciphertext::{Ciphertext, Plaintext, decrypt, encrypt_pk, encrypt_sk};
+pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::Evaluator;
 pub use linear::{LinearTransform, bsgs_rotations, diagonals_of};

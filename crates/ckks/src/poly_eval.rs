@@ -30,7 +30,13 @@ impl ChebyshevPoly {
     /// # Errors
     /// [`CkksError::InvalidArgument`] for an empty or degenerate interval or no coefficients.
     pub fn new(coeffs: Vec<f64>, a: f64, b: f64) -> Result<Self, CkksError> {
-        if coeffs.is_empty() || !(a < b) || !a.is_finite() || !b.is_finite() {
+        if coeffs.is_empty()
+            || a >= b
+            || !a.is_finite()
+            || !b.is_finite()
+            || a.is_nan()
+            || b.is_nan()
+        {
             return Err(CkksError::InvalidArgument {
                 what: "Chebyshev polynomial needs coefficients and a finite interval a < b",
             });

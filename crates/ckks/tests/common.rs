@@ -1,6 +1,7 @@
 //! Shared setup for the CKKS scheme tests: toy (insecure) parameters at the ring sizes of
 //! `hecnn_testkit::test_log_ns()`, keys with a deterministic generator.
-#![allow(dead_code, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(dead_code)]
 
 use std::sync::Arc;
 

@@ -1,5 +1,6 @@
 //! Precision of every evaluator operation against plaintext computation, at each ring size
 //! of the test profile (toy, insecure parameters; the precision does not depend on security).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 

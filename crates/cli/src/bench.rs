@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use clap::{Args, Subcommand, ValueEnum};
-use hecnn_ckks::{CkksParams, Evaluator, Preset, decrypt, encrypt_pk, encrypt_sk};
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator, Preset, encrypt_pk, encrypt_sk};
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, ParamsLiteral, SecretDistribution, SecretKey, SecurityLevel};
 
@@ -53,6 +53,9 @@ pub struct PrimitivesArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// Only these operations (comma separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    ops: Vec<String>,
 }
 
 pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
@@ -115,36 +118,52 @@ fn primitives(a: &PrimitivesArgs) -> Result<(), CliError> {
     let basis = hecnn_ring::Basis::q(top + 1);
     let mut poly = pt.poly().clone();
 
-    let mut results: Vec<(&str, (f64, f64))> = vec![(
-        "ntt",
-        stats::time_ms(reps, || -> Result<(), CliError> {
+    let wanted = |op: &str| a.ops.is_empty() || a.ops.iter().any(|o| o == op);
+    let mut results: Vec<(&str, (f64, f64))> = Vec::new();
+    if wanted("ntt") {
+        // One forward and one inverse transform of all limbs per repetition, reported per transform.
+        let (med, min) = stats::time_ms(reps, || -> Result<(), CliError> {
             be.ntt_inverse(ctx, basis, poly.buffer_mut());
             be.ntt_forward(ctx, basis, poly.buffer_mut());
             Ok(())
-        })?,
-    )];
-    results[0].1 = (results[0].1.0 / 2.0, results[0].1.1 / 2.0); // one transform of all limbs
-    results.push((
-        "mul_relin",
-        stats::time_ms(reps, || eval.mul_relin(&ct, &ct2))?,
-    ));
-    results.push(("rescale", stats::time_ms(reps, || eval.rescale(&prod))?));
-    results.push(("rotate", stats::time_ms(reps, || eval.rotate(&ct, 1))?));
-    results.push((
-        "hoisted_rotate8",
-        stats::time_ms(reps, || eval.rotate_hoisted(&ct, &hoist))?,
-    ));
-    results.push((
-        "encrypt",
-        stats::time_ms(reps, || encrypt_pk(&pk, &be, &pt, &mut rng))?,
-    ));
-    results.push(("decrypt", stats::time_ms(reps, || decrypt(&sk, &be, &ct))?));
+        })?;
+        results.push(("ntt", (med / 2.0, min / 2.0)));
+    }
+    if wanted("mul_relin") {
+        results.push((
+            "mul_relin",
+            stats::time_ms(reps, || eval.mul_relin(&ct, &ct2))?,
+        ));
+    }
+    if wanted("rescale") {
+        results.push(("rescale", stats::time_ms(reps, || eval.rescale(&prod))?));
+    }
+    if wanted("rotate") {
+        results.push(("rotate", stats::time_ms(reps, || eval.rotate(&ct, 1))?));
+    }
+    if wanted("hoisted_rotate8") {
+        results.push((
+            "hoisted_rotate8",
+            stats::time_ms(reps, || eval.rotate_hoisted(&ct, &hoist))?,
+        ));
+    }
+    if wanted("encrypt") {
+        results.push((
+            "encrypt",
+            stats::time_ms(reps, || encrypt_pk(&pk, &be, &pt, &mut rng))?,
+        ));
+    }
+    if wanted("decrypt") {
+        let decryptor = Decryptor::new(&sk, &be)?;
+        results.push(("decrypt", stats::time_ms(reps, || decryptor.decrypt(&ct))?));
+    }
 
     match a.format {
         Format::Jsonl => {
             for (op, (med, min)) in results {
                 let rec = serde_json::json!({
-                    "library": format!("hecnn {}", env!("CARGO_PKG_VERSION")),
+                    "library": "hecnn",
+                    "version": env!("CARGO_PKG_VERSION"),
                     "op": op,
                     "log_n": r.log_n(),
                     "log_qp": (r.log_qp() * 10.0).round() / 10.0,

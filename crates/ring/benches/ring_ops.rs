@@ -2,6 +2,7 @@
 //! (ModUp of one digit, ModDown, multiply-sum, rescale), single thread and 2 threads.
 //!
 //! Run: `cargo bench -p hecnn-ring --bench ring_ops` (`-- ntt` to filter).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hecnn_ring::{Backend, Basis, Coeff, CpuBackend, NttKind, RnsContext, RnsPoly, prime, sampler};

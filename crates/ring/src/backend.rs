@@ -45,6 +45,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// [`RingError::Backend`] on transfer failure or if the buffer is shorter.
     fn download(&self, buf: &Self::Buffer, words: usize) -> Result<Vec<u64>, RingError>;
 
+    /// Overwrites a buffer with zeros in a way the compiler may not elide (for secrets).
+    fn zeroize(&self, buf: &mut Self::Buffer);
+
     /// Forward NTT of every limb of `basis`.
     fn ntt_forward(&self, ctx: &RnsContext, basis: Basis, buf: &mut Self::Buffer);
 

@@ -82,8 +82,9 @@ fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modu
         })
 }
 
-/// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the sources and the
-/// target allow, else 128-bit lazy accumulation.
+/// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the target prime
+/// allows (sources of any size: `sources_fit` says whether they are all below 2^52), else
+/// 128-bit lazy accumulation.
 fn dot_const(
     ctx: &RnsContext,
     g: usize,
@@ -93,10 +94,9 @@ fn dot_const(
     sources_fit: bool,
 ) {
     let m = ctx.modulus(g);
-    if sources_fit && let Some(c) = ctx.ifma(g) {
+    if let Some(c) = ctx.ifma(g) {
         let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
-        let cs: Vec<(u64, u64)> = consts.iter().map(|&w| (w, c.shoup(w))).collect();
-        if c.dot_const(out, &ys, &cs) {
+        if c.dot_const(out, &ys, consts, !sources_fit) {
             return;
         }
     }
@@ -106,6 +106,49 @@ fn dot_const(
             acc += yj[i] as u128 * cj as u128;
         }
         *o = m.reduce_u128_any(acc);
+    }
+}
+
+/// Scalar `d = [d +] Σ_j a_j[perm] ⊙ b_j` with 128-bit lazy accumulation: up to 32 products
+/// of `< 2^122` each (plus the carried-in value) fit in a `u128` before one reduction.
+fn mul_sum_scalar(
+    m: &Modulus,
+    d: &mut [u64],
+    al: &[&[u64]],
+    bl: &[&[u64]],
+    perm: Option<&[u32]>,
+    accumulate: bool,
+) {
+    const CHUNK: usize = 32;
+    let n = d.len();
+    let mut acc = vec![0u128; n];
+    if accumulate {
+        for (a, &x) in acc.iter_mut().zip(d.iter()) {
+            *a = x as u128;
+        }
+    }
+    for (ac, bc) in al.chunks(CHUNK).zip(bl.chunks(CHUNK)) {
+        for (x, y) in ac.iter().zip(bc) {
+            match perm {
+                None => {
+                    for ((a, &xv), &yv) in acc.iter_mut().zip(x.iter()).zip(y.iter()) {
+                        *a += xv as u128 * yv as u128;
+                    }
+                }
+                Some(p) => {
+                    for ((a, &pi), &yv) in acc.iter_mut().zip(p).zip(y.iter()) {
+                        *a += x[pi as usize] as u128 * yv as u128;
+                    }
+                }
+            }
+        }
+        // Reduce once per chunk so the next chunk starts from a value below q.
+        for a in acc.iter_mut() {
+            *a = m.reduce_u128_any(*a) as u128;
+        }
+    }
+    for (o, &a) in d.iter_mut().zip(&acc) {
+        *o = a as u64;
     }
 }
 
@@ -171,6 +214,10 @@ impl Backend for CpuBackend {
                 expected: words,
                 found: buf.len(),
             })
+    }
+
+    fn zeroize(&self, buf: &mut AlignedVec) {
+        zeroize::Zeroize::zeroize(buf.as_mut_slice());
     }
 
     fn ntt_forward(&self, ctx: &RnsContext, basis: Basis, buf: &mut AlignedVec) {
@@ -257,7 +304,6 @@ impl Backend for CpuBackend {
         perm: Option<&[u32]>,
         accumulate: bool,
     ) {
-        const CHUNK: usize = 32; // 32 products of < 2^122 each fit in a u128 with the carry-in.
         let n = ctx.n();
         self.each_limb(ctx, basis, dst, |_, g, d| {
             let m = ctx.modulus(g);
@@ -275,21 +321,7 @@ impl Backend for CpuBackend {
             {
                 return;
             }
-            let mut first = !accumulate;
-            for (ac, bc) in al.chunks(CHUNK).zip(bl.chunks(CHUNK)) {
-                for (i, out) in d.iter_mut().enumerate() {
-                    let ia = perm.map_or(i, |p| p[i] as usize);
-                    let mut acc: u128 = if first { 0 } else { *out as u128 };
-                    for (x, y) in ac.iter().zip(bc) {
-                        acc += x[ia] as u128 * y[i] as u128;
-                    }
-                    *out = m.reduce_u128_any(acc);
-                }
-                first = false;
-            }
-            if first {
-                d.fill(0);
-            }
+            mul_sum_scalar(m, d, &al, &bl, perm, accumulate);
         });
     }
 
@@ -420,9 +452,7 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         let ext = Basis::qp(q, ctx.p_count());
         // y_j = c_j · (Q_D / q_j)^{-1} mod q_j
-        let digit_fits_ifma = digit
-            .clone()
-            .all(|j| ctx.modulus(j).value() < crate::simd::IFMA_MAX_MODULUS);
+        let digit_fits_ifma = digit.clone().all(|j| ctx.modulus(j).value() < 1 << 52);
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             digit
                 .clone()
@@ -465,9 +495,7 @@ impl Backend for CpuBackend {
         let qc = ctx.q_count();
         let (head, tail) = buf.as_mut_slice().split_at_mut(q * n);
         let p_range = qc..qc + k;
-        let p_fits_ifma = p_range
-            .clone()
-            .all(|g| ctx.modulus(g).value() < crate::simd::IFMA_MAX_MODULUS);
+        let p_fits_ifma = p_range.clone().all(|g| ctx.modulus(g).value() < 1 << 52);
         // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain.
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             tail[..k * n]

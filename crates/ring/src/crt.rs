@@ -46,32 +46,45 @@ pub fn to_centered_f64(ctx: &RnsContext, basis: Basis, limbs: &[u64]) -> Vec<f64
                 .collect()
         })
         .collect();
-    // Mixed-radix digits of (Q-1)/2, to decide the sign.
+    let garner = |residue: &dyn Fn(usize) -> u64, v: &mut [u64]| {
+        for i in 0..l {
+            let m = &moduli[i];
+            let mut x = residue(i);
+            for j in 0..i {
+                // x = (x - v_j) · q_j^{-1} mod q_i
+                x = m.mul(m.sub(x, m.reduce(v[j])), inv[i][j]);
+            }
+            v[i] = x;
+        }
+    };
+    // Mixed-radix digits of (Q-1)/2: its residue mod q_i is -2^{-1} mod q_i (Q ≡ 0).
+    let mut half = vec![0u64; l];
+    garner(
+        &|i| {
+            let m = &moduli[i];
+            m.neg(m.inv(2).unwrap_or(0))
+        },
+        &mut half,
+    );
     (0..n)
         .into_par_iter()
         .map(|c| {
-            let mut v = [0u64; 64];
-            let mut digits = Vec::new();
+            let mut buf = [0u64; 64];
+            let mut heap = Vec::new();
             let v: &mut [u64] = if l <= 64 {
-                &mut v[..l]
+                &mut buf[..l]
             } else {
-                digits.resize(l, 0);
-                &mut digits
+                heap.resize(l, 0);
+                &mut heap
             };
-            for i in 0..l {
-                let m = &moduli[i];
-                let mut x = limbs[i * n + c];
-                for j in 0..i {
-                    // x = (x - v_j) · q_j^{-1} mod q_i
-                    x = m.mul(m.sub(x, m.reduce(v[j])), inv[i][j]);
-                }
-                v[i] = x;
-            }
-            // value = Σ v_i Π_{j<i} q_j. It is ≥ Q/2 iff the digit string exceeds that of
-            // (Q-1)/2; comparing the top digit against q_{l-1}/2 decides all but a
-            // negligible sliver, and the Horner evaluation below is exact enough either way.
-            let top = moduli[l - 1].value();
-            let negative = v[l - 1] > top / 2 || (v[l - 1] == top / 2 && top % 2 == 1 && false);
+            garner(&|i| limbs[i * n + c], v);
+            // value > (Q-1)/2 ⟺ its digit string is larger, compared from the top digit.
+            let negative = v
+                .iter()
+                .rev()
+                .zip(half.iter().rev())
+                .find(|(a, b)| a != b)
+                .is_some_and(|(a, b)| a > b);
             if negative {
                 // Q - value: digits of (Q - 1 - value) + 1.
                 let mut carry = 1u64;
@@ -121,6 +134,38 @@ mod tests {
                 (f[c] - v as f64).abs() <= (v as f64).abs() * 1e-15,
                 "{c}: {} vs {v}",
                 f[c]
+            );
+        }
+    }
+
+    #[test]
+    fn garner_sign_at_the_half_modulus() {
+        use num_bigint::BigUint;
+        let q = crate::prime::ntt_primes(50, 4, 5).unwrap();
+        let ctx = RnsContext::new(4, &q, &[], crate::NttKind::Fast).unwrap();
+        let basis = Basis::q(5);
+        let big_q: BigUint = q.iter().map(|&v| BigUint::from(v)).product();
+        let half = (&big_q - 1u32) / 2u32;
+        let vals = [
+            half.clone(),
+            &half + 1u32,
+            &half - 1u32,
+            &big_q - 1u32,
+            BigUint::from(0u32),
+        ];
+        let mut limbs = vec![0u64; 5 * 16];
+        for (c, v) in vals.iter().enumerate() {
+            for (i, &qi) in q.iter().enumerate() {
+                limbs[i * 16 + c] = (v % qi).to_u64_digits().first().copied().unwrap_or(0);
+            }
+        }
+        let f = to_centered_f64(&ctx, basis, &limbs);
+        for (c, &fc) in f.iter().enumerate().take(vals.len()) {
+            let exact = crt_centered(&ctx, basis, &limbs, c).to_f64().unwrap();
+            assert_eq!(fc.signum(), exact.signum(), "{c}");
+            assert!(
+                (fc - exact).abs() <= exact.abs() * 1e-14,
+                "{c}: {fc} vs {exact}"
             );
         }
     }

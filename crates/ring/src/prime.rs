@@ -147,7 +147,7 @@ fn check_bits(bits: u32, log_n: u32) -> Result<(), RingError> {
 /// [`RingError::NoRootOfUnity`] if `q ≢ 1 (mod 2n)`.
 pub fn min_primitive_root(q: &Modulus, two_n: u64) -> Result<u64, RingError> {
     let qv = q.value();
-    if !two_n.is_power_of_two() || (qv - 1) % two_n != 0 {
+    if !two_n.is_power_of_two() || !(qv - 1).is_multiple_of(two_n) {
         return Err(RingError::NoRootOfUnity {
             modulus: qv,
             order: two_n,
@@ -199,7 +199,12 @@ mod tests {
 
     #[test]
     fn primality_small_cases() {
-        let naive = |n: u64| n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0);
+        let naive = |n: u64| {
+            n >= 2
+                && (2..n)
+                    .take_while(|d| d * d <= n)
+                    .all(|d| !n.is_multiple_of(d))
+        };
         for n in 0..5000 {
             assert_eq!(is_prime(n), naive(n), "{n}");
         }

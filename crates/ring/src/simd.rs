@@ -197,23 +197,48 @@ fn mul_sum_imp(
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn dot_const_imp(out: &mut [u64], ys: &[&[u64]], consts: &[(u64, u64)], c: &IfmaModulus) {
+fn dot_const_imp(
+    out: &mut [u64],
+    ys: &[&[u64]],
+    consts: &[WideConst],
+    wide: bool,
+    c: &IfmaModulus,
+) {
     let q = _mm512_set1_epi64(c.q as i64);
     let two_q = _mm512_set1_epi64(2 * c.q as i64);
-    let cs: Vec<(__m512i, __m512i)> = consts
+    let low26 = _mm512_set1_epi64((1 << 26) - 1);
+    let shift26 = _mm_set_epi64x(0, 26);
+    let splat = |x: u64| _mm512_set1_epi64(x as i64);
+    let cs: Vec<[__m512i; 4]> = consts
         .iter()
-        .map(|&(w, ws)| (_mm512_set1_epi64(w as i64), _mm512_set1_epi64(ws as i64)))
+        .map(|k| [splat(k.w), splat(k.ws), splat(k.w_hi), splat(k.w_hi_s)])
         .collect();
     for i in (0..out.len()).step_by(8) {
         let mut acc = _mm512_setzero_si512();
-        for (y, &(w, ws)) in ys.iter().zip(&cs) {
-            acc = csub(
-                _mm512_add_epi64(acc, shoup_lazy(load(y, i), w, ws, q)),
-                two_q,
-            );
+        for (y, [w, ws, wh, whs]) in ys.iter().zip(&cs) {
+            let a = load(y, i);
+            if wide {
+                // a = a_hi·2^26 + a_lo with both halves below 2^52.
+                let lo = shoup_lazy(_mm512_and_si512(a, low26), *w, *ws, q);
+                let hi = shoup_lazy(_mm512_srl_epi64(a, shift26), *wh, *whs, q);
+                acc = csub(_mm512_add_epi64(acc, lo), two_q);
+                acc = csub(_mm512_add_epi64(acc, hi), two_q);
+            } else {
+                acc = csub(_mm512_add_epi64(acc, shoup_lazy(a, *w, *ws, q)), two_q);
+            }
         }
         store(out, i, csub(acc, q));
     }
+}
+
+/// A conversion constant `w` with its Shoup factor, and `w·2^26 mod q` with its own, for
+/// sources of up to 64 bits split into two 26/38-bit halves.
+#[derive(Clone, Copy, Debug)]
+struct WideConst {
+    w: u64,
+    ws: u64,
+    w_hi: u64,
+    w_hi_s: u64,
 }
 
 #[target_feature(enable = "avx512f,avx512ifma")]
@@ -283,18 +308,33 @@ impl IfmaModulus {
         true
     }
 
-    /// `out[i] = Σ_j ys[j][i]·w_j mod q` for constants `(w_j, shoup(w_j))`; `ys[j][i] < 2^52`.
-    pub fn dot_const(&self, out: &mut [u64], ys: &[&[u64]], consts: &[(u64, u64)]) -> bool {
+    /// `out[i] = Σ_j ys[j][i]·w_j mod q` for constants `w_j < q` (fast basis conversion).
+    /// Sources may be any 64-bit words; when some exceed 2^52 (`wide`), each is split in two
+    /// halves that IFMA can multiply.
+    pub fn dot_const(&self, out: &mut [u64], ys: &[&[u64]], consts: &[u64], wide: bool) -> bool {
         let n = out.len();
         if !lanes_ok(n)
             || ys.len() != consts.len()
             || ys.iter().any(|y| y.len() != n)
-            || ys.len() > 1 << 10
+            || ys.len() > 1 << 9
         {
             return false;
         }
+        let q = self.q as u128;
+        let cs: Vec<WideConst> = consts
+            .iter()
+            .map(|&w| {
+                let w_hi = (((w as u128) << 26) % q) as u64;
+                WideConst {
+                    w,
+                    ws: self.shoup(w),
+                    w_hi,
+                    w_hi_s: self.shoup(w_hi),
+                }
+            })
+            .collect();
         // SAFETY: see `mul_assign`.
-        unsafe { dot_const_imp(out, ys, consts, self) };
+        unsafe { dot_const_imp(out, ys, &cs, wide, self) };
         true
     }
 
@@ -363,14 +403,16 @@ mod tests {
                 prop_assert_eq!(out[i], acc);
             }
 
-            let consts: Vec<(u64, u64)> = (0..terms).map(|_| { let w = next(q); (w, c.shoup(w)) }).collect();
-            let raw: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(1 << 50)).collect()).collect();
-            let rr: Vec<&[u64]> = raw.iter().map(Vec::as_slice).collect();
-            let mut out = vec![0; n];
-            prop_assert!(c.dot_const(&mut out, &rr, &consts));
-            for i in 0..n {
-                let want = (0..terms).fold(0u128, |acc, t| acc + raw[t][i] as u128 * consts[t].0 as u128) % q as u128;
-                prop_assert_eq!(out[i], want as u64);
+            let consts: Vec<u64> = (0..terms).map(|_| next(q)).collect();
+            for (wide, bound) in [(false, 1u64 << 50), (true, u64::MAX)] {
+                let raw: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(bound)).collect()).collect();
+                let rr: Vec<&[u64]> = raw.iter().map(Vec::as_slice).collect();
+                let mut out = vec![0; n];
+                prop_assert!(c.dot_const(&mut out, &rr, &consts, wide));
+                for i in 0..n {
+                    let want = (0..terms).fold(0u128, |acc, t| acc + raw[t][i] as u128 * consts[t] as u128) % q as u128;
+                    prop_assert_eq!(out[i], want as u64);
+                }
             }
 
             let mut d = big.clone();

@@ -39,7 +39,7 @@ impl IfmaModulus {
     ) -> bool {
         false
     }
-    pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[(u64, u64)]) -> bool {
+    pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64], _wide: bool) -> bool {
         false
     }
     pub fn reduce_assign(&self, _d: &mut [u64]) -> bool {

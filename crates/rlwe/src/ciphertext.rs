@@ -137,19 +137,65 @@ impl SecretKey {
         Ok(Ciphertext::with_seed(vec![b, a], Some(seed)))
     }
 
-    /// Decrypts to the evaluation-domain plaintext `c_0 + c_1·s (+ c_2·s²)`.
+    /// Decrypts to the evaluation-domain plaintext `c_0 + c_1·s (+ c_2·s²)`, uploading the
+    /// key's live limbs for this call (use a [`Decryptor`] for many ciphertexts).
     ///
     /// # Errors
-    /// [`RlweError::ParamsMismatch`] style errors from mismatched bases; backend failures.
+    /// Backend failures.
     pub fn decrypt<B: Backend>(
         &self,
         be: &B,
         ct: &Ciphertext<B>,
     ) -> Result<RnsPoly<B, Eval>, RlweError> {
-        let ctx = self.params().ctx();
-        let basis = ct.basis();
-        let s = self.eval_poly(be, basis)?;
-        // Horner: ((c_d·s + c_{d-1})·s + …) + c_0
+        let mut s = self.eval_poly(be, ct.basis())?;
+        let out = decrypt_with(be, self.params(), &s, ct);
+        be.zeroize(s.buffer_mut());
+        out
+    }
+
+    /// A decryptor that keeps `s` on the backend for repeated decryption.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn decryptor<'a, B: Backend>(&'a self, be: &'a B) -> Result<Decryptor<'a, B>, RlweError> {
+        let s = self.eval_poly(be, Basis::q(self.params().q().len()))?;
+        Ok(Decryptor { sk: self, be, s })
+    }
+}
+
+/// Decrypts with the secret key held on the backend (uploaded once, zeroized on drop).
+pub struct Decryptor<'a, B: Backend> {
+    sk: &'a SecretKey,
+    be: &'a B,
+    s: RnsPoly<B, Eval>,
+}
+
+impl<B: Backend> Decryptor<'_, B> {
+    /// Decrypts to the evaluation-domain plaintext.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn decrypt(&self, ct: &Ciphertext<B>) -> Result<RnsPoly<B, Eval>, RlweError> {
+        decrypt_with(self.be, self.sk.params(), &self.s, ct)
+    }
+}
+
+impl<B: Backend> Drop for Decryptor<'_, B> {
+    fn drop(&mut self) {
+        self.be.zeroize(self.s.buffer_mut());
+    }
+}
+
+/// `c_0 + c_1·s (+ c_2·s²)` by Horner's rule; `s` may live over a larger basis.
+fn decrypt_with<B: Backend>(
+    be: &B,
+    params: &Params,
+    s: &RnsPoly<B, Eval>,
+    ct: &Ciphertext<B>,
+) -> Result<RnsPoly<B, Eval>, RlweError> {
+    let ctx = params.ctx();
+    {
+        // ((c_d·s + c_{d-1})·s + …) + c_0
         let mut parts = ct.parts().iter().rev();
         let mut acc = parts
             .next()
@@ -158,7 +204,7 @@ impl SecretKey {
             })?
             .clone();
         for c in parts {
-            acc.mul_assign(be, ctx, &s)?;
+            acc.mul_assign(be, ctx, s)?;
             acc.add_assign(be, ctx, c)?;
         }
         Ok(acc)

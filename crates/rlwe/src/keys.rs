@@ -10,7 +10,7 @@ use std::sync::Arc;
 use hecnn_ring::{Backend, Basis, Coeff, Eval, Prng, RnsPoly, sampler};
 use zeroize::Zeroizing;
 
-use crate::{Params, RlweError, SecretDistribution};
+use crate::{Params, PolyPair, RlweError, SecretDistribution};
 
 /// The secret key `s` (ternary), kept on the host in coefficient and evaluation form.
 pub struct SecretKey {
@@ -101,12 +101,21 @@ impl SecretKey {
     ) -> Result<RnsPoly<B, Eval>, RlweError> {
         let ctx = self.params.ctx();
         let n = self.params.n();
+        if basis.q > ctx.q_count() || basis.p > ctx.p_count() {
+            return Err(hecnn_ring::RingError::BasisOutOfRange {
+                basis,
+                q: ctx.q_count(),
+                p: ctx.p_count(),
+            }
+            .into());
+        }
         let mut host = Zeroizing::new(Vec::with_capacity(basis.len() * n));
         for pos in 0..basis.len() {
             let g = basis.global(ctx, pos);
             host.extend_from_slice(&self.eval_qp[g * n..(g + 1) * n]);
         }
-        Ok(RnsPoly::from_host(be, ctx, basis, &host)?)
+        // Produced here from reduced residues: no need to re-validate.
+        Ok(RnsPoly::from_buffer(be.upload(&host)?, basis))
     }
 
     /// The public key `(b, a) = (-a·s + e, a)` over `Q`.
@@ -136,7 +145,7 @@ impl SecretKey {
         basis: Basis,
         seed: &[u8; 32],
         rng: &mut Prng,
-    ) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
+    ) -> Result<PolyPair<B>, RlweError> {
         let s = self.eval_poly(be, basis)?;
         self.rlwe_sample_under(be, &s, seed, rng)
     }
@@ -148,13 +157,13 @@ impl SecretKey {
         s: &RnsPoly<B, Eval>,
         seed: &[u8; 32],
         rng: &mut Prng,
-    ) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
+    ) -> Result<PolyPair<B>, RlweError> {
         let ctx = self.params.ctx();
         let basis = s.basis();
         let a = uniform_eval(be, &self.params, basis, seed)?;
         let mut b = gaussian_eval(be, &self.params, basis, rng)?;
         let mut as_ = a.clone();
-        as_.mul_assign(be, ctx, &s)?;
+        as_.mul_assign(be, ctx, s)?;
         b.sub_assign(be, ctx, &as_)?;
         Ok((b, a))
     }

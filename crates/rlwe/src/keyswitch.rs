@@ -3,7 +3,7 @@
 
 use hecnn_ring::{Backend, Basis, Eval, RnsPoly};
 
-use crate::{Ciphertext, GaloisKey, Params, RelinKey, RlweError, SwitchingKey};
+use crate::{Ciphertext, GaloisKey, Params, PolyPair, RelinKey, RlweError, SwitchingKey};
 
 /// The gadget decomposition (ModUp of every digit) of a ciphertext's `c_1`, reusable for
 /// several automorphisms of the same ciphertext.
@@ -47,7 +47,7 @@ pub fn switch_decomposed<B: Backend>(
     dec: &Decomposition<B>,
     key: &SwitchingKey<B>,
     galois: Option<usize>,
-) -> Result<(RnsPoly<B, Eval>, RnsPoly<B, Eval>), RlweError> {
+) -> Result<PolyPair<B>, RlweError> {
     let ctx = params.ctx();
     let perm = galois.map(|g| ctx.eval_permutation(g)).transpose()?;
     let (k0, k1) = be.key_switch_decomposed(

@@ -27,14 +27,18 @@ mod params;
 pub mod security;
 pub mod serial;
 
-pub use ciphertext::Ciphertext;
+pub use ciphertext::{Ciphertext, Decryptor};
 pub use keys::{
     EvaluationKeys, GaloisKey, KeyRequirements, PublicKey, RelinKey, SecretKey, SwitchingKey,
 };
 pub use params::{Params, ParamsLiteral, SecretDistribution};
 pub use security::SecurityLevel;
 
-use hecnn_ring::RingError;
+use hecnn_ring::{Eval, RingError, RnsPoly};
+
+/// Two evaluation-domain polynomials, e.g. the `(b, a)` of an RLWE sample or the output of a
+/// key switch.
+pub type PolyPair<B> = (RnsPoly<B, Eval>, RnsPoly<B, Eval>);
 
 /// Errors of the RLWE layer.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
