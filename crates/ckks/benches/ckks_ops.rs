@@ -65,6 +65,7 @@ fn bench_preset(c: &mut Criterion, preset: Preset) {
         group.bench_function(format!("encrypt_pk/{tag}"), |b| {
             b.iter(|| encrypt_pk(&pk, &be, &pt, &mut rng))
         });
+        let decryptor = Decryptor::new(&sk, &be).expect("decryptor");
         group.bench_function(format!("decrypt/{tag}"), |b| {
             b.iter(|| decryptor.decrypt(&ct))
         });
