@@ -1,0 +1,300 @@
+//! The model IR: a directed acyclic graph of HE-relevant operators over images (`C×H×W`)
+//! and feature vectors. It holds no cryptography; planners and runtimes consume it.
+
+use crate::{NnError, Tensor};
+
+/// Index of a node in [`Model::nodes`].
+pub type NodeId = usize;
+
+/// A 2-D convolution (cross-correlation, as in ONNX / PyTorch).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Conv2d {
+    /// Weights `[out][in/groups][kh][kw]`.
+    pub weight: Tensor,
+    /// One bias per output channel.
+    pub bias: Vec<f64>,
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]` zero padding.
+    pub padding: [usize; 4],
+    /// Channel groups.
+    pub groups: usize,
+}
+
+impl Conv2d {
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.weight.shape()[0]
+    }
+    /// Kernel size `[kh, kw]`.
+    pub fn kernel(&self) -> [usize; 2] {
+        [self.weight.shape()[2], self.weight.shape()[3]]
+    }
+}
+
+/// A fully connected layer `y = W·x + b`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dense {
+    /// Weights `[out][in]`.
+    pub weight: Tensor,
+    /// Bias per output.
+    pub bias: Vec<f64>,
+}
+
+/// Pooling window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// `[sh, sw]`.
+    pub stride: [usize; 2],
+    /// `[top, left, bottom, right]`.
+    pub padding: [usize; 4],
+}
+
+/// Batch normalization (inference form).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// γ per channel.
+    pub scale: Vec<f64>,
+    /// β per channel.
+    pub bias: Vec<f64>,
+    /// Running mean.
+    pub mean: Vec<f64>,
+    /// Running variance.
+    pub var: Vec<f64>,
+    /// ε.
+    pub epsilon: f64,
+}
+
+/// An operator.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Op {
+    /// The model input.
+    Input,
+    /// Convolution.
+    Conv2d(Conv2d),
+    /// Fully connected layer (flattens its input).
+    Dense(Dense),
+    /// Average pooling (zero padding counted in the divisor, ONNX `count_include_pad = 1`
+    /// semantics are not supported: padding must be zero).
+    AvgPool(Pool),
+    /// Global average pooling to `C×1×1`.
+    GlobalAvgPool,
+    /// Batch normalization.
+    BatchNorm(BatchNorm),
+    /// Per-channel (or per-feature, for vectors) `x·scale + shift`.
+    ChannelAffine {
+        /// Multiplier per channel.
+        scale: Vec<f64>,
+        /// Offset per channel.
+        shift: Vec<f64>,
+    },
+    /// Flatten to a vector.
+    Flatten,
+    /// Element-wise sum of two inputs (residual connections).
+    Add,
+    /// Element-wise polynomial `Σ c_i x^i` (the HE-friendly activation).
+    Poly(Vec<f64>),
+    /// ReLU: not evaluable under HE; must be rewritten to a polynomial.
+    Relu,
+    /// Max pooling: not evaluable under HE; must be rewritten (e.g. to average pooling).
+    MaxPool(Pool),
+}
+
+impl Op {
+    /// Short name for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Input => "Input",
+            Op::Conv2d(_) => "Conv2d",
+            Op::Dense(_) => "Dense",
+            Op::AvgPool(_) => "AvgPool",
+            Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::BatchNorm(_) => "BatchNorm",
+            Op::ChannelAffine { .. } => "ChannelAffine",
+            Op::Flatten => "Flatten",
+            Op::Add => "Add",
+            Op::Poly(_) => "Poly",
+            Op::Relu => "Relu",
+            Op::MaxPool(_) => "MaxPool",
+        }
+    }
+}
+
+/// A node: an operator applied to the outputs of earlier nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    /// Name (from the source model) for messages.
+    pub name: String,
+    /// The operator.
+    pub op: Op,
+    /// Input nodes (earlier in the list).
+    pub inputs: Vec<NodeId>,
+}
+
+/// A model: nodes in topological order; node 0 is the input.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    /// Model name.
+    pub name: String,
+    /// Input shape `[C, H, W]`.
+    pub input_shape: [usize; 3],
+    /// Nodes, topologically ordered.
+    pub nodes: Vec<Node>,
+    /// The output node.
+    pub output: NodeId,
+}
+
+impl Model {
+    /// Checks structure (topological order, arities) and returns every node's output shape.
+    ///
+    /// # Errors
+    /// [`NnError::Shape`] / [`NnError::Invalid`] describing the first inconsistency.
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>, NnError> {
+        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
+        for (id, node) in self.nodes.iter().enumerate() {
+            if node.inputs.iter().any(|&i| i >= id) {
+                return Err(NnError::Invalid(format!(
+                    "node '{}' uses a later node as input",
+                    node.name
+                )));
+            }
+            let arity = match node.op {
+                Op::Input => 0,
+                Op::Add => 2,
+                _ => 1,
+            };
+            if node.inputs.len() != arity {
+                return Err(NnError::Invalid(format!(
+                    "node '{}' ({}) has {} inputs, expected {arity}",
+                    node.name,
+                    node.op.kind(),
+                    node.inputs.len()
+                )));
+            }
+            let input = |k: usize| shapes[node.inputs[k]].clone();
+            let shape = match &node.op {
+                Op::Input => self.input_shape.to_vec(),
+                Op::Conv2d(c) => {
+                    let s = chw(&input(0), &node.name)?;
+                    let w = c.weight.shape();
+                    if w.len() != 4
+                        || c.groups == 0
+                        || s[0] != w[1] * c.groups
+                        || w[0] % c.groups != 0
+                    {
+                        return Err(NnError::Shape(format!(
+                            "convolution '{}': weight {w:?} with {} groups does not fit input {s:?}",
+                            node.name, c.groups
+                        )));
+                    }
+                    if c.bias.len() != w[0] {
+                        return Err(NnError::Shape(format!(
+                            "convolution '{}': bias length",
+                            node.name
+                        )));
+                    }
+                    let [oh, ow] = window_out(&s, [w[2], w[3]], c.stride, c.padding, &node.name)?;
+                    vec![w[0], oh, ow]
+                }
+                Op::Dense(d) => {
+                    let n: usize = input(0).iter().product();
+                    let w = d.weight.shape();
+                    if w.len() != 2 || w[1] != n || d.bias.len() != w[0] {
+                        return Err(NnError::Shape(format!(
+                            "dense '{}': weight {w:?} does not fit {n} inputs",
+                            node.name
+                        )));
+                    }
+                    vec![w[0]]
+                }
+                Op::AvgPool(p) | Op::MaxPool(p) => {
+                    let s = chw(&input(0), &node.name)?;
+                    let [oh, ow] = window_out(&s, p.kernel, p.stride, p.padding, &node.name)?;
+                    vec![s[0], oh, ow]
+                }
+                Op::GlobalAvgPool => vec![chw(&input(0), &node.name)?[0], 1, 1],
+                Op::BatchNorm(b) => {
+                    let s = input(0);
+                    let c = s.first().copied().unwrap_or(0);
+                    if [&b.scale, &b.bias, &b.mean, &b.var]
+                        .iter()
+                        .any(|v| v.len() != c)
+                    {
+                        return Err(NnError::Shape(format!(
+                            "batch norm '{}': {c} channels",
+                            node.name
+                        )));
+                    }
+                    s
+                }
+                Op::ChannelAffine { scale, shift } => {
+                    let s = input(0);
+                    let c = s.first().copied().unwrap_or(0);
+                    if scale.len() != c || shift.len() != c {
+                        return Err(NnError::Shape(format!(
+                            "affine '{}': {} / {} values for {c} channels",
+                            node.name,
+                            scale.len(),
+                            shift.len()
+                        )));
+                    }
+                    s
+                }
+                Op::Flatten => vec![input(0).iter().product()],
+                Op::Add => {
+                    let (a, b) = (input(0), input(1));
+                    if a != b {
+                        return Err(NnError::Shape(format!(
+                            "add '{}': {a:?} vs {b:?}",
+                            node.name
+                        )));
+                    }
+                    a
+                }
+                Op::Poly(_) | Op::Relu => input(0),
+            };
+            shapes.push(shape);
+        }
+        if self.output >= self.nodes.len() {
+            return Err(NnError::Invalid("output node out of range".into()));
+        }
+        Ok(shapes)
+    }
+
+    /// Nodes that cannot be evaluated homomorphically as they are (ReLU, MaxPool).
+    pub fn non_polynomial_nodes(&self) -> Vec<(&str, &'static str)> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Relu | Op::MaxPool(_)))
+            .map(|n| (n.name.as_str(), n.op.kind()))
+            .collect()
+    }
+}
+
+fn chw(s: &[usize], name: &str) -> Result<[usize; 3], NnError> {
+    match *s {
+        [c, h, w] => Ok([c, h, w]),
+        _ => Err(NnError::Shape(format!(
+            "'{name}' expects a C×H×W input, got {s:?}"
+        ))),
+    }
+}
+
+fn window_out(
+    s: &[usize; 3],
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 4],
+    name: &str,
+) -> Result<[usize; 2], NnError> {
+    let (h, w) = (s[1] + pad[0] + pad[2], s[2] + pad[1] + pad[3]);
+    if stride.contains(&0) || k[0] == 0 || k[1] == 0 || k[0] > h || k[1] > w {
+        return Err(NnError::Shape(format!(
+            "'{name}': window {k:?} stride {stride:?} does not fit {s:?} with padding {pad:?}"
+        )));
+    }
+    Ok([(h - k[0]) / stride[0] + 1, (w - k[1]) / stride[1] + 1])
+}

@@ -1,0 +1,8 @@
+//! ONNX import and export.
+
+mod export;
+mod import;
+pub mod proto;
+
+pub use export::export_onnx;
+pub use import::{MAX_ONNX_BYTES, OPSET_RANGE, import_onnx};

@@ -1,0 +1,357 @@
+//! ONNX import of generated models against the cleartext executor, unsupported-operator
+//! reporting, malformed input, and the HE-friendly rewrites.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use hecnn_nn::{
+    Model, NnError, Op, RewriteOptions, Tensor, exec,
+    ir::{BatchNorm, Conv2d, Dense, Node, Pool},
+    onnx::{self, proto},
+    rewrite,
+};
+use prost::Message;
+
+fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            // Multiples of 2^-12: exactly representable in f32, so export is lossless.
+            ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
+        })
+        .map(|v: f64| (v * 4096.0).round() / 4096.0)
+        .collect()
+}
+
+fn tensor(seed: u64, shape: Vec<usize>, scale: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(shape, values(seed, n, scale)).unwrap()
+}
+
+fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
+    Node {
+        name: name.into(),
+        op,
+        inputs,
+    }
+}
+
+/// HCNN's MNIST network: conv 5×5/2 (5) → x² → conv 5×5/2 (50) → x² → dense 10.
+fn hcnn_mnist() -> Model {
+    Model {
+        name: "hcnn-mnist".into(),
+        input_shape: [1, 28, 28],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node(
+                "conv1",
+                Op::Conv2d(Conv2d {
+                    weight: tensor(1, vec![5, 1, 5, 5], 0.5),
+                    bias: values(2, 5, 0.1),
+                    stride: [2, 2],
+                    padding: [1, 1, 0, 0],
+                    groups: 1,
+                }),
+                vec![0],
+            ),
+            node("sq1", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
+            node(
+                "conv2",
+                Op::Conv2d(Conv2d {
+                    weight: tensor(3, vec![50, 5, 5, 5], 0.2),
+                    bias: values(4, 50, 0.1),
+                    stride: [2, 2],
+                    padding: [0; 4],
+                    groups: 1,
+                }),
+                vec![2],
+            ),
+            node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![3]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: tensor(5, vec![10, 50 * 5 * 5], 0.05),
+                    bias: values(6, 10, 0.1),
+                }),
+                vec![4],
+            ),
+        ],
+        output: 5,
+    }
+}
+
+/// Conv → BN → (a·x² + b·x + c as separate nodes) → residual add → avg pool → GAP → dense.
+fn residual_model() -> Model {
+    let bn = BatchNorm {
+        scale: values(10, 4, 1.0),
+        bias: values(11, 4, 0.5),
+        mean: values(12, 4, 0.3),
+        var: values(13, 4, 0.4).iter().map(|v| v.abs() + 0.5).collect(),
+        epsilon: 1e-5,
+    };
+    Model {
+        name: "residual".into(),
+        input_shape: [3, 8, 8],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node(
+                "conv",
+                Op::Conv2d(Conv2d {
+                    weight: tensor(7, vec![4, 3, 3, 3], 0.5),
+                    bias: values(8, 4, 0.1),
+                    stride: [1, 1],
+                    padding: [1, 1, 1, 1],
+                    groups: 1,
+                }),
+                vec![0],
+            ),
+            node("bn", Op::BatchNorm(bn), vec![1]),
+            node("sq", Op::Poly(vec![0.0, 0.0, 1.0]), vec![2]),
+            node("a_sq", Op::Poly(vec![0.0, 0.25]), vec![3]),
+            node("b_x", Op::Poly(vec![0.0, 0.5]), vec![2]),
+            node("act", Op::Add, vec![4, 5]),
+            node("act_c", Op::Poly(vec![0.125, 1.0]), vec![6]),
+            node(
+                "conv2",
+                Op::Conv2d(Conv2d {
+                    weight: tensor(9, vec![4, 1, 3, 3], 0.5),
+                    bias: vec![0.0; 4],
+                    stride: [1, 1],
+                    padding: [1, 1, 1, 1],
+                    groups: 4,
+                }),
+                vec![7],
+            ),
+            node("res", Op::Add, vec![8, 7]),
+            node(
+                "pool",
+                Op::AvgPool(Pool {
+                    kernel: [2, 2],
+                    stride: [2, 2],
+                    padding: [0; 4],
+                }),
+                vec![9],
+            ),
+            node("gap", Op::GlobalAvgPool, vec![10]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: tensor(14, vec![3, 4], 1.0),
+                    bias: values(15, 3, 0.1),
+                }),
+                vec![11],
+            ),
+        ],
+        output: 12,
+    }
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
+    assert_eq!(a.shape(), b.shape());
+    for (x, y) in a.data().iter().zip(b.data()) {
+        assert!((x - y).abs() <= tol * (1.0 + x.abs()), "{x} vs {y}");
+    }
+}
+
+#[test]
+fn onnx_round_trip_matches_cleartext() {
+    for (model, seed) in [(hcnn_mnist(), 20u64), (residual_model(), 21)] {
+        let x = tensor(seed, model.input_shape.to_vec(), 1.0);
+        let want = exec::run(&model, &x).unwrap();
+        let bytes = onnx::export_onnx(&model).unwrap();
+        let imported = onnx::import_onnx(&bytes).unwrap();
+        assert_close(&exec::run(&imported, &x).unwrap(), &want, 1e-6);
+        let rewritten = rewrite(&imported, &RewriteOptions::default()).unwrap();
+        assert_close(&exec::run(&rewritten, &x).unwrap(), &want, 1e-9);
+        // Rewrites shrink the graph: no BatchNorm / affine nodes left, one activation per layer.
+        assert!(
+            rewritten
+                .nodes
+                .iter()
+                .all(|n| !matches!(n.op, Op::BatchNorm(_) | Op::ChannelAffine { .. }))
+        );
+    }
+    let rewritten = rewrite(&residual_model(), &RewriteOptions::default()).unwrap();
+    let polys: Vec<&Vec<f64>> = rewritten
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            if let Op::Poly(c) = &n.op {
+                Some(c)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        polys,
+        vec![&vec![0.125, 0.5, 0.25]],
+        "a·x² + b·x + c recognised as one activation"
+    );
+}
+
+fn raw_model(nodes: Vec<proto::NodeProto>, initializers: Vec<proto::TensorProto>) -> Vec<u8> {
+    let dim = |v: i64| proto::Dimension {
+        dim_value: Some(v),
+        dim_param: None,
+    };
+    let input = proto::ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(proto::TypeProto {
+            tensor_type: Some(proto::TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(proto::TensorShapeProto {
+                    dim: vec![dim(1), dim(1), dim(4), dim(4)],
+                }),
+            }),
+        }),
+        doc_string: String::new(),
+    };
+    let out_name = nodes
+        .last()
+        .map(|n| n.output[0].clone())
+        .unwrap_or_default();
+    proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(proto::GraphProto {
+            node: nodes,
+            initializer: initializers,
+            input: vec![input],
+            output: vec![proto::ValueInfoProto {
+                name: out_name,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn pnode(op: &str, name: &str, inputs: &[&str], output: &str) -> proto::NodeProto {
+    proto::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn every_unsupported_operator_is_listed() {
+    let bytes = raw_model(
+        vec![
+            pnode("Tanh", "act_tanh", &["x"], "a"),
+            pnode("Mul", "square", &["x", "x"], "b"),
+            pnode("Softmax", "probabilities", &["b"], "c"),
+            pnode("LSTM", "rnn", &["c"], "d"),
+            pnode("Add", "join", &["a", "d"], "e"),
+        ],
+        vec![],
+    );
+    let err = onnx::import_onnx(&bytes).unwrap_err();
+    let NnError::Unsupported(list) = &err else {
+        panic!("{err}")
+    };
+    let names: Vec<&str> = list.iter().map(|(n, _)| n.as_str()).collect();
+    // The LSTM consumes the Softmax output, yet is reported too; the Add of poisoned values is
+    // not (it is not itself unsupported).
+    assert_eq!(names, vec!["act_tanh", "probabilities", "rnn"]);
+    let msg = err.to_string();
+    assert!(
+        msg.contains("Tanh (node 'act_tanh')") && msg.contains("LSTM (node 'rnn')"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn malformed_and_mismatched_inputs_are_typed_errors() {
+    assert!(matches!(
+        onnx::import_onnx(b"definitely not protobuf \xff\xff\xff"),
+        Err(NnError::Onnx(_))
+    ));
+    let bytes = onnx::export_onnx(&hcnn_mnist()).unwrap();
+    for cut in [1, bytes.len() / 3, bytes.len() - 7] {
+        assert!(onnx::import_onnx(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    // A weight of the wrong size for its declared dimensions.
+    let bad_w = proto::TensorProto {
+        dims: vec![2, 1, 3, 3],
+        data_type: 1,
+        name: "w".into(),
+        raw_data: vec![0; 12],
+        ..Default::default()
+    };
+    let bytes = raw_model(vec![pnode("Conv", "c", &["x", "w"], "y")], vec![bad_w]);
+    assert!(matches!(onnx::import_onnx(&bytes), Err(NnError::Onnx(m)) if m.contains("raw bytes")));
+    // Wrong input shape to the executor.
+    let x = Tensor::zeros(vec![1, 27, 28]);
+    assert!(matches!(
+        exec::run(&hcnn_mnist(), &x),
+        Err(NnError::Shape(_))
+    ));
+    // Inconsistent model: dense layer of the wrong width.
+    let mut m = hcnn_mnist();
+    if let Op::Dense(d) = &mut m.nodes[5].op {
+        d.weight = tensor(1, vec![10, 7], 1.0);
+    }
+    assert!(matches!(m.shapes(), Err(NnError::Shape(_))));
+}
+
+#[test]
+fn relu_and_maxpool_need_a_replacement() {
+    let bytes = raw_model(
+        vec![pnode("Relu", "relu1", &["x"], "a"), {
+            let mut n = pnode("MaxPool", "pool1", &["a"], "b");
+            n.attribute = vec![
+                proto::AttributeProto {
+                    name: "kernel_shape".into(),
+                    r#type: 7,
+                    ints: vec![2, 2],
+                    ..Default::default()
+                },
+                proto::AttributeProto {
+                    name: "strides".into(),
+                    r#type: 7,
+                    ints: vec![2, 2],
+                    ..Default::default()
+                },
+            ];
+            n
+        }],
+        vec![],
+    );
+    let model = onnx::import_onnx(&bytes).unwrap();
+    let err = rewrite(&model, &RewriteOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, NnError::NotPolynomial(v) if v.len() == 2),
+        "{err}"
+    );
+    assert!(err.to_string().contains("relu1 (Relu)"));
+    let opts = RewriteOptions {
+        relu_replacement: Some(vec![0.0, 0.5, 0.25]),
+        maxpool_as_avgpool: true,
+    };
+    let he = rewrite(&model, &opts).unwrap();
+    let x = tensor(3, vec![1, 4, 4], 1.0);
+    let y = exec::run(&he, &x).unwrap();
+    assert_eq!(y.shape(), &[1, 2, 2]);
+    let want = (x.data()[0] * 0.5
+        + x.data()[0].powi(2) * 0.25
+        + x.data()[1] * 0.5
+        + x.data()[1].powi(2) * 0.25
+        + x.data()[4] * 0.5
+        + x.data()[4].powi(2) * 0.25
+        + x.data()[5] * 0.5
+        + x.data()[5].powi(2) * 0.25)
+        / 4.0;
+    assert!((y.data()[0] - want).abs() < 1e-12);
+}
