@@ -722,6 +722,73 @@ impl<B: Backend> Evaluator<B> {
         self.inner_sum(ct, -stride, count)
     }
 
+    /// `Σ_j k_j·ct_j + bias` with integer weights `k_j` and integer `bias` (added to every
+    /// slot, already scaled), the result declared at `scale`. All inputs must have the same
+    /// degree and slot count; they are brought to the lowest level. One fused multiply-sum per
+    /// component (lazily reduced), no rescale: the weighted sums of batch-mode linear layers.
+    ///
+    /// # Errors
+    /// Empty input, mismatched slots or degrees, length mismatch.
+    pub fn linear_combination(
+        &self,
+        cts: &[&Ciphertext<B>],
+        weights: &[i128],
+        bias: i128,
+        scale: f64,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let first = cts.first().ok_or(CkksError::InvalidArgument {
+            what: "empty linear combination",
+        })?;
+        if cts.len() != weights.len() {
+            return Err(CkksError::InvalidArgument {
+                what: "one weight per ciphertext",
+            });
+        }
+        let (slots, degree) = (first.slots(), first.degree());
+        let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
+        for c in cts {
+            Self::check_slots(slots, c.slots())?;
+            if c.degree() != degree {
+                return Err(CkksError::Degree {
+                    expected: degree,
+                    found: c.degree(),
+                });
+            }
+        }
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        let scalars: Vec<Vec<u64>> = weights
+            .iter()
+            .map(|&w| self.int_residues(w, basis))
+            .collect();
+        let mut parts = Vec::with_capacity(degree + 1);
+        for comp in 0..=degree {
+            let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+            let srcs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
+                .iter()
+                .map(|c| {
+                    let p = &c.inner().parts()[comp];
+                    (p.buffer(), p.basis())
+                })
+                .collect();
+            be.scalar_mul_sum(ctx, basis, acc.buffer_mut(), &srcs, &scalars, false);
+            parts.push(acc);
+        }
+        let mut out = Ciphertext::new(hecnn_rlwe::Ciphertext::from_parts(parts)?, scale, slots);
+        if bias != 0 {
+            self.add_int_assign(&mut out, bias)?;
+        }
+        Ok(out)
+    }
+
+    /// Adds the integer `v` (already multiplied by the ciphertext's scale) to every slot.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn add_scaled_integer(&self, ct: &mut Ciphertext<B>, v: i128) -> Result<(), CkksError> {
+        self.add_int_assign(ct, v)
+    }
+
     /// A noiseless encryption of the real constant `value` in every slot (for circuits that
     /// need a ciphertext operand).
     ///

@@ -26,8 +26,11 @@
 //! # Ok::<(), hecnn_nn::NnError>(())
 //! ```
 
+pub mod batch;
+pub mod data;
 pub mod exec;
 pub mod ir;
+pub mod linear;
 pub mod onnx;
 pub mod rewrite;
 mod tensor;
@@ -56,6 +59,9 @@ pub enum NnError {
     /// Inconsistent shapes.
     #[error("shape error: {0}")]
     Shape(String),
+    /// Missing or malformed data files.
+    #[error("data: {0}")]
+    Data(String),
     /// Structurally invalid model.
     #[error("invalid model: {0}")]
     Invalid(String),

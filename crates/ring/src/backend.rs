@@ -102,6 +102,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         accumulate: bool,
     );
 
+    /// `dst = [dst +] Σ_j src_j · s_j` where `s_j` is a constant given by its residue in every
+    /// limb of `basis` (`scalars[j][pos]`): the weighted sums of batch-mode linear layers.
+    fn scalar_mul_sum(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut Self::Buffer,
+        srcs: &[Operand<'_, Self>],
+        scalars: &[Vec<u64>],
+        accumulate: bool,
+    );
+
     /// Multiplies limb `i` by `scalars[i]`.
     fn mul_scalar_assign(
         &self,

@@ -83,8 +83,8 @@ fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modu
 }
 
 /// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the target prime
-/// allows (sources of any size: `sources_fit` says whether they are all below 2^52), else
-/// 128-bit lazy accumulation.
+/// allows (`sources_fit`: every source prime is below 2^50, which enables the lazy
+/// accumulating kernel; wider sources are split), else 128-bit lazy accumulation.
 fn dot_const(
     ctx: &RnsContext,
     g: usize,
@@ -96,6 +96,9 @@ fn dot_const(
     let m = ctx.modulus(g);
     if let Some(c) = ctx.ifma(g) {
         let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
+        if sources_fit && c.dot_lazy(out, &ys, consts, false) {
+            return;
+        }
         if c.dot_const(out, &ys, consts, !sources_fit) {
             return;
         }
@@ -325,6 +328,40 @@ impl Backend for CpuBackend {
         });
     }
 
+    fn scalar_mul_sum(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        dst: &mut AlignedVec,
+        srcs: &[Operand<'_, Self>],
+        scalars: &[Vec<u64>],
+        accumulate: bool,
+    ) {
+        let n = ctx.n();
+        self.each_limb(ctx, basis, dst, |pos, g, d| {
+            let m = ctx.modulus(g);
+            let ys: Vec<&[u64]> = srcs
+                .iter()
+                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
+                .collect();
+            let ws: Vec<u64> = scalars.iter().map(|s| m.reduce(s[pos])).collect();
+            if ctx
+                .ifma(g)
+                .is_some_and(|c| c.dot_lazy(d, &ys, &ws, accumulate))
+            {
+                return;
+            }
+            let shoup: Vec<u64> = ws.iter().map(|&w| m.shoup(w)).collect();
+            for (i, o) in d.iter_mut().enumerate() {
+                let mut acc = if accumulate { *o } else { 0 };
+                for ((y, &w), &ws) in ys.iter().zip(&ws).zip(&shoup) {
+                    acc = m.add(acc, m.mul_shoup(y[i], w, ws));
+                }
+                *o = acc;
+            }
+        });
+    }
+
     fn mul_scalar_assign(
         &self,
         ctx: &RnsContext,
@@ -452,7 +489,9 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         let ext = Basis::qp(q, ctx.p_count());
         // y_j = c_j · (Q_D / q_j)^{-1} mod q_j
-        let digit_fits_ifma = digit.clone().all(|j| ctx.modulus(j).value() < 1 << 52);
+        let digit_fits_ifma = digit
+            .clone()
+            .all(|j| ctx.modulus(j).value() < crate::simd::IFMA_MAX_MODULUS);
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             digit
                 .clone()
@@ -495,7 +534,9 @@ impl Backend for CpuBackend {
         let qc = ctx.q_count();
         let (head, tail) = buf.as_mut_slice().split_at_mut(q * n);
         let p_range = qc..qc + k;
-        let p_fits_ifma = p_range.clone().all(|g| ctx.modulus(g).value() < 1 << 52);
+        let p_fits_ifma = p_range
+            .clone()
+            .all(|g| ctx.modulus(g).value() < crate::simd::IFMA_MAX_MODULUS);
         // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain.
         let y: Vec<Vec<u64>> = self.pool.install(|| {
             tail[..k * n]

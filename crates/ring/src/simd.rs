@@ -231,6 +231,49 @@ fn dot_const_imp(
     }
 }
 
+/// `Σ_j y_j·w_j mod q` for `y_j, w_j < 2^50`, accumulating the low and high 52-bit halves of
+/// the products in place (`vpmadd52luq/huq` add into their destination) and reducing once per
+/// `LAZY_TERMS` terms: two instructions per term and lane group instead of a Shoup reduction.
+/// Bound: after `k ≤ 15` terms `hi < 15·2^48 + 15 < 2^52` once the carry of `lo` is folded in.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_lazy_imp(out: &mut [u64], ys: &[&[u64]], ws: &[u64], accumulate: bool, c: &IfmaModulus) {
+    const LAZY_TERMS: usize = 15;
+    let q = _mm512_set1_epi64(c.q as i64);
+    let mask = _mm512_set1_epi64(MASK52);
+    let shift52 = _mm_set_epi64x(0, 52);
+    let two52 = ((1u128 << 52) % c.q as u128) as u64;
+    let (t, ts) = (
+        _mm512_set1_epi64(two52 as i64),
+        _mm512_set1_epi64(c.shoup(two52) as i64),
+    );
+    let one = _mm512_set1_epi64(1);
+    let wv: Vec<__m512i> = ws.iter().map(|&w| _mm512_set1_epi64(w as i64)).collect();
+    for i in (0..out.len()).step_by(8) {
+        let mut acc = if accumulate {
+            load(out, i)
+        } else {
+            _mm512_setzero_si512()
+        };
+        for (yc, wc) in ys.chunks(LAZY_TERMS).zip(wv.chunks(LAZY_TERMS)) {
+            let mut lo = _mm512_setzero_si512();
+            let mut hi = _mm512_setzero_si512();
+            for (y, w) in yc.iter().zip(wc) {
+                let a = load(y, i);
+                lo = _mm512_madd52lo_epu64(lo, a, *w);
+                hi = _mm512_madd52hi_epu64(hi, a, *w);
+            }
+            // value = hi·2^52 + lo, with lo's carry moved into hi.
+            hi = _mm512_add_epi64(hi, _mm512_srl_epi64(lo, shift52));
+            lo = _mm512_and_si512(lo, mask);
+            let h = shoup_lazy(hi, t, ts, q); // hi·2^52 mod q, in [0, 2q)
+            let l = barrett(lo, one, c); // lo mod q
+            acc = csub(_mm512_add_epi64(acc, csub(h, q)), q);
+            acc = csub(_mm512_add_epi64(acc, l), q);
+        }
+        store(out, i, acc);
+    }
+}
+
 /// A conversion constant `w` with its Shoup factor, and `w·2^26 mod q` with its own, for
 /// sources of up to 64 bits split into two 26/38-bit halves.
 #[derive(Clone, Copy, Debug)]
@@ -338,6 +381,23 @@ impl IfmaModulus {
         true
     }
 
+    /// `out[i] = [out[i] +] Σ_j ys[j][i]·w_j mod q` for reduced `ys[j][i]` and `w_j < q`
+    /// (lazy IFMA accumulation; see `dot_lazy_imp`).
+    pub fn dot_lazy(&self, out: &mut [u64], ys: &[&[u64]], ws: &[u64], accumulate: bool) -> bool {
+        let n = out.len();
+        if !lanes_ok(n)
+            || ys.len() != ws.len()
+            || ys.iter().any(|y| y.len() != n)
+            || ws.iter().any(|&w| w >= self.q)
+        {
+            return false;
+        }
+        // SAFETY: see `mul_assign`; every source word is below q < 2^50 by the caller's
+        // invariant (reduced limbs).
+        unsafe { dot_lazy_imp(out, ys, ws, accumulate, self) };
+        true
+    }
+
     /// `d[i] = d[i] mod q` for `d[i] < 2^52`.
     pub fn reduce_assign(&self, d: &mut [u64]) -> bool {
         if !lanes_ok(d.len()) || d.iter().any(|&x| x >= 1 << 52) {
@@ -411,6 +471,18 @@ mod tests {
                 prop_assert!(c.dot_const(&mut out, &rr, &consts, wide));
                 for i in 0..n {
                     let want = (0..terms).fold(0u128, |acc, t| acc + raw[t][i] as u128 * consts[t] as u128) % q as u128;
+                    prop_assert_eq!(out[i], want as u64);
+                }
+            }
+
+            for terms in [1usize, 15, 16, 40] {
+                let xs: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
+                let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
+                let ws: Vec<u64> = (0..terms).map(|t| if t < 2 { q - 1 } else { next(q) }).collect();
+                let mut out = a.clone();
+                prop_assert!(c.dot_lazy(&mut out, &xr, &ws, true));
+                for i in 0..n {
+                    let want = (0..terms).fold(a[i] as u128, |acc, t| acc + xs[t][i] as u128 * ws[t] as u128) % q as u128;
                     prop_assert_eq!(out[i], want as u64);
                 }
             }

@@ -42,6 +42,9 @@ impl IfmaModulus {
     pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64], _wide: bool) -> bool {
         false
     }
+    pub fn dot_lazy(&self, _o: &mut [u64], _y: &[&[u64]], _w: &[u64], _acc: bool) -> bool {
+        false
+    }
     pub fn reduce_assign(&self, _d: &mut [u64]) -> bool {
         false
     }

@@ -1,0 +1,578 @@
+//! Batch packing (HCNN): one image per SIMD slot, one ciphertext per neuron, so one
+//! evaluation classifies `n/2` images and needs no rotation keys.
+//!
+//! Linear layers are integer-weighted sums of ciphertexts (one fused, lazily reduced
+//! multiply-sum per output neuron). Squares are evaluated lazily: `a·x² + b·x + c` is written
+//! `a'·(x + δ)² + γ'`, the ciphertext keeps the un-relinearized, un-rescaled tensor `u⊗u`,
+//! and the next linear layer folds `a'` into its weights and `γ'` into its bias before one
+//! relinearization per *output* neuron. Every value carries a pending affine map
+//! `true = a·ct + γ` that the next layer (or the client, after decryption) applies, so scales
+//! stay exact: each linear layer lands on the working scale `Δ`.
+
+use hecnn_ckks::{Ciphertext, CkksError, Evaluator};
+use hecnn_ring::Backend;
+
+use crate::{
+    Model, NnError, Op,
+    linear::{Row, rows},
+};
+
+/// How a value's ciphertexts relate to its true value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Form {
+    /// Degree-1 ciphertexts at the working scale: `true = a·ct + γ`.
+    Linear,
+    /// Lazily squared: degree-2 tensors `u⊗u` at the square of the working scale, not
+    /// rescaled: `true = a·(u⊗u) + γ`.
+    Squared,
+}
+
+/// Per-node facts of the plan (no cryptography).
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodePlan {
+    /// Form of the node's value.
+    pub form: Form,
+    /// Levels consumed from the input up to (and including) this node.
+    pub depth: usize,
+    /// Number of neurons (ciphertexts).
+    pub neurons: usize,
+}
+
+/// A checked batch-mode plan for a rewritten model.
+#[derive(Clone, Debug)]
+pub struct BatchPlan {
+    model: Model,
+    shapes: Vec<Vec<usize>>,
+    nodes: Vec<NodePlan>,
+    last_use: Vec<usize>,
+}
+
+/// Levels a linear layer consumes for an input of this form.
+fn linear_cost(form: Form) -> usize {
+    match form {
+        Form::Linear => 1,
+        Form::Squared => 2,
+    }
+}
+
+impl BatchPlan {
+    /// Plans a model that has been through [`crate::rewrite`].
+    ///
+    /// # Errors
+    /// [`NnError::Invalid`] for operators batch mode cannot run (non-polynomial operators,
+    /// activations of degree above 2).
+    pub fn new(model: &Model) -> Result<Self, NnError> {
+        let shapes = model.shapes()?;
+        let mut nodes: Vec<NodePlan> = Vec::with_capacity(model.nodes.len());
+        for (id, node) in model.nodes.iter().enumerate() {
+            let neurons = shapes[id].iter().product();
+            let input = node.inputs.first().map(|&i| nodes[i].clone());
+            let plan = match (&node.op, input) {
+                (Op::Input, _) => NodePlan {
+                    form: Form::Linear,
+                    depth: 0,
+                    neurons,
+                },
+                (Op::Flatten, Some(p)) => NodePlan { neurons, ..p },
+                (Op::Poly(c), Some(p)) => {
+                    if c.len() > 3 && c[3..].iter().any(|&v| v != 0.0) {
+                        return Err(NnError::Invalid(format!(
+                            "activation '{}' has degree {}: batch mode evaluates degree ≤ 2 (x², a·x²+b·x+c)",
+                            node.name,
+                            c.len() - 1
+                        )));
+                    }
+                    let square = c.get(2).is_some_and(|&v| v != 0.0);
+                    match (square, p.form) {
+                        (false, _) => p,
+                        (true, Form::Linear) => NodePlan {
+                            form: Form::Squared,
+                            ..p
+                        },
+                        // Materialize (an identity linear layer), then square.
+                        (true, Form::Squared) => NodePlan {
+                            form: Form::Squared,
+                            depth: p.depth + 2,
+                            neurons,
+                        },
+                    }
+                }
+                (Op::Add, Some(p)) => {
+                    let q = &nodes[node.inputs[1]];
+                    if p.form == Form::Linear && q.form == Form::Linear {
+                        NodePlan {
+                            form: Form::Linear,
+                            depth: p.depth.max(q.depth),
+                            neurons,
+                        }
+                    } else {
+                        let d = p.depth.max(q.depth) + 2;
+                        NodePlan {
+                            form: Form::Linear,
+                            depth: d,
+                            neurons,
+                        }
+                    }
+                }
+                (op, Some(p)) if rows(op, &shapes[node.inputs[0]], &shapes[id])?.is_some() => {
+                    NodePlan {
+                        form: Form::Linear,
+                        depth: p.depth + linear_cost(p.form),
+                        neurons,
+                    }
+                }
+                (op, _) => {
+                    return Err(NnError::Invalid(format!(
+                        "operator {} ('{}') cannot run in batch mode; rewrite the model first",
+                        op.kind(),
+                        node.name
+                    )));
+                }
+            };
+            nodes.push(plan);
+        }
+        let mut last_use = vec![0usize; model.nodes.len()];
+        for (id, node) in model.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                last_use[i] = id;
+            }
+        }
+        last_use[model.output] = usize::MAX;
+        Ok(Self {
+            model: model.clone(),
+            shapes,
+            nodes,
+            last_use,
+        })
+    }
+
+    /// Levels the whole evaluation consumes (the output is made linear if needed).
+    pub fn depth(&self) -> usize {
+        let out = &self.nodes[self.model.output];
+        out.depth + if out.form == Form::Squared { 2 } else { 0 }
+    }
+
+    /// Number of input ciphertexts (`C·H·W`).
+    pub fn inputs(&self) -> usize {
+        self.model.input_shape.iter().product()
+    }
+
+    /// The planned model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Per-node plan facts.
+    pub fn nodes(&self) -> &[NodePlan] {
+        &self.nodes
+    }
+
+    /// Ciphertext-level operation counts: (weighted-sum terms, tensor products,
+    /// relinearizations, rescales).
+    ///
+    /// # Errors
+    /// Shape errors (none for a plan that was built).
+    pub fn op_counts(&self) -> Result<(usize, usize, usize, usize), NnError> {
+        let (mut terms, mut squares, mut relins, mut rescales) = (0, 0, 0, 0);
+        for (id, node) in self.model.nodes.iter().enumerate() {
+            let Some(&i) = node.inputs.first() else {
+                continue;
+            };
+            let input = &self.nodes[i];
+            match &node.op {
+                Op::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0) => {
+                    squares += self.nodes[id].neurons
+                }
+                op => {
+                    if let Some(r) = rows(op, &self.shapes[i], &self.shapes[id])? {
+                        terms += r.iter().map(|row| row.terms.len()).sum::<usize>();
+                        let k = r.len();
+                        rescales += k * linear_cost(input.form);
+                        if input.form == Form::Squared {
+                            relins += k;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((terms, squares, relins, rescales))
+    }
+}
+
+/// A value during encrypted evaluation.
+struct Value<B: Backend> {
+    cts: Vec<Ciphertext<B>>,
+    form: Form,
+    a: f64,
+    gamma: f64,
+}
+
+/// The decrypted-side meaning of the output ciphertexts: `logit = a·decoded + γ`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutputMap {
+    /// Multiplier.
+    pub a: f64,
+    /// Offset.
+    pub gamma: f64,
+}
+
+/// Errors of the runtime, with the node that failed.
+fn at(node: &str) -> impl Fn(CkksError) -> NnError + '_ {
+    move |e| NnError::Invalid(format!("encrypted evaluation failed at '{node}': {e}"))
+}
+
+impl BatchPlan {
+    /// Runs the plan on encrypted inputs (one ciphertext per input pixel, `C×H×W` order, all
+    /// at the same level and scale). `progress(done, total)` is called after every node.
+    ///
+    /// # Errors
+    /// Too few levels, wrong input count, evaluation errors (with the node name).
+    pub fn run_encrypted<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        inputs: Vec<Ciphertext<B>>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<(Vec<Ciphertext<B>>, OutputMap), NnError> {
+        if inputs.len() != self.inputs() {
+            return Err(NnError::Shape(format!(
+                "{} input ciphertexts, the model takes {}",
+                inputs.len(),
+                self.inputs()
+            )));
+        }
+        let level = inputs.iter().map(Ciphertext::level).min().unwrap_or(0);
+        if level < self.depth() {
+            return Err(NnError::Invalid(format!(
+                "the inputs have {level} levels, the model needs {}",
+                self.depth()
+            )));
+        }
+        let delta = inputs.first().map_or(1.0, Ciphertext::scale);
+        let total = self.model.nodes.len();
+        let mut values: Vec<Option<Value<B>>> = (0..total).map(|_| None).collect();
+        values[0] = Some(Value {
+            cts: inputs,
+            form: Form::Linear,
+            a: 1.0,
+            gamma: 0.0,
+        });
+        progress(1, total);
+        for id in 1..total {
+            let node = &self.model.nodes[id];
+            let err = at(&node.name);
+            let input = |k: usize| {
+                values[node.inputs[k]].as_ref().ok_or_else(|| {
+                    NnError::Invalid(format!("value of node {} was freed early", node.inputs[k]))
+                })
+            };
+            let value = match &node.op {
+                Op::Flatten => {
+                    let v = input(0)?;
+                    Value {
+                        cts: v.cts.clone(),
+                        form: v.form,
+                        a: v.a,
+                        gamma: v.gamma,
+                    }
+                }
+                Op::Poly(c) => {
+                    let v = input(0)?;
+                    let v = if v.form == Form::Squared && c.get(2).is_some_and(|&x| x != 0.0) {
+                        &self.materialize(eval, v, delta, &err)?
+                    } else {
+                        v
+                    };
+                    poly(eval, v, c, &err)?
+                }
+                Op::Add => {
+                    let (u, v) = (input(0)?, input(1)?);
+                    self.add(eval, u, v, delta, &err)?
+                }
+                op => {
+                    let i = node.inputs[0];
+                    let r = rows(op, &self.shapes[i], &self.shapes[id])?.ok_or_else(|| {
+                        NnError::Invalid(format!("'{}' is not a batch-mode operator", node.name))
+                    })?;
+                    linear(eval, input(0)?, &r, delta, &err)?
+                }
+            };
+            values[id] = Some(value);
+            for &i in &node.inputs {
+                if self.last_use[i] == id {
+                    values[i] = None;
+                }
+            }
+            progress(id + 1, total);
+        }
+        let out = values[self.model.output]
+            .take()
+            .ok_or_else(|| NnError::Invalid("no output".into()))?;
+        let out = if out.form == Form::Squared {
+            self.materialize(eval, &out, delta, &at("output"))?
+        } else {
+            out
+        };
+        Ok((
+            out.cts,
+            OutputMap {
+                a: out.a,
+                gamma: out.gamma,
+            },
+        ))
+    }
+
+    /// Relinearizes and rescales a lazily squared value (an identity linear layer).
+    fn materialize<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        v: &Value<B>,
+        delta: f64,
+        err: &impl Fn(CkksError) -> NnError,
+    ) -> Result<Value<B>, NnError> {
+        let identity: Vec<Row> = (0..v.cts.len())
+            .map(|i| Row {
+                terms: vec![(i, 1.0)],
+                bias: 0.0,
+            })
+            .collect();
+        linear(eval, v, &identity, delta, err)
+    }
+
+    fn add<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        u: &Value<B>,
+        v: &Value<B>,
+        delta: f64,
+        err: &impl Fn(CkksError) -> NnError,
+    ) -> Result<Value<B>, NnError> {
+        let fu;
+        let u = if u.form == Form::Squared {
+            fu = self.materialize(eval, u, delta, err)?;
+            &fu
+        } else {
+            u
+        };
+        let fv;
+        let v = if v.form == Form::Squared {
+            fv = self.materialize(eval, v, delta, err)?;
+            &fv
+        } else {
+            v
+        };
+        if u.a == v.a {
+            let cts = u
+                .cts
+                .iter()
+                .zip(&v.cts)
+                .map(|(x, y)| eval.add(x, y))
+                .collect::<Result<_, _>>()
+                .map_err(err)?;
+            return Ok(Value {
+                cts,
+                form: Form::Linear,
+                a: u.a,
+                gamma: u.gamma + v.gamma,
+            });
+        }
+        // Different pending multipliers: a two-term linear layer per neuron.
+        let n = u.cts.len();
+        let joined = Value {
+            cts: u.cts.iter().chain(&v.cts).cloned().collect(),
+            form: Form::Linear,
+            a: 1.0,
+            gamma: 0.0,
+        };
+        let r: Vec<Row> = (0..n)
+            .map(|k| Row {
+                terms: vec![(k, u.a), (n + k, v.a)],
+                bias: u.gamma + v.gamma,
+            })
+            .collect();
+        linear(eval, &joined, &r, delta, err)
+    }
+}
+
+/// A degree ≤ 2 activation on a linear value.
+fn poly<B: Backend>(
+    eval: &Evaluator<B>,
+    v: &Value<B>,
+    c: &[f64],
+    err: &impl Fn(CkksError) -> NnError,
+) -> Result<Value<B>, NnError> {
+    let (c0, c1, c2) = (
+        c.first().copied().unwrap_or(0.0),
+        c.get(1).copied().unwrap_or(0.0),
+        c.get(2).copied().unwrap_or(0.0),
+    );
+    if c2 == 0.0 {
+        // Affine: only the pending map changes.
+        return Ok(Value {
+            cts: v.cts.clone(),
+            form: v.form,
+            a: c1 * v.a,
+            gamma: c1 * v.gamma + c0,
+        });
+    }
+    if v.a == 0.0 {
+        return Err(NnError::Invalid("activation of a constant value".into()));
+    }
+    // c2·x² + c1·x + c0 = c2·(x + c1/(2·c2))² + c0 − c1²/(4·c2), with x = a·ct + γ
+    //                   = c2·a²·(ct + δ)² + γ',  δ = (γ + c1/(2·c2)) / a.
+    let delta = (v.gamma + c1 / (2.0 * c2)) / v.a;
+    let cts = v
+        .cts
+        .iter()
+        .map(|ct| {
+            let u = if delta != 0.0 {
+                eval.add_const(ct, delta)?
+            } else {
+                ct.clone()
+            };
+            eval.mul(&u, &u)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+    Ok(Value {
+        cts,
+        form: Form::Squared,
+        a: c2 * v.a * v.a,
+        gamma: c0 - c1 * c1 / (4.0 * c2),
+    })
+}
+
+/// A linear layer: integer weights chosen so the output lands exactly on the working scale.
+fn linear<B: Backend>(
+    eval: &Evaluator<B>,
+    v: &Value<B>,
+    rows: &[Row],
+    delta: f64,
+    err: &impl Fn(CkksError) -> NnError,
+) -> Result<Value<B>, NnError> {
+    let params = eval.params();
+    let level = v.cts.iter().map(Ciphertext::level).min().unwrap_or(0);
+    let scale = v.cts.first().map_or(1.0, Ciphertext::scale);
+    let rescales = linear_cost(v.form);
+    if level < rescales {
+        return Err(NnError::Invalid(format!(
+            "out of levels: a linear layer needs {rescales}, {level} left"
+        )));
+    }
+    let divisor: f64 = (0..rescales).map(|k| params.q_at(level - k)).product();
+    let dw = delta * divisor / scale; // weight scale
+    let round = |x: f64| -> Result<i128, NnError> {
+        let r = x.round();
+        if r.is_finite() && r.abs() < 2f64.powi(120) {
+            Ok(r as i128)
+        } else {
+            Err(NnError::Invalid(format!(
+                "weight {x:e} overflows at this scale"
+            )))
+        }
+    };
+    let mut cts = Vec::with_capacity(rows.len());
+    for row in rows {
+        let inputs: Vec<&Ciphertext<B>> = row.terms.iter().map(|&(j, _)| &v.cts[j]).collect();
+        let weights: Vec<i128> = row
+            .terms
+            .iter()
+            .map(|&(_, w)| round(w * v.a * dw))
+            .collect::<Result<_, _>>()?;
+        let bias_true = row.bias + v.gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
+        let bias = round(bias_true * scale * dw)?;
+        let mut ct = if inputs.is_empty() {
+            eval.trivial(bias_true, level, delta, v.cts[0].slots())
+                .map_err(err)?
+        } else {
+            let mut ct = eval
+                .linear_combination(&inputs, &weights, bias, scale * dw)
+                .map_err(err)?;
+            for _ in 0..rescales {
+                eval.rescale_assign(&mut ct).map_err(err)?;
+            }
+            if ct.degree() > 1 {
+                ct = eval.relinearize(ct).map_err(err)?;
+            }
+            ct
+        };
+        if inputs.is_empty() {
+            eval.drop_to_level_assign(&mut ct, level - rescales)
+                .map_err(err)?;
+        }
+        cts.push(ct);
+    }
+    Ok(Value {
+        cts,
+        form: Form::Linear,
+        a: 1.0,
+        gamma: 0.0,
+    })
+}
+
+/// Encodes and encrypts a batch of images (at most `slots`): ciphertext `p` holds pixel `p`
+/// of every image, one image per slot. `encrypt` is the client's encryption (public or
+/// secret key).
+///
+/// # Errors
+/// More images than slots, shape mismatches, encryption errors.
+pub fn encrypt_images<B: Backend>(
+    eval: &Evaluator<B>,
+    images: &[crate::Tensor],
+    level: usize,
+    mut encrypt: impl FnMut(&hecnn_ckks::Plaintext<B>) -> Result<Ciphertext<B>, CkksError>,
+) -> Result<Vec<Ciphertext<B>>, NnError> {
+    let params = eval.params();
+    let slots = params.max_slots();
+    if images.len() > slots {
+        return Err(NnError::Shape(format!(
+            "{} images exceed the {slots} slots of a ciphertext",
+            images.len()
+        )));
+    }
+    let Some(first) = images.first() else {
+        return Ok(vec![]);
+    };
+    if images.iter().any(|t| t.shape() != first.shape()) {
+        return Err(NnError::Shape(
+            "images of different shapes in one batch".into(),
+        ));
+    }
+    let mut column = vec![0.0; slots];
+    (0..first.len())
+        .map(|p| {
+            for (c, img) in column.iter_mut().zip(images) {
+                *c = img.data()[p];
+            }
+            let pt = eval
+                .encode_real(&column, level, params.default_scale(), slots)
+                .map_err(|e| NnError::Invalid(format!("encoding pixel {p}: {e}")))?;
+            encrypt(&pt).map_err(|e| NnError::Invalid(format!("encrypting pixel {p}: {e}")))
+        })
+        .collect()
+}
+
+/// Decrypts the output ciphertexts into per-image values (`count` images), applying the
+/// output map.
+///
+/// # Errors
+/// Decryption or decoding errors.
+pub fn decrypt_outputs<B: Backend>(
+    eval: &Evaluator<B>,
+    outputs: &[Ciphertext<B>],
+    map: OutputMap,
+    count: usize,
+    mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<hecnn_ckks::Plaintext<B>, CkksError>,
+) -> Result<Vec<Vec<f64>>, NnError> {
+    let mut per_image = vec![Vec::with_capacity(outputs.len()); count];
+    for ct in outputs {
+        let pt = decrypt(ct).map_err(|e| NnError::Invalid(format!("decrypting: {e}")))?;
+        let slots = eval
+            .encoder()
+            .decode_real(eval.backend(), eval.params(), &pt)
+            .map_err(|e| NnError::Invalid(format!("decoding: {e}")))?;
+        for (img, &v) in per_image.iter_mut().zip(&slots) {
+            img.push(map.a * v + map.gamma);
+        }
+    }
+    Ok(per_image)
+}
