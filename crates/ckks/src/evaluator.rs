@@ -781,6 +781,97 @@ impl<B: Backend> Evaluator<B> {
         Ok(out)
     }
 
+    /// Many weighted sums over the same inputs at once: output `k` is
+    /// `Σ_{(j, w) ∈ rows[k]} w·cts[j] + biases[k]` (integer weights and scaled integer
+    /// biases), declared at `scale`. Inputs must share degree and slot count; they are taken
+    /// at their lowest common level. The backend reads each input once per call (blocked over
+    /// coefficients), which is what makes batch-mode linear layers compute-bound.
+    ///
+    /// # Errors
+    /// Empty input, mismatched slots or degrees, an index out of range.
+    pub fn weighted_sums(
+        &self,
+        cts: &[&Ciphertext<B>],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<Ciphertext<B>>, CkksError> {
+        let first = cts.first().ok_or(CkksError::InvalidArgument {
+            what: "weighted sums of no input",
+        })?;
+        if rows.len() != biases.len() || rows.iter().flatten().any(|&(j, _)| j >= cts.len()) {
+            return Err(CkksError::InvalidArgument {
+                what: "rows and biases must match and index the inputs",
+            });
+        }
+        let (slots, degree) = (first.slots(), first.degree());
+        for c in cts {
+            Self::check_slots(slots, c.slots())?;
+            if c.degree() != degree {
+                return Err(CkksError::Degree {
+                    expected: degree,
+                    found: c.degree(),
+                });
+            }
+        }
+        let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        let mut row_ptr = Vec::with_capacity(rows.len() + 1);
+        let mut cols = Vec::new();
+        row_ptr.push(0);
+        for r in rows {
+            cols.extend(r.iter().map(|&(j, _)| j as u32));
+            row_ptr.push(cols.len());
+        }
+        let weights: Vec<Vec<u64>> = (0..basis.len())
+            .map(|pos| {
+                let m = ctx.limb_modulus(&basis, pos);
+                rows.iter()
+                    .flatten()
+                    .map(|&(_, w)| m.reduce_i128(w))
+                    .collect()
+            })
+            .collect();
+        let sparse = hecnn_ring::backend::SparseRows {
+            row_ptr: &row_ptr,
+            cols: &cols,
+            weights: &weights,
+        };
+        let mut comps: Vec<Vec<B::Buffer>> = Vec::with_capacity(degree + 1);
+        for comp in 0..=degree {
+            let inputs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
+                .iter()
+                .map(|c| {
+                    let p = &c.inner().parts()[comp];
+                    (p.buffer(), p.basis())
+                })
+                .collect();
+            let mut outs = (0..rows.len())
+                .map(|_| be.alloc(basis.len() * ctx.n()))
+                .collect::<Result<Vec<_>, _>>()?;
+            be.weighted_sums(ctx, basis, &inputs, sparse, &mut outs);
+            comps.push(outs);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        let mut iters: Vec<_> = comps.into_iter().map(Vec::into_iter).collect();
+        for &bias in biases {
+            let parts = iters
+                .iter_mut()
+                .map(|it| it.next().map(|b| RnsPoly::<B, Eval>::from_buffer(b, basis)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(CkksError::InvalidArgument {
+                    what: "weighted sums",
+                })?;
+            let mut ct = Ciphertext::new(hecnn_rlwe::Ciphertext::from_parts(parts)?, scale, slots);
+            if bias != 0 {
+                self.add_int_assign(&mut ct, bias)?;
+            }
+            out.push(ct);
+        }
+        Ok(out)
+    }
+
     /// Adds the integer `v` (already multiplied by the ciphertext's scale) to every slot.
     ///
     /// # Errors

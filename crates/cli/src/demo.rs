@@ -20,7 +20,10 @@ use crate::{CliError, stats};
 /// Options of `hecnn demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Parameter preset (see `hecnn params`).
+    /// Run the CKKS vector demo instead of the CNN demo.
+    #[arg(long)]
+    ckks: bool,
+    /// Parameter preset for the CKKS demo (see `hecnn params`).
     #[arg(long, default_value = "N14_QP427")]
     preset: String,
     /// Worker threads (0 = all cores).
@@ -36,6 +39,9 @@ struct Step {
 }
 
 pub fn run(args: &DemoArgs) -> Result<(), CliError> {
+    if !args.ckks {
+        return crate::cnn_cmds::demo(args.threads);
+    }
     let preset = Preset::from_name(&args.preset).ok_or_else(|| {
         CliError::Usage(format!(
             "unknown preset '{}'; known: {}",

@@ -47,6 +47,28 @@ pub struct BatchPlan {
     last_use: Vec<usize>,
 }
 
+/// A square whose value is read by at least this many weighted-sum terms per neuron (on
+/// average) is relinearized and rescaled right away: the consuming layer then works on two
+/// components and one limb fewer, which outweighs one relinearization per square. Below it,
+/// the square stays lazy and the consumer relinearizes its (fewer) outputs instead.
+pub const EAGER_FAN_OUT: usize = 32;
+
+/// Average number of weighted-sum terms that read each neuron of node `id` (0 unless its only
+/// consumer is a linear layer).
+fn fan_out(model: &Model, shapes: &[Vec<usize>], id: usize) -> Result<usize, NnError> {
+    let consumers: Vec<usize> = (0..model.nodes.len())
+        .filter(|&k| model.nodes[k].inputs.contains(&id))
+        .collect();
+    let [k] = consumers.as_slice() else {
+        return Ok(0);
+    };
+    let neurons: usize = shapes[id].iter().product();
+    Ok(match rows(&model.nodes[*k].op, &shapes[id], &shapes[*k])? {
+        Some(r) => r.iter().map(|row| row.terms.len()).sum::<usize>() / neurons.max(1),
+        None => 0,
+    })
+}
+
 /// Levels a linear layer consumes for an input of this form.
 fn linear_cost(form: Form) -> usize {
     match form {
@@ -85,6 +107,13 @@ impl BatchPlan {
                     let square = c.get(2).is_some_and(|&v| v != 0.0);
                     match (square, p.form) {
                         (false, _) => p,
+                        (true, Form::Linear) if fan_out(model, &shapes, id)? >= EAGER_FAN_OUT => {
+                            NodePlan {
+                                form: Form::Linear,
+                                depth: p.depth + 1,
+                                neurons,
+                            }
+                        }
                         (true, Form::Linear) => NodePlan {
                             form: Form::Squared,
                             ..p
@@ -267,12 +296,20 @@ impl BatchPlan {
             };
             let value = match &node.op {
                 Op::Flatten => {
-                    let v = input(0)?;
-                    Value {
-                        cts: v.cts.clone(),
-                        form: v.form,
-                        a: v.a,
-                        gamma: v.gamma,
+                    let i = node.inputs[0];
+                    if self.last_use[i] == id {
+                        // Last use: move the ciphertexts instead of copying them.
+                        values[i]
+                            .take()
+                            .ok_or_else(|| NnError::Invalid("flatten input missing".into()))?
+                    } else {
+                        let v = input(0)?;
+                        Value {
+                            cts: v.cts.clone(),
+                            form: v.form,
+                            a: v.a,
+                            gamma: v.gamma,
+                        }
                     }
                 }
                 Op::Poly(c) => {
@@ -282,7 +319,12 @@ impl BatchPlan {
                     } else {
                         v
                     };
-                    poly(eval, v, c, &err)?
+                    let out = poly(eval, v, c, &err)?;
+                    if out.form == Form::Squared && self.nodes[id].form == Form::Linear {
+                        relinearize_rescale(eval, out, &err)?
+                    } else {
+                        out
+                    }
                 }
                 Op::Add => {
                     let (u, v) = (input(0)?, input(1)?);
@@ -393,6 +435,30 @@ impl BatchPlan {
     }
 }
 
+/// Relinearizes and rescales a lazily squared value (one level), keeping its pending map.
+fn relinearize_rescale<B: Backend>(
+    eval: &Evaluator<B>,
+    v: Value<B>,
+    err: &impl Fn(CkksError) -> NnError,
+) -> Result<Value<B>, NnError> {
+    let cts = eval
+        .backend()
+        .par_map(v.cts, |ct| {
+            let mut r = eval.relinearize(ct)?;
+            eval.rescale_assign(&mut r)?;
+            Ok(r)
+        })
+        .into_iter()
+        .collect::<Result<_, CkksError>>()
+        .map_err(err)?;
+    Ok(Value {
+        cts,
+        form: Form::Linear,
+        a: v.a,
+        gamma: v.gamma,
+    })
+}
+
 /// A degree ≤ 2 activation on a linear value.
 fn poly<B: Backend>(
     eval: &Evaluator<B>,
@@ -420,10 +486,9 @@ fn poly<B: Backend>(
     // c2·x² + c1·x + c0 = c2·(x + c1/(2·c2))² + c0 − c1²/(4·c2), with x = a·ct + γ
     //                   = c2·a²·(ct + δ)² + γ',  δ = (γ + c1/(2·c2)) / a.
     let delta = (v.gamma + c1 / (2.0 * c2)) / v.a;
-    let cts = v
-        .cts
-        .iter()
-        .map(|ct| {
+    let cts = eval
+        .backend()
+        .par_map(v.cts.iter().collect(), |ct| {
             let u = if delta != 0.0 {
                 eval.add_const(ct, delta)?
             } else {
@@ -431,6 +496,7 @@ fn poly<B: Backend>(
             };
             eval.mul(&u, &u)
         })
+        .into_iter()
         .collect::<Result<_, _>>()
         .map_err(err)?;
     Ok(Value {
@@ -470,37 +536,36 @@ fn linear<B: Backend>(
             )))
         }
     };
-    let mut cts = Vec::with_capacity(rows.len());
+    // One call for the whole layer: the backend reads every input once (blocked).
+    let inputs: Vec<&Ciphertext<B>> = v.cts.iter().collect();
+    let mut int_rows = Vec::with_capacity(rows.len());
+    let mut biases = Vec::with_capacity(rows.len());
     for row in rows {
-        let inputs: Vec<&Ciphertext<B>> = row.terms.iter().map(|&(j, _)| &v.cts[j]).collect();
-        let weights: Vec<i128> = row
+        let terms = row
             .terms
             .iter()
-            .map(|&(_, w)| round(w * v.a * dw))
-            .collect::<Result<_, _>>()?;
+            .map(|&(j, w)| Ok((j, round(w * v.a * dw)?)))
+            .collect::<Result<Vec<_>, NnError>>()?;
+        int_rows.push(terms);
         let bias_true = row.bias + v.gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
-        let bias = round(bias_true * scale * dw)?;
-        let mut ct = if inputs.is_empty() {
-            eval.trivial(bias_true, level, delta, v.cts[0].slots())
-                .map_err(err)?
-        } else {
-            let mut ct = eval
-                .linear_combination(&inputs, &weights, bias, scale * dw)
-                .map_err(err)?;
-            for _ in 0..rescales {
-                eval.rescale_assign(&mut ct).map_err(err)?;
-            }
-            if ct.degree() > 1 {
-                ct = eval.relinearize(ct).map_err(err)?;
-            }
-            ct
-        };
-        if inputs.is_empty() {
-            eval.drop_to_level_assign(&mut ct, level - rescales)
-                .map_err(err)?;
-        }
-        cts.push(ct);
+        biases.push(round(bias_true * scale * dw)?);
     }
+    let mut cts = eval
+        .weighted_sums(&inputs, &int_rows, &biases, scale * dw)
+        .map_err(err)?;
+    let relin = cts.first().is_some_and(|c| c.degree() > 1);
+    cts = eval
+        .backend()
+        .par_map(cts, |mut ct| {
+            for _ in 0..rescales {
+                eval.rescale_assign(&mut ct)?;
+            }
+            if relin { eval.relinearize(ct) } else { Ok(ct) }
+        })
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(err)?;
+
     Ok(Value {
         cts,
         form: Form::Linear,
@@ -511,7 +576,8 @@ fn linear<B: Backend>(
 
 /// Encodes and encrypts a batch of images (at most `slots`): ciphertext `p` holds pixel `p`
 /// of every image, one image per slot. `encrypt` is the client's encryption (public or
-/// secret key).
+/// secret key); pixels are encrypted in parallel, each with its own generator seeded from
+/// `rng`.
 ///
 /// # Errors
 /// More images than slots, shape mismatches, encryption errors.
@@ -519,7 +585,13 @@ pub fn encrypt_images<B: Backend>(
     eval: &Evaluator<B>,
     images: &[crate::Tensor],
     level: usize,
-    mut encrypt: impl FnMut(&hecnn_ckks::Plaintext<B>) -> Result<Ciphertext<B>, CkksError>,
+    rng: &mut hecnn_ring::Prng,
+    encrypt: impl Fn(
+        &hecnn_ckks::Plaintext<B>,
+        &mut hecnn_ring::Prng,
+    ) -> Result<Ciphertext<B>, CkksError>
+    + Sync
+    + Send,
 ) -> Result<Vec<Ciphertext<B>>, NnError> {
     let params = eval.params();
     let slots = params.max_slots();
@@ -537,17 +609,18 @@ pub fn encrypt_images<B: Backend>(
             "images of different shapes in one batch".into(),
         ));
     }
-    let mut column = vec![0.0; slots];
-    (0..first.len())
-        .map(|p| {
-            for (c, img) in column.iter_mut().zip(images) {
-                *c = img.data()[p];
-            }
+    let tasks: Vec<(usize, [u8; 32])> = (0..first.len()).map(|p| (p, rng.seed())).collect();
+    eval.backend()
+        .par_map(tasks, |(p, seed)| {
+            let column: Vec<f64> = images.iter().map(|img| img.data()[p]).collect();
             let pt = eval
                 .encode_real(&column, level, params.default_scale(), slots)
                 .map_err(|e| NnError::Invalid(format!("encoding pixel {p}: {e}")))?;
-            encrypt(&pt).map_err(|e| NnError::Invalid(format!("encrypting pixel {p}: {e}")))
+            let mut local = hecnn_ring::Prng::from_seed(seed);
+            encrypt(&pt, &mut local)
+                .map_err(|e| NnError::Invalid(format!("encrypting pixel {p}: {e}")))
         })
+        .into_iter()
         .collect()
 }
 
@@ -575,4 +648,56 @@ pub fn decrypt_outputs<B: Backend>(
         }
     }
     Ok(per_image)
+}
+
+/// Working scale of batch-mode ciphertexts (bits). Rescaling primes near 2^25 stay below 2^26,
+/// so the products in weighted sums fit 52 bits and cost one IFMA instruction per term; CNN
+/// logits need far less precision than that to keep their argmax (measured by `hecnn eval`).
+pub const BATCH_LOG_SCALE: u32 = 30;
+
+/// CKKS parameters for a batch-mode plan of `depth` levels at ring degree `2^log_n`: a
+/// 49-bit base prime (every intermediate and output value must stay below about 2^17 in
+/// magnitude at the 2^25 working scale; [`crate::batch::check_ranges`] verifies this on
+/// calibration data), `depth` primes near the scale, and 49-bit special primes
+/// covering two-prime digits for relinearization. All primes are below 2^50 (IFMA).
+pub fn parameters(
+    depth: usize,
+    log_n: u32,
+    security: hecnn_rlwe::SecurityLevel,
+) -> hecnn_rlwe::ParamsLiteral {
+    let mut log_q = vec![49];
+    log_q.extend(std::iter::repeat_n(BATCH_LOG_SCALE, depth));
+    hecnn_rlwe::ParamsLiteral {
+        log_n,
+        log_q,
+        log_p: vec![49, 49],
+        dnum: Some((depth + 1).div_ceil(2)),
+        secret: hecnn_rlwe::SecretDistribution::Ternary,
+        security,
+    }
+}
+
+/// Largest magnitude a batch-mode value may reach (see [`parameters`]).
+pub const MAX_VALUE: f64 = 131_072.0;
+
+/// Runs the model in the clear on calibration images and returns, for every node, the
+/// largest absolute value seen, checking it against [`MAX_VALUE`].
+///
+/// # Errors
+/// [`NnError::Invalid`] naming the first node whose values exceed the bound.
+pub fn check_ranges(model: &Model, images: &[crate::Tensor]) -> Result<Vec<f64>, NnError> {
+    let mut max = vec![0.0f64; model.nodes.len()];
+    for img in images {
+        let per_node = crate::exec::run_all(model, img)?;
+        for (m, t) in max.iter_mut().zip(&per_node) {
+            *m = t.data().iter().fold(*m, |a, &v| a.max(v.abs()));
+        }
+    }
+    if let Some((i, v)) = max.iter().enumerate().find(|(_, v)| **v > MAX_VALUE) {
+        return Err(NnError::Invalid(format!(
+            "node '{}' reaches |value| = {v:.3e} on the calibration images, above the {MAX_VALUE:e} that batch-mode parameters hold",
+            model.nodes[i].name
+        )));
+    }
+    Ok(max)
 }

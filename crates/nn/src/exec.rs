@@ -5,9 +5,18 @@ use crate::{Model, NnError, Op, Tensor, ir::Pool};
 /// Runs `model` on one `C×H×W` input and returns the output node's values.
 ///
 /// # Errors
-/// [`NnError::Shape`] if the input does not match the model, [`NnError::NotPolynomial`]
-/// never (ReLU and MaxPool are evaluated exactly here, so that rewrites can be compared).
+/// [`NnError::Shape`] if the input does not match the model. (ReLU and max pooling are
+/// evaluated exactly here, so that rewrites can be compared against the original.)
 pub fn run(model: &Model, input: &Tensor) -> Result<Tensor, NnError> {
+    let mut all = run_all(model, input)?;
+    Ok(all.swap_remove(model.output))
+}
+
+/// Runs `model` and returns every node's values (for calibration).
+///
+/// # Errors
+/// See [`run`].
+pub fn run_all(model: &Model, input: &Tensor) -> Result<Vec<Tensor>, NnError> {
     let shapes = model.shapes()?;
     if input.shape() != model.input_shape {
         return Err(NnError::Shape(format!(
@@ -107,7 +116,7 @@ pub fn run(model: &Model, input: &Tensor) -> Result<Tensor, NnError> {
         };
         values.push(out);
     }
-    Ok(values.swap_remove(model.output))
+    Ok(values)
 }
 
 /// `Σ c_i t^i` by Horner's rule.

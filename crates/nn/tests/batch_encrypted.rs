@@ -104,8 +104,8 @@ fn encrypted_batch_matches_cleartext() {
             .unwrap()
         })
         .collect();
-    let cts = batch::encrypt_images(&eval, &images, params.max_level(), |pt| {
-        encrypt_sk(&sk, &be, pt, &mut rng)
+    let cts = batch::encrypt_images(&eval, &images, params.max_level(), &mut rng, |pt, r| {
+        encrypt_sk(&sk, &be, pt, r)
     })
     .unwrap();
     let mut steps = 0;

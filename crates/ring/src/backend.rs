@@ -13,6 +13,19 @@ use crate::{Basis, RingError, RnsContext};
 /// An operand of a multi-term kernel: a buffer and the basis of its limbs.
 pub type Operand<'a, B> = (&'a <B as Backend>::Buffer, Basis);
 
+/// A sparse matrix of integer weights in compressed-row form, with every weight given by its
+/// residue in each limb: row `k` has terms `row_ptr[k]..row_ptr[k+1]`, each an input index
+/// `cols[t]` and residues `weights[pos][t]` for limb position `pos`.
+#[derive(Clone, Copy, Debug)]
+pub struct SparseRows<'a> {
+    /// Row offsets (`rows + 1` entries).
+    pub row_ptr: &'a [usize],
+    /// Input index of every term.
+    pub cols: &'a [u32],
+    /// Per limb position: the residue of every term's weight.
+    pub weights: &'a [Vec<u64>],
+}
+
 /// A compute backend for RNS polynomial arithmetic.
 ///
 /// Buffers hold limbs limb-major (`[limb][n]`). In every kernel, `basis` describes the
@@ -114,6 +127,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         accumulate: bool,
     );
 
+    /// `outputs[k] = Σ_t inputs[cols[t]] · weight[t]` over the terms of row `k`, for all rows at
+    /// once (a sparse integer matrix times a vector of polynomials). Backends block over
+    /// coefficients so every input is read from memory once per call rather than once per
+    /// term: the linear layers of batch-packed networks.
+    fn weighted_sums(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        inputs: &[Operand<'_, Self>],
+        rows: SparseRows<'_>,
+        outputs: &mut [Self::Buffer],
+    );
+
     /// Multiplies limb `i` by `scalars[i]`.
     fn mul_scalar_assign(
         &self,
@@ -168,6 +194,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// ModDown: maps `x` over `Q_l ∪ P` (evaluation domain) to `⌊x / P⌉` over `Q_l`; the
     /// result occupies the first `q` limbs.
     fn mod_down(&self, ctx: &RnsContext, q: usize, buf: &mut Self::Buffer);
+
+    /// Maps `f` over independent items (e.g. one ciphertext per neuron), in parallel where the
+    /// backend can. Kernels called from `f` share the backend's resources. The default is
+    /// sequential.
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        items.into_iter().map(f).collect()
+    }
 
     /// Gadget decomposition for hybrid key switching: the ModUp of every digit of `d`
     /// (evaluation domain, `q` limbs), each over `Q_l ∪ P` in the evaluation domain.

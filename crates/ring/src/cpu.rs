@@ -219,6 +219,10 @@ impl Backend for CpuBackend {
             })
     }
 
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        self.pool.install(|| items.into_par_iter().map(f).collect())
+    }
+
     fn zeroize(&self, buf: &mut AlignedVec) {
         zeroize::Zeroize::zeroize(buf.as_mut_slice());
     }
@@ -359,6 +363,89 @@ impl Backend for CpuBackend {
                 }
                 *o = acc;
             }
+        });
+    }
+
+    fn weighted_sums(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        inputs: &[Operand<'_, Self>],
+        rows: crate::backend::SparseRows<'_>,
+        outputs: &mut [AlignedVec],
+    ) {
+        // Coefficients per block: one block of every input (e.g. 720 × 1 KiB) stays in L2
+        // while all rows are accumulated.
+        const BLOCK: usize = 32;
+        let n = ctx.n();
+        let limbs = basis.len();
+        // Transpose the outputs into per-limb lists of mutable slices (safe splitting).
+        let mut per_limb: Vec<Vec<&mut [u64]>> = (0..limbs)
+            .map(|_| Vec::with_capacity(outputs.len()))
+            .collect();
+        for out in outputs.iter_mut() {
+            for (pos, chunk) in out.as_mut_slice()[..limbs * n].chunks_mut(n).enumerate() {
+                per_limb[pos].push(chunk);
+            }
+        }
+        let nrows = rows.row_ptr.len().saturating_sub(1);
+        // Tasks: (limb, coefficient range), so two threads balance even on an odd limb count.
+        let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
+        let span = n.div_ceil(parts).next_multiple_of(BLOCK).min(n);
+        let mut tasks: Vec<(usize, usize, Vec<&mut [u64]>)> = Vec::new();
+        for (pos, outs) in per_limb.into_iter().enumerate() {
+            let mut pieces: Vec<Vec<&mut [u64]>> =
+                (0..n.div_ceil(span)).map(|_| Vec::new()).collect();
+            for out in outs {
+                for (p, piece) in out.chunks_mut(span).enumerate() {
+                    pieces[p].push(piece);
+                }
+            }
+            for (p, piece) in pieces.into_iter().enumerate() {
+                tasks.push((pos, p * span, piece));
+            }
+        }
+        self.pool.install(|| {
+            tasks.into_par_iter().for_each(|(pos, offset, mut outs)| {
+                let g = basis.global(ctx, pos);
+                let m = ctx.modulus(g);
+                let len = outs.first().map_or(0, |o| o.len());
+                let ins: Vec<&[u64]> = inputs
+                    .iter()
+                    .map(|(x, bs)| &limb(x, pos_of(ctx, bs, g), n)[offset..offset + len])
+                    .collect();
+                let ws = &rows.weights[pos];
+                if ctx.ifma(g).is_some_and(|c| {
+                    c.weighted_sums_limb(&mut outs[..nrows], &ins, rows.row_ptr, rows.cols, ws)
+                }) {
+                    return;
+                }
+                let mut ys: Vec<&[u64]> = Vec::new();
+                for start in (0..len).step_by(BLOCK) {
+                    let end = (start + BLOCK).min(len);
+                    for (k, out) in outs.iter_mut().enumerate().take(nrows) {
+                        let terms = rows.row_ptr[k]..rows.row_ptr[k + 1];
+                        let dst = &mut out[start..end];
+                        ys.clear();
+                        ys.extend(
+                            rows.cols[terms.clone()]
+                                .iter()
+                                .map(|&j| &ins[j as usize][start..end]),
+                        );
+                        let w = &ws[terms];
+                        for (i, o) in dst.iter_mut().enumerate() {
+                            let mut acc: u128 = 0;
+                            for (chunk_y, chunk_w) in ys.chunks(32).zip(w.chunks(32)) {
+                                for (y, &wv) in chunk_y.iter().zip(chunk_w) {
+                                    acc += y[i] as u128 * wv as u128;
+                                }
+                                acc = m.reduce_u128_any(acc) as u128;
+                            }
+                            *o = acc as u64;
+                        }
+                    }
+                }
+            });
         });
     }
 

@@ -43,6 +43,9 @@ pub struct IfmaModulus {
     q: u64,
     n: u32,
     mu: u64,
+    /// 2^52 mod q and its Shoup factor (folding the high half of lazy sums).
+    two52: u64,
+    two52_shoup: u64,
 }
 
 impl IfmaModulus {
@@ -54,7 +57,15 @@ impl IfmaModulus {
         }
         let n = m.bits();
         let mu = ((1u128 << (n + 51)) / q as u128) as u64;
-        Some(Self { q, n, mu })
+        let two52 = ((1u128 << 52) % q as u128) as u64;
+        let two52_shoup = (((two52 as u128) << 52) / q as u128) as u64;
+        Some(Self {
+            q,
+            n,
+            mu,
+            two52,
+            two52_shoup,
+        })
     }
 
     /// Shoup constant `⌊w·2^52/q⌋` for a fixed operand `w < q`.
@@ -241,26 +252,26 @@ fn dot_lazy_imp(out: &mut [u64], ys: &[&[u64]], ws: &[u64], accumulate: bool, c:
     let q = _mm512_set1_epi64(c.q as i64);
     let mask = _mm512_set1_epi64(MASK52);
     let shift52 = _mm_set_epi64x(0, 52);
-    let two52 = ((1u128 << 52) % c.q as u128) as u64;
     let (t, ts) = (
-        _mm512_set1_epi64(two52 as i64),
-        _mm512_set1_epi64(c.shoup(two52) as i64),
+        _mm512_set1_epi64(c.two52 as i64),
+        _mm512_set1_epi64(c.two52_shoup as i64),
     );
     let one = _mm512_set1_epi64(1);
-    let wv: Vec<__m512i> = ws.iter().map(|&w| _mm512_set1_epi64(w as i64)).collect();
     for i in (0..out.len()).step_by(8) {
         let mut acc = if accumulate {
             load(out, i)
         } else {
             _mm512_setzero_si512()
         };
-        for (yc, wc) in ys.chunks(LAZY_TERMS).zip(wv.chunks(LAZY_TERMS)) {
+        for (yc, wc) in ys.chunks(LAZY_TERMS).zip(ws.chunks(LAZY_TERMS)) {
             let mut lo = _mm512_setzero_si512();
             let mut hi = _mm512_setzero_si512();
-            for (y, w) in yc.iter().zip(wc) {
+            for (y, &w) in yc.iter().zip(wc) {
                 let a = load(y, i);
-                lo = _mm512_madd52lo_epu64(lo, a, *w);
-                hi = _mm512_madd52hi_epu64(hi, a, *w);
+                // A broadcast of the weight, which the compiler folds into the FMAs.
+                let w = _mm512_set1_epi64(w as i64);
+                lo = _mm512_madd52lo_epu64(lo, a, w);
+                hi = _mm512_madd52hi_epu64(hi, a, w);
             }
             // value = hi·2^52 + lo, with lo's carry moved into hi.
             hi = _mm512_add_epi64(hi, _mm512_srl_epi64(lo, shift52));
@@ -271,6 +282,104 @@ fn dot_lazy_imp(out: &mut [u64], ys: &[&[u64]], ws: &[u64], accumulate: bool, c:
             acc = csub(_mm512_add_epi64(acc, l), q);
         }
         store(out, i, acc);
+    }
+}
+
+/// Coefficients per block of [`IfmaModulus::weighted_sums_limb`]: four lane groups.
+const WS_BLOCK: usize = 32;
+
+/// Reduces lazily accumulated halves (`value = hi·2^52 + lo`) into `[0, q)` and adds to `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn fold_lazy(acc: __m512i, lo: __m512i, hi: __m512i, c: &IfmaModulus) -> __m512i {
+    let q = _mm512_set1_epi64(c.q as i64);
+    let hi = _mm512_add_epi64(hi, _mm512_srl_epi64(lo, _mm_set_epi64x(0, 52)));
+    let lo = _mm512_and_si512(lo, _mm512_set1_epi64(MASK52));
+    let h = shoup_lazy(
+        hi,
+        _mm512_set1_epi64(c.two52 as i64),
+        _mm512_set1_epi64(c.two52_shoup as i64),
+        q,
+    );
+    let l = barrett(lo, _mm512_set1_epi64(1), c);
+    let acc = csub(_mm512_add_epi64(acc, csub(h, q)), q);
+    csub(_mm512_add_epi64(acc, l), q)
+}
+
+/// All rows of a sparse weighted sum for one limb, blocked over coefficients.
+///
+/// The caller (`weighted_sums_limb`) has checked: every output and input has length `n`, a
+/// multiple of `WS_BLOCK`; every column indexes `ins`; every weight is below `q`.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn weighted_sums_imp(
+    outs: &mut [&mut [u64]],
+    ins: &[&[u64]],
+    row_ptr: &[usize],
+    cols: &[u32],
+    ws: &[u64],
+    n: usize,
+    c: &IfmaModulus,
+) {
+    // Products of operands below 2^26 are exact in the low half: one IFMA per term, and 4096
+    // terms fit a 64-bit lane before the reduction. Otherwise both halves are accumulated and
+    // folded every 15 terms.
+    if c.q < 1 << 26 {
+        weighted_sums_blocks::<true>(outs, ins, row_ptr, cols, ws, n, c);
+    } else {
+        weighted_sums_blocks::<false>(outs, ins, row_ptr, cols, ws, n, c);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn weighted_sums_blocks<const NARROW: bool>(
+    outs: &mut [&mut [u64]],
+    ins: &[&[u64]],
+    row_ptr: &[usize],
+    cols: &[u32],
+    ws: &[u64],
+    n: usize,
+    c: &IfmaModulus,
+) {
+    let lazy_terms = if NARROW { 4096 } else { 15 };
+    let zero = _mm512_setzero_si512();
+    // Each block of every input is first copied into one contiguous scratch buffer. Inputs
+    // are separate allocations at power-of-two distances, so the same block of all of them
+    // maps to the same few L2 sets; read in place, they evict each other between rows.
+    let mut scratch = vec![0u64; ins.len() * WS_BLOCK];
+    for start in (0..n).step_by(WS_BLOCK) {
+        for (j, y) in ins.iter().enumerate() {
+            for g in 0..4 {
+                store(&mut scratch, j * WS_BLOCK + 8 * g, load(y, start + 8 * g));
+            }
+        }
+        for (k, out) in outs.iter_mut().enumerate() {
+            let terms = row_ptr[k]..row_ptr[k + 1];
+            let mut acc = [zero; 4];
+            for (cc, wc) in cols[terms.clone()]
+                .chunks(lazy_terms)
+                .zip(ws[terms].chunks(lazy_terms))
+            {
+                let (mut lo, mut hi) = ([zero; 4], [zero; 4]);
+                for (&j, &w) in cc.iter().zip(wc) {
+                    let base = j as usize * WS_BLOCK;
+                    let w = _mm512_set1_epi64(w as i64);
+                    for g in 0..4 {
+                        let a = load(&scratch, base + 8 * g);
+                        lo[g] = _mm512_madd52lo_epu64(lo[g], a, w);
+                        if !NARROW {
+                            hi[g] = _mm512_madd52hi_epu64(hi[g], a, w);
+                        }
+                    }
+                }
+                for g in 0..4 {
+                    acc[g] = fold_lazy(acc[g], lo[g], hi[g], c);
+                }
+            }
+            for (g, v) in acc.iter().enumerate() {
+                store(out, start + 8 * g, *v);
+            }
+        }
     }
 }
 
@@ -398,6 +507,37 @@ impl IfmaModulus {
         true
     }
 
+    /// `outs[k] = Σ_{t ∈ row k} ins[cols[t]]·ws[t] mod q` for all rows of a compressed-row
+    /// sparse matrix, over whole limbs of length `n` (a multiple of 32), blocked so that a
+    /// block of every input stays in L2 while all rows are accumulated. Inputs must be
+    /// reduced. Returns false (doing nothing) if any shape or bound check fails.
+    pub fn weighted_sums_limb(
+        &self,
+        outs: &mut [&mut [u64]],
+        ins: &[&[u64]],
+        row_ptr: &[usize],
+        cols: &[u32],
+        ws: &[u64],
+    ) -> bool {
+        let n = outs.first().map_or(0, |o| o.len());
+        let ok = n.is_multiple_of(WS_BLOCK)
+            && row_ptr.len() == outs.len() + 1
+            && row_ptr.windows(2).all(|w| w[0] <= w[1])
+            && row_ptr.last().is_some_and(|&e| e == cols.len())
+            && ws.len() == cols.len()
+            && outs.iter().all(|o| o.len() == n)
+            && ins.iter().all(|i| i.len() == n)
+            && cols.iter().all(|&j| (j as usize) < ins.len())
+            && ws.iter().all(|&w| w < self.q);
+        if !ok {
+            return false;
+        }
+        // SAFETY: CPU support as in `mul_assign`; every load is at `start + 8g + 8 ≤ n` within
+        // slices of length `n` (checked above), and every column indexes `ins`.
+        unsafe { weighted_sums_imp(outs, ins, row_ptr, cols, ws, n, self) };
+        true
+    }
+
     /// `d[i] = d[i] mod q` for `d[i] < 2^52`.
     pub fn reduce_assign(&self, d: &mut [u64]) -> bool {
         if !lanes_ok(d.len()) || d.iter().any(|&x| x >= 1 << 52) {
@@ -421,7 +561,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn kernels_match_scalar(seed in any::<u64>(), bits in 20u32..=50) {
+        fn kernels_match_scalar(seed in any::<u64>(), bits in prop::sample::select(vec![20u32, 24, 25, 26, 30, 40, 49, 50])) {
             let m = modulus(bits);
             let Some(c) = IfmaModulus::new(&m) else { return Ok(()); };
             let q = m.value();
@@ -484,6 +624,24 @@ mod tests {
                 for i in 0..n {
                     let want = (0..terms).fold(a[i] as u128, |acc, t| acc + xs[t][i] as u128 * ws[t] as u128) % q as u128;
                     prop_assert_eq!(out[i], want as u64);
+                }
+            }
+
+            // Sparse weighted sums: 3 rows over 5 inputs of 64 coefficients.
+            let ins: Vec<Vec<u64>> = (0..5).map(|_| (0..n).map(|_| next(q)).collect()).collect();
+            let insr: Vec<&[u64]> = ins.iter().map(Vec::as_slice).collect();
+            let row_ptr = [0usize, 2, 2, 20];
+            let cols: Vec<u32> = (0..20).map(|t| [0u32, 4, 1, 2, 3][t % 5]).collect();
+            let ws: Vec<u64> = (0..20).map(|t| if t == 3 { q - 1 } else { next(q) }).collect();
+            let mut outs: Vec<Vec<u64>> = vec![vec![7; n]; 3];
+            {
+                let mut refs: Vec<&mut [u64]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+                prop_assert!(c.weighted_sums_limb(&mut refs, &insr, &row_ptr, &cols, &ws));
+            }
+            for k in 0..3 {
+                for i in 0..n {
+                    let want = (row_ptr[k]..row_ptr[k + 1]).fold(0u128, |acc, t| acc + ins[cols[t] as usize][i] as u128 * ws[t] as u128) % q as u128;
+                    prop_assert_eq!(outs[k][i], want as u64);
                 }
             }
 

@@ -45,6 +45,16 @@ impl IfmaModulus {
     pub fn dot_lazy(&self, _o: &mut [u64], _y: &[&[u64]], _w: &[u64], _acc: bool) -> bool {
         false
     }
+    pub fn weighted_sums_limb(
+        &self,
+        _o: &mut [&mut [u64]],
+        _i: &[&[u64]],
+        _r: &[usize],
+        _c: &[u32],
+        _w: &[u64],
+    ) -> bool {
+        false
+    }
     pub fn reduce_assign(&self, _d: &mut [u64]) -> bool {
         false
     }

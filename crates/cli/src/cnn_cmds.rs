@@ -1,0 +1,586 @@
+//! `hecnn compile | keygen | encrypt | run | decrypt | eval` and the CNN demo.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::Args;
+use hecnn_ckks::{Decryptor, Evaluator, encrypt_pk};
+use hecnn_nn::{RewriteOptions, batch, data::Dataset, exec};
+use hecnn_ring::{Backend, CpuBackend, Prng};
+use hecnn_rlwe::{EvaluationKeys, KeyRequirements, PublicKey, SecretKey, SecurityLevel, security};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    CliError,
+    cnn::{self, BatchKind, CompileOptions, Compiled, KeyPaths},
+    stats::human_bytes,
+};
+
+/// Model and parameter options shared by the commands.
+#[derive(Args, Debug, Clone)]
+pub struct ModelOpts {
+    /// log2 of the ring degree; one batch holds 2^(log_n − 1) images.
+    #[arg(long, default_value_t = 14)]
+    log_n: u32,
+    /// Security level checked on the parameters: 128, 192 or 256.
+    #[arg(long, default_value_t = 128)]
+    security: u32,
+    /// Replace ReLU by this polynomial (comma-separated coefficients c0,c1,c2, e.g. 0,0,1).
+    #[arg(long, value_delimiter = ',')]
+    relu_poly: Vec<f64>,
+    /// Replace max pooling by average pooling.
+    #[arg(long)]
+    maxpool_as_avgpool: bool,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+impl ModelOpts {
+    fn compile_options(&self) -> Result<CompileOptions, CliError> {
+        let security = match self.security {
+            128 => SecurityLevel::Bits128,
+            192 => SecurityLevel::Bits192,
+            256 => SecurityLevel::Bits256,
+            other => {
+                return Err(CliError::Usage(format!(
+                    "--security {other}: use 128, 192 or 256"
+                )));
+            }
+        };
+        Ok(CompileOptions {
+            log_n: self.log_n,
+            security,
+            rewrite: RewriteOptions {
+                relu_replacement: (!self.relu_poly.is_empty()).then(|| self.relu_poly.clone()),
+                maxpool_as_avgpool: self.maxpool_as_avgpool,
+            },
+        })
+    }
+}
+
+fn load(model: &std::path::Path, opts: &ModelOpts) -> Result<Compiled, CliError> {
+    Compiled::load(model, &opts.compile_options()?)
+}
+
+fn describe(c: &Compiled) -> Result<String, CliError> {
+    let r = c.params.rlwe();
+    let (terms, squares, relins, rescales) = c.plan.op_counts()?;
+    Ok(format!(
+        "model '{}': {} nodes, batch packing ({} images per ciphertext), depth {}\n\
+         parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked)\n\
+         per batch: {} input ciphertexts, {} weighted-sum terms, {} squares, {} relinearizations, {} rescales; relinearization key {}",
+        c.name,
+        c.plan.model().nodes.len(),
+        c.batch_size(),
+        c.plan.depth(),
+        r.log_n(),
+        r.log_qp(),
+        r.max_level(),
+        c.params.log_scale(),
+        r.dnum(),
+        security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
+        c.plan.inputs(),
+        terms,
+        squares,
+        relins,
+        rescales,
+        human_bytes(r.switching_key_bytes()),
+    ))
+}
+
+/// `hecnn compile`.
+#[derive(Args, Debug)]
+pub struct CompileArgs {
+    /// The ONNX model.
+    model: PathBuf,
+    /// Output file (default: the model's name with `.hecnn`).
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
+    let c = load(&a.model, &a.opts)?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.with_extension("hecnn"));
+    c.save(&out)?;
+    println!("{}\nwrote {}", describe(&c)?, out.display());
+    Ok(())
+}
+
+/// `hecnn keygen`.
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    model: PathBuf,
+    /// Directory for secret.key, public.key and eval.keys.
+    #[arg(long, default_value = "keys")]
+    out_dir: PathBuf,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
+    let c = load(&a.model, &a.opts)?;
+    let be = CpuBackend::new(a.opts.threads)?;
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    let sk = SecretKey::generate(c.params.rlwe(), &mut rng)?;
+    let pk = sk.public_key(&be, &mut rng)?;
+    let evk = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let paths = KeyPaths::in_dir(&a.out_dir);
+    let sk_bytes = sk.to_secret_bytes();
+    cnn::write_file(&paths.secret, &sk_bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&paths.secret, std::fs::Permissions::from_mode(0o600));
+    }
+    let pk_bytes = pk.to_bytes(&be)?;
+    cnn::write_file(&paths.public, &pk_bytes)?;
+    let ev_bytes = evk.to_bytes(&be)?;
+    cnn::write_file(&paths.eval, &ev_bytes)?;
+    println!(
+        "keys in {} ({:.0} ms): secret.key {} (keep it private), public.key {}, eval.keys {}",
+        a.out_dir.display(),
+        t.elapsed().as_secs_f64() * 1e3,
+        human_bytes(sk_bytes.len()),
+        human_bytes(pk_bytes.len()),
+        human_bytes(ev_bytes.len())
+    );
+    Ok(())
+}
+
+/// `hecnn encrypt`.
+#[derive(Args, Debug)]
+pub struct EncryptArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    model: PathBuf,
+    /// Public key file.
+    #[arg(long, default_value = "keys/public.key")]
+    public_key: PathBuf,
+    /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
+    #[arg(long, default_value = "sample:mnist")]
+    data: String,
+    /// First image.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Number of images (default: a full batch or what the data set has).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Output batch file.
+    #[arg(short, long, default_value = "inputs.ct")]
+    out: PathBuf,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
+    let c = load(&a.model, &a.opts)?;
+    let be = CpuBackend::new(a.opts.threads)?;
+    let pk = PublicKey::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.public_key)?)?;
+    let ds = select(&cnn::load_data(&a.data)?, a.offset, a.count, c.batch_size())?;
+    check_shape(&c, &ds)?;
+    let eval = server_eval(&c, &be, None)?;
+    let images: Vec<_> = (0..ds.len()).map(|i| ds.image(i)).collect();
+    let mut rng = Prng::from_entropy()?;
+    let t = Instant::now();
+    let cts = batch::encrypt_images(&eval, &images, c.params.max_level(), &mut rng, |pt, r| {
+        encrypt_pk(&pk, &be, pt, r)
+    })?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let size = cnn::save_batch(
+        &a.out,
+        BatchKind::Inputs,
+        ds.len(),
+        batch::OutputMap { a: 1.0, gamma: 0.0 },
+        &cts,
+        &be,
+        &c.params,
+    )?;
+    println!(
+        "encrypted {} images into {} ciphertexts in {ms:.0} ms: {} ({})",
+        ds.len(),
+        cts.len(),
+        a.out.display(),
+        human_bytes(size)
+    );
+    Ok(())
+}
+
+/// `hecnn run`: the server side. It holds evaluation keys only.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    model: PathBuf,
+    /// Evaluation keys file.
+    #[arg(long, default_value = "keys/eval.keys")]
+    eval_keys: PathBuf,
+    /// Encrypted inputs.
+    #[arg(long = "in", default_value = "inputs.ct")]
+    input: PathBuf,
+    /// Encrypted outputs.
+    #[arg(short, long, default_value = "outputs.ct")]
+    out: PathBuf,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+fn server_eval(
+    c: &Compiled,
+    be: &CpuBackend,
+    keys: Option<EvaluationKeys<CpuBackend>>,
+) -> Result<Evaluator<CpuBackend>, CliError> {
+    let keys = match keys {
+        Some(k) => k,
+        None => {
+            // Encoding needs no key; an evaluator with an empty key set encodes and encrypts.
+            let mut rng = Prng::from_seed([0; 32]);
+            let throwaway = SecretKey::generate(c.params.rlwe(), &mut rng)?;
+            throwaway.evaluation_keys(be, &KeyRequirements::default(), &mut rng)?
+        }
+    };
+    Ok(Evaluator::new(
+        Arc::clone(&c.params),
+        Arc::new(keys),
+        be.clone(),
+    )?)
+}
+
+fn progress_bar(total: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} layers {elapsed_precise}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn run(a: &RunArgs) -> Result<(), CliError> {
+    let c = load(&a.model, &a.opts)?;
+    let be = CpuBackend::new(a.opts.threads)?;
+    let evk = EvaluationKeys::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.eval_keys)?, 1)?;
+    let eval = server_eval(&c, &be, Some(evk))?;
+    let (images, _, cts) = cnn::load_batch(&a.input, BatchKind::Inputs, &be, &c.params)?;
+    let pb = progress_bar(c.plan.model().nodes.len(), "evaluating");
+    let t = Instant::now();
+    let (out, map) = c
+        .plan
+        .run_encrypted(&eval, cts, |done, _| pb.set_position(done as u64))?;
+    let secs = t.elapsed().as_secs_f64();
+    pb.finish_and_clear();
+    let size = cnn::save_batch(
+        &a.out,
+        BatchKind::Outputs,
+        images,
+        map,
+        &out,
+        &be,
+        &c.params,
+    )?;
+    println!(
+        "evaluated {images} images in {secs:.2} s ({:.2} ms per image) on {}: {} ({})",
+        secs * 1e3 / images.max(1) as f64,
+        be.name(),
+        a.out.display(),
+        human_bytes(size)
+    );
+    Ok(())
+}
+
+/// `hecnn decrypt`.
+#[derive(Args, Debug)]
+pub struct DecryptArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    model: PathBuf,
+    /// Secret key file.
+    #[arg(long, default_value = "keys/secret.key")]
+    secret_key: PathBuf,
+    /// Encrypted outputs.
+    #[arg(long = "in", default_value = "outputs.ct")]
+    input: PathBuf,
+    /// The data set the inputs came from, to report accuracy (same --offset).
+    #[arg(long)]
+    data: Option<String>,
+    /// First image of the data set.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
+    let c = load(&a.model, &a.opts)?;
+    let be = CpuBackend::new(a.opts.threads)?;
+    let sk = SecretKey::from_secret_bytes(c.params.rlwe(), &cnn::read_file(&a.secret_key)?)?;
+    let (images, map, cts) = cnn::load_batch(&a.input, BatchKind::Outputs, &be, &c.params)?;
+    let eval = server_eval(&c, &be, None)?;
+    let dec = Decryptor::new(&sk, &be)?;
+    let logits = batch::decrypt_outputs(&eval, &cts, map, images, |ct| dec.decrypt(ct))?;
+    let preds: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
+    println!(
+        "predictions: {}",
+        preds
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if let Some(spec) = &a.data {
+        let ds = select(&cnn::load_data(spec)?, a.offset, Some(images), usize::MAX)?;
+        let correct = preds
+            .iter()
+            .zip(ds.labels())
+            .filter(|(p, l)| **p == usize::from(**l))
+            .count();
+        println!(
+            "accuracy {:.2}% ({correct}/{images})",
+            100.0 * correct as f64 / images.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+/// `hecnn eval` (and the demo).
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    #[arg(default_value = "models/hcnn-mnist.onnx")]
+    model: PathBuf,
+    /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Number of images (default: all).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Print the time spent in every layer of the first batch.
+    #[arg(long)]
+    verbose: bool,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
+    let model = if a.model.exists() {
+        a.model.clone()
+    } else {
+        cnn::repo_path(&a.model.to_string_lossy())
+    };
+    let c = load(&model, &a.opts)?;
+    let all = cnn::load_data(&a.data)?;
+    let ds = select(&all, 0, a.count, usize::MAX)?;
+    check_shape(&c, &ds)?;
+    let be = CpuBackend::new(a.opts.threads)?;
+    println!("hecnn: encrypted CNN inference");
+    println!("{}", describe(&c)?);
+    println!(
+        "data: {} ({} images), backend {}",
+        a.data,
+        ds.len(),
+        be.name()
+    );
+
+    // Client: keys.
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    let sk = SecretKey::generate(c.params.rlwe(), &mut rng)?;
+    let pk = sk.public_key(&be, &mut rng)?;
+    let evk = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;
+    let key_bytes = evk.size_bytes();
+    let keygen_ms = t.elapsed().as_secs_f64() * 1e3;
+    let eval = server_eval(&c, &be, Some(evk))?;
+    let dec = Decryptor::new(&sk, &be)?;
+
+    let batch_size = c.batch_size();
+    let batches = ds.len().div_ceil(batch_size);
+    let (mut enc_s, mut run_s, mut dec_s) = (0.0, 0.0, 0.0);
+    let (mut correct_plain, mut correct_enc, mut agree) = (0usize, 0usize, 0usize);
+    let mut max_diff = 0.0f64;
+    let mut ct_bytes = 0usize;
+    let pb = ProgressBar::new(ds.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    for b in 0..batches {
+        let part = ds.slice(b * batch_size, (b + 1) * batch_size);
+        let images: Vec<_> = (0..part.len()).map(|i| part.image(i)).collect();
+        pb.set_message("encrypting");
+        let t = Instant::now();
+        let cts =
+            batch::encrypt_images(&eval, &images, c.params.max_level(), &mut rng, |pt, r| {
+                encrypt_pk(&pk, &be, pt, r)
+            })?;
+        enc_s += t.elapsed().as_secs_f64();
+        if b == 0 {
+            ct_bytes = cts
+                .first()
+                .map_or(Ok(0), |ct| ct.to_bytes(&be, &c.params).map(|v| v.len()))?;
+        }
+        pb.set_message("evaluating");
+        let t = Instant::now();
+        let mut marks = Vec::new();
+        let (out, map) = c
+            .plan
+            .run_encrypted(&eval, cts, |done, _| marks.push((done, Instant::now())))?;
+        run_s += t.elapsed().as_secs_f64();
+        if a.verbose && b == 0 {
+            pb.suspend(|| {
+                let mut prev = t;
+                for (done, at) in &marks {
+                    let node = &c.plan.model().nodes[done - 1];
+                    println!(
+                        "  {:>10.1} ms  {} ({})",
+                        (*at - prev).as_secs_f64() * 1e3,
+                        node.name,
+                        node.op.kind()
+                    );
+                    prev = *at;
+                }
+            });
+        }
+        pb.set_message("decrypting");
+        let t = Instant::now();
+        let logits = batch::decrypt_outputs(&eval, &out, map, part.len(), |ct| dec.decrypt(ct))?;
+        dec_s += t.elapsed().as_secs_f64();
+        for (i, got) in logits.iter().enumerate() {
+            let want = exec::run(c.plan.model(), &images[i])?;
+            let label = usize::from(part.labels()[i]);
+            let (pe, pp) = (argmax(got), argmax(want.data()));
+            correct_enc += usize::from(pe == label);
+            correct_plain += usize::from(pp == label);
+            agree += usize::from(pe == pp);
+            for (g, w) in got.iter().zip(want.data()) {
+                max_diff = max_diff.max((g - w).abs());
+            }
+        }
+        pb.inc(part.len() as u64);
+    }
+    pb.finish_and_clear();
+    let n = ds.len().max(1) as f64;
+    println!(
+        "\nresults over {} images in {batches} batch(es) of up to {batch_size}:",
+        ds.len()
+    );
+    println!(
+        "  cleartext accuracy   {:.2}% ({correct_plain}/{})",
+        100.0 * correct_plain as f64 / n,
+        ds.len()
+    );
+    println!(
+        "  encrypted accuracy   {:.2}% ({correct_enc}/{})",
+        100.0 * correct_enc as f64 / n,
+        ds.len()
+    );
+    println!(
+        "  same prediction      {:.2}% ({agree}/{})",
+        100.0 * agree as f64 / n,
+        ds.len()
+    );
+    println!("  max |encrypted − cleartext logit| {max_diff:.3e}");
+    println!("timings ({}):", be.name());
+    println!(
+        "  keygen {keygen_ms:.0} ms, evaluation keys {}",
+        human_bytes(key_bytes)
+    );
+    println!(
+        "  encrypt {:.2} s total, {:.3} ms per image (client, public key)",
+        enc_s,
+        enc_s * 1e3 / n
+    );
+    println!(
+        "  evaluate {:.2} s total: {:.2} s per batch, {:.3} ms per image amortized",
+        run_s,
+        run_s / batches.max(1) as f64,
+        run_s * 1e3 / n
+    );
+    println!("  decrypt {:.2} s total", dec_s);
+    println!(
+        "  one input ciphertext {} (seed-less, public-key encrypted); peak memory {}",
+        human_bytes(ct_bytes),
+        peak_memory()
+    );
+    Ok(())
+}
+
+/// `hecnn demo`: encrypted classification of the bundled MNIST sample with the bundled model.
+pub fn demo(threads: usize) -> Result<(), CliError> {
+    let args = EvalArgs {
+        model: PathBuf::from("models/hcnn-mnist.onnx"),
+        data: "sample:mnist".into(),
+        count: None,
+        verbose: false,
+        opts: ModelOpts {
+            log_n: 14,
+            security: 128,
+            relu_poly: vec![],
+            maxpool_as_avgpool: false,
+            threads,
+        },
+    };
+    eval(&args)
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f64::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0
+}
+
+fn select(
+    ds: &Dataset,
+    offset: usize,
+    count: Option<usize>,
+    cap: usize,
+) -> Result<Dataset, CliError> {
+    if offset >= ds.len() {
+        return Err(CliError::Usage(format!(
+            "--offset {offset} is past the {} images of the data set",
+            ds.len()
+        )));
+    }
+    let count = count.unwrap_or(ds.len() - offset).min(ds.len() - offset);
+    if count > cap {
+        return Err(CliError::Usage(format!(
+            "{count} images exceed one batch of {cap}; use hecnn eval for several batches"
+        )));
+    }
+    Ok(ds.slice(offset, offset + count))
+}
+
+fn check_shape(c: &Compiled, ds: &Dataset) -> Result<(), CliError> {
+    if ds.shape() != c.plan.model().input_shape {
+        return Err(CliError::Usage(format!(
+            "the data has images of shape {:?}, the model takes {:?}",
+            ds.shape(),
+            c.plan.model().input_shape
+        )));
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux), for reports.
+pub fn peak_memory() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
+        })
+        .unwrap_or_else(|| "n/a".into())
+}
