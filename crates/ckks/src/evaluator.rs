@@ -160,7 +160,8 @@ impl<B: Backend> Evaluator<B> {
             .collect()
     }
 
-    fn round_to_i128(v: f64) -> Result<i128, CkksError> {
+    /// `round(v)` as an integer, or [`CkksError::Overflow`] beyond 126 bits or for NaN.
+    pub(crate) fn round_to_i128(v: f64) -> Result<i128, CkksError> {
         let r = v.round();
         if !r.is_finite() || r.abs() >= 2f64.powi(126) {
             return Err(CkksError::Overflow {

@@ -204,12 +204,12 @@ impl<B: Backend> PowerCache<'_, B> {
         e.mul_int_big_assign(&mut prod, 2)?;
         let s = prod.scale();
         if a == b {
-            e.add_int_assign(&mut prod, -(s.round() as i128))?;
+            e.add_int_assign(&mut prod, -Evaluator::<B>::round_to_i128(s)?)?;
         } else {
             let mut tc = self.get(a - b)?;
             e.drop_to_level_assign(&mut tc, prod.level())?;
-            let k = (s / tc.scale()).round();
-            e.mul_int_big_assign(&mut tc, k as i128)?;
+            let k = Evaluator::<B>::round_to_i128(s / tc.scale())?;
+            e.mul_int_big_assign(&mut tc, k)?;
             e.combine(&mut prod, &tc, true, false)?;
         }
         e.rescale_assign(&mut prod)?;
@@ -283,8 +283,9 @@ impl<B: Backend> Evaluator<B> {
         self.drop_to_level_assign(&mut tk, level + 1)?;
         let mut prod = if effective_degree(&q) == 0 {
             // q·T_k is linear in T_k: a scaled integer multiple.
-            let factor = (q[0] * scale * self.params().q_at(level + 1) / tk.scale()).round();
-            self.mul_int_big_assign(&mut tk, factor as i128)?;
+            let factor =
+                Self::round_to_i128(q[0] * scale * self.params().q_at(level + 1) / tk.scale())?;
+            self.mul_int_big_assign(&mut tk, factor)?;
             tk.set_scale(scale * self.params().q_at(level + 1));
             tk
         } else {
@@ -325,14 +326,8 @@ impl<B: Backend> Evaluator<B> {
             }
             let mut t = cache.get(i)?;
             self.drop_to_level_assign(&mut t, level + 1)?;
-            let k = (ci * big / t.scale()).round();
-            if !k.is_finite() || k.abs() >= 2f64.powi(126) {
-                return Err(CkksError::Overflow {
-                    value: ci,
-                    scale: big,
-                });
-            }
-            self.mul_int_big_assign(&mut t, k as i128)?;
+            let k = Self::round_to_i128(ci * big / t.scale())?;
+            self.mul_int_big_assign(&mut t, k)?;
             t.set_scale(big);
             match acc.as_mut() {
                 None => acc = Some(t),
@@ -340,7 +335,7 @@ impl<B: Backend> Evaluator<B> {
             }
         }
         let mut acc = acc.ok_or(CkksError::InvalidArgument { what: "empty leaf" })?;
-        self.add_int_assign(&mut acc, (c[0] * big).round() as i128)?;
+        self.add_int_assign(&mut acc, Self::round_to_i128(c[0] * big)?)?;
         self.rescale_assign(&mut acc)?;
         acc.set_scale(scale);
         Ok(acc)

@@ -6,7 +6,11 @@ use std::time::Instant;
 
 use clap::Args;
 use hecnn_ckks::{Decryptor, Evaluator, encrypt_pk};
-use hecnn_nn::{RewriteOptions, batch, data::Dataset, exec};
+use hecnn_nn::{
+    RewriteOptions, batch,
+    data::Dataset,
+    exec::{self, argmax},
+};
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::{EvaluationKeys, KeyRequirements, PublicKey, SecretKey, SecurityLevel, security};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -529,16 +533,6 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         },
     };
     eval(&args)
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 fn select(

@@ -119,6 +119,16 @@ pub fn run_all(model: &Model, input: &Tensor) -> Result<Vec<Tensor>, NnError> {
     Ok(values)
 }
 
+/// Index of the largest value (the first on ties; 0 for an empty slice).
+pub fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 { (i, x) } else { best }
+        })
+        .0
+}
+
 /// `Σ c_i t^i` by Horner's rule.
 pub fn eval_poly(c: &[f64], t: f64) -> f64 {
     c.iter().rev().fold(0.0, |acc, &k| acc * t + k)

@@ -69,12 +69,6 @@ impl Tensor {
 
     /// Index of the largest value (first on ties).
     pub fn argmax(&self) -> usize {
-        self.data
-            .iter()
-            .enumerate()
-            .fold((0, f64::NEG_INFINITY), |best, (i, &v)| {
-                if v > best.1 { (i, v) } else { best }
-            })
-            .0
+        crate::exec::argmax(&self.data)
     }
 }

@@ -11,18 +11,10 @@ use hecnn_nn::{
 use prost::Message;
 
 fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            // Multiples of 2^-12: exactly representable in f32, so export is lossless.
-            ((z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-        })
-        .map(|v: f64| (v * 4096.0).round() / 4096.0)
+    // Multiples of 2^-12: exactly representable in f32, so export is lossless.
+    hecnn_testkit::uniform_values(seed, n)
+        .into_iter()
+        .map(|v| (v * scale * 4096.0).round() / 4096.0)
         .collect()
 }
 

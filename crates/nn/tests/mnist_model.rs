@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_pk};
-use hecnn_nn::{RewriteOptions, Tensor, batch, data, exec, onnx, rewrite};
+use hecnn_nn::{
+    RewriteOptions, Tensor, batch, data,
+    exec::{self, argmax},
+    onnx, rewrite,
+};
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey, SecurityLevel};
 
@@ -16,16 +20,6 @@ fn repo(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .join(rel)
-}
-
-fn argmax(v: &[f64]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f64::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0
 }
 
 #[test]

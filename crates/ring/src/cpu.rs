@@ -73,6 +73,18 @@ fn pos_of(ctx: &RnsContext, b: &Basis, g: usize) -> usize {
     }
 }
 
+/// The limbs with global index `g` of every operand.
+fn limbs_of<'a>(
+    ctx: &RnsContext,
+    ops: &[Operand<'a, CpuBackend>],
+    g: usize,
+    n: usize,
+) -> Vec<&'a [u64]> {
+    ops.iter()
+        .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
+        .collect()
+}
+
 /// `Π_{i ∈ digit, i ≠ skip} q_i mod m`.
 fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modulus) -> u64 {
     digit
@@ -314,14 +326,8 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         self.each_limb(ctx, basis, dst, |_, g, d| {
             let m = ctx.modulus(g);
-            let al: Vec<&[u64]> = a
-                .iter()
-                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
-                .collect();
-            let bl: Vec<&[u64]> = b
-                .iter()
-                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
-                .collect();
+            let al = limbs_of(ctx, a, g, n);
+            let bl = limbs_of(ctx, b, g, n);
             if ctx
                 .ifma(g)
                 .is_some_and(|c| c.mul_sum(d, &al, &bl, perm, accumulate))
@@ -344,10 +350,7 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         self.each_limb(ctx, basis, dst, |pos, g, d| {
             let m = ctx.modulus(g);
-            let ys: Vec<&[u64]> = srcs
-                .iter()
-                .map(|(x, bs)| limb(x, pos_of(ctx, bs, g), n))
-                .collect();
+            let ys = limbs_of(ctx, srcs, g, n);
             let ws: Vec<u64> = scalars.iter().map(|s| m.reduce(s[pos])).collect();
             if ctx
                 .ifma(g)
