@@ -48,6 +48,21 @@ def load_mnist():
     return (np.concatenate(xtr), np.asarray(ytr)), (np.concatenate(xte), np.asarray(yte))
 
 
+def load_cifar10():
+    """The CIFAR-10 splits as exported by `hecnn data export --dataset cifar10 --split
+    train|test --out <cache>` (original binary format: label byte + R, G, B planes), so that
+    hecnn's Rust loader is the single reader of the npm PNGs."""
+    base = os.environ.get("HECNN_DATA", os.path.join(os.path.expanduser("~"), ".cache", "hecnn", "data"))
+    out = []
+    for split in ("train", "test"):
+        path = os.path.join(base, f"cifar10-{split}.bin")
+        if not os.path.isfile(path):
+            sys.exit(f"{path} not found: run hecnn data export --dataset cifar10 --split {split} --out {base}")
+        raw = np.fromfile(path, dtype=np.uint8).reshape(-1, 3073)
+        out.append((raw[:, 1:].reshape(-1, 3, 32, 32).astype(np.float32) / 255.0, raw[:, 0].astype(np.int64)))
+    return out[0], out[1]
+
+
 class Square(nn.Module):
     def forward(self, x):
         return x * x
@@ -120,7 +135,8 @@ def main():
         (xtr, ytr), (xte, yte) = load_mnist()
         model, max_shift, flip = HcnnMnist(), 2, False
     else:
-        sys.exit("cifar10 training: see training/README.md (not part of this release)")
+        (xtr, ytr), (xte, yte) = load_cifar10()
+        model, max_shift, flip = HcnnCifar(), 4, True
     model.to(device)
     out = args.out or f"models/hcnn-{args.dataset}.onnx"
     print(f"{args.dataset}: {len(xtr)} training / {len(xte)} test images, device {device}", flush=True)

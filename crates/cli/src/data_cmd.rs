@@ -15,6 +15,23 @@ pub enum DataCommand {
     Sample(SampleArgs),
     /// Print a data set's size, shape and label counts.
     Info(InfoArgs),
+    /// Write a whole split of a fetched data set in the original format (IDX for MNIST,
+    /// CIFAR binary for CIFAR-10), e.g. for the training script.
+    Export(ExportArgs),
+}
+
+/// Options of `hecnn data export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// mnist or cifar10 (fetched with scripts/fetch-data.sh).
+    #[arg(long)]
+    dataset: String,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// Options of `hecnn data sample`.
@@ -88,6 +105,24 @@ pub fn run(cmd: &DataCommand) -> Result<(), CliError> {
                 a.dataset,
                 a.out.display()
             );
+        }
+        DataCommand::Export(a) => {
+            let (train, test) = cnn::load_split_pair(&a.dataset)?;
+            let ds = match a.split.as_str() {
+                "train" => train,
+                "test" => test,
+                other => return Err(CliError::Usage(format!("--split train or test, not '{other}'"))),
+            };
+            std::fs::create_dir_all(&a.out).map_err(|e| CliError::Usage(format!("{}: {e}", a.out.display())))?;
+            match a.dataset.as_str() {
+                "mnist" => data::save_idx(
+                    &ds,
+                    &a.out.join(format!("mnist-{}-images.idx3-ubyte", a.split)),
+                    &a.out.join(format!("mnist-{}-labels.idx1-ubyte", a.split)),
+                )?,
+                _ => data::save_cifar_binary(&ds, &a.out.join(format!("cifar10-{}.bin", a.split)))?,
+            }
+            println!("wrote {} {} {} images to {}", ds.len(), a.dataset, a.split, a.out.display());
         }
         DataCommand::Info(a) => {
             let ds = cnn::load_data(&a.data)?;
