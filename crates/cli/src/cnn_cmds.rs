@@ -200,19 +200,17 @@ pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
         encrypt_pk(&pk, &be, pt, r)
     })?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
-    let size = cnn::save_batch(
-        &a.out,
-        BatchKind::Inputs,
-        ds.len(),
-        batch::OutputMap { a: 1.0, gamma: 0.0 },
-        &cts,
-        &be,
-        &c.params,
-    )?;
+    let n_cts = cts.len();
+    let inputs = cnn::Batch {
+        images: ds.len(),
+        map: batch::OutputMap { a: 1.0, gamma: 0.0 },
+        key_id: pk.key_id(),
+        cts,
+    };
+    let size = cnn::save_batch(&a.out, BatchKind::Inputs, &inputs, &be, &c.params)?;
     println!(
-        "encrypted {} images into {} ciphertexts in {ms:.0} ms: {} ({})",
+        "encrypted {} images into {n_cts} ciphertexts in {ms:.0} ms: {} ({})",
         ds.len(),
-        cts.len(),
         a.out.display(),
         human_bytes(size)
     );
@@ -273,8 +271,11 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
     let evk = EvaluationKeys::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.eval_keys)?, 1)?;
+    let key_id = evk.key_id();
+    let input = cnn::load_batch(&a.input, BatchKind::Inputs, &be, &c.params)?;
+    cnn::check_key(&input.key_id, &key_id, &a.input.display().to_string())?;
     let eval = server_eval(&c, &be, Some(evk))?;
-    let (images, _, cts) = cnn::load_batch(&a.input, BatchKind::Inputs, &be, &c.params)?;
+    let (images, cts) = (input.images, input.cts);
     let pb = progress_bar(c.plan.model().nodes.len(), "evaluating");
     let t = Instant::now();
     let (out, map) = c
@@ -282,15 +283,13 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         .run_encrypted(&eval, cts, |done, _| pb.set_position(done as u64))?;
     let secs = t.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let size = cnn::save_batch(
-        &a.out,
-        BatchKind::Outputs,
+    let outputs = cnn::Batch {
         images,
         map,
-        &out,
-        &be,
-        &c.params,
-    )?;
+        key_id,
+        cts: out,
+    };
+    let size = cnn::save_batch(&a.out, BatchKind::Outputs, &outputs, &be, &c.params)?;
     println!(
         "evaluated {images} images in {secs:.2} s ({:.2} ms per image) on {}: {} ({})",
         secs * 1e3 / images.max(1) as f64,
@@ -326,7 +325,9 @@ pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
     let sk = SecretKey::from_secret_bytes(c.params.rlwe(), &cnn::read_file(&a.secret_key)?)?;
-    let (images, map, cts) = cnn::load_batch(&a.input, BatchKind::Outputs, &be, &c.params)?;
+    let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, &c.params)?;
+    cnn::check_key(&output.key_id, &sk.key_id(), &a.input.display().to_string())?;
+    let (images, map, cts) = (output.images, output.map, output.cts);
     let eval = server_eval(&c, &be, None)?;
     let dec = Decryptor::new(&sk, &be)?;
     let logits = batch::decrypt_outputs(&eval, &cts, map, images, |ct| dec.decrypt(ct))?;

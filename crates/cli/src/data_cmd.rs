@@ -111,9 +111,14 @@ pub fn run(cmd: &DataCommand) -> Result<(), CliError> {
             let ds = match a.split.as_str() {
                 "train" => train,
                 "test" => test,
-                other => return Err(CliError::Usage(format!("--split train or test, not '{other}'"))),
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "--split train or test, not '{other}'"
+                    )));
+                }
             };
-            std::fs::create_dir_all(&a.out).map_err(|e| CliError::Usage(format!("{}: {e}", a.out.display())))?;
+            std::fs::create_dir_all(&a.out)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", a.out.display())))?;
             match a.dataset.as_str() {
                 "mnist" => data::save_idx(
                     &ds,
@@ -122,7 +127,13 @@ pub fn run(cmd: &DataCommand) -> Result<(), CliError> {
                 )?,
                 _ => data::save_cifar_binary(&ds, &a.out.join(format!("cifar10-{}.bin", a.split)))?,
             }
-            println!("wrote {} {} {} images to {}", ds.len(), a.dataset, a.split, a.out.display());
+            println!(
+                "wrote {} {} {} images to {}",
+                ds.len(),
+                a.dataset,
+                a.split,
+                a.out.display()
+            );
         }
         DataCommand::Info(a) => {
             let ds = cnn::load_data(&a.data)?;

@@ -217,6 +217,11 @@ impl<B: Backend> PublicKey<B> {
         &self.params
     }
 
+    /// Identifier of the key pair this key belongs to.
+    pub fn key_id(&self) -> [u8; 32] {
+        self.id
+    }
+
     /// Encrypts an evaluation-domain plaintext over `Q_l`:
     /// `(b·u + e_0 + m, a·u + e_1)` with ternary `u`.
     ///
@@ -253,12 +258,14 @@ impl<B: Backend> PublicKey<B> {
     pub(crate) fn from_b_and_seed(
         be: &B,
         params: &Arc<Params>,
+        id: [u8; 32],
         b: RnsPoly<B, Eval>,
         seed: [u8; 32],
     ) -> Result<Self, RlweError> {
         let a = uniform_eval(be, params, b.basis(), &seed)?;
         Ok(Self {
             params: Arc::clone(params),
+            id,
             b,
             a,
             seed,

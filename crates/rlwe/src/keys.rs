@@ -15,6 +15,9 @@ use crate::{Params, PolyPair, RlweError, SecretDistribution};
 /// The secret key `s` (ternary), kept on the host in coefficient and evaluation form.
 pub struct SecretKey {
     params: Arc<Params>,
+    /// Random identifier of this key pair, copied into every public and evaluation key made
+    /// from it, so mismatched keys and ciphertexts can be detected (it reveals nothing).
+    id: [u8; 32],
     coeffs: Zeroizing<Vec<i8>>,
     /// NTT of `s` over the full basis `Q ∪ P`, limb-major.
     eval_qp: Zeroizing<Vec<u64>>,
@@ -71,10 +74,15 @@ impl SecretKey {
             SecretDistribution::Ternary => sampler::sample_ternary(rng, n),
             SecretDistribution::SparseTernary { h } => sampler::sample_sparse_ternary(rng, n, h)?,
         });
-        Self::from_coeffs(params, coeffs)
+        let id = rng.seed();
+        Self::from_coeffs(params, coeffs, id)
     }
 
-    fn from_coeffs(params: &Arc<Params>, coeffs: Zeroizing<Vec<i8>>) -> Result<Self, RlweError> {
+    fn from_coeffs(
+        params: &Arc<Params>,
+        coeffs: Zeroizing<Vec<i8>>,
+        id: [u8; 32],
+    ) -> Result<Self, RlweError> {
         let ctx = params.ctx();
         let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coeffs.iter().map(|&c| c as i64).collect());
         let mut eval = Zeroizing::new(sampler::small_to_rns(ctx, ctx.full_basis(), &wide));
@@ -83,6 +91,7 @@ impl SecretKey {
         }
         Ok(Self {
             params: Arc::clone(params),
+            id,
             coeffs,
             eval_qp: eval,
         })
@@ -91,6 +100,11 @@ impl SecretKey {
     /// The parameters of this key.
     pub fn params(&self) -> &Arc<Params> {
         &self.params
+    }
+
+    /// The key-pair identifier shared by all keys made from this secret.
+    pub fn key_id(&self) -> [u8; 32] {
+        self.id
     }
 
     /// `s` over `basis` in the evaluation domain, on the backend.
@@ -132,6 +146,7 @@ impl SecretKey {
         let (b, a) = self.rlwe_sample(be, basis, &seed, rng)?;
         Ok(PublicKey {
             params: Arc::clone(&self.params),
+            id: self.id,
             b,
             a,
             seed,
@@ -277,6 +292,7 @@ impl SecretKey {
         }
         Ok(EvaluationKeys {
             params: Arc::clone(&self.params),
+            id: self.id,
             relin,
             galois,
         })
@@ -285,8 +301,9 @@ impl SecretKey {
     /// Serializes the secret key (ternary coefficients, 2 bits of information each, stored as
     /// bytes). Store the result only where the key owner controls it.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let body: Zeroizing<Vec<u8>> =
+        let mut body: Zeroizing<Vec<u8>> =
             Zeroizing::new(self.coeffs.iter().map(|&c| c as u8).collect());
+        body.extend_from_slice(&self.id);
         Zeroizing::new(crate::serial::encode(
             crate::serial::Kind::SecretKey,
             &self.params,
@@ -303,27 +320,31 @@ impl SecretKey {
             crate::serial::Kind::SecretKey,
             params,
             bytes,
-            params.n() + 64,
+            params.n() + 96,
         )?;
         let body = Zeroizing::new(body);
-        if body.len() != params.n() {
+        if body.len() != params.n() + 32 {
             return Err(RlweError::Malformed {
                 what: "secret key length",
             });
         }
-        let coeffs: Zeroizing<Vec<i8>> = Zeroizing::new(body.iter().map(|&b| b as i8).collect());
+        let (secret, id_bytes) = body.split_at(params.n());
+        let mut id = [0u8; 32];
+        id.copy_from_slice(id_bytes);
+        let coeffs: Zeroizing<Vec<i8>> = Zeroizing::new(secret.iter().map(|&b| b as i8).collect());
         if coeffs.iter().any(|&c| !(-1..=1).contains(&c)) {
             return Err(RlweError::Malformed {
                 what: "secret key coefficient",
             });
         }
-        Self::from_coeffs(params, coeffs)
+        Self::from_coeffs(params, coeffs, id)
     }
 }
 
 /// The public encryption key `(b, a)` over `Q`.
 pub struct PublicKey<B: Backend> {
     pub(crate) params: Arc<Params>,
+    pub(crate) id: [u8; 32],
     pub(crate) b: RnsPoly<B, Eval>,
     pub(crate) a: RnsPoly<B, Eval>,
     pub(crate) seed: [u8; 32],
@@ -421,6 +442,7 @@ impl KeyRequirements {
 /// The evaluation keys a server holds: relinearization and Galois keys. Never a secret key.
 pub struct EvaluationKeys<B: Backend> {
     pub(crate) params: Arc<Params>,
+    pub(crate) id: [u8; 32],
     pub(crate) relin: Option<RelinKey<B>>,
     pub(crate) galois: BTreeMap<usize, GaloisKey<B>>,
 }
@@ -429,6 +451,10 @@ impl<B: Backend> EvaluationKeys<B> {
     /// The parameters these keys belong to.
     pub fn params(&self) -> &Arc<Params> {
         &self.params
+    }
+    /// Identifier of the key pair these keys were made from.
+    pub fn key_id(&self) -> [u8; 32] {
+        self.id
     }
     /// The relinearization key.
     ///

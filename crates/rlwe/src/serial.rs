@@ -210,12 +210,14 @@ struct SwitchingKeyWire {
 
 #[derive(Serialize, Deserialize)]
 struct EvaluationKeysWire {
+    key_id: [u8; 32],
     relin: Option<SwitchingKeyWire>,
     galois: Vec<SwitchingKeyWire>,
 }
 
 #[derive(Serialize, Deserialize)]
 struct PublicKeyWire {
+    key_id: [u8; 32],
     b: PolyWire,
     seed: [u8; 32],
     expansion: u8,
@@ -379,6 +381,7 @@ impl<B: Backend> PublicKey<B> {
     /// Backend transfer failures.
     pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, RlweError> {
         let wire = PublicKeyWire {
+            key_id: self.id,
             b: PolyWire::pack(be, &self.params, &self.b)?,
             seed: self.seed,
             expansion: UNIFORM_EXPANSION_ID,
@@ -401,7 +404,7 @@ impl<B: Backend> PublicKey<B> {
         let b = wire
             .b
             .unpack(be, params, Some(Basis::q(params.q().len())))?;
-        Self::from_b_and_seed(be, params, b, wire.seed)
+        Self::from_b_and_seed(be, params, wire.key_id, b, wire.seed)
     }
 }
 
@@ -453,6 +456,7 @@ impl<B: Backend> EvaluationKeys<B> {
     pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, RlweError> {
         let params = &self.params;
         let wire = EvaluationKeysWire {
+            key_id: self.id,
             relin: self
                 .relin
                 .as_ref()
@@ -486,6 +490,7 @@ impl<B: Backend> EvaluationKeys<B> {
             .transpose()?;
         let mut keys = EvaluationKeys {
             params: Arc::clone(params),
+            id: wire.key_id,
             relin,
             galois: Default::default(),
         };
