@@ -241,6 +241,18 @@ struct Value<B: Backend> {
     gamma: f64,
 }
 
+// Not derived: the derive would require `B: Clone`, but ciphertexts clone for any backend.
+impl<B: Backend> Clone for Value<B> {
+    fn clone(&self) -> Self {
+        Self {
+            cts: self.cts.clone(),
+            form: self.form,
+            a: self.a,
+            gamma: self.gamma,
+        }
+    }
+}
+
 /// The decrypted-side meaning of the output ciphertexts: `logit = a·decoded + γ`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OutputMap {
@@ -252,7 +264,10 @@ pub struct OutputMap {
 
 /// Errors of the runtime, with the node that failed.
 fn at(node: &str) -> impl Fn(CkksError) -> NnError + '_ {
-    move |e| NnError::Invalid(format!("encrypted evaluation failed at '{node}': {e}"))
+    move |source| NnError::Encrypted {
+        node: node.to_string(),
+        source,
+    }
 }
 
 impl BatchPlan {
@@ -308,13 +323,7 @@ impl BatchPlan {
                             .take()
                             .ok_or_else(|| NnError::Invalid("flatten input missing".into()))?
                     } else {
-                        let v = input(0)?;
-                        Value {
-                            cts: v.cts.clone(),
-                            form: v.form,
-                            a: v.a,
-                            gamma: v.gamma,
-                        }
+                        input(0)?.clone()
                     }
                 }
                 Op::Poly(c) => {

@@ -59,6 +59,15 @@ pub enum NnError {
     /// Inconsistent shapes.
     #[error("shape error: {0}")]
     Shape(String),
+    /// A homomorphic operation failed while evaluating a node.
+    #[error("encrypted evaluation failed at node '{node}': {source}")]
+    Encrypted {
+        /// The node's name.
+        node: String,
+        /// The underlying error.
+        #[source]
+        source: hecnn_ckks::CkksError,
+    },
     /// Missing or malformed data files.
     #[error("data: {0}")]
     Data(String),
