@@ -68,13 +68,46 @@ fn load(model: &std::path::Path, opts: &ModelOpts) -> Result<Compiled, CliError>
     Compiled::load(model, &opts.compile_options()?)
 }
 
+/// Memory the operating system reports as available (Linux), if known.
+fn available_memory() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses plans whose ciphertexts cannot fit in this machine's memory.
+fn check_memory(c: &Compiled) -> Result<(), CliError> {
+    let need = c
+        .plan
+        .peak_ciphertext_bytes(c.params.n(), c.params.max_level());
+    if let Some(have) = available_memory()
+        && need > have
+    {
+        return Err(CliError::Usage(format!(
+            "one batch of '{}' needs about {} of ciphertexts at once, more than the {} available: \
+             batch packing keeps one ciphertext per neuron (the largest layer has {} neurons); \
+             use a machine with more memory or a smaller ring degree (--log-n)",
+            c.name,
+            human_bytes(need),
+            human_bytes(have),
+            c.plan.nodes().iter().map(|p| p.neurons).max().unwrap_or(0)
+        )));
+    }
+    Ok(())
+}
+
 fn describe(c: &Compiled) -> Result<String, CliError> {
     let r = c.params.rlwe();
     let (terms, squares, relins, rescales) = c.plan.op_counts()?;
+    let peak = human_bytes(
+        c.plan
+            .peak_ciphertext_bytes(c.params.n(), c.params.max_level()),
+    );
     Ok(format!(
         "model '{}': {} nodes, batch packing ({} images per ciphertext), depth {}\n\
          parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked)\n\
-         per batch: {} input ciphertexts, {} weighted-sum terms, {} squares, {} relinearizations, {} rescales; relinearization key {}",
+         per batch: {} input ciphertexts, {} weighted-sum terms, {} squares, {} relinearizations, {} rescales; relinearization key {}; peak ciphertext memory ≈ {peak}",
         c.name,
         c.plan.model().nodes.len(),
         c.batch_size(),
@@ -108,6 +141,9 @@ pub struct CompileArgs {
 
 pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
+    if let Err(e) = check_memory(&c) {
+        eprintln!("warning: {e}");
+    }
     let out = a
         .out
         .clone()
@@ -269,6 +305,7 @@ fn progress_bar(total: usize, what: &str) -> ProgressBar {
 
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
+    check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;
     let evk = EvaluationKeys::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.eval_keys)?, 1)?;
     let key_id = evk.key_id();
@@ -381,6 +418,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         cnn::repo_path(&a.model.to_string_lossy())
     };
     let c = load(&model, &a.opts)?;
+    check_memory(&c)?;
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, 0, a.count, usize::MAX)?;
     check_shape(&c, &ds)?;

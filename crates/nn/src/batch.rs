@@ -196,6 +196,33 @@ impl BatchPlan {
         &self.nodes
     }
 
+    /// Estimated peak memory of the ciphertexts alive at once during one batch, for ring
+    /// degree `n` and `top_level` levels at the input (each value is freed after its last
+    /// use; a lazily squared value has three components, others two).
+    pub fn peak_ciphertext_bytes(&self, n: usize, top_level: usize) -> usize {
+        let size = |id: usize| {
+            let p = &self.nodes[id];
+            let comps = if p.form == Form::Squared { 3 } else { 2 };
+            let limbs = top_level.saturating_sub(p.depth) + 1;
+            p.neurons * comps * limbs * n * 8
+        };
+        let mut live = 0usize;
+        let mut peak = 0usize;
+        for (id, node) in self.model.nodes.iter().enumerate() {
+            // Flatten moves its input; every other node allocates its output.
+            if !matches!(node.op, Op::Flatten) {
+                live += size(id);
+            }
+            peak = peak.max(live);
+            for &i in &node.inputs {
+                if self.last_use[i] == id && !matches!(node.op, Op::Flatten) {
+                    live = live.saturating_sub(size(i));
+                }
+            }
+        }
+        peak
+    }
+
     /// Ciphertext-level operation counts: (weighted-sum terms, tensor products,
     /// relinearizations, rescales).
     ///
