@@ -77,10 +77,13 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 impl Compiled {
-    /// Imports, rewrites, plans and chooses parameters.
-    pub fn from_onnx(name: &str, bytes: &[u8], opts: &CompileOptions) -> Result<Self, CliError> {
-        let model = onnx::import_onnx(bytes)?;
-        let model = rewrite(&model, &opts.rewrite)?;
+    /// Rewrites, plans and chooses parameters for an imported model.
+    pub fn from_model(
+        name: &str,
+        model: &hecnn_nn::Model,
+        opts: &CompileOptions,
+    ) -> Result<Self, CliError> {
+        let model = rewrite(model, &opts.rewrite)?;
         let plan = BatchPlan::new(&model)?;
         let literal = batch::parameters(plan.depth(), opts.log_n, opts.security);
         let params = Arc::new(CkksParams::from_literal(&literal, batch::BATCH_LOG_SCALE)?);
@@ -98,7 +101,8 @@ impl Compiled {
             .file_stem()
             .map_or("model".into(), |s| s.to_string_lossy().into_owned());
         if bytes.get(..4) != Some(&COMPILED_MAGIC[..]) {
-            return Self::from_onnx(&stem, &bytes, opts);
+            // An ONNX file: read through the path so external weight files resolve.
+            return Self::from_model(&stem, &onnx::import_onnx_file(path)?, opts);
         }
         let f: CompiledFile = postcard::from_bytes(&bytes).map_err(|e| {
             CliError::Usage(format!("{}: not a compiled model ({e})", path.display()))

@@ -347,3 +347,38 @@ fn relu_and_maxpool_need_a_replacement() {
         / 4.0;
     assert!((y.data()[0] - want).abs() < 1e-12);
 }
+
+#[test]
+fn external_data_must_stay_in_the_model_directory() {
+    let dir = std::env::temp_dir().join(format!("hecnn-extdata-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let entry = |k: &str, v: &str| proto::StringStringEntryProto {
+        key: k.into(),
+        value: v.into(),
+    };
+    let weight = |location: &str| proto::TensorProto {
+        dims: vec![1, 1, 1, 1],
+        data_type: 1,
+        name: "w".into(),
+        external_data: vec![
+            entry("location", location),
+            entry("offset", "0"),
+            entry("length", "4"),
+        ],
+        data_location: 1,
+        ..Default::default()
+    };
+    std::fs::write(dir.join("w.bin"), 2.0f32.to_le_bytes()).unwrap();
+    for (location, ok) in [("w.bin", true), ("../w.bin", false), ("/etc/passwd", false)] {
+        let bytes = raw_model(
+            vec![pnode("Conv", "c", &["x", "w"], "y")],
+            vec![weight(location)],
+        );
+        std::fs::write(dir.join("m.onnx"), &bytes).unwrap();
+        let r = onnx::import_onnx_file(&dir.join("m.onnx"));
+        assert_eq!(r.is_ok(), ok, "{location}: {r:?}");
+        // From memory, external data cannot be resolved at all.
+        assert!(onnx::import_onnx(&bytes).is_err());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

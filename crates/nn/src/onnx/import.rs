@@ -2,6 +2,7 @@
 //! reported at once with its node name.
 
 use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
 use prost::Message;
 
@@ -48,12 +49,124 @@ enum Value {
     Poisoned,
 }
 
-/// Parses an ONNX model and converts it to the IR.
+/// Parses an ONNX model held in memory and converts it to the IR. Models whose weights are
+/// stored as external data need [`import_onnx_file`].
 ///
 /// # Errors
 /// [`NnError::Onnx`] for malformed files, [`NnError::Unsupported`] listing every unsupported
 /// operator (`op_type` and node name), [`NnError::Shape`] for inconsistent shapes.
 pub fn import_onnx(bytes: &[u8]) -> Result<Model, NnError> {
+    import_with(bytes, &mut ExternalData::none())
+}
+
+/// Reads an ONNX file and converts it to the IR; external weight files (as PyTorch's
+/// torch.export-based exporter writes them) are read from the model's directory.
+///
+/// # Errors
+/// See [`import_onnx`]; also I/O errors and external-data locations that leave the model's
+/// directory or exceed the size limit.
+pub fn import_onnx_file(path: &Path) -> Result<Model, NnError> {
+    let io = |e: std::io::Error| NnError::Onnx(format!("{}: {e}", path.display()));
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > MAX_ONNX_BYTES as u64 {
+        return Err(NnError::Onnx(format!(
+            "{}: {len} bytes exceeds the {MAX_ONNX_BYTES}-byte limit",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    import_with(
+        &bytes,
+        &mut ExternalData {
+            dir: Some(dir),
+            files: HashMap::new(),
+            total: 0,
+        },
+    )
+}
+
+/// Resolves external tensor data relative to the model's directory, caching the files.
+struct ExternalData {
+    dir: Option<PathBuf>,
+    files: HashMap<String, Vec<u8>>,
+    total: usize,
+}
+
+impl ExternalData {
+    fn none() -> Self {
+        Self {
+            dir: None,
+            files: HashMap::new(),
+            total: 0,
+        }
+    }
+
+    /// The bytes of an external tensor.
+    fn bytes(&mut self, t: &TensorProto) -> Result<Vec<u8>, NnError> {
+        let Some(dir) = &self.dir else {
+            return Err(NnError::Onnx(format!(
+                "tensor '{}' is stored as external data: import the model from its file (import_onnx_file)",
+                t.name
+            )));
+        };
+        let get = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| e.value.as_str())
+        };
+        let location = get("location").ok_or_else(|| {
+            NnError::Onnx(format!(
+                "tensor '{}': external data without a location",
+                t.name
+            ))
+        })?;
+        let rel = Path::new(location);
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(NnError::Onnx(format!(
+                "tensor '{}': external data location '{location}' must stay inside the model's directory",
+                t.name
+            )));
+        }
+        let parse = |k: &str| -> Result<Option<usize>, NnError> {
+            get(k)
+                .map(|v| {
+                    v.parse::<usize>()
+                        .map_err(|_| NnError::Onnx(format!("tensor '{}': bad {k} '{v}'", t.name)))
+                })
+                .transpose()
+        };
+        let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
+        if !self.files.contains_key(location) {
+            let path = dir.join(rel);
+            let data = std::fs::read(&path)
+                .map_err(|e| NnError::Onnx(format!("{}: {e}", path.display())))?;
+            self.total += data.len();
+            if self.total > MAX_ONNX_BYTES {
+                return Err(NnError::Onnx(format!(
+                    "external data exceeds the {MAX_ONNX_BYTES}-byte limit"
+                )));
+            }
+            self.files.insert(location.to_string(), data);
+        }
+        let data = &self.files[location];
+        let end = match length {
+            Some(l) => offset.checked_add(l),
+            None => Some(data.len()),
+        };
+        end.and_then(|e| data.get(offset..e))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| {
+                NnError::Onnx(format!(
+                    "tensor '{}': external data range outside '{location}'",
+                    t.name
+                ))
+            })
+    }
+}
+
+fn import_with(bytes: &[u8], external: &mut ExternalData) -> Result<Model, NnError> {
     if bytes.len() > MAX_ONNX_BYTES {
         return Err(NnError::Onnx(format!(
             "file of {} bytes exceeds the {MAX_ONNX_BYTES}-byte limit",
@@ -80,7 +193,15 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Model, NnError> {
 
     let mut values: HashMap<String, Value> = HashMap::new();
     for init in &graph.initializer {
-        values.insert(init.name.clone(), Value::Const(tensor_of(init)?));
+        let t = if init.data_location == 1 {
+            let mut resolved = init.clone();
+            resolved.raw_data = external.bytes(init)?;
+            resolved.data_location = 0;
+            tensor_of(&resolved)?
+        } else {
+            tensor_of(init)?
+        };
+        values.insert(init.name.clone(), Value::Const(t));
     }
     let input = graph
         .input
@@ -414,6 +535,38 @@ fn convert(
             };
             V(push(nodes, name, op, vec![x]))
         }
+        "ReduceMean" => {
+            // Mean over the spatial axes of N×C×H×W = global average pooling. Axes are an
+            // attribute before opset 18 and an input from opset 18 on.
+            let axes: Option<Vec<i64>> = attr_ints(n, "axes")
+                .or_else(|| const_in(1).map(|t| t.data().iter().map(|&v| v as i64).collect()));
+            let spatial = axes.is_some_and(|mut a| {
+                a.iter_mut().for_each(|v| {
+                    if *v < 0 {
+                        *v += 4
+                    }
+                });
+                a.sort_unstable();
+                a == [2, 3]
+            });
+            match node_in(0) {
+                Some(x) if spatial => {
+                    let pooled = push(nodes, name, Op::GlobalAvgPool, vec![x]);
+                    if attr_i(n, "keepdims", 1) == 0 {
+                        let p = nodes.len() - 1;
+                        V(push(
+                            nodes,
+                            &format!("{name}/flatten"),
+                            Op::Flatten,
+                            vec![p],
+                        ))
+                    } else {
+                        V(pooled)
+                    }
+                }
+                _ => Unsupported("ReduceMean other than over the two spatial axes".into()),
+            }
+        }
         "GlobalAveragePool" => match node_in(0) {
             Some(x) => V(push(nodes, name, Op::GlobalAvgPool, vec![x])),
             None => Unsupported("GlobalAveragePool of a constant".into()),
@@ -470,7 +623,25 @@ fn binary(
     match (get(0), get(1)) {
         (Some(Value::Node(a)), Some(Value::Node(b))) => match op {
             "Add" => Ok(V(push(nodes, name, Op::Add, vec![a, b]))),
-            "Mul" if a == b => Ok(V(push(nodes, name, Op::Poly(vec![0.0, 0.0, 1.0]), vec![a]))),
+            "Mul" => {
+                // p(x)·q(x) for polynomials of the same input x (x itself counts as the
+                // polynomial x): e.g. (0.5·z)·z as PyTorch writes 0.5*z*z.
+                let as_poly = |i: usize| match &nodes[i].op {
+                    Op::Poly(c) => (nodes[i].inputs[0], c.clone()),
+                    _ => (i, vec![0.0, 1.0]),
+                };
+                let ((xa, pa), (xb, pb)) = (as_poly(a), as_poly(b));
+                if xa != xb {
+                    return Ok(Unsupported("Mul of two different activations".into()));
+                }
+                let mut prod = vec![0.0; pa.len() + pb.len() - 1];
+                for (i, u) in pa.iter().enumerate() {
+                    for (j, v) in pb.iter().enumerate() {
+                        prod[i + j] += u * v;
+                    }
+                }
+                Ok(V(push(nodes, name, Op::Poly(prod), vec![xa])))
+            }
             _ => Ok(Unsupported(format!("{op} of two different activations"))),
         },
         (Some(Value::Node(x)), Some(Value::Const(c))) => {

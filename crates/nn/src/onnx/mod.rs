@@ -5,4 +5,4 @@ mod import;
 pub mod proto;
 
 pub use export::export_onnx;
-pub use import::{MAX_ONNX_BYTES, OPSET_RANGE, import_onnx};
+pub use import::{MAX_ONNX_BYTES, OPSET_RANGE, SUPPORTED, import_onnx, import_onnx_file};
