@@ -135,6 +135,13 @@ pub struct CompileArgs {
     /// Output file (default: the model's name with `.hecnn`).
     #[arg(short, long)]
     out: Option<PathBuf>,
+    /// Simulate the plan on images from this data set first (e.g. sample:mnist): checks
+    /// that no intermediate value overflows the modulus, without any key.
+    #[arg(long)]
+    calibrate: Option<String>,
+    /// Number of calibration images.
+    #[arg(long, default_value_t = 256)]
+    calibrate_count: usize,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -143,6 +150,35 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     if let Err(e) = check_memory(&c) {
         eprintln!("warning: {e}");
+    }
+    if let Some(spec) = &a.calibrate {
+        let ds = cnn::load_data(spec)?;
+        let ds = ds.slice(0, a.calibrate_count.min(c.batch_size()));
+        check_shape(&c, &ds)?;
+        let engine = batch::Packed::new(c.params.rlwe().q());
+        let columns: Vec<Vec<f64>> = (0..c.plan.inputs())
+            .map(|p| (0..ds.len()).map(|i| f64::from(ds.pixels(i)[p])).collect())
+            .collect();
+        let inputs = engine.inputs(columns, c.params.max_level(), c.params.default_scale());
+        let (out, map) = c.plan.run(&engine, inputs, |_, _| {})?;
+        let headroom = engine.min_headroom_bits();
+        let agree = (0..ds.len())
+            .filter(|&i| {
+                let sim: Vec<f64> = out.iter().map(|o| map.a * o.slots[i] + map.gamma).collect();
+                exec::run(c.plan.model(), &ds.image(i))
+                    .is_ok_and(|t| argmax(t.data()) == argmax(&sim))
+            })
+            .count();
+        println!(
+            "simulation on {} images of {spec}: smallest modulus headroom {headroom:.1} bits, predictions as the model's: {agree}/{}",
+            ds.len(),
+            ds.len()
+        );
+        if headroom < 10.0 {
+            return Err(CliError::Usage(format!(
+                "values come within {headroom:.1} bits of the modulus: the parameters are too small for this model's value ranges"
+            )));
+        }
     }
     let out = a
         .out

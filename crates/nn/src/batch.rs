@@ -260,16 +260,272 @@ impl BatchPlan {
     }
 }
 
-/// A value during encrypted evaluation.
-struct Value<B: Backend> {
-    cts: Vec<Ciphertext<B>>,
+/// The operations the batch runtime needs from a ciphertext engine: the encrypted engine
+/// ([`Encrypted`]) and the cleartext / simulation engine ([`Packed`]) run the same plan code.
+pub trait Engine: Sync {
+    /// A ciphertext (or its cleartext stand-in).
+    type Ct: Clone + Send + Sync;
+    /// Level of a value.
+    fn level(&self, ct: &Self::Ct) -> usize;
+    /// Scale of a value.
+    fn scale(&self, ct: &Self::Ct) -> f64;
+    /// Degree of a value (1, or 2 before relinearization).
+    fn degree(&self, ct: &Self::Ct) -> usize;
+    /// The prime dropped by a rescale at `level`.
+    fn q_at(&self, level: usize) -> f64;
+    /// `a + b`.
+    ///
+    /// # Errors
+    /// Scale, slot or level errors of the engine.
+    fn add(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct, CkksError>;
+    /// Adds a real constant to every slot.
+    ///
+    /// # Errors
+    /// Overflow.
+    fn add_const(&self, a: &Self::Ct, c: f64) -> Result<Self::Ct, CkksError>;
+    /// Tensor square (degree 2, scale squared, not rescaled).
+    ///
+    /// # Errors
+    /// Degree errors.
+    fn square(&self, a: &Self::Ct) -> Result<Self::Ct, CkksError>;
+    /// Relinearization.
+    ///
+    /// # Errors
+    /// Missing key.
+    fn relinearize(&self, a: Self::Ct) -> Result<Self::Ct, CkksError>;
+    /// Rescale by the last prime.
+    ///
+    /// # Errors
+    /// Out of levels.
+    fn rescale(&self, a: &mut Self::Ct) -> Result<(), CkksError>;
+    /// Integer-weighted sums of many outputs over the same inputs (see
+    /// [`Evaluator::weighted_sums`]).
+    ///
+    /// # Errors
+    /// Mismatched inputs.
+    fn weighted_sums(
+        &self,
+        inputs: &[&Self::Ct],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<Self::Ct>, CkksError>;
+    /// Maps over independent items, in parallel where possible.
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R>;
+}
+
+/// The encrypted engine: CKKS on a backend.
+pub struct Encrypted<'a, B: Backend>(pub &'a Evaluator<B>);
+
+impl<B: Backend> Engine for Encrypted<'_, B> {
+    type Ct = Ciphertext<B>;
+    fn level(&self, ct: &Ciphertext<B>) -> usize {
+        ct.level()
+    }
+    fn scale(&self, ct: &Ciphertext<B>) -> f64 {
+        ct.scale()
+    }
+    fn degree(&self, ct: &Ciphertext<B>) -> usize {
+        ct.degree()
+    }
+    fn q_at(&self, level: usize) -> f64 {
+        self.0.params().q_at(level)
+    }
+    fn add(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.0.add(a, b)
+    }
+    fn add_const(&self, a: &Ciphertext<B>, c: f64) -> Result<Ciphertext<B>, CkksError> {
+        self.0.add_const(a, c)
+    }
+    fn square(&self, a: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.0.mul(a, a)
+    }
+    fn relinearize(&self, a: Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
+        self.0.relinearize(a)
+    }
+    fn rescale(&self, a: &mut Ciphertext<B>) -> Result<(), CkksError> {
+        self.0.rescale_assign(a)
+    }
+    fn weighted_sums(
+        &self,
+        inputs: &[&Ciphertext<B>],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<Ciphertext<B>>, CkksError> {
+        self.0.weighted_sums(inputs, rows, biases, scale)
+    }
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        self.0.backend().par_map(items, f)
+    }
+}
+
+/// A cleartext stand-in for a ciphertext: the decoded slot values with the level, scale and
+/// degree CKKS would have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedValue {
+    /// Decoded values, one per slot.
+    pub slots: Vec<f64>,
+    /// Level.
+    pub level: usize,
+    /// Scale.
+    pub scale: f64,
+    /// Degree.
+    pub degree: usize,
+}
+
+/// The cleartext engine: runs a plan on packed `f64` slot vectors exactly as the encrypted
+/// engine would (integer weights, scales, levels, lazy squares), without noise, and
+/// simulates the modulus budget: it records the smallest headroom
+/// `log2(Q_level / 2) − log2(max |value · scale|)` over every intermediate value.
+pub struct Packed {
+    q: Vec<f64>,
+    headroom: std::sync::Mutex<f64>,
+}
+
+impl Packed {
+    /// An engine for the Q primes of a parameter set.
+    pub fn new(q: &[u64]) -> Self {
+        Self {
+            q: q.iter().map(|&v| v as f64).collect(),
+            headroom: std::sync::Mutex::new(f64::INFINITY),
+        }
+    }
+
+    /// The smallest headroom (bits) seen so far; negative means the value would wrap modulo Q.
+    pub fn min_headroom_bits(&self) -> f64 {
+        self.headroom.lock().map_or(f64::NEG_INFINITY, |h| *h)
+    }
+
+    fn record(&self, v: &PackedValue) {
+        let log_q: f64 = self.q[..=v.level.min(self.q.len() - 1)]
+            .iter()
+            .map(|q| q.log2())
+            .sum();
+        let max = v.slots.iter().fold(0.0f64, |m, x| m.max(x.abs())) * v.scale;
+        let bits = log_q - 1.0 - max.max(1.0).log2();
+        if let Ok(mut h) = self.headroom.lock() {
+            *h = h.min(bits);
+        }
+    }
+
+    /// Wraps input values (one vector of slot values per input neuron) at `level` and
+    /// `scale`.
+    pub fn inputs(&self, columns: Vec<Vec<f64>>, level: usize, scale: f64) -> Vec<PackedValue> {
+        columns
+            .into_iter()
+            .map(|slots| PackedValue {
+                slots,
+                level,
+                scale,
+                degree: 1,
+            })
+            .collect()
+    }
+
+    fn done(&self, v: PackedValue) -> Result<PackedValue, CkksError> {
+        self.record(&v);
+        Ok(v)
+    }
+}
+
+impl Engine for Packed {
+    type Ct = PackedValue;
+    fn level(&self, ct: &PackedValue) -> usize {
+        ct.level
+    }
+    fn scale(&self, ct: &PackedValue) -> f64 {
+        ct.scale
+    }
+    fn degree(&self, ct: &PackedValue) -> usize {
+        ct.degree
+    }
+    fn q_at(&self, level: usize) -> f64 {
+        self.q.get(level).copied().unwrap_or(1.0)
+    }
+    fn add(&self, a: &PackedValue, b: &PackedValue) -> Result<PackedValue, CkksError> {
+        let slots = a.slots.iter().zip(&b.slots).map(|(x, y)| x + y).collect();
+        self.done(PackedValue {
+            slots,
+            level: a.level.min(b.level),
+            scale: a.scale,
+            degree: a.degree.max(b.degree),
+        })
+    }
+    fn add_const(&self, a: &PackedValue, c: f64) -> Result<PackedValue, CkksError> {
+        let k = (c * a.scale).round() / a.scale;
+        self.done(PackedValue {
+            slots: a.slots.iter().map(|x| x + k).collect(),
+            ..a.clone()
+        })
+    }
+    fn square(&self, a: &PackedValue) -> Result<PackedValue, CkksError> {
+        self.done(PackedValue {
+            slots: a.slots.iter().map(|x| x * x).collect(),
+            level: a.level,
+            scale: a.scale * a.scale,
+            degree: 2,
+        })
+    }
+    fn relinearize(&self, a: PackedValue) -> Result<PackedValue, CkksError> {
+        Ok(PackedValue { degree: 1, ..a })
+    }
+    fn rescale(&self, a: &mut PackedValue) -> Result<(), CkksError> {
+        if a.level == 0 {
+            return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
+        }
+        a.scale /= self.q_at(a.level);
+        a.level -= 1;
+        Ok(())
+    }
+    fn weighted_sums(
+        &self,
+        inputs: &[&PackedValue],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<PackedValue>, CkksError> {
+        let first = inputs.first().ok_or(CkksError::InvalidArgument {
+            what: "weighted sums of no input",
+        })?;
+        let level = inputs.iter().map(|v| v.level).min().unwrap_or(0);
+        let n = first.slots.len();
+        rows.iter()
+            .zip(biases)
+            .map(|(row, &bias)| {
+                // content = Σ W·(v·s_in) + bias, declared at `scale`.
+                let mut slots = vec![bias as f64; n];
+                for &(j, w) in row {
+                    let v = inputs[j];
+                    for (o, x) in slots.iter_mut().zip(&v.slots) {
+                        *o += w as f64 * x * v.scale;
+                    }
+                }
+                slots.iter_mut().for_each(|o| *o /= scale);
+                self.done(PackedValue {
+                    slots,
+                    level,
+                    scale,
+                    degree: first.degree,
+                })
+            })
+            .collect()
+    }
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        items.into_iter().map(f).collect()
+    }
+}
+
+/// A value during evaluation: one ciphertext per neuron, its form and pending affine map.
+struct Value<C> {
+    cts: Vec<C>,
     form: Form,
     a: f64,
     gamma: f64,
 }
 
-// Not derived: the derive would require `B: Clone`, but ciphertexts clone for any backend.
-impl<B: Backend> Clone for Value<B> {
+// Not derived: a derive would bound the engine type, but only `C: Clone` is needed.
+impl<C: Clone> Clone for Value<C> {
     fn clone(&self) -> Self {
         Self {
             cts: self.cts.clone(),
@@ -307,8 +563,22 @@ impl BatchPlan {
         &self,
         eval: &Evaluator<B>,
         inputs: Vec<Ciphertext<B>>,
-        mut progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize),
     ) -> Result<(Vec<Ciphertext<B>>, OutputMap), NnError> {
+        self.run(&Encrypted(eval), inputs, progress)
+    }
+
+    /// Runs the plan with any engine: [`Encrypted`], or [`Packed`] for the cleartext and
+    /// simulation modes.
+    ///
+    /// # Errors
+    /// See [`BatchPlan::run_encrypted`].
+    pub fn run<E: Engine>(
+        &self,
+        eng: &E,
+        inputs: Vec<E::Ct>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<(Vec<E::Ct>, OutputMap), NnError> {
         if inputs.len() != self.inputs() {
             return Err(NnError::Shape(format!(
                 "{} input ciphertexts, the model takes {}",
@@ -316,16 +586,16 @@ impl BatchPlan {
                 self.inputs()
             )));
         }
-        let level = inputs.iter().map(Ciphertext::level).min().unwrap_or(0);
+        let level = inputs.iter().map(|c| eng.level(c)).min().unwrap_or(0);
         if level < self.depth() {
             return Err(NnError::Invalid(format!(
                 "the inputs have {level} levels, the model needs {}",
                 self.depth()
             )));
         }
-        let delta = inputs.first().map_or(1.0, Ciphertext::scale);
+        let delta = inputs.first().map_or(1.0, |c| eng.scale(c));
         let total = self.model.nodes.len();
-        let mut values: Vec<Option<Value<B>>> = (0..total).map(|_| None).collect();
+        let mut values: Vec<Option<Value<E::Ct>>> = (0..total).map(|_| None).collect();
         values[0] = Some(Value {
             cts: inputs,
             form: Form::Linear,
@@ -356,27 +626,27 @@ impl BatchPlan {
                 Op::Poly(c) => {
                     let v = input(0)?;
                     let v = if v.form == Form::Squared && c.get(2).is_some_and(|&x| x != 0.0) {
-                        &self.materialize(eval, v, delta, &err)?
+                        &self.materialize(eng, v, delta, &err)?
                     } else {
                         v
                     };
-                    let out = poly(eval, v, c, &err)?;
+                    let out = poly(eng, v, c, &err)?;
                     if out.form == Form::Squared && self.nodes[id].form == Form::Linear {
-                        relinearize_rescale(eval, out, &err)?
+                        relinearize_rescale(eng, out, &err)?
                     } else {
                         out
                     }
                 }
                 Op::Add => {
                     let (u, v) = (input(0)?, input(1)?);
-                    self.add(eval, u, v, delta, &err)?
+                    self.add(eng, u, v, delta, &err)?
                 }
                 op => {
                     let i = node.inputs[0];
                     let r = rows(op, &self.shapes[i], &self.shapes[id])?.ok_or_else(|| {
                         NnError::Invalid(format!("'{}' is not a batch-mode operator", node.name))
                     })?;
-                    linear(eval, input(0)?, &r, delta, &err)?
+                    linear(eng, input(0)?, &r, delta, &err)?
                 }
             };
             values[id] = Some(value);
@@ -391,7 +661,7 @@ impl BatchPlan {
             .take()
             .ok_or_else(|| NnError::Invalid("no output".into()))?;
         let out = if out.form == Form::Squared {
-            self.materialize(eval, &out, delta, &at("output"))?
+            self.materialize(eng, &out, delta, &at("output"))?
         } else {
             out
         };
@@ -405,40 +675,40 @@ impl BatchPlan {
     }
 
     /// Relinearizes and rescales a lazily squared value (an identity linear layer).
-    fn materialize<B: Backend>(
+    fn materialize<E: Engine>(
         &self,
-        eval: &Evaluator<B>,
-        v: &Value<B>,
+        eng: &E,
+        v: &Value<E::Ct>,
         delta: f64,
         err: &impl Fn(CkksError) -> NnError,
-    ) -> Result<Value<B>, NnError> {
+    ) -> Result<Value<E::Ct>, NnError> {
         let identity: Vec<Row> = (0..v.cts.len())
             .map(|i| Row {
                 terms: vec![(i, 1.0)],
                 bias: 0.0,
             })
             .collect();
-        linear(eval, v, &identity, delta, err)
+        linear(eng, v, &identity, delta, err)
     }
 
-    fn add<B: Backend>(
+    fn add<E: Engine>(
         &self,
-        eval: &Evaluator<B>,
-        u: &Value<B>,
-        v: &Value<B>,
+        eng: &E,
+        u: &Value<E::Ct>,
+        v: &Value<E::Ct>,
         delta: f64,
         err: &impl Fn(CkksError) -> NnError,
-    ) -> Result<Value<B>, NnError> {
+    ) -> Result<Value<E::Ct>, NnError> {
         let fu;
         let u = if u.form == Form::Squared {
-            fu = self.materialize(eval, u, delta, err)?;
+            fu = self.materialize(eng, u, delta, err)?;
             &fu
         } else {
             u
         };
         let fv;
         let v = if v.form == Form::Squared {
-            fv = self.materialize(eval, v, delta, err)?;
+            fv = self.materialize(eng, v, delta, err)?;
             &fv
         } else {
             v
@@ -448,7 +718,7 @@ impl BatchPlan {
                 .cts
                 .iter()
                 .zip(&v.cts)
-                .map(|(x, y)| eval.add(x, y))
+                .map(|(x, y)| eng.add(x, y))
                 .collect::<Result<_, _>>()
                 .map_err(err)?;
             return Ok(Value {
@@ -472,21 +742,20 @@ impl BatchPlan {
                 bias: u.gamma + v.gamma,
             })
             .collect();
-        linear(eval, &joined, &r, delta, err)
+        linear(eng, &joined, &r, delta, err)
     }
 }
 
 /// Relinearizes and rescales a lazily squared value (one level), keeping its pending map.
-fn relinearize_rescale<B: Backend>(
-    eval: &Evaluator<B>,
-    v: Value<B>,
+fn relinearize_rescale<E: Engine>(
+    eng: &E,
+    v: Value<E::Ct>,
     err: &impl Fn(CkksError) -> NnError,
-) -> Result<Value<B>, NnError> {
-    let cts = eval
-        .backend()
+) -> Result<Value<E::Ct>, NnError> {
+    let cts = eng
         .par_map(v.cts, |ct| {
-            let mut r = eval.relinearize(ct)?;
-            eval.rescale_assign(&mut r)?;
+            let mut r = eng.relinearize(ct)?;
+            eng.rescale(&mut r)?;
             Ok(r)
         })
         .into_iter()
@@ -501,12 +770,12 @@ fn relinearize_rescale<B: Backend>(
 }
 
 /// A degree ≤ 2 activation on a linear value.
-fn poly<B: Backend>(
-    eval: &Evaluator<B>,
-    v: &Value<B>,
+fn poly<E: Engine>(
+    eng: &E,
+    v: &Value<E::Ct>,
     c: &[f64],
     err: &impl Fn(CkksError) -> NnError,
-) -> Result<Value<B>, NnError> {
+) -> Result<Value<E::Ct>, NnError> {
     let (c0, c1, c2) = (
         c.first().copied().unwrap_or(0.0),
         c.get(1).copied().unwrap_or(0.0),
@@ -527,15 +796,14 @@ fn poly<B: Backend>(
     // c2·x² + c1·x + c0 = c2·(x + c1/(2·c2))² + c0 − c1²/(4·c2), with x = a·ct + γ
     //                   = c2·a²·(ct + δ)² + γ',  δ = (γ + c1/(2·c2)) / a.
     let delta = (v.gamma + c1 / (2.0 * c2)) / v.a;
-    let cts = eval
-        .backend()
+    let cts = eng
         .par_map(v.cts.iter().collect(), |ct| {
             let u = if delta != 0.0 {
-                eval.add_const(ct, delta)?
+                eng.add_const(ct, delta)?
             } else {
                 ct.clone()
             };
-            eval.mul(&u, &u)
+            eng.square(&u)
         })
         .into_iter()
         .collect::<Result<_, _>>()
@@ -549,23 +817,22 @@ fn poly<B: Backend>(
 }
 
 /// A linear layer: integer weights chosen so the output lands exactly on the working scale.
-fn linear<B: Backend>(
-    eval: &Evaluator<B>,
-    v: &Value<B>,
+fn linear<E: Engine>(
+    eng: &E,
+    v: &Value<E::Ct>,
     rows: &[Row],
     delta: f64,
     err: &impl Fn(CkksError) -> NnError,
-) -> Result<Value<B>, NnError> {
-    let params = eval.params();
-    let level = v.cts.iter().map(Ciphertext::level).min().unwrap_or(0);
-    let scale = v.cts.first().map_or(1.0, Ciphertext::scale);
+) -> Result<Value<E::Ct>, NnError> {
+    let level = v.cts.iter().map(|c| eng.level(c)).min().unwrap_or(0);
+    let scale = v.cts.first().map_or(1.0, |c| eng.scale(c));
     let rescales = linear_cost(v.form);
     if level < rescales {
         return Err(NnError::Invalid(format!(
             "out of levels: a linear layer needs {rescales}, {level} left"
         )));
     }
-    let divisor: f64 = (0..rescales).map(|k| params.q_at(level - k)).product();
+    let divisor: f64 = (0..rescales).map(|k| eng.q_at(level - k)).product();
     let dw = delta * divisor / scale; // weight scale
     let round = |x: f64| -> Result<i128, NnError> {
         let r = x.round();
@@ -578,7 +845,7 @@ fn linear<B: Backend>(
         }
     };
     // One call for the whole layer: the backend reads every input once (blocked).
-    let inputs: Vec<&Ciphertext<B>> = v.cts.iter().collect();
+    let inputs: Vec<&E::Ct> = v.cts.iter().collect();
     let mut int_rows = Vec::with_capacity(rows.len());
     let mut biases = Vec::with_capacity(rows.len());
     for row in rows {
@@ -591,22 +858,20 @@ fn linear<B: Backend>(
         let bias_true = row.bias + v.gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
         biases.push(round(bias_true * scale * dw)?);
     }
-    let mut cts = eval
+    let mut cts = eng
         .weighted_sums(&inputs, &int_rows, &biases, scale * dw)
         .map_err(err)?;
-    let relin = cts.first().is_some_and(|c| c.degree() > 1);
-    cts = eval
-        .backend()
+    let relin = cts.first().is_some_and(|c| eng.degree(c) > 1);
+    cts = eng
         .par_map(cts, |mut ct| {
             for _ in 0..rescales {
-                eval.rescale_assign(&mut ct)?;
+                eng.rescale(&mut ct)?;
             }
-            if relin { eval.relinearize(ct) } else { Ok(ct) }
+            if relin { eng.relinearize(ct) } else { Ok(ct) }
         })
         .into_iter()
         .collect::<Result<_, _>>()
         .map_err(err)?;
-
     Ok(Value {
         cts,
         form: Form::Linear,

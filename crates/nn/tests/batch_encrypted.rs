@@ -142,3 +142,52 @@ fn plans_refuse_what_batch_mode_cannot_run() {
     let plan = BatchPlan::new(&rewrite(&small_cnn(), &RewriteOptions::default()).unwrap()).unwrap();
     assert!(plan.depth() >= 4);
 }
+
+#[test]
+fn packed_cleartext_mode_matches_the_executor_and_simulates_headroom() {
+    let model = rewrite(&small_cnn(), &RewriteOptions::default()).unwrap();
+    let plan = BatchPlan::new(&model).unwrap();
+    let lit = batch::parameters(
+        plan.depth(),
+        10,
+        hecnn_rlwe::SecurityLevel::UncheckedForReproduction,
+    );
+    let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
+    let engine = batch::Packed::new(params.q());
+    let count = 64;
+    let images: Vec<Tensor> = (0..count)
+        .map(|i| {
+            Tensor::new(
+                vec![2, 6, 6],
+                values(500 + i as u64, 72, 1.0)
+                    .into_iter()
+                    .map(|v| v.abs())
+                    .collect(),
+            )
+            .unwrap()
+        })
+        .collect();
+    let columns: Vec<Vec<f64>> = (0..72)
+        .map(|p| images.iter().map(|img| img.data()[p]).collect())
+        .collect();
+    let inputs = engine.inputs(
+        columns,
+        params.max_level(),
+        2f64.powi(batch::BATCH_LOG_SCALE as i32),
+    );
+    let (out, map) = plan.run(&engine, inputs, |_, _| {}).unwrap();
+    for (i, img) in images.iter().enumerate() {
+        let want = exec::run(&small_cnn(), img).unwrap();
+        for (k, w) in want.data().iter().enumerate() {
+            let got = map.a * out[k].slots[i] + map.gamma;
+            assert!((got - w).abs() < 1e-6, "image {i} logit {k}: {got} vs {w}");
+        }
+    }
+    assert_eq!(
+        out[0].level,
+        params.max_level() - plan.depth(),
+        "levels as in CKKS"
+    );
+    let headroom = engine.min_headroom_bits();
+    assert!(headroom > 10.0, "headroom {headroom:.1} bits");
+}
