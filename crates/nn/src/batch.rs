@@ -12,10 +12,7 @@
 use hecnn_ckks::{Ciphertext, CkksError, Evaluator};
 use hecnn_ring::Backend;
 
-use crate::{
-    Model, NnError, Op,
-    linear::{Row, rows},
-};
+use crate::{Model, NnError, Op, linear::Row};
 
 /// How a value's ciphertexts relate to its true value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,9 +39,92 @@ pub struct NodePlan {
 #[derive(Clone, Debug)]
 pub struct BatchPlan {
     model: Model,
-    shapes: Vec<Vec<usize>>,
     nodes: Vec<NodePlan>,
     last_use: Vec<usize>,
+    /// The sparse matrix of every linear node (composed with fused predecessors).
+    rows: Vec<Option<Vec<Row>>>,
+    /// Linear nodes folded into their consumer: they pass their input through.
+    deferred: Vec<bool>,
+}
+
+/// Two consecutive linear layers are fused into one (saving a level and a rescale per
+/// neuron) when the composed matrix has at most this many times their total terms.
+pub const FUSE_MAX_GROWTH: usize = 4;
+
+/// `second ∘ first`: rows of `second` over the outputs of `first`, re-expressed over the
+/// inputs of `first`.
+fn compose(second: &[Row], first: &[Row]) -> Vec<Row> {
+    second
+        .iter()
+        .map(|r| {
+            let mut acc: std::collections::BTreeMap<usize, f64> = std::collections::BTreeMap::new();
+            let mut bias = r.bias;
+            for &(m, w) in &r.terms {
+                let inner = &first[m];
+                bias += w * inner.bias;
+                for &(j, v) in &inner.terms {
+                    *acc.entry(j).or_insert(0.0) += w * v;
+                }
+            }
+            Row {
+                terms: acc.into_iter().filter(|&(_, w)| w != 0.0).collect(),
+                bias,
+            }
+        })
+        .collect()
+}
+
+fn term_count(rows: &[Row]) -> usize {
+    rows.iter().map(|r| r.terms.len()).sum()
+}
+
+/// Every linear node's rows (`None` for other nodes).
+type LayerRows = Vec<Option<Vec<Row>>>;
+
+/// Precomputes every linear node's rows and fuses chains of linear nodes (through Flatten).
+fn fuse_linear(model: &Model, shapes: &[Vec<usize>]) -> Result<(LayerRows, Vec<bool>), NnError> {
+    let n = model.nodes.len();
+    let consumers: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            (0..n)
+                .filter(|&k| model.nodes[k].inputs.contains(&i))
+                .collect()
+        })
+        .collect();
+    let mut rows: Vec<Option<Vec<Row>>> = Vec::with_capacity(n);
+    for (id, node) in model.nodes.iter().enumerate() {
+        rows.push(match node.inputs.first() {
+            Some(&i) => crate::linear::rows(&node.op, &shapes[i], &shapes[id])?,
+            None => None,
+        });
+    }
+    let mut deferred = vec![false; n];
+    for k in 0..n {
+        if rows[k].is_none() {
+            continue;
+        }
+        // Walk back through single-consumer Flatten nodes to the producing node.
+        let mut j = model.nodes[k].inputs[0];
+        while matches!(model.nodes[j].op, Op::Flatten)
+            && consumers[j].len() == 1
+            && j != model.output
+        {
+            j = model.nodes[j].inputs[0];
+        }
+        let fusable = j != 0 && j != model.output && consumers[j].len() == 1 && rows[j].is_some();
+        if !fusable {
+            continue;
+        }
+        let (Some(first), Some(second)) = (&rows[j], &rows[k]) else {
+            continue;
+        };
+        let composed = compose(second, first);
+        if term_count(&composed) <= FUSE_MAX_GROWTH * (term_count(first) + term_count(second)) {
+            rows[k] = Some(composed);
+            deferred[j] = true;
+        }
+    }
+    Ok((rows, deferred))
 }
 
 /// A square whose value is read by at least this many weighted-sum terms per neuron (on
@@ -53,20 +133,40 @@ pub struct BatchPlan {
 /// the square stays lazy and the consumer relinearizes its (fewer) outputs instead.
 pub const EAGER_FAN_OUT: usize = 32;
 
-/// Average number of weighted-sum terms that read each neuron of node `id` (0 unless its only
-/// consumer is a linear layer).
-fn fan_out(model: &Model, shapes: &[Vec<usize>], id: usize) -> Result<usize, NnError> {
-    let consumers: Vec<usize> = (0..model.nodes.len())
-        .filter(|&k| model.nodes[k].inputs.contains(&id))
-        .collect();
-    let [k] = consumers.as_slice() else {
-        return Ok(0);
+/// Average number of weighted-sum terms that read each neuron of node `id`: follows its
+/// single consumer through Flatten and fused (deferred) linear nodes to the layer that
+/// computes from it (0 if that is not a linear layer).
+fn fan_out(
+    model: &Model,
+    shapes: &[Vec<usize>],
+    rows: &[Option<Vec<Row>>],
+    deferred: &[bool],
+    id: usize,
+) -> usize {
+    let single_consumer = |i: usize| {
+        let c: Vec<usize> = (0..model.nodes.len())
+            .filter(|&k| model.nodes[k].inputs.contains(&i))
+            .collect();
+        if let [k] = c.as_slice() {
+            Some(*k)
+        } else {
+            None
+        }
     };
+    let mut k = match single_consumer(id) {
+        Some(k) => k,
+        None => return 0,
+    };
+    while deferred[k] || matches!(model.nodes[k].op, Op::Flatten) {
+        match single_consumer(k) {
+            Some(next) => k = next,
+            None => return 0,
+        }
+    }
     let neurons: usize = shapes[id].iter().product();
-    Ok(match rows(&model.nodes[*k].op, &shapes[id], &shapes[*k])? {
-        Some(r) => r.iter().map(|row| row.terms.len()).sum::<usize>() / neurons.max(1),
-        None => 0,
-    })
+    rows[k]
+        .as_ref()
+        .map_or(0, |r| term_count(r) / neurons.max(1))
 }
 
 /// Levels a linear layer consumes for an input of this form.
@@ -85,6 +185,7 @@ impl BatchPlan {
     /// activations of degree above 2).
     pub fn new(model: &Model) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
+        let (fused_rows, deferred) = fuse_linear(model, &shapes)?;
         let mut nodes: Vec<NodePlan> = Vec::with_capacity(model.nodes.len());
         for (id, node) in model.nodes.iter().enumerate() {
             let neurons = shapes[id].iter().product();
@@ -107,7 +208,10 @@ impl BatchPlan {
                     let square = c.get(2).is_some_and(|&v| v != 0.0);
                     match (square, p.form) {
                         (false, _) => p,
-                        (true, Form::Linear) if fan_out(model, &shapes, id)? >= EAGER_FAN_OUT => {
+                        (true, Form::Linear)
+                            if fan_out(model, &shapes, &fused_rows, &deferred, id)
+                                >= EAGER_FAN_OUT =>
+                        {
                             NodePlan {
                                 form: Form::Linear,
                                 depth: p.depth + 1,
@@ -143,13 +247,12 @@ impl BatchPlan {
                         }
                     }
                 }
-                (op, Some(p)) if rows(op, &shapes[node.inputs[0]], &shapes[id])?.is_some() => {
-                    NodePlan {
-                        form: Form::Linear,
-                        depth: p.depth + linear_cost(p.form),
-                        neurons,
-                    }
-                }
+                (_, Some(p)) if deferred[id] => NodePlan { neurons, ..p },
+                (_, Some(p)) if fused_rows[id].is_some() => NodePlan {
+                    form: Form::Linear,
+                    depth: p.depth + linear_cost(p.form),
+                    neurons,
+                },
                 (op, _) => {
                     return Err(NnError::Invalid(format!(
                         "operator {} ('{}') cannot run in batch mode; rewrite the model first",
@@ -169,9 +272,10 @@ impl BatchPlan {
         last_use[model.output] = usize::MAX;
         Ok(Self {
             model: model.clone(),
-            shapes,
             nodes,
             last_use,
+            rows: fused_rows,
+            deferred,
         })
     }
 
@@ -196,6 +300,11 @@ impl BatchPlan {
         &self.nodes
     }
 
+    /// Which nodes were fused into their consumer (they pass their input through).
+    pub fn fused(&self) -> &[bool] {
+        &self.deferred
+    }
+
     /// Estimated peak memory of the ciphertexts alive at once during one batch, for ring
     /// degree `n` and `top_level` levels at the input (each value is freed after its last
     /// use; a lazily squared value has three components, others two).
@@ -209,13 +318,14 @@ impl BatchPlan {
         let mut live = 0usize;
         let mut peak = 0usize;
         for (id, node) in self.model.nodes.iter().enumerate() {
-            // Flatten moves its input; every other node allocates its output.
-            if !matches!(node.op, Op::Flatten) {
+            // Flatten and fused nodes pass their input through; others allocate their output.
+            let passes = matches!(node.op, Op::Flatten) || self.deferred[id];
+            if !passes {
                 live += size(id);
             }
             peak = peak.max(live);
             for &i in &node.inputs {
-                if self.last_use[i] == id && !matches!(node.op, Op::Flatten) {
+                if self.last_use[i] == id && !passes {
                     live = live.saturating_sub(size(i));
                 }
             }
@@ -244,9 +354,9 @@ impl BatchPlan {
                         rescales += self.nodes[id].neurons;
                     }
                 }
-                op => {
-                    if let Some(r) = rows(op, &self.shapes[i], &self.shapes[id])? {
-                        terms += r.iter().map(|row| row.terms.len()).sum::<usize>();
+                _ => {
+                    if let (false, Some(r)) = (self.deferred[id], &self.rows[id]) {
+                        terms += term_count(r);
                         let k = r.len();
                         rescales += k * linear_cost(input.form);
                         if input.form == Form::Squared {
@@ -612,7 +722,7 @@ impl BatchPlan {
                 })
             };
             let value = match &node.op {
-                Op::Flatten => {
+                _ if self.deferred[id] || matches!(node.op, Op::Flatten) => {
                     let i = node.inputs[0];
                     if self.last_use[i] == id {
                         // Last use: move the ciphertexts instead of copying them.
@@ -641,12 +751,12 @@ impl BatchPlan {
                     let (u, v) = (input(0)?, input(1)?);
                     self.add(eng, u, v, delta, &err)?
                 }
-                op => {
-                    let i = node.inputs[0];
-                    let r = rows(op, &self.shapes[i], &self.shapes[id])?.ok_or_else(|| {
+                _ => {
+                    // The layer's rows, composed with any fused predecessor.
+                    let r = self.rows[id].as_ref().ok_or_else(|| {
                         NnError::Invalid(format!("'{}' is not a batch-mode operator", node.name))
                     })?;
-                    linear(eng, input(0)?, &r, delta, &err)?
+                    linear(eng, input(0)?, r, delta, &err)?
                 }
             };
             values[id] = Some(value);
@@ -1006,4 +1116,77 @@ pub fn check_ranges(model: &Model, images: &[crate::Tensor]) -> Result<Vec<f64>,
         )));
     }
     Ok(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        Tensor,
+        ir::{Dense, Node, Pool},
+    };
+
+    #[test]
+    fn fused_rows_equal_the_layers_they_replace() {
+        let model = Model {
+            name: "pool-dense".into(),
+            input_shape: [2, 3, 3],
+            nodes: vec![
+                Node {
+                    name: "x".into(),
+                    op: Op::Input,
+                    inputs: vec![],
+                },
+                Node {
+                    name: "sq".into(),
+                    op: Op::Poly(vec![0.0, 0.0, 1.0]),
+                    inputs: vec![0],
+                },
+                Node {
+                    name: "pool".into(),
+                    op: Op::AvgPool(Pool {
+                        kernel: [2, 2],
+                        stride: [1, 1],
+                        padding: [0; 4],
+                    }),
+                    inputs: vec![1],
+                },
+                Node {
+                    name: "fc".into(),
+                    op: Op::Dense(Dense {
+                        weight: Tensor::new(
+                            vec![2, 8],
+                            (0..16).map(|i| i as f64 / 8.0 - 1.0).collect(),
+                        )
+                        .unwrap(),
+                        bias: vec![0.5, -0.25],
+                    }),
+                    inputs: vec![2],
+                },
+            ],
+            output: 3,
+        };
+        let plan = BatchPlan::new(&model).unwrap();
+        assert!(plan.fused()[2], "pool fused into the dense layer");
+        let x = Tensor::new(
+            vec![2, 3, 3],
+            (0..18).map(|i| (i as f64 * 0.37).sin()).collect(),
+        )
+        .unwrap();
+        let all = crate::exec::run_all(&model, &x).unwrap();
+        let rows = plan.rows[3].as_ref().unwrap();
+        for (k, row) in rows.iter().enumerate() {
+            let v: f64 = row.bias
+                + row
+                    .terms
+                    .iter()
+                    .map(|&(j, w)| w * all[1].data()[j])
+                    .sum::<f64>();
+            assert!(
+                (v - all[3].data()[k]).abs() < 1e-12,
+                "row {k}: {v} vs {}",
+                all[3].data()[k]
+            );
+        }
+    }
 }
