@@ -443,6 +443,9 @@ pub struct EvalArgs {
     /// Print the time spent in every layer of the first batch.
     #[arg(long)]
     verbose: bool,
+    /// Only run the model in the clear (f64) and report its accuracy: no keys, no encryption.
+    #[arg(long)]
+    cleartext: bool,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -454,10 +457,29 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         cnn::repo_path(&a.model.to_string_lossy())
     };
     let c = load(&model, &a.opts)?;
-    check_memory(&c)?;
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, 0, a.count, usize::MAX)?;
     check_shape(&c, &ds)?;
+    if a.cleartext {
+        let t = Instant::now();
+        let correct = (0..ds.len())
+            .filter(|&i| {
+                exec::run(c.plan.model(), &ds.image(i))
+                    .is_ok_and(|out| argmax(out.data()) == usize::from(ds.labels()[i]))
+            })
+            .count();
+        println!(
+            "cleartext accuracy of '{}' on {} ({} images): {:.2}% ({correct}/{}) in {:.1} s",
+            c.name,
+            a.data,
+            ds.len(),
+            100.0 * correct as f64 / ds.len().max(1) as f64,
+            ds.len(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;
     println!("hecnn: encrypted CNN inference");
     println!("{}", describe(&c)?);
@@ -599,6 +621,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         data: "sample:mnist".into(),
         count: None,
         verbose: false,
+        cleartext: false,
         opts: ModelOpts {
             log_n: 14,
             security: 128,

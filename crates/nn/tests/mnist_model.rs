@@ -74,3 +74,20 @@ fn pytorch_mnist_model_encrypted_equals_cleartext() {
         "encrypted predictions differ from cleartext"
     );
 }
+
+#[test]
+fn pytorch_cifar10_model_imports_and_classifies_the_sample() {
+    let model = onnx::import_onnx_file(&repo("models/hcnn-cifar10.onnx")).unwrap();
+    let model = rewrite(&model, &RewriteOptions::default()).unwrap();
+    let plan = batch::BatchPlan::new(&model).unwrap();
+    assert_eq!(plan.depth(), 7, "pooling and the dense layers fuse");
+    let sample = data::load_cifar_binary(&repo("data/sample/cifar10-test.bin")).unwrap();
+    let correct = (0..sample.len())
+        .filter(|&i| {
+            argmax(exec::run(&model, &sample.image(i)).unwrap().data())
+                == usize::from(sample.labels()[i])
+        })
+        .count();
+    // 235/300 = 78.3% (80.1% on the full test split, see models/hcnn-cifar10.md).
+    assert!(correct >= 225, "cleartext accuracy {correct}/300");
+}

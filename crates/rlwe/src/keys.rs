@@ -480,11 +480,8 @@ impl<B: Backend> EvaluationKeys<B> {
     pub fn galois_elements(&self) -> impl Iterator<Item = usize> + '_ {
         self.galois.keys().copied()
     }
-    /// Adds a Galois key (e.g. received separately).
-    ///
-    /// # Errors
-    /// [`RlweError::ParamsMismatch`] never here (keys carry no parameters); kept for symmetry.
-    pub fn insert_galois(&mut self, key: GaloisKey<B>) {
+    /// Adds (or replaces) the Galois key for its element.
+    pub(crate) fn insert_galois(&mut self, key: GaloisKey<B>) {
         self.galois.insert(key.galois, key);
     }
     /// Size in bytes of these keys in seed-compressed serialized form.
