@@ -50,6 +50,15 @@ pub fn run(args: &DemoArgs) -> Result<(), CliError> {
         ))
     })?;
     let params = preset.build()?;
+    // square (1) + matrix (1) + sigmoid of degree 7 on [-4, 4] (3 + 1 for the interval).
+    const DEMO_DEPTH: usize = 6;
+    if params.max_level() < DEMO_DEPTH {
+        return Err(CliError::Usage(format!(
+            "preset {} has {} levels; the CKKS demo needs {DEMO_DEPTH} (try N14_QP427 or N15_QP836)",
+            preset.name(),
+            params.max_level()
+        )));
+    }
     let r = params.rlwe();
     let be = CpuBackend::new(args.threads)?;
     println!("hecnn demo: encrypted vector computation with CKKS");
