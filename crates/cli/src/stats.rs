@@ -40,17 +40,13 @@ pub fn human_bytes(b: usize) -> String {
     }
 }
 
-/// Uniform pseudo-random values in `[-1, 1]` (SplitMix64; inputs, not keys).
+/// Reproducible pseudo-random values in `[-1, 1]` for demo and benchmark inputs (a seeded
+/// ChaCha20 stream; inputs, not keys).
 pub fn uniform_values(seed: u64, count: usize) -> Vec<f64> {
-    let mut s = seed;
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut rng = hecnn_ring::Prng::from_seed(s);
     (0..count)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        })
+        .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
         .collect()
 }
