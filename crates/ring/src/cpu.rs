@@ -175,7 +175,7 @@ impl CpuBackend {
         dst: &mut AlignedVec,
         src: &AlignedVec,
         src_basis: Basis,
-        f: impl Fn(&Modulus, &mut [u64], &[u64]) + Sync,
+        f: impl Fn(usize, &mut [u64], &[u64]) + Sync,
     ) {
         let n = ctx.n();
         self.pool.install(|| {
@@ -184,7 +184,7 @@ impl CpuBackend {
                 .enumerate()
                 .for_each(|(pos, d)| {
                     let g = basis.global(ctx, pos);
-                    f(ctx.modulus(g), d, limb(src, pos_of(ctx, &src_basis, g), n));
+                    f(g, d, limb(src, pos_of(ctx, &src_basis, g), n));
                 });
         });
     }
@@ -255,7 +255,8 @@ impl Backend for CpuBackend {
         src: &AlignedVec,
         src_basis: Basis,
     ) {
-        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |g, d, s| {
+            let m = ctx.modulus(g);
             for (x, &y) in d.iter_mut().zip(s) {
                 *x = m.add(*x, y);
             }
@@ -270,7 +271,8 @@ impl Backend for CpuBackend {
         src: &AlignedVec,
         src_basis: Basis,
     ) {
-        self.zip_limbs(ctx, basis, dst, src, src_basis, |m, d, s| {
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |g, d, s| {
+            let m = ctx.modulus(g);
             for (x, &y) in d.iter_mut().zip(s) {
                 *x = m.sub(*x, y);
             }
@@ -294,22 +296,14 @@ impl Backend for CpuBackend {
         src: &AlignedVec,
         src_basis: Basis,
     ) {
-        let n = ctx.n();
-        self.pool.install(|| {
-            dst.as_mut_slice()[..basis.len() * n]
-                .par_chunks_mut(n)
-                .enumerate()
-                .for_each(|(pos, d)| {
-                    let g = basis.global(ctx, pos);
-                    let s = limb(src, pos_of(ctx, &src_basis, g), n);
-                    if ctx.ifma(g).is_some_and(|c| c.mul_assign(d, s)) {
-                        return;
-                    }
-                    let m = ctx.modulus(g);
-                    for (x, &y) in d.iter_mut().zip(s) {
-                        *x = m.mul(*x, y);
-                    }
-                });
+        self.zip_limbs(ctx, basis, dst, src, src_basis, |g, d, s| {
+            if ctx.ifma(g).is_some_and(|c| c.mul_assign(d, s)) {
+                return;
+            }
+            let m = ctx.modulus(g);
+            for (x, &y) in d.iter_mut().zip(s) {
+                *x = m.mul(*x, y);
+            }
         });
     }
 
@@ -515,7 +509,8 @@ impl Backend for CpuBackend {
         } else {
             ctx.check_galois(galois)?;
             let two_n = 2 * n;
-            self.zip_limbs(ctx, basis, dst, src, basis, |m, d, s| {
+            self.zip_limbs(ctx, basis, dst, src, basis, |g, d, s| {
+                let m = ctx.modulus(g);
                 for (i, &c) in s.iter().enumerate() {
                     let j = (i * galois) % two_n;
                     if j < n {
