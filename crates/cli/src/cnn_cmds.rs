@@ -312,15 +312,8 @@ fn server_eval(
     be: &CpuBackend,
     keys: Option<EvaluationKeys<CpuBackend>>,
 ) -> Result<Evaluator<CpuBackend>, CliError> {
-    let keys = match keys {
-        Some(k) => k,
-        None => {
-            // Encoding needs no key; an evaluator with an empty key set encodes and encrypts.
-            let mut rng = Prng::from_seed([0; 32]);
-            let throwaway = SecretKey::generate(c.params.rlwe(), &mut rng)?;
-            throwaway.evaluation_keys(be, &KeyRequirements::default(), &mut rng)?
-        }
-    };
+    // Encoding and decoding need no key.
+    let keys = keys.unwrap_or_else(|| EvaluationKeys::empty(c.params.rlwe()));
     Ok(Evaluator::new(
         Arc::clone(&c.params),
         Arc::new(keys),

@@ -448,6 +448,17 @@ pub struct EvaluationKeys<B: Backend> {
 }
 
 impl<B: Backend> EvaluationKeys<B> {
+    /// A key set holding no key, for evaluators that only encode, add and multiply by
+    /// plaintexts (every key-switching operation then reports the missing key).
+    pub fn empty(params: &Arc<Params>) -> Self {
+        Self {
+            params: Arc::clone(params),
+            id: [0; 32],
+            relin: None,
+            galois: BTreeMap::new(),
+        }
+    }
+
     /// The parameters these keys belong to.
     pub fn params(&self) -> &Arc<Params> {
         &self.params
