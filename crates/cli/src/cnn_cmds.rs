@@ -530,16 +530,22 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         run_s += t.elapsed().as_secs_f64();
         if a.verbose && b == 0 {
             pb.suspend(|| {
-                let mut prev = t;
+                // A streamed chain (a layer and the activations and pools after it) reports
+                // once, for all its nodes.
+                let (mut prev, mut from) = (t, 1);
                 for (done, at) in &marks {
-                    let node = &c.plan.model().nodes[done - 1];
-                    println!(
-                        "  {:>10.1} ms  {} ({})",
-                        (*at - prev).as_secs_f64() * 1e3,
-                        node.name,
-                        node.op.kind()
-                    );
-                    prev = *at;
+                    let names: Vec<String> = c.plan.model().nodes[from.min(*done)..*done]
+                        .iter()
+                        .map(|n| format!("{} ({})", n.name, n.op.kind()))
+                        .collect();
+                    if !names.is_empty() {
+                        println!(
+                            "  {:>10.1} ms  {}",
+                            (*at - prev).as_secs_f64() * 1e3,
+                            names.join(" → ")
+                        );
+                    }
+                    (prev, from) = (*at, *done);
                 }
             });
         }
