@@ -69,7 +69,7 @@ fn load(model: &std::path::Path, opts: &ModelOpts) -> Result<Compiled, CliError>
 }
 
 /// Memory the operating system reports as available (Linux), if known.
-fn available_memory() -> Option<usize> {
+pub fn available_memory() -> Option<usize> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -439,8 +439,21 @@ pub struct EvalArgs {
     /// Only run the model in the clear (f64) and report its accuracy: no keys, no encryption.
     #[arg(long)]
     cleartext: bool,
+    /// Packing: `batch` (one image per slot, thousands per evaluation) or `single` (one
+    /// image densely packed, classified on its own).
+    #[arg(long, value_enum, default_value_t = Mode::Batch)]
+    mode: Mode,
     #[command(flatten)]
     opts: ModelOpts,
+}
+
+/// How images are packed into ciphertexts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One image per slot, one ciphertext per neuron.
+    Batch,
+    /// One image per ciphertext, linear layers by rotations.
+    Single,
 }
 
 pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
@@ -471,6 +484,10 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
             t.elapsed().as_secs_f64()
         );
         return Ok(());
+    }
+    if a.mode == Mode::Single {
+        let level = a.opts.compile_options()?.security;
+        return crate::single_cmd::eval(&c, &ds, &a.data, a.opts.threads, level);
     }
     check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;
@@ -621,6 +638,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         count: None,
         verbose: false,
         cleartext: false,
+        mode: Mode::Batch,
         opts: ModelOpts {
             log_n: 14,
             security: 128,

@@ -6,6 +6,7 @@ mod cnn_cmds;
 mod data_cmd;
 mod demo;
 mod params_cmd;
+mod single_cmd;
 mod stats;
 
 use clap::{Parser, Subcommand};

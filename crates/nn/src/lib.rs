@@ -33,6 +33,7 @@ pub mod ir;
 pub mod linear;
 pub mod onnx;
 pub mod rewrite;
+pub mod single;
 mod tensor;
 
 pub use ir::{Model, Op};

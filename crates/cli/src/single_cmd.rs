@@ -1,0 +1,195 @@
+//! `hecnn eval --mode single`: one encrypted image at a time, densely packed.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_pk};
+use hecnn_nn::{
+    data::Dataset,
+    exec::{self, argmax},
+    single::{self, SinglePlan},
+};
+use hecnn_ring::{Backend, CpuBackend, Prng};
+use hecnn_rlwe::{KeyRequirements, SecretKey, SecurityLevel, security};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{CliError, cnn::Compiled, cnn_cmds::peak_memory, stats::human_bytes};
+
+/// The smallest ring degree (2^13 … 2^16) whose parameters pass the security check at
+/// `level` and hold the plan's slots.
+fn choose_params(plan: &SinglePlan, level: SecurityLevel) -> Result<Arc<CkksParams>, CliError> {
+    let mut last = None;
+    for log_n in 13..=16u32 {
+        if (1usize << (log_n - 1)) < plan.slots() {
+            continue;
+        }
+        match CkksParams::from_literal(
+            &single::parameters(plan.depth(), log_n, level),
+            single::SINGLE_LOG_SCALE,
+        ) {
+            Ok(p) => return Ok(Arc::new(p)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => CliError::Usage(format!(
+            "no ring degree up to 2^16 holds {} levels and {} slots at this security level: {e}",
+            plan.depth(),
+            plan.slots()
+        )),
+        None => CliError::Usage(format!(
+            "a layer needs {} slots, more than 2^15",
+            plan.slots()
+        )),
+    })
+}
+
+/// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
+/// cleartext model.
+pub fn eval(
+    c: &Compiled,
+    ds: &Dataset,
+    data: &str,
+    threads: usize,
+    level: SecurityLevel,
+) -> Result<(), CliError> {
+    let plan = SinglePlan::new(c.plan.model())?;
+    let params = choose_params(&plan, level)?;
+    let r = params.rlwe();
+    let rotations = plan.rotations();
+    let be = CpuBackend::new(threads)?;
+    println!("hecnn: encrypted CNN inference, single-image mode");
+    println!(
+        "model '{}': {} nodes, one image in {} slots, depth {}; diagonals per linear layer: {}",
+        c.name,
+        plan.model().nodes.len(),
+        plan.slots(),
+        plan.depth(),
+        plan.diagonal_counts()
+            .iter()
+            .map(|(n, d)| format!("{n} {d}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked); {} rotation keys",
+        r.log_n(),
+        r.log_qp(),
+        r.max_level(),
+        single::SINGLE_LOG_SCALE,
+        r.dnum(),
+        security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
+        rotations.len()
+    );
+    println!("data: {data} ({} images), backend {}", ds.len(), be.name());
+    // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
+    let keys = (rotations.len() + 1) * 2 * r.switching_key_bytes();
+    let diagonals: usize = plan.diagonal_counts().iter().map(|(_, d)| d).sum();
+    let need = keys + diagonals * (r.max_level() + 1) * r.n() * 8;
+    if let Some(have) = crate::cnn_cmds::available_memory()
+        && need > have
+    {
+        return Err(CliError::Usage(format!(
+            "single-image mode for '{}' needs about {} of keys and encoded diagonals ({} rotation keys, {diagonals} diagonals at N = 2^{}), more than the {} available: its largest layer needs {} slots; this first version packs every value into one ciphertext",
+            c.name,
+            human_bytes(need),
+            rotations.len(),
+            r.log_n(),
+            human_bytes(have),
+            plan.slots()
+        )));
+    }
+
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    let sk = SecretKey::generate(r, &mut rng)?;
+    let pk = sk.public_key(&be, &mut rng)?;
+    let evk = sk.evaluation_keys(
+        &be,
+        &KeyRequirements::relin().with_rotations(rotations.iter().copied()),
+        &mut rng,
+    )?;
+    let key_bytes = evk.size_bytes();
+    let keygen_s = t.elapsed().as_secs_f64();
+    let eval = Evaluator::new(Arc::clone(&params), Arc::new(evk), be.clone())?;
+    let dec = Decryptor::new(&sk, &be)?;
+    let t = Instant::now();
+    let encoded = plan.encode(&eval, params.max_level())?;
+    let encode_s = t.elapsed().as_secs_f64();
+
+    let pb = ProgressBar::new(ds.len() as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message("classifying");
+    let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut correct_plain, mut correct_enc, mut agree) = (0usize, 0usize, 0usize);
+    let mut max_diff = 0.0f64;
+    for i in 0..ds.len() {
+        let image = ds.image(i);
+        let t = Instant::now();
+        let ct = plan.encrypt_image(&eval, &image, params.max_level(), |pt| {
+            encrypt_pk(&pk, &be, pt, &mut rng)
+        })?;
+        enc_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let (out, map) = plan.run(&eval, &encoded, ct)?;
+        run_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let got = plan.decrypt_output(&eval, &out, map, |ct| dec.decrypt(ct))?;
+        dec_s.push(t.elapsed().as_secs_f64());
+        let want = exec::run(plan.model(), &image)?;
+        let label = usize::from(ds.labels()[i]);
+        let (pe, pp) = (argmax(&got), argmax(want.data()));
+        correct_enc += usize::from(pe == label);
+        correct_plain += usize::from(pp == label);
+        agree += usize::from(pe == pp);
+        for (g, w) in got.iter().zip(want.data()) {
+            max_diff = max_diff.max((g - w).abs());
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let n = ds.len().max(1) as f64;
+    let pct = |k: usize| 100.0 * k as f64 / n;
+    println!("\nresults over {} images, one at a time:", ds.len());
+    println!(
+        "  cleartext accuracy   {:.2}% ({correct_plain}/{})",
+        pct(correct_plain),
+        ds.len()
+    );
+    println!(
+        "  encrypted accuracy   {:.2}% ({correct_enc}/{})",
+        pct(correct_enc),
+        ds.len()
+    );
+    println!(
+        "  same prediction      {:.2}% ({agree}/{})",
+        pct(agree),
+        ds.len()
+    );
+    println!("  max |encrypted − cleartext logit| {max_diff:.3e}");
+    println!("timings ({}), per image, median (mean):", be.name());
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or(0.0);
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        format!("{:.1} ms ({:.1} ms)", median * 1e3, mean * 1e3)
+    };
+    let mut total: Vec<f64> = (0..enc_s.len())
+        .map(|i| enc_s[i] + run_s[i] + dec_s[i])
+        .collect();
+    println!("  encrypt  {}", stat(&mut enc_s));
+    println!("  evaluate {}", stat(&mut run_s));
+    println!("  decrypt  {}", stat(&mut dec_s));
+    println!("  end to end {}", stat(&mut total));
+    println!(
+        "setup: keygen {keygen_s:.2} s, evaluation keys {} (relinearization + {} rotations), transforms encoded in {encode_s:.2} s; peak memory {}",
+        human_bytes(key_bytes),
+        rotations.len(),
+        peak_memory()
+    );
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Single-image plans executed under encryption at a small ring degree (toy, insecure
+//! parameters) against the cleartext executor: every layer type, stride 1 and 2, padding.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::sync::Arc;
+
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_sk};
+use hecnn_nn::{
+    Model, Op, RewriteOptions, Tensor, exec,
+    ir::{Conv2d, Dense, Node, Pool},
+    rewrite,
+    single::SinglePlan,
+};
+use hecnn_ring::{CpuBackend, Prng};
+use hecnn_rlwe::{KeyRequirements, SecretKey};
+
+fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+    hecnn_testkit::uniform_values(seed, n)
+        .into_iter()
+        .map(|v| v * scale)
+        .collect()
+}
+
+fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
+    Node {
+        name: name.into(),
+        op,
+        inputs,
+    }
+}
+
+fn conv(seed: u64, o: usize, i: usize, k: usize, stride: usize, pad: usize) -> Op {
+    Op::Conv2d(Conv2d {
+        weight: Tensor::new(vec![o, i, k, k], values(seed, o * i * k * k, 0.5)).unwrap(),
+        bias: values(seed + 1, o, 0.2),
+        stride: [stride; 2],
+        padding: [pad; 4],
+        groups: 1,
+    })
+}
+
+/// conv (stride 1, padding 1) → a·x²+b·x+c → conv (stride 2, padding 1) → x² → avg pool →
+/// flatten → dense.
+fn model() -> Model {
+    Model {
+        name: "single".into(),
+        input_shape: [2, 6, 6],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(31, 3, 2, 3, 1, 1), vec![0]),
+            node("act1", Op::Poly(vec![0.1, 0.5, 0.25]), vec![1]),
+            node("conv2", conv(33, 4, 3, 3, 2, 1), vec![2]),
+            node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![3]),
+            node(
+                "pool",
+                Op::AvgPool(Pool {
+                    kernel: [2, 2],
+                    stride: [1, 1],
+                    padding: [0; 4],
+                }),
+                vec![4],
+            ),
+            node("flat", Op::Flatten, vec![5]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: Tensor::new(vec![5, 16], values(35, 80, 0.5)).unwrap(),
+                    bias: values(36, 5, 0.1),
+                }),
+                vec![6],
+            ),
+        ],
+        output: 7,
+    }
+}
+
+#[test]
+fn encrypted_single_image_matches_cleartext() {
+    let model = rewrite(&model(), &RewriteOptions::default()).unwrap();
+    let plan = SinglePlan::new(&model).unwrap();
+    assert_eq!(plan.slots(), 128, "108 neurons after conv1");
+    assert_eq!(plan.depth(), 6);
+    let params = Arc::new(
+        CkksParams::from_literal(&hecnn_testkit::toy_literal(10, plan.depth()), 40).unwrap(),
+    );
+    let be = CpuBackend::new(2).unwrap();
+    let mut rng = Prng::from_seed([3; 32]);
+    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    let req = KeyRequirements::relin().with_rotations(plan.rotations());
+    let keys = sk.evaluation_keys(&be, &req, &mut rng).unwrap();
+    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let encoded = plan.encode(&eval, params.max_level()).unwrap();
+    let dec = Decryptor::new(&sk, &be).unwrap();
+    let mut worst = 0.0f64;
+    for i in 0..3 {
+        let image = Tensor::new(
+            vec![2, 6, 6],
+            values(40 + i, 72, 1.0).into_iter().map(f64::abs).collect(),
+        )
+        .unwrap();
+        let ct = plan
+            .encrypt_image(&eval, &image, params.max_level(), |pt| {
+                encrypt_sk(&sk, &be, pt, &mut rng)
+            })
+            .unwrap();
+        let (out, map) = plan.run(&eval, &encoded, ct).unwrap();
+        assert_eq!(out.level(), params.max_level() - plan.depth());
+        let got = plan
+            .decrypt_output(&eval, &out, map, |c| dec.decrypt(c))
+            .unwrap();
+        let want = exec::run(&model, &image).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want.data()) {
+            worst = worst.max((g - w).abs());
+        }
+    }
+    assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+}
+
+#[test]
+fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
+    let mut m = model();
+    m.nodes[5] = node("res", Op::Add, vec![4, 4]);
+    assert!(SinglePlan::new(&m).is_err(), "residual additions");
+    let mut m = model();
+    m.nodes[2].op = Op::Poly(vec![0.0, 0.0, 0.0, 1.0]);
+    assert!(SinglePlan::new(&m).is_err(), "degree 3");
+
+    let plan = SinglePlan::new(&rewrite(&model(), &RewriteOptions::default()).unwrap()).unwrap();
+    // Too few levels and too few slots are typed errors, not panics.
+    let params =
+        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(10, 3), 40).unwrap());
+    let be = CpuBackend::new(1).unwrap();
+    let mut rng = Prng::from_seed([4; 32]);
+    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    let keys = sk
+        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
+        .unwrap();
+    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    assert!(plan.encode(&eval, params.max_level()).is_err(), "levels");
+    let small = Arc::new(
+        CkksParams::from_literal(&hecnn_testkit::toy_literal(7, plan.depth()), 40).unwrap(),
+    );
+    let sk7 = SecretKey::generate(small.rlwe(), &mut rng).unwrap();
+    let keys7 = sk7
+        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
+        .unwrap();
+    let eval7 = Evaluator::new(Arc::clone(&small), Arc::new(keys7), be.clone()).unwrap();
+    assert!(plan.encode(&eval7, small.max_level()).is_err(), "slots");
+    let wrong = Tensor::new(vec![1, 2, 2], vec![0.0; 4]).unwrap();
+    assert!(
+        plan.encrypt_image(&eval, &wrong, params.max_level(), |pt| encrypt_sk(
+            &sk, &be, pt, &mut rng
+        ))
+        .is_err()
+    );
+}
