@@ -60,7 +60,7 @@ fn diagonals(rows: &[Row], slots: usize, a: f64) -> BTreeMap<i64, Vec<f64>> {
 }
 
 impl SinglePlan {
-    /// Plans a model that has been through [`crate::rewrite`].
+    /// Plans a model that has been through [`crate::rewrite()`].
     ///
     /// # Errors
     /// [`NnError::Invalid`] for operators single-image mode cannot run yet (residual

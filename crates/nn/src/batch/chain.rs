@@ -10,7 +10,8 @@
 
 use crate::{Model, linear::Row};
 
-/// Default number of head neurons computed per chunk (see [`super::BatchPlan::with_chunk_rows`]).
+/// Default number of head neurons computed per chunk (a chunk ends at the first final neuron
+/// that reaches it, so it may hold a few more) (see [`super::BatchPlan::with_chunk_rows`]).
 pub const CHUNK_ROWS: usize = 512;
 
 /// A layer whose rows all sum the same number of inputs with one common weight and one
@@ -18,7 +19,7 @@ pub const CHUNK_ROWS: usize = 512;
 /// scaling): it runs as ciphertext additions and folds its weight and bias into the pending
 /// affine map, so it consumes no level.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Uniform {
+pub(crate) struct Uniform {
     /// The common weight.
     pub weight: f64,
     /// Terms per row.
@@ -60,7 +61,10 @@ impl Chain {
     /// and rows (linear and additive nodes), `follows(k)` tells whether node `k` may extend
     /// a chain (element-wise, additive or reshape), `consumers[k]` lists node `k`'s readers,
     /// and `input_dies` whether the chain is the last reader of its input.
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "plan-time facts the planner already holds; a struct would only rename them"
+    )]
     pub(crate) fn plan(
         model: &Model,
         shapes: &[Vec<usize>],
@@ -123,10 +127,9 @@ impl Chain {
             head_rows.push(count);
         }
         let frees = input_dies.then(|| {
-            let inputs = model.nodes[head]
-                .inputs
-                .first()
-                .map_or(0, |&i| shapes[i].iter().product::<usize>());
+            // The value the head reads may be wider than its input node's shape (a fused
+            // layer passes its own input through): size by the neurons actually read.
+            let inputs = deps.iter().flatten().max().map_or(0, |&j| j + 1);
             let mut last_chunk = vec![0usize; inputs];
             for (c, chunk) in chunks.iter().enumerate() {
                 for &f in chunk {

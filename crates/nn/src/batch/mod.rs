@@ -10,16 +10,17 @@
 //! stay exact: each linear layer lands on the working scale `Δ`. Uniform layers (average
 //! pooling) are plain additions folded into that map and consume no level, so a lazily
 //! squared value is pooled *before* it is relinearized: one relinearization per pooled
-//! neuron. Layers run as streamed chains (see [`chain`](self::chain)) so that a layer's
-//! ciphertexts never all exist at once.
+//! neuron. Layers run as streamed chains (a computing layer with the activations and pools
+//! after it, a chunk of neurons at a time) so that a layer's ciphertexts never all exist at
+//! once.
 
 mod chain;
 mod engine;
 
-pub use chain::{CHUNK_ROWS, Uniform};
+pub use chain::CHUNK_ROWS;
 pub use engine::{Encrypted, Engine, Packed, PackedValue};
 
-use chain::{Chain, uniform};
+use chain::{Chain, Uniform, uniform};
 use hecnn_ckks::{Ciphertext, CkksError, Evaluator};
 use hecnn_ring::Backend;
 
@@ -218,7 +219,7 @@ fn linear_cost(form: Form) -> usize {
 }
 
 impl BatchPlan {
-    /// Plans a model that has been through [`crate::rewrite`].
+    /// Plans a model that has been through [`crate::rewrite()`].
     ///
     /// # Errors
     /// [`NnError::Invalid`] for operators batch mode cannot run (non-polynomial operators,
@@ -227,8 +228,8 @@ impl BatchPlan {
         Self::with_chunk_rows(model, CHUNK_ROWS)
     }
 
-    /// [`BatchPlan::new`] with `chunk_rows` head neurons per streamed chunk (smaller: less
-    /// memory, more re-reads of shared inputs).
+    /// [`BatchPlan::new`] with about `chunk_rows` head neurons per streamed chunk (smaller:
+    /// less memory, more re-reads of shared inputs; 0 counts as 1).
     ///
     /// # Errors
     /// See [`BatchPlan::new`].
@@ -248,9 +249,49 @@ impl BatchPlan {
         let materialize =
             |id: usize| materializes(model, &shapes, &fused_rows, &deferred, &consumers, id);
         let mut nodes: Vec<NodePlan> = Vec::with_capacity(model.nodes.len());
+        // Every value's pending multiplier `a`, computed as the runtime computes it: an Add
+        // of two values with different multipliers costs a linear layer.
+        let mut pending_a: Vec<f64> = Vec::with_capacity(model.nodes.len());
         for (id, node) in model.nodes.iter().enumerate() {
             let neurons = shapes[id].iter().product();
             let input = node.inputs.first().map(|&i| nodes[i].clone());
+            let in_a = node.inputs.first().map_or(1.0, |&i| pending_a[i]);
+            // A lazily squared operand of an Add is materialized by an identity layer (a = 1).
+            let add_a = |i: usize| {
+                if nodes[i].form == Form::Squared {
+                    1.0
+                } else {
+                    pending_a[i]
+                }
+            };
+            let a = match &node.op {
+                Op::Input => 1.0,
+                Op::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0) => {
+                    let c2 = c[2];
+                    let v = if input.as_ref().is_some_and(|p| p.form == Form::Squared) {
+                        1.0
+                    } else {
+                        in_a
+                    };
+                    c2 * v * v
+                }
+                Op::Poly(c) => c.get(1).copied().unwrap_or(0.0) * in_a,
+                Op::Add => match node.inputs.as_slice() {
+                    [u, v] if add_a(*u) == add_a(*v) => add_a(*u),
+                    _ => 1.0,
+                },
+                Op::Flatten => in_a,
+                _ if deferred[id] => in_a,
+                _ => match uniform[id] {
+                    Some(u) => u.weight * in_a,
+                    None => 1.0,
+                },
+            };
+            let mixed = match (&node.op, node.inputs.as_slice()) {
+                (Op::Add, [u, v]) => usize::from(add_a(*u) != add_a(*v)),
+                _ => 0,
+            };
+            pending_a.push(a);
             // A lazily squared value, relinearized and rescaled here if its reader wants it.
             let squared = |depth: usize| {
                 if materialize(id) {
@@ -291,19 +332,19 @@ impl BatchPlan {
                     }
                 }
                 (Op::Add, Some(p)) => {
-                    let q = &nodes[node.inputs[1]];
-                    let extra = if p.form == Form::Linear && q.form == Form::Linear {
-                        0
-                    } else {
-                        2
-                    };
+                    let j = node.inputs.get(1).copied().unwrap_or(node.inputs[0]);
+                    let q = &nodes[j];
+                    // Squared operands are materialized (2 levels); operands with different
+                    // pending multipliers are combined by a linear layer (1 level).
+                    let ready = |x: &NodePlan| x.depth + 2 * usize::from(x.form == Form::Squared);
                     NodePlan {
                         form: Form::Linear,
-                        depth: p.depth.max(q.depth) + extra,
+                        depth: ready(&p).max(ready(q)) + mixed,
                         neurons,
                     }
                 }
-                (_, Some(p)) if deferred[id] => NodePlan { neurons, ..p },
+                // A fused layer passes its input through unchanged.
+                (_, Some(p)) if deferred[id] => p,
                 (_, Some(p)) if uniform[id].is_some() => match p.form {
                     Form::Linear => NodePlan { neurons, ..p },
                     Form::Squared => squared(p.depth),
@@ -643,7 +684,8 @@ fn at(node: &str) -> impl Fn(CkksError) -> NnError + '_ {
 
 impl BatchPlan {
     /// Runs the plan on encrypted inputs (one ciphertext per input pixel, `C×H×W` order, all
-    /// at the same level and scale). `progress(done, total)` is called after every node.
+    /// at the same level and scale). `progress(done, total)` reports how many nodes are
+    /// done, never decreasing (a streamed chain completes several nodes at once).
     ///
     /// # Errors
     /// Too few levels, wrong input count, evaluation errors (with the node name).
@@ -691,6 +733,7 @@ impl BatchPlan {
             gamma: 0.0,
         });
         progress(1, total);
+        let mut reported = 1;
         for id in 1..total {
             if self.in_chain[id] {
                 continue;
@@ -748,7 +791,9 @@ impl BatchPlan {
                     values[i] = None;
                 }
             }
-            progress(slot + 1, total);
+            // A chain completes its nodes at its head's turn; never report going backwards.
+            reported = reported.max(slot + 1);
+            progress(reported, total);
         }
         let out = values[self.model.output]
             .take()
@@ -796,7 +841,9 @@ impl BatchPlan {
             }
             if let (Some(frees), Source::Owned { cts, .. }) = (&ch.frees, &mut source) {
                 for &j in &frees[c] {
-                    cts[j] = None;
+                    if let Some(slot) = cts.get_mut(j) {
+                        *slot = None;
+                    }
                 }
             }
         }
