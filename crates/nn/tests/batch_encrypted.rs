@@ -2,43 +2,21 @@
 //! parameters) against the cleartext executor, image by image.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{conv, node, values};
 use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor,
     batch::{self, BatchPlan, Form},
     exec,
-    ir::{Conv2d, Dense, Node, Pool},
+    ir::{Dense, Pool},
     rewrite,
 };
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey};
-
-fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    hecnn_testkit::uniform_values(seed, n)
-        .into_iter()
-        .map(|v| v * scale)
-        .collect()
-}
-
-fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
-    Node {
-        name: name.into(),
-        op,
-        inputs,
-    }
-}
-
-fn conv(seed: u64, o: usize, i: usize, k: usize, stride: usize, pad: usize) -> Op {
-    Op::Conv2d(Conv2d {
-        weight: Tensor::new(vec![o, i, k, k], values(seed, o * i * k * k, 0.6)).unwrap(),
-        bias: values(seed + 1, o, 0.2),
-        stride: [stride; 2],
-        padding: [pad; 4],
-        groups: 1,
-    })
-}
 
 /// A miniature HCNN: conv (stride 2, padding) → x² → conv → a·x²+b·x+c → avg pool → residual
 /// add → dense.
@@ -48,9 +26,9 @@ fn small_cnn() -> Model {
         input_shape: [2, 6, 6],
         nodes: vec![
             node("input", Op::Input, vec![]),
-            node("conv1", conv(1, 3, 2, 3, 2, 1), vec![0]),
+            node("conv1", conv(1, (3, 2, 3), 2, 1, 0.6), vec![0]),
             node("sq1", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
-            node("conv2", conv(3, 3, 3, 3, 1, 1), vec![2]),
+            node("conv2", conv(3, (3, 3, 3), 1, 1, 0.6), vec![2]),
             node("act2", Op::Poly(vec![0.1, 0.5, 0.25]), vec![3]),
             node("res", Op::Add, vec![4, 2]),
             node(
@@ -213,10 +191,10 @@ fn pooled_cnn() -> Model {
         input_shape: [3, 8, 8],
         nodes: vec![
             node("input", Op::Input, vec![]),
-            node("conv1", conv(21, 4, 3, 3, 1, 1), vec![0]),
+            node("conv1", conv(21, (4, 3, 3), 1, 1, 0.6), vec![0]),
             node("sq1", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
             node("pool1", pool2(), vec![2]),
-            node("conv2", conv(23, 8, 4, 3, 1, 1), vec![3]),
+            node("conv2", conv(23, (8, 4, 3), 1, 1, 0.6), vec![3]),
             node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![4]),
             node("pool2", pool2(), vec![5]),
             node("flat", Op::Flatten, vec![6]),

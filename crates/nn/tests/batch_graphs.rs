@@ -4,20 +4,16 @@
 //! square. Each runs in the packed cleartext engine and must match the executor at exactly
 //! the planned depth, with non-decreasing progress.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+use common::node;
 use hecnn_nn::{
     Model, Op, Tensor,
     batch::{self, BatchPlan},
     exec,
-    ir::{Conv2d, Dense, Node, Pool},
+    ir::{Conv2d, Dense, Pool},
 };
 
-fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
-    Node {
-        name: name.into(),
-        op,
-        inputs,
-    }
-}
 fn vals(n: usize, s: f64) -> Vec<f64> {
     (0..n)
         .map(|i| ((i as f64) * 0.37 + 0.1).sin() * s)

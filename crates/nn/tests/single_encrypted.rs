@@ -2,42 +2,20 @@
 //! parameters) against the cleartext executor: every layer type, stride 1 and 2, padding.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{conv, node, values};
 use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor, exec,
-    ir::{Conv2d, Dense, Node, Pool},
+    ir::{Dense, Pool},
     rewrite,
     single::SinglePlan,
 };
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey};
-
-fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
-    hecnn_testkit::uniform_values(seed, n)
-        .into_iter()
-        .map(|v| v * scale)
-        .collect()
-}
-
-fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
-    Node {
-        name: name.into(),
-        op,
-        inputs,
-    }
-}
-
-fn conv(seed: u64, o: usize, i: usize, k: usize, stride: usize, pad: usize) -> Op {
-    Op::Conv2d(Conv2d {
-        weight: Tensor::new(vec![o, i, k, k], values(seed, o * i * k * k, 0.5)).unwrap(),
-        bias: values(seed + 1, o, 0.2),
-        stride: [stride; 2],
-        padding: [pad; 4],
-        groups: 1,
-    })
-}
 
 /// conv (stride 1, padding 1) → a·x²+b·x+c → conv (stride 2, padding 1) → x² → avg pool →
 /// flatten → dense.
@@ -47,9 +25,9 @@ fn model() -> Model {
         input_shape: [2, 6, 6],
         nodes: vec![
             node("input", Op::Input, vec![]),
-            node("conv1", conv(31, 3, 2, 3, 1, 1), vec![0]),
+            node("conv1", conv(31, (3, 2, 3), 1, 1, 0.5), vec![0]),
             node("act1", Op::Poly(vec![0.1, 0.5, 0.25]), vec![1]),
-            node("conv2", conv(33, 4, 3, 3, 2, 1), vec![2]),
+            node("conv2", conv(33, (4, 3, 3), 2, 1, 0.5), vec![2]),
             node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![3]),
             node(
                 "pool",
