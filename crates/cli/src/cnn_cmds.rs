@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     CliError,
     cnn::{self, BatchKind, CompileOptions, Compiled, KeyPaths},
-    stats::human_bytes,
+    stats::{Agreement, human_bytes},
 };
 
 /// Model and parameter options shared by the commands.
@@ -514,8 +514,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     let batch_size = c.batch_size();
     let batches = ds.len().div_ceil(batch_size);
     let (mut enc_s, mut run_s, mut dec_s) = (0.0, 0.0, 0.0);
-    let (mut correct_plain, mut correct_enc, mut agree) = (0usize, 0usize, 0usize);
-    let mut max_diff = 0.0f64;
+    let mut agreement = Agreement::default();
     let mut ct_bytes = 0usize;
     let pb = ProgressBar::new(ds.len() as u64);
     if let Ok(style) = ProgressStyle::with_template(
@@ -572,14 +571,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         dec_s += t.elapsed().as_secs_f64();
         for (i, got) in logits.iter().enumerate() {
             let want = exec::run(c.plan.model(), &images[i])?;
-            let label = usize::from(part.labels()[i]);
-            let (pe, pp) = (argmax(got), argmax(want.data()));
-            correct_enc += usize::from(pe == label);
-            correct_plain += usize::from(pp == label);
-            agree += usize::from(pe == pp);
-            for (g, w) in got.iter().zip(want.data()) {
-                max_diff = max_diff.max((g - w).abs());
-            }
+            agreement.record(got, want.data(), usize::from(part.labels()[i]));
         }
         pb.inc(part.len() as u64);
     }
@@ -589,22 +581,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         "\nresults over {} images in {batches} batch(es) of up to {batch_size}:",
         ds.len()
     );
-    println!(
-        "  cleartext accuracy   {:.2}% ({correct_plain}/{})",
-        100.0 * correct_plain as f64 / n,
-        ds.len()
-    );
-    println!(
-        "  encrypted accuracy   {:.2}% ({correct_enc}/{})",
-        100.0 * correct_enc as f64 / n,
-        ds.len()
-    );
-    println!(
-        "  same prediction      {:.2}% ({agree}/{})",
-        100.0 * agree as f64 / n,
-        ds.len()
-    );
-    println!("  max |encrypted − cleartext logit| {max_diff:.3e}");
+    agreement.print();
     println!("timings ({}):", be.name());
     println!(
         "  keygen {keygen_ms:.0} ms, evaluation keys {}",

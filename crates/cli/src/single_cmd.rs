@@ -6,14 +6,19 @@ use std::time::Instant;
 use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_pk};
 use hecnn_nn::{
     data::Dataset,
-    exec::{self, argmax},
+    exec,
     single::{self, SinglePlan},
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey, SecurityLevel, security};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::{CliError, cnn::Compiled, cnn_cmds::peak_memory, stats::human_bytes};
+use crate::{
+    CliError,
+    cnn::Compiled,
+    cnn_cmds::peak_memory,
+    stats::{Agreement, human_bytes},
+};
 
 /// The smallest ring degree (2^13 … 2^16) whose parameters pass the security check at
 /// `level` and hold the plan's slots.
@@ -125,8 +130,7 @@ pub fn eval(
     }
     pb.set_message("classifying");
     let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut correct_plain, mut correct_enc, mut agree) = (0usize, 0usize, 0usize);
-    let mut max_diff = 0.0f64;
+    let mut agreement = Agreement::default();
     for i in 0..ds.len() {
         let image = ds.image(i);
         let t = Instant::now();
@@ -141,36 +145,12 @@ pub fn eval(
         let got = plan.decrypt_output(&eval, &out, map, |ct| dec.decrypt(ct))?;
         dec_s.push(t.elapsed().as_secs_f64());
         let want = exec::run(plan.model(), &image)?;
-        let label = usize::from(ds.labels()[i]);
-        let (pe, pp) = (argmax(&got), argmax(want.data()));
-        correct_enc += usize::from(pe == label);
-        correct_plain += usize::from(pp == label);
-        agree += usize::from(pe == pp);
-        for (g, w) in got.iter().zip(want.data()) {
-            max_diff = max_diff.max((g - w).abs());
-        }
+        agreement.record(&got, want.data(), usize::from(ds.labels()[i]));
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let n = ds.len().max(1) as f64;
-    let pct = |k: usize| 100.0 * k as f64 / n;
     println!("\nresults over {} images, one at a time:", ds.len());
-    println!(
-        "  cleartext accuracy   {:.2}% ({correct_plain}/{})",
-        pct(correct_plain),
-        ds.len()
-    );
-    println!(
-        "  encrypted accuracy   {:.2}% ({correct_enc}/{})",
-        pct(correct_enc),
-        ds.len()
-    );
-    println!(
-        "  same prediction      {:.2}% ({agree}/{})",
-        pct(agree),
-        ds.len()
-    );
-    println!("  max |encrypted − cleartext logit| {max_diff:.3e}");
+    agreement.print();
     println!("timings ({}), per image, median (mean):", be.name());
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);

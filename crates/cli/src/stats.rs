@@ -50,3 +50,38 @@ pub fn uniform_values(seed: u64, count: usize) -> Vec<f64> {
         .map(|_| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0)
         .collect()
 }
+
+/// Encrypted against cleartext predictions over a data set, image by image.
+#[derive(Debug, Default)]
+pub struct Agreement {
+    images: usize,
+    correct_plain: usize,
+    correct_enc: usize,
+    agree: usize,
+    max_diff: f64,
+}
+
+impl Agreement {
+    /// Records one image: decrypted logits `got`, cleartext logits `want`, its label.
+    pub fn record(&mut self, got: &[f64], want: &[f64], label: usize) {
+        let (pe, pp) = (hecnn_nn::exec::argmax(got), hecnn_nn::exec::argmax(want));
+        self.images += 1;
+        self.correct_enc += usize::from(pe == label);
+        self.correct_plain += usize::from(pp == label);
+        self.agree += usize::from(pe == pp);
+        for (g, w) in got.iter().zip(want) {
+            self.max_diff = self.max_diff.max((g - w).abs());
+        }
+    }
+
+    /// Prints the accuracies, the agreement and the largest logit difference.
+    pub fn print(&self) {
+        let n = self.images;
+        let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
+        let (plain, enc, agree) = (self.correct_plain, self.correct_enc, self.agree);
+        println!("  cleartext accuracy   {:.2}% ({plain}/{n})", pct(plain));
+        println!("  encrypted accuracy   {:.2}% ({enc}/{n})", pct(enc));
+        println!("  same prediction      {:.2}% ({agree}/{n})", pct(agree));
+        println!("  max |encrypted − cleartext logit| {:.3e}", self.max_diff);
+    }
+}

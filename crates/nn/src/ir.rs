@@ -148,6 +148,38 @@ pub struct Model {
 }
 
 impl Model {
+    /// The nodes that read each node's value (each reader once).
+    pub fn consumers(&self) -> Vec<Vec<usize>> {
+        let mut c = vec![Vec::new(); self.nodes.len()];
+        for (k, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                if let Some(readers) = c.get_mut(i)
+                    && !readers.contains(&k)
+                {
+                    readers.push(k);
+                }
+            }
+        }
+        c
+    }
+
+    /// The last node that reads each node's value (`usize::MAX` for the output, which
+    /// outlives the evaluation; 0 for a value nobody reads).
+    pub fn last_uses(&self) -> Vec<usize> {
+        let mut last = vec![0usize; self.nodes.len()];
+        for (id, node) in self.nodes.iter().enumerate() {
+            for &i in &node.inputs {
+                if let Some(l) = last.get_mut(i) {
+                    *l = id;
+                }
+            }
+        }
+        if let Some(l) = last.get_mut(self.output) {
+            *l = usize::MAX;
+        }
+        last
+    }
+
     /// Checks structure (topological order, arities) and returns every node's output shape.
     ///
     /// # Errors

@@ -32,6 +32,7 @@ pub mod exec;
 pub mod ir;
 pub mod linear;
 pub mod onnx;
+mod pending;
 pub mod rewrite;
 pub mod single;
 mod tensor;

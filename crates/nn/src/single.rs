@@ -20,7 +20,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use hecnn_ckks::{Ciphertext, CkksError, Complex64, Evaluator, LinearTransform, Plaintext};
 use hecnn_ring::Backend;
 
-use crate::{Model, NnError, Op, batch::OutputMap, linear::Row};
+use crate::{
+    Model, NnError, Op,
+    batch::OutputMap,
+    linear::Row,
+    pending::{Activation, activation},
+};
 
 /// What a node does in single-image mode.
 #[derive(Clone, Debug)]
@@ -45,18 +50,36 @@ pub struct SinglePlan {
     slots: usize,
 }
 
+/// The diagonal holding entry `(o, j)` of a matrix in a `slots`-cyclic layout.
+fn diagonal_index(o: usize, j: usize, slots: usize) -> i64 {
+    ((j + slots - o % slots) % slots) as i64
+}
+
 /// Diagonals of a linear layer's matrix in a `slots`-cyclic layout:
 /// `d_k[o] = M[o][(o + k) mod slots]`, weights scaled by `a` (the input's pending multiplier).
 fn diagonals(rows: &[Row], slots: usize, a: f64) -> BTreeMap<i64, Vec<f64>> {
     let mut out: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for (o, row) in rows.iter().enumerate() {
         for &(j, w) in &row.terms {
-            let k = ((j + slots - o % slots) % slots) as i64;
-            out.entry(k).or_insert_with(|| vec![0.0; slots])[o] += w * a;
+            out.entry(diagonal_index(o, j, slots))
+                .or_insert_with(|| vec![0.0; slots])[o] += w * a;
         }
     }
     out.retain(|_, d| d.iter().any(|&v| v != 0.0));
     out
+}
+
+/// Indices of the non-zero diagonals (without building them).
+fn diagonal_indices(rows: &[Row], slots: usize) -> BTreeSet<i64> {
+    rows.iter()
+        .enumerate()
+        .flat_map(|(o, row)| {
+            row.terms
+                .iter()
+                .filter(|&&(_, w)| w != 0.0)
+                .map(move |&(j, _)| diagonal_index(o, j, slots))
+        })
+        .collect()
 }
 
 impl SinglePlan {
@@ -109,13 +132,7 @@ impl SinglePlan {
             .copied()
             .unwrap_or(1)
             .next_power_of_two();
-        let mut last_use = vec![0usize; model.nodes.len()];
-        for (id, node) in model.nodes.iter().enumerate() {
-            for &i in &node.inputs {
-                last_use[i] = id;
-            }
-        }
-        last_use[model.output] = usize::MAX;
+        let last_use = model.last_uses();
         Ok(Self {
             model: model.clone(),
             steps,
@@ -163,47 +180,41 @@ impl SinglePlan {
             out.push(match step {
                 Step::Pass => input,
                 Step::Linear(_) => (1.0, 0.0),
-                Step::Poly(c) => poly_map(c, input).0,
+                Step::Poly(c) => match activation(c, input.0, input.1) {
+                    Activation::Affine { a, gamma } | Activation::Square { a, gamma, .. } => {
+                        (a, gamma)
+                    }
+                    Activation::OfConstant => (0.0, 0.0),
+                },
             });
         }
         out
     }
 
-    /// Diagonal indices of every linear layer (for the rotation keys and the report).
-    fn layer_diagonals(&self) -> Vec<(usize, BTreeMap<i64, Vec<f64>>)> {
-        let pending = self.pending();
+    /// Non-zero diagonal indices of every linear layer (for the rotation keys and the
+    /// report; a diagonal is non-zero whatever the input's pending multiplier, which is
+    /// never 0 for an evaluable plan).
+    fn layer_indices(&self) -> impl Iterator<Item = (usize, BTreeSet<i64>)> + '_ {
         self.steps
             .iter()
             .enumerate()
             .filter_map(|(id, step)| match step {
-                Step::Linear(rows) => {
-                    let a = self.model.nodes[id]
-                        .inputs
-                        .first()
-                        .map_or(1.0, |&i| pending[i].0);
-                    Some((id, diagonals(rows, self.slots, a)))
-                }
+                Step::Linear(rows) => Some((id, diagonal_indices(rows, self.slots))),
                 _ => None,
             })
-            .collect()
     }
 
     /// The rotation steps evaluation needs (request them at key generation).
     pub fn rotations(&self) -> BTreeSet<i64> {
-        self.layer_diagonals()
-            .iter()
-            .flat_map(|(_, d)| {
-                let idx: BTreeSet<i64> = d.keys().copied().collect();
-                hecnn_ckks::bsgs_rotations(&idx, self.slots)
-            })
+        self.layer_indices()
+            .flat_map(|(_, idx)| hecnn_ckks::bsgs_rotations(&idx, self.slots))
             .collect()
     }
 
     /// Number of non-zero diagonals (plaintext products) of every linear layer.
     pub fn diagonal_counts(&self) -> Vec<(String, usize)> {
-        self.layer_diagonals()
-            .into_iter()
-            .map(|(id, d)| (self.model.nodes[id].name.clone(), d.len()))
+        self.layer_indices()
+            .map(|(id, idx)| (self.model.nodes[id].name.clone(), idx.len()))
             .collect()
     }
 
@@ -234,8 +245,6 @@ impl SinglePlan {
         let pending = self.pending();
         let mut level = vec![top_level; self.steps.len()];
         let mut transforms = BTreeMap::new();
-        let layers: BTreeMap<usize, BTreeMap<i64, Vec<f64>>> =
-            self.layer_diagonals().into_iter().collect();
         for (id, step) in self.steps.iter().enumerate() {
             let err = |source| NnError::Encrypted {
                 node: self.model.nodes[id].name.clone(),
@@ -250,17 +259,16 @@ impl SinglePlan {
                 Step::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0) => input_level - 1,
                 Step::Poly(_) => input_level,
                 Step::Linear(rows) => {
-                    let diags = layers.get(&id).cloned().unwrap_or_default();
-                    let complex: BTreeMap<i64, Vec<Complex64>> = diags
+                    let (a, gamma) = self.model.nodes[id]
+                        .inputs
+                        .first()
+                        .map_or((1.0, 0.0), |&i| pending[i]);
+                    let complex: BTreeMap<i64, Vec<Complex64>> = diagonals(rows, self.slots, a)
                         .into_iter()
                         .map(|(k, d)| (k, d.into_iter().map(|v| Complex64::new(v, 0.0)).collect()))
                         .collect();
                     let lt = LinearTransform::new(eval, &complex, self.slots, input_level)
                         .map_err(err)?;
-                    let gamma = self.model.nodes[id]
-                        .inputs
-                        .first()
-                        .map_or(0.0, |&i| pending[i].1);
                     let mut bias = vec![0.0; self.slots];
                     for (o, row) in rows.iter().enumerate() {
                         bias[o] = row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
@@ -356,22 +364,25 @@ impl SinglePlan {
                         .map_err(err)?;
                     (eval.add_plain(&out, &pt).map_err(err)?, 1.0, 0.0)
                 }
-                Step::Poly(c) => {
-                    let ((a2, g2), delta) = poly_map(c, (a, gamma));
-                    match delta {
-                        None => (ct, a2, g2),
-                        Some(d) => {
-                            let u = if d != 0.0 {
-                                eval.add_const(&ct, d).map_err(err)?
-                            } else {
-                                ct
-                            };
-                            let mut sq = eval.mul_relin(&u, &u).map_err(err)?;
-                            eval.rescale_assign(&mut sq).map_err(err)?;
-                            (sq, a2, g2)
-                        }
+                Step::Poly(c) => match activation(c, a, gamma) {
+                    Activation::Affine { a, gamma } => (ct, a, gamma),
+                    Activation::OfConstant => {
+                        return Err(NnError::Invalid(format!(
+                            "'{}': activation of a constant value",
+                            node.name
+                        )));
                     }
-                }
+                    Activation::Square { delta, a, gamma } => {
+                        let u = if delta != 0.0 {
+                            eval.add_const(&ct, delta).map_err(err)?
+                        } else {
+                            ct
+                        };
+                        let mut sq = eval.mul_relin(&u, &u).map_err(err)?;
+                        eval.rescale_assign(&mut sq).map_err(err)?;
+                        (sq, a, gamma)
+                    }
+                },
             });
         }
         let (ct, a, gamma) = values[self.model.output]
@@ -403,22 +414,6 @@ impl SinglePlan {
             .map(|&v| map.a * v + map.gamma)
             .collect())
     }
-}
-
-/// The pending map after an activation on a value with map `(a, γ)`, and the constant `δ`
-/// to add before squaring (`None`: affine, no square). `c2·x² + c1·x + c0` with
-/// `x = a·ct + γ` is `c2·a²·(ct + δ)² + γ'`, `δ = (γ + c1/(2·c2)) / a`.
-fn poly_map(c: &[f64], (a, gamma): (f64, f64)) -> ((f64, f64), Option<f64>) {
-    let (c0, c1, c2) = (
-        c.first().copied().unwrap_or(0.0),
-        c.get(1).copied().unwrap_or(0.0),
-        c.get(2).copied().unwrap_or(0.0),
-    );
-    if c2 == 0.0 || a == 0.0 {
-        return ((c1 * a, c1 * gamma + c0), None);
-    }
-    let delta = (gamma + c1 / (2.0 * c2)) / a;
-    ((c2 * a * a, c0 - c1 * c1 / (4.0 * c2)), Some(delta))
 }
 
 /// Bits of the working scale in single-image mode. Smaller than batch mode's 2^30 so that the
@@ -486,19 +481,5 @@ mod tests {
             })
             .collect();
         assert_eq!(y, vec![2.0 * 201.0, -2000.0, 1.0]);
-    }
-
-    #[test]
-    fn poly_map_keeps_the_activation() {
-        let (a, gamma) = (0.5, 0.25);
-        let c = [0.1, 2.0, 1.0];
-        let ((a2, g2), delta) = poly_map(&c, (a, gamma));
-        let delta = delta.unwrap_or(f64::NAN);
-        for ct in [-1.0, 0.0, 0.3, 2.0] {
-            let x = a * ct + gamma;
-            let want = c[2] * x * x + c[1] * x + c[0];
-            let got = a2 * (ct + delta) * (ct + delta) + g2;
-            assert!((want - got).abs() < 1e-12);
-        }
     }
 }

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{conv, node, values};
-use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_sk};
+use common::{Toy, conv, node, toy, values};
+use hecnn_ckks::{Decryptor, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor,
     batch::{self, BatchPlan, Form},
@@ -15,8 +13,8 @@ use hecnn_nn::{
     ir::{Dense, Pool},
     rewrite,
 };
-use hecnn_ring::{CpuBackend, Prng};
-use hecnn_rlwe::{KeyRequirements, SecretKey};
+use hecnn_ring::Prng;
+use std::collections::BTreeSet;
 
 /// A miniature HCNN: conv (stride 2, padding) → x² → conv → a·x²+b·x+c → avg pool → residual
 /// add → dense.
@@ -59,15 +57,13 @@ fn encrypted_batch_matches_cleartext() {
     let plan = BatchPlan::new(&model).unwrap();
     assert_eq!(plan.nodes()[2].form, Form::Squared, "squares are lazy");
     let depth = plan.depth();
-    let params =
-        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(10, depth), 40).unwrap());
-    let be = CpuBackend::new(2).unwrap();
     let mut rng = Prng::from_seed([5; 32]);
-    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
-    let keys = sk
-        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
-        .unwrap();
-    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let Toy {
+        params,
+        be,
+        sk,
+        eval,
+    } = toy(10, depth, BTreeSet::new(), &mut rng);
 
     let count = 200; // fewer images than the 512 slots: the rest are zero
     let images: Vec<Tensor> = (0..count)
@@ -305,15 +301,13 @@ fn encrypted_pooled_network_matches_cleartext() {
     let model = rewrite(&pooled_cnn(), &RewriteOptions::default()).unwrap();
     let plan = BatchPlan::with_chunk_rows(&model, 24).unwrap();
     let depth = plan.depth();
-    let params =
-        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(10, depth), 40).unwrap());
-    let be = CpuBackend::new(2).unwrap();
     let mut rng = Prng::from_seed([9; 32]);
-    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
-    let keys = sk
-        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
-        .unwrap();
-    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let Toy {
+        params,
+        be,
+        sk,
+        eval,
+    } = toy(10, depth, BTreeSet::new(), &mut rng);
     let images = pooled_images(64, 900);
     let cts = batch::encrypt_images(&eval, &images, params.max_level(), &mut rng, |pt, r| {
         encrypt_sk(&sk, &be, pt, r)

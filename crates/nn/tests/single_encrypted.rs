@@ -4,18 +4,16 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{conv, node, values};
-use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_sk};
+use common::{Toy, conv, node, toy, values};
+use hecnn_ckks::{Decryptor, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor, exec,
     ir::{Dense, Pool},
     rewrite,
     single::SinglePlan,
 };
-use hecnn_ring::{CpuBackend, Prng};
-use hecnn_rlwe::{KeyRequirements, SecretKey};
+use hecnn_ring::Prng;
+use std::collections::BTreeSet;
 
 /// conv (stride 1, padding 1) → a·x²+b·x+c → conv (stride 2, padding 1) → x² → avg pool →
 /// flatten → dense.
@@ -58,15 +56,13 @@ fn encrypted_single_image_matches_cleartext() {
     let plan = SinglePlan::new(&model).unwrap();
     assert_eq!(plan.slots(), 128, "108 neurons after conv1");
     assert_eq!(plan.depth(), 6);
-    let params = Arc::new(
-        CkksParams::from_literal(&hecnn_testkit::toy_literal(10, plan.depth()), 40).unwrap(),
-    );
-    let be = CpuBackend::new(2).unwrap();
     let mut rng = Prng::from_seed([3; 32]);
-    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
-    let req = KeyRequirements::relin().with_rotations(plan.rotations());
-    let keys = sk.evaluation_keys(&be, &req, &mut rng).unwrap();
-    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let Toy {
+        params,
+        be,
+        sk,
+        eval,
+    } = toy(10, plan.depth(), plan.rotations(), &mut rng);
     let encoded = plan.encode(&eval, params.max_level()).unwrap();
     let dec = Decryptor::new(&sk, &be).unwrap();
     let mut worst = 0.0f64;
@@ -106,25 +102,19 @@ fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
 
     let plan = SinglePlan::new(&rewrite(&model(), &RewriteOptions::default()).unwrap()).unwrap();
     // Too few levels and too few slots are typed errors, not panics.
-    let params =
-        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(10, 3), 40).unwrap());
-    let be = CpuBackend::new(1).unwrap();
     let mut rng = Prng::from_seed([4; 32]);
-    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
-    let keys = sk
-        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
-        .unwrap();
-    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let Toy {
+        params,
+        be,
+        sk,
+        eval,
+    } = toy(10, 3, BTreeSet::new(), &mut rng);
     assert!(plan.encode(&eval, params.max_level()).is_err(), "levels");
-    let small = Arc::new(
-        CkksParams::from_literal(&hecnn_testkit::toy_literal(7, plan.depth()), 40).unwrap(),
+    let small = toy(7, plan.depth(), BTreeSet::new(), &mut rng);
+    assert!(
+        plan.encode(&small.eval, small.params.max_level()).is_err(),
+        "slots"
     );
-    let sk7 = SecretKey::generate(small.rlwe(), &mut rng).unwrap();
-    let keys7 = sk7
-        .evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)
-        .unwrap();
-    let eval7 = Evaluator::new(Arc::clone(&small), Arc::new(keys7), be.clone()).unwrap();
-    assert!(plan.encode(&eval7, small.max_level()).is_err(), "slots");
     let wrong = Tensor::new(vec![1, 2, 2], vec![0.0; 4]).unwrap();
     assert!(
         plan.encrypt_image(&eval, &wrong, params.max_level(), |pt| encrypt_sk(

@@ -24,7 +24,11 @@ use chain::{Chain, Uniform, uniform};
 use hecnn_ckks::{Ciphertext, CkksError, Evaluator};
 use hecnn_ring::Backend;
 
-use crate::{Model, NnError, Op, linear::Row};
+use crate::{
+    Model, NnError, Op,
+    linear::Row,
+    pending::{Activation, activation},
+};
 
 /// How a value's ciphertexts relate to its true value.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -159,19 +163,6 @@ fn fuse_linear(model: &Model, shapes: &[Vec<usize>]) -> Result<(LayerRows, Vec<b
 /// the square stays lazy and the consumer relinearizes its (fewer) outputs instead.
 pub const EAGER_FAN_OUT: usize = 32;
 
-/// Readers of every node.
-fn consumers(model: &Model) -> Vec<Vec<usize>> {
-    let mut c = vec![Vec::new(); model.nodes.len()];
-    for (k, node) in model.nodes.iter().enumerate() {
-        for &i in &node.inputs {
-            if !c[i].contains(&k) {
-                c[i].push(k);
-            }
-        }
-    }
-    c
-}
-
 /// Whether a lazily squared value at node `id` is relinearized and rescaled where it is
 /// produced: yes when its reader squares it again or reads each neuron at least
 /// [`EAGER_FAN_OUT`] times (following Flatten and fused linear nodes); no when it flows
@@ -236,7 +227,7 @@ impl BatchPlan {
     pub fn with_chunk_rows(model: &Model, chunk_rows: usize) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
         let (fused_rows, deferred) = fuse_linear(model, &shapes)?;
-        let consumers = consumers(model);
+        let consumers = model.consumers();
         let uniform: Vec<Option<Uniform>> = (0..model.nodes.len())
             .map(|k| {
                 if deferred[k] {
@@ -266,16 +257,19 @@ impl BatchPlan {
             };
             let a = match &node.op {
                 Op::Input => 1.0,
-                Op::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0) => {
-                    let c2 = c[2];
-                    let v = if input.as_ref().is_some_and(|p| p.form == Form::Squared) {
+                Op::Poly(c) => {
+                    // A square of a squared value squares its materialization (a = 1).
+                    let squares = c.get(2).is_some_and(|&v| v != 0.0);
+                    let v = if squares && input.as_ref().is_some_and(|p| p.form == Form::Squared) {
                         1.0
                     } else {
                         in_a
                     };
-                    c2 * v * v
+                    match activation(c, v, 0.0) {
+                        Activation::Affine { a, .. } | Activation::Square { a, .. } => a,
+                        Activation::OfConstant => 0.0,
+                    }
                 }
-                Op::Poly(c) => c.get(1).copied().unwrap_or(0.0) * in_a,
                 Op::Add => match node.inputs.as_slice() {
                     [u, v] if add_a(*u) == add_a(*v) => add_a(*u),
                     _ => 1.0,
@@ -364,13 +358,7 @@ impl BatchPlan {
             };
             nodes.push(plan);
         }
-        let mut last_use = vec![0usize; model.nodes.len()];
-        for (id, node) in model.nodes.iter().enumerate() {
-            for &i in &node.inputs {
-                last_use[i] = id;
-            }
-        }
-        last_use[model.output] = usize::MAX;
+        let last_use = model.last_uses();
         // Streamed chains: a computing layer and the element-wise, uniform and reshape
         // layers after it.
         let follows = |k: usize| {
@@ -1064,26 +1052,21 @@ fn poly<E: Engine>(
     c: &[f64],
     err: &impl Fn(CkksError) -> NnError,
 ) -> Result<Value<E::Ct>, NnError> {
-    let (c0, c1, c2) = (
-        c.first().copied().unwrap_or(0.0),
-        c.get(1).copied().unwrap_or(0.0),
-        c.get(2).copied().unwrap_or(0.0),
-    );
-    if c2 == 0.0 {
-        // Affine: only the pending map changes.
-        return Ok(Value {
-            cts: v.cts.clone(),
-            form: v.form,
-            a: c1 * v.a,
-            gamma: c1 * v.gamma + c0,
-        });
-    }
-    if v.a == 0.0 {
-        return Err(NnError::Invalid("activation of a constant value".into()));
-    }
-    // c2·x² + c1·x + c0 = c2·(x + c1/(2·c2))² + c0 − c1²/(4·c2), with x = a·ct + γ
-    //                   = c2·a²·(ct + δ)² + γ',  δ = (γ + c1/(2·c2)) / a.
-    let delta = (v.gamma + c1 / (2.0 * c2)) / v.a;
+    let (delta, a, gamma) = match activation(c, v.a, v.gamma) {
+        Activation::Affine { a, gamma } => {
+            // Only the pending map changes.
+            return Ok(Value {
+                cts: v.cts.clone(),
+                form: v.form,
+                a,
+                gamma,
+            });
+        }
+        Activation::OfConstant => {
+            return Err(NnError::Invalid("activation of a constant value".into()));
+        }
+        Activation::Square { delta, a, gamma } => (delta, a, gamma),
+    };
     let cts = eng
         .par_map(v.cts.iter().collect(), |ct| {
             let u = if delta != 0.0 {
@@ -1099,8 +1082,8 @@ fn poly<E: Engine>(
     Ok(Value {
         cts,
         form: Form::Squared,
-        a: c2 * v.a * v.a,
-        gamma: c0 - c1 * c1 / (4.0 * c2),
+        a,
+        gamma,
     })
 }
 

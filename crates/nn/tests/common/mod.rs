@@ -34,3 +34,41 @@ pub fn conv(seed: u64, (o, i, k): (usize, usize, usize), stride: usize, pad: usi
         groups: 1,
     })
 }
+
+/// A toy (insecure) CKKS setup for tests: parameters with `levels` levels at ring degree
+/// `2^log_n` and scale 2^40, a secret key, and an evaluator holding the relinearization key
+/// and rotation keys for `rotations`. Keys are drawn from `rng`.
+pub struct Toy {
+    pub params: std::sync::Arc<hecnn_ckks::CkksParams>,
+    pub be: hecnn_ring::CpuBackend,
+    pub sk: hecnn_rlwe::SecretKey,
+    pub eval: hecnn_ckks::Evaluator<hecnn_ring::CpuBackend>,
+}
+
+pub fn toy(
+    log_n: u32,
+    levels: usize,
+    rotations: std::collections::BTreeSet<i64>,
+    rng: &mut hecnn_ring::Prng,
+) -> Toy {
+    let params = std::sync::Arc::new(
+        hecnn_ckks::CkksParams::from_literal(&hecnn_testkit::toy_literal(log_n, levels), 40)
+            .unwrap(),
+    );
+    let be = hecnn_ring::CpuBackend::new(2).unwrap();
+    let sk = hecnn_rlwe::SecretKey::generate(params.rlwe(), rng).unwrap();
+    let req = hecnn_rlwe::KeyRequirements::relin().with_rotations(rotations);
+    let keys = sk.evaluation_keys(&be, &req, rng).unwrap();
+    let eval = hecnn_ckks::Evaluator::new(
+        std::sync::Arc::clone(&params),
+        std::sync::Arc::new(keys),
+        be.clone(),
+    )
+    .unwrap();
+    Toy {
+        params,
+        be,
+        sk,
+        eval,
+    }
+}
