@@ -28,6 +28,7 @@
 //! # Ok::<(), hecnn_ckks::CkksError>(())
 //! ```
 
+pub mod bootstrap;
 mod ciphertext;
 mod encoder;
 mod evaluator;
@@ -35,6 +36,7 @@ mod linear;
 mod params;
 mod poly_eval;
 
+pub use bootstrap::{BootstrapConfig, Bootstrapper};
 pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::Evaluator;

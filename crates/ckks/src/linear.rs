@@ -98,6 +98,25 @@ impl<B: Backend> LinearTransform<B> {
         slots: usize,
         level: usize,
     ) -> Result<Self, CkksError> {
+        Self::with_scale(eval, diagonals, slots, level, eval.params().q_at(level))
+    }
+
+    /// As [`LinearTransform::new`], with the diagonals encoded at `scale`: the output scale
+    /// is the input scale times `scale / q_level` (scale changes ride on the transform's
+    /// rescale at no extra level).
+    ///
+    /// # Errors
+    /// See [`LinearTransform::new`]; [`CkksError::InvalidScale`] for a scale below 1.
+    pub fn with_scale(
+        eval: &Evaluator<B>,
+        diagonals: &BTreeMap<i64, Vec<Complex64>>,
+        slots: usize,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
+        if !(scale.is_finite() && scale >= 1.0) {
+            return Err(CkksError::InvalidScale { scale });
+        }
         if level == 0 {
             return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
         }
@@ -110,7 +129,6 @@ impl<B: Backend> LinearTransform<B> {
             });
         }
         let n1 = choose_n1(&indices, slots);
-        let scale = eval.params().q_at(level);
         let mut groups: BTreeMap<i64, Vec<(i64, Plaintext<B>)>> = BTreeMap::new();
         for (&k, d) in diagonals {
             let b = k % n1 as i64;
@@ -164,6 +182,21 @@ impl<B: Backend> LinearTransform<B> {
     /// Level the diagonals are encoded at.
     pub fn level(&self) -> usize {
         self.level
+    }
+
+    /// Scale the diagonals are encoded at.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Slot count the transform acts on.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Number of encoded diagonals.
+    pub fn diagonal_count(&self) -> usize {
+        self.groups.values().map(Vec::len).sum()
     }
 }
 

@@ -15,6 +15,8 @@ use crate::{CliError, stats};
 pub enum BenchCommand {
     /// Time mul+relin, rescale, rotate, 8 hoisted rotations, encrypt and decrypt.
     Primitives(PrimitivesArgs),
+    /// Bootstrapping: key generation, time, precision and memory.
+    Bootstrap(crate::bench_bootstrap::BootstrapArgs),
 }
 
 /// Output format.
@@ -61,6 +63,7 @@ pub struct PrimitivesArgs {
 pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Primitives(a) => primitives(a),
+        BenchCommand::Bootstrap(a) => crate::bench_bootstrap::run(a),
     }
 }
 

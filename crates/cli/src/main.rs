@@ -1,6 +1,7 @@
 //! `hecnn`: the command-line entry point.
 
 mod bench;
+mod bench_bootstrap;
 mod cnn;
 mod cnn_cmds;
 mod data_cmd;

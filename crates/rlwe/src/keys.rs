@@ -78,7 +78,7 @@ impl SecretKey {
         Self::from_coeffs(params, coeffs, id)
     }
 
-    fn from_coeffs(
+    pub(crate) fn from_coeffs(
         params: &Arc<Params>,
         coeffs: Zeroizing<Vec<i8>>,
         id: [u8; 32],
@@ -95,6 +95,11 @@ impl SecretKey {
             coeffs,
             eval_qp: eval,
         })
+    }
+
+    /// A copy of the ternary coefficients (zeroized on drop).
+    pub(crate) fn coeffs_copy(&self) -> Zeroizing<Vec<i8>> {
+        self.coeffs.clone()
     }
 
     /// The parameters of this key.
@@ -185,7 +190,7 @@ impl SecretKey {
 
     /// A key switching from `s'` to `t` (both in evaluation form over `Q ∪ P`): digits
     /// `(-a_j·t + e_j + P·g_j·s', a_j)`.
-    fn switching_key<B: Backend>(
+    pub(crate) fn switching_key<B: Backend>(
         &self,
         be: &B,
         s_prime: &RnsPoly<B, Eval>,

@@ -21,6 +21,7 @@
 //! ```
 
 mod ciphertext;
+mod encapsulation;
 mod keys;
 pub mod keyswitch;
 mod params;
@@ -28,6 +29,7 @@ pub mod security;
 pub mod serial;
 
 pub use ciphertext::{Ciphertext, Decryptor};
+pub use encapsulation::EncapsulationKeys;
 pub use keys::{
     EvaluationKeys, GaloisKey, KeyRequirements, PublicKey, RelinKey, SecretKey, SwitchingKey,
 };

@@ -112,6 +112,12 @@ impl ParamsLiteral {
             p.extend(prime::ntt_primes_excluding(bits, self.log_n, run, &taken)?);
             i += run;
         }
+        self.with_primes(q, p, ntt)
+    }
+
+    /// Checks and assembles parameters from already generated primes.
+    fn with_primes(&self, q: Vec<u64>, p: Vec<u64>, ntt: NttKind) -> Result<Params, RlweError> {
+        let invalid = |reason: String| RlweError::InvalidParams { reason };
         let log_q: f64 = q.iter().map(|&v| (v as f64).log2()).sum();
         let log_p: f64 = p.iter().map(|&v| (v as f64).log2()).sum();
         let log_qp = log_q + log_p;
@@ -205,6 +211,48 @@ impl ParamsLiteral {
 }
 
 impl Params {
+    /// The ring of these parameters restricted to the first `q_count` ciphertext primes and
+    /// the first `p_count` special primes, with one key-switching digit and the secret
+    /// distribution `secret`.
+    ///
+    /// This is the small-modulus ring of sparse-secret encapsulation (Bossuat et al., 2022):
+    /// a key switch from the dense secret to a sparse one is published only modulo
+    /// `q_0·p_0`, where a sparse secret stays secure although it would not at the full
+    /// `Q·P`. The HE-standard table covers uniform ternary secrets only, so the result is
+    /// marked [`SecurityLevel::UncheckedForReproduction`]: the caller checks the modulus
+    /// against the bound it relies on.
+    ///
+    /// # Errors
+    /// [`RlweError::InvalidParams`] for counts outside `1..=` the available primes.
+    pub fn restricted(
+        &self,
+        q_count: usize,
+        p_count: usize,
+        secret: SecretDistribution,
+    ) -> Result<Params, RlweError> {
+        if q_count == 0 || q_count > self.q.len() || p_count == 0 || p_count > self.p.len() {
+            return Err(RlweError::InvalidParams {
+                reason: format!(
+                    "restriction to {q_count} Q and {p_count} P primes of {} and {}",
+                    self.q.len(),
+                    self.p.len()
+                ),
+            });
+        }
+        let q = self.q[..q_count].to_vec();
+        let p = self.p[..p_count].to_vec();
+        let bits = |v: &[u64]| v.iter().map(|&x| 64 - x.leading_zeros()).collect();
+        let literal = ParamsLiteral {
+            log_n: self.literal.log_n,
+            log_q: bits(&q),
+            log_p: bits(&p),
+            dnum: Some(1),
+            secret,
+            security: SecurityLevel::UncheckedForReproduction,
+        };
+        literal.with_primes(q, p, self.ctx.ntt_kind())
+    }
+
     /// The literal these parameters were built from.
     pub fn literal(&self) -> &ParamsLiteral {
         &self.literal
