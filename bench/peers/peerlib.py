@@ -1,7 +1,9 @@
-"""Shared helpers for the peer-library CKKS primitive benchmarks.
+"""Shared helpers for the peer-library CKKS benchmarks.
 
-Used by tenseal_ops.py and orion_ops.py (each runs in its own venv; this file
-needs only the standard library). Output schema, one JSON object per line:
+Used by tenseal_ops.py, orion_ops.py, orion_bootstrap.py and
+desilo_bootstrap.py (each runs in its own venv; this file needs only the
+standard library). Primitive output schema, one JSON object per line (the
+bootstrapping schema is further down):
 
   {"library": str, "op": str, "log_n": int, "log_qp": int, "q_limbs": int,
    "p_limbs": int, "dnum": int, "threads": int, "ms": float (median),
@@ -145,3 +147,85 @@ def check_close(what: str, got, want, tol: float) -> None:
     err = max_abs_err(got[:n], want[:n])
     assert math.isfinite(err) and err <= tol, f"{what}: max abs error {err:.3g} > {tol:g}"
     note(f"{what}: check ok (max abs error {err:.2e} over {n} slots)")
+
+
+# --- bootstrapping benchmarks (orion_bootstrap.py, desilo_bootstrap.py) -----
+#
+# One JSON object per run:
+#
+#   {"library": str, "op": "bootstrap", "log_n": int, "log_slots": int,
+#    "slots": int, "threads": int, "log_qp": int | null, "input": "real"|"complex",
+#    "input_level": int, "levels_left": int, "keygen_s": float,
+#    "bootstrap_s": float (median), "bootstrap_min_s": float, "reps": int,
+#    "prec_mean_bits": float, "prec_median_bits": float, "prec_min_bits": float,
+#    "prec_mean_log_bits": float, "peak_rss_mib": float, ...library extras}
+#
+# There is no "ms" field, so compare.py skips these records.
+
+
+def reexec_with_env(script: str, env_updates: dict[str, str], mark: str) -> None:
+    """Re-executes `script` (with this process's arguments) under env_updates.
+
+    Returns at once if every variable already has its value. For settings a
+    runtime reads only at start-up (Go's GOMAXPROCS when a c-shared library
+    loads). `mark` guards against a re-exec loop."""
+    import os
+
+    if all(os.environ.get(k) == v for k, v in env_updates.items()):
+        return
+    if os.environ.get(mark):
+        sys.exit(f"could not set {', '.join(env_updates)} by re-executing")
+    env = dict(os.environ, **env_updates)
+    env[mark] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, os.path.abspath(script), *sys.argv[1:]], env)
+
+
+def peak_rss_mib() -> Optional[float]:
+    """VmHWM (peak resident set size) of this process in MiB, from /proc."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
+def precision_bits(abs_errs: Iterable[float]) -> dict[str, float]:
+    """Precision in bits of a list of absolute errors |got - want|.
+
+    prec_mean_bits = -log2(mean |err|) (hecnn's `bench bootstrap` convention),
+    prec_median_bits = -log2(median |err|), prec_min_bits = -log2(max |err|),
+    prec_mean_log_bits = mean of -log2 |err| (per slot; >= prec_mean_bits)."""
+    errs = sorted(max(float(e), 2.0**-1074) for e in abs_errs)
+    if not errs:
+        raise ValueError("no errors to summarize")
+
+    def bits(e: float) -> float:
+        return round(-math.log2(e), 2)
+
+    return {
+        "prec_mean_bits": bits(statistics.fmean(errs)),
+        "prec_median_bits": bits(errs[len(errs) // 2]),
+        "prec_min_bits": bits(errs[-1]),
+        "prec_mean_log_bits": round(statistics.fmean(-math.log2(e) for e in errs), 2),
+    }
+
+
+def time_s(fn: Callable[[], None], reps: int, cleanup: Optional[Callable[[], None]] = None) -> list[float]:
+    """time_op in seconds: reps timed calls after one untimed warm-up."""
+    return [ms / 1e3 for ms in time_op(fn, reps, cleanup=cleanup)]
+
+
+def emit_bootstrap(rec: dict, samples_s: Iterable[float]) -> None:
+    s = list(samples_s)
+    out = {"library": rec["library"], "op": "bootstrap"}
+    out.update(rec)
+    out["bootstrap_s"] = round(statistics.median(s), 4)
+    out["bootstrap_min_s"] = round(min(s), 4)
+    out["reps"] = len(s)
+    out["peak_rss_mib"] = peak_rss_mib()
+    print(json.dumps(out), flush=True)

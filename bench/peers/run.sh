@@ -56,7 +56,7 @@ OPS="${OPS:-}"
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
-bash "$here/setup.sh" >/dev/null
+bash "$here/setup.sh" tenseal orion >/dev/null  # the peers of the primitive benchmark
 
 mkdir -p "$out_dir"
 stamp="$(date -u +%Y%m%dT%H%M%SZ)"

@@ -2,8 +2,11 @@
 # Creates one virtual environment per peer FHE library, outside the git tree:
 #   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/tenseal   (tenseal, pinned)
 #   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/orion     (orion-fhe, pinned)
+#   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/desilo    (desilofhe, pinned)
 # Idempotent: a venv whose stamp matches its requirements file and whose
 # import check passes is left alone. Uses PyPI through pip only.
+#
+# Usage: setup.sh [PEER...]   (PEER in tenseal, orion, desilo; default all)
 #
 # Environment:
 #   HECNN_PEERS_DIR   where the venvs live (default ~/.cache/hecnn/peers)
@@ -65,6 +68,11 @@ install_tenseal() {
         -r "$here/requirements-tenseal.txt"
 }
 
+install_desilo() {
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$here/requirements-desilo.txt"
+}
+
 install_orion() {
     if [[ "${ORION_FULL_DEPS:-0}" == 1 ]]; then
         "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
@@ -91,10 +99,21 @@ orion_check='import importlib.util, os, ctypes, numpy
 spec = importlib.util.find_spec("orion")
 root = os.path.dirname(spec.origin)
 ctypes.CDLL(os.path.join(root, "backend", "lattigo", "lattigo-linux.so"))'
+desilo_check='import importlib.metadata, desilofhe, numpy
+print(importlib.metadata.version("desilofhe"))'
 
-ensure_venv tenseal "$tenseal_check" install_tenseal "$here/requirements-tenseal.txt"
-ensure_venv orion "$orion_check" install_orion \
-    "$here/requirements-orion.txt" "$here/requirements-orion-deps.txt"
+peers=("$@")
+[[ ${#peers[@]} -gt 0 ]] || peers=(tenseal orion desilo)
+for peer in "${peers[@]}"; do
+    case "$peer" in
+    tenseal) ensure_venv tenseal "$tenseal_check" install_tenseal "$here/requirements-tenseal.txt" ;;
+    orion) ensure_venv orion "$orion_check" install_orion \
+        "$here/requirements-orion.txt" "$here/requirements-orion-deps.txt" ;;
+    desilo) ensure_venv desilo "$desilo_check" install_desilo "$here/requirements-desilo.txt" ;;
+    *) log "unknown peer '$peer' (known: tenseal orion desilo)"; exit 2 ;;
+    esac
+done
 
 log "done: venvs in $peers_dir"
-printf 'TENSEAL_PY=%s\nORION_PY=%s\n' "$peers_dir/tenseal/bin/python" "$peers_dir/orion/bin/python"
+printf 'TENSEAL_PY=%s\nORION_PY=%s\nDESILO_PY=%s\n' "$peers_dir/tenseal/bin/python" \
+    "$peers_dir/orion/bin/python" "$peers_dir/desilo/bin/python"
