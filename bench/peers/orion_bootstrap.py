@@ -76,7 +76,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import peerlib  # noqa: E402
-from orion_ops import load_lattigo  # noqa: E402  (stdlib + peerlib only)
+from orion_ops import c_ints, load_lattigo, setup_scheme  # noqa: E402  (stdlib + peerlib only)
 
 _REEXEC_MARK = "HECNN_ORION_BOOTSTRAP_REEXEC"
 
@@ -173,26 +173,8 @@ def main() -> None:
     h = args.hamming_weight if args.hamming_weight is not None else n // 2
     scale = 1 << args.log_scale
 
-    def c_ints(vals):
-        return (ctypes.c_int * len(vals))(*vals)
-
-    # Lattigo panics (aborting the process) on invalid parameters.
     t0 = time.perf_counter()
-    lib.NewScheme(
-        args.log_n,
-        c_ints(args.log_q), len(args.log_q),
-        c_ints(args.log_p), len(args.log_p),
-        args.log_scale, h, b"standard", b"", b"none",
-    )
-    lib.NewKeyGenerator()
-    lib.GenerateSecretKey()
-    lib.GeneratePublicKey()
-    lib.GenerateRelinearizationKey()
-    lib.GenerateEvaluationKeys()
-    lib.NewEncoder()
-    lib.NewEncryptor()
-    lib.NewDecryptor()
-    lib.NewEvaluator()  # + all power-of-two rotation keys (orion's behaviour)
+    setup_scheme(lib, args.log_n, args.log_q, args.log_p, args.log_scale, h)
     scheme_s = time.perf_counter() - t0
 
     chain = lib.GetModuliChain()

@@ -120,6 +120,35 @@ def load_lattigo() -> ctypes.CDLL:
     return lib
 
 
+def c_ints(vals) -> ctypes.Array:
+    """A C int array for the library's (pointer, length) arguments."""
+    return (ctypes.c_int * len(vals))(*vals)
+
+
+def setup_scheme(lib: ctypes.CDLL, log_n: int, log_q: list[int], log_p: list[int],
+                 log_scale: int, h: int) -> None:
+    """Parameters, keys, encoder, encryptor, decryptor and evaluator, as orion sets them up.
+
+    Lattigo panics (aborting the process) on invalid parameters. NewEvaluator also makes
+    every power-of-two rotation key (orion's behaviour).
+    """
+    lib.NewScheme(
+        log_n,
+        c_ints(log_q), len(log_q),
+        c_ints(log_p), len(log_p),
+        log_scale, h, b"standard", b"", b"none",
+    )
+    lib.NewKeyGenerator()
+    lib.GenerateSecretKey()
+    lib.GeneratePublicKey()
+    lib.GenerateRelinearizationKey()
+    lib.GenerateEvaluationKeys()
+    lib.NewEncoder()
+    lib.NewEncryptor()
+    lib.NewDecryptor()
+    lib.NewEvaluator()
+
+
 def main() -> None:
     parser = peerlib.base_parser(
         __doc__.strip().splitlines()[0],
@@ -148,25 +177,7 @@ def main() -> None:
     dnum = math.ceil(len(args.log_q) / len(args.log_p))
     h = args.hamming_weight if args.hamming_weight is not None else n // 2
 
-    def c_ints(vals):
-        return (ctypes.c_int * len(vals))(*vals)
-
-    # Lattigo panics (aborting the process) on invalid parameters.
-    lib.NewScheme(
-        args.log_n,
-        c_ints(args.log_q), len(args.log_q),
-        c_ints(args.log_p), len(args.log_p),
-        args.log_scale, h, b"standard", b"", b"none",
-    )
-    lib.NewKeyGenerator()
-    lib.GenerateSecretKey()
-    lib.GeneratePublicKey()
-    lib.GenerateRelinearizationKey()
-    lib.GenerateEvaluationKeys()
-    lib.NewEncoder()
-    lib.NewEncryptor()
-    lib.NewDecryptor()
-    lib.NewEvaluator()  # also makes all power-of-two rotation keys
+    setup_scheme(lib, args.log_n, args.log_q, args.log_p, args.log_scale, h)
     lib.AddRotationKey(1)  # already there; kept explicit
 
     chain = lib.GetModuliChain()

@@ -128,10 +128,7 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
     let got = eval
         .encoder()
         .decode(&be, &params, &hecnn_ckks::decrypt(&sk, &be, &out)?)?;
-    let mut errs: Vec<f64> = z.iter().zip(&got).map(|(w, g)| (w - g).norm()).collect();
-    errs.sort_by(f64::total_cmp);
-    let bits = |e: f64| -(e.max(f64::MIN_POSITIVE)).log2();
-    let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+    let (min_bits, mean_bits, median_bits) = stats::precision_complex(&z, &got);
     println!(
         "bootstrap ({} thread{}): median {:.2} s, min {:.2} s over {} runs",
         a.threads,
@@ -143,9 +140,9 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
     println!(
         "precision on {slots} uniform complex slots in [-1, 1]²: mean {:.2} bits, median {:.2} \
          bits, min {:.2} bits; {} levels left",
-        bits(mean),
-        bits(errs[errs.len() / 2]),
-        bits(errs[errs.len() - 1]),
+        mean_bits,
+        median_bits,
+        min_bits,
         out.level()
     );
     println!("peak memory: {}", peak_memory());

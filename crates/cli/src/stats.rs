@@ -8,10 +8,25 @@ pub fn precision(want: &[f64], got: &[f64]) -> (f64, f64) {
     bits_of(&errs)
 }
 
+/// Precision of complex `got` against `want` in bits: `(min, mean, median)`.
+pub fn precision_complex(
+    want: &[hecnn_ckks::Complex64],
+    got: &[hecnn_ckks::Complex64],
+) -> (f64, f64, f64) {
+    let mut errs: Vec<f64> = want.iter().zip(got).map(|(a, b)| (a - b).norm()).collect();
+    let (min, mean) = bits_of(&errs);
+    errs.sort_by(f64::total_cmp);
+    let median = errs.get(errs.len() / 2).copied().unwrap_or(0.0);
+    (min, mean, bits(median))
+}
+
+fn bits(e: f64) -> f64 {
+    -(e.max(f64::MIN_POSITIVE)).log2()
+}
+
 fn bits_of(errs: &[f64]) -> (f64, f64) {
     let max = errs.iter().copied().fold(0.0, f64::max);
     let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
-    let bits = |e: f64| -(e.max(f64::MIN_POSITIVE)).log2();
     (bits(max), bits(mean))
 }
 

@@ -117,18 +117,19 @@ impl<B: Backend> Evaluator<B> {
             return Ok(out);
         }
         let cheb_level = ct.level() - poly.cheb.depth();
+        // Only the last double angle carries κ.
+        let kappa_of = |k: usize| if k + 1 == r { kappa } else { 1.0 };
         // Backwards: S_k = sqrt(2·κ_k·q·S_{k+1}) for the step rescaling by q at level
         // cheb_level − k.
         let mut scales = vec![0.0; r + 1];
         scales[r] = out_scale;
         for k in (0..r).rev() {
-            let kk = if k + 1 == r { kappa } else { 1.0 };
             let q = self.params().q_at(cheb_level - k);
-            scales[k] = (2.0 * kk * q * scales[k + 1]).sqrt();
+            scales[k] = (2.0 * kappa_of(k) * q * scales[k + 1]).sqrt();
         }
         let mut c = self.evaluate_chebyshev(ct, &poly.cheb, Some(scales[0]))?;
         for k in 0..r {
-            let kk = if k + 1 == r { kappa } else { 1.0 };
+            let kk = kappa_of(k);
             let s = c.scale();
             let mut sq = self.mul_relin(&c, &c)?;
             // Raw value c²·s², read at scale s²/(2κ): the slots hold 2κc².

@@ -29,7 +29,7 @@ pub mod test_double;
 use std::collections::BTreeSet;
 use std::f64::consts::PI;
 
-use hecnn_ring::{Backend, Basis, Coeff, RnsPoly};
+use hecnn_ring::{Backend, Basis, Coeff, RnsPoly, sampler};
 use hecnn_rlwe::{EncapsulationKeys, KeyRequirements};
 use num_complex::Complex64;
 
@@ -494,13 +494,7 @@ fn mod_raise<B: Backend>(
     for p in ct.parts() {
         let host = p.clone().into_coeff(be, ctx).to_host(be, ctx)?;
         let centred: Vec<i64> = host[..n].iter().map(|&v| m0.center(v)).collect();
-        let mut lifted = vec![0u64; basis.len() * n];
-        for (pos, limb) in lifted.chunks_exact_mut(n).enumerate() {
-            let m = ctx.limb_modulus(&basis, pos);
-            for (dst, &c) in limb.iter_mut().zip(&centred) {
-                *dst = m.reduce_i64(c);
-            }
-        }
+        let lifted = sampler::small_to_rns(ctx, basis, &centred);
         parts.push(RnsPoly::<B, Coeff>::from_host(be, ctx, basis, &lifted)?.into_eval(be, ctx));
     }
     Ok(hecnn_rlwe::Ciphertext::from_parts(parts)?)
