@@ -623,9 +623,9 @@ impl<B: Backend> Evaluator<B> {
         }
         let params = self.params.rlwe();
         let dec = keyswitch::decompose_ct(&self.be, params, ct.inner())?;
-        galois
-            .into_iter()
-            .map(|g| match g {
+        // The rotations share the decomposition and are otherwise independent.
+        self.be
+            .par_map(galois, |g| match g {
                 None => Ok(ct.clone()),
                 Some(g) => {
                     let gk = self.keys.galois(g)?;
@@ -634,6 +634,7 @@ impl<B: Backend> Evaluator<B> {
                     Ok(Ciphertext::new(inner, ct.scale(), ct.slots()))
                 }
             })
+            .into_iter()
             .collect()
     }
 

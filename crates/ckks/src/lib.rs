@@ -40,7 +40,10 @@ pub use bootstrap::{BootstrapConfig, Bootstrapper};
 pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::Evaluator;
-pub use linear::{LinearTransform, bsgs_rotations, diagonals_of};
+pub use linear::{
+    BlockDiagonals, LinearTransform, block_rotation_counts, block_rotations, bsgs_rotations,
+    diagonals_of,
+};
 pub use num_complex::Complex64;
 pub use params::{CkksParams, Preset};
 pub use poly_eval::ChebyshevPoly;

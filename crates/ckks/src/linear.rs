@@ -1,7 +1,11 @@
 //! Plaintext matrix × ciphertext vector by the diagonal method with baby-step giant-step:
 //! `M·v = Σ_g rot_g( Σ_b rot_{-g}(d_{g+b}) ⊙ rot_b(v) )`, baby steps hoisted (one
-//! decomposition), the inner sums accumulated lazily (one reduction per output word), and a
-//! single rescale at the end.
+//! decomposition per input ciphertext), the inner sums accumulated lazily (one reduction per
+//! output word), and a single rescale at the end.
+//!
+//! A transform may also act on a vector spread over several ciphertexts (a *block* matrix:
+//! output ciphertext `v` = `Σ_u M_{v,u}·ct_u`): the baby-step rotations of every input
+//! ciphertext are shared by all outputs, and each output pays its own giant steps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,14 +14,23 @@ use num_complex::Complex64;
 
 use crate::{Ciphertext, CkksError, Evaluator, Plaintext};
 
-/// A linear transform encoded for one level: the pre-rotated diagonals grouped by giant step.
+/// The diagonals of a block matrix: `(output block, input block)` → diagonal index `k ∈
+/// [0, slots)` → `d_k` with `d_k[i] = M_{v,u}[i][(i + k) mod slots]`.
+pub type BlockDiagonals = BTreeMap<(usize, usize), BTreeMap<i64, Vec<Complex64>>>;
+
+/// The diagonals one giant step multiplies: `(input block, baby step, pre-rotated diagonal)`.
+type Group<B> = Vec<(usize, i64, Plaintext<B>)>;
+
+/// A linear transform encoded for one level: the pre-rotated diagonals grouped by output
+/// block and giant step.
 pub struct LinearTransform<B: Backend> {
     slots: usize,
     level: usize,
     n1: usize,
     scale: f64,
-    /// giant step → [(baby step, pre-rotated diagonal)]
-    groups: BTreeMap<i64, Vec<(i64, Plaintext<B>)>>,
+    inputs: usize,
+    /// Per output block: giant step → [(input block, baby step, pre-rotated diagonal)].
+    groups: Vec<BTreeMap<i64, Group<B>>>,
 }
 
 impl<B: Backend> std::fmt::Debug for LinearTransform<B> {
@@ -26,10 +39,8 @@ impl<B: Backend> std::fmt::Debug for LinearTransform<B> {
             .field("slots", &self.slots)
             .field("level", &self.level)
             .field("n1", &self.n1)
-            .field(
-                "diagonals",
-                &self.groups.values().map(Vec::len).sum::<usize>(),
-            )
+            .field("blocks", &(self.groups.len(), self.inputs))
+            .field("diagonals", &self.diagonal_count())
             .finish()
     }
 }
@@ -57,14 +68,39 @@ pub fn diagonals_of(matrix: &[Vec<f64>]) -> Result<BTreeMap<i64, Vec<Complex64>>
     Ok(out)
 }
 
-/// Chooses the baby-step count `n1` (a power of two) minimising rotations.
-fn choose_n1(indices: &BTreeSet<i64>, slots: usize) -> usize {
+/// The baby and giant steps of a block transform with these diagonal indices (per
+/// `(output, input)` block) for baby-step count `n1`: `(babies per input, giants per output)`.
+type Steps = (
+    BTreeMap<usize, BTreeSet<i64>>,
+    BTreeMap<usize, BTreeSet<i64>>,
+);
+
+fn split_steps(indices: &BTreeMap<(usize, usize), BTreeSet<i64>>, n1: i64) -> Steps {
+    let (mut babies, mut giants): Steps = Default::default();
+    for (&(v, u), idx) in indices {
+        for &k in idx {
+            babies.entry(u).or_default().insert(k % n1);
+            giants.entry(v).or_default().insert(k - k % n1);
+        }
+    }
+    (babies, giants)
+}
+
+/// How many hoisted baby-step rotations cost as much as one giant-step rotation: a giant step
+/// decomposes its ciphertext (an inverse NTT per limb and a forward NTT per limb and digit),
+/// a baby step shares one decomposition with the others and pays only the key product and
+/// the ModDown.
+const GIANT_COST_IN_BABIES: usize = 1;
+
+/// Chooses the baby-step count `n1` (a power of two) minimising the cost of the rotations:
+/// the baby steps of every input plus the (dearer) giant steps of every output.
+fn choose_n1(indices: &BTreeMap<(usize, usize), BTreeSet<i64>>, slots: usize) -> usize {
     let mut best = (usize::MAX, 1);
     let mut n1 = 1;
     while n1 <= slots {
-        let babies: BTreeSet<i64> = indices.iter().map(|k| k % n1 as i64).collect();
-        let giants: BTreeSet<i64> = indices.iter().map(|k| k - k % n1 as i64).collect();
-        let cost = babies.len() + giants.len();
+        let (babies, giants) = split_steps(indices, n1 as i64);
+        let cost = babies.values().map(BTreeSet::len).sum::<usize>()
+            + GIANT_COST_IN_BABIES * giants.values().map(BTreeSet::len).sum::<usize>();
         if cost < best.0 {
             best = (cost, n1);
         }
@@ -73,17 +109,41 @@ fn choose_n1(indices: &BTreeSet<i64>, slots: usize) -> usize {
     best.1
 }
 
+/// Rotation counts of a block transform: `(hoisted baby-step rotations, giant-step
+/// rotations)`, zero steps excluded (for cost estimates before anything is encoded).
+pub fn block_rotation_counts(
+    indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
+    slots: usize,
+) -> (usize, usize) {
+    let (babies, giants) = split_steps(indices, choose_n1(indices, slots) as i64);
+    let nonzero = |m: &BTreeMap<usize, BTreeSet<i64>>| -> usize {
+        m.values()
+            .map(|s| s.iter().filter(|&&k| k != 0).count())
+            .sum()
+    };
+    (nonzero(&babies), nonzero(&giants))
+}
+
+/// The rotation steps a block transform with these diagonal indices will need (computable
+/// before key generation, so the exact key set can be requested).
+pub fn block_rotations(
+    indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
+    slots: usize,
+) -> BTreeSet<i64> {
+    let (babies, giants) = split_steps(indices, choose_n1(indices, slots) as i64);
+    let mut out: BTreeSet<i64> = babies
+        .into_values()
+        .chain(giants.into_values())
+        .flatten()
+        .collect();
+    out.remove(&0);
+    out
+}
+
 /// The rotation steps a transform with these diagonal indices will need (computable before
 /// key generation, so the exact key set can be requested).
 pub fn bsgs_rotations(indices: &BTreeSet<i64>, slots: usize) -> BTreeSet<i64> {
-    let n1 = choose_n1(indices, slots) as i64;
-    let mut out = BTreeSet::new();
-    for &k in indices {
-        out.insert(k % n1);
-        out.insert(k - k % n1);
-    }
-    out.remove(&0);
-    out
+    block_rotations(&BTreeMap::from([((0, 0), indices.clone())]), slots)
 }
 
 impl<B: Backend> LinearTransform<B> {
@@ -114,37 +174,74 @@ impl<B: Backend> LinearTransform<B> {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
+        let blocks = BTreeMap::from([((0, 0), diagonals.clone())]);
+        Self::blocks(eval, &blocks, (1, 1), slots, level, scale)
+    }
+
+    /// Encodes a block matrix acting on `shape.1` input ciphertexts and producing `shape.0`
+    /// output ciphertexts of `slots` slots each, at `level` and `scale` (see
+    /// [`LinearTransform::with_scale`]). Blocks absent from `diagonals` are zero; every
+    /// output needs at least one non-zero block.
+    ///
+    /// # Errors
+    /// Block indices outside `shape`, an output without diagonals, bad diagonal indices or
+    /// lengths; encoding errors.
+    pub fn blocks(
+        eval: &Evaluator<B>,
+        diagonals: &BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
+        let (outputs, inputs) = shape;
         if !(scale.is_finite() && scale >= 1.0) {
             return Err(CkksError::InvalidScale { scale });
         }
         if level == 0 {
             return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
         }
-        let indices: BTreeSet<i64> = diagonals.keys().copied().collect();
-        if indices.iter().any(|&k| k < 0 || k >= slots as i64)
-            || diagonals.values().any(|d| d.len() != slots)
-        {
+        let bad_index = diagonals.values().any(|m| {
+            m.iter()
+                .any(|(&k, d)| k < 0 || k >= slots as i64 || d.len() != slots)
+        });
+        if bad_index {
             return Err(CkksError::InvalidArgument {
                 what: "diagonal index outside [0, slots) or diagonal of the wrong length",
             });
         }
+        if diagonals.keys().any(|&(v, u)| v >= outputs || u >= inputs)
+            || (0..outputs).any(|v| !diagonals.keys().any(|&(w, _)| w == v))
+        {
+            return Err(CkksError::InvalidArgument {
+                what: "block outside the transform's shape, or an output block without diagonals",
+            });
+        }
+        let indices: BTreeMap<(usize, usize), BTreeSet<i64>> = diagonals
+            .iter()
+            .map(|(&vu, m)| (vu, m.keys().copied().collect()))
+            .collect();
         let n1 = choose_n1(&indices, slots);
-        let mut groups: BTreeMap<i64, Vec<(i64, Plaintext<B>)>> = BTreeMap::new();
-        for (&k, d) in diagonals {
-            let b = k % n1 as i64;
-            let g = k - b;
-            // rot_{-g}(d)[i] = d[(i - g) mod slots]
-            let rotated: Vec<Complex64> = (0..slots)
-                .map(|i| d[(i as i64 - g).rem_euclid(slots as i64) as usize])
-                .collect();
-            let pt = eval.encode(&rotated, level, scale, slots)?;
-            groups.entry(g).or_default().push((b, pt));
+        let mut groups: Vec<BTreeMap<i64, Group<B>>> =
+            (0..outputs).map(|_| BTreeMap::new()).collect();
+        for (&(v, u), block) in diagonals {
+            for (&k, d) in block {
+                let b = k % n1 as i64;
+                let g = k - b;
+                // rot_{-g}(d)[i] = d[(i - g) mod slots]
+                let rotated: Vec<Complex64> = (0..slots)
+                    .map(|i| d[(i as i64 - g).rem_euclid(slots as i64) as usize])
+                    .collect();
+                let pt = eval.encode(&rotated, level, scale, slots)?;
+                groups[v].entry(g).or_default().push((u, b, pt));
+            }
         }
         Ok(Self {
             slots,
             level,
             n1,
             scale,
+            inputs,
             groups,
         })
     }
@@ -165,12 +262,13 @@ impl<B: Backend> LinearTransform<B> {
     /// The rotation steps evaluating this transform needs.
     pub fn rotations(&self) -> BTreeSet<i64> {
         let mut out = BTreeSet::new();
-        for (&g, items) in &self.groups {
-            if g != 0 {
+        for groups in &self.groups {
+            for (&g, items) in groups {
                 out.insert(g);
+                out.extend(items.iter().map(|&(_, b, _)| b));
             }
-            out.extend(items.iter().map(|(b, _)| *b).filter(|&b| b != 0));
         }
+        out.remove(&0);
         out
     }
 
@@ -194,9 +292,18 @@ impl<B: Backend> LinearTransform<B> {
         self.slots
     }
 
-    /// Number of encoded diagonals.
+    /// `(output ciphertexts, input ciphertexts)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.groups.len(), self.inputs)
+    }
+
+    /// Number of encoded diagonals (plaintext products per evaluation).
     pub fn diagonal_count(&self) -> usize {
-        self.groups.values().map(Vec::len).sum()
+        self.groups
+            .iter()
+            .flat_map(BTreeMap::values)
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -205,71 +312,131 @@ impl<B: Backend> Evaluator<B> {
     /// one level lower, at the input scale).
     ///
     /// # Errors
-    /// Level or slot mismatches, missing rotation keys.
+    /// Level or slot mismatches, missing rotation keys, a block transform.
     pub fn linear_transform(
         &self,
         ct: &Ciphertext<B>,
         lt: &LinearTransform<B>,
     ) -> Result<Ciphertext<B>, CkksError> {
-        if ct.slots() != lt.slots {
-            return Err(CkksError::SlotMismatch {
-                lhs: ct.slots(),
-                rhs: lt.slots,
+        let mut out = self.linear_transform_blocks(std::slice::from_ref(ct), lt)?;
+        match (out.pop(), out.is_empty()) {
+            (Some(ct), true) => Ok(ct),
+            _ => Err(CkksError::InvalidArgument {
+                what: "a block transform with several outputs: use linear_transform_blocks",
+            }),
+        }
+    }
+
+    /// Computes a block transform: output `v` = `Σ_u M_{v,u}·cts[u]`, each rescaled once.
+    ///
+    /// # Errors
+    /// A wrong number of inputs, level or slot mismatches, missing rotation keys.
+    pub fn linear_transform_blocks(
+        &self,
+        cts: &[Ciphertext<B>],
+        lt: &LinearTransform<B>,
+    ) -> Result<Vec<Ciphertext<B>>, CkksError> {
+        if cts.len() != lt.inputs {
+            return Err(CkksError::InvalidArgument {
+                what: "the number of input ciphertexts differs from the transform's",
             });
         }
-        let ct = if ct.level() > lt.level {
-            self.drop_to_level(ct, lt.level)?
-        } else if ct.level() < lt.level {
-            return Err(CkksError::LevelTooLow {
-                needed: lt.level,
-                have: ct.level(),
+        let mut inputs = Vec::with_capacity(cts.len());
+        for ct in cts {
+            if ct.slots() != lt.slots {
+                return Err(CkksError::SlotMismatch {
+                    lhs: ct.slots(),
+                    rhs: lt.slots,
+                });
+            }
+            if ct.scale() != cts[0].scale() {
+                return Err(CkksError::InvalidArgument {
+                    what: "input ciphertexts of a block transform at different scales",
+                });
+            }
+            inputs.push(if ct.level() > lt.level {
+                self.drop_to_level(ct, lt.level)?
+            } else if ct.level() < lt.level {
+                return Err(CkksError::LevelTooLow {
+                    needed: lt.level,
+                    have: ct.level(),
+                });
+            } else {
+                ct.clone()
             });
-        } else {
-            ct.clone()
-        };
-        let babies: BTreeSet<i64> = lt
-            .groups
-            .values()
-            .flat_map(|v| v.iter().map(|(b, _)| *b))
-            .collect();
-        let baby_steps: Vec<i64> = babies.iter().copied().collect();
-        let rotated = self.rotate_hoisted(&ct, &baby_steps)?;
-        let baby: BTreeMap<i64, &Ciphertext<B>> =
-            baby_steps.iter().copied().zip(rotated.iter()).collect();
+        }
+        // Hoisted baby steps of every input ciphertext, shared by all outputs.
+        let mut babies: Vec<BTreeSet<i64>> = vec![BTreeSet::new(); lt.inputs];
+        for groups in &lt.groups {
+            for items in groups.values() {
+                for &(u, b, _) in items {
+                    babies[u].insert(b);
+                }
+            }
+        }
+        let mut baby: BTreeMap<(usize, i64), Ciphertext<B>> = BTreeMap::new();
+        for (u, steps) in babies.iter().enumerate() {
+            let steps: Vec<i64> = steps.iter().copied().collect();
+            if steps.is_empty() {
+                continue;
+            }
+            for (k, r) in steps.iter().zip(self.rotate_hoisted(&inputs[u], &steps)?) {
+                baby.insert((u, *k), r);
+            }
+        }
+        drop(inputs);
 
         let (be, ctx) = (self.backend(), self.ctx());
         let basis = Basis::q(lt.level + 1);
-        let mut total: Option<Ciphertext<B>> = None;
-        for (&g, items) in &lt.groups {
-            let mut parts = Vec::with_capacity(2);
-            for comp in 0..2 {
-                let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
-                let a: Vec<Operand<'_, B>> = items
-                    .iter()
-                    .map(|(b, _)| {
-                        let p = &baby[b].inner().parts()[comp];
-                        (p.buffer(), p.basis())
-                    })
-                    .collect();
-                let w: Vec<Operand<'_, B>> = items
-                    .iter()
-                    .map(|(_, pt)| (pt.poly().buffer(), pt.poly().basis()))
-                    .collect();
-                be.mul_sum(ctx, basis, acc.buffer_mut(), &a, &w, None, false);
-                parts.push(acc);
-            }
-            let inner = hecnn_rlwe::Ciphertext::from_parts(parts)?;
-            let group = Ciphertext::new(inner, ct.scale() * lt.scale, ct.slots());
-            let group = self.rotate(&group, g)?;
-            total = Some(match total {
-                None => group,
-                Some(t) => self.add(&t, &group)?,
+        let scale = cts[0].scale() * lt.scale;
+        let mut outputs = Vec::with_capacity(lt.groups.len());
+        for groups in &lt.groups {
+            // Giant-step groups are independent (a lazy multiply-sum and a rotation each):
+            // the backend runs them in parallel, which keeps its threads busy where single
+            // operations at small ring degrees are too short to split well.
+            let jobs: Vec<(&i64, &Group<B>)> = groups.iter().collect();
+            let rotated = be.par_map(jobs, |(&g, items)| -> Result<Ciphertext<B>, CkksError> {
+                let mut parts = Vec::with_capacity(2);
+                for comp in 0..2 {
+                    let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+                    let mut a: Vec<Operand<'_, B>> = Vec::with_capacity(items.len());
+                    for (u, b, _) in items {
+                        let p = &baby
+                            .get(&(*u, *b))
+                            .ok_or(CkksError::InvalidArgument {
+                                what: "missing baby-step rotation",
+                            })?
+                            .inner()
+                            .parts()[comp];
+                        a.push((p.buffer(), p.basis()));
+                    }
+                    let w: Vec<Operand<'_, B>> = items
+                        .iter()
+                        .map(|(_, _, pt)| (pt.poly().buffer(), pt.poly().basis()))
+                        .collect();
+                    be.mul_sum(ctx, basis, acc.buffer_mut(), &a, &w, None, false);
+                    parts.push(acc);
+                }
+                let inner = hecnn_rlwe::Ciphertext::from_parts(parts)?;
+                self.rotate(&Ciphertext::new(inner, scale, lt.slots), g)
             });
+            let mut total: Option<Ciphertext<B>> = None;
+            for group in rotated {
+                let group = group?;
+                total = Some(match total {
+                    None => group,
+                    Some(mut t) => {
+                        self.add_assign(&mut t, &group)?;
+                        t
+                    }
+                });
+            }
+            let mut out = total.ok_or(CkksError::InvalidArgument {
+                what: "linear transform without diagonals",
+            })?;
+            self.rescale_assign(&mut out)?;
+            outputs.push(out);
         }
-        let mut out = total.ok_or(CkksError::InvalidArgument {
-            what: "linear transform without diagonals",
-        })?;
-        self.rescale_assign(&mut out)?;
-        Ok(out)
+        Ok(outputs)
     }
 }

@@ -142,6 +142,13 @@ pub struct CompileArgs {
     /// Number of calibration images.
     #[arg(long, default_value_t = 256)]
     calibrate_count: usize,
+    /// Packing to plan and report: `batch`, `single` (the single-image plan, its rotation
+    /// keys and their size, before any key exists), or `auto` (picked for `--images`).
+    #[arg(long, value_enum, default_value_t = Mode::Batch)]
+    mode: Mode,
+    /// For `--mode auto`: how many images will be sent together.
+    #[arg(long, default_value_t = 1)]
+    images: usize,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -185,7 +192,21 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         .clone()
         .unwrap_or_else(|| a.model.with_extension("hecnn"));
     c.save(&out)?;
-    println!("{}\nwrote {}", describe(&c)?, out.display());
+    let level = a.opts.compile_options()?.security;
+    let (mode, why) = choose_mode(&c, a.mode, a.images, level)?;
+    if !why.is_empty() {
+        println!("{why}");
+    }
+    if mode == Mode::Single {
+        let (params, plan) = crate::single_cmd::plan(&c, level)?;
+        println!(
+            "{}\nwrote {} (run it with --mode single)",
+            crate::single_cmd::describe(&c, &params, &plan),
+            out.display()
+        );
+    } else {
+        println!("{}\nwrote {}", describe(&c)?, out.display());
+    }
     Ok(())
 }
 
@@ -454,6 +475,61 @@ pub enum Mode {
     Batch,
     /// One image per ciphertext, linear layers by rotations.
     Single,
+    /// Whichever the cost model expects to be faster for the number of images.
+    Auto,
+}
+
+/// Resolves [`Mode::Auto`] for `images` images: estimated ring multiply-adds of single-image
+/// mode (the plan's cost in plaintext products, each `N·limbs` on average) against batch mode
+/// (every weighted-sum term a plaintext-size product, every relinearization 12) for as many
+/// batches as the images need. Returns the mode and a line explaining the choice.
+///
+/// # Errors
+/// Neither mode can run the model.
+pub fn choose_mode(
+    c: &Compiled,
+    mode: Mode,
+    images: usize,
+    level: SecurityLevel,
+) -> Result<(Mode, String), CliError> {
+    if mode != Mode::Auto {
+        return Ok((mode, String::new()));
+    }
+    let work = |n: usize, levels: usize, units: usize| -> f64 {
+        units as f64 * n as f64 * (levels as f64 + 2.0) / 2.0
+    };
+    let (terms, _, relins, _) = c.plan.op_counts()?;
+    let batch = work(c.params.n(), c.params.max_level(), terms + 12 * relins);
+    let single = match crate::single_cmd::plan(c, level) {
+        Ok((params, plan)) => work(params.n(), params.max_level(), plan.cost()),
+        Err(e) => {
+            return Ok((
+                Mode::Batch,
+                format!("mode auto: batch (single-image mode cannot run this model: {e})"),
+            ));
+        }
+    };
+    let batches = images.div_ceil(c.batch_size()).max(1);
+    let crossover = (batch / single).ceil();
+    let pick = if images as f64 * single < batches as f64 * batch {
+        Mode::Single
+    } else {
+        Mode::Batch
+    };
+    Ok((
+        pick,
+        format!(
+            "mode auto: {} for {images} image(s) (estimated work: single {:.2e} per image, batch {:.2e} per batch of {}; single-image mode pays off below about {crossover} images)",
+            if pick == Mode::Single {
+                "single"
+            } else {
+                "batch"
+            },
+            single,
+            batch,
+            c.batch_size()
+        ),
+    ))
 }
 
 pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
@@ -485,8 +561,12 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    if a.mode == Mode::Single {
-        let level = a.opts.compile_options()?.security;
+    let level = a.opts.compile_options()?.security;
+    let (mode, why) = choose_mode(&c, a.mode, ds.len(), level)?;
+    if !why.is_empty() {
+        println!("{why}");
+    }
+    if mode == Mode::Single {
         return crate::single_cmd::eval(&c, &ds, &a.data, a.opts.threads, level);
     }
     check_memory(&c)?;

@@ -20,33 +20,74 @@ use crate::{
     stats::{Agreement, human_bytes},
 };
 
-/// The smallest ring degree (2^13 … 2^16) whose parameters pass the security check at
-/// `level` and hold the plan's slots.
-fn choose_params(plan: &SinglePlan, level: SecurityLevel) -> Result<Arc<CkksParams>, CliError> {
+/// The smallest ring degree (2^13 … 2^16) whose parameters for `depth` levels pass the
+/// security check at `level`.
+fn choose_params(depth: usize, level: SecurityLevel) -> Result<Arc<CkksParams>, CliError> {
     let mut last = None;
     for log_n in 13..=16u32 {
-        if (1usize << (log_n - 1)) < plan.slots() {
-            continue;
-        }
         match CkksParams::from_literal(
-            &single::parameters(plan.depth(), log_n, level),
+            &single::parameters(depth, log_n, level),
             single::SINGLE_LOG_SCALE,
         ) {
             Ok(p) => return Ok(Arc::new(p)),
             Err(e) => last = Some(e),
         }
     }
-    Err(match last {
-        Some(e) => CliError::Usage(format!(
-            "no ring degree up to 2^16 holds {} levels and {} slots at this security level: {e}",
-            plan.depth(),
-            plan.slots()
-        )),
-        None => CliError::Usage(format!(
-            "a layer needs {} slots, more than 2^15",
-            plan.slots()
-        )),
-    })
+    Err(CliError::Usage(format!(
+        "no ring degree up to 2^16 holds {depth} levels at this security level{}",
+        last.map(|e| format!(": {e}")).unwrap_or_default()
+    )))
+}
+
+/// The single-image parameters and plan for a compiled model.
+///
+/// # Errors
+/// Models single-image mode cannot run, no secure parameters.
+pub fn plan(c: &Compiled, level: SecurityLevel) -> Result<(Arc<CkksParams>, SinglePlan), CliError> {
+    let params = choose_params(single::depth(c.plan.model())?, level)?;
+    let plan = SinglePlan::new(c.plan.model(), params.max_slots())?;
+    Ok((params, plan))
+}
+
+/// A report of the single-image plan: parameters, every linear stage's layout and cost, and
+/// the rotation keys (count and size) before any key is generated.
+pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String {
+    let r = params.rlwe();
+    let rotations = plan.rotations();
+    let mut out = format!(
+        "model '{}': {} nodes, single-image packing: one image in {} ciphertext(s) of {} slots, depth {}\n",
+        c.name,
+        plan.model().nodes.len(),
+        plan.input_cts(),
+        plan.slots(),
+        plan.depth(),
+    );
+    for l in plan.layers() {
+        out += &format!(
+            "  {}: {} → {} ciphertext(s), {}; {} plaintext products, rotations {} hoisted + {} + {} sums\n",
+            l.name,
+            l.cts.0,
+            l.cts.1,
+            l.layout,
+            l.diagonals,
+            l.rotations.0,
+            l.rotations.1,
+            l.rotations.2
+        );
+    }
+    out += &format!(
+        "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked)\n\
+         keys: relinearization + {} rotations, {}",
+        r.log_n(),
+        r.log_qp(),
+        r.max_level(),
+        single::SINGLE_LOG_SCALE,
+        r.dnum(),
+        security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
+        rotations.len(),
+        human_bytes((rotations.len() + 1) * r.switching_key_bytes()),
+    );
+    out
 }
 
 /// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
@@ -58,50 +99,27 @@ pub fn eval(
     threads: usize,
     level: SecurityLevel,
 ) -> Result<(), CliError> {
-    let plan = SinglePlan::new(c.plan.model())?;
-    let params = choose_params(&plan, level)?;
+    let (params, plan) = plan(c, level)?;
     let r = params.rlwe();
     let rotations = plan.rotations();
     let be = CpuBackend::new(threads)?;
     println!("hecnn: encrypted CNN inference, single-image mode");
-    println!(
-        "model '{}': {} nodes, one image in {} slots, depth {}; diagonals per linear layer: {}",
-        c.name,
-        plan.model().nodes.len(),
-        plan.slots(),
-        plan.depth(),
-        plan.diagonal_counts()
-            .iter()
-            .map(|(n, d)| format!("{n} {d}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked); {} rotation keys",
-        r.log_n(),
-        r.log_qp(),
-        r.max_level(),
-        single::SINGLE_LOG_SCALE,
-        r.dnum(),
-        security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
-        rotations.len()
-    );
+    println!("{}", describe(c, &params, &plan));
     println!("data: {data} ({} images), backend {}", ds.len(), be.name());
     // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
     let keys = (rotations.len() + 1) * 2 * r.switching_key_bytes();
-    let diagonals: usize = plan.diagonal_counts().iter().map(|(_, d)| d).sum();
+    let diagonals: usize = plan.layers().iter().map(|l| l.diagonals).sum();
     let need = keys + diagonals * (r.max_level() + 1) * r.n() * 8;
     if let Some(have) = crate::cnn_cmds::available_memory()
         && need > have
     {
         return Err(CliError::Usage(format!(
-            "single-image mode for '{}' needs about {} of keys and encoded diagonals ({} rotation keys, {diagonals} diagonals at N = 2^{}), more than the {} available: its largest layer needs {} slots; this first version packs every value into one ciphertext",
+            "single-image mode for '{}' needs about {} of keys and encoded diagonals ({} rotation keys, {diagonals} diagonals at N = 2^{}), more than the {} available",
             c.name,
             human_bytes(need),
             rotations.len(),
             r.log_n(),
             human_bytes(have),
-            plan.slots()
         )));
     }
 
@@ -134,12 +152,14 @@ pub fn eval(
     for i in 0..ds.len() {
         let image = ds.image(i);
         let t = Instant::now();
-        let ct = plan.encrypt_image(&eval, &image, params.max_level(), |pt| {
+        let cts = plan.encrypt_image(&eval, &image, params.max_level(), |pt| {
             encrypt_pk(&pk, &be, pt, &mut rng)
         })?;
         enc_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let (out, map) = plan.run(&eval, &encoded, ct)?;
+        // Inside the backend's pool, its many small parallel sections start without a
+        // cross-thread handoff each (at N = 2^13 an operation takes tens of microseconds).
+        let (out, map) = be.install(|| plan.run(&eval, &encoded, cts))?;
         run_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
         let got = plan.decrypt_output(&eval, &out, map, |ct| dec.decrypt(ct))?;

@@ -125,3 +125,58 @@ pub fn rows(op: &Op, in_shape: &[usize], out_shape: &[usize]) -> Result<Option<V
         _ => return Ok(None),
     }))
 }
+
+/// `second ∘ first`: rows of `second` over the outputs of `first`, re-expressed over the
+/// inputs of `first` (consecutive linear layers as one).
+pub(crate) fn compose(second: &[Row], first: &[Row]) -> Vec<Row> {
+    second
+        .iter()
+        .map(|r| {
+            let mut acc: std::collections::BTreeMap<usize, f64> = std::collections::BTreeMap::new();
+            let mut bias = r.bias;
+            for &(m, w) in &r.terms {
+                let inner = &first[m];
+                bias += w * inner.bias;
+                for &(j, v) in &inner.terms {
+                    *acc.entry(j).or_insert(0.0) += w * v;
+                }
+            }
+            Row {
+                terms: acc.into_iter().filter(|&(_, w)| w != 0.0).collect(),
+                bias,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composition_matches_applying_both() {
+        let inner = vec![
+            Row {
+                terms: vec![(0, 1.0), (1, 2.0)],
+                bias: 0.5,
+            },
+            Row {
+                terms: vec![(1, -1.0)],
+                bias: 1.0,
+            },
+        ];
+        let outer = vec![Row {
+            terms: vec![(0, 3.0), (1, 4.0)],
+            bias: -2.0,
+        }];
+        let x = [5.0, 7.0];
+        let apply = |rows: &[Row], x: &[f64]| -> Vec<f64> {
+            rows.iter()
+                .map(|r| r.bias + r.terms.iter().map(|&(j, w)| w * x[j]).sum::<f64>())
+                .collect()
+        };
+        let two = apply(&outer, &apply(&inner, &x));
+        let one = apply(&compose(&outer, &inner), &x);
+        assert_eq!(two, one);
+    }
+}

@@ -1,5 +1,7 @@
-//! Single-image plans executed under encryption at a small ring degree (toy, insecure
-//! parameters) against the cleartext executor: every layer type, stride 1 and 2, padding.
+//! Single-image plans executed under encryption at small ring degrees (toy, insecure
+//! parameters) against the cleartext executor: every layer type, stride 1 and 2, padding,
+//! composed linear stages, values spread over several ciphertexts, and the summed (hybrid)
+//! dense layout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -10,10 +12,25 @@ use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor, exec,
     ir::{Dense, Pool},
     rewrite,
-    single::SinglePlan,
+    single::{self, SinglePlan},
 };
 use hecnn_ring::Prng;
 use std::collections::BTreeSet;
+
+fn pool(k: usize, stride: usize) -> Op {
+    Op::AvgPool(Pool {
+        kernel: [k, k],
+        stride: [stride, stride],
+        padding: [0; 4],
+    })
+}
+
+fn dense(seed: u64, o: usize, i: usize) -> Op {
+    Op::Dense(Dense {
+        weight: Tensor::new(vec![o, i], values(seed, o * i, 0.5)).unwrap(),
+        bias: values(seed + 1, o, 0.1),
+    })
+}
 
 /// conv (stride 1, padding 1) → a·x²+b·x+c → conv (stride 2, padding 1) → x² → avg pool →
 /// flatten → dense.
@@ -27,58 +44,70 @@ fn model() -> Model {
             node("act1", Op::Poly(vec![0.1, 0.5, 0.25]), vec![1]),
             node("conv2", conv(33, (4, 3, 3), 2, 1, 0.5), vec![2]),
             node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![3]),
-            node(
-                "pool",
-                Op::AvgPool(Pool {
-                    kernel: [2, 2],
-                    stride: [1, 1],
-                    padding: [0; 4],
-                }),
-                vec![4],
-            ),
+            node("pool", pool(2, 1), vec![4]),
             node("flat", Op::Flatten, vec![5]),
-            node(
-                "fc",
-                Op::Dense(Dense {
-                    weight: Tensor::new(vec![5, 16], values(35, 80, 0.5)).unwrap(),
-                    bias: values(36, 5, 0.1),
-                }),
-                vec![6],
-            ),
+            node("fc", dense(35, 5, 16), vec![6]),
         ],
         output: 7,
     }
 }
 
-#[test]
-fn encrypted_single_image_matches_cleartext() {
-    let model = rewrite(&model(), &RewriteOptions::default()).unwrap();
-    let plan = SinglePlan::new(&model).unwrap();
-    assert_eq!(plan.slots(), 128, "108 neurons after conv1");
-    assert_eq!(plan.depth(), 6);
-    let mut rng = Prng::from_seed([3; 32]);
+/// HCNN-like: conv 5×5 stride 2 without padding → x² → avg pool 2 (stride 2) composed with
+/// conv 3×3 padding 1 → x² → dense → dense (composed).
+fn strided_model() -> Model {
+    Model {
+        name: "strided".into(),
+        input_shape: [1, 16, 16],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(41, (4, 1, 5), 2, 0, 0.4), vec![0]),
+            node("sq1", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
+            node("pool", pool(2, 2), vec![2]),
+            node("conv2", conv(43, (6, 4, 3), 1, 1, 0.3), vec![3]),
+            node("sq2", Op::Poly(vec![0.0, 0.3, 0.5]), vec![4]),
+            node("flat", Op::Flatten, vec![5]),
+            node("fc1", dense(45, 12, 54), vec![6]),
+            node("fc2", dense(47, 3, 12), vec![7]),
+        ],
+        output: 8,
+    }
+}
+
+/// Encrypts `images` images, runs the plan at `2^log_n`, and returns the largest difference
+/// from the cleartext executor.
+fn worst_error(model: &Model, log_n: u32, images: u64, seed: u8) -> (f64, SinglePlan) {
+    let model = rewrite(model, &RewriteOptions::default()).unwrap();
+    let depth = single::depth(&model).unwrap();
+    let plan = SinglePlan::new(&model, 1 << (log_n - 1)).unwrap();
+    assert_eq!(plan.depth(), depth);
+    let mut rng = Prng::from_seed([seed; 32]);
     let Toy {
         params,
         be,
         sk,
         eval,
-    } = toy(10, plan.depth(), plan.rotations(), &mut rng);
+    } = toy(log_n, depth, plan.rotations(), &mut rng);
     let encoded = plan.encode(&eval, params.max_level()).unwrap();
     let dec = Decryptor::new(&sk, &be).unwrap();
+    let [c, h, w] = model.input_shape;
     let mut worst = 0.0f64;
-    for i in 0..3 {
+    for i in 0..images {
         let image = Tensor::new(
-            vec![2, 6, 6],
-            values(40 + i, 72, 1.0).into_iter().map(f64::abs).collect(),
+            vec![c, h, w],
+            values(40 + i, c * h * w, 1.0)
+                .into_iter()
+                .map(f64::abs)
+                .collect(),
         )
         .unwrap();
-        let ct = plan
+        let cts = plan
             .encrypt_image(&eval, &image, params.max_level(), |pt| {
                 encrypt_sk(&sk, &be, pt, &mut rng)
             })
             .unwrap();
-        let (out, map) = plan.run(&eval, &encoded, ct).unwrap();
-        assert_eq!(out.level(), params.max_level() - plan.depth());
+        assert_eq!(cts.len(), plan.input_cts());
+        let (out, map) = plan.run(&eval, &encoded, cts).unwrap();
+        assert!(out.iter().all(|c| c.level() == params.max_level() - depth));
         let got = plan
             .decrypt_output(&eval, &out, map, |c| dec.decrypt(c))
             .unwrap();
@@ -88,19 +117,64 @@ fn encrypted_single_image_matches_cleartext() {
             worst = worst.max((g - w).abs());
         }
     }
+    (worst, plan)
+}
+
+#[test]
+fn encrypted_single_image_matches_cleartext() {
+    let (worst, plan) = worst_error(&model(), 10, 3, 3);
     assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+    // conv1, conv2, pool + flatten + dense composed into one stage.
+    assert_eq!(plan.depth(), 5);
+    assert_eq!(plan.layers().len(), 3);
+    assert_eq!(plan.input_cts(), 1);
+}
+
+#[test]
+fn values_spread_over_several_ciphertexts() {
+    // 64 slots: each 6×6 input channel takes a ciphertext of its own, conv1's 108 outputs
+    // several.
+    let (worst, plan) = worst_error(&model(), 7, 2, 5);
+    assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+    assert_eq!(plan.input_cts(), 2);
+    assert!(
+        plan.layers().iter().any(|l| l.cts.1 > 1),
+        "{:?}",
+        plan.layers()
+    );
+}
+
+#[test]
+fn strided_layers_keep_the_kernel_offsets_as_diagonals() {
+    let (worst, plan) = worst_error(&strided_model(), 10, 2, 7);
+    assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+    let layers = plan.layers();
+    assert_eq!(layers.len(), 3, "pool + conv2 and fc1 + fc2 compose");
+    // conv1: 25 kernel offsets × the channel offsets of a gap-2 grid, far fewer than the
+    // 256 diagonals of a compact layout.
+    assert!(layers[0].layout.contains("gap 2×2"), "{:?}", layers[0]);
+    assert!(layers[0].diagonals < 100, "{:?}", layers[0]);
+    // The 3-output dense layer sums partial rows.
+    assert!(layers[2].rotations.2 > 0, "{:?}", layers[2]);
+    assert!(layers[2].diagonals <= 4, "{:?}", layers[2]);
 }
 
 #[test]
 fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
     let mut m = model();
     m.nodes[5] = node("res", Op::Add, vec![4, 4]);
-    assert!(SinglePlan::new(&m).is_err(), "residual additions");
+    assert!(SinglePlan::new(&m, 512).is_err(), "residual additions");
     let mut m = model();
     m.nodes[2].op = Op::Poly(vec![0.0, 0.0, 0.0, 1.0]);
-    assert!(SinglePlan::new(&m).is_err(), "degree 3");
+    assert!(SinglePlan::new(&m, 512).is_err(), "degree 3");
+    let good = rewrite(&model(), &RewriteOptions::default()).unwrap();
+    assert!(SinglePlan::new(&good, 500).is_err(), "not a power of two");
+    assert!(
+        SinglePlan::new(&good, 16).is_err(),
+        "a 6×6 channel in 16 slots"
+    );
 
-    let plan = SinglePlan::new(&rewrite(&model(), &RewriteOptions::default()).unwrap()).unwrap();
+    let plan = SinglePlan::new(&good, 512).unwrap();
     // Too few levels and too few slots are typed errors, not panics.
     let mut rng = Prng::from_seed([4; 32]);
     let Toy {

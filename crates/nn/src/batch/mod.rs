@@ -73,29 +73,6 @@ pub struct BatchPlan {
 /// neuron) when the composed matrix has at most this many times their total terms.
 pub const FUSE_MAX_GROWTH: usize = 4;
 
-/// `second ∘ first`: rows of `second` over the outputs of `first`, re-expressed over the
-/// inputs of `first`.
-fn compose(second: &[Row], first: &[Row]) -> Vec<Row> {
-    second
-        .iter()
-        .map(|r| {
-            let mut acc: std::collections::BTreeMap<usize, f64> = std::collections::BTreeMap::new();
-            let mut bias = r.bias;
-            for &(m, w) in &r.terms {
-                let inner = &first[m];
-                bias += w * inner.bias;
-                for &(j, v) in &inner.terms {
-                    *acc.entry(j).or_insert(0.0) += w * v;
-                }
-            }
-            Row {
-                terms: acc.into_iter().filter(|&(_, w)| w != 0.0).collect(),
-                bias,
-            }
-        })
-        .collect()
-}
-
 fn term_count(rows: &[Row]) -> usize {
     rows.iter().map(|r| r.terms.len()).sum()
 }
@@ -148,7 +125,7 @@ fn fuse_linear(model: &Model, shapes: &[Vec<usize>]) -> Result<(LayerRows, Vec<b
         let (Some(first), Some(second)) = (&rows[j], &rows[k]) else {
             continue;
         };
-        let composed = compose(second, first);
+        let composed = crate::linear::compose(second, first);
         if term_count(&composed) <= FUSE_MAX_GROWTH * (term_count(first) + term_count(second)) {
             rows[k] = Some(composed);
             deferred[j] = true;

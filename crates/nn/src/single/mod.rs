@@ -1,0 +1,659 @@
+//! Single-image packing: one image's activations fill the slots of a few ciphertexts, so one
+//! encrypted image is classified at once (batch mode needs thousands to pay off).
+//!
+//! The model is cut into stages (module `stages`): consecutive linear operators are composed into
+//! one matrix (one level), and every activation `a·x² + b·x + c` is one slot-wise square (as
+//! in batch mode, the value carries a pending affine map `true = a·ct + γ` that the next
+//! linear stage folds into its weights and bias). A linear stage is a block matrix over the
+//! ciphertexts that hold its input, evaluated by the diagonal method with baby-step
+//! giant-step rotations ([`hecnn_ckks::LinearTransform`]: baby steps hoisted per input
+//! ciphertext, lazy accumulation, one rescale).
+//!
+//! Where the outputs go is the planner's choice, per stage (module `layout`): for images, a grid
+//! that keeps its input's frames and multiplies the gaps by the stage's stride, with the
+//! channels multiplexed into the gaps, so a strided convolution needs only its kernel's
+//! offsets as diagonals; for dense layers with few outputs, partial sums on every residue
+//! class summed by rotations (the hybrid method). The planner prices every candidate
+//! (plaintext products and rotations) and keeps the cheapest. A stage's diagonals only
+//! reference real neurons, so whatever the unused slots hold never reaches a result.
+//!
+//! The rotation keys the plan needs are known before key generation
+//! ([`SinglePlan::rotations`]). Residual additions are not implemented yet.
+
+mod layout;
+mod stages;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hecnn_ckks::{
+    BlockDiagonals, Ciphertext, CkksError, Complex64, Evaluator, LinearTransform, Plaintext,
+};
+use hecnn_ring::Backend;
+
+use crate::{
+    Model, NnError,
+    batch::OutputMap,
+    pending::{Activation, activation},
+};
+use layout::{Grid, Target};
+use stages::{Stage, StageOp};
+
+/// Estimated cost of a hoisted baby-step rotation, in plaintext products at the same level.
+const BABY_COST: usize = 6;
+/// Estimated cost of a full rotation (giant step or partial-sum step), in plaintext products.
+const ROTATION_COST: usize = 12;
+
+/// The planner's choice for one linear stage.
+#[derive(Clone, Debug)]
+struct LinearPlan {
+    target: Target,
+    /// Non-zero diagonal indices per `(output, input)` ciphertext pair.
+    indices: BTreeMap<(usize, usize), BTreeSet<i64>>,
+    in_cts: usize,
+    out_cts: usize,
+    layout: String,
+}
+
+impl LinearPlan {
+    fn diagonals(&self) -> usize {
+        self.indices.values().map(BTreeSet::len).sum()
+    }
+}
+
+/// What the planner chose for one linear stage (for reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerReport {
+    /// The operators composed into the stage.
+    pub name: String,
+    /// The output layout.
+    pub layout: String,
+    /// Input and output ciphertexts.
+    pub cts: (usize, usize),
+    /// Plaintext products (non-zero diagonals over all ciphertext pairs).
+    pub diagonals: usize,
+    /// Hoisted baby-step rotations, giant-step rotations, partial-sum rotations.
+    pub rotations: (usize, usize, usize),
+}
+
+/// Plans and prices one candidate target for a stage.
+fn price(
+    target: Target,
+    layout: String,
+    rows: &[crate::linear::Row],
+    input: &[usize],
+    in_cts: usize,
+    slots: usize,
+) -> (usize, LinearPlan) {
+    let mut seen: BTreeMap<(usize, usize), Vec<bool>> = BTreeMap::new();
+    target.entries(rows, input, slots, |v, u, k, _, _| {
+        seen.entry((v, u)).or_insert_with(|| vec![false; slots])[k as usize] = true;
+    });
+    let indices: BTreeMap<(usize, usize), BTreeSet<i64>> = seen
+        .into_iter()
+        .map(|(vu, s)| {
+            let set = s
+                .iter()
+                .enumerate()
+                .filter(|&(_, &b)| b)
+                .map(|(k, _)| k as i64)
+                .collect();
+            (vu, set)
+        })
+        .collect();
+    let (babies, giants) = hecnn_ckks::block_rotation_counts(&indices, slots);
+    let sums = target.sum_steps(slots).len();
+    let out_cts = target.cts(slots);
+    let plan = LinearPlan {
+        target,
+        indices,
+        in_cts,
+        out_cts,
+        layout,
+    };
+    let cost = plan.diagonals() + BABY_COST * babies + ROTATION_COST * (giants + sums);
+    (cost, plan)
+}
+
+/// A checked single-image plan for a rewritten model at a given slot count.
+#[derive(Clone, Debug)]
+pub struct SinglePlan {
+    model: Model,
+    stages: Vec<Stage>,
+    slots: usize,
+    /// Flat positions of the input's neurons.
+    input: Vec<usize>,
+    /// Flat positions of every stage's output neurons.
+    positions: Vec<Vec<usize>>,
+    /// The plan of every linear stage (by stage index).
+    linear: BTreeMap<usize, LinearPlan>,
+    /// The pending affine map `(a, γ)` of every stage's input, then of the output.
+    pending: Vec<(f64, f64)>,
+    /// Estimated cost of one evaluation, in plaintext products.
+    cost: usize,
+}
+
+/// Levels a single-image evaluation of `model` consumes: one per linear stage (consecutive
+/// linear operators compose into one) and one per square.
+///
+/// # Errors
+/// See [`SinglePlan::new`].
+pub fn depth(model: &Model) -> Result<usize, NnError> {
+    Ok(levels(&stages::stages(model)?))
+}
+
+/// Levels the stages consume: one per linear stage and per square.
+fn levels(stages: &[Stage]) -> usize {
+    stages
+        .iter()
+        .filter(|s| match &s.op {
+            StageOp::Linear { .. } => true,
+            StageOp::Poly(c) => c.get(2).is_some_and(|&v| v != 0.0),
+        })
+        .count()
+}
+
+impl SinglePlan {
+    /// Plans a model that has been through [`crate::rewrite()`] for ciphertexts of `slots`
+    /// slots (a power of two): stages, the output layout of every linear stage, the
+    /// rotations.
+    ///
+    /// # Errors
+    /// [`NnError::Invalid`] for operators single-image mode cannot run yet (residual
+    /// additions, activations of degree above 2, non-polynomial operators), a slot count
+    /// that is not a power of two, or an input channel larger than a ciphertext.
+    pub fn new(model: &Model, slots: usize) -> Result<Self, NnError> {
+        if !slots.is_power_of_two() {
+            return Err(NnError::Invalid(format!(
+                "{slots} slots: the slot count must be a power of two"
+            )));
+        }
+        let stages = stages::stages(model)?;
+        // The client packs the input, so its frame is free: a row stride padded to a power
+        // of two aligns the kernel offsets with the baby steps. Every candidate frame is
+        // planned through the whole network and the cheapest kept.
+        let [c, h, w] = model.input_shape;
+        let mut frames = vec![(h, w), (h, w.next_power_of_two())];
+        frames.push((h.next_power_of_two(), w.next_power_of_two()));
+        frames.dedup();
+        let mut best: Option<(usize, Self)> = None;
+        let mut first_err = None;
+        for frame in frames {
+            let grid = Grid {
+                chw: [c, h, w],
+                gap: (1, 1),
+                frame,
+            };
+            match Self::with_input(model, &stages, slots, grid) {
+                Ok((cost, plan)) => {
+                    if best.as_ref().is_none_or(|(c, _)| cost < *c) {
+                        best = Some((cost, plan));
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (best, first_err) {
+            (Some((_, plan)), _) => Ok(plan),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(NnError::Invalid("no input layout".into())),
+        }
+    }
+
+    /// Plans every stage for an input packed as `input_grid`; returns the estimated cost.
+    fn with_input(
+        model: &Model,
+        stages: &[Stage],
+        slots: usize,
+        input_grid: Grid,
+    ) -> Result<(usize, Self), NnError> {
+        let mut total = 0;
+        if !input_grid.fits(slots) {
+            return Err(NnError::Invalid(format!(
+                "an input channel of {}×{} does not fit {slots} slots (use a larger ring degree)",
+                model.input_shape[1], model.input_shape[2]
+            )));
+        }
+        let input = input_grid.positions(slots);
+        let mut grid = Some(input_grid);
+        let mut current = input.clone();
+        let mut positions = Vec::with_capacity(stages.len());
+        let mut linear = BTreeMap::new();
+        let mut pending = vec![(1.0, 0.0)];
+        for (i, stage) in stages.iter().enumerate() {
+            let (a, gamma) = pending[i];
+            match &stage.op {
+                StageOp::Poly(c) => pending.push(match activation(c, a, gamma) {
+                    Activation::Affine { a, gamma } | Activation::Square { a, gamma, .. } => {
+                        (a, gamma)
+                    }
+                    Activation::OfConstant => {
+                        return Err(NnError::Invalid(format!(
+                            "'{}': activation of a constant value",
+                            stage.name
+                        )));
+                    }
+                }),
+                StageOp::Linear { rows, stride } => {
+                    let in_cts = current.iter().max().map_or(1, |&m| m / slots + 1);
+                    let mut candidates: Vec<(Target, String, Option<Grid>)> = Vec::new();
+                    if let &[c, h, w] = stage.shape.as_slice() {
+                        let chw = [c, h, w];
+                        let mut grids = Vec::new();
+                        if let Some(g) = grid {
+                            grids.push(Grid {
+                                chw,
+                                gap: (g.gap.0 * stride.0, g.gap.1 * stride.1),
+                                frame: g.frame,
+                            });
+                            grids.push(Grid {
+                                chw,
+                                gap: g.gap,
+                                frame: g.frame,
+                            });
+                        }
+                        grids.push(Grid::dense(chw));
+                        grids.dedup();
+                        for g in grids.into_iter().filter(|g| g.fits(slots)) {
+                            candidates.push((
+                                Target::Place(g.positions(slots)),
+                                g.describe(slots),
+                                Some(g),
+                            ));
+                        }
+                    } else {
+                        let n = rows.len();
+                        candidates.push((
+                            Target::Place((0..n).collect()),
+                            format!("vector of {n}"),
+                            None,
+                        ));
+                        let m = n.next_power_of_two();
+                        if m < slots {
+                            candidates.push((
+                                Target::Summed { m },
+                                format!("vector of {n}, partial sums mod {m}"),
+                                None,
+                            ));
+                        }
+                    }
+                    let mut best: Option<(usize, LinearPlan, Option<Grid>)> = None;
+                    for (target, describe, g) in candidates {
+                        let (cost, plan) = price(target, describe, rows, &current, in_cts, slots);
+                        if best.as_ref().is_none_or(|(c, _, _)| cost < *c) {
+                            best = Some((cost, plan, g));
+                        }
+                    }
+                    let (cost, plan, g) = best.ok_or_else(|| {
+                        NnError::Invalid(format!(
+                            "'{}': no layout of its {:?} output fits {slots} slots",
+                            stage.name, stage.shape
+                        ))
+                    })?;
+                    total += cost;
+                    grid = g;
+                    current = plan.target.positions(rows.len());
+                    linear.insert(i, plan);
+                    pending.push((1.0, 0.0));
+                }
+            }
+            positions.push(current.clone());
+        }
+        let plan = Self {
+            model: model.clone(),
+            stages: stages.to_vec(),
+            slots,
+            input,
+            positions,
+            linear,
+            pending,
+            cost: total,
+        };
+        Ok((total, plan))
+    }
+
+    /// Estimated cost of one evaluation of the linear stages, in plaintext products (a
+    /// hoisted rotation counted as 6, any other rotation as 12): the planner's objective.
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+
+    /// Slots of every ciphertext.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Levels the evaluation consumes (see [`depth`]).
+    pub fn depth(&self) -> usize {
+        levels(&self.stages)
+    }
+
+    /// The planned model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Number of input neurons (`C·H·W`).
+    pub fn inputs(&self) -> usize {
+        self.input.len()
+    }
+
+    /// Ciphertexts an encrypted image takes.
+    pub fn input_cts(&self) -> usize {
+        self.input.iter().max().map_or(1, |&m| m / self.slots + 1)
+    }
+
+    /// The rotation steps evaluation needs (request them at key generation).
+    pub fn rotations(&self) -> BTreeSet<i64> {
+        self.linear
+            .values()
+            .flat_map(|p| {
+                let mut r = hecnn_ckks::block_rotations(&p.indices, self.slots);
+                r.extend(p.target.sum_steps(self.slots));
+                r
+            })
+            .collect()
+    }
+
+    /// What the planner chose for every linear stage.
+    pub fn layers(&self) -> Vec<LayerReport> {
+        self.linear
+            .iter()
+            .map(|(&i, p)| {
+                let (babies, giants) = hecnn_ckks::block_rotation_counts(&p.indices, self.slots);
+                LayerReport {
+                    name: self.stages[i].name.clone(),
+                    layout: p.layout.clone(),
+                    cts: (p.in_cts, p.out_cts),
+                    diagonals: p.diagonals(),
+                    rotations: (babies, giants, p.target.sum_steps(self.slots).len()),
+                }
+            })
+            .collect()
+    }
+
+    /// Encodes the plan's transforms and biases for inputs at `top_level` (done once per model
+    /// and key set; reused for every image).
+    ///
+    /// # Errors
+    /// Too few levels, more slots than the parameters have, encoding errors.
+    pub fn encode<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        top_level: usize,
+    ) -> Result<EncodedSingle<B>, NnError> {
+        let params = eval.params();
+        if self.slots > params.max_slots() {
+            return Err(NnError::Invalid(format!(
+                "the plan packs {} slots per ciphertext; these parameters have {} (use a larger ring degree)",
+                self.slots,
+                params.max_slots()
+            )));
+        }
+        if top_level < self.depth() {
+            return Err(NnError::Invalid(format!(
+                "the inputs have {top_level} levels, the model needs {}",
+                self.depth()
+            )));
+        }
+        let slots = self.slots;
+        let mut level = top_level;
+        let mut scale = params.default_scale();
+        let mut transforms = BTreeMap::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let err = |source| NnError::Encrypted {
+                node: stage.name.clone(),
+                source,
+            };
+            match &stage.op {
+                StageOp::Poly(c) => {
+                    if c.get(2).is_some_and(|&v| v != 0.0) {
+                        scale = scale * scale / params.q_at(level);
+                        level -= 1;
+                    }
+                }
+                StageOp::Linear { rows, .. } => {
+                    let plan = self.linear.get(&i).ok_or_else(|| {
+                        NnError::Invalid(format!("'{}' was not planned", stage.name))
+                    })?;
+                    let (a, gamma) = self.pending[i];
+                    let mut diagonals: BlockDiagonals = BTreeMap::new();
+                    plan.target
+                        .entries(rows, &self.input_of(i), slots, |v, u, k, s, w| {
+                            diagonals
+                                .entry((v, u))
+                                .or_default()
+                                .entry(k)
+                                .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[s]
+                                .re += w * a;
+                        });
+                    let lt = LinearTransform::blocks(
+                        eval,
+                        &diagonals,
+                        (plan.out_cts, plan.in_cts),
+                        slots,
+                        level,
+                        params.q_at(level),
+                    )
+                    .map_err(err)?;
+                    drop(diagonals);
+                    level -= 1;
+                    let mut bias = vec![vec![0.0; slots]; plan.out_cts];
+                    for (row, &p) in rows.iter().zip(&self.positions[i]) {
+                        bias[p / slots][p % slots] =
+                            row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
+                    }
+                    let bias = bias
+                        .iter()
+                        .map(|b| {
+                            if b.iter().all(|&v| v == 0.0) {
+                                Ok(None)
+                            } else {
+                                eval.encode_real(b, level, scale, slots).map(Some)
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(err)?;
+                    transforms.insert(i, (lt, bias));
+                }
+            }
+        }
+        Ok(EncodedSingle {
+            transforms,
+            top_level,
+        })
+    }
+
+    /// Flat positions of stage `i`'s input neurons.
+    fn input_of(&self, i: usize) -> Vec<usize> {
+        match i.checked_sub(1) {
+            None => self.input.clone(),
+            Some(j) => self.positions[j].clone(),
+        }
+    }
+
+    /// Encrypts one image (`C×H×W` values) into the plan's input layout at `level`.
+    ///
+    /// # Errors
+    /// Wrong image size, encoding or encryption errors.
+    pub fn encrypt_image<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        image: &crate::Tensor,
+        level: usize,
+        mut encrypt: impl FnMut(&Plaintext<B>) -> Result<Ciphertext<B>, CkksError>,
+    ) -> Result<Vec<Ciphertext<B>>, NnError> {
+        if image.len() != self.inputs() {
+            return Err(NnError::Shape(format!(
+                "an image of {} values, the model takes {}",
+                image.len(),
+                self.inputs()
+            )));
+        }
+        let mut values = vec![vec![0.0; self.slots]; self.input_cts()];
+        for (&p, &v) in self.input.iter().zip(image.data()) {
+            values[p / self.slots][p % self.slots] = v;
+        }
+        values
+            .iter()
+            .map(|v| {
+                let pt = eval
+                    .encode_real(v, level, eval.params().default_scale(), self.slots)
+                    .map_err(|e| NnError::Invalid(format!("encoding the image: {e}")))?;
+                encrypt(&pt).map_err(|e| NnError::Invalid(format!("encrypting the image: {e}")))
+            })
+            .collect()
+    }
+
+    /// Evaluates the plan on one encrypted image; returns the output ciphertexts and the map
+    /// from their decoded slots to the logits.
+    ///
+    /// # Errors
+    /// Level, slot or key errors (with the stage name).
+    pub fn run<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        encoded: &EncodedSingle<B>,
+        input: Vec<Ciphertext<B>>,
+    ) -> Result<(Vec<Ciphertext<B>>, OutputMap), NnError> {
+        if input.len() != self.input_cts()
+            || input
+                .iter()
+                .any(|c| c.level() != encoded.top_level || c.slots() != self.slots)
+        {
+            return Err(NnError::Invalid(format!(
+                "the plan takes {} ciphertexts at level {} with {} slots",
+                self.input_cts(),
+                encoded.top_level,
+                self.slots
+            )));
+        }
+        let mut values = input;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let err = |source| NnError::Encrypted {
+                node: stage.name.clone(),
+                source,
+            };
+            let (a, gamma) = self.pending[i];
+            values = match &stage.op {
+                StageOp::Linear { .. } => {
+                    let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
+                        NnError::Invalid(format!("'{}' was not encoded", stage.name))
+                    })?;
+                    let mut out = eval.linear_transform_blocks(&values, lt).map_err(err)?;
+                    if let Some(plan) = self.linear.get(&i) {
+                        for step in plan.target.sum_steps(self.slots) {
+                            for ct in &mut out {
+                                let r = eval.rotate(ct, step).map_err(err)?;
+                                eval.add_assign(ct, &r).map_err(err)?;
+                            }
+                        }
+                    }
+                    for (ct, b) in out.iter_mut().zip(bias) {
+                        if let Some(pt) = b {
+                            *ct = eval.add_plain(ct, pt).map_err(err)?;
+                        }
+                    }
+                    out
+                }
+                StageOp::Poly(c) => match activation(c, a, gamma) {
+                    Activation::Affine { .. } => values,
+                    Activation::OfConstant => {
+                        return Err(NnError::Invalid(format!(
+                            "'{}': activation of a constant value",
+                            stage.name
+                        )));
+                    }
+                    Activation::Square { delta, .. } => values
+                        .iter()
+                        .map(|ct| {
+                            let u = if delta != 0.0 {
+                                eval.add_const(ct, delta)?
+                            } else {
+                                ct.clone()
+                            };
+                            let mut sq = eval.mul_relin(&u, &u)?;
+                            eval.rescale_assign(&mut sq)?;
+                            Ok(sq)
+                        })
+                        .collect::<Result<Vec<_>, CkksError>>()
+                        .map_err(err)?,
+                },
+            };
+        }
+        let (a, gamma) = self.pending.last().copied().unwrap_or((1.0, 0.0));
+        Ok((values, OutputMap { a, gamma }))
+    }
+
+    /// Decrypts the output ciphertexts into the logits.
+    ///
+    /// # Errors
+    /// Decryption or decoding errors, the wrong number of ciphertexts.
+    pub fn decrypt_output<B: Backend>(
+        &self,
+        eval: &Evaluator<B>,
+        out: &[Ciphertext<B>],
+        map: OutputMap,
+        mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
+    ) -> Result<Vec<f64>, NnError> {
+        let positions = self.positions.last().unwrap_or(&self.input);
+        let cts = positions.iter().max().map_or(1, |&m| m / self.slots + 1);
+        if out.len() < cts {
+            return Err(NnError::Invalid(format!(
+                "{} output ciphertexts, the plan produces {cts}",
+                out.len()
+            )));
+        }
+        let mut slots = Vec::with_capacity(cts);
+        for ct in &out[..cts] {
+            let pt = decrypt(ct).map_err(|e| NnError::Invalid(format!("decrypting: {e}")))?;
+            slots.push(
+                eval.encoder()
+                    .decode_real(eval.backend(), eval.params(), &pt)
+                    .map_err(|e| NnError::Invalid(format!("decoding: {e}")))?,
+            );
+        }
+        Ok(positions
+            .iter()
+            .map(|&p| map.a * slots[p / self.slots][p % self.slots] + map.gamma)
+            .collect())
+    }
+}
+
+/// Bits of the working scale in single-image mode. Smaller than batch mode's 2^30 so that the
+/// MNIST network's five levels fit N = 2^13 at 128-bit security: the evaluation noise stays
+/// near 2^-14 of a unit value, far below the gaps between logits.
+pub const SINGLE_LOG_SCALE: u32 = 26;
+
+/// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`: a
+/// 40-bit base prime (values must stay below 2^13 in magnitude), `depth` primes near
+/// 2^26, and one 42-bit special prime with one-prime digits (every prime is below it), so
+/// the special modulus is as small as key switching allows.
+pub fn parameters(
+    depth: usize,
+    log_n: u32,
+    security: hecnn_rlwe::SecurityLevel,
+) -> hecnn_rlwe::ParamsLiteral {
+    let mut log_q = vec![40];
+    log_q.extend(std::iter::repeat_n(SINGLE_LOG_SCALE, depth));
+    hecnn_rlwe::ParamsLiteral {
+        log_n,
+        log_q,
+        log_p: vec![42],
+        dnum: Some(depth + 1),
+        secret: hecnn_rlwe::SecretDistribution::Ternary,
+        security,
+    }
+}
+
+/// One linear stage encoded: its transform and one bias plaintext per output ciphertext
+/// (`None` where every bias is zero).
+type EncodedStage<B> = (LinearTransform<B>, Vec<Option<Plaintext<B>>>);
+
+/// A single-image plan's encoded transforms: the diagonals of every linear stage as
+/// plaintexts at their level, and the stages' biases (one plaintext per output ciphertext).
+pub struct EncodedSingle<B: Backend> {
+    transforms: BTreeMap<usize, EncodedStage<B>>,
+    top_level: usize,
+}

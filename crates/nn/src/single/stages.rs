@@ -1,0 +1,120 @@
+//! A chain model cut into single-image stages: consecutive linear operators (convolutions,
+//! pooling, dense layers, with any reshapes between them) are composed into one matrix, so
+//! each costs one level however many operators it holds (average pooling followed by a
+//! convolution, or two dense layers without an activation between them); every polynomial
+//! activation is a stage of its own.
+
+use crate::{Model, NnError, Op, linear::Row};
+
+/// What a stage computes.
+#[derive(Clone, Debug)]
+pub(super) enum StageOp {
+    /// A composed linear map: its rows over the stage input's neurons, and the stride
+    /// `(sy, sx)` of its output grid over its input grid (1 for dense outputs).
+    Linear {
+        /// Rows over the input neurons.
+        rows: Vec<Row>,
+        /// Output pixel `(y, x)` sits over input pixel `(sy·y, sx·x)` (plus an offset).
+        stride: (usize, usize),
+    },
+    /// A polynomial activation of degree ≤ 2 (coefficients, constant first).
+    Poly(Vec<f64>),
+}
+
+/// One stage: what it does, its output's shape, and the names of the operators it holds.
+#[derive(Clone, Debug)]
+pub(super) struct Stage {
+    pub op: StageOp,
+    pub shape: Vec<usize>,
+    pub name: String,
+}
+
+/// A linear stage being composed: its rows, stride and operator names.
+type Open = Option<(Vec<Row>, (usize, usize), Vec<String>)>;
+
+/// The stride of an operator's output grid over its input grid.
+fn op_stride(op: &Op) -> (usize, usize) {
+    match op {
+        Op::Conv2d(c) => (c.stride[0], c.stride[1]),
+        Op::AvgPool(p) => (p.stride[0], p.stride[1]),
+        _ => (1, 1),
+    }
+}
+
+/// Cuts a rewritten chain model into stages.
+///
+/// # Errors
+/// [`NnError::Invalid`] for graphs that are not a chain (residual additions), activations
+/// of degree above 2 and operators that are neither linear nor polynomial.
+pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
+    let shapes = model.shapes()?;
+    let mut out: Vec<Stage> = Vec::new();
+    let mut open: Open = None;
+    for (id, node) in model.nodes.iter().enumerate().skip(1) {
+        if node.inputs != [id - 1] {
+            return Err(NnError::Invalid(format!(
+                "'{}' ({}) does not read only the previous node: single-image mode runs chains of single-input layers (no residual additions yet)",
+                node.name,
+                node.op.kind()
+            )));
+        }
+        let close = |open: &mut Open, out: &mut Vec<Stage>, shape: &[usize]| {
+            if let Some((rows, stride, names)) = open.take() {
+                out.push(Stage {
+                    op: StageOp::Linear { rows, stride },
+                    shape: shape.to_vec(),
+                    name: names.join(" + "),
+                });
+            }
+        };
+        match &node.op {
+            Op::Flatten => {}
+            Op::Poly(c) => {
+                if c.len() > 3 && c[3..].iter().any(|&v| v != 0.0) {
+                    return Err(NnError::Invalid(format!(
+                        "activation '{}' has degree {}: single-image mode evaluates degree ≤ 2",
+                        node.name,
+                        c.len() - 1
+                    )));
+                }
+                close(&mut open, &mut out, &shapes[id - 1]);
+                out.push(Stage {
+                    op: StageOp::Poly(c.clone()),
+                    shape: shapes[id].clone(),
+                    name: node.name.clone(),
+                });
+            }
+            op => {
+                let rows =
+                    crate::linear::rows(op, &shapes[id - 1], &shapes[id])?.ok_or_else(|| {
+                        NnError::Invalid(format!(
+                            "operator {} ('{}') cannot run in single-image mode yet",
+                            op.kind(),
+                            node.name
+                        ))
+                    })?;
+                let (sy, sx) = op_stride(op);
+                open = Some(match open.take() {
+                    None => (rows, (sy, sx), vec![node.name.clone()]),
+                    Some((inner, (ay, ax), mut names)) => {
+                        names.push(node.name.clone());
+                        (
+                            crate::linear::compose(&rows, &inner),
+                            (ay * sy, ax * sx),
+                            names,
+                        )
+                    }
+                });
+            }
+        }
+        if id == model.output {
+            close(&mut open, &mut out, &shapes[id]);
+            // A trailing reshape changes the shape, not the neurons.
+            if let Some(last) = out.last_mut() {
+                last.shape = shapes[id].clone();
+            }
+            break;
+        }
+    }
+    Ok(out)
+}
