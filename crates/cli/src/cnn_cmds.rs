@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
-use hecnn_ckks::{Decryptor, Evaluator, encrypt_pk};
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_pk};
 use hecnn_nn::{
     RewriteOptions, batch,
     data::Dataset,
     exec::{self, argmax},
+    single::SinglePlan,
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::{EvaluationKeys, KeyRequirements, PublicKey, SecretKey, SecurityLevel, security};
@@ -193,12 +194,11 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| a.model.with_extension("hecnn"));
     c.save(&out)?;
     let level = a.opts.compile_options()?.security;
-    let (mode, why) = choose_mode(&c, a.mode, a.images, level)?;
+    let (packing, why) = choose_packing(&c, a.mode, a.images, level)?;
     if !why.is_empty() {
         println!("{why}");
     }
-    if mode == Mode::Single {
-        let (params, plan) = crate::single_cmd::plan(&c, level)?;
+    if let Packing::Single(params, plan) = packing {
         println!(
             "{}\nwrote {} (run it with --mode single)",
             crate::single_cmd::describe(&c, &params, &plan),
@@ -479,57 +479,65 @@ pub enum Mode {
     Auto,
 }
 
-/// Resolves [`Mode::Auto`] for `images` images: estimated ring multiply-adds of single-image
-/// mode (the plan's cost in plaintext products, each `N·limbs` on average) against batch mode
-/// (every weighted-sum term a plaintext-size product, every relinearization 12) for as many
-/// batches as the images need. Returns the mode and a line explaining the choice.
+/// The packing a command runs with; the single-image plan comes along when that is the
+/// choice (planning a large model takes seconds, so it is done once).
+pub enum Packing {
+    /// Batch packing.
+    Batch,
+    /// Single-image packing with its parameters and plan.
+    Single(Arc<CkksParams>, Box<SinglePlan>),
+}
+
+/// Resolves `mode` for `images` images. [`Mode::Auto`] compares estimated ring
+/// multiply-adds of single-image mode (the plan's cost in plaintext products, each `N·limbs`
+/// on average) against batch mode (every weighted-sum term a plaintext-size product, every
+/// relinearization 12) for as many batches as the images need. Returns the packing and, for
+/// `auto`, a line explaining the choice.
 ///
 /// # Errors
-/// Neither mode can run the model.
-pub fn choose_mode(
+/// Single-image mode asked for and unable to run the model.
+pub fn choose_packing(
     c: &Compiled,
     mode: Mode,
     images: usize,
     level: SecurityLevel,
-) -> Result<(Mode, String), CliError> {
-    if mode != Mode::Auto {
-        return Ok((mode, String::new()));
-    }
+) -> Result<(Packing, String), CliError> {
+    let single = match mode {
+        Mode::Batch => return Ok((Packing::Batch, String::new())),
+        Mode::Single => {
+            let (params, plan) = crate::single_cmd::plan(c, level)?;
+            return Ok((Packing::Single(params, Box::new(plan)), String::new()));
+        }
+        Mode::Auto => match crate::single_cmd::plan(c, level) {
+            Ok(p) => p,
+            Err(e) => {
+                return Ok((
+                    Packing::Batch,
+                    format!("mode auto: batch (single-image mode cannot run this model: {e})"),
+                ));
+            }
+        },
+    };
     let work = |n: usize, levels: usize, units: usize| -> f64 {
         units as f64 * n as f64 * (levels as f64 + 2.0) / 2.0
     };
     let (terms, _, relins, _) = c.plan.op_counts()?;
     let batch = work(c.params.n(), c.params.max_level(), terms + 12 * relins);
-    let single = match crate::single_cmd::plan(c, level) {
-        Ok((params, plan)) => work(params.n(), params.max_level(), plan.cost()),
-        Err(e) => {
-            return Ok((
-                Mode::Batch,
-                format!("mode auto: batch (single-image mode cannot run this model: {e})"),
-            ));
-        }
-    };
+    let per_image = work(single.0.n(), single.0.max_level(), single.1.cost());
     let batches = images.div_ceil(c.batch_size()).max(1);
-    let crossover = (batch / single).ceil();
-    let pick = if images as f64 * single < batches as f64 * batch {
-        Mode::Single
+    let crossover = (batch / per_image).ceil();
+    let pick_single = (images as f64) * per_image < batches as f64 * batch;
+    let why = format!(
+        "mode auto: {} for {images} image(s) (estimated work: single {per_image:.2e} per image, batch {batch:.2e} per batch of {}; single-image mode pays off below about {crossover} images)",
+        if pick_single { "single" } else { "batch" },
+        c.batch_size()
+    );
+    let packing = if pick_single {
+        Packing::Single(single.0, Box::new(single.1))
     } else {
-        Mode::Batch
+        Packing::Batch
     };
-    Ok((
-        pick,
-        format!(
-            "mode auto: {} for {images} image(s) (estimated work: single {:.2e} per image, batch {:.2e} per batch of {}; single-image mode pays off below about {crossover} images)",
-            if pick == Mode::Single {
-                "single"
-            } else {
-                "batch"
-            },
-            single,
-            batch,
-            c.batch_size()
-        ),
-    ))
+    Ok((packing, why))
 }
 
 pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
@@ -562,12 +570,12 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let level = a.opts.compile_options()?.security;
-    let (mode, why) = choose_mode(&c, a.mode, ds.len(), level)?;
+    let (packing, why) = choose_packing(&c, a.mode, ds.len(), level)?;
     if !why.is_empty() {
         println!("{why}");
     }
-    if mode == Mode::Single {
-        return crate::single_cmd::eval(&c, &ds, &a.data, a.opts.threads, level);
+    if let Packing::Single(params, plan) = packing {
+        return crate::single_cmd::eval(&c, &params, &plan, &ds, &a.data, a.opts.threads);
     }
     check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;

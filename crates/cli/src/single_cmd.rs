@@ -94,17 +94,17 @@ pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String 
 /// cleartext model.
 pub fn eval(
     c: &Compiled,
+    params: &Arc<CkksParams>,
+    plan: &SinglePlan,
     ds: &Dataset,
     data: &str,
     threads: usize,
-    level: SecurityLevel,
 ) -> Result<(), CliError> {
-    let (params, plan) = plan(c, level)?;
     let r = params.rlwe();
     let rotations = plan.rotations();
     let be = CpuBackend::new(threads)?;
     println!("hecnn: encrypted CNN inference, single-image mode");
-    println!("{}", describe(c, &params, &plan));
+    println!("{}", describe(c, params, plan));
     println!("data: {data} ({} images), backend {}", ds.len(), be.name());
     // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
     let keys = (rotations.len() + 1) * 2 * r.switching_key_bytes();
@@ -134,7 +134,7 @@ pub fn eval(
     )?;
     let key_bytes = evk.size_bytes();
     let keygen_s = t.elapsed().as_secs_f64();
-    let eval = Evaluator::new(Arc::clone(&params), Arc::new(evk), be.clone())?;
+    let eval = Evaluator::new(Arc::clone(params), Arc::new(evk), be.clone())?;
     let dec = Decryptor::new(&sk, &be)?;
     let t = Instant::now();
     let encoded = plan.encode(&eval, params.max_level())?;

@@ -80,6 +80,11 @@ impl Grid {
     }
 }
 
+/// Ciphertexts that flat positions occupy (at least one).
+pub(super) fn cts_of(positions: &[usize], slots: usize) -> usize {
+    positions.iter().max().map_or(1, |&m| m / slots + 1)
+}
+
 /// How a linear stage places its output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Target {
@@ -117,7 +122,7 @@ impl Target {
     /// Ciphertexts the stage's transform writes.
     pub fn cts(&self, slots: usize) -> usize {
         match self {
-            Self::Place(p) => p.iter().max().map_or(1, |&m| m / slots + 1),
+            Self::Place(p) => cts_of(p, slots),
             Self::Summed { .. } => 1,
         }
     }

@@ -236,7 +236,7 @@ impl SinglePlan {
                     }
                 }),
                 StageOp::Linear { rows, stride } => {
-                    let in_cts = current.iter().max().map_or(1, |&m| m / slots + 1);
+                    let in_cts = layout::cts_of(&current, slots);
                     let mut candidates: Vec<(Target, String, Option<Grid>)> = Vec::new();
                     if let &[c, h, w] = stage.shape.as_slice() {
                         let chw = [c, h, w];
@@ -341,7 +341,7 @@ impl SinglePlan {
 
     /// Ciphertexts an encrypted image takes.
     pub fn input_cts(&self) -> usize {
-        self.input.iter().max().map_or(1, |&m| m / self.slots + 1)
+        layout::cts_of(&self.input, self.slots)
     }
 
     /// The rotation steps evaluation needs (request them at key generation).
@@ -420,7 +420,7 @@ impl SinglePlan {
                     let (a, gamma) = self.pending[i];
                     let mut diagonals: BlockDiagonals = BTreeMap::new();
                     plan.target
-                        .entries(rows, &self.input_of(i), slots, |v, u, k, s, w| {
+                        .entries(rows, self.input_of(i), slots, |v, u, k, s, w| {
                             diagonals
                                 .entry((v, u))
                                 .or_default()
@@ -466,10 +466,10 @@ impl SinglePlan {
     }
 
     /// Flat positions of stage `i`'s input neurons.
-    fn input_of(&self, i: usize) -> Vec<usize> {
+    fn input_of(&self, i: usize) -> &[usize] {
         match i.checked_sub(1) {
-            None => self.input.clone(),
-            Some(j) => self.positions[j].clone(),
+            None => &self.input,
+            Some(j) => &self.positions[j],
         }
     }
 
@@ -598,7 +598,7 @@ impl SinglePlan {
         mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
     ) -> Result<Vec<f64>, NnError> {
         let positions = self.positions.last().unwrap_or(&self.input);
-        let cts = positions.iter().max().map_or(1, |&m| m / self.slots + 1);
+        let cts = layout::cts_of(positions, self.slots);
         if out.len() < cts {
             return Err(NnError::Invalid(format!(
                 "{} output ciphertexts, the plan produces {cts}",
