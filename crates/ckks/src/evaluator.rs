@@ -491,6 +491,142 @@ impl<B: Backend> Evaluator<B> {
         Ok(Ciphertext::new(inner, a.scale() * b.scale(), a.slots()))
     }
 
+    /// Inner product `Σ_j cts[j] ⊙ pts[j]` of ciphertexts with plaintexts: one lazily reduced
+    /// multiply-sum per component, at the lowest level of the operands, not rescaled. All
+    /// products must have the same scale (that scale is the result's) and slot count.
+    ///
+    /// # Errors
+    /// Empty or unequal-length inputs, mismatched slots, scales or degrees, a plaintext
+    /// below its ciphertext's level.
+    pub fn dot_plain(
+        &self,
+        cts: &[&Ciphertext<B>],
+        pts: &[&Plaintext<B>],
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let (Some(c0), Some(p0)) = (cts.first(), pts.first()) else {
+            return Err(CkksError::InvalidArgument {
+                what: "empty inner product",
+            });
+        };
+        if cts.len() != pts.len() {
+            return Err(CkksError::InvalidArgument {
+                what: "inner product of unequal lengths",
+            });
+        }
+        let (slots, degree, scale) = (c0.slots(), c0.degree(), c0.scale() * p0.scale());
+        for (c, p) in cts.iter().zip(pts) {
+            Self::check_slots(slots, c.slots())?;
+            Self::check_slots(slots, p.slots())?;
+            Self::check_plain_level(c, p)?;
+            Self::check_scale(scale, c.scale() * p.scale())?;
+            if c.degree() != degree {
+                return Err(CkksError::Degree {
+                    expected: degree,
+                    found: c.degree(),
+                });
+            }
+        }
+        let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        let rhs: Vec<hecnn_ring::backend::Operand<'_, B>> = pts
+            .iter()
+            .map(|p| (p.poly().buffer(), p.poly().basis()))
+            .collect();
+        let mut parts = Vec::with_capacity(degree + 1);
+        for comp in 0..=degree {
+            let lhs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
+                .iter()
+                .map(|c| {
+                    let p = &c.inner().parts()[comp];
+                    (p.buffer(), p.basis())
+                })
+                .collect();
+            let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+            be.mul_sum(ctx, basis, acc.buffer_mut(), &lhs, &rhs, None, false);
+            parts.push(acc);
+        }
+        let inner = hecnn_rlwe::Ciphertext::from_parts(parts)?;
+        Ok(Ciphertext::new(inner, scale, slots))
+    }
+
+    /// Inner product `Σ_j a[j] ⊗ b[j]` of degree-1 ciphertexts: the degree-2 tensor of the
+    /// sum, lazily reduced, so that a single [`Evaluator::relinearize`] serves the whole sum.
+    /// At the lowest level of the operands, not rescaled; all products must have the same
+    /// scale.
+    ///
+    /// # Errors
+    /// Empty or unequal-length inputs, mismatched slots or scales, degrees other than 1.
+    pub fn dot(
+        &self,
+        a: &[&Ciphertext<B>],
+        b: &[&Ciphertext<B>],
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let (Some(a0), Some(b0)) = (a.first(), b.first()) else {
+            return Err(CkksError::InvalidArgument {
+                what: "empty inner product",
+            });
+        };
+        if a.len() != b.len() {
+            return Err(CkksError::InvalidArgument {
+                what: "inner product of unequal lengths",
+            });
+        }
+        let (slots, scale) = (a0.slots(), a0.scale() * b0.scale());
+        for (x, y) in a.iter().zip(b) {
+            Self::check_slots(slots, x.slots())?;
+            Self::check_slots(slots, y.slots())?;
+            Self::check_scale(scale, x.scale() * y.scale())?;
+            let found = x.degree().max(y.degree());
+            if x.degree() != 1 || y.degree() != 1 {
+                return Err(CkksError::Degree { expected: 1, found });
+            }
+        }
+        let level = a.iter().chain(b).map(|c| c.level()).min().unwrap_or(0);
+        let basis = Basis::q(level + 1);
+        let (be, ctx) = (&self.be, self.ctx());
+        fn side<'c, B: Backend>(
+            cts: &[&'c Ciphertext<B>],
+            k: usize,
+        ) -> Vec<hecnn_ring::backend::Operand<'c, B>> {
+            cts.iter()
+                .map(|c| {
+                    let p = &c.inner().parts()[k];
+                    (p.buffer(), p.basis())
+                })
+                .collect()
+        }
+        let mut d0 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let mut d1 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        let mut d2 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+        be.mul_sum(
+            ctx,
+            basis,
+            d0.buffer_mut(),
+            &side(a, 0),
+            &side(b, 0),
+            None,
+            false,
+        );
+        // d1 = Σ a0·b1 + a1·b0: both halves in one sum.
+        let mut lhs = side(a, 0);
+        lhs.extend(side(a, 1));
+        let mut rhs = side(b, 1);
+        rhs.extend(side(b, 0));
+        be.mul_sum(ctx, basis, d1.buffer_mut(), &lhs, &rhs, None, false);
+        be.mul_sum(
+            ctx,
+            basis,
+            d2.buffer_mut(),
+            &side(a, 1),
+            &side(b, 1),
+            None,
+            false,
+        );
+        let inner = hecnn_rlwe::Ciphertext::from_parts(vec![d0, d1, d2])?;
+        Ok(Ciphertext::new(inner, scale, slots))
+    }
+
     /// Relinearizes a degree-2 ciphertext.
     ///
     /// # Errors

@@ -121,6 +121,54 @@ fn multiplicative_ops_and_rescale() {
 }
 
 #[test]
+fn inner_products_with_plaintexts_and_ciphertexts() {
+    for_each_size(|log_n| {
+        let mut c = common::setup(log_n, 3, &[]);
+        // 40 terms: more than one lazy-reduction chunk of the backend's multiply-sum.
+        let xs: Vec<Vec<f64>> = (0..40).map(|k| uniform_values(100 + k, c.slots)).collect();
+        let ys: Vec<Vec<f64>> = (0..40).map(|k| uniform_values(200 + k, c.slots)).collect();
+        let want: Vec<f64> = (0..c.slots)
+            .map(|i| xs.iter().zip(&ys).map(|(x, y)| x[i] * y[i]).sum())
+            .collect();
+        let cxs: Vec<_> = xs.iter().map(|x| c.encrypt(x)).collect();
+        let cys: Vec<_> = ys.iter().map(|y| c.encrypt(y)).collect();
+        let pys: Vec<_> = ys
+            .iter()
+            .map(|y| c.encode(y, c.params.max_level()))
+            .collect();
+        let e = &c.eval;
+        fn refs<T>(v: &[T]) -> Vec<&T> {
+            v.iter().collect()
+        }
+
+        let plain = e.dot_plain(&refs(&cxs), &refs(&pys)).unwrap();
+        assert_eq!(plain.degree(), 1);
+        PrecisionStats::real(&want, &c.decrypt(&e.rescale(&plain).unwrap())).assert_at_least(
+            &format!("dot_plain/logN={log_n}"),
+            17.0,
+            20.0,
+        );
+
+        let tensor = e.dot(&refs(&cxs), &refs(&cys)).unwrap();
+        assert_eq!(tensor.degree(), 2);
+        let relin = e.rescale(&e.relinearize(tensor).unwrap()).unwrap();
+        PrecisionStats::real(&want, &c.decrypt(&relin)).assert_at_least(
+            &format!("dot/logN={log_n}"),
+            17.0,
+            20.0,
+        );
+
+        // Mismatched inputs are errors, not panics.
+        assert!(e.dot(&refs(&cxs[..2]), &refs(&cys[..1])).is_err());
+        assert!(e.dot(&[], &[]).is_err());
+        let squared = e.mul(&cxs[0], &cxs[1]).unwrap();
+        assert!(e.dot(&[&squared], &[&cys[0]]).is_err());
+        let low = c.encode(&ys[0], 0);
+        assert!(e.dot_plain(&[&cxs[0]], &[&low]).is_err());
+    });
+}
+
+#[test]
 fn rotations_conjugation_and_sums() {
     for_each_size(|log_n| {
         let mut steps = vec![1i64, 2, 4, 8, -1, 5, 64];

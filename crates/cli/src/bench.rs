@@ -17,6 +17,9 @@ pub enum BenchCommand {
     Primitives(PrimitivesArgs),
     /// Bootstrapping: key generation, time, precision and memory.
     Bootstrap(crate::bench_bootstrap::BootstrapArgs),
+    /// Protected models (encrypted weights): the tables of Gomez et al. for every variant,
+    /// feature mode and security level.
+    Protected(crate::protect_cmd::BenchProtectedArgs),
 }
 
 /// Output format.
@@ -64,6 +67,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
     match cmd {
         BenchCommand::Primitives(a) => primitives(a),
         BenchCommand::Bootstrap(a) => crate::bench_bootstrap::run(a),
+        BenchCommand::Protected(a) => crate::protect_cmd::bench_protected(a),
     }
 }
 

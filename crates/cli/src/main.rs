@@ -7,6 +7,7 @@ mod cnn_cmds;
 mod data_cmd;
 mod demo;
 mod params_cmd;
+mod protect_cmd;
 mod single_cmd;
 mod stats;
 
@@ -42,6 +43,9 @@ enum Command {
     Decrypt(cnn_cmds::DecryptArgs),
     /// Encrypt, evaluate and decrypt a whole data set; compare with the cleartext model.
     Eval(cnn_cmds::EvalArgs),
+    /// Encrypt a model's classifier under a new owner key (Gomez et al.): writes the protected
+    /// model, the owner's secret key and the public and evaluation keys for edge nodes.
+    Protect(protect_cmd::ProtectArgs),
     /// Data-set utilities.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -94,6 +98,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Params(a) => params_cmd::run(&a),
+        Command::Protect(a) => protect_cmd::protect_model(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Compile(a) => cnn_cmds::compile(&a),
         Command::Keygen(a) => cnn_cmds::keygen(&a),

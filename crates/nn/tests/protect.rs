@@ -1,0 +1,290 @@
+//! Protected models (encrypted weights) at small ring degrees (toy, insecure parameters)
+//! against the cleartext executor on the *original* model: the three classifier variants of
+//! Gomez et al. (last layer; whole classifier without activation; with x²+2x), with features
+//! in the clear and encrypted, serialization round trips and the refusals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{conv, node, values};
+use hecnn_ckks::{CkksParams, Decryptor, Evaluator};
+use hecnn_nn::{
+    Model, NnError, Op, Tensor, exec,
+    ir::{Dense, Pool},
+    protect::{FeatureInput, ProtectPlan, ProtectedModel, ProtectedOutput, Scope, decrypt_output},
+};
+use hecnn_ring::{CpuBackend, Prng};
+use hecnn_rlwe::SecretKey;
+
+fn dense(seed: u64, o: usize, i: usize, w: f64) -> Op {
+    Op::Dense(Dense {
+        weight: Tensor::new(vec![o, i], values(seed, o * i, w)).unwrap(),
+        bias: values(seed + 1, o, 0.1),
+    })
+}
+
+/// The Keras `cifar10_cnn` shape in miniature: conv → ReLU → max pool → flatten (18
+/// features) → dense 12 → `act` → dense 3. `act` is `None` for no activation.
+fn model(act: Option<Op>) -> Model {
+    let mut nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("conv", conv(11, (2, 1, 3), 1, 1, 0.5), vec![0]),
+        node("relu", Op::Relu, vec![1]),
+        node(
+            "pool",
+            Op::MaxPool(Pool {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0; 4],
+            }),
+            vec![2],
+        ),
+        node("flat", Op::Flatten, vec![3]),
+        node("fc1", dense(13, 12, 18, 0.4), vec![4]),
+    ];
+    if let Some(a) = act {
+        nodes.push(node("act", a, vec![5]));
+    }
+    let last = nodes.len() - 1;
+    nodes.push(node("fc2", dense(15, 3, 12, 0.4), vec![last]));
+    Model {
+        name: "mini-keras".into(),
+        input_shape: [1, 6, 6],
+        output: nodes.len() - 1,
+        nodes,
+    }
+}
+
+fn image(seed: u64) -> Tensor {
+    Tensor::new(vec![1, 6, 6], values(seed, 36, 1.0)).unwrap()
+}
+
+struct Owner {
+    params: Arc<CkksParams>,
+    be: CpuBackend,
+    sk: SecretKey,
+    rng: Prng,
+}
+
+fn owner(log_n: u32, levels: usize, seed: u8) -> Owner {
+    let params =
+        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(log_n, levels), 40).unwrap());
+    let be = CpuBackend::new(2).unwrap();
+    let mut rng = Prng::from_seed([seed; 32]);
+    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    Owner {
+        params,
+        be,
+        sk,
+        rng,
+    }
+}
+
+/// Protects `model`, evaluates `images` at the edge (plain and encrypted features) and
+/// returns the worst logit error against the cleartext original.
+fn worst_error(model: &Model, scope: Scope, log_n: u32) -> f64 {
+    let plan = ProtectPlan::new(model, scope).unwrap();
+    let mut o = owner(log_n, plan.spec().depth(), 1);
+    let protected = plan.protect(&o.params, &o.sk, &o.be, &mut o.rng).unwrap();
+    let keys =
+        o.sk.evaluation_keys(&o.be, &protected.key_requirements(), &mut o.rng)
+            .unwrap();
+    let pk = o.sk.public_key(&o.be, &mut o.rng).unwrap();
+    let eval = Evaluator::new(Arc::clone(&o.params), Arc::new(keys), o.be.clone()).unwrap();
+    let dec = Decryptor::new(&o.sk, &o.be).unwrap();
+    let mut worst = 0.0f64;
+    for seed in 0..3 {
+        let x = image(100 + seed);
+        let want = exec::run(model, &x).unwrap();
+        let f = protected.spec().features_of(&x).unwrap();
+        let reference = plan.reference(&f);
+        for (a, b) in reference.iter().zip(want.data()) {
+            assert!((a - b).abs() < 1e-9, "composition changed the function");
+        }
+        let enc = protected
+            .encrypt_features(&eval, &pk, &f, &mut o.rng)
+            .unwrap();
+        for input in [FeatureInput::Plain(f), FeatureInput::Encrypted(enc)] {
+            let out = protected.evaluate(&eval, &input).unwrap();
+            assert_eq!(
+                out.levels_left(),
+                o.params.max_level() - plan.spec().depth()
+            );
+            let got = decrypt_output(protected.spec(), &o.params, &dec, &o.be, &out).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (a, b) in got.iter().zip(want.data()) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn last_layer_protected_matches_cleartext() {
+    let err = worst_error(&model(Some(Op::Relu)), Scope::LastLayer, 10);
+    assert!(err < 1e-6, "worst logit error {err:e}");
+}
+
+#[test]
+fn classifier_without_activation_is_one_composed_layer() {
+    let m = model(None);
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    assert_eq!(
+        plan.spec().depth(),
+        1,
+        "two dense layers compose into one level"
+    );
+    assert_eq!((plan.spec().features, plan.spec().outputs()), (18, 3));
+    let err = worst_error(&m, Scope::Classifier, 10);
+    assert!(err < 1e-6, "worst logit error {err:e}");
+}
+
+#[test]
+fn classifier_with_square_activation_matches_cleartext() {
+    // x²+2x as the paper's activation, at two ring degrees (different block counts).
+    let m = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    assert_eq!(plan.spec().depth(), 3);
+    assert_eq!(plan.spec().second.map(|(s, _)| s), Some(1.0));
+    for log_n in [10, 11] {
+        let err = worst_error(&m, Scope::Classifier, log_n);
+        assert!(err < 1e-5, "logN={log_n}: worst logit error {err:e}");
+    }
+    // A general quadratic, and the last layer only of the same model.
+    let m = model(Some(Op::Poly(vec![0.3, -0.7, 0.45])));
+    assert!(worst_error(&m, Scope::Classifier, 10) < 1e-5);
+    assert!(worst_error(&m, Scope::LastLayer, 10) < 1e-6);
+}
+
+#[test]
+fn many_column_groups_span_several_weight_ciphertexts() {
+    // 18 features, 12 hidden (block 16): 32 blocks at N = 2^10, but only 2 at N = 2^6 is
+    // not a valid ring; a wide first layer forces several column ciphertexts instead.
+    let mut m = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
+    m.nodes[5] = node("fc1", dense(13, 100, 18, 0.2), vec![4]);
+    m.nodes[7] = node("fc2", dense(15, 3, 100, 0.2), vec![6]);
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    let layout = plan.spec().layout(512).unwrap();
+    assert_eq!((layout.block, layout.groups, layout.columns), (128, 4, 5));
+    let err = worst_error(&m, Scope::Classifier, 10);
+    assert!(err < 1e-5, "worst logit error {err:e}");
+}
+
+#[test]
+fn protection_refuses_what_it_cannot_run() {
+    let relu_head = model(Some(Op::Relu));
+    let err = ProtectPlan::new(&relu_head, Scope::Classifier).unwrap_err();
+    assert!(err.to_string().contains("Relu at node 'act'"), "{err}");
+    let cubic = model(Some(Op::Poly(vec![0.0, 1.0, 0.0, 1.0])));
+    let err = ProtectPlan::new(&cubic, Scope::Classifier).unwrap_err();
+    assert!(err.to_string().contains("degree 3"), "{err}");
+    let mut no_dense = model(None);
+    no_dense.nodes.truncate(5);
+    no_dense.output = 4;
+    let err = ProtectPlan::new(&no_dense, Scope::LastLayer).unwrap_err();
+    assert!(err.to_string().contains("end with a dense layer"), "{err}");
+    let mut two = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
+    two.nodes
+        .push(node("act2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![7]));
+    two.nodes.push(node("fc3", dense(17, 2, 3, 0.4), vec![8]));
+    two.output = 9;
+    let err = ProtectPlan::new(&two, Scope::Classifier).unwrap_err();
+    assert!(err.to_string().contains("one degree-2 activation"), "{err}");
+}
+
+#[test]
+fn protected_models_round_trip_and_reject_bad_bytes() {
+    let m = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    let mut o = owner(10, 3, 2);
+    let protected = plan.protect(&o.params, &o.sk, &o.be, &mut o.rng).unwrap();
+    let bytes = protected.to_bytes(&o.be).unwrap();
+    let loaded = ProtectedModel::from_bytes(&o.be, &bytes).unwrap();
+    assert_eq!(loaded.spec().features, 18);
+    assert_eq!(loaded.key_id(), o.sk.key_id());
+
+    // No weight of a protected layer appears in the file (as f32 or f64).
+    let file_has = |v: f64| {
+        let f32b = (v as f32).to_le_bytes();
+        let f64b = v.to_le_bytes();
+        bytes.windows(4).any(|w| w == f32b) || bytes.windows(8).any(|w| w == f64b)
+    };
+    for w in plan.first().weight.iter().chain(&plan.first().bias) {
+        assert!(
+            !file_has(*w),
+            "a protected weight {w} is stored in the clear"
+        );
+    }
+
+    // The loaded model evaluates to the same logits.
+    let keys =
+        o.sk.evaluation_keys(&o.be, &loaded.key_requirements(), &mut o.rng)
+            .unwrap();
+    let eval = Evaluator::new(Arc::clone(&o.params), Arc::new(keys), o.be.clone()).unwrap();
+    let x = image(7);
+    let f = loaded.spec().features_of(&x).unwrap();
+    let out = loaded
+        .evaluate(&eval, &FeatureInput::Plain(f.clone()))
+        .unwrap();
+    let out_bytes = out.to_bytes(&o.be, &o.params, loaded.key_id()).unwrap();
+    let (back, key) =
+        ProtectedOutput::from_bytes(&o.be, loaded.spec(), &o.params, &out_bytes).unwrap();
+    assert_eq!(key, o.sk.key_id());
+    let dec = Decryptor::new(&o.sk, &o.be).unwrap();
+    let got = decrypt_output(loaded.spec(), &o.params, &dec, &o.be, &back).unwrap();
+    let want = exec::run(&m, &x).unwrap();
+    for (a, b) in got.iter().zip(want.data()) {
+        assert!((a - b).abs() < 1e-5);
+    }
+
+    // Malformed or mismatched input: errors, never panics.
+    let invalid = |r: Result<ProtectedModel<CpuBackend>, NnError>| {
+        matches!(
+            r,
+            Err(NnError::Invalid(_) | NnError::Encrypted { .. } | NnError::Onnx(_))
+        )
+    };
+    assert!(invalid(ProtectedModel::from_bytes(
+        &o.be,
+        &bytes[..bytes.len() / 2]
+    )));
+    assert!(invalid(ProtectedModel::from_bytes(&o.be, b"HCNP")));
+    let mut wrong_magic = bytes.clone();
+    wrong_magic[0] ^= 1;
+    assert!(invalid(ProtectedModel::from_bytes(&o.be, &wrong_magic)));
+    for pos in [bytes.len() / 3, bytes.len() - 40] {
+        let mut flipped = bytes.clone();
+        flipped[pos] ^= 0x80;
+        // A flipped byte in a ciphertext body may still decode (the result is then
+        // garbage, as for any altered ciphertext), but it must never panic.
+        let _ = ProtectedModel::<CpuBackend>::from_bytes(&o.be, &flipped);
+    }
+    assert!(ProtectedOutput::from_bytes(&o.be, loaded.spec(), &o.params, &bytes).is_err());
+    assert!(ProtectedOutput::from_bytes(&o.be, loaded.spec(), &o.params, &out_bytes[..9]).is_err());
+
+    // Keys of another owner, and a feature vector of the wrong length.
+    let mut other = owner(10, 3, 3);
+    let other_keys = other
+        .sk
+        .evaluation_keys(&other.be, &loaded.key_requirements(), &mut other.rng)
+        .unwrap();
+    let other_eval = Evaluator::new(
+        Arc::clone(&other.params),
+        Arc::new(other_keys),
+        other.be.clone(),
+    )
+    .unwrap();
+    let err = loaded
+        .evaluate(&other_eval, &FeatureInput::Plain(f.clone()))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("another owner key"), "{err}");
+    let err = loaded
+        .evaluate(&eval, &FeatureInput::Plain(f[..5].to_vec()))
+        .err()
+        .unwrap();
+    assert!(matches!(err, NnError::Shape(_)), "{err}");
+}
