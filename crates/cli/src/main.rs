@@ -46,6 +46,12 @@ enum Command {
     /// Encrypt a model's classifier under a new owner key (Gomez et al.): writes the protected
     /// model, the owner's secret key and the public and evaluation keys for edge nodes.
     Protect(protect_cmd::ProtectArgs),
+    /// An edge node: run a deployed protected model (no secret key).
+    #[command(subcommand)]
+    Edge(protect_cmd::EdgeCommand),
+    /// The model owner's backend: decrypt edge results.
+    #[command(subcommand)]
+    Owner(protect_cmd::OwnerCommand),
     /// Data-set utilities.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -99,6 +105,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Params(a) => params_cmd::run(&a),
         Command::Protect(a) => protect_cmd::protect_model(&a),
+        Command::Edge(c) => protect_cmd::edge(&c),
+        Command::Owner(c) => protect_cmd::owner(&c),
         Command::Demo(a) => demo::run(&a),
         Command::Compile(a) => cnn_cmds::compile(&a),
         Command::Keygen(a) => cnn_cmds::keygen(&a),

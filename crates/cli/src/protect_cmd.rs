@@ -425,3 +425,214 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+/// `hecnn edge …`: what an edge node does with a deployed protected model.
+#[derive(clap::Subcommand, Debug)]
+pub enum EdgeCommand {
+    /// Classify images with a protected model: features in the clear (or encrypted with
+    /// the owner's public key), the encrypted classifier, one encrypted result file per
+    /// image that only the owner can decrypt. Reads no secret key.
+    Run(EdgeRunArgs),
+}
+
+/// `hecnn owner …`: the model owner's backend.
+#[derive(clap::Subcommand, Debug)]
+pub enum OwnerCommand {
+    /// Decrypt the result files of an edge node with the owner's secret key.
+    Decrypt(OwnerDecryptArgs),
+}
+
+/// `hecnn edge run`.
+#[derive(Args, Debug)]
+pub struct EdgeRunArgs {
+    /// The deployment: a directory with model.hecnnp, public.key and eval.keys.
+    #[arg(long, default_value = "edge")]
+    deployment: PathBuf,
+    /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
+    #[arg(long, default_value = "sample:mnist")]
+    data: String,
+    /// First image.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Number of images (default: all from --offset).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Encrypt the features with the owner's public key (ciphertext × ciphertext products).
+    #[arg(long)]
+    encrypt_features: bool,
+    /// Directory for the encrypted results (`<image index>.hcno`).
+    #[arg(short, long, default_value = "results")]
+    out_dir: PathBuf,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// `hecnn owner decrypt`.
+#[derive(Args, Debug)]
+pub struct OwnerDecryptArgs {
+    /// The owner's directory from `hecnn protect` (model.hecnnp and secret.key).
+    #[arg(long, default_value = "protected")]
+    owner: PathBuf,
+    /// Directory of result files from `hecnn edge run`.
+    #[arg(long = "in", default_value = "results")]
+    input: PathBuf,
+    /// The data set the edge classified, to report accuracy (image indices from the file
+    /// names).
+    #[arg(long)]
+    data: Option<String>,
+}
+
+pub fn edge(cmd: &EdgeCommand) -> Result<(), CliError> {
+    match cmd {
+        EdgeCommand::Run(a) => edge_run(a),
+    }
+}
+
+pub fn owner(cmd: &OwnerCommand) -> Result<(), CliError> {
+    match cmd {
+        OwnerCommand::Decrypt(a) => owner_decrypt(a),
+    }
+}
+
+/// Most switching keys an edge deployment may carry (rotations of the block sums and the
+/// relinearization key: far fewer in practice).
+const MAX_EDGE_KEYS: usize = 64;
+
+fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
+    let paths = KeyPaths::in_dir(&a.deployment);
+    if paths.secret.exists() {
+        return Err(CliError::Usage(format!(
+            "{} holds a secret key: the owner's secret key must never be deployed to an edge \
+             node; move it away and deploy only {PROTECTED_FILE}, public.key and eval.keys",
+            paths.secret.display()
+        )));
+    }
+    let be = CpuBackend::new(a.threads)?;
+    let model =
+        ProtectedModel::from_bytes(&be, &cnn::read_file(&a.deployment.join(PROTECTED_FILE))?)?;
+    let params = Arc::clone(model.params());
+    let evk = hecnn_rlwe::EvaluationKeys::from_bytes(
+        &be,
+        params.rlwe(),
+        &cnn::read_file(&paths.eval)?,
+        MAX_EDGE_KEYS,
+    )?;
+    let pk = if a.encrypt_features {
+        Some(hecnn_rlwe::PublicKey::from_bytes(
+            &be,
+            params.rlwe(),
+            &cnn::read_file(&paths.public)?,
+        )?)
+    } else {
+        None
+    };
+    let eval = Evaluator::new(Arc::clone(&params), Arc::new(evk), be.clone())?;
+    let ds = cnn::load_data(&a.data)?;
+    if ds.shape() != model.spec().prefix.input_shape {
+        return Err(CliError::Usage(format!(
+            "the data has images of shape {:?}, the model takes {:?}",
+            ds.shape(),
+            model.spec().prefix.input_shape
+        )));
+    }
+    if a.offset >= ds.len() {
+        return Err(CliError::Usage(format!(
+            "--offset {} is past the {} images of the data set",
+            a.offset,
+            ds.len()
+        )));
+    }
+    let end = a.count.map_or(ds.len(), |c| (a.offset + c).min(ds.len()));
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let pb = indicatif::ProgressBar::new((end - a.offset) as u64);
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    be.install(|| -> Result<(), CliError> {
+        for i in a.offset..end {
+            let features = model.spec().features_of(&ds.image(i))?;
+            let input = match &pk {
+                Some(pk) => {
+                    FeatureInput::Encrypted(model.encrypt_features(&eval, pk, &features, &mut rng)?)
+                }
+                None => FeatureInput::Plain(features),
+            };
+            let out = model.evaluate(&eval, &input)?;
+            let bytes = out.to_bytes(&be, &params, model.key_id())?;
+            cnn::write_file(&a.out_dir.join(format!("{i}.hcno")), &bytes)?;
+            pb.inc(1);
+        }
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    let n = end - a.offset;
+    println!(
+        "{n} images through the protected model ({} features) in {:.2} s ({:.1} ms per image); \
+         encrypted results in {}",
+        if pk.is_some() { "encrypted" } else { "plain" },
+        t.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64,
+        a.out_dir.display()
+    );
+    Ok(())
+}
+
+fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
+    let be = CpuBackend::new(1)?;
+    let model = ProtectedModel::from_bytes(&be, &cnn::read_file(&a.owner.join(PROTECTED_FILE))?)?;
+    let params = Arc::clone(model.params());
+    let sk = SecretKey::from_secret_bytes(
+        params.rlwe(),
+        &cnn::read_file(&KeyPaths::in_dir(&a.owner).secret)?,
+    )?;
+    if sk.key_id() != model.key_id() {
+        return Err(CliError::Usage(
+            "the secret key is not the one the protected model was encrypted under".into(),
+        ));
+    }
+    let dec = Decryptor::new(&sk, &be)?;
+    let ds = a.data.as_deref().map(cnn::load_data).transpose()?;
+    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(&a.input)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.input.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let idx = p.file_stem()?.to_str()?.parse().ok()?;
+            (p.extension()? == "hcno").then_some((idx, p))
+        })
+        .collect();
+    files.sort();
+    let (mut correct, mut labelled) = (0, 0);
+    for (idx, path) in &files {
+        let (out, key) = hecnn_nn::protect::ProtectedOutput::from_bytes(
+            &be,
+            model.spec(),
+            &params,
+            &cnn::read_file(path)?,
+        )?;
+        if key != sk.key_id() {
+            return Err(CliError::Usage(format!(
+                "{}: encrypted under another owner key",
+                path.display()
+            )));
+        }
+        let logits = decrypt_output(model.spec(), &params, &dec, &be, &out)?;
+        let class = argmax(&logits);
+        let label = ds.as_ref().and_then(|d| d.labels().get(*idx).copied());
+        if let Some(l) = label {
+            labelled += 1;
+            correct += usize::from(usize::from(l) == class);
+        }
+        println!(
+            "image {idx}: class {class}{}",
+            label.map(|l| format!(" (label {l})")).unwrap_or_default()
+        );
+    }
+    if labelled > 0 {
+        println!(
+            "{correct}/{labelled} correct ({:.2} %)",
+            100.0 * correct as f64 / labelled as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! The owner → edge → owner flow through the `hecnn` binary on the bundled MNIST sample:
+//! `hecnn protect`, `hecnn edge run` (plain and encrypted features) and `hecnn owner
+//! decrypt`, checked against the cleartext model; the edge's deployment holds no secret key
+//! and no cleartext weight of the protected layer, and an edge refuses a deployment that
+//! contains a secret key.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hecnn_nn::{Op, exec, onnx};
+
+fn hecnn(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hecnn"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn owner_protects_edge_classifies_owner_decrypts() {
+    let tmp = std::env::temp_dir().join(format!("hecnn-protect-flow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let (owner, edge, results) = (tmp.join("owner"), tmp.join("edge"), tmp.join("results"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = "models/protect-mnist-relu.onnx";
+
+    let (ok, log) = hecnn(&[
+        "protect",
+        model,
+        "--layers",
+        "last",
+        "--out-dir",
+        &s(&owner),
+    ]);
+    assert!(ok, "{log}");
+    // Deploy what the edge may hold, and nothing else.
+    std::fs::create_dir_all(&edge).unwrap();
+    for f in ["model.hecnnp", "public.key", "eval.keys"] {
+        std::fs::copy(owner.join(f), edge.join(f)).unwrap();
+    }
+
+    // The edge's files hold neither the secret key nor a protected weight.
+    let secret = std::fs::read(owner.join("secret.key")).unwrap();
+    let m = onnx::import_onnx_file(&repo().join(model)).unwrap();
+    let Op::Dense(last) = &m.nodes[m.output].op else {
+        panic!("the model ends with a dense layer")
+    };
+    for f in std::fs::read_dir(&edge).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        assert!(!contains(&bytes, &secret[secret.len() - 64..]));
+        // Pairs of neighbouring weights as f32 (how ONNX stores tensors): 8-byte patterns,
+        // which random ciphertext bytes do not produce by chance.
+        let pairs = |v: &[f64]| -> Vec<[u8; 8]> {
+            v.windows(2)
+                .map(|p| {
+                    let mut b = [0u8; 8];
+                    b[..4].copy_from_slice(&(p[0] as f32).to_le_bytes());
+                    b[4..].copy_from_slice(&(p[1] as f32).to_le_bytes());
+                    b
+                })
+                .collect()
+        };
+        for pat in pairs(last.weight.data())
+            .iter()
+            .step_by(5)
+            .chain(&pairs(&last.bias))
+        {
+            assert!(
+                !contains(&bytes, pat),
+                "protected weights stored in the clear"
+            );
+        }
+    }
+
+    let sample = hecnn_nn::data::load_idx(
+        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
+        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
+    )
+    .unwrap();
+    for encrypted in [false, true] {
+        let _ = std::fs::remove_dir_all(&results);
+        let mut args = vec![
+            "edge",
+            "run",
+            "--deployment",
+            &s(&edge),
+            "--data",
+            "sample:mnist",
+            "--count",
+            "4",
+            "-o",
+            &s(&results),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        if encrypted {
+            args.push("--encrypt-features".into());
+        }
+        let (ok, log) = hecnn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(ok, "{log}");
+        let (ok, log) = hecnn(&[
+            "owner",
+            "decrypt",
+            "--owner",
+            &s(&owner),
+            "--in",
+            &s(&results),
+            "--data",
+            "sample:mnist",
+        ]);
+        assert!(ok, "{log}");
+        for i in 0..4 {
+            let want = exec::argmax(exec::run(&m, &sample.image(i)).unwrap().data());
+            assert!(log.contains(&format!("image {i}: class {want} ")), "{log}");
+        }
+    }
+
+    // A deployment with the owner's secret key in it is refused.
+    std::fs::copy(owner.join("secret.key"), edge.join("secret.key")).unwrap();
+    let (ok, log) = hecnn(&["edge", "run", "--deployment", &s(&edge), "--count", "1"]);
+    assert!(!ok && log.contains("must never be deployed"), "{log}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
