@@ -347,15 +347,19 @@ impl<B: Backend> ProtectedModel<B> {
     ) -> Result<Vec<Ciphertext<B>>, NnError> {
         self.check_features(features)?;
         let (top, scale) = (self.params.max_level(), self.params.default_scale());
-        (0..self.layout.columns)
-            .map(|t| {
-                let v = self.layout.feature_column(features, t);
-                let pt = eval
-                    .encode_real(&v, top, scale, self.layout.slots)
-                    .map_err(he("encrypt features"))?;
-                encrypt_pk(pk, eval.backend(), &pt, rng).map_err(he("encrypt features"))
+        let layout = self.layout;
+        // One ChaCha stream per ciphertext, seeded from `rng`, so the columns encrypt in
+        // parallel.
+        let jobs: Vec<(usize, [u8; 32])> = (0..layout.columns).map(|t| (t, rng.seed())).collect();
+        eval.backend()
+            .par_map(jobs, |(t, seed)| {
+                let v = layout.feature_column(features, t);
+                let pt = eval.encode_real(&v, top, scale, layout.slots)?;
+                encrypt_pk(pk, eval.backend(), &pt, &mut Prng::from_seed(seed))
             })
-            .collect()
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(he("encrypt features"))
     }
 
     /// Runs the protected part on one feature vector.
