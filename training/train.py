@@ -115,6 +115,38 @@ def evaluate(model, x, y, device, batch=1000):
     return correct / len(x)
 
 
+def fit(model, xtr, ytr, xte, yte, epochs, lr, batch, augment, device, label="", weight_decay=5e-4):
+    """AdamW with a one-cycle schedule and gradient clipping; `augment` is None or
+    (max_shift, flip). Prints the loss and test accuracy after every epoch."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    steps = epochs * ((len(xtr) + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    prefix = f"{label} " if label else ""
+    for epoch in range(epochs):
+        model.train()
+        t0 = time.time()
+        perm = np.random.permutation(len(xtr))
+        total = 0.0
+        for i in range(0, len(xtr), batch):
+            idx = perm[i:i + batch]
+            xb = torch.from_numpy(xtr[idx])
+            if augment is not None:
+                max_shift, flip = augment
+                xb = shift(xb, max_shift)
+                if flip and random.random() < 0.5:
+                    xb = torch.flip(xb, dims=(3,))
+            xb = xb.to(device)
+            yb = torch.from_numpy(ytr[idx]).long().to(device)
+            loss = F.cross_entropy(model(xb), yb)
+            opt.zero_grad(); loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step(); sched.step()
+            total += loss.item() * len(idx)
+        acc = evaluate(model, xte, yte, device)
+        print(f"{prefix}epoch {epoch + 1:3d}  loss {total / len(xtr):.4f}  test accuracy {acc:.4f}  "
+              f"({time.time() - t0:.1f} s)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset", choices=["mnist", "cifar10"])
@@ -141,29 +173,8 @@ def main():
     out = args.out or f"models/hcnn-{args.dataset}.onnx"
     print(f"{args.dataset}: {len(xtr)} training / {len(xte)} test images, device {device}", flush=True)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * ((len(xtr) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
-    best = 0.0
-    for epoch in range(args.epochs):
-        model.train()
-        t0 = time.time()
-        perm = np.random.permutation(len(xtr))
-        total = 0.0
-        for i in range(0, len(xtr), args.batch):
-            idx = perm[i:i + args.batch]
-            xb = shift(torch.from_numpy(xtr[idx]), max_shift).to(device)
-            if flip and random.random() < 0.5:
-                xb = torch.flip(xb, dims=(3,))
-            yb = torch.from_numpy(ytr[idx]).long().to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(); loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step(); sched.step()
-            total += loss.item() * len(idx)
-        acc = evaluate(model, xte, yte, device)
-        print(f"epoch {epoch + 1:3d}  loss {total / len(xtr):.4f}  test accuracy {acc:.4f}  ({time.time() - t0:.1f} s)", flush=True)
-        best = max(best, acc)
+    fit(model, xtr, ytr, xte, yte, args.epochs, args.lr, args.batch, (max_shift, flip), device,
+        weight_decay=args.weight_decay)
 
     model.eval().cpu()
     acc = evaluate(model, xte, yte, "cpu")

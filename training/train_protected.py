@@ -28,15 +28,13 @@ import argparse
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import evaluate, load_cifar10, load_mnist, shift  # noqa: E402
+from train import evaluate, fit, load_cifar10, load_mnist  # noqa: E402
 
 
 class XSquarePlus2X(nn.Module):
@@ -59,35 +57,6 @@ def features(channels):
 def classifier(width, variant):
     act = {"relu": [nn.ReLU()], "linear": [], "poly": [XSquarePlus2X()]}[variant]
     return nn.Sequential(nn.Linear(width, 512), *act, nn.Dropout(0.5), nn.Linear(512, 10))
-
-
-def fit(model, xtr, ytr, xte, yte, epochs, lr, batch, augment, device, label):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=5e-4)
-    steps = epochs * ((len(xtr) + batch - 1) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    for epoch in range(epochs):
-        model.train()
-        t0 = time.time()
-        perm = np.random.permutation(len(xtr))
-        total = 0.0
-        for i in range(0, len(xtr), batch):
-            idx = perm[i:i + batch]
-            xb = torch.from_numpy(xtr[idx])
-            if augment is not None:
-                max_shift, flip = augment
-                xb = shift(xb, max_shift)
-                if flip and random.random() < 0.5:
-                    xb = torch.flip(xb, dims=(3,))
-            xb = xb.to(device)
-            yb = torch.from_numpy(ytr[idx]).long().to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(); loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step(); sched.step()
-            total += loss.item() * len(idx)
-        acc = evaluate(model, xte, yte, device)
-        print(f"{label} epoch {epoch + 1:3d}  loss {total / len(xtr):.4f}  test accuracy {acc:.4f}  "
-              f"({time.time() - t0:.1f} s)", flush=True)
 
 
 def extract(feat, x, device, batch=500):

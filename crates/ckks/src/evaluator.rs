@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use hecnn_ring::{Backend, Basis, Eval, RnsContext, RnsPoly};
+use hecnn_ring::{Backend, Basis, Eval, RnsContext, RnsPoly, backend::Operand};
 use hecnn_rlwe::{EvaluationKeys, keyswitch};
 use num_complex::Complex64;
 
@@ -150,6 +150,31 @@ impl<B: Backend> Evaluator<B> {
                 rhs: b.log2(),
             })
         }
+    }
+
+    /// Component `k` of every ciphertext, as backend operands.
+    fn component<'c>(cts: &[&'c Ciphertext<B>], k: usize) -> Vec<Operand<'c, B>> {
+        cts.iter()
+            .map(|c| {
+                let p = &c.inner().parts()[k];
+                (p.buffer(), p.basis())
+            })
+            .collect()
+    }
+
+    /// The operand lists of an inner product must be non-empty and of equal length.
+    fn check_pairing(lhs: usize, rhs: usize) -> Result<(), CkksError> {
+        if lhs == 0 || rhs == 0 {
+            return Err(CkksError::InvalidArgument {
+                what: "empty inner product",
+            });
+        }
+        if lhs != rhs {
+            return Err(CkksError::InvalidArgument {
+                what: "inner product of unequal lengths",
+            });
+        }
+        Ok(())
     }
 
     /// Residues of the integer `v` in every limb of `basis`.
@@ -503,16 +528,8 @@ impl<B: Backend> Evaluator<B> {
         cts: &[&Ciphertext<B>],
         pts: &[&Plaintext<B>],
     ) -> Result<Ciphertext<B>, CkksError> {
-        let (Some(c0), Some(p0)) = (cts.first(), pts.first()) else {
-            return Err(CkksError::InvalidArgument {
-                what: "empty inner product",
-            });
-        };
-        if cts.len() != pts.len() {
-            return Err(CkksError::InvalidArgument {
-                what: "inner product of unequal lengths",
-            });
-        }
+        Self::check_pairing(cts.len(), pts.len())?;
+        let (c0, p0) = (cts[0], pts[0]);
         let (slots, degree, scale) = (c0.slots(), c0.degree(), c0.scale() * p0.scale());
         for (c, p) in cts.iter().zip(pts) {
             Self::check_slots(slots, c.slots())?;
@@ -529,20 +546,14 @@ impl<B: Backend> Evaluator<B> {
         let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
         let basis = Basis::q(level + 1);
         let (be, ctx) = (&self.be, self.ctx());
-        let rhs: Vec<hecnn_ring::backend::Operand<'_, B>> = pts
+        let rhs: Vec<Operand<'_, B>> = pts
             .iter()
             .map(|p| (p.poly().buffer(), p.poly().basis()))
             .collect();
         let mut parts = Vec::with_capacity(degree + 1);
         for comp in 0..=degree {
-            let lhs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
-                .iter()
-                .map(|c| {
-                    let p = &c.inner().parts()[comp];
-                    (p.buffer(), p.basis())
-                })
-                .collect();
             let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
+            let lhs = Self::component(cts, comp);
             be.mul_sum(ctx, basis, acc.buffer_mut(), &lhs, &rhs, None, false);
             parts.push(acc);
         }
@@ -562,17 +573,8 @@ impl<B: Backend> Evaluator<B> {
         a: &[&Ciphertext<B>],
         b: &[&Ciphertext<B>],
     ) -> Result<Ciphertext<B>, CkksError> {
-        let (Some(a0), Some(b0)) = (a.first(), b.first()) else {
-            return Err(CkksError::InvalidArgument {
-                what: "empty inner product",
-            });
-        };
-        if a.len() != b.len() {
-            return Err(CkksError::InvalidArgument {
-                what: "inner product of unequal lengths",
-            });
-        }
-        let (slots, scale) = (a0.slots(), a0.scale() * b0.scale());
+        Self::check_pairing(a.len(), b.len())?;
+        let (slots, scale) = (a[0].slots(), a[0].scale() * b[0].scale());
         for (x, y) in a.iter().zip(b) {
             Self::check_slots(slots, x.slots())?;
             Self::check_slots(slots, y.slots())?;
@@ -585,17 +587,6 @@ impl<B: Backend> Evaluator<B> {
         let level = a.iter().chain(b).map(|c| c.level()).min().unwrap_or(0);
         let basis = Basis::q(level + 1);
         let (be, ctx) = (&self.be, self.ctx());
-        fn side<'c, B: Backend>(
-            cts: &[&'c Ciphertext<B>],
-            k: usize,
-        ) -> Vec<hecnn_ring::backend::Operand<'c, B>> {
-            cts.iter()
-                .map(|c| {
-                    let p = &c.inner().parts()[k];
-                    (p.buffer(), p.basis())
-                })
-                .collect()
-        }
         let mut d0 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
         let mut d1 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
         let mut d2 = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
@@ -603,23 +594,23 @@ impl<B: Backend> Evaluator<B> {
             ctx,
             basis,
             d0.buffer_mut(),
-            &side(a, 0),
-            &side(b, 0),
+            &Self::component(a, 0),
+            &Self::component(b, 0),
             None,
             false,
         );
         // d1 = Σ a0·b1 + a1·b0: both halves in one sum.
-        let mut lhs = side(a, 0);
-        lhs.extend(side(a, 1));
-        let mut rhs = side(b, 1);
-        rhs.extend(side(b, 0));
+        let mut lhs = Self::component(a, 0);
+        lhs.extend(Self::component(a, 1));
+        let mut rhs = Self::component(b, 1);
+        rhs.extend(Self::component(b, 0));
         be.mul_sum(ctx, basis, d1.buffer_mut(), &lhs, &rhs, None, false);
         be.mul_sum(
             ctx,
             basis,
             d2.buffer_mut(),
-            &side(a, 1),
-            &side(b, 1),
+            &Self::component(a, 1),
+            &Self::component(b, 1),
             None,
             false,
         );
@@ -902,13 +893,7 @@ impl<B: Backend> Evaluator<B> {
         let mut parts = Vec::with_capacity(degree + 1);
         for comp in 0..=degree {
             let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
-            let srcs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
-                .iter()
-                .map(|c| {
-                    let p = &c.inner().parts()[comp];
-                    (p.buffer(), p.basis())
-                })
-                .collect();
+            let srcs = Self::component(cts, comp);
             be.scalar_mul_sum(ctx, basis, acc.buffer_mut(), &srcs, &scalars, false);
             parts.push(acc);
         }
@@ -978,13 +963,7 @@ impl<B: Backend> Evaluator<B> {
         };
         let mut comps: Vec<Vec<B::Buffer>> = Vec::with_capacity(degree + 1);
         for comp in 0..=degree {
-            let inputs: Vec<hecnn_ring::backend::Operand<'_, B>> = cts
-                .iter()
-                .map(|c| {
-                    let p = &c.inner().parts()[comp];
-                    (p.buffer(), p.basis())
-                })
-                .collect();
+            let inputs = Self::component(cts, comp);
             let mut outs = (0..rows.len())
                 .map(|_| be.alloc(basis.len() * ctx.n()))
                 .collect::<Result<Vec<_>, _>>()?;

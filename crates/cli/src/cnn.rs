@@ -23,6 +23,21 @@ const FORMAT_VERSION: u16 = 1;
 /// Largest compiled-model or batch file read (bytes).
 const MAX_FILE: u64 = 64 << 30;
 
+/// The security level of a `--security` value in bits.
+///
+/// # Errors
+/// [`CliError::Usage`] for anything but 128, 192 or 256.
+pub fn security_level(bits: u32) -> Result<SecurityLevel, CliError> {
+    match bits {
+        128 => Ok(SecurityLevel::Bits128),
+        192 => Ok(SecurityLevel::Bits192),
+        256 => Ok(SecurityLevel::Bits256),
+        other => Err(CliError::Usage(format!(
+            "--security {other}: use 128, 192 or 256"
+        ))),
+    }
+}
+
 /// Options for compiling a model.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {

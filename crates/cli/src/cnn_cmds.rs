@@ -44,16 +44,7 @@ pub struct ModelOpts {
 
 impl ModelOpts {
     fn compile_options(&self) -> Result<CompileOptions, CliError> {
-        let security = match self.security {
-            128 => SecurityLevel::Bits128,
-            192 => SecurityLevel::Bits192,
-            256 => SecurityLevel::Bits256,
-            other => {
-                return Err(CliError::Usage(format!(
-                    "--security {other}: use 128, 192 or 256"
-                )));
-            }
-        };
+        let security = cnn::security_level(self.security)?;
         Ok(CompileOptions {
             log_n: self.log_n,
             security,
@@ -747,14 +738,18 @@ fn check_shape(c: &Compiled, ds: &Dataset) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB");
+    kb.trim().parse::<usize>().ok().map(|kb| kb * 1024)
+}
+
 /// Peak resident memory of this process (Linux), for reports.
 pub fn peak_memory() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.trim_start_matches("VmHWM:").trim().to_string())
-        })
-        .unwrap_or_else(|| "n/a".into())
+    peak_rss().map_or_else(|| "n/a".into(), |b| format!("{} kB", b / 1024))
 }

@@ -15,7 +15,7 @@ use hecnn_nn::{
     protect::{self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output},
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
-use hecnn_rlwe::{SecretKey, SecurityLevel};
+use hecnn_rlwe::SecretKey;
 
 use crate::{
     CliError,
@@ -44,17 +44,6 @@ impl From<Layers> for Scope {
 /// File name of the protected model inside an owner's output directory.
 pub const PROTECTED_FILE: &str = "model.hecnnp";
 
-fn security_level(bits: u32) -> Result<SecurityLevel, CliError> {
-    match bits {
-        128 => Ok(SecurityLevel::Bits128),
-        192 => Ok(SecurityLevel::Bits192),
-        256 => Ok(SecurityLevel::Bits256),
-        other => Err(CliError::Usage(format!(
-            "--security {other}: use 128, 192 or 256"
-        ))),
-    }
-}
-
 /// `hecnn protect`: the owner's side.
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
@@ -82,7 +71,7 @@ fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
 pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let model = import(&a.model)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
-    let params = protect::parameters(plan.spec(), security_level(a.security)?)?;
+    let params = protect::parameters(plan.spec(), cnn::security_level(a.security)?)?;
     let be = CpuBackend::new(a.threads)?;
     let mut rng = Prng::from_entropy()?;
     let t = Instant::now();
@@ -185,21 +174,9 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Peak resident memory since the last [`reset_peak`], in bytes.
+/// Peak resident memory since the last [`reset_peak`], in bytes (0 where unknown).
 fn peak_rss() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.trim_start_matches("VmHWM:")
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::cnn_cmds::peak_rss().unwrap_or(0)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -365,7 +342,7 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
             let model = import(&path)?;
             let plan = ProtectPlan::new(&model, scope)?;
             for &bits in &a.security {
-                let params = protect::parameters(plan.spec(), security_level(bits)?)?;
+                let params = protect::parameters(plan.spec(), cnn::security_level(bits)?)?;
                 let s = Setup {
                     model: &model,
                     plan: &plan,

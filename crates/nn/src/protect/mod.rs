@@ -78,7 +78,8 @@ pub use wire::{OUTPUT_MAGIC, PROTECTED_MAGIC, WIRE_VERSION};
 use std::sync::Arc;
 
 use hecnn_ckks::{
-    Ciphertext, CkksError, CkksParams, Decryptor, Encoder, Evaluator, encrypt_pk, encrypt_sk,
+    Ciphertext, CkksError, CkksParams, Decryptor, Encoder, Evaluator, Plaintext, encrypt_pk,
+    encrypt_sk,
 };
 use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{KeyRequirements, ParamsLiteral, PublicKey, SecretDistribution, SecretKey};
@@ -333,6 +334,18 @@ impl<B: Backend> ProtectedModel<B> {
         Ok(())
     }
 
+    /// The features of column group `t`, encoded at the top level and the working scale.
+    fn encode_column(
+        &self,
+        eval: &Evaluator<B>,
+        features: &[f64],
+        t: usize,
+    ) -> Result<Plaintext<B>, CkksError> {
+        let v = self.layout.feature_column(features, t);
+        let (top, scale) = (self.params.max_level(), self.params.default_scale());
+        eval.encode_real(&v, top, scale, self.layout.slots)
+    }
+
     /// Encrypts a feature vector with the owner's public key, in the column-group layout
     /// (one ciphertext per weight ciphertext of the first layer).
     ///
@@ -346,15 +359,13 @@ impl<B: Backend> ProtectedModel<B> {
         rng: &mut Prng,
     ) -> Result<Vec<Ciphertext<B>>, NnError> {
         self.check_features(features)?;
-        let (top, scale) = (self.params.max_level(), self.params.default_scale());
-        let layout = self.layout;
         // One ChaCha stream per ciphertext, seeded from `rng`, so the columns encrypt in
         // parallel.
-        let jobs: Vec<(usize, [u8; 32])> = (0..layout.columns).map(|t| (t, rng.seed())).collect();
+        let jobs: Vec<(usize, [u8; 32])> =
+            (0..self.layout.columns).map(|t| (t, rng.seed())).collect();
         eval.backend()
             .par_map(jobs, |(t, seed)| {
-                let v = layout.feature_column(features, t);
-                let pt = eval.encode_real(&v, top, scale, layout.slots)?;
+                let pt = self.encode_column(eval, features, t)?;
                 encrypt_pk(pk, eval.backend(), &pt, &mut Prng::from_seed(seed))
             })
             .into_iter()
@@ -377,13 +388,10 @@ impl<B: Backend> ProtectedModel<B> {
         let hidden = match input {
             FeatureInput::Plain(features) => {
                 self.check_features(features)?;
-                let (top, scale) = (self.params.max_level(), self.params.default_scale());
-                let layout = self.layout;
                 let pts = eval
                     .backend()
-                    .par_map((0..layout.columns).collect(), |t| {
-                        let v = layout.feature_column(features, t);
-                        eval.encode_real(&v, top, scale, layout.slots)
+                    .par_map((0..self.layout.columns).collect(), |t| {
+                        self.encode_column(eval, features, t)
                     })
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()
