@@ -8,6 +8,7 @@ mod data_cmd;
 mod demo;
 mod params_cmd;
 mod protect_cmd;
+mod serve_cmd;
 mod single_cmd;
 mod stats;
 
@@ -77,6 +78,9 @@ pub enum CliError {
     /// From the model layer.
     #[error(transparent)]
     Nn(#[from] hecnn_nn::NnError),
+    /// From the services.
+    #[error(transparent)]
+    Deploy(#[from] hecnn_deploy::DeployError),
     /// A bad command-line value.
     #[error("{0}")]
     Usage(String),

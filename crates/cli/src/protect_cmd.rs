@@ -410,6 +410,9 @@ pub enum EdgeCommand {
     /// the owner's public key), the encrypted classifier, one encrypted result file per
     /// image that only the owner can decrypt. Reads no secret key.
     Run(EdgeRunArgs),
+    /// The edge node service: receives deployments from the owner, takes images from an
+    /// HTTP stream or a watched directory, forwards encrypted results to the owner.
+    Serve(crate::serve_cmd::EdgeServeArgs),
 }
 
 /// `hecnn owner …`: the model owner's backend.
@@ -417,6 +420,9 @@ pub enum EdgeCommand {
 pub enum OwnerCommand {
     /// Decrypt the result files of an edge node with the owner's secret key.
     Decrypt(OwnerDecryptArgs),
+    /// The owner's backend service: key generation, the model registry, the deployment
+    /// and decryption agents, the results API.
+    Serve(crate::serve_cmd::OwnerServeArgs),
 }
 
 /// `hecnn edge run`.
@@ -463,12 +469,14 @@ pub struct OwnerDecryptArgs {
 pub fn edge(cmd: &EdgeCommand) -> Result<(), CliError> {
     match cmd {
         EdgeCommand::Run(a) => edge_run(a),
+        EdgeCommand::Serve(a) => crate::serve_cmd::edge_serve(a),
     }
 }
 
 pub fn owner(cmd: &OwnerCommand) -> Result<(), CliError> {
     match cmd {
         OwnerCommand::Decrypt(a) => owner_decrypt(a),
+        OwnerCommand::Serve(a) => crate::serve_cmd::owner_serve(a),
     }
 }
 

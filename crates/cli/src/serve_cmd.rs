@@ -1,0 +1,158 @@
+//! `hecnn owner serve` and `hecnn edge serve`: the protected-model services.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use hecnn_deploy::{
+    auth::Token,
+    edge::{self, EdgeConfig},
+    net::TlsFiles,
+    owner::{self, OwnerConfig},
+};
+
+use crate::CliError;
+
+/// TLS options shared by both services.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// Serve over TLS with this certificate chain (PEM, leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// `hecnn owner serve`.
+#[derive(Args, Debug)]
+pub struct OwnerServeArgs {
+    /// State directory: the registry database, the administrator token, the master key.
+    #[arg(long, default_value = "owner-state")]
+    state: PathBuf,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7800")]
+    listen: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// The master key that seals secret keys at rest (default: <state>/master.key; keep it
+    /// on other storage than the database).
+    #[arg(long)]
+    master_key: Option<PathBuf>,
+    /// Certificate authorities (PEM) trusted when pushing deployments to https edges.
+    #[arg(long)]
+    edge_ca: Option<PathBuf>,
+    /// Worker threads for protection and decryption (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// `hecnn edge serve`.
+#[derive(Args, Debug)]
+pub struct EdgeServeArgs {
+    /// State directory: the current deployment, the input token, the outbox.
+    #[arg(long, default_value = "edge-state")]
+    state: PathBuf,
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:7801")]
+    listen: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// The owner service's address, e.g. https://owner.example:7800.
+    #[arg(long)]
+    owner: String,
+    /// File holding this node's token (from the owner's POST /v1/nodes).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Certificate authorities (PEM) trusted for an https owner.
+    #[arg(long)]
+    owner_ca: Option<PathBuf>,
+    /// Also take images from this directory (PNG or raw .u8 files; moved to done/ or failed/).
+    #[arg(long)]
+    watch: Option<PathBuf>,
+    /// Worker threads for inference (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Inputs queued before a stream waits for the worker.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("async runtime: {e}")))
+}
+
+async fn until_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
+    let mut config = OwnerConfig::new(a.state.clone());
+    config.listen = a.listen.clone();
+    config.tls = a.tls.files();
+    config.master_key = a.master_key.clone();
+    config.edge_ca = a.edge_ca.clone();
+    config.threads = a.threads;
+    runtime()?.block_on(async {
+        let handle = owner::start(config).await?;
+        println!("listening on {}", handle.url);
+        println!(
+            "administrator token in {}",
+            handle.admin_token_file.display()
+        );
+        tokio::select! {
+            () = handle.wait() => {}
+            () = until_signal() => eprintln!("owner: stopping"),
+        }
+        Ok(())
+    })
+}
+
+pub fn edge_serve(a: &EdgeServeArgs) -> Result<(), CliError> {
+    let token = Token::read(&a.token_file)?;
+    let mut config = EdgeConfig::new(a.state.clone(), a.owner.clone(), token);
+    config.listen = a.listen.clone();
+    config.tls = a.tls.files();
+    config.owner_ca = a.owner_ca.clone();
+    config.watch = a.watch.clone();
+    config.threads = a.threads;
+    config.queue = a.queue;
+    runtime()?.block_on(async {
+        let handle = edge::start(config).await?;
+        println!("listening on {}", handle.url);
+        println!("input token in {}", handle.input_token_file.display());
+        tokio::select! {
+            () = handle.wait() => {}
+            () = until_signal() => eprintln!("edge: stopping"),
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,629 @@
+//! The protected-model services as separate processes on loopback: the owner and two edges
+//! end to end (TLS and plain HTTP, plain and encrypted features), kill -9 in the middle of
+//! deployments and streams, and bad requests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod services;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hecnn_deploy::owner::{Registry, read_secret_key};
+use hecnn_deploy::wire::{DeploymentBundle, ResultEnvelope, ResultHeader};
+use hecnn_nn::protect::{ProtectPlan, Scope};
+use serde_json::json;
+use services::*;
+
+const MNIST_SHAPE: [usize; 3] = [1, 28, 28];
+
+fn protected_weights(model: &hecnn_nn::Model, scope: Scope) -> Vec<f64> {
+    let plan = ProtectPlan::new(model, scope).unwrap();
+    let mut w = plan.first().weight.clone();
+    w.extend_from_slice(&plan.first().bias);
+    if let Some(s) = plan.second() {
+        w.extend_from_slice(&s.weight);
+        w.extend_from_slice(&s.bias);
+    }
+    w
+}
+
+fn secret_coeffs(owner_state: &Path, model_id: u64) -> Vec<u8> {
+    let sk = read_secret_key(
+        &owner_state.join("registry.sqlite"),
+        &owner_state.join("master.key"),
+        model_id,
+    )
+    .unwrap();
+    let n = sk.params().n();
+    let bytes = sk.to_secret_bytes();
+    bytes[bytes.len() - 32 - n..bytes.len() - 32].to_vec()
+}
+
+fn stream(
+    http: &reqwest::blocking::Client,
+    edge: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<(u16, serde_json::Value), String> {
+    let resp = http
+        .post(format!("{edge}/v1/stream"))
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .map_err(|e| e.to_string())?;
+    let st = resp.status().as_u16();
+    Ok((st, resp.json().unwrap_or(serde_json::Value::Null)))
+}
+
+#[test]
+fn owner_and_two_edges_classify_streamed_digits() {
+    let dir = temp_dir("serve-e2e");
+    let (ca, cert, key) = tls_files(&dir);
+    let tls = vec![
+        "--tls-cert".to_string(),
+        s(&cert),
+        "--tls-key".into(),
+        s(&key),
+    ];
+    let mut owner_extra = tls.clone();
+    owner_extra.extend(["--edge-ca".into(), s(&ca)]);
+    let owner_state = dir.join("owner");
+    let owner = Service::start(
+        &owner_args(&owner_state, free_port(), &owner_extra),
+        &dir.join("owner.log"),
+    );
+    assert!(owner.url.starts_with("https://"), "{}", owner.url);
+    let http = client(Some(&ca));
+    let admin = Admin {
+        http: &http,
+        owner: owner.url.clone(),
+        token: token(&owner_state.join("admin.token")),
+    };
+
+    // The paper's two ends: the last layer with plain features, and the whole classifier
+    // with x²+2x and encrypted features.
+    let (last_path, poly_path) = (
+        "models/protect-mnist-relu.onnx",
+        "models/protect-mnist-poly.onnx",
+    );
+    let last = admin.add_model(last_path, "name=mnist-last&layers=last&features=plain");
+    let poly = admin.add_model(
+        poly_path,
+        "name=mnist-poly&layers=classifier&features=encrypted",
+    );
+
+    // Edge A over TLS, edge B over plain HTTP; both report to the owner over TLS.
+    let (pa, pb) = (free_port(), free_port());
+    admin.add_node(
+        "edge-a",
+        &format!("https://127.0.0.1:{pa}"),
+        &dir.join("a.token"),
+    );
+    admin.add_node(
+        "edge-b",
+        &format!("http://127.0.0.1:{pb}"),
+        &dir.join("b.token"),
+    );
+    let mut a_extra = tls.clone();
+    a_extra.extend(["--owner-ca".into(), s(&ca)]);
+    let b_extra = vec!["--owner-ca".to_string(), s(&ca)];
+    let edge_a = Service::start(
+        &edge_args(
+            &dir.join("edge-a"),
+            pa,
+            &owner.url,
+            &dir.join("a.token"),
+            &a_extra,
+        ),
+        &dir.join("edge-a.log"),
+    );
+    let edge_b = Service::start(
+        &edge_args(
+            &dir.join("edge-b"),
+            pb,
+            &owner.url,
+            &dir.join("b.token"),
+            &b_extra,
+        ),
+        &dir.join("edge-b.log"),
+    );
+    let (da, db) = (admin.deploy(poly, "edge-a"), admin.deploy(last, "edge-b"));
+    admin.wait_active(da, Duration::from_secs(120));
+    admin.wait_active(db, Duration::from_secs(120));
+
+    // Stream real digits to both edges at once.
+    let digits = mnist_sample();
+    let a_imgs: Vec<(usize, &[u8])> = (0..12).map(|i| (i, digits[i].as_slice())).collect();
+    let b_imgs: Vec<(usize, &[u8])> = (12..36).map(|i| (i, digits[i].as_slice())).collect();
+    let (a_body, a_ids) = frames("a", &a_imgs);
+    let (b_body, b_ids) = frames("b", &b_imgs);
+    let (ta, tb) = (
+        token(&dir.join("edge-a/input.token")),
+        token(&dir.join("edge-b/input.token")),
+    );
+    std::thread::scope(|sc| {
+        let h1 = sc.spawn(|| stream(&http, &edge_a.url, &ta, a_body));
+        let h2 = sc.spawn(|| stream(&http, &edge_b.url, &tb, b_body));
+        for (h, n) in [(h1, 12), (h2, 24)] {
+            let (st, v) = h.join().unwrap().unwrap();
+            assert_eq!(st, 200, "{v}");
+            assert_eq!(v["processed"], n, "{v}");
+        }
+    });
+    let mut ids = a_ids.clone();
+    ids.extend(b_ids.iter().cloned());
+    let got = admin.wait_results(&ids, Duration::from_secs(300));
+
+    // The decrypted results are the unprotected models' predictions.
+    let (m_poly, m_last) = (load_model(poly_path), load_model(last_path));
+    for (i, px) in &a_imgs {
+        assert_eq!(
+            got[&format!("a{i:05}")],
+            predict(&m_poly, MNIST_SHAPE, px),
+            "image {i}"
+        );
+    }
+    for (i, px) in &b_imgs {
+        assert_eq!(
+            got[&format!("b{i:05}")],
+            predict(&m_last, MNIST_SHAPE, px),
+            "image {i}"
+        );
+    }
+
+    // A consumer token reads results; a node token does not.
+    let (st, v) = call(
+        http.post(format!("{}/v1/consumers", owner.url))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "name": "dashboard" })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let consumer = v["token"].as_str().unwrap().to_string();
+    let (st, v) = call(
+        http.get(format!("{}/v1/results", owner.url))
+            .bearer_auth(&consumer),
+    );
+    assert_eq!((st, v["results"].as_array().unwrap().len()), (200, 36));
+    let (st, _) = call(
+        http.get(format!("{}/v1/results", owner.url))
+            .bearer_auth(token(&dir.join("a.token"))),
+    );
+    assert_eq!(st, 401);
+
+    // Neither edge's files nor memory hold its model's secret key or a protected weight;
+    // the scanner finds the secret key in the owner's memory (it decrypts) and the weights
+    // in this test's memory (it computed them), so it does look.
+    let mut owner_needles = Vec::new();
+    for (edge, model_id, path, scope, name) in [
+        (&edge_a, poly, poly_path, Scope::Classifier, "edge-a"),
+        (&edge_b, last, last_path, Scope::LastLayer, "edge-b"),
+    ] {
+        let weights = protected_weights(&load_model(path), scope);
+        let needles = Needles::new(&secret_coeffs(&owner_state, model_id), &weights);
+        assert!(needles.secret.len() > 100 && needles.f64_pairs.len() > 1000);
+        for f in all_files(&dir.join(name)) {
+            let found = needles.count(&std::fs::read(&f).unwrap());
+            assert_eq!(
+                found,
+                (0, 0),
+                "{} holds secret-key windows / weights",
+                f.display()
+            );
+        }
+        let (scanned, sk, w) = scan_memory(edge.pid(), &needles);
+        assert!(scanned > 10 << 20, "scanned only {scanned} bytes of {name}");
+        assert_eq!((sk, w), (0, 0), "{name}'s memory");
+        let (_, _, w_here) = scan_memory(std::process::id(), &needles);
+        assert!(
+            w_here > 0,
+            "the scanner finds the weights this process holds"
+        );
+        owner_needles.push(needles);
+    }
+    let (_, sk_owner, _) = scan_memory(owner.pid(), &owner_needles[0]);
+    assert!(
+        sk_owner > 0,
+        "the scanner finds the secret key the owner holds"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn results_by_id(admin: &Admin<'_>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for (id, _, _) in admin.results() {
+        *m.entry(id).or_insert(0) += 1;
+    }
+    m
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn no_partials(dir: &Path) {
+    for f in all_files(dir) {
+        assert!(
+            !f.to_string_lossy().ends_with(".partial"),
+            "{} left behind",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
+    let dir = temp_dir("serve-crash");
+    let owner_state = dir.join("owner");
+    let edge_state = dir.join("edge");
+    let (po, pe) = (free_port(), free_port());
+    let log = |n: &str| dir.join(format!("{n}.log"));
+    let mut owner = Service::start(&owner_args(&owner_state, po, &[]), &log("owner"));
+    let http = client(None);
+    let admin = Admin {
+        http: &http,
+        owner: owner.url.clone(),
+        token: token(&owner_state.join("admin.token")),
+    };
+    // The largest MNIST bundle (the whole classifier), so a deployment takes a while.
+    let path = "models/protect-mnist-poly.onnx";
+    let model_id = admin.add_model(path, "name=mnist&layers=classifier&features=plain");
+    admin.add_node(
+        "edge",
+        &format!("http://127.0.0.1:{pe}"),
+        &dir.join("edge.token"),
+    );
+    let owner_url = owner.url.clone();
+    let start_edge = || {
+        Service::start(
+            &edge_args(&edge_state, pe, &owner_url, &dir.join("edge.token"), &[]),
+            &log("edge"),
+        )
+    };
+
+    // 1. The edge dies while the deployment arrives: after a restart it holds the whole
+    //    bundle or none, and the agent delivers it.
+    let mut edge = start_edge();
+    let d1 = admin.deploy(model_id, "edge");
+    std::thread::sleep(Duration::from_millis(150));
+    edge.kill9();
+    let stored = edge_state.join("deployment.hcnd");
+    if stored.exists() {
+        DeploymentBundle::from_bytes(&std::fs::read(&stored).unwrap()).unwrap();
+    }
+    let edge = start_edge();
+    no_partials(&edge_state);
+    admin.wait_active(d1, Duration::from_secs(60));
+
+    // 2. The owner dies right after recording a deployment: the agent resumes it.
+    let d2 = admin.deploy(model_id, "edge");
+    std::thread::sleep(Duration::from_millis(100));
+    owner.kill9();
+    owner = Service::start(&owner_args(&owner_state, po, &[]), &log("owner"));
+    admin.wait_active(d2, Duration::from_secs(60));
+    let input = token(&edge_state.join("input.token"));
+    wait_for(
+        "the edge to run deployment 2",
+        Duration::from_secs(30),
+        || {
+            let (_, v) = call(
+                http.get(format!("{}/v1/status", edge.url))
+                    .bearer_auth(&input),
+            );
+            v["deployment"]["deployment_id"] == d2
+        },
+    );
+
+    // 3. The edge dies mid-stream: every result the owner had stays, each once; the client
+    //    sends the stream again and every input ends with exactly one result.
+    let digits = mnist_sample();
+    let model = load_model(path);
+    let imgs: Vec<(usize, &[u8])> = (0..24).map(|i| (i, digits[i].as_slice())).collect();
+    let (body, ids) = frames("k", &imgs);
+    let mut edge = edge;
+    let edge_url = edge.url.clone();
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| stream(&http, &edge_url, &input, body.clone()));
+        wait_for("results before the kill", Duration::from_secs(120), || {
+            admin.results().iter().filter(|r| r.2.is_some()).count() >= 3
+        });
+        edge.kill9();
+        let _ = h.join().unwrap();
+    });
+    let before = results_by_id(&admin);
+    assert!(
+        before.len() >= 3 && before.len() < 24,
+        "{} results",
+        before.len()
+    );
+    let edge = start_edge();
+    no_partials(&edge_state);
+    let (st, v) = stream(&http, &edge.url, &input, body).unwrap();
+    assert_eq!((st, &v["processed"]), (200, &json!(24)), "{v}");
+    let got = admin.wait_results(&ids, Duration::from_secs(300));
+    let after = results_by_id(&admin);
+    for id in before.keys() {
+        assert!(after.contains_key(id), "{id} was lost");
+    }
+    assert!(after.values().all(|&n| n == 1), "duplicates: {after:?}");
+    for (i, px) in &imgs {
+        assert_eq!(got[&format!("k{i:05}")], predict(&model, MNIST_SHAPE, px));
+    }
+
+    // 4. The owner dies mid-stream: the edge keeps its results in the outbox and delivers
+    //    them once the owner is back.
+    let imgs: Vec<(usize, &[u8])> = (24..40).map(|i| (i, digits[i].as_slice())).collect();
+    let (body, ids) = frames("m", &imgs);
+    let mut owner = owner;
+    std::thread::scope(|sc| {
+        let h = sc.spawn(|| stream(&http, &edge.url, &input, body));
+        wait_for("results before the kill", Duration::from_secs(120), || {
+            admin
+                .results()
+                .iter()
+                .filter(|r| r.0.starts_with('m'))
+                .count()
+                >= 2
+        });
+        owner.kill9();
+        let (st, v) = h.join().unwrap().unwrap();
+        assert_eq!(
+            (st, &v["processed"]),
+            (200, &json!(16)),
+            "the edge goes on without the owner: {v}"
+        );
+    });
+    let owner = Service::start(&owner_args(&owner_state, po, &[]), &log("owner"));
+    let got = admin.wait_results(&ids, Duration::from_secs(120));
+    for (i, px) in &imgs {
+        assert_eq!(got[&format!("m{i:05}")], predict(&model, MNIST_SHAPE, px));
+    }
+    let all = results_by_id(&admin);
+    assert_eq!(all.len(), 40);
+    assert!(all.values().all(|&n| n == 1));
+    let reg = Registry::open(&owner_state.join("registry.sqlite")).unwrap();
+    assert_eq!(reg.integrity_check().unwrap(), "ok");
+    drop((owner, edge));
+    no_partials(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_requests_get_clear_4xx_answers() {
+    let dir = temp_dir("serve-bad");
+    let owner_state = dir.join("owner");
+    let edge_state = dir.join("edge");
+    let owner = Service::start(
+        &owner_args(&owner_state, free_port(), &[]),
+        &dir.join("owner.log"),
+    );
+    let http = client(None);
+    let admin = Admin {
+        http: &http,
+        owner: owner.url.clone(),
+        token: token(&owner_state.join("admin.token")),
+    };
+    let o = |p: &str| format!("{}{p}", owner.url);
+    let expect = |(st, v): (u16, serde_json::Value), want: u16, code: &str| {
+        assert_eq!(st, want, "{v}");
+        assert_eq!(v["error"], code, "{v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    };
+
+    // Tokens.
+    expect(call(http.get(o("/v1/models"))), 401, "unauthorized");
+    expect(
+        call(
+            http.get(o("/v1/models"))
+                .bearer_auth("0123456789abcdef0123"),
+        ),
+        401,
+        "unauthorized",
+    );
+    // Models.
+    let post_model = |q: &str, body: Vec<u8>| {
+        call(
+            http.post(o(&format!("/v1/models?{q}")))
+                .bearer_auth(&admin.token)
+                .body(body),
+        )
+    };
+    expect(
+        post_model("name=x", b"not an onnx model".to_vec()),
+        422,
+        "invalid_content",
+    );
+    expect(post_model("name=x&layers=all", vec![]), 400, "bad_request");
+    expect(post_model("name=../x", vec![]), 400, "bad_request");
+    expect(
+        post_model("name=x&security=100", vec![]),
+        400,
+        "bad_request",
+    );
+    let model_id = admin.add_model("models/protect-mnist-relu.onnx", "name=mnist&layers=last");
+    // Nodes and deployments.
+    let pe = free_port();
+    admin.add_node(
+        "edge",
+        &format!("http://127.0.0.1:{pe}"),
+        &dir.join("edge.token"),
+    );
+    let node_token = token(&dir.join("edge.token"));
+    expect(
+        call(
+            http.post(o("/v1/nodes"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "name": "edge", "url": "http://x:1" })),
+        ),
+        409,
+        "node_exists",
+    );
+    expect(
+        call(
+            http.post(o("/v1/nodes"))
+                .bearer_auth(&admin.token)
+                .body("{"),
+        ),
+        400,
+        "bad_request",
+    );
+    expect(
+        call(
+            http.post(o("/v1/deployments"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "model_id": 99, "node": "edge" })),
+        ),
+        404,
+        "unknown_model",
+    );
+    expect(
+        call(
+            http.post(o("/v1/deployments"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "model_id": model_id, "node": "nope" })),
+        ),
+        404,
+        "unknown_node",
+    );
+    expect(
+        call(http.get(o("/v1/deployments/abc")).bearer_auth(&admin.token)),
+        400,
+        "bad_request",
+    );
+    expect(
+        call(http.get(o("/v1/deployments/7")).bearer_auth(&admin.token)),
+        404,
+        "unknown_deployment",
+    );
+    expect(
+        call(http.get(o("/v1/models")).bearer_auth(&node_token)),
+        401,
+        "unauthorized",
+    );
+    expect(call(http.get(o("/nope"))), 404, "no_route");
+
+    // The edge, before any deployment.
+    let edge = Service::start(
+        &edge_args(&edge_state, pe, &owner.url, &dir.join("edge.token"), &[]),
+        &dir.join("edge.log"),
+    );
+    let e = |p: &str| format!("{}{p}", edge.url);
+    let input = token(&edge_state.join("input.token"));
+    let digits = mnist_sample();
+    let (good, _) = frames("g", &[(0, digits[0].as_slice())]);
+    expect(
+        call(
+            http.post(e("/v1/stream"))
+                .bearer_auth(&input)
+                .body(good.clone()),
+        ),
+        409,
+        "no_deployment",
+    );
+    expect(
+        call(
+            http.put(e("/v1/deployment"))
+                .bearer_auth(&input)
+                .body(vec![1, 2, 3]),
+        ),
+        403,
+        "forbidden",
+    );
+    expect(
+        call(
+            http.put(e("/v1/deployment"))
+                .bearer_auth(&node_token)
+                .body(b"HCND junk".to_vec()),
+        ),
+        400,
+        "bad_request",
+    );
+    expect(
+        call(http.put(e("/v1/deployment")).body(vec![1])),
+        401,
+        "unauthorized",
+    );
+
+    let dep = admin.deploy(model_id, "edge");
+    admin.wait_active(dep, Duration::from_secs(60));
+    expect(
+        call(
+            http.post(e("/v1/stream"))
+                .bearer_auth(&node_token)
+                .body(good.clone()),
+        ),
+        403,
+        "forbidden",
+    );
+    let (short, _) = frames("s", &[(0, &digits[0][..700])]);
+    expect(
+        call(http.post(e("/v1/stream")).bearer_auth(&input).body(short)),
+        400,
+        "bad_request",
+    );
+    expect(
+        call(
+            http.post(e("/v1/stream"))
+                .bearer_auth(&input)
+                .body(good[..100].to_vec()),
+        ),
+        400,
+        "bad_request",
+    );
+
+    // Results sent to the owner.
+    let post = |body: Vec<u8>| {
+        call(
+            http.post(o("/v1/results"))
+                .bearer_auth(&node_token)
+                .body(body),
+        )
+    };
+    let envelope = |dep: u64, version: u32, output: Vec<u8>| {
+        ResultEnvelope {
+            header: ResultHeader {
+                deployment_id: dep,
+                model_id,
+                model_version: version,
+                input_id: "forged".into(),
+            },
+            output,
+        }
+        .to_bytes()
+        .unwrap()
+    };
+    expect(post(b"garbage".to_vec()), 400, "bad_request");
+    expect(
+        post(envelope(42, 1, vec![0; 64])),
+        404,
+        "unknown_deployment",
+    );
+    expect(post(envelope(dep, 2, vec![0; 64])), 409, "version_mismatch");
+    expect(post(envelope(dep, 1, vec![0; 64])), 422, "invalid_content");
+    expect(post(vec![0; 17 << 20]), 413, "too_large");
+    expect(
+        call(
+            http.post(o("/v1/results"))
+                .bearer_auth(&admin.token)
+                .body(envelope(dep, 1, vec![])),
+        ),
+        401,
+        "unauthorized",
+    );
+
+    // Both services are still up, and a good stream goes through.
+    for url in [o("/v1/health"), e("/v1/health")] {
+        assert_eq!(call(http.get(url)).0, 200);
+    }
+    let (st, v) = stream(&http, &edge.url, &input, good).unwrap();
+    assert_eq!((st, &v["processed"]), (200, &json!(1)), "{v}");
+    let got = admin.wait_results(&["g00000".to_string()], Duration::from_secs(60));
+    let model = load_model("models/protect-mnist-relu.onnx");
+    assert_eq!(got["g00000"], predict(&model, MNIST_SHAPE, &digits[0]));
+    drop((owner, edge));
+    let _ = std::fs::remove_dir_all(&dir);
+}

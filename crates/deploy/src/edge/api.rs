@@ -1,0 +1,259 @@
+//! The edge's HTTP handlers.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::{get, post, put},
+};
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{Edge, Job};
+use crate::auth::bearer;
+use crate::body::read_body;
+use crate::wire::check_input_id;
+use crate::{ApiError, DeployError};
+
+type Api<T> = Result<T, ApiError>;
+
+pub(crate) fn router(edge: Arc<Edge>) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({ "service": "hecnn-edge", "api": 1 })) }),
+        )
+        .route("/v1/deployment", put(put_deployment))
+        .route("/v1/status", get(status))
+        .route("/v1/stream", post(stream))
+        .fallback(|| async {
+            ApiError::not_found("no_route", "no such route (the API is under /v1)")
+        })
+        .with_state(edge)
+}
+
+enum Caller {
+    Owner,
+    Input,
+}
+
+fn caller(edge: &Edge, headers: &HeaderMap) -> Api<Caller> {
+    let t = bearer(headers)?;
+    if edge.node_token.verify(&t) {
+        Ok(Caller::Owner)
+    } else if edge.input_token.verify(&t) {
+        Ok(Caller::Input)
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn forbidden(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("this token may not {what}"),
+    )
+}
+
+async fn put_deployment(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    if !matches!(caller(&edge, &headers)?, Caller::Owner) {
+        return Err(forbidden("deploy models"));
+    }
+    let bytes = read_body(&headers, body, edge.config.max_bundle_bytes).await?;
+    let e = Arc::clone(&edge);
+    let dep = tokio::task::spawn_blocking(move || e.install(&bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            DeployError::Wire(m) => ApiError::bad_request(m),
+            DeployError::Nn(_) | DeployError::Rlwe(_) | DeployError::Ckks(_) => {
+                ApiError::invalid(e.to_string())
+            }
+            other => ApiError::internal(other),
+        })?;
+    Ok(Json(json!({ "installed": dep.header() })))
+}
+
+async fn status(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Api<impl IntoResponse> {
+    caller(&edge, &headers)?;
+    let e = Arc::clone(&edge);
+    let outbox = tokio::task::spawn_blocking(move || e.outbox_len())
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({
+        "deployment": edge.current().map(|d| d.header().clone()),
+        "outbox": outbox,
+        "processed": edge.processed.load(Ordering::Relaxed),
+        "forwarded": edge.forwarded.load(Ordering::Relaxed),
+    })))
+}
+
+/// Longest frame header: `u16` id length, 128-byte id, `u32` pixel count.
+const MAX_ID: usize = crate::wire::MAX_INPUT_ID;
+
+/// Parses one frame from the front of `buf`, if whole.
+fn next_frame(buf: &mut BytesMut, pixels: usize) -> Api<Option<(String, Vec<u8>)>> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let id_len = usize::from(u16::from_le_bytes([buf[0], buf[1]]));
+    if id_len == 0 || id_len > MAX_ID {
+        return Err(ApiError::bad_request(format!(
+            "frame: id of {id_len} bytes (1 to {MAX_ID})"
+        )));
+    }
+    if buf.len() < 2 + id_len + 4 {
+        return Ok(None);
+    }
+    let n = u32::from_le_bytes([
+        buf[2 + id_len],
+        buf[3 + id_len],
+        buf[4 + id_len],
+        buf[5 + id_len],
+    ]) as usize;
+    let id = std::str::from_utf8(&buf[2..2 + id_len])
+        .map_err(|_| ApiError::bad_request("frame: the id is not UTF-8"))?
+        .to_string();
+    check_input_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if n != pixels {
+        return Err(ApiError::bad_request(format!(
+            "frame {id}: {n} pixels, the deployed model takes {pixels}"
+        )));
+    }
+    if buf.len() < 6 + id_len + n {
+        return Ok(None);
+    }
+    buf.advance(6 + id_len);
+    let px = buf.split_to(n).to_vec();
+    Ok(Some((id, px)))
+}
+
+async fn stream(
+    State(edge): State<Arc<Edge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    if !matches!(caller(&edge, &headers)?, Caller::Input) {
+        return Err(forbidden("send inputs (use the input token)"));
+    }
+    let Some(dep) = edge.current() else {
+        return Err(ApiError::conflict(
+            "no_deployment",
+            "no model is deployed on this node yet",
+        ));
+    };
+    let pixels = dep.pixels();
+    let mut data = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    let mut waiting: Vec<(String, oneshot::Receiver<Result<(), String>>)> = Vec::new();
+    let mut refused: Option<ApiError> = None;
+    'read: while let Some(chunk) = data.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                refused = Some(ApiError::bad_request(format!("body: {e}")));
+                break;
+            }
+        };
+        buf.extend_from_slice(&chunk);
+        loop {
+            match next_frame(&mut buf, pixels) {
+                Ok(Some((input_id, px))) => {
+                    let (tx, rx) = oneshot::channel();
+                    let job = Job {
+                        input_id: input_id.clone(),
+                        pixels: px,
+                        done: tx,
+                    };
+                    if edge.jobs.send(job).await.is_err() {
+                        return Err(ApiError::internal("the inference worker has stopped"));
+                    }
+                    waiting.push((input_id, rx));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    refused = Some(e);
+                    break 'read;
+                }
+            }
+        }
+    }
+    if refused.is_none() && !buf.is_empty() {
+        refused = Some(ApiError::bad_request(format!(
+            "the body ends inside a frame ({} bytes left)",
+            buf.len()
+        )));
+    }
+    let mut processed = Vec::new();
+    let mut failed = Vec::new();
+    for (id, rx) in waiting {
+        match rx.await {
+            Ok(Ok(())) => processed.push(id),
+            Ok(Err(e)) => failed.push(json!({ "input_id": id, "error": e })),
+            Err(_) => failed.push(json!({ "input_id": id, "error": "the worker stopped" })),
+        }
+    }
+    if let Some(mut e) = refused {
+        e.message = format!(
+            "{} ({} earlier frames were processed, their results are queued for the owner)",
+            e.message,
+            processed.len()
+        );
+        return Err(e);
+    }
+    Ok(Json(json!({
+        "deployment_id": dep.header().deployment_id,
+        "processed": processed.len(),
+        "failed": failed,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: &str, px: &[u8]) -> Vec<u8> {
+        let mut f = (id.len() as u16).to_le_bytes().to_vec();
+        f.extend_from_slice(id.as_bytes());
+        f.extend_from_slice(&(px.len() as u32).to_le_bytes());
+        f.extend_from_slice(px);
+        f
+    }
+
+    #[test]
+    fn frames_parse_across_chunk_boundaries_and_refuse_bad_ones() {
+        let mut all = frame("a", &[1, 2, 3]);
+        all.extend(frame("b.png", &[4, 5, 6]));
+        let mut buf = BytesMut::new();
+        let mut got = vec![];
+        for byte in all {
+            buf.extend_from_slice(&[byte]);
+            while let Some(f) = next_frame(&mut buf, 3).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(
+            got,
+            vec![("a".into(), vec![1, 2, 3]), ("b.png".into(), vec![4, 5, 6])]
+        );
+        assert!(buf.is_empty());
+        let mut bad = BytesMut::from(&frame("a", &[1, 2])[..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+        let mut bad = BytesMut::from(&frame("../x", &[1, 2, 3])[..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+        let mut bad = BytesMut::from(&[0u8, 0, 1][..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! The edge node service (`hecnn edge serve`).
+//!
+//! HTTP API:
+//!
+//! | route | token | what |
+//! |---|---|---|
+//! | `GET /v1/health` | – | liveness |
+//! | `PUT /v1/deployment` | node | body: `HCND` bundle; checked, stored atomically, then served |
+//! | `GET /v1/status` | node, input | the current deployment and the outbox's length |
+//! | `POST /v1/stream` | input | body: a stream of frames (`u16` id length, id, `u32` pixel count, 8-bit C×H×W pixels); answers once every frame's encrypted result is in the outbox |
+//!
+//! Inputs also come from a watched directory (PNG or raw `.u8` files; moved to `done/` or
+//! `failed/`). Each encrypted result is written to `outbox/` before it is acknowledged,
+//! and the forwarder sends the outbox to the owner until the owner has stored each result,
+//! so a crash of either side loses no completed result (the owner ignores duplicates).
+//!
+//! State directory: `deployment.hcnd` (the current bundle), `input.token`, `outbox/`,
+//! `rejected/` (results the owner refused, with the reason).
+
+mod api;
+mod deployed;
+
+pub use deployed::{Deployed, decode_image};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use hecnn_ring::{Backend, CpuBackend};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::auth::{Token, TokenHash};
+use crate::net::{self, Server, TlsFiles};
+use crate::wire::{DeploymentBundle, check_input_id};
+use crate::{DeployError, files};
+
+/// Settings of the edge service.
+#[derive(Clone, Debug)]
+pub struct EdgeConfig {
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Serve over TLS with these files.
+    pub tls: Option<TlsFiles>,
+    /// The owner service's base address.
+    pub owner_url: String,
+    /// This node's token, issued by the owner (`POST /v1/nodes`).
+    pub node_token: Token,
+    /// Certificate authorities trusted for an `https` owner.
+    pub owner_ca: Option<PathBuf>,
+    /// A directory to take images from.
+    pub watch: Option<PathBuf>,
+    /// Worker threads for inference (0 = all cores).
+    pub threads: usize,
+    /// Largest deployment bundle, in bytes.
+    pub max_bundle_bytes: usize,
+    /// Inputs queued for inference before the stream reader waits (back-pressure).
+    pub queue: usize,
+}
+
+impl EdgeConfig {
+    /// Defaults: loopback, an ephemeral port, 1 GiB bundles, a queue of 64 inputs.
+    pub fn new(state_dir: PathBuf, owner_url: String, node_token: Token) -> Self {
+        Self {
+            state_dir,
+            listen: "127.0.0.1:0".into(),
+            tls: None,
+            owner_url,
+            node_token,
+            owner_ca: None,
+            watch: None,
+            threads: 0,
+            max_bundle_bytes: 1 << 30,
+            queue: 64,
+        }
+    }
+}
+
+/// One input for the inference worker.
+pub(crate) struct Job {
+    pub(crate) input_id: String,
+    pub(crate) pixels: Vec<u8>,
+    /// Answered once the result is durable in the outbox.
+    pub(crate) done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The edge's shared state.
+pub(crate) struct Edge {
+    config: EdgeConfig,
+    be: CpuBackend,
+    node_token: TokenHash,
+    input_token: TokenHash,
+    current: RwLock<Option<Arc<Deployed>>>,
+    jobs: mpsc::Sender<Job>,
+    outbox_wake: Notify,
+    client: reqwest::Client,
+    processed: AtomicU64,
+    forwarded: AtomicU64,
+}
+
+const BUNDLE_FILE: &str = "deployment.hcnd";
+
+impl Edge {
+    pub(crate) fn current(&self) -> Option<Arc<Deployed>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn outbox(&self) -> PathBuf {
+        self.config.state_dir.join("outbox")
+    }
+
+    /// Checks, stores (atomically) and switches to a new deployment. A bundle equal to the
+    /// current deployment is acknowledged without change (the owner retries after a lost
+    /// answer).
+    pub(crate) fn install(&self, bytes: &[u8]) -> Result<Arc<Deployed>, DeployError> {
+        let bundle = DeploymentBundle::from_bytes(bytes)?;
+        if let Some(cur) = self.current()
+            && cur.header() == &bundle.header
+        {
+            return Ok(cur);
+        }
+        let deployed = Arc::new(Deployed::load(&self.be, &bundle)?);
+        files::write_atomic(&self.config.state_dir.join(BUNDLE_FILE), bytes)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&deployed));
+        let h = deployed.header();
+        eprintln!(
+            "deployment {} installed: model {} v{} ({} features)",
+            h.deployment_id,
+            h.model_name,
+            h.model_version,
+            if h.encrypt_features {
+                "encrypted"
+            } else {
+                "plain"
+            }
+        );
+        Ok(deployed)
+    }
+
+    pub(crate) fn outbox_len(&self) -> usize {
+        files::list(&self.outbox(), "hcnr").map_or(0, |v| v.len())
+    }
+}
+
+/// A running edge service.
+pub struct EdgeHandle {
+    /// The base address it serves.
+    pub url: String,
+    /// Where the input token is (written at the first start, mode 0600).
+    pub input_token_file: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EdgeHandle {
+    /// Serves until the process ends.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the state (reloading the stored deployment and the outbox), starts the inference
+/// worker, the forwarder and the directory watch, and serves the API.
+///
+/// # Errors
+/// Configuration, state-directory and listening errors, and a stored deployment that no
+/// longer loads.
+pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
+    let dir = &config.state_dir;
+    for d in [dir.clone(), dir.join("outbox"), dir.join("rejected")] {
+        files::ensure_dir(&d)?;
+        files::sweep_temporaries(&d)?;
+    }
+    if let Some(w) = &config.watch {
+        for d in [w.clone(), w.join("done"), w.join("failed")] {
+            files::ensure_dir(&d)?;
+        }
+        files::sweep_temporaries(w)?;
+    }
+    let input_token_file = dir.join("input.token");
+    let input_token = match Token::read(&input_token_file) {
+        Ok(t) => t,
+        Err(_) => {
+            let t = Token::generate()?;
+            files::write_private(&input_token_file, format!("{}\n", t.expose()).as_bytes())?;
+            t
+        }
+    };
+    let be = CpuBackend::new(config.threads)?;
+    let client = net::client(config.owner_ca.as_deref())?;
+    let (tx, rx) = mpsc::channel(config.queue.max(1));
+    let server = Server::bind(&config.listen, config.tls.as_ref()).await?;
+    let url = server.url()?;
+    let edge = Arc::new(Edge {
+        node_token: config.node_token.hash(),
+        input_token: input_token.hash(),
+        config,
+        be,
+        current: RwLock::new(None),
+        jobs: tx,
+        outbox_wake: Notify::new(),
+        client,
+        processed: AtomicU64::new(0),
+        forwarded: AtomicU64::new(0),
+    });
+    let stored = edge.config.state_dir.join(BUNDLE_FILE);
+    if stored.exists() {
+        let bytes = std::fs::read(&stored).map_err(|e| DeployError::io(&stored, e))?;
+        edge.install(&bytes)?;
+    }
+    {
+        let e = Arc::clone(&edge);
+        std::thread::Builder::new()
+            .name("hecnn-infer".into())
+            .spawn(move || worker(&e, rx))
+            .map_err(|e| DeployError::Config(format!("worker thread: {e}")))?;
+    }
+    if let Some(w) = edge.config.watch.clone() {
+        let e = Arc::clone(&edge);
+        std::thread::Builder::new()
+            .name("hecnn-watch".into())
+            .spawn(move || watch(&e, &w))
+            .map_err(|e| DeployError::Config(format!("watch thread: {e}")))?;
+    }
+    tokio::spawn(forwarder(Arc::clone(&edge)));
+    let task = tokio::spawn(server.serve(api::router(edge)));
+    Ok(EdgeHandle {
+        url,
+        input_token_file,
+        task,
+    })
+}
+
+/// The inference worker: takes the queued inputs (up to two per thread at a time), runs
+/// them in parallel, writes each result to the outbox, then acknowledges.
+fn worker(edge: &Arc<Edge>, mut rx: mpsc::Receiver<Job>) {
+    let most = edge.be.threads().max(1) * 2;
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < most {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let Some(dep) = edge.current() else {
+            for j in batch {
+                let _ = j.done.send(Err("no model is deployed on this node".into()));
+            }
+            continue;
+        };
+        let (inputs, acks): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|j| ((j.input_id, j.pixels), j.done))
+            .unzip();
+        let outbox = edge.outbox();
+        let results = edge.be.par_map(inputs, |(id, px)| {
+            let envelope = dep.infer(&id, &px)?;
+            let name = format!("{}-{id}.hcnr", dep.header().deployment_id);
+            files::write_atomic(&outbox.join(name), &envelope)
+        });
+        for (r, ack) in results.into_iter().zip(acks) {
+            if r.is_ok() {
+                edge.processed.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = ack.send(r.map_err(|e| e.to_string()));
+        }
+        edge.outbox_wake.notify_one();
+    }
+}
+
+fn move_to(path: &Path, dir: &Path) {
+    if let Some(name) = path.file_name()
+        && let Err(e) = files::rename_durable(path, &dir.join(name))
+    {
+        eprintln!("watch: {e}");
+    }
+}
+
+/// Polls `dir` for images (`.png`, `.u8`), queues them, and moves each to `done/` once its
+/// result is in the outbox (or to `failed/` with the reason logged). A crash before the
+/// move re-queues the file at the next start; the owner ignores the duplicate result.
+fn watch(edge: &Arc<Edge>, dir: &Path) {
+    let (done, failed) = (dir.join("done"), dir.join("failed"));
+    loop {
+        let mut waiting = Vec::new();
+        if let Some(dep) = edge.current() {
+            let mut found = files::list(dir, "png").unwrap_or_default();
+            found.extend(files::list(dir, "u8").unwrap_or_default());
+            found.sort();
+            for path in found.into_iter().take(64) {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let pixels = check_input_id(&name).and_then(|()| {
+                    let bytes = std::fs::read(&path).map_err(|e| DeployError::io(&path, e))?;
+                    decode_image(&name, &bytes, dep.shape())
+                });
+                match pixels {
+                    Ok(pixels) => {
+                        let (tx, rx) = oneshot::channel();
+                        let job = Job {
+                            input_id: name,
+                            pixels,
+                            done: tx,
+                        };
+                        if edge.jobs.blocking_send(job).is_err() {
+                            return;
+                        }
+                        waiting.push((path, rx));
+                    }
+                    Err(e) => {
+                        eprintln!("watch: {e}");
+                        move_to(&path, &failed);
+                    }
+                }
+            }
+        }
+        let idle = waiting.is_empty();
+        for (path, rx) in waiting {
+            match rx.blocking_recv() {
+                Ok(Ok(())) => move_to(&path, &done),
+                Ok(Err(e)) => {
+                    eprintln!("watch: {}: {e}", path.display());
+                    move_to(&path, &failed);
+                }
+                Err(_) => return,
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Sends the outbox to the owner, oldest first, removing each result once the owner has
+/// stored it. Results the owner refuses (4xx) move to `rejected/` with the reason; network
+/// and server errors are retried with back-off.
+async fn forwarder(edge: Arc<Edge>) {
+    let url = format!("{}/v1/results", edge.config.owner_url.trim_end_matches('/'));
+    let token = edge.config.node_token.clone();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let pending = files::list(&edge.outbox(), "hcnr").unwrap_or_default();
+        let mut stalled = false;
+        for path in &pending {
+            let Ok(body) = tokio::fs::read(path).await else {
+                continue;
+            };
+            let sent = edge
+                .client
+                .post(&url)
+                .bearer_auth(token.expose())
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send()
+                .await
+                .map_err(DeployError::from);
+            let answer = match sent {
+                Ok(resp) => net::check(&url, resp).await.map(drop),
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(()) => {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        eprintln!("forwarder: {}: {e}", path.display());
+                    }
+                    edge.forwarded.fetch_add(1, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(DeployError::Remote {
+                    status, message, ..
+                }) if (400..500).contains(&status) && ![401, 408, 429].contains(&status) => {
+                    eprintln!(
+                        "forwarder: the owner refused {}: {status} {message}",
+                        path.display()
+                    );
+                    let rejected = edge.config.state_dir.join("rejected");
+                    if let Some(name) = path.file_name() {
+                        let why = rejected.join(format!("{}.why", name.to_string_lossy()));
+                        let _ =
+                            files::write_atomic(&why, format!("{status} {message}\n").as_bytes());
+                    }
+                    move_to(path, &rejected);
+                }
+                Err(e) => {
+                    eprintln!("forwarder: {e} (retrying in {} ms)", backoff.as_millis());
+                    stalled = true;
+                    break;
+                }
+            }
+        }
+        let wait = if stalled {
+            let w = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            w
+        } else if pending.is_empty() {
+            Duration::from_secs(1)
+        } else {
+            continue;
+        };
+        tokio::select! {
+            () = edge.outbox_wake.notified(), if !stalled => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}

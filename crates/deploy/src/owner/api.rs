@@ -1,0 +1,412 @@
+//! The owner's HTTP handlers.
+
+use std::sync::{Arc, PoisonError};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, StatusCode},
+    response::IntoResponse,
+    routing::{get, post},
+};
+use hecnn_nn::{
+    onnx,
+    protect::{self, ProtectPlan, Scope},
+};
+use hecnn_ring::Prng;
+use hecnn_rlwe::{SecretKey, SecurityLevel};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Owner, node_token_aad, registry::NewModel, secret_aad};
+use crate::auth::{Token, bearer};
+use crate::body::read_body;
+use crate::wire::{ResultEnvelope, check_input_id};
+use crate::{ApiError, DeployError};
+
+type Api<T> = Result<T, ApiError>;
+
+pub(crate) fn router(owner: Arc<Owner>) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({ "service": "hecnn-owner", "api": 1 })) }),
+        )
+        .route("/v1/models", post(add_model).get(list_models))
+        .route("/v1/nodes", post(add_node))
+        .route("/v1/consumers", post(add_consumer))
+        .route("/v1/deployments", post(add_deployment))
+        .route("/v1/deployments/{id}", get(get_deployment))
+        .route("/v1/results", post(post_result).get(get_results))
+        .fallback(|| async {
+            ApiError::not_found("no_route", "no such route (the API is under /v1)")
+        })
+        .with_state(owner)
+}
+
+fn json_body<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Api<T> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+}
+
+fn query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Api<T> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
+}
+
+async fn require_role(
+    owner: &Arc<Owner>,
+    headers: &HeaderMap,
+    roles: &'static [&'static str],
+) -> Api<()> {
+    let token = bearer(headers)?;
+    let role = owner.db(move |db| db.token_role(token.hash())).await?;
+    match role {
+        Some(r) if roles.contains(&r.as_str()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this token may not use this route",
+        )),
+        None => Err(ApiError::unauthorized()),
+    }
+}
+
+#[derive(Deserialize)]
+struct ModelQuery {
+    name: String,
+    #[serde(default = "default_layers")]
+    layers: String,
+    #[serde(default = "default_security")]
+    security: u32,
+    #[serde(default = "default_features")]
+    features: String,
+}
+fn default_layers() -> String {
+    "classifier".into()
+}
+fn default_security() -> u32 {
+    128
+}
+fn default_features() -> String {
+    "plain".into()
+}
+
+async fn add_model(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let q: ModelQuery = query(raw)?;
+    check_input_id(&q.name).map_err(|e| ApiError::bad_request(format!("model name: {e}")))?;
+    let scope = match q.layers.as_str() {
+        "last" => Scope::LastLayer,
+        "classifier" => Scope::Classifier,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "layers={other}: use last or classifier"
+            )));
+        }
+    };
+    let level = match q.security {
+        128 => SecurityLevel::Bits128,
+        192 => SecurityLevel::Bits192,
+        256 => SecurityLevel::Bits256,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "security={other}: use 128, 192 or 256"
+            )));
+        }
+    };
+    let encrypt_features = match q.features.as_str() {
+        "plain" => false,
+        "encrypted" => true,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "features={other}: use plain or encrypted"
+            )));
+        }
+    };
+    let onnx_bytes = read_body(&headers, body, owner.config.max_model_bytes).await?;
+    let o = Arc::clone(&owner);
+    let row = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let invalid = |e: hecnn_nn::NnError| ApiError::invalid(e.to_string());
+        let model = onnx::import_onnx(&onnx_bytes).map_err(invalid)?;
+        let plan = ProtectPlan::new(&model, scope).map_err(invalid)?;
+        let params = protect::parameters(plan.spec(), level).map_err(invalid)?;
+        let be = &o.be;
+        let mut rng = Prng::from_entropy().map_err(ApiError::internal)?;
+        let sk = SecretKey::generate(params.rlwe(), &mut rng).map_err(ApiError::internal)?;
+        let protected = be
+            .install(|| plan.protect(&params, &sk, be, &mut rng))
+            .map_err(ApiError::internal)?;
+        let pk = sk.public_key(be, &mut rng).map_err(ApiError::internal)?;
+        let evk = sk
+            .evaluation_keys(be, &protected.key_requirements(), &mut rng)
+            .map_err(ApiError::internal)?;
+        let key_id = sk.key_id();
+        let sealed = o.master.seal(&secret_aad(&key_id), &sk.to_secret_bytes())?;
+        let protected_bytes = protected.to_bytes(be).map_err(ApiError::internal)?;
+        let pk_bytes = pk.to_bytes(be).map_err(ApiError::internal)?;
+        let ev_bytes = evk.to_bytes(be).map_err(ApiError::internal)?;
+        let new = NewModel {
+            name: &q.name,
+            scope: scope.name(),
+            security: q.security,
+            encrypt_features,
+            key_id,
+            protected: &protected_bytes,
+            public_key: &pk_bytes,
+            eval_keys: &ev_bytes,
+            sealed_secret: &sealed,
+        };
+        let row =
+            o.db.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert_model(&new)?;
+        eprintln!(
+            "model {} registered: {} v{} ({}, {}-bit, {} features), {} bytes protected",
+            row.id,
+            row.name,
+            row.version,
+            row.scope,
+            row.security,
+            if encrypt_features {
+                "encrypted"
+            } else {
+                "plain"
+            },
+            protected_bytes.len()
+        );
+        Ok(row)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list_models(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let models = owner.db(|db| db.models()).await?;
+    Ok(Json(json!({ "models": models })))
+}
+
+#[derive(Deserialize)]
+struct NewNode {
+    name: String,
+    url: String,
+}
+
+async fn add_node(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let n: NewNode = json_body(&read_body(&headers, body, 64 << 10).await?)?;
+    check_input_id(&n.name).map_err(|e| ApiError::bad_request(format!("node name: {e}")))?;
+    if !(n.url.starts_with("http://") || n.url.starts_with("https://"))
+        || reqwest::Url::parse(&n.url).is_err()
+    {
+        return Err(ApiError::bad_request(format!(
+            "node url {:?}: use http(s)://host:port",
+            n.url
+        )));
+    }
+    let token = Token::generate()?;
+    let sealed = owner
+        .master
+        .seal(&node_token_aad(&n.name), token.expose().as_bytes())?;
+    let hash = token.hash();
+    let (name, url) = (n.name.clone(), n.url.clone());
+    let id = owner
+        .db(move |db| {
+            if db.node_by_name(&name)?.is_some() {
+                return Ok(None);
+            }
+            db.insert_node(&name, &url, hash, &sealed).map(Some)
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict("node_exists", format!("a node named {:?} exists", n.name))
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "node_id": id, "name": n.name, "token": token.expose() })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewConsumer {
+    name: String,
+}
+
+async fn add_consumer(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let c: NewConsumer = json_body(&read_body(&headers, body, 64 << 10).await?)?;
+    check_input_id(&c.name).map_err(|e| ApiError::bad_request(format!("consumer name: {e}")))?;
+    let token = Token::generate()?;
+    let hash = token.hash();
+    owner
+        .db(move |db| db.add_token(hash, "consumer", &c.name))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token.expose() })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct NewDeployment {
+    model_id: u64,
+    node: String,
+}
+
+async fn add_deployment(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let d: NewDeployment = json_body(&read_body(&headers, body, 64 << 10).await?)?;
+    let (model_id, node) = (d.model_id, d.node.clone());
+    let id = owner
+        .db(move |db| {
+            if db.model(model_id)?.is_none() {
+                return Ok(Err(ApiError::not_found(
+                    "unknown_model",
+                    format!("no model {model_id}"),
+                )));
+            }
+            let Some(n) = db.node_by_name(&node)? else {
+                return Ok(Err(ApiError::not_found(
+                    "unknown_node",
+                    format!("no node named {node:?}"),
+                )));
+            };
+            db.insert_deployment(model_id, n.id).map(Ok)
+        })
+        .await??;
+    owner.deploy_wake.notify_one();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "deployment_id": id, "state": "pending" })),
+    ))
+}
+
+async fn get_deployment(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("deployment id {id:?} is not a number")))?;
+    let dep = owner
+        .db(move |db| db.deployment(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_deployment", format!("no deployment {id}")))?;
+    Ok(Json(dep))
+}
+
+async fn post_result(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Api<impl IntoResponse> {
+    let token = bearer(&headers)?;
+    let node = owner
+        .db(move |db| db.node_by_token(token.hash()))
+        .await?
+        .ok_or_else(ApiError::unauthorized)?;
+    let bytes = read_body(&headers, body, owner.config.max_result_bytes).await?;
+    let env =
+        ResultEnvelope::from_bytes(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let h = env.header.clone();
+    let (dep, model) = owner
+        .db(move |db| {
+            let dep = db.deployment(h.deployment_id)?;
+            let model = match &dep {
+                Some(d) => db.model(d.model_id)?,
+                None => None,
+            };
+            Ok((dep, model))
+        })
+        .await?;
+    let (Some(dep), Some(model)) = (dep, model) else {
+        return Err(ApiError::not_found(
+            "unknown_deployment",
+            format!("no deployment {}", env.header.deployment_id),
+        ));
+    };
+    if dep.node_id != node.id {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("deployment {} belongs to another node", dep.id),
+        ));
+    }
+    if env.header.model_id != model.id || env.header.model_version != model.version {
+        return Err(ApiError::conflict(
+            "version_mismatch",
+            format!(
+                "deployment {} runs model {} v{}, the result claims model {} v{}",
+                dep.id, model.name, model.version, env.header.model_id, env.header.model_version
+            ),
+        ));
+    }
+    let o = Arc::clone(&owner);
+    let output = env.output;
+    let input_id = env.header.input_id;
+    let stored = tokio::task::spawn_blocking(move || -> Result<bool, ApiError> {
+        o.check_output(model.id, &output).map_err(|e| match e {
+            DeployError::Nn(e) => ApiError::invalid(e.to_string()),
+            DeployError::Wire(m) => ApiError::invalid(m),
+            other => ApiError::internal(other),
+        })?;
+        Ok(o.db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert_result(dep.id, &input_id, &output)?)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    owner.decrypt_wake.notify_one();
+    Ok(Json(json!({ "stored": true, "duplicate": !stored })))
+}
+
+#[derive(Deserialize)]
+struct ResultsQuery {
+    #[serde(default)]
+    after: u64,
+    deployment: Option<u64>,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+fn default_limit() -> usize {
+    1000
+}
+
+async fn get_results(
+    State(owner): State<Arc<Owner>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin", "consumer"]).await?;
+    let q: ResultsQuery = query(raw)?;
+    let limit = q.limit.clamp(1, 10_000);
+    let rows = owner
+        .db(move |db| db.results(q.after, q.deployment, limit))
+        .await?;
+    Ok(Json(json!({ "results": rows })))
+}

@@ -1,0 +1,425 @@
+//! The model owner's backend service (`hecnn owner serve`).
+//!
+//! HTTP API (JSON unless noted; every route but `/v1/health` needs a bearer token):
+//!
+//! | route | token | what |
+//! |---|---|---|
+//! | `GET /v1/health` | – | liveness |
+//! | `POST /v1/models?name=&layers=last\|classifier&security=128&features=plain\|encrypted` | admin | body: ONNX model; generates a key pair, protects the model, registers it as the next version of `name` |
+//! | `GET /v1/models` | admin | the registered models |
+//! | `POST /v1/nodes` `{"name", "url"}` | admin | registers an edge node; answers its token (shown once) |
+//! | `POST /v1/consumers` `{"name"}` | admin | a token that may read results |
+//! | `POST /v1/deployments` `{"model_id", "node"}` | admin | records a deployment; the deployment agent pushes it |
+//! | `GET /v1/deployments/{id}` | admin | its state: `pending`, `active`, `superseded`, `failed` |
+//! | `POST /v1/results` | node | body: `HCNR` result envelope; stored, then decrypted by the decryption agent |
+//! | `GET /v1/results?after=&deployment=&limit=` | admin, consumer | decrypted predictions |
+
+mod api;
+mod registry;
+
+pub use registry::{DeploymentRow, ModelRow, Registry, ResultRow, hex};
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hecnn_ckks::Decryptor;
+use hecnn_nn::protect::{ProtectedModel, ProtectedOutput, decrypt_output};
+use hecnn_ring::{Backend, CpuBackend};
+use hecnn_rlwe::SecretKey;
+use tokio::sync::Notify;
+
+use crate::auth::Token;
+use crate::net::{self, Server, TlsFiles};
+use crate::vault::MasterKey;
+use crate::wire::{DeploymentBundle, DeploymentHeader};
+use crate::{DeployError, files};
+
+/// Settings of the owner service.
+#[derive(Clone, Debug)]
+pub struct OwnerConfig {
+    /// State directory: `registry.sqlite`, `admin.token` and (by default) `master.key`.
+    pub state_dir: PathBuf,
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    pub listen: String,
+    /// Serve over TLS with these files.
+    pub tls: Option<TlsFiles>,
+    /// The master key sealing secrets at rest (default `<state_dir>/master.key`).
+    pub master_key: Option<PathBuf>,
+    /// Certificate authorities trusted when pushing to `https` edges.
+    pub edge_ca: Option<PathBuf>,
+    /// Worker threads for protection and decryption (0 = all cores).
+    pub threads: usize,
+    /// Largest ONNX upload, in bytes.
+    pub max_model_bytes: usize,
+    /// Largest result envelope, in bytes.
+    pub max_result_bytes: usize,
+}
+
+impl OwnerConfig {
+    /// Defaults for a state directory: loopback, an ephemeral port, 256 MiB models, 16 MiB
+    /// results.
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            listen: "127.0.0.1:0".into(),
+            tls: None,
+            master_key: None,
+            edge_ca: None,
+            threads: 0,
+            max_model_bytes: 256 << 20,
+            max_result_bytes: 16 << 20,
+        }
+    }
+}
+
+/// A registered model, loaded for checking and decrypting its results.
+struct Loaded {
+    model: ProtectedModel<CpuBackend>,
+    secret: SecretKey,
+}
+
+/// The owner's shared state.
+pub(crate) struct Owner {
+    config: OwnerConfig,
+    db: Mutex<Registry>,
+    master: MasterKey,
+    be: CpuBackend,
+    client: reqwest::Client,
+    loaded: Mutex<HashMap<u64, Arc<Loaded>>>,
+    deploy_wake: Notify,
+    decrypt_wake: Notify,
+}
+
+/// How long a deployment is retried before it is marked failed.
+const DELIVERY_ATTEMPTS: u32 = 30;
+
+impl Owner {
+    /// Runs `f` on the registry in a blocking task.
+    pub(crate) async fn db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut Registry) -> Result<T, DeployError> + Send + 'static,
+    ) -> Result<T, DeployError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut db = me.db.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut db)
+        })
+        .await
+        .map_err(|e| DeployError::Config(format!("registry task: {e}")))?
+    }
+
+    /// The model `id`, loaded (and its secret key unsealed) once.
+    fn loaded(&self, model_id: u64) -> Result<Option<Arc<Loaded>>, DeployError> {
+        if let Some(l) = self
+            .loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&model_id)
+        {
+            return Ok(Some(Arc::clone(l)));
+        }
+        let blobs = self
+            .db
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .model_blobs(model_id)?;
+        let Some(blobs) = blobs else { return Ok(None) };
+        let model = ProtectedModel::from_bytes(&self.be, &blobs.protected)?;
+        let aad = secret_aad(&model.key_id());
+        let sk_bytes = self.master.open(&aad, &blobs.sealed_secret)?;
+        let secret = SecretKey::from_secret_bytes(model.params().rlwe(), &sk_bytes)?;
+        if secret.key_id() != model.key_id() {
+            return Err(DeployError::Unseal);
+        }
+        let l = Arc::new(Loaded { model, secret });
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(model_id, Arc::clone(&l));
+        Ok(Some(l))
+    }
+
+    /// Checks an encrypted output against its model: ciphertext count, levels, scales,
+    /// parameters and owner key.
+    fn check_output(&self, model_id: u64, bytes: &[u8]) -> Result<(), DeployError> {
+        let l = self
+            .loaded(model_id)?
+            .ok_or_else(|| DeployError::Wire(format!("model {model_id} is not registered")))?;
+        let (_, key) =
+            ProtectedOutput::from_bytes(&self.be, l.model.spec(), l.model.params(), bytes)?;
+        if key != l.model.key_id() {
+            return Err(DeployError::Wire(
+                "the result is tagged with another owner key than the model's".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decrypt(&self, model_id: u64, bytes: &[u8]) -> Result<Vec<f64>, DeployError> {
+        let l = self
+            .loaded(model_id)?
+            .ok_or_else(|| DeployError::Wire(format!("model {model_id} is not registered")))?;
+        let (out, _) =
+            ProtectedOutput::from_bytes(&self.be, l.model.spec(), l.model.params(), bytes)?;
+        let dec = Decryptor::new(&l.secret, &self.be)?;
+        Ok(decrypt_output(
+            l.model.spec(),
+            l.model.params(),
+            &dec,
+            &self.be,
+            &out,
+        )?)
+    }
+}
+
+/// The secret key of a registered model, unsealed with the master key: for the owner's own
+/// tooling (offline decryption, audits), where the registry and the master key are. The
+/// services never send it anywhere.
+///
+/// # Errors
+/// An unknown model, a wrong master key, registry errors.
+pub fn read_secret_key(
+    registry: &std::path::Path,
+    master_key: &std::path::Path,
+    model_id: u64,
+) -> Result<SecretKey, DeployError> {
+    let master = MasterKey::load(master_key)?;
+    let blobs = Registry::open(registry)?
+        .model_blobs(model_id)?
+        .ok_or_else(|| DeployError::Config(format!("no model {model_id}")))?;
+    let be = CpuBackend::new(1)?;
+    let model = ProtectedModel::from_bytes(&be, &blobs.protected)?;
+    let bytes = master.open(&secret_aad(&blobs.key_id), &blobs.sealed_secret)?;
+    Ok(SecretKey::from_secret_bytes(model.params().rlwe(), &bytes)?)
+}
+
+/// Associated data sealing a model's secret key.
+pub(crate) fn secret_aad(key_id: &[u8; 32]) -> String {
+    format!("model-secret:{}", hex(key_id))
+}
+
+/// Associated data sealing a node's token.
+pub(crate) fn node_token_aad(name: &str) -> String {
+    format!("node-token:{name}")
+}
+
+/// A running owner service.
+pub struct OwnerHandle {
+    /// The base address it serves, e.g. `http://127.0.0.1:40123`.
+    pub url: String,
+    /// Where the administrator token is (written at the first start, mode 0600).
+    pub admin_token_file: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OwnerHandle {
+    /// Serves until the process ends (or the server task fails).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Opens the state, starts the deployment and decryption agents, and serves the API.
+///
+/// # Errors
+/// Configuration, state-directory, database and listening errors.
+pub async fn start(config: OwnerConfig) -> Result<OwnerHandle, DeployError> {
+    files::ensure_dir(&config.state_dir)?;
+    files::sweep_temporaries(&config.state_dir)?;
+    let master_path = config
+        .master_key
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("master.key"));
+    let master = MasterKey::load_or_create(&master_path)?;
+    let registry = Registry::open(&config.state_dir.join("registry.sqlite"))?;
+    let admin_token_file = config.state_dir.join("admin.token");
+    if !registry.has_admin()? {
+        let token = Token::generate()?;
+        files::write_private(
+            &admin_token_file,
+            format!("{}\n", token.expose()).as_bytes(),
+        )?;
+        registry.add_token(token.hash(), "admin", "admin")?;
+    }
+    let be = CpuBackend::new(config.threads)?;
+    let client = net::client(config.edge_ca.as_deref())?;
+    let server = Server::bind(&config.listen, config.tls.as_ref()).await?;
+    let url = server.url()?;
+    let owner = Arc::new(Owner {
+        config,
+        db: Mutex::new(registry),
+        master,
+        be,
+        client,
+        loaded: Mutex::new(HashMap::new()),
+        deploy_wake: Notify::new(),
+        decrypt_wake: Notify::new(),
+    });
+    tokio::spawn(deployment_agent(Arc::clone(&owner)));
+    tokio::spawn(decryption_agent(Arc::clone(&owner)));
+    let router = api::router(Arc::clone(&owner));
+    let task = tokio::spawn(server.serve(router));
+    Ok(OwnerHandle {
+        url,
+        admin_token_file,
+        task,
+    })
+}
+
+/// Builds the bundle of a deployment from the registry.
+fn bundle(owner: &Owner, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
+    let db = owner.db.lock().unwrap_or_else(PoisonError::into_inner);
+    let model = db.model(dep.model_id)?.ok_or_else(|| {
+        DeployError::Config(format!("deployment {}: no model {}", dep.id, dep.model_id))
+    })?;
+    let blobs = db.model_blobs(dep.model_id)?.ok_or_else(|| {
+        DeployError::Config(format!("deployment {}: no model {}", dep.id, dep.model_id))
+    })?;
+    drop(db);
+    DeploymentBundle {
+        header: DeploymentHeader {
+            deployment_id: dep.id,
+            model_id: model.id,
+            model_name: model.name,
+            model_version: model.version,
+            key_id: blobs.key_id,
+            encrypt_features: model.encrypt_features,
+        },
+        protected: blobs.protected,
+        public_key: blobs.public_key,
+        eval_keys: blobs.eval_keys,
+    }
+    .to_bytes()
+}
+
+async fn push(owner: &Arc<Owner>, dep: &DeploymentRow) -> Result<(), DeployError> {
+    let d = dep.clone();
+    let (node, body) = {
+        let o = Arc::clone(owner);
+        tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
+            let node =
+                o.db.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .node(d.node_id)?
+                    .ok_or_else(|| DeployError::Config(format!("no node {}", d.node_id)))?;
+            let body = bundle(&o, &d)?;
+            Ok((node, body))
+        })
+        .await
+        .map_err(|e| DeployError::Config(e.to_string()))??
+    };
+    let token = owner
+        .master
+        .open(&node_token_aad(&node.name), &node.sealed_token)?;
+    let token = std::str::from_utf8(&token).map_err(|_| DeployError::Unseal)?;
+    let url = format!("{}/v1/deployment", node.url.trim_end_matches('/'));
+    let resp = owner
+        .client
+        .put(&url)
+        .bearer_auth(token)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await?;
+    net::check(&url, resp).await?;
+    Ok(())
+}
+
+/// Pushes pending deployments to their nodes, retrying with back-off; a deployment becomes
+/// `active` only once the node has stored it. Pending deployments survive restarts.
+async fn deployment_agent(owner: Arc<Owner>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let pending = owner
+            .db(|db| db.pending_deployments())
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("deployment agent: {e}");
+                vec![]
+            });
+        let mut failed = false;
+        for dep in pending {
+            match push(&owner, &dep).await {
+                Ok(()) => {
+                    let d = dep.clone();
+                    if let Err(e) = owner.db(move |db| db.activate(&d)).await {
+                        eprintln!("deployment agent: {e}");
+                    }
+                    eprintln!("deployment {} delivered to node {}", dep.id, dep.node_id);
+                }
+                Err(e) => {
+                    failed = true;
+                    let msg = e.to_string();
+                    let give_up = dep.attempts + 1 >= DELIVERY_ATTEMPTS
+                        || matches!(e, DeployError::Remote { status, .. } if (400..500).contains(&status) && status != 408 && status != 429);
+                    eprintln!(
+                        "deployment {}: {msg}{}",
+                        dep.id,
+                        if give_up { " (giving up)" } else { "" }
+                    );
+                    let id = dep.id;
+                    let _ = owner
+                        .db(move |db| db.delivery_failed(id, &msg, give_up))
+                        .await;
+                }
+            }
+        }
+        let wait = if failed {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff
+        } else {
+            backoff = Duration::from_millis(200);
+            Duration::from_secs(5)
+        };
+        tokio::select! {
+            () = owner.deploy_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Decrypts stored results in arrival order with their model's secret key. A result is
+/// stored before it is acknowledged to the edge, so results received before a crash are
+/// decrypted after the restart.
+async fn decryption_agent(owner: Arc<Owner>) {
+    loop {
+        let batch = owner.db(|db| db.undecrypted(64)).await.unwrap_or_else(|e| {
+            eprintln!("decryption agent: {e}");
+            vec![]
+        });
+        if batch.is_empty() {
+            tokio::select! {
+                () = owner.decrypt_wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+            continue;
+        }
+        let o = Arc::clone(&owner);
+        let done = tokio::task::spawn_blocking(move || {
+            let results =
+                o.be.par_map(batch, |r| (r.seq, o.decrypt(r.model_id, &r.output)));
+            let db = o.db.lock().unwrap_or_else(PoisonError::into_inner);
+            for (seq, logits) in results {
+                match logits {
+                    Ok(logits) => {
+                        let class = hecnn_nn::exec::argmax(&logits) as u32;
+                        if let Err(e) = db.set_decrypted(seq, class, &logits) {
+                            eprintln!("decryption agent: result {seq}: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("decryption agent: result {seq}: {e}");
+                        let _ = db.set_failed(seq, &e.to_string());
+                    }
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            eprintln!("decryption agent: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The services' binary formats, versioned and bounded:
+//!
+//! - `HCND`, a **deployment bundle** (owner → edge): a header, the protected model (`HCNP`),
+//!   the public key and the evaluation keys. It has no field for a secret key.
+//! - `HCNR`, a **result envelope** (edge → owner): which deployment, model version and input
+//!   it answers, then the encrypted output (`HCNO`).
+//!
+//! Layout: 4-byte magic, `u16` version, `u32` header length, the header (postcard), then the
+//! payloads as (`u64` length, bytes). Decoding rejects other magics and versions, lengths past
+//! the end, oversized headers and trailing bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::DeployError;
+
+/// Magic of a deployment bundle.
+pub const BUNDLE_MAGIC: [u8; 4] = *b"HCND";
+/// Magic of a result envelope.
+pub const RESULT_MAGIC: [u8; 4] = *b"HCNR";
+/// Version of both formats.
+pub const VERSION: u16 = 1;
+/// Largest header accepted.
+const MAX_HEADER: usize = 4096;
+/// Longest input identifier.
+pub const MAX_INPUT_ID: usize = 128;
+
+/// What a deployment is: which model version, under which owner key, and how the edge
+/// supplies the features.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentHeader {
+    /// The owner's deployment id.
+    pub deployment_id: u64,
+    /// The owner's model id.
+    pub model_id: u64,
+    /// The model's name.
+    pub model_name: String,
+    /// The model's version (1, 2, … per name).
+    pub model_version: u32,
+    /// The owner key the model is encrypted under.
+    pub key_id: [u8; 32],
+    /// Whether the edge encrypts the features before the protected layers.
+    pub encrypt_features: bool,
+}
+
+/// A deployment bundle: only public material.
+#[derive(Clone, Debug)]
+pub struct DeploymentBundle {
+    /// What it deploys.
+    pub header: DeploymentHeader,
+    /// The protected model (`HCNP`).
+    pub protected: Vec<u8>,
+    /// The owner's public key for the model (to encrypt features).
+    pub public_key: Vec<u8>,
+    /// The evaluation keys the protected model needs.
+    pub eval_keys: Vec<u8>,
+}
+
+/// Which input an encrypted result answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultHeader {
+    /// The deployment that produced it.
+    pub deployment_id: u64,
+    /// The model it was computed with.
+    pub model_id: u64,
+    /// The model's version.
+    pub model_version: u32,
+    /// The input's identifier at the edge (see [`check_input_id`]).
+    pub input_id: String,
+}
+
+/// A result envelope.
+#[derive(Clone, Debug)]
+pub struct ResultEnvelope {
+    /// Which input it answers.
+    pub header: ResultHeader,
+    /// The encrypted output (`HCNO`).
+    pub output: Vec<u8>,
+}
+
+/// Checks an input identifier: 1 to 128 characters of `A–Z a–z 0–9 . _ -`, not starting
+/// with a dot (identifiers name files at the edge).
+///
+/// # Errors
+/// [`DeployError::Wire`] naming the rule.
+pub fn check_input_id(id: &str) -> Result<(), DeployError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_INPUT_ID
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::Wire(format!(
+            "input id {:?}: use 1 to {MAX_INPUT_ID} characters of A-Z a-z 0-9 . _ - (not starting with '.')",
+            id.chars().take(40).collect::<String>()
+        )))
+    }
+}
+
+fn encode<H: Serialize>(
+    magic: [u8; 4],
+    header: &H,
+    payloads: &[&[u8]],
+) -> Result<Vec<u8>, DeployError> {
+    let h = postcard::to_allocvec(header).map_err(|e| DeployError::Wire(e.to_string()))?;
+    let total = 10 + h.len() + payloads.iter().map(|p| 8 + p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&magic);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(
+        &u32::try_from(h.len())
+            .map_err(|_| DeployError::Wire("header too large".into()))?
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&h);
+    for p in payloads {
+        out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        out.extend_from_slice(p);
+    }
+    Ok(out)
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DeployError> {
+        if n > self.bytes.len() {
+            return Err(DeployError::Wire(format!(
+                "{}: truncated (needs {n} more bytes, has {})",
+                self.what,
+                self.bytes.len()
+            )));
+        }
+        let (a, b) = self.bytes.split_at(n);
+        self.bytes = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DeployError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn payload(&mut self) -> Result<&'a [u8], DeployError> {
+        let len = u64::from_le_bytes(self.array()?);
+        let len = usize::try_from(len)
+            .map_err(|_| DeployError::Wire(format!("{}: length overflow", self.what)))?;
+        self.take(len)
+    }
+}
+
+fn decode<'a, H: Deserialize<'a>>(
+    magic: [u8; 4],
+    what: &'static str,
+    bytes: &'a [u8],
+) -> Result<(H, Reader<'a>), DeployError> {
+    let mut r = Reader { bytes, what };
+    if r.array::<4>()? != magic {
+        return Err(DeployError::Wire(format!(
+            "not a {what} (magic {:?} expected)",
+            String::from_utf8_lossy(&magic)
+        )));
+    }
+    let version = u16::from_le_bytes(r.array()?);
+    if version != VERSION {
+        return Err(DeployError::Wire(format!(
+            "{what} format version {version}; this build reads version {VERSION}"
+        )));
+    }
+    let hlen = u32::from_le_bytes(r.array()?) as usize;
+    if hlen > MAX_HEADER {
+        return Err(DeployError::Wire(format!(
+            "{what}: header of {hlen} bytes is too large"
+        )));
+    }
+    let h = postcard::from_bytes(r.take(hlen)?)
+        .map_err(|e| DeployError::Wire(format!("{what}: malformed header: {e}")))?;
+    Ok((h, r))
+}
+
+fn finish(r: &Reader<'_>) -> Result<(), DeployError> {
+    if r.bytes.is_empty() {
+        Ok(())
+    } else {
+        Err(DeployError::Wire(format!(
+            "{}: {} trailing bytes",
+            r.what,
+            r.bytes.len()
+        )))
+    }
+}
+
+impl DeploymentBundle {
+    /// Serializes the bundle.
+    ///
+    /// # Errors
+    /// [`DeployError::Wire`] for an oversized header.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DeployError> {
+        encode(
+            BUNDLE_MAGIC,
+            &self.header,
+            &[&self.protected, &self.public_key, &self.eval_keys],
+        )
+    }
+
+    /// Parses a bundle (the payloads are checked when the edge loads them).
+    ///
+    /// # Errors
+    /// [`DeployError::Wire`] for another format, version, or a malformed layout.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DeployError> {
+        let (header, mut r) = decode::<DeploymentHeader>(BUNDLE_MAGIC, "deployment bundle", bytes)?;
+        let protected = r.payload()?.to_vec();
+        let public_key = r.payload()?.to_vec();
+        let eval_keys = r.payload()?.to_vec();
+        finish(&r)?;
+        Ok(Self {
+            header,
+            protected,
+            public_key,
+            eval_keys,
+        })
+    }
+}
+
+impl ResultEnvelope {
+    /// Serializes the envelope.
+    ///
+    /// # Errors
+    /// [`DeployError::Wire`] for a bad input id.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, DeployError> {
+        check_input_id(&self.header.input_id)?;
+        encode(RESULT_MAGIC, &self.header, &[&self.output])
+    }
+
+    /// Parses an envelope (the output is checked against the model by the owner).
+    ///
+    /// # Errors
+    /// [`DeployError::Wire`] for another format, version, a bad input id or a malformed layout.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, DeployError> {
+        let (header, mut r) = decode::<ResultHeader>(RESULT_MAGIC, "result envelope", bytes)?;
+        check_input_id(&header.input_id)?;
+        let output = r.payload()?.to_vec();
+        finish(&r)?;
+        Ok(Self { header, output })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle() -> DeploymentBundle {
+        DeploymentBundle {
+            header: DeploymentHeader {
+                deployment_id: 3,
+                model_id: 1,
+                model_name: "mnist".into(),
+                model_version: 2,
+                key_id: [7; 32],
+                encrypt_features: true,
+            },
+            protected: vec![1, 2, 3],
+            public_key: vec![4; 10],
+            eval_keys: vec![],
+        }
+    }
+
+    #[test]
+    fn bundles_and_results_round_trip_and_reject_damage() {
+        let b = bundle();
+        let bytes = b.to_bytes().unwrap();
+        let back = DeploymentBundle::from_bytes(&bytes).unwrap();
+        assert_eq!(back.header, b.header);
+        assert_eq!(
+            (back.protected, back.public_key, back.eval_keys),
+            (b.protected, b.public_key, b.eval_keys)
+        );
+        for cut in [0, 3, 9, bytes.len() - 1] {
+            assert!(
+                DeploymentBundle::from_bytes(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert!(DeploymentBundle::from_bytes(&long).is_err());
+        let mut v2 = bytes.clone();
+        v2[4] = 2;
+        let e = DeploymentBundle::from_bytes(&v2).unwrap_err().to_string();
+        assert!(e.contains("version 2"), "{e}");
+        assert!(
+            ResultEnvelope::from_bytes(&bytes).is_err(),
+            "a bundle is not a result"
+        );
+
+        let r = ResultEnvelope {
+            header: ResultHeader {
+                deployment_id: 3,
+                model_id: 1,
+                model_version: 2,
+                input_id: "img-0001.png".into(),
+            },
+            output: vec![9; 100],
+        };
+        let bytes = r.to_bytes().unwrap();
+        let back = ResultEnvelope::from_bytes(&bytes).unwrap();
+        assert_eq!((back.header, back.output), (r.header, r.output));
+        // A length field pointing past the end.
+        let mut bad = bytes.clone();
+        let at = bad.len() - 100 - 8;
+        bad[at..at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(ResultEnvelope::from_bytes(&bad).is_err());
+    }
+
+    #[test]
+    fn input_ids_are_safe_file_names() {
+        for ok in ["a", "img_01.png", "x-y.z", &"a".repeat(128)] {
+            check_input_id(ok).unwrap();
+        }
+        for bad in ["", ".hidden", "../etc", "a/b", "a b", &"a".repeat(129), "é"] {
+            assert!(check_input_id(bad).is_err(), "{bad}");
+        }
+    }
+}
