@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// Protected models (encrypted weights): the tables of Gomez et al. for every variant,
     /// feature mode and security level.
     Protected(crate::protect_cmd::BenchProtectedArgs),
+    /// Load test of the owner and edge services on loopback: concurrent streams of images,
+    /// timed until the owner has decrypted every result.
+    Serve(crate::bench_serve::BenchServeArgs),
 }
 
 /// Output format.
@@ -68,6 +71,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Primitives(a) => primitives(a),
         BenchCommand::Bootstrap(a) => crate::bench_bootstrap::run(a),
         BenchCommand::Protected(a) => crate::protect_cmd::bench_protected(a),
+        BenchCommand::Serve(a) => crate::bench_serve::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_bootstrap;
+mod bench_serve;
 mod cnn;
 mod cnn_cmds;
 mod data_cmd;

@@ -35,6 +35,8 @@ fn secret_coeffs(owner_state: &Path, model_id: u64) -> Vec<u8> {
         model_id,
     )
     .unwrap();
+    // The serialized key ends with its N ternary coefficients (one byte each) and its
+    // 32-byte id (`SecretKey::to_secret_bytes`).
     let n = sk.params().n();
     let bytes = sk.to_secret_bytes();
     bytes[bytes.len() - 32 - n..bytes.len() - 32].to_vec()
@@ -322,7 +324,7 @@ fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
     //    sends the stream again and every input ends with exactly one result.
     let digits = mnist_sample();
     let model = load_model(path);
-    let imgs: Vec<(usize, &[u8])> = (0..24).map(|i| (i, digits[i].as_slice())).collect();
+    let imgs: Vec<(usize, &[u8])> = (0..80).map(|i| (i, digits[i].as_slice())).collect();
     let (body, ids) = frames("k", &imgs);
     let mut edge = edge;
     let edge_url = edge.url.clone();
@@ -343,7 +345,9 @@ fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
     let edge = start_edge();
     no_partials(&edge_state);
     let (st, v) = stream(&http, &edge.url, &input, body).unwrap();
-    assert_eq!((st, &v["processed"]), (200, &json!(24)), "{v}");
+    // Inputs whose results are still in the outbox are refused as duplicates (409 per
+    // frame); all others are processed. Either way each ends with one result.
+    assert_eq!(st, 200, "{v}");
     let got = admin.wait_results(&ids, Duration::from_secs(300));
     let after = results_by_id(&admin);
     for id in before.keys() {
@@ -356,7 +360,7 @@ fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
 
     // 4. The owner dies mid-stream: the edge keeps its results in the outbox and delivers
     //    them once the owner is back.
-    let imgs: Vec<(usize, &[u8])> = (24..40).map(|i| (i, digits[i].as_slice())).collect();
+    let imgs: Vec<(usize, &[u8])> = (80..96).map(|i| (i, digits[i].as_slice())).collect();
     let (body, ids) = frames("m", &imgs);
     let mut owner = owner;
     std::thread::scope(|sc| {
@@ -383,7 +387,7 @@ fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
         assert_eq!(got[&format!("m{i:05}")], predict(&model, MNIST_SHAPE, px));
     }
     let all = results_by_id(&admin);
-    assert_eq!(all.len(), 40);
+    assert_eq!(all.len(), 96);
     assert!(all.values().all(|&n| n == 1));
     let reg = Registry::open(&owner_state.join("registry.sqlite")).unwrap();
     assert_eq!(reg.integrity_check().unwrap(), "ok");

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 
 /// Errors of the deployment services outside a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum DeployError {
     /// From the model layer (import, protection, wire formats).
     #[error(transparent)]
@@ -47,6 +48,20 @@ pub enum DeployError {
         status: u16,
         /// The error message from the body.
         message: String,
+    },
+    /// No model is deployed on the edge yet.
+    #[error("no model is deployed on this node")]
+    NoDeployment,
+    /// An input id whose result still waits for the owner.
+    #[error("input {0}: a result for this id is still waiting for the owner; ids must be unique")]
+    DuplicateInput(String),
+    /// A deployment older than the one the edge runs.
+    #[error("deployment {offered} is older than the running deployment {current}")]
+    StaleDeployment {
+        /// The deployment offered.
+        offered: u64,
+        /// The deployment running.
+        current: u64,
     },
     /// Another service could not be reached.
     #[error("{0}")]
@@ -131,6 +146,11 @@ impl From<DeployError> for ApiError {
     fn from(e: DeployError) -> Self {
         match e {
             DeployError::Wire(m) => Self::bad_request(m),
+            e @ DeployError::NoDeployment => Self::conflict("no_deployment", e.to_string()),
+            e @ DeployError::DuplicateInput(_) => Self::conflict("duplicate_input", e.to_string()),
+            e @ DeployError::StaleDeployment { .. } => {
+                Self::conflict("stale_deployment", e.to_string())
+            }
             DeployError::Nn(e) => Self::invalid(e.to_string()),
             DeployError::Rlwe(e) => Self::invalid(e.to_string()),
             DeployError::Ckks(e) => Self::invalid(e.to_string()),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -99,7 +99,12 @@ impl Server {
             let service = TowerToHyperService::new(router.clone());
             let tls = self.tls.clone();
             tokio::spawn(async move {
-                let builder = Builder::new(TokioExecutor::new());
+                let mut builder = Builder::new(TokioExecutor::new());
+                // A client that never finishes its request headers holds nothing for long.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30));
                 let result = match tls {
                     Some(acceptor) => {
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
@@ -156,7 +161,17 @@ pub async fn check(url: &str, resp: reqwest::Response) -> Result<reqwest::Respon
         return Ok(resp);
     }
     let status = resp.status().as_u16();
-    let body = resp.text().await.unwrap_or_default();
+    // Read at most 64 KiB of the error body.
+    let mut resp = resp;
+    let mut raw = Vec::new();
+    while raw.len() < 64 << 10 {
+        match resp.chunk().await {
+            Ok(Some(c)) => raw.extend_from_slice(&c),
+            _ => break,
+        }
+    }
+    raw.truncate(64 << 10);
+    let body = String::from_utf8_lossy(&raw).into_owned();
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))

@@ -1,5 +1,6 @@
 //! The edge's HTTP handlers.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -78,6 +79,7 @@ async fn put_deployment(
         .map_err(ApiError::internal)?
         .map_err(|e| match e {
             DeployError::Wire(m) => ApiError::bad_request(m),
+            e @ DeployError::StaleDeployment { .. } => e.into(),
             DeployError::Nn(_) | DeployError::Rlwe(_) | DeployError::Ckks(_) => {
                 ApiError::invalid(e.to_string())
             }
@@ -140,6 +142,56 @@ fn next_frame(buf: &mut BytesMut, pixels: usize) -> Api<Option<(String, Vec<u8>)
     Ok(Some((id, px)))
 }
 
+/// Most failures listed in a stream's answer (the count is always complete).
+const MAX_LISTED_FAILURES: usize = 100;
+
+type Outcome = Result<Result<(), DeployError>, oneshot::error::RecvError>;
+
+fn record(
+    id: String,
+    outcome: Outcome,
+    processed: &mut usize,
+    failed: &mut Vec<serde_json::Value>,
+) {
+    match outcome {
+        Ok(Ok(())) => *processed += 1,
+        Ok(Err(e)) if failed.len() < MAX_LISTED_FAILURES => {
+            failed.push(json!({ "input_id": id, "error": e.to_string() }));
+        }
+        Err(_) if failed.len() < MAX_LISTED_FAILURES => {
+            failed.push(json!({ "input_id": id, "error": "the inference worker stopped" }));
+        }
+        _ => {}
+    }
+}
+
+/// Counts the frames at the front of `waiting` that are finished.
+fn settle(
+    waiting: &mut VecDeque<(String, oneshot::Receiver<Result<(), DeployError>>)>,
+    processed: &mut usize,
+    failed: &mut Vec<serde_json::Value>,
+) {
+    while let Some((_, rx)) = waiting.front_mut() {
+        let outcome = match rx.try_recv() {
+            Ok(r) => Ok(r),
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+        };
+        if let Some((id, _)) = waiting.pop_front() {
+            match outcome {
+                Ok(r) => record(id, Ok(r), processed, failed),
+                Err(()) => {
+                    if failed.len() < MAX_LISTED_FAILURES {
+                        failed.push(
+                            json!({ "input_id": id, "error": "the inference worker stopped" }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn stream(
     State(edge): State<Arc<Edge>>,
     headers: HeaderMap,
@@ -157,7 +209,12 @@ async fn stream(
     let pixels = dep.pixels();
     let mut data = body.into_data_stream();
     let mut buf = BytesMut::new();
-    let mut waiting: Vec<(String, oneshot::Receiver<Result<(), String>>)> = Vec::new();
+    // Frames in flight, oldest first; finished ones are counted and dropped as the stream goes
+    // on, so a long stream holds only what the queue holds.
+    let mut waiting: VecDeque<(String, oneshot::Receiver<Result<(), DeployError>>)> =
+        VecDeque::new();
+    let mut processed = 0usize;
+    let mut failed = Vec::new();
     let mut refused: Option<ApiError> = None;
     'read: while let Some(chunk) = data.next().await {
         let chunk = match chunk {
@@ -180,7 +237,8 @@ async fn stream(
                     if edge.jobs.send(job).await.is_err() {
                         return Err(ApiError::internal("the inference worker has stopped"));
                     }
-                    waiting.push((input_id, rx));
+                    waiting.push_back((input_id, rx));
+                    settle(&mut waiting, &mut processed, &mut failed);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -196,26 +254,19 @@ async fn stream(
             buf.len()
         )));
     }
-    let mut processed = Vec::new();
-    let mut failed = Vec::new();
     for (id, rx) in waiting {
-        match rx.await {
-            Ok(Ok(())) => processed.push(id),
-            Ok(Err(e)) => failed.push(json!({ "input_id": id, "error": e })),
-            Err(_) => failed.push(json!({ "input_id": id, "error": "the worker stopped" })),
-        }
+        record(id, rx.await, &mut processed, &mut failed);
     }
     if let Some(mut e) = refused {
         e.message = format!(
             "{} ({} earlier frames were processed, their results are queued for the owner)",
-            e.message,
-            processed.len()
+            e.message, processed
         );
         return Err(e);
     }
     Ok(Json(json!({
         "deployment_id": dep.header().deployment_id,
-        "processed": processed.len(),
+        "processed": processed,
         "failed": failed,
     })))
 }

@@ -149,6 +149,13 @@ pub fn decode_image(name: &str, bytes: &[u8], shape: [usize; 3]) -> Result<Vec<u
     }
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder.read_info().map_err(|e| bad(format!("PNG: {e}")))?;
+    // Check the declared size before allocating: a tiny file may claim a huge image.
+    let (width, height) = reader.info().size();
+    if (height as usize, width as usize) != (h, w) {
+        return Err(bad(format!(
+            "{width}×{height} PNG, the model takes {w}×{h}"
+        )));
+    }
     let mut buf = vec![
         0;
         reader

@@ -83,7 +83,7 @@ pub(crate) struct Job {
     pub(crate) input_id: String,
     pub(crate) pixels: Vec<u8>,
     /// Answered once the result is durable in the outbox.
-    pub(crate) done: oneshot::Sender<Result<(), String>>,
+    pub(crate) done: oneshot::Sender<Result<(), DeployError>>,
 }
 
 /// The edge's shared state.
@@ -93,6 +93,7 @@ pub(crate) struct Edge {
     node_token: TokenHash,
     input_token: TokenHash,
     current: RwLock<Option<Arc<Deployed>>>,
+    installing: std::sync::Mutex<()>,
     jobs: mpsc::Sender<Job>,
     outbox_wake: Notify,
     client: reqwest::Client,
@@ -119,10 +120,21 @@ impl Edge {
     /// answer).
     pub(crate) fn install(&self, bytes: &[u8]) -> Result<Arc<Deployed>, DeployError> {
         let bundle = DeploymentBundle::from_bytes(bytes)?;
-        if let Some(cur) = self.current()
-            && cur.header() == &bundle.header
-        {
-            return Ok(cur);
+        // One install at a time, so the stored bundle and the served one stay the same.
+        let _guard = self
+            .installing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(cur) = self.current() {
+            if cur.header() == &bundle.header {
+                return Ok(cur);
+            }
+            if bundle.header.deployment_id < cur.header().deployment_id {
+                return Err(DeployError::StaleDeployment {
+                    offered: bundle.header.deployment_id,
+                    current: cur.header().deployment_id,
+                });
+            }
         }
         let deployed = Arc::new(Deployed::load(&self.be, &bundle)?);
         files::write_atomic(&self.config.state_dir.join(BUNDLE_FILE), bytes)?;
@@ -184,11 +196,12 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
     let input_token_file = dir.join("input.token");
     let input_token = match Token::read(&input_token_file) {
         Ok(t) => t,
-        Err(_) => {
+        Err(DeployError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             let t = Token::generate()?;
             files::write_private(&input_token_file, format!("{}\n", t.expose()).as_bytes())?;
             t
         }
+        Err(e) => return Err(e),
     };
     let be = CpuBackend::new(config.threads)?;
     let client = net::client(config.owner_ca.as_deref())?;
@@ -201,6 +214,7 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
         config,
         be,
         current: RwLock::new(None),
+        installing: std::sync::Mutex::new(()),
         jobs: tx,
         outbox_wake: Notify::new(),
         client,
@@ -210,7 +224,16 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
     let stored = edge.config.state_dir.join(BUNDLE_FILE);
     if stored.exists() {
         let bytes = std::fs::read(&stored).map_err(|e| DeployError::io(&stored, e))?;
-        edge.install(&bytes)?;
+        // A stored bundle that no longer loads (e.g. written by another version) is set
+        // aside, so the node still starts and the owner can deploy again.
+        if let Err(e) = edge.install(&bytes) {
+            let aside = stored.with_extension("hcnd.unloadable");
+            eprintln!(
+                "the stored deployment does not load ({e}); moved to {}",
+                aside.display()
+            );
+            files::rename_durable(&stored, &aside)?;
+        }
     }
     {
         let e = Arc::clone(&edge);
@@ -249,7 +272,7 @@ fn worker(edge: &Arc<Edge>, mut rx: mpsc::Receiver<Job>) {
         }
         let Some(dep) = edge.current() else {
             for j in batch {
-                let _ = j.done.send(Err("no model is deployed on this node".into()));
+                let _ = j.done.send(Err(DeployError::NoDeployment));
             }
             continue;
         };
@@ -259,15 +282,20 @@ fn worker(edge: &Arc<Edge>, mut rx: mpsc::Receiver<Job>) {
             .unzip();
         let outbox = edge.outbox();
         let results = edge.be.par_map(inputs, |(id, px)| {
+            let path = outbox.join(format!("{}-{id}.hcnr", dep.header().deployment_id));
+            // An id whose result still waits for the owner is refused, so a reused id can
+            // never replace an acknowledged result before the owner has it.
+            if path.exists() {
+                return Err(DeployError::DuplicateInput(id));
+            }
             let envelope = dep.infer(&id, &px)?;
-            let name = format!("{}-{id}.hcnr", dep.header().deployment_id);
-            files::write_atomic(&outbox.join(name), &envelope)
+            files::write_atomic(&path, &envelope)
         });
         for (r, ack) in results.into_iter().zip(acks) {
             if r.is_ok() {
                 edge.processed.fetch_add(1, Ordering::Relaxed);
             }
-            let _ = ack.send(r.map_err(|e| e.to_string()));
+            let _ = ack.send(r);
         }
         edge.outbox_wake.notify_one();
     }
@@ -346,11 +374,21 @@ async fn forwarder(edge: Arc<Edge>) {
     let token = edge.config.node_token.clone();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let pending = files::list(&edge.outbox(), "hcnr").unwrap_or_default();
+        let outbox = edge.outbox();
+        let pending = tokio::task::spawn_blocking(move || files::list(&outbox, "hcnr"))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let mut stalled = false;
         for path in &pending {
-            let Ok(body) = tokio::fs::read(path).await else {
-                continue;
+            let body = match tokio::fs::read(path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("forwarder: {}: {e}", path.display());
+                    stalled = true;
+                    break;
+                }
             };
             let sent = edge
                 .client
@@ -367,8 +405,10 @@ async fn forwarder(edge: Arc<Edge>) {
             };
             match answer {
                 Ok(()) => {
-                    if let Err(e) = std::fs::remove_file(path) {
+                    if let Err(e) = tokio::fs::remove_file(path).await {
                         eprintln!("forwarder: {}: {e}", path.display());
+                        stalled = true;
+                        break;
                     }
                     edge.forwarded.fetch_add(1, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);

@@ -400,23 +400,31 @@ async fn decryption_agent(owner: Arc<Owner>) {
         let done = tokio::task::spawn_blocking(move || {
             let results =
                 o.be.par_map(batch, |r| (r.seq, o.decrypt(r.model_id, &r.output)));
-            let db = o.db.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut outcomes = Vec::with_capacity(results.len());
             for (seq, logits) in results {
                 match logits {
-                    Ok(logits) => {
-                        let class = hecnn_nn::exec::argmax(&logits) as u32;
-                        if let Err(e) = db.set_decrypted(seq, class, &logits) {
-                            eprintln!("decryption agent: result {seq}: {e}");
-                        }
-                    }
-                    Err(e) => {
+                    Ok(l) => outcomes.push((seq, Ok(l))),
+                    // A result that does not decode or decrypt never will: record why.
+                    Err(
+                        e @ (DeployError::Nn(_)
+                        | DeployError::Ckks(_)
+                        | DeployError::Rlwe(_)
+                        | DeployError::Wire(_)),
+                    ) => {
                         eprintln!("decryption agent: result {seq}: {e}");
-                        let _ = db.set_failed(seq, &e.to_string());
+                        outcomes.push((seq, Err(e.to_string())));
                     }
+                    // Anything else (the registry, the master key) is retried later.
+                    Err(e) => return Err(e),
                 }
             }
+            o.db.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .store_decrypted(&outcomes)
         })
-        .await;
+        .await
+        .map_err(|e| DeployError::Config(e.to_string()))
+        .and_then(|r| r);
         if let Err(e) = done {
             eprintln!("decryption agent: {e}");
             tokio::time::sleep(Duration::from_secs(1)).await;

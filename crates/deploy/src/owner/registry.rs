@@ -460,7 +460,13 @@ impl Registry {
     /// # Errors
     /// Database errors.
     pub fn pending_deployments(&self) -> Result<Vec<DeploymentRow>, DeployError> {
-        self.deployments_where("state = 'pending' AND ?1 = ?1", 0)
+        // A pending deployment older than the node's active one is left for `activate` of
+        // the newer one to supersede; it is never pushed.
+        self.deployments_where(
+            "state = 'pending' AND ?1 = ?1 AND NOT EXISTS (SELECT 1 FROM deployments n \
+             WHERE n.node_id = deployments.node_id AND n.id > deployments.id AND n.state = 'active')",
+            0,
+        )
     }
 
     /// Marks a deployment delivered: it becomes the node's active one, and the node's
@@ -471,10 +477,12 @@ impl Registry {
     pub fn activate(&mut self, dep: &DeploymentRow) -> Result<(), DeployError> {
         let tx = self.conn.transaction()?;
         let t = now();
+        // Older deployments of the node, delivered or not, are superseded: a retry of an
+        // older one must never replace a newer model.
         tx.execute(
-            "UPDATE deployments SET state = 'superseded', updated = ?2 \
-             WHERE node_id = ?1 AND state = 'active'",
-            params![dep.node_id as i64, t],
+            "UPDATE deployments SET state = 'superseded', updated = ?3 \
+             WHERE node_id = ?1 AND id < ?2 AND state IN ('active', 'pending')",
+            params![dep.node_id as i64, dep.id as i64, t],
         )?;
         tx.execute(
             "UPDATE deployments SET state = 'active', attempts = attempts + 1, last_error = NULL, \
@@ -541,32 +549,43 @@ impl Registry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records that a result could not be decrypted (it is not retried).
+    /// Stores a batch of decryption outcomes in one transaction: a prediction (class and
+    /// logits) or the reason it failed. Batches go in sequence order, so the decrypted
+    /// results are always a prefix of the sequence and `after` paging never skips one.
     ///
     /// # Errors
     /// Database errors.
-    pub fn set_failed(&self, seq: u64, error: &str) -> Result<(), DeployError> {
-        self.conn.execute(
-            "UPDATE results SET error = ?2, decrypted = ?3 WHERE seq = ?1",
-            params![seq as i64, error, now()],
-        )?;
+    pub fn store_decrypted(
+        &mut self,
+        batch: &[(u64, Result<Vec<f64>, String>)],
+    ) -> Result<(), DeployError> {
+        let tx = self.conn.transaction()?;
+        let t = now();
+        for (seq, outcome) in batch {
+            match outcome {
+                Ok(logits) => {
+                    let class = hecnn_nn::exec::argmax(logits) as u32;
+                    let json = serde_json::to_string(logits)
+                        .map_err(|e| DeployError::Wire(e.to_string()))?;
+                    tx.execute(
+                        "UPDATE results SET class = ?2, logits = ?3, decrypted = ?4 WHERE seq = ?1",
+                        params![*seq as i64, class, json, t],
+                    )?;
+                }
+                Err(e) => {
+                    tx.execute(
+                        "UPDATE results SET error = ?2, decrypted = ?3 WHERE seq = ?1",
+                        params![*seq as i64, e, t],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
-    /// Stores the decrypted prediction of a result.
-    ///
-    /// # Errors
-    /// Database errors.
-    pub fn set_decrypted(&self, seq: u64, class: u32, logits: &[f64]) -> Result<(), DeployError> {
-        let logits = serde_json::to_string(logits).map_err(|e| DeployError::Wire(e.to_string()))?;
-        self.conn.execute(
-            "UPDATE results SET class = ?2, logits = ?3, decrypted = ?4 WHERE seq = ?1",
-            params![seq as i64, class, logits, now()],
-        )?;
-        Ok(())
-    }
-
-    /// Results after `after` (by sequence number), optionally of one deployment.
+    /// Decrypted results (a prediction or a decryption error) after `after` (by sequence
+    /// number), optionally of one deployment.
     ///
     /// # Errors
     /// Database errors.
@@ -578,7 +597,8 @@ impl Registry {
     ) -> Result<Vec<ResultRow>, DeployError> {
         let mut st = self.conn.prepare(
             "SELECT seq, deployment_id, input_id, received, class, logits, error FROM results \
-             WHERE seq > ?1 AND (?2 IS NULL OR deployment_id = ?2) ORDER BY seq LIMIT ?3",
+             WHERE seq > ?1 AND decrypted IS NOT NULL AND (?2 IS NULL OR deployment_id = ?2) \
+             ORDER BY seq LIMIT ?3",
         )?;
         let rows = st.query_map(
             params![after as i64, deployment.map(|d| d as i64), limit as i64],
