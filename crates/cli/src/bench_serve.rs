@@ -194,7 +194,7 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
         }
         let total_s = t.elapsed().as_secs_f64();
         println!(
-            "{} ({} layers, {} features): protected in {protect_s:.2} s, deployed in {deploy_s:.2} s",
+            "{} (layers={}, features={}): protected in {protect_s:.2} s, deployed in {deploy_s:.2} s",
             a.model.display(),
             a.layers,
             a.features
