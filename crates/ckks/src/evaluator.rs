@@ -141,6 +141,14 @@ impl<B: Backend> Evaluator<B> {
         }
     }
 
+    fn check_degree(expected: usize, found: usize) -> Result<(), CkksError> {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(CkksError::Degree { expected, found })
+        }
+    }
+
     fn check_scale(a: f64, b: f64) -> Result<(), CkksError> {
         if ((a - b) / a).abs() <= SCALE_TOLERANCE {
             Ok(())
@@ -536,12 +544,7 @@ impl<B: Backend> Evaluator<B> {
             Self::check_slots(slots, p.slots())?;
             Self::check_plain_level(c, p)?;
             Self::check_scale(scale, c.scale() * p.scale())?;
-            if c.degree() != degree {
-                return Err(CkksError::Degree {
-                    expected: degree,
-                    found: c.degree(),
-                });
-            }
+            Self::check_degree(degree, c.degree())?;
         }
         let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
         let basis = Basis::q(level + 1);
@@ -877,12 +880,7 @@ impl<B: Backend> Evaluator<B> {
         let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
         for c in cts {
             Self::check_slots(slots, c.slots())?;
-            if c.degree() != degree {
-                return Err(CkksError::Degree {
-                    expected: degree,
-                    found: c.degree(),
-                });
-            }
+            Self::check_degree(degree, c.degree())?;
         }
         let basis = Basis::q(level + 1);
         let (be, ctx) = (&self.be, self.ctx());
@@ -930,12 +928,7 @@ impl<B: Backend> Evaluator<B> {
         let (slots, degree) = (first.slots(), first.degree());
         for c in cts {
             Self::check_slots(slots, c.slots())?;
-            if c.degree() != degree {
-                return Err(CkksError::Degree {
-                    expected: degree,
-                    found: c.degree(),
-                });
-            }
+            Self::check_degree(degree, c.degree())?;
         }
         let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
         let basis = Basis::q(level + 1);

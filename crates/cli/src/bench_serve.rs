@@ -64,11 +64,7 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
     let onnx = cnn::read_file(&a.model)?;
     let dir = std::env::temp_dir().join(format!("hecnn-bench-serve-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(err)?;
+    let rt = crate::serve_cmd::runtime()?;
     let result = rt.block_on(async {
         let mut oc = OwnerConfig::new(dir.join("owner"));
         oc.threads = 1;

@@ -480,10 +480,6 @@ pub fn owner(cmd: &OwnerCommand) -> Result<(), CliError> {
     }
 }
 
-/// Most switching keys an edge deployment may carry (rotations of the block sums and the
-/// relinearization key: far fewer in practice).
-const MAX_EDGE_KEYS: usize = 64;
-
 fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
     let paths = KeyPaths::in_dir(&a.deployment);
     if paths.secret.exists() {
@@ -501,7 +497,7 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
         &be,
         params.rlwe(),
         &cnn::read_file(&paths.eval)?,
-        MAX_EDGE_KEYS,
+        protect::MAX_EDGE_KEYS,
     )?;
     let pk = if a.encrypt_features {
         Some(hecnn_rlwe::PublicKey::from_bytes(

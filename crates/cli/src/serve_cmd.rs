@@ -89,7 +89,8 @@ pub struct EdgeServeArgs {
     queue: usize,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// The async runtime of the services (their heavy work runs on the backends' own threads).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

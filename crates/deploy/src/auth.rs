@@ -25,12 +25,7 @@ impl Token {
         let mut raw = Zeroizing::new([0u8; 32]);
         getrandom::fill(raw.as_mut_slice())
             .map_err(|e| DeployError::Config(format!("no randomness: {e}")))?;
-        let mut s = String::with_capacity(64);
-        for b in raw.iter() {
-            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-        }
-        Ok(Self(Zeroizing::new(s)))
+        Ok(Self(Zeroizing::new(hex(raw.as_slice()))))
     }
 
     /// A token given by the user (leading and trailing white space removed).
@@ -67,6 +62,17 @@ impl Token {
     pub fn hash(&self) -> TokenHash {
         TokenHash(*blake3::hash(self.0.as_bytes()).as_bytes())
     }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(2 * bytes.len());
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
 }
 
 /// The stored form of a token.

@@ -145,23 +145,23 @@ fn next_frame(buf: &mut BytesMut, pixels: usize) -> Api<Option<(String, Vec<u8>)
 /// Most failures listed in a stream's answer (the count is always complete).
 const MAX_LISTED_FAILURES: usize = 100;
 
-type Outcome = Result<Result<(), DeployError>, oneshot::error::RecvError>;
-
+/// Counts a frame's outcome: `None` when the inference worker stopped before answering.
 fn record(
     id: String,
-    outcome: Outcome,
+    outcome: Option<Result<(), DeployError>>,
     processed: &mut usize,
     failed: &mut Vec<serde_json::Value>,
 ) {
-    match outcome {
-        Ok(Ok(())) => *processed += 1,
-        Ok(Err(e)) if failed.len() < MAX_LISTED_FAILURES => {
-            failed.push(json!({ "input_id": id, "error": e.to_string() }));
+    let error = match outcome {
+        Some(Ok(())) => {
+            *processed += 1;
+            return;
         }
-        Err(_) if failed.len() < MAX_LISTED_FAILURES => {
-            failed.push(json!({ "input_id": id, "error": "the inference worker stopped" }));
-        }
-        _ => {}
+        Some(Err(e)) => e.to_string(),
+        None => "the inference worker stopped".to_string(),
+    };
+    if failed.len() < MAX_LISTED_FAILURES {
+        failed.push(json!({ "input_id": id, "error": error }));
     }
 }
 
@@ -173,21 +173,12 @@ fn settle(
 ) {
     while let Some((_, rx)) = waiting.front_mut() {
         let outcome = match rx.try_recv() {
-            Ok(r) => Ok(r),
+            Ok(r) => Some(r),
             Err(oneshot::error::TryRecvError::Empty) => return,
-            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+            Err(oneshot::error::TryRecvError::Closed) => None,
         };
         if let Some((id, _)) = waiting.pop_front() {
-            match outcome {
-                Ok(r) => record(id, Ok(r), processed, failed),
-                Err(()) => {
-                    if failed.len() < MAX_LISTED_FAILURES {
-                        failed.push(
-                            json!({ "input_id": id, "error": "the inference worker stopped" }),
-                        );
-                    }
-                }
-            }
+            record(id, outcome, processed, failed);
         }
     }
 }
@@ -255,7 +246,7 @@ async fn stream(
         )));
     }
     for (id, rx) in waiting {
-        record(id, rx.await, &mut processed, &mut failed);
+        record(id, rx.await.ok(), &mut processed, &mut failed);
     }
     if let Some(mut e) = refused {
         e.message = format!(

@@ -6,16 +6,12 @@ use std::sync::Arc;
 
 use hecnn_ckks::Evaluator;
 use hecnn_nn::Tensor;
-use hecnn_nn::protect::{FeatureInput, ProtectedModel};
+use hecnn_nn::protect::{FeatureInput, MAX_EDGE_KEYS, ProtectedModel};
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{EvaluationKeys, PublicKey};
 
 use crate::DeployError;
 use crate::wire::{DeploymentBundle, DeploymentHeader, ResultEnvelope, ResultHeader};
-
-/// Most switching keys a deployment may carry (the relinearization key and the rotations
-/// of the block sums: far fewer in practice).
-const MAX_KEYS: usize = 64;
 
 /// A loaded deployment.
 pub struct Deployed {
@@ -36,7 +32,7 @@ impl Deployed {
         let h = &bundle.header;
         let model = ProtectedModel::from_bytes(be, &bundle.protected)?;
         let params = Arc::clone(model.params());
-        let evk = EvaluationKeys::from_bytes(be, params.rlwe(), &bundle.eval_keys, MAX_KEYS)?;
+        let evk = EvaluationKeys::from_bytes(be, params.rlwe(), &bundle.eval_keys, MAX_EDGE_KEYS)?;
         let pk = PublicKey::from_bytes(be, params.rlwe(), &bundle.public_key)?;
         for (what, id) in [
             ("protected model", model.key_id()),

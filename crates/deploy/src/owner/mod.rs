@@ -17,7 +17,7 @@
 mod api;
 mod registry;
 
-pub use registry::{DeploymentRow, ModelRow, Registry, ResultRow, hex};
+pub use registry::{DeploymentRow, ModelBlobs, ModelRow, Registry, ResultRow};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ use hecnn_ring::{Backend, CpuBackend};
 use hecnn_rlwe::SecretKey;
 use tokio::sync::Notify;
 
-use crate::auth::Token;
+use crate::auth::{Token, hex};
 use crate::net::{self, Server, TlsFiles};
 use crate::vault::MasterKey;
 use crate::wire::{DeploymentBundle, DeploymentHeader};
@@ -126,13 +126,7 @@ impl Owner {
             .unwrap_or_else(PoisonError::into_inner)
             .model_blobs(model_id)?;
         let Some(blobs) = blobs else { return Ok(None) };
-        let model = ProtectedModel::from_bytes(&self.be, &blobs.protected)?;
-        let aad = secret_aad(&model.key_id());
-        let sk_bytes = self.master.open(&aad, &blobs.sealed_secret)?;
-        let secret = SecretKey::from_secret_bytes(model.params().rlwe(), &sk_bytes)?;
-        if secret.key_id() != model.key_id() {
-            return Err(DeployError::Unseal);
-        }
+        let (model, secret) = unseal(&self.master, &self.be, &blobs)?;
         let l = Arc::new(Loaded { model, secret });
         self.loaded
             .lock()
@@ -189,10 +183,23 @@ pub fn read_secret_key(
     let blobs = Registry::open(registry)?
         .model_blobs(model_id)?
         .ok_or_else(|| DeployError::Config(format!("no model {model_id}")))?;
-    let be = CpuBackend::new(1)?;
-    let model = ProtectedModel::from_bytes(&be, &blobs.protected)?;
-    let bytes = master.open(&secret_aad(&blobs.key_id), &blobs.sealed_secret)?;
-    Ok(SecretKey::from_secret_bytes(model.params().rlwe(), &bytes)?)
+    Ok(unseal(&master, &CpuBackend::new(1)?, &blobs)?.1)
+}
+
+/// Loads a registered model and opens its sealed secret key, checking that the key is the
+/// one the model is encrypted under.
+fn unseal(
+    master: &MasterKey,
+    be: &CpuBackend,
+    blobs: &ModelBlobs,
+) -> Result<(ProtectedModel<CpuBackend>, SecretKey), DeployError> {
+    let model = ProtectedModel::from_bytes(be, &blobs.protected)?;
+    let bytes = master.open(&secret_aad(&model.key_id()), &blobs.sealed_secret)?;
+    let secret = SecretKey::from_secret_bytes(model.params().rlwe(), &bytes)?;
+    if secret.key_id() != model.key_id() {
+        return Err(DeployError::Unseal);
+    }
+    Ok((model, secret))
 }
 
 /// Associated data sealing a model's secret key.
@@ -269,15 +276,13 @@ pub async fn start(config: OwnerConfig) -> Result<OwnerHandle, DeployError> {
 }
 
 /// Builds the bundle of a deployment from the registry.
-fn bundle(owner: &Owner, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
-    let db = owner.db.lock().unwrap_or_else(PoisonError::into_inner);
+fn bundle(db: &Registry, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
     let model = db.model(dep.model_id)?.ok_or_else(|| {
         DeployError::Config(format!("deployment {}: no model {}", dep.id, dep.model_id))
     })?;
     let blobs = db.model_blobs(dep.model_id)?.ok_or_else(|| {
         DeployError::Config(format!("deployment {}: no model {}", dep.id, dep.model_id))
     })?;
-    drop(db);
     DeploymentBundle {
         header: DeploymentHeader {
             deployment_id: dep.id,
@@ -296,20 +301,14 @@ fn bundle(owner: &Owner, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
 
 async fn push(owner: &Arc<Owner>, dep: &DeploymentRow) -> Result<(), DeployError> {
     let d = dep.clone();
-    let (node, body) = {
-        let o = Arc::clone(owner);
-        tokio::task::spawn_blocking(move || -> Result<_, DeployError> {
-            let node =
-                o.db.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .node(d.node_id)?
-                    .ok_or_else(|| DeployError::Config(format!("no node {}", d.node_id)))?;
-            let body = bundle(&o, &d)?;
-            Ok((node, body))
+    let (node, body) = owner
+        .db(move |db| {
+            let node = db
+                .node(d.node_id)?
+                .ok_or_else(|| DeployError::Config(format!("no node {}", d.node_id)))?;
+            Ok((node, bundle(db, &d)?))
         })
-        .await
-        .map_err(|e| DeployError::Config(e.to_string()))??
-    };
+        .await?;
     let token = owner
         .master
         .open(&node_token_aad(&node.name), &node.sealed_token)?;

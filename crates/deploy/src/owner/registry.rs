@@ -7,7 +7,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::DeployError;
-use crate::auth::TokenHash;
+use crate::auth::{TokenHash, hex};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS models (
@@ -302,10 +302,15 @@ impl Registry {
     /// # Errors
     /// Database errors.
     pub fn models(&self) -> Result<Vec<ModelRow>, DeployError> {
-        let mut st = self.conn.prepare(
-            "SELECT id, name, version, scope, security, encrypt_features, key_id FROM models ORDER BY id",
-        )?;
-        let rows = st.query_map([], |r| {
+        self.models_where("?1 = ?1", 0)
+    }
+
+    fn models_where(&self, clause: &str, arg: i64) -> Result<Vec<ModelRow>, DeployError> {
+        let mut st = self.conn.prepare(&format!(
+            "SELECT id, name, version, scope, security, encrypt_features, key_id FROM models \
+             WHERE {clause} ORDER BY id"
+        ))?;
+        let rows = st.query_map([arg], |r| {
             Ok(ModelRow {
                 id: id(r.get(0)?),
                 name: r.get(1)?,
@@ -324,7 +329,7 @@ impl Registry {
     /// # Errors
     /// Database errors.
     pub fn model(&self, model_id: u64) -> Result<Option<ModelRow>, DeployError> {
-        Ok(self.models()?.into_iter().find(|m| m.id == model_id))
+        Ok(self.models_where("id = ?1", model_id as i64)?.pop())
     }
 
     /// A model's stored material.
@@ -617,9 +622,4 @@ impl Registry {
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
-}
-
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

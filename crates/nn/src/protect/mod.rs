@@ -89,6 +89,10 @@ use crate::NnError;
 /// Scale bits of the protected part's parameters.
 pub const PROTECT_LOG_SCALE: u32 = 40;
 
+/// Most switching keys an edge deployment may carry when it loads its evaluation keys (the
+/// relinearization key and the rotations of the block sums: far fewer in practice).
+pub const MAX_EDGE_KEYS: usize = 64;
+
 fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     move |source| NnError::Encrypted {
         node: what.to_string(),
