@@ -30,6 +30,9 @@ pub enum Layers {
     Last,
     /// The whole classifier (dense layers and polynomial activations after the features).
     Classifier,
+    /// The whole network (HE-friendly models only: linear layers and polynomial
+    /// activations of degree at most 2, within the depth the security level allows).
+    Network,
 }
 
 impl From<Layers> for Scope {
@@ -37,6 +40,7 @@ impl From<Layers> for Scope {
         match l {
             Layers::Last => Scope::LastLayer,
             Layers::Classifier => Scope::Classifier,
+            Layers::Network => Scope::Network,
         }
     }
 }
@@ -47,7 +51,8 @@ pub const PROTECTED_FILE: &str = "model.hecnnp";
 /// `hecnn protect`: the owner's side.
 #[derive(Args, Debug)]
 pub struct ProtectArgs {
-    /// ONNX model (a cleartext feature extractor followed by dense layers).
+    /// ONNX model (a cleartext feature extractor followed by dense layers, or an
+    /// HE-friendly network for `--layers network`).
     model: PathBuf,
     /// Which layers to encrypt.
     #[arg(long, value_enum, default_value_t = Layers::Classifier)]
@@ -98,22 +103,17 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let spec = protected.spec();
     let layout = protected.layout();
     println!(
-        "protected {} ({}): {} features → {}{} encrypted; N = 2^{}, log QP {:.0}, {:?}",
+        "protected {} ({}): {}; N = 2^{}, log QP {:.0}, {:?}",
         a.model.display(),
         spec.scope.name(),
-        spec.features,
-        spec.hidden,
-        spec.second
-            .map(|(s, m)| format!(" → (x + {s})² → {m}"))
-            .unwrap_or_default(),
+        describe(spec),
         params.rlwe().log_n(),
         params.rlwe().log_qp(),
         params.rlwe().security()
     );
     println!(
-        "  {} weight ciphertexts ({} column groups of {} blocks × {}), encrypted in {protect_ms:.0} ms",
+        "  {} weight and bias ciphertexts ({} groups of {} slots), encrypted in {protect_ms:.0} ms",
         protected.ciphertext_count(),
-        layout.columns,
         layout.groups,
         layout.block
     );
@@ -128,6 +128,18 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The protected layers as `784 → 720 → (x + 0)² → 800 → … encrypted`.
+fn describe(spec: &protect::ProtectedSpec) -> String {
+    let mut out = spec.features.to_string();
+    for l in &spec.layers {
+        out.push_str(&format!(" → {}", l.outputs));
+        if let Some(shift) = l.square {
+            out.push_str(&format!(" → (x + {shift})²"));
+        }
+    }
+    out + " encrypted"
+}
+
 /// Which data sets `bench protected` runs.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum BenchData {
@@ -140,11 +152,12 @@ pub enum BenchData {
 /// `hecnn bench protected`.
 #[derive(Args, Debug)]
 pub struct BenchProtectedArgs {
-    /// Data sets (models `models/protect-<data>-<variant>.onnx`).
+    /// Data sets.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchData::Mnist, BenchData::Cifar10])]
     data: Vec<BenchData>,
     /// Variants: relu (last layer), linear (classifier, no activation), poly (classifier,
-    /// x²+2x).
+    /// x²+2x), all on `protect-<data>-<variant>.onnx`; network (HCNN's network
+    /// `hcnn-<data>.onnx`, protected whole where it fits).
     #[arg(long, value_delimiter = ',', default_values_t = ["relu".to_string(), "linear".into(), "poly".into()])]
     variants: Vec<String>,
     /// Security levels.
@@ -309,13 +322,20 @@ fn accuracy(s: &Setup<'_>, ds: &Dataset) -> Result<(usize, usize, usize), CliErr
     Ok((clear, prot, same))
 }
 
-fn variant_name(v: &str) -> Result<(&'static str, Scope), CliError> {
+/// A variant's label, scope and model file name for data set `data`.
+fn variant(v: &str, data: &str) -> Result<(&'static str, Scope, String), CliError> {
+    let gomez = format!("protect-{data}-{v}.onnx");
     match v {
-        "relu" => Ok(("last layer", Scope::LastLayer)),
-        "linear" => Ok(("classifier, no activation", Scope::Classifier)),
-        "poly" => Ok(("classifier, x²+2x", Scope::Classifier)),
+        "relu" => Ok(("last layer", Scope::LastLayer, gomez)),
+        "linear" => Ok(("classifier, no activation", Scope::Classifier, gomez)),
+        "poly" => Ok(("classifier, x²+2x", Scope::Classifier, gomez)),
+        "network" => Ok((
+            "whole network, x²",
+            Scope::Network,
+            format!("hcnn-{data}.onnx"),
+        )),
         other => Err(CliError::Usage(format!(
-            "unknown variant '{other}': use relu, linear or poly"
+            "unknown variant '{other}': use relu, linear, poly or network"
         ))),
     }
 }
@@ -337,8 +357,8 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
         let all = cnn::load_data(name)?;
         let timed = all.take(a.images.min(all.len()));
         for v in &a.variants {
-            let (label, scope) = variant_name(v)?;
-            let path = a.models.join(format!("protect-{name}-{v}.onnx"));
+            let (label, scope, file) = variant(v, name)?;
+            let path = a.models.join(file);
             let model = import(&path)?;
             let plan = ProtectPlan::new(&model, scope)?;
             for &bits in &a.security {

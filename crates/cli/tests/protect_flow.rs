@@ -1,10 +1,12 @@
 //! The owner → edge → owner flow through the `hecnn` binary on the bundled MNIST sample:
-//! `hecnn protect`, `hecnn edge run` (plain and encrypted features) and `hecnn owner
-//! decrypt`, checked against the cleartext model; the edge's deployment holds no secret key
-//! and no cleartext weight of the protected layer, and an edge refuses a deployment that
-//! contains a secret key.
+//! `hecnn protect` (the last layer of a Keras-style model; the whole of HCNN's MNIST
+//! network), `hecnn edge run` (plain and encrypted features) and `hecnn owner decrypt`,
+//! checked against the cleartext model; the edge's deployment holds no secret key and no
+//! cleartext weight of a protected layer, and an edge refuses a deployment that contains a
+//! secret key.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -34,17 +36,30 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn owner_protects_edge_classifies_owner_decrypts() {
-    let tmp = std::env::temp_dir().join(format!("hecnn-protect-flow-{}", std::process::id()));
+    flow("models/protect-mnist-relu.onnx", "last", 4);
+}
+
+#[test]
+fn whole_network_protected_through_the_cli() {
+    flow("models/hcnn-mnist.onnx", "network", 2);
+}
+
+/// Protects `model` (`--layers layers`), classifies `count` sample digits at the edge with
+/// plain and with encrypted features, and decrypts at the owner.
+fn flow(model: &str, layers: &str, count: usize) {
+    let tmp = std::env::temp_dir().join(format!(
+        "hecnn-protect-flow-{layers}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&tmp);
     let (owner, edge, results) = (tmp.join("owner"), tmp.join("edge"), tmp.join("results"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let model = "models/protect-mnist-relu.onnx";
 
     let (ok, log) = hecnn(&[
         "protect",
         model,
         "--layers",
-        "last",
+        layers,
         "--out-dir",
         &s(&owner),
     ]);
@@ -55,37 +70,48 @@ fn owner_protects_edge_classifies_owner_decrypts() {
         std::fs::copy(owner.join(f), edge.join(f)).unwrap();
     }
 
-    // The edge's files hold neither the secret key nor a protected weight.
+    // The edge's files hold neither the secret key nor a protected weight: those of the
+    // last layer, or of every convolution and dense layer when the network is protected.
     let secret = std::fs::read(owner.join("secret.key")).unwrap();
     let m = onnx::import_onnx_file(&repo().join(model)).unwrap();
-    let Op::Dense(last) = &m.nodes[m.output].op else {
-        panic!("the model ends with a dense layer")
+    let protected: Vec<(&[f64], &[f64])> = m
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| layers == "network" || k == m.output)
+        .filter_map(|(_, n)| match &n.op {
+            Op::Dense(d) => Some((d.weight.data(), &d.bias[..])),
+            Op::Conv2d(c) => Some((c.weight.data(), &c.bias[..])),
+            _ => None,
+        })
+        .collect();
+    assert!(!protected.is_empty());
+    // Pairs of neighbouring weights as f32 (how ONNX stores tensors): 8-byte patterns,
+    // which random ciphertext bytes do not produce by chance. One pass over each file.
+    let pairs = |v: &[f64]| -> Vec<[u8; 8]> {
+        v.windows(2)
+            .map(|p| {
+                let mut b = [0u8; 8];
+                b[..4].copy_from_slice(&(p[0] as f32).to_le_bytes());
+                b[4..].copy_from_slice(&(p[1] as f32).to_le_bytes());
+                b
+            })
+            .collect()
     };
+    let patterns: HashSet<[u8; 8]> = protected
+        .iter()
+        .flat_map(|(weight, bias)| pairs(weight).into_iter().chain(pairs(bias)))
+        .collect();
+    // The scan finds them where they are: in the cleartext ONNX file.
+    let onnx_bytes = std::fs::read(repo().join(model)).unwrap();
+    assert!(onnx_bytes.windows(8).any(|w| patterns.contains(w)));
     for f in std::fs::read_dir(&edge).unwrap() {
         let bytes = std::fs::read(f.unwrap().path()).unwrap();
         assert!(!contains(&bytes, &secret[secret.len() - 64..]));
-        // Pairs of neighbouring weights as f32 (how ONNX stores tensors): 8-byte patterns,
-        // which random ciphertext bytes do not produce by chance.
-        let pairs = |v: &[f64]| -> Vec<[u8; 8]> {
-            v.windows(2)
-                .map(|p| {
-                    let mut b = [0u8; 8];
-                    b[..4].copy_from_slice(&(p[0] as f32).to_le_bytes());
-                    b[4..].copy_from_slice(&(p[1] as f32).to_le_bytes());
-                    b
-                })
-                .collect()
-        };
-        for pat in pairs(last.weight.data())
-            .iter()
-            .step_by(5)
-            .chain(&pairs(&last.bias))
-        {
-            assert!(
-                !contains(&bytes, pat),
-                "protected weights stored in the clear"
-            );
-        }
+        assert!(
+            !bytes.windows(8).any(|w| patterns.contains(w)),
+            "protected weights stored in the clear"
+        );
     }
 
     let sample = hecnn_nn::data::load_idx(
@@ -103,7 +129,7 @@ fn owner_protects_edge_classifies_owner_decrypts() {
             "--data",
             "sample:mnist",
             "--count",
-            "4",
+            &count.to_string(),
             "-o",
             &s(&results),
         ]
@@ -126,7 +152,7 @@ fn owner_protects_edge_classifies_owner_decrypts() {
             "sample:mnist",
         ]);
         assert!(ok, "{log}");
-        for i in 0..4 {
+        for i in 0..count {
             let want = exec::argmax(exec::run(&m, &sample.image(i)).unwrap().data());
             assert!(log.contains(&format!("image {i}: class {want} ")), "{log}");
         }

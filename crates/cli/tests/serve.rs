@@ -19,13 +19,10 @@ const MNIST_SHAPE: [usize; 3] = [1, 28, 28];
 
 fn protected_weights(model: &hecnn_nn::Model, scope: Scope) -> Vec<f64> {
     let plan = ProtectPlan::new(model, scope).unwrap();
-    let mut w = plan.first().weight.clone();
-    w.extend_from_slice(&plan.first().bias);
-    if let Some(s) = plan.second() {
-        w.extend_from_slice(&s.weight);
-        w.extend_from_slice(&s.bias);
-    }
-    w
+    plan.layers()
+        .iter()
+        .flat_map(|l| l.weight.iter().chain(&l.bias).copied())
+        .collect()
 }
 
 fn secret_coeffs(owner_state: &Path, model_id: u64) -> Vec<u8> {

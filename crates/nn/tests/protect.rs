@@ -1,7 +1,8 @@
 //! Protected models (encrypted weights) at small ring degrees (toy, insecure parameters)
 //! against the cleartext executor on the *original* model: the three classifier variants of
-//! Gomez et al. (last layer; whole classifier without activation; with x²+2x), with features
-//! in the clear and encrypted, serialization round trips and the refusals.
+//! Gomez et al. (last layer; whole classifier without activation; with x²+2x) and whole
+//! HE-friendly networks (convolutions, pooling, several squares), with features in the
+//! clear and encrypted, serialization round trips and the refusals.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
@@ -13,7 +14,9 @@ use hecnn_ckks::{CkksParams, Decryptor, Evaluator};
 use hecnn_nn::{
     Model, NnError, Op, Tensor, exec,
     ir::{Dense, Pool},
-    protect::{FeatureInput, ProtectPlan, ProtectedModel, ProtectedOutput, Scope, decrypt_output},
+    protect::{
+        FeatureInput, Form, ProtectPlan, ProtectedModel, ProtectedOutput, Scope, decrypt_output,
+    },
 };
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::SecretKey;
@@ -148,7 +151,7 @@ fn classifier_with_square_activation_matches_cleartext() {
     let m = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
     let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
     assert_eq!(plan.spec().depth(), 3);
-    assert_eq!(plan.spec().second.map(|(s, _)| s), Some(1.0));
+    assert_eq!(plan.spec().layers[0].square, Some(1.0));
     for log_n in [10, 11] {
         let err = worst_error(&m, Scope::Classifier, log_n);
         assert!(err < 1e-5, "logN={log_n}: worst logit error {err:e}");
@@ -168,7 +171,8 @@ fn many_column_groups_span_several_weight_ciphertexts() {
     m.nodes[7] = node("fc2", dense(15, 3, 100, 0.2), vec![6]);
     let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
     let layout = plan.spec().layout(512).unwrap();
-    assert_eq!((layout.block, layout.groups, layout.columns), (128, 4, 5));
+    assert_eq!((layout.block, layout.groups), (128, 4));
+    assert_eq!((layout.layers[0].weights, layout.layers[1].weights), (5, 1));
     let err = worst_error(&m, Scope::Classifier, 10);
     assert!(err < 1e-5, "worst logit error {err:e}");
 }
@@ -186,13 +190,93 @@ fn protection_refuses_what_it_cannot_run() {
     no_dense.output = 4;
     let err = ProtectPlan::new(&no_dense, Scope::LastLayer).unwrap_err();
     assert!(err.to_string().contains("end with a dense layer"), "{err}");
-    let mut two = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
-    two.nodes
-        .push(node("act2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![7]));
-    two.nodes.push(node("fc3", dense(17, 2, 3, 0.4), vec![8]));
-    two.output = 9;
-    let err = ProtectPlan::new(&two, Scope::Classifier).unwrap_err();
-    assert!(err.to_string().contains("one degree-2 activation"), "{err}");
+    let err = ProtectPlan::new(&model(Some(Op::Relu)), Scope::Network).unwrap_err();
+    for refused in ["'relu' (Relu)", "'pool' (MaxPool)", "'act' (Relu)"] {
+        assert!(err.to_string().contains(refused), "{err}");
+    }
+    let wide = Model {
+        name: "wide".into(),
+        input_shape: [1, 64, 64],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(21, (2, 1, 3), 1, 1, 0.4), vec![0]),
+            node("flat", Op::Flatten, vec![1]),
+            node("fc", dense(25, 2, 8192, 0.3), vec![2]),
+        ],
+        output: 3,
+    };
+    let err = ProtectPlan::new(&wide, Scope::Network).unwrap_err();
+    assert!(
+        err.to_string().contains("layer 'conv1' maps 4096 values"),
+        "{err}"
+    );
+}
+
+/// An HE-friendly CNN: conv 3×3 (pad 1) → x²+2x → avg pool 2 → conv 3×3 stride 2 (pad 1)
+/// → 0.5·x² → flatten → dense 16 → x² → dense 3. Protected whole, its layers alternate
+/// column and row groups twice (the last layer in row groups), with depth 7.
+fn he_friendly() -> Model {
+    let nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("conv1", conv(21, (2, 1, 3), 1, 1, 0.4), vec![0]),
+        node("act1", Op::Poly(vec![0.0, 2.0, 1.0]), vec![1]),
+        node(
+            "pool",
+            Op::AvgPool(Pool {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0; 4],
+            }),
+            vec![2],
+        ),
+        node("conv2", conv(23, (3, 2, 3), 2, 1, 0.4), vec![3]),
+        node("act2", Op::Poly(vec![0.0, 0.0, 0.5]), vec![4]),
+        node("flat", Op::Flatten, vec![5]),
+        node("fc1", dense(25, 16, 12, 0.3), vec![6]),
+        node("act3", Op::Poly(vec![0.1, 0.0, 1.0]), vec![7]),
+        node("fc2", dense(27, 3, 16, 0.3), vec![8]),
+    ];
+    Model {
+        name: "he-friendly".into(),
+        input_shape: [1, 6, 6],
+        output: nodes.len() - 1,
+        nodes,
+    }
+}
+
+#[test]
+fn whole_network_protected_matches_cleartext() {
+    let m = he_friendly();
+    let plan = ProtectPlan::new(&m, Scope::Network).unwrap();
+    let spec = plan.spec();
+    assert_eq!(spec.prefix.nodes.len(), 1, "nothing stays in the clear");
+    let widths: Vec<_> = spec.layers.iter().map(|l| (l.inputs, l.outputs)).collect();
+    assert_eq!(widths, [(36, 72), (72, 12), (12, 16), (16, 3)]);
+    assert_eq!(spec.depth(), 7);
+    // Block 128 (72 inputs to the row layer leave a window of 57 ≥ 16 outputs).
+    let layout = spec.layout(512).unwrap();
+    assert_eq!((layout.block, layout.groups), (128, 4));
+    let forms: Vec<_> = layout.layers.iter().map(|l| l.form).collect();
+    assert_eq!(
+        forms,
+        [Form::Columns, Form::Rows, Form::Columns, Form::Rows]
+    );
+    for log_n in [10, 11] {
+        let err = worst_error(&m, Scope::Network, log_n);
+        assert!(err < 1e-4, "logN={log_n}: worst logit error {err:e}");
+    }
+    // The same model with its classifier protected only: the convolutions stay in the
+    // clear, and three layers alternate (the last in column groups).
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    assert_eq!(plan.spec().prefix.nodes.len(), 7);
+    assert_eq!(plan.spec().depth(), 3);
+    assert!(worst_error(&m, Scope::Classifier, 10) < 1e-5);
+    let mut three = m.clone();
+    three.nodes.truncate(8);
+    three.output = 7;
+    let plan = ProtectPlan::new(&three, Scope::Network).unwrap();
+    assert_eq!(plan.spec().layers.len(), 3);
+    assert!(worst_error(&three, Scope::Network, 10) < 1e-4);
 }
 
 #[test]
@@ -214,7 +298,7 @@ fn protected_models_round_trip_and_reject_bad_bytes() {
         let f64b = p[0].to_le_bytes();
         bytes.windows(8).any(|w| w == pair || w == f64b)
     };
-    let w1 = plan.first();
+    let w1 = &plan.layers()[0];
     for p in w1.weight.windows(2).chain(w1.bias.windows(2)) {
         assert!(
             !file_has(p),

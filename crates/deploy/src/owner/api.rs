@@ -101,15 +101,12 @@ async fn add_model(
     require_role(&owner, &headers, &["admin"]).await?;
     let q: ModelQuery = query(raw)?;
     check_input_id(&q.name).map_err(|e| ApiError::bad_request(format!("model name: {e}")))?;
-    let scope = match q.layers.as_str() {
-        "last" => Scope::LastLayer,
-        "classifier" => Scope::Classifier,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "layers={other}: use last or classifier"
-            )));
-        }
-    };
+    let scope = Scope::from_name(&q.layers).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "layers={}: use last, classifier or network",
+            q.layers
+        ))
+    })?;
     let level = match q.security {
         128 => SecurityLevel::Bits128,
         192 => SecurityLevel::Bits192,

@@ -5,7 +5,7 @@
 //! | route | token | what |
 //! |---|---|---|
 //! | `GET /v1/health` | – | liveness |
-//! | `POST /v1/models?name=&layers=last\|classifier&security=128&features=plain\|encrypted` | admin | body: ONNX model; generates a key pair, protects the model, registers it as the next version of `name` |
+//! | `POST /v1/models?name=&layers=last\|classifier\|network&security=128&features=plain\|encrypted` | admin | body: ONNX model; generates a key pair, protects the model, registers it as the next version of `name` |
 //! | `GET /v1/models` | admin | the registered models |
 //! | `POST /v1/nodes` `{"name", "url"}` | admin | registers an edge node; answers its token (shown once) |
 //! | `POST /v1/consumers` `{"name"}` | admin | a token that may read results |

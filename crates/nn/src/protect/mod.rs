@@ -1,5 +1,6 @@
-//! Protected models (Gomez et al.): the weights and biases of a model's classifier encrypted
-//! under the model owner's key, so that an edge node runs a model it cannot read.
+//! Protected models (Gomez et al.): the weights and biases of a model's last layer, its
+//! classifier or the whole network encrypted under the model owner's key, so that an edge
+//! node runs a model it cannot read.
 //!
 //! The roles and what each one holds:
 //! - the **owner** holds the cleartext model and the secret key; [`ProtectPlan::protect`]
@@ -14,8 +15,10 @@
 //!   [`ProtectPlan::protect`].
 //!
 //! Products are ciphertext × plaintext when the features are in the clear, ciphertext ×
-//! ciphertext when they are encrypted; see [`Layout`] for the slot layout. Levels: the
-//! first layer consumes one, the square activation one and the second layer one.
+//! ciphertext when they are encrypted, and ciphertext × ciphertext after the first layer;
+//! see [`Layout`] for the slot layout. Every linear layer (convolutions are encrypted as
+//! their dense matrices) consumes one level and every square activation one
+//! ([`ProtectedSpec::depth`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -72,7 +75,10 @@
 mod plan;
 mod wire;
 
-pub use plan::{DenseWeights, Layout, ProtectPlan, ProtectedSpec, Scope};
+pub use plan::{
+    DenseWeights, Form, LayerLayout, LayerShape, Layout, MAX_LAYER_WEIGHTS, ProtectPlan,
+    ProtectedSpec, Scope,
+};
 pub use wire::{OUTPUT_MAGIC, PROTECTED_MAGIC, WIRE_VERSION};
 
 use std::sync::Arc;
@@ -93,6 +99,10 @@ pub const PROTECT_LOG_SCALE: u32 = 40;
 /// relinearization key and the rotations of the block sums: far fewer in practice).
 pub const MAX_EDGE_KEYS: usize = 64;
 
+/// Most weight and bias ciphertexts of one protected model (the MNIST network protected
+/// whole takes about 400).
+pub const MAX_PROTECTED_CIPHERTEXTS: usize = 4096;
+
 fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     move |source| NnError::Encrypted {
         node: what.to_string(),
@@ -100,13 +110,14 @@ fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     }
 }
 
-/// The smallest parameters for a protected part of depth `depth` at `security`: a 49-bit
-/// output prime, one 40-bit prime per level, one 49-bit special prime, and the smallest
-/// ring degree (from 2^13) whose bound in the security table admits them and whose slots
-/// hold the first layer's block.
+/// The smallest parameters for the protected part at `security`: a 49-bit output prime,
+/// one 40-bit prime per level of [`ProtectedSpec::depth`], one 49-bit special prime, and
+/// the smallest ring degree (from 2^13) whose bound in the security table admits them and
+/// whose slots hold the layout.
 ///
 /// # Errors
-/// [`NnError::Invalid`] when no ring degree up to 2^16 fits.
+/// [`NnError::Invalid`] when no ring degree up to 2^16 fits: the depth is beyond what the
+/// security level allows, or the layers are wider than the slots.
 pub fn parameters(
     spec: &ProtectedSpec,
     security: hecnn_rlwe::SecurityLevel,
@@ -124,32 +135,57 @@ pub fn parameters(
             security,
         };
         match CkksParams::from_literal(&lit, PROTECT_LOG_SCALE) {
-            Ok(p) if spec.layout(p.max_slots()).is_ok() => return Ok(Arc::new(p)),
-            Ok(_) => {}
-            Err(e) => last = Some(e),
+            Ok(p) => match spec.layout(p.max_slots()) {
+                Ok(_) => return Ok(Arc::new(p)),
+                Err(e) => last = Some(e.to_string()),
+            },
+            Err(e) => last = Some(e.to_string()),
         }
     }
     Err(NnError::Invalid(format!(
-        "no ring degree up to 2^16 fits the protected part at {security:?}{}",
-        last.map(|e| format!(" ({e})")).unwrap_or_default()
+        "no ring degree up to 2^16 fits the protected part (depth {}) at {security:?}{}",
+        spec.depth(),
+        last.map(|e| format!(": {e}")).unwrap_or_default()
     )))
 }
 
-/// Scales of the evaluation, in the evaluator's own floating-point order, so that the
-/// owner encrypts every bias at exactly the scale the edge's value will have.
-struct Scales {
-    /// After the first layer.
-    hidden: f64,
-    /// After the second layer.
-    out: f64,
+/// Level and scale of each protected layer's weights and bias, computed in the
+/// evaluator's own floating-point order, so that the owner encrypts every bias at exactly
+/// the scale the edge's value will have.
+struct Step {
+    /// Level of the layer's input and weights (weights at scale `q_level`).
+    level: usize,
+    /// Scale of the layer's output, at `level − 1`, where its bias is added.
+    out_scale: f64,
 }
 
-fn scales(params: &CkksParams, top: usize) -> Scales {
-    let features = params.default_scale();
-    let hidden = features * params.q_at(top) / params.q_at(top);
-    let square = hidden * hidden / params.q_at(top.saturating_sub(1));
-    let out = square * params.q_at(top.saturating_sub(2)) / params.q_at(top.saturating_sub(2));
-    Scales { hidden, out }
+/// The steps of every layer, and the level and scale of the result.
+fn schedule(params: &CkksParams, spec: &ProtectedSpec) -> (Vec<Step>, usize, f64) {
+    let mut level = params.max_level();
+    let mut scale = params.default_scale();
+    let mut steps = Vec::with_capacity(spec.layers.len());
+    for l in &spec.layers {
+        let q = params.q_at(level);
+        scale = scale * q / q;
+        steps.push(Step {
+            level,
+            out_scale: scale,
+        });
+        level = level.saturating_sub(1);
+        if l.square.is_some() {
+            scale = scale * scale / params.q_at(level);
+            level = level.saturating_sub(1);
+        }
+    }
+    (steps, level, scale)
+}
+
+/// One protected layer's ciphertexts.
+struct EncryptedLayer<B: Backend> {
+    /// One per column or row group.
+    weights: Vec<Ciphertext<B>>,
+    /// One (column groups) or one per weight ciphertext (row groups).
+    biases: Vec<Ciphertext<B>>,
 }
 
 /// A protected model as the edge holds it: the public spec and the encrypted layers.
@@ -158,14 +194,62 @@ pub struct ProtectedModel<B: Backend> {
     params: Arc<CkksParams>,
     layout: Layout,
     key_id: [u8; 32],
-    /// First layer, one ciphertext per column group (top level, scale `q_top`).
-    columns: Vec<Ciphertext<B>>,
-    /// First layer's bias, repeated in every block.
-    hidden_bias: Ciphertext<B>,
-    /// Second layer, one ciphertext per row group.
-    rows: Vec<Ciphertext<B>>,
-    /// Second layer's bias, per row group, in the first slot of each block.
-    out_bias: Vec<Ciphertext<B>>,
+    layers: Vec<EncryptedLayer<B>>,
+}
+
+/// The slot vectors of one layer's weight and bias ciphertexts (see [`Layout`]).
+fn layer_slots(layout: &Layout, at: usize, w: &DenseWeights) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let l = layout.layers[at];
+    let (groups, slots) = (layout.groups, layout.slots);
+    match l.form {
+        Form::Columns => {
+            let weights = (0..l.weights)
+                .map(|t| {
+                    let mut v = vec![0.0; slots];
+                    for g in 0..groups {
+                        let col = t * groups + g;
+                        if col < w.inputs {
+                            for j in 0..w.outputs {
+                                v[layout.slot(l.offset, g, j)] = w.weight[j * w.inputs + col];
+                            }
+                        }
+                    }
+                    v
+                })
+                .collect();
+            let mut bias = vec![0.0; slots];
+            for g in 0..groups {
+                for (j, &b) in w.bias.iter().enumerate() {
+                    bias[layout.slot(l.offset, g, j)] = b;
+                }
+            }
+            (weights, vec![bias])
+        }
+        Form::Rows => {
+            // Outputs land in the `block − inputs + 1` slots that end at each group's
+            // offset; the bias covers all of them.
+            let window = layout.block - w.inputs;
+            (0..l.weights)
+                .map(|u| {
+                    let mut v = vec![0.0; slots];
+                    let mut b = vec![0.0; slots];
+                    for g in 0..groups {
+                        let row = u * groups + g;
+                        if row >= w.outputs {
+                            continue;
+                        }
+                        for j in 0..w.inputs {
+                            v[layout.slot(l.offset, g, j)] = w.weight[row * w.inputs + j];
+                        }
+                        for k in 0..=window {
+                            b[layout.slot(l.offset + slots - window, g, k)] = w.bias[row];
+                        }
+                    }
+                    (v, b)
+                })
+                .unzip()
+        }
+    }
 }
 
 impl ProtectPlan {
@@ -174,7 +258,8 @@ impl ProtectPlan {
     ///
     /// # Errors
     /// [`NnError::Invalid`] when the parameters have fewer levels than the protected part
-    /// needs or too few slots; encoding failures (weights too large for the scale).
+    /// needs, too few slots, or the model would take more than
+    /// [`MAX_PROTECTED_CIPHERTEXTS`]; encoding failures (weights too large for the scale).
     pub fn protect<B: Backend>(
         &self,
         params: &Arc<CkksParams>,
@@ -183,74 +268,60 @@ impl ProtectPlan {
         rng: &mut Prng,
     ) -> Result<ProtectedModel<B>, NnError> {
         let spec = self.spec().clone();
-        let top = params.max_level();
-        if top < spec.depth() {
+        if params.max_level() < spec.depth() {
             return Err(NnError::Invalid(format!(
-                "the protected part needs {} levels, the parameters have {top}",
-                spec.depth()
+                "the protected part needs {} levels, the parameters have {}",
+                spec.depth(),
+                params.max_level()
             )));
         }
         let layout = spec.layout(params.max_slots())?;
+        if layout.ciphertexts() > MAX_PROTECTED_CIPHERTEXTS {
+            return Err(NnError::Invalid(format!(
+                "the protected part would take {} ciphertexts at N = 2^{} (at most {}); \
+                 protect fewer layers",
+                layout.ciphertexts(),
+                params.rlwe().log_n(),
+                MAX_PROTECTED_CIPHERTEXTS
+            )));
+        }
         let encoder = Encoder::new(params.n());
-        let slots = layout.slots;
-        let mut encrypt = |v: &[f64], level: usize, scale: f64, what| {
-            let pt = encoder
-                .encode_real(be, params, v, level, scale, slots)
-                .map_err(he(what))?;
-            encrypt_sk(sk, be, &pt, rng).map_err(he(what))
-        };
-        let s = scales(params, top);
-        let w1 = self.first();
-        let mut columns = Vec::with_capacity(layout.columns);
-        for t in 0..layout.columns {
-            let mut v = vec![0.0; slots];
-            for (g, block) in v.chunks_mut(layout.block).enumerate() {
-                let col = t * layout.groups + g;
-                if col < w1.inputs {
-                    for (j, x) in block.iter_mut().take(w1.outputs).enumerate() {
-                        *x = w1.weight[j * w1.inputs + col];
-                    }
-                }
-            }
-            columns.push(encrypt(&v, top, params.q_at(top), "protect: first layer")?);
-        }
-        let mut bias = vec![0.0; slots];
-        for block in bias.chunks_mut(layout.block) {
-            block[..w1.outputs].copy_from_slice(&w1.bias);
-        }
-        let hidden_bias = encrypt(&bias, top - 1, s.hidden, "protect: first bias")?;
-        let (mut rows, mut out_bias) = (Vec::new(), Vec::new());
-        if let Some(w2) = self.second() {
-            let level = top - 2;
-            for u in 0..layout.rows {
-                let mut v = vec![0.0; slots];
-                let mut b = vec![0.0; slots];
-                for g in 0..layout.groups {
-                    let row = u * layout.groups + g;
-                    if row < w2.outputs {
-                        let dst = &mut v[g * layout.block..g * layout.block + w2.inputs];
-                        dst.copy_from_slice(&w2.weight[row * w2.inputs..(row + 1) * w2.inputs]);
-                        b[g * layout.block] = w2.bias[row];
-                    }
-                }
-                rows.push(encrypt(
-                    &v,
-                    level,
-                    params.q_at(level),
-                    "protect: second layer",
-                )?);
-                out_bias.push(encrypt(&b, level - 1, s.out, "protect: second bias")?);
-            }
+        let (steps, _, _) = schedule(params, &spec);
+        // One ChaCha stream per ciphertext, seeded in order from `rng`, so that the
+        // ciphertexts encrypt in parallel.
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for (at, (w, step)) in self.layers().iter().zip(&steps).enumerate() {
+            let (weight_slots, bias_slots) = layer_slots(&layout, at, w);
+            let mut encrypt = |vs: &[Vec<f64>], level: usize, scale: f64, what| {
+                let jobs: Vec<(&Vec<f64>, [u8; 32])> = vs.iter().map(|v| (v, rng.seed())).collect();
+                be.par_map(jobs, |(v, seed)| {
+                    let pt = encoder.encode_real(be, params, v, level, scale, layout.slots)?;
+                    encrypt_sk(sk, be, &pt, &mut Prng::from_seed(seed))
+                })
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(he(what))
+            };
+            let weights = encrypt(
+                &weight_slots,
+                step.level,
+                params.q_at(step.level),
+                "protect: weights",
+            )?;
+            let biases = encrypt(
+                &bias_slots,
+                step.level - 1,
+                step.out_scale,
+                "protect: biases",
+            )?;
+            layers.push(EncryptedLayer { weights, biases });
         }
         Ok(ProtectedModel {
             spec,
             params: Arc::clone(params),
             layout,
             key_id: sk.key_id(),
-            columns,
-            hidden_bias,
-            rows,
-            out_bias,
+            layers,
         })
     }
 }
@@ -281,6 +352,14 @@ impl<B: Backend> ProtectedOutput<B> {
     }
 }
 
+/// A value between protected layers.
+enum Value<B: Backend> {
+    /// One ciphertext holding the vector every `block` slots (after column groups).
+    Replicated(Ciphertext<B>),
+    /// One ciphertext per group of values (after row groups).
+    Grouped(Vec<Ciphertext<B>>),
+}
+
 impl<B: Backend> ProtectedModel<B> {
     /// The public spec.
     pub fn spec(&self) -> &ProtectedSpec {
@@ -293,8 +372,8 @@ impl<B: Backend> ProtectedModel<B> {
     }
 
     /// The slot layout.
-    pub fn layout(&self) -> Layout {
-        self.layout
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// Identifier of the owner key the weights are encrypted under.
@@ -304,13 +383,13 @@ impl<B: Backend> ProtectedModel<B> {
 
     /// Number of weight and bias ciphertexts.
     pub fn ciphertext_count(&self) -> usize {
-        self.columns.len() + 1 + self.rows.len() + self.out_bias.len()
+        self.layout.ciphertexts()
     }
 
     /// The evaluation keys the edge needs: relinearization (for encrypted features and the
-    /// square) and the rotations of the block sums.
+    /// squares) and the rotations of the group sums.
     pub fn key_requirements(&self) -> KeyRequirements {
-        KeyRequirements::relin().with_rotations(self.layout.rotations(self.spec.second.is_some()))
+        KeyRequirements::relin().with_rotations(self.layout.rotations())
     }
 
     fn check_keys(&self, eval: &Evaluator<B>) -> Result<(), NnError> {
@@ -365,8 +444,9 @@ impl<B: Backend> ProtectedModel<B> {
         self.check_features(features)?;
         // One ChaCha stream per ciphertext, seeded from `rng`, so the columns encrypt in
         // parallel.
-        let jobs: Vec<(usize, [u8; 32])> =
-            (0..self.layout.columns).map(|t| (t, rng.seed())).collect();
+        let jobs: Vec<(usize, [u8; 32])> = (0..self.layout.layers[0].weights)
+            .map(|t| (t, rng.seed()))
+            .collect();
         eval.backend()
             .par_map(jobs, |(t, seed)| {
                 let pt = self.encode_column(eval, features, t)?;
@@ -388,65 +468,142 @@ impl<B: Backend> ProtectedModel<B> {
         input: &FeatureInput<B>,
     ) -> Result<ProtectedOutput<B>, NnError> {
         self.check_keys(eval)?;
-        let columns: Vec<&Ciphertext<B>> = self.columns.iter().collect();
-        let hidden = match input {
+        let first = &self.layers[0];
+        let weights: Vec<&Ciphertext<B>> = first.weights.iter().collect();
+        let products = match input {
             FeatureInput::Plain(features) => {
                 self.check_features(features)?;
                 let pts = eval
                     .backend()
-                    .par_map((0..self.layout.columns).collect(), |t| {
+                    .par_map((0..weights.len()).collect(), |t| {
                         self.encode_column(eval, features, t)
                     })
                     .into_iter()
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(he("encode features"))?;
-                let pts: Vec<_> = pts.iter().collect();
-                eval.dot_plain(&columns, &pts).map_err(he("first layer"))?
+                eval.dot_plain(&weights, &pts.iter().collect::<Vec<_>>())
+                    .map_err(he("layer 0"))?
             }
             FeatureInput::Encrypted(cts) => {
-                if cts.len() != columns.len() {
+                if cts.len() != weights.len() {
                     return Err(NnError::Shape(format!(
                         "{} feature ciphertexts given, the protected part reads {}",
                         cts.len(),
-                        columns.len()
+                        weights.len()
                     )));
                 }
                 let tensor = eval
-                    .dot(&columns, &cts.iter().collect::<Vec<_>>())
-                    .map_err(he("first layer"))?;
-                eval.relinearize(tensor).map_err(he("first layer"))?
+                    .dot(&weights, &cts.iter().collect::<Vec<_>>())
+                    .map_err(he("layer 0"))?;
+                eval.relinearize(tensor).map_err(he("layer 0"))?
             }
         };
-        let first = (|| {
-            let y = eval.rescale(&hidden)?;
-            let y = eval.inner_sum(&y, self.layout.block as i64, self.layout.groups)?;
-            eval.add(&y, &self.hidden_bias)
-        })()
-        .map_err(he("first layer"))?;
-        let Some((shift, _)) = self.spec.second else {
-            return Ok(ProtectedOutput { cts: vec![first] });
-        };
-        let square = (|| {
-            let u = eval.add_const(&first, shift)?;
-            eval.rescale(&eval.mul_relin(&u, &u)?)
-        })()
-        .map_err(he("activation"))?;
-        let block = self.layout.block;
-        let cts = eval
-            .backend()
-            .par_map(
-                self.rows.iter().zip(&self.out_bias).collect(),
-                |(row, bias)| {
-                    let z = eval.rescale(&eval.mul_relin(row, &square)?)?;
-                    let z = eval.inner_sum(&z, 1, block)?;
-                    eval.add(&z, bias)
-                },
-            )
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(he("second layer"))?;
-        Ok(ProtectedOutput { cts })
+        let mut value = Value::Replicated(
+            self.sum_columns(eval, &products, first)
+                .map_err(he("layer 0"))?,
+        );
+        for (at, layer) in self.layers.iter().enumerate() {
+            if at > 0 {
+                value = self
+                    .linear(eval, value, layer)
+                    .map_err(he("protected layer"))?;
+            }
+            if let Some(shift) = self.spec.layers[at].square {
+                value = self.square(eval, value, shift).map_err(he("activation"))?;
+            }
+        }
+        Ok(ProtectedOutput {
+            cts: match value {
+                Value::Replicated(ct) => vec![ct],
+                Value::Grouped(cts) => cts,
+            },
+        })
     }
+
+    /// A column layer's products summed over the groups, plus its bias.
+    fn sum_columns(
+        &self,
+        eval: &Evaluator<B>,
+        products: &Ciphertext<B>,
+        layer: &EncryptedLayer<B>,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let y = eval.rescale(products)?;
+        let y = eval.inner_sum(&y, self.layout.block as i64, self.layout.groups)?;
+        eval.add(&y, &layer.biases[0])
+    }
+
+    /// A layer after the first: row groups on a replicated value, column groups on a
+    /// grouped one.
+    fn linear(
+        &self,
+        eval: &Evaluator<B>,
+        value: Value<B>,
+        layer: &EncryptedLayer<B>,
+    ) -> Result<Value<B>, CkksError> {
+        let block = self.layout.block;
+        match value {
+            Value::Replicated(x) => {
+                let cts = eval
+                    .backend()
+                    .par_map(
+                        layer.weights.iter().zip(&layer.biases).collect(),
+                        |(row, bias)| {
+                            let z = eval.rescale(&eval.mul_relin(row, &x)?)?;
+                            let z = eval.inner_sum(&z, 1, block)?;
+                            eval.add(&z, bias)
+                        },
+                    )
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Value::Grouped(cts))
+            }
+            Value::Grouped(xs) => {
+                if xs.len() != layer.weights.len() {
+                    return Err(CkksError::InvalidArgument {
+                        what: "a column layer reads one ciphertext per weight ciphertext",
+                    });
+                }
+                let tensor = eval.dot(
+                    &layer.weights.iter().collect::<Vec<_>>(),
+                    &xs.iter().collect::<Vec<_>>(),
+                )?;
+                let products = eval.relinearize(tensor)?;
+                Ok(Value::Replicated(self.sum_columns(eval, &products, layer)?))
+            }
+        }
+    }
+
+    /// `(x + δ)²` slot-wise on every ciphertext of the value.
+    fn square(
+        &self,
+        eval: &Evaluator<B>,
+        value: Value<B>,
+        shift: f64,
+    ) -> Result<Value<B>, CkksError> {
+        let square = |ct: &Ciphertext<B>| {
+            let u = eval.add_const(ct, shift)?;
+            eval.rescale(&eval.mul_relin(&u, &u)?)
+        };
+        Ok(match value {
+            Value::Replicated(ct) => Value::Replicated(square(&ct)?),
+            Value::Grouped(cts) => Value::Grouped(
+                eval.backend()
+                    .par_map(cts.iter().collect(), square)
+                    .into_iter()
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        })
+    }
+}
+
+/// The ciphertext count, level and scale of a protected part's result.
+fn output_shape(params: &CkksParams, spec: &ProtectedSpec, layout: &Layout) -> (usize, usize, f64) {
+    let (_, level, scale) = schedule(params, spec);
+    let last = layout.layers.last().map_or(1, |l| match l.form {
+        Form::Columns => 1,
+        Form::Rows => l.weights,
+    });
+    (last, level, scale)
 }
 
 /// Decrypts an edge node's result into the model's outputs (the owner's side).
@@ -462,17 +619,16 @@ pub fn decrypt_output<B: Backend>(
     out: &ProtectedOutput<B>,
 ) -> Result<Vec<f64>, NnError> {
     let layout = spec.layout(params.max_slots())?;
-    let expected = if spec.second.is_some() {
-        layout.rows
-    } else {
-        1
-    };
+    let (expected, _, _) = output_shape(params, spec, &layout);
     if out.cts.len() != expected {
         return Err(NnError::Shape(format!(
             "a result of {} ciphertexts, the model produces {expected}",
             out.cts.len()
         )));
     }
+    let Some(last) = layout.layers.last() else {
+        return Err(NnError::Invalid("a protected part without layers".into()));
+    };
     let encoder = Encoder::new(params.n());
     let mut values = Vec::with_capacity(spec.outputs());
     for ct in &out.cts {
@@ -480,9 +636,13 @@ pub fn decrypt_output<B: Backend>(
         let slots = encoder
             .decode_real(be, params, &pt)
             .map_err(he("decrypt"))?;
-        match spec.second {
-            None => values.extend_from_slice(&slots[..spec.hidden]),
-            Some(_) => values.extend(slots.iter().step_by(layout.block).take(layout.groups)),
+        match last.form {
+            Form::Columns => {
+                values.extend((0..spec.outputs()).map(|j| slots[layout.slot(last.offset, 0, j)]));
+            }
+            Form::Rows => {
+                values.extend((0..layout.groups).map(|g| slots[layout.slot(last.offset, g, 0)]));
+            }
         }
     }
     values.truncate(spec.outputs());

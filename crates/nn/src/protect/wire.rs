@@ -11,15 +11,21 @@ use hecnn_ring::Backend;
 use hecnn_rlwe::ParamsLiteral;
 use serde::{Deserialize, Serialize};
 
-use super::{ProtectedModel, ProtectedOutput, ProtectedSpec, Scope, he, scales};
+use super::{
+    EncryptedLayer, LayerShape, ProtectedModel, ProtectedOutput, ProtectedSpec, Scope, he,
+    output_shape, schedule,
+};
 use crate::{NnError, onnx};
 
 /// First bytes of a protected-model file.
 pub const PROTECTED_MAGIC: [u8; 4] = *b"HCNP";
 /// First bytes of an encrypted result.
 pub const OUTPUT_MAGIC: [u8; 4] = *b"HCNO";
-/// Version of both formats.
-pub const WIRE_VERSION: u16 = 1;
+/// Version of both formats (2: any number of protected layers).
+pub const WIRE_VERSION: u16 = 2;
+
+/// Most protected layers a file may declare.
+const MAX_LAYERS: usize = 64;
 
 /// Relative tolerance on a stored ciphertext's scale (it must be the scale the layout
 /// implies; any real difference is a different model or a tampered file).
@@ -32,15 +38,20 @@ struct ModelFile {
     prefix: Vec<u8>,
     scope: String,
     features: u64,
-    hidden: u64,
-    second: Option<(f64, u64)>,
+    layers: Vec<LayerFile>,
     literal: ParamsLiteral,
     log_scale: u32,
     key_id: [u8; 32],
-    columns: Vec<Vec<u8>>,
-    hidden_bias: Vec<u8>,
-    rows: Vec<Vec<u8>>,
-    out_bias: Vec<Vec<u8>>,
+}
+
+/// One protected layer: its output count, the shift of the square after it, and its
+/// ciphertexts (inputs follow from the layer before).
+#[derive(Serialize, Deserialize)]
+struct LayerFile {
+    outputs: u64,
+    square: Option<f64>,
+    weights: Vec<Vec<u8>>,
+    biases: Vec<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -116,21 +127,30 @@ impl<B: Backend> ProtectedModel<B> {
     pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, NnError> {
         let ct = |c: &Ciphertext<B>| c.to_bytes(be, &self.params).map_err(he("serialize"));
         let cts = |v: &[Ciphertext<B>]| v.iter().map(ct).collect::<Result<Vec<_>, _>>();
+        let layers = self
+            .spec
+            .layers
+            .iter()
+            .zip(&self.layers)
+            .map(|(shape, layer)| {
+                Ok(LayerFile {
+                    outputs: to_u64(shape.outputs),
+                    square: shape.square,
+                    weights: cts(&layer.weights)?,
+                    biases: cts(&layer.biases)?,
+                })
+            })
+            .collect::<Result<Vec<_>, NnError>>()?;
         let file = ModelFile {
             magic: PROTECTED_MAGIC,
             version: WIRE_VERSION,
             prefix: onnx::export_onnx(&self.spec.prefix)?,
             scope: self.spec.scope.name().into(),
             features: to_u64(self.spec.features),
-            hidden: to_u64(self.spec.hidden),
-            second: self.spec.second.map(|(s, m)| (s, to_u64(m))),
+            layers,
             literal: self.params.rlwe().literal().clone(),
             log_scale: self.params.log_scale(),
             key_id: self.key_id,
-            columns: cts(&self.columns)?,
-            hidden_bias: ct(&self.hidden_bias)?,
-            rows: cts(&self.rows)?,
-            out_bias: cts(&self.out_bias)?,
         };
         postcard::to_allocvec(&file).map_err(|e| malformed(format!("encoding failed: {e}")))
     }
@@ -140,92 +160,87 @@ impl<B: Backend> ProtectedModel<B> {
     /// # Errors
     /// [`NnError::Invalid`] naming what is wrong: magic, version, parameters below their
     /// security level, a feature extractor that does not produce the declared features,
-    /// ciphertext counts, levels, scales or fingerprints that do not match.
+    /// layers that do not chain, ciphertext counts, levels, scales or fingerprints that do
+    /// not match.
     pub fn from_bytes(be: &B, bytes: &[u8]) -> Result<Self, NnError> {
         let f: ModelFile =
             postcard::from_bytes(bytes).map_err(|e| malformed(format!("unreadable ({e})")))?;
         check_header(f.magic, PROTECTED_MAGIC, f.version)?;
+        if f.layers.is_empty() || f.layers.len() > MAX_LAYERS {
+            return Err(malformed(format!(
+                "{} protected layers (1 to {MAX_LAYERS})",
+                f.layers.len()
+            )));
+        }
         let params =
             Arc::new(CkksParams::from_literal(&f.literal, f.log_scale).map_err(he("parameters"))?);
         let prefix = onnx::import_onnx(&f.prefix)?;
         let scope = Scope::from_name(&f.scope)
             .ok_or_else(|| malformed(format!("unknown scope '{}'", f.scope)))?;
-        let second = match f.second {
-            Some((shift, m)) if shift.is_finite() && m > 0 => {
-                Some((shift, to_usize(m, "outputs")?))
-            }
-            Some(_) => return Err(malformed("invalid activation or output count")),
-            None => None,
-        };
+        let features = to_usize(f.features, "feature count")?;
+        let mut inputs = features;
+        let mut layers = Vec::with_capacity(f.layers.len());
+        for l in &f.layers {
+            let outputs = to_usize(l.outputs, "output count")?;
+            layers.push(LayerShape {
+                inputs,
+                outputs,
+                square: l.square,
+            });
+            inputs = outputs;
+        }
         let spec = ProtectedSpec {
             prefix,
             scope,
-            features: to_usize(f.features, "feature count")?,
-            hidden: to_usize(f.hidden, "hidden width")?,
-            second,
+            features,
+            layers,
         };
+        spec.check().map_err(malformed)?;
         let shapes = spec.prefix.shapes()?;
         let produced: usize = shapes[spec.prefix.output].iter().product();
-        if produced != spec.features || spec.hidden == 0 {
+        if produced != spec.features {
             return Err(malformed(format!(
                 "the feature extractor produces {produced} values, the spec declares {}",
                 spec.features
             )));
         }
-        let top = params.max_level();
-        if top < spec.depth() {
+        if params.max_level() < spec.depth() {
             return Err(malformed(format!(
-                "{top} levels for a protected part of depth {}",
+                "{} levels for a protected part of depth {}",
+                params.max_level(),
                 spec.depth()
             )));
         }
         let layout = spec.layout(params.max_slots())?;
-        let expected_rows = if spec.second.is_some() {
-            layout.rows
-        } else {
-            0
-        };
-        if f.columns.len() != layout.columns
-            || f.rows.len() != expected_rows
-            || f.out_bias.len() != expected_rows
-        {
-            return Err(malformed(format!(
-                "{} + {} + {} weight ciphertexts, the layout needs {} + {expected_rows} + \
-                 {expected_rows}",
-                f.columns.len(),
-                f.rows.len(),
-                f.out_bias.len(),
-                layout.columns
-            )));
+        let (steps, _, _) = schedule(&params, &spec);
+        let mut encrypted = Vec::with_capacity(f.layers.len());
+        for (at, ((l, want), step)) in f.layers.iter().zip(&layout.layers).zip(&steps).enumerate() {
+            if l.weights.len() != want.weights || l.biases.len() != want.biases {
+                return Err(malformed(format!(
+                    "layer {at}: {} weight and {} bias ciphertexts, the layout needs {} and {}",
+                    l.weights.len(),
+                    l.biases.len(),
+                    want.weights,
+                    want.biases
+                )));
+            }
+            let load = |bytes: &[Vec<u8>], level, scale, what| {
+                bytes
+                    .iter()
+                    .map(|b| load_ct(be, &params, b, level, scale, what))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            encrypted.push(EncryptedLayer {
+                weights: load(&l.weights, step.level, params.q_at(step.level), "weights")?,
+                biases: load(&l.biases, step.level - 1, step.out_scale, "biases")?,
+            });
         }
-        let s = scales(&params, top);
-        let load = |b: &Vec<u8>, level, scale, what| load_ct(be, &params, b, level, scale, what);
-        let columns = f
-            .columns
-            .iter()
-            .map(|b| load(b, top, params.q_at(top), "first layer"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let hidden_bias = load(&f.hidden_bias, top - 1, s.hidden, "first bias")?;
-        let level = top.saturating_sub(2);
-        let rows = f
-            .rows
-            .iter()
-            .map(|b| load(b, level, params.q_at(level), "second layer"))
-            .collect::<Result<Vec<_>, _>>()?;
-        let out_bias = f
-            .out_bias
-            .iter()
-            .map(|b| load(b, level.saturating_sub(1), s.out, "second bias"))
-            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             spec,
             params,
             layout,
             key_id: f.key_id,
-            columns,
-            hidden_bias,
-            rows,
-            out_bias,
+            layers: encrypted,
         })
     }
 }
@@ -269,12 +284,8 @@ impl<B: Backend> ProtectedOutput<B> {
         let f: OutputFile = postcard::from_bytes(bytes)
             .map_err(|e| malformed(format!("unreadable result ({e})")))?;
         check_header(f.magic, OUTPUT_MAGIC, f.version)?;
-        let top = params.max_level();
         let layout = spec.layout(params.max_slots())?;
-        let (count, level, scale) = match spec.second {
-            None => (1, top.saturating_sub(1), scales(params, top).hidden),
-            Some(_) => (layout.rows, top.saturating_sub(3), scales(params, top).out),
-        };
+        let (count, level, scale) = output_shape(params, spec, &layout);
         if f.cts.len() != count {
             return Err(malformed(format!(
                 "a result of {} ciphertexts, the model produces {count}",
