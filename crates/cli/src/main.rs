@@ -45,8 +45,9 @@ enum Command {
     Decrypt(cnn_cmds::DecryptArgs),
     /// Encrypt, evaluate and decrypt a whole data set; compare with the cleartext model.
     Eval(cnn_cmds::EvalArgs),
-    /// Encrypt a model's classifier under a new owner key (Gomez et al.): writes the protected
-    /// model, the owner's secret key and the public and evaluation keys for edge nodes.
+    /// Encrypt a model's last layer, classifier or whole network under a new owner key (Gomez
+    /// et al.): writes the protected model, the owner's secret key and the public and
+    /// evaluation keys for edge nodes.
     Protect(protect_cmd::ProtectArgs),
     /// An edge node: run a deployed protected model (no secret key).
     #[command(subcommand)]

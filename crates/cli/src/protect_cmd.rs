@@ -133,8 +133,10 @@ fn describe(spec: &protect::ProtectedSpec) -> String {
     let mut out = spec.features.to_string();
     for l in &spec.layers {
         out.push_str(&format!(" → {}", l.outputs));
-        if let Some(shift) = l.square {
-            out.push_str(&format!(" → (x + {shift})²"));
+        match l.square {
+            Some(shift) if shift < 0.0 => out.push_str(&format!(" → (x − {})²", -shift)),
+            Some(shift) => out.push_str(&format!(" → (x + {shift})²")),
+            None => {}
         }
     }
     out + " encrypted"
@@ -360,9 +362,23 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
             let (label, scope, file) = variant(v, name)?;
             let path = a.models.join(file);
             let model = import(&path)?;
-            let plan = ProtectPlan::new(&model, scope)?;
+            // A model that cannot be protected this way is reported and skipped, so that
+            // the other rows still run.
+            let plan = match ProtectPlan::new(&model, scope) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    accuracy_lines.push(format!("{name} {v} ({label}): skipped: {e}"));
+                    continue;
+                }
+            };
             for &bits in &a.security {
-                let params = protect::parameters(plan.spec(), cnn::security_level(bits)?)?;
+                let params = match protect::parameters(plan.spec(), cnn::security_level(bits)?) {
+                    Ok(params) => params,
+                    Err(e) => {
+                        accuracy_lines.push(format!("{name} {v} at {bits}-bit: skipped: {e}"));
+                        continue;
+                    }
+                };
                 let s = Setup {
                     model: &model,
                     plan: &plan,

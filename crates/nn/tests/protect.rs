@@ -266,17 +266,38 @@ fn whole_network_protected_matches_cleartext() {
         assert!(err < 1e-4, "logN={log_n}: worst logit error {err:e}");
     }
     // The same model with its classifier protected only: the convolutions stay in the
-    // clear, and three layers alternate (the last in column groups).
+    // clear.
     let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
     assert_eq!(plan.spec().prefix.nodes.len(), 7);
     assert_eq!(plan.spec().depth(), 3);
     assert!(worst_error(&m, Scope::Classifier, 10) < 1e-5);
+    // Cut after fc1: three layers, the last in column groups at a non-zero offset.
     let mut three = m.clone();
     three.nodes.truncate(8);
     three.output = 7;
     let plan = ProtectPlan::new(&three, Scope::Network).unwrap();
     assert_eq!(plan.spec().layers.len(), 3);
+    assert_ne!(plan.spec().layout(512).unwrap().layers[2].offset, 0);
     assert!(worst_error(&three, Scope::Network, 10) < 1e-4);
+
+    // The whole network survives a save and load (offsets and windows included).
+    let plan = ProtectPlan::new(&m, Scope::Network).unwrap();
+    let mut o = owner(10, plan.spec().depth(), 4);
+    let protected = plan.protect(&o.params, &o.sk, &o.be, &mut o.rng).unwrap();
+    let loaded = ProtectedModel::from_bytes(&o.be, &protected.to_bytes(&o.be).unwrap()).unwrap();
+    assert_eq!(loaded.spec(), protected.spec());
+    let keys =
+        o.sk.evaluation_keys(&o.be, &loaded.key_requirements(), &mut o.rng)
+            .unwrap();
+    let eval = Evaluator::new(Arc::clone(&o.params), Arc::new(keys), o.be.clone()).unwrap();
+    let x = image(9);
+    let f = loaded.spec().features_of(&x).unwrap();
+    let out = loaded.evaluate(&eval, &FeatureInput::Plain(f)).unwrap();
+    let dec = Decryptor::new(&o.sk, &o.be).unwrap();
+    let got = decrypt_output(loaded.spec(), &o.params, &dec, &o.be, &out).unwrap();
+    for (a, b) in got.iter().zip(exec::run(&m, &x).unwrap().data()) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
 }
 
 #[test]
@@ -374,4 +395,71 @@ fn protected_models_round_trip_and_reject_bad_bytes() {
         .err()
         .unwrap();
     assert!(matches!(err, NnError::Shape(_)), "{err}");
+}
+
+/// Flatten(1×6×6) → dense chain with squares between, widths `widths` (the first is the
+/// feature count, 36).
+fn dense_chain(widths: &[usize]) -> Model {
+    let mut nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("flat", Op::Flatten, vec![0]),
+    ];
+    for (k, w) in widths.windows(2).enumerate() {
+        if k > 0 {
+            let last = nodes.len() - 1;
+            nodes.push(node(
+                &format!("act{k}"),
+                Op::Poly(vec![0.05, 0.3, 0.5]),
+                vec![last],
+            ));
+        }
+        let last = nodes.len() - 1;
+        let scale = 1.0 / (w[0] as f64).sqrt();
+        nodes.push(node(
+            &format!("fc{k}"),
+            dense(40 + k as u64, w[1], w[0], scale),
+            vec![last],
+        ));
+    }
+    Model {
+        name: "chain".into(),
+        input_shape: [1, 6, 6],
+        output: nodes.len() - 1,
+        nodes,
+    }
+}
+
+#[test]
+fn layouts_at_their_limits_evaluate_exactly() {
+    // A column layer whose outputs exactly fill the window the row layer before leaves:
+    // 9 outputs after 8 row inputs in blocks of 16 (8 + 9 = 16 + 1).
+    let tight = dense_chain(&[36, 8, 5, 9]);
+    let plan = ProtectPlan::new(&tight, Scope::Classifier).unwrap();
+    assert_eq!(plan.spec().layout(512).unwrap().block, 16);
+    assert!(worst_error(&tight, Scope::Classifier, 10) < 1e-4);
+    // One group (block = slots = 512): the row sums fill every slot, so the 250 outputs
+    // after 300 row inputs fit although no window of 213 slots would hold them.
+    let one_group = dense_chain(&[36, 300, 7, 250]);
+    let layout = ProtectPlan::new(&one_group, Scope::Classifier)
+        .unwrap()
+        .spec()
+        .layout(512)
+        .unwrap();
+    assert_eq!((layout.block, layout.groups), (512, 1));
+    assert!(worst_error(&one_group, Scope::Classifier, 10) < 1e-4);
+}
+
+#[test]
+fn absurd_layer_sizes_are_refused_not_overflowed() {
+    let plan = ProtectPlan::new(&he_friendly(), Scope::Network).unwrap();
+    let mut spec = plan.spec().clone();
+    // As a malicious file could declare them: the last layer's width at the type's limit.
+    spec.layers.pop();
+    spec.layers.pop();
+    spec.layers.last_mut().unwrap().square = None;
+    spec.layers.last_mut().unwrap().outputs = usize::MAX;
+    assert!(spec.layout(1 << 15).is_err());
+    let widths = std::iter::once(36).chain([4; 100]).collect::<Vec<_>>();
+    let err = ProtectPlan::new(&dense_chain(&widths), Scope::Classifier).unwrap_err();
+    assert!(err.to_string().contains("at most 64"), "{err}");
 }

@@ -76,8 +76,8 @@ mod plan;
 mod wire;
 
 pub use plan::{
-    DenseWeights, Form, LayerLayout, LayerShape, Layout, MAX_LAYER_WEIGHTS, ProtectPlan,
-    ProtectedSpec, Scope,
+    DenseWeights, Form, LayerLayout, LayerShape, Layout, MAX_LAYER_WEIGHTS,
+    MAX_PROTECTED_CIPHERTEXTS, MAX_PROTECTED_LAYERS, ProtectPlan, ProtectedSpec, Scope,
 };
 pub use wire::{OUTPUT_MAGIC, PROTECTED_MAGIC, WIRE_VERSION};
 
@@ -98,10 +98,6 @@ pub const PROTECT_LOG_SCALE: u32 = 40;
 /// Most switching keys an edge deployment may carry when it loads its evaluation keys (the
 /// relinearization key and the rotations of the block sums: far fewer in practice).
 pub const MAX_EDGE_KEYS: usize = 64;
-
-/// Most weight and bias ciphertexts of one protected model (the MNIST network protected
-/// whole takes about 400).
-pub const MAX_PROTECTED_CIPHERTEXTS: usize = 4096;
 
 fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     move |source| NnError::Encrypted {
@@ -227,8 +223,12 @@ fn layer_slots(layout: &Layout, at: usize, w: &DenseWeights) -> (Vec<Vec<f64>>, 
         }
         Form::Rows => {
             // Outputs land in the `block − inputs + 1` slots that end at each group's
-            // offset; the bias covers all of them.
-            let window = layout.block - w.inputs;
+            // offset (in every slot with one group); the bias covers all of them.
+            let window = if groups == 1 {
+                slots - 1
+            } else {
+                layout.block - w.inputs
+            };
             (0..l.weights)
                 .map(|u| {
                     let mut v = vec![0.0; slots];
@@ -258,8 +258,8 @@ impl ProtectPlan {
     ///
     /// # Errors
     /// [`NnError::Invalid`] when the parameters have fewer levels than the protected part
-    /// needs, too few slots, or the model would take more than
-    /// [`MAX_PROTECTED_CIPHERTEXTS`]; encoding failures (weights too large for the scale).
+    /// needs, or too few slots for its layout ([`ProtectedSpec::layout`]); encoding
+    /// failures (weights too large for the scale).
     pub fn protect<B: Backend>(
         &self,
         params: &Arc<CkksParams>,
@@ -276,15 +276,6 @@ impl ProtectPlan {
             )));
         }
         let layout = spec.layout(params.max_slots())?;
-        if layout.ciphertexts() > MAX_PROTECTED_CIPHERTEXTS {
-            return Err(NnError::Invalid(format!(
-                "the protected part would take {} ciphertexts at N = 2^{} (at most {}); \
-                 protect fewer layers",
-                layout.ciphertexts(),
-                params.rlwe().log_n(),
-                MAX_PROTECTED_CIPHERTEXTS
-            )));
-        }
         let encoder = Encoder::new(params.n());
         let (steps, _, _) = schedule(params, &spec);
         // One ChaCha stream per ciphertext, seeded in order from `rng`, so that the
@@ -503,13 +494,17 @@ impl<B: Backend> ProtectedModel<B> {
                 .map_err(he("layer 0"))?,
         );
         for (at, layer) in self.layers.iter().enumerate() {
+            let context = |what: &str| {
+                let node = format!("protected {what} {at}");
+                move |source| NnError::Encrypted { node, source }
+            };
             if at > 0 {
-                value = self
-                    .linear(eval, value, layer)
-                    .map_err(he("protected layer"))?;
+                value = self.linear(eval, value, layer, at)?;
             }
             if let Some(shift) = self.spec.layers[at].square {
-                value = self.square(eval, value, shift).map_err(he("activation"))?;
+                value = self
+                    .square(eval, value, shift)
+                    .map_err(context("activation after layer"))?;
             }
         }
         Ok(ProtectedOutput {
@@ -532,14 +527,19 @@ impl<B: Backend> ProtectedModel<B> {
         eval.add(&y, &layer.biases[0])
     }
 
-    /// A layer after the first: row groups on a replicated value, column groups on a
+    /// Layer `at` (after the first): row groups on a replicated value, column groups on a
     /// grouped one.
     fn linear(
         &self,
         eval: &Evaluator<B>,
         value: Value<B>,
         layer: &EncryptedLayer<B>,
-    ) -> Result<Value<B>, CkksError> {
+        at: usize,
+    ) -> Result<Value<B>, NnError> {
+        let encrypted = |source| NnError::Encrypted {
+            node: format!("protected layer {at}"),
+            source,
+        };
         let block = self.layout.block;
         match value {
             Value::Replicated(x) => {
@@ -554,21 +554,27 @@ impl<B: Backend> ProtectedModel<B> {
                         },
                     )
                     .into_iter()
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(encrypted)?;
                 Ok(Value::Grouped(cts))
             }
             Value::Grouped(xs) => {
                 if xs.len() != layer.weights.len() {
-                    return Err(CkksError::InvalidArgument {
-                        what: "a column layer reads one ciphertext per weight ciphertext",
-                    });
+                    return Err(NnError::Shape(format!(
+                        "protected layer {at} reads {} ciphertexts, the layer before wrote {}",
+                        layer.weights.len(),
+                        xs.len()
+                    )));
                 }
-                let tensor = eval.dot(
-                    &layer.weights.iter().collect::<Vec<_>>(),
-                    &xs.iter().collect::<Vec<_>>(),
-                )?;
-                let products = eval.relinearize(tensor)?;
-                Ok(Value::Replicated(self.sum_columns(eval, &products, layer)?))
+                (|| {
+                    let tensor = eval.dot(
+                        &layer.weights.iter().collect::<Vec<_>>(),
+                        &xs.iter().collect::<Vec<_>>(),
+                    )?;
+                    let products = eval.relinearize(tensor)?;
+                    Ok(Value::Replicated(self.sum_columns(eval, &products, layer)?))
+                })()
+                .map_err(encrypted)
             }
         }
     }

@@ -61,6 +61,14 @@ impl Scope {
 /// convolution (CIFAR-10's first, 3,072 → 32,768 values) is refused here, with its name.
 pub const MAX_LAYER_WEIGHTS: usize = 1 << 24;
 
+/// Most protected layers in one model (files declaring more are refused before anything
+/// is allocated for them).
+pub const MAX_PROTECTED_LAYERS: usize = 64;
+
+/// Most weight and bias ciphertexts of one protected model (the MNIST network protected
+/// whole takes 400 at N = 2^14).
+pub const MAX_PROTECTED_CIPHERTEXTS: usize = 4096;
+
 /// A linear layer in cleartext: `y = W·x + b`, `W` row-major `[outputs][inputs]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DenseWeights {
@@ -213,8 +221,9 @@ impl ProtectedSpec {
         Ok(f.data().to_vec())
     }
 
-    /// Checks that the layers chain (each reads what the one before writes), that there is
-    /// at least one, and that only the last has no activation after it.
+    /// Checks that the layers chain (each reads what the one before writes), that there are
+    /// between 1 and [`MAX_PROTECTED_LAYERS`], and that only the last has no activation
+    /// after it.
     ///
     /// # Errors
     /// [`NnError::Invalid`] naming the inconsistency.
@@ -222,6 +231,12 @@ impl ProtectedSpec {
         let Some(last) = self.layers.last() else {
             return Err(NnError::Invalid("a protected part without layers".into()));
         };
+        if self.layers.len() > MAX_PROTECTED_LAYERS {
+            return Err(NnError::Invalid(format!(
+                "{} protected layers, at most {MAX_PROTECTED_LAYERS}",
+                self.layers.len()
+            )));
+        }
         let mut inputs = self.features;
         for (i, l) in self.layers.iter().enumerate() {
             let last_one = i + 1 == self.layers.len();
@@ -247,17 +262,23 @@ impl ProtectedSpec {
     /// fits.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] when no block up to `slots` fits the layers.
+    /// [`NnError::Invalid`] when no block up to `slots` fits the layers, or the layout
+    /// would take more than [`MAX_PROTECTED_CIPHERTEXTS`] ciphertexts.
     pub fn layout(&self, slots: usize) -> Result<Layout, NnError> {
         self.check()?;
         let fits = |block: usize| {
+            let groups = slots / block;
             self.layers
                 .iter()
                 .enumerate()
                 .all(|(i, l)| match Form::of(i) {
                     Form::Columns if i == 0 => l.outputs <= block,
-                    // The outputs must fit in the window the previous (row) layer leaves.
-                    Form::Columns => l.outputs + self.layers[i - 1].inputs <= block + 1,
+                    // One group: the row sums fill every slot. Otherwise the outputs must fit
+                    // in the window the previous (row) layer leaves.
+                    Form::Columns => {
+                        groups == 1
+                            || l.outputs <= (block + 1).saturating_sub(self.layers[i - 1].inputs)
+                    }
                     Form::Rows => l.inputs <= block,
                 })
         };
@@ -303,12 +324,20 @@ impl ProtectedSpec {
                 biases,
             });
         }
-        Ok(Layout {
+        let layout = Layout {
             slots,
             block,
             groups,
             layers,
-        })
+        };
+        if layout.ciphertexts() > MAX_PROTECTED_CIPHERTEXTS {
+            return Err(NnError::Invalid(format!(
+                "the protected part would take {} ciphertexts of {slots} slots (at most \
+                 {MAX_PROTECTED_CIPHERTEXTS}); protect fewer layers",
+                layout.ciphertexts()
+            )));
+        }
+        Ok(layout)
     }
 }
 
@@ -353,9 +382,10 @@ pub struct LayerLayout {
 ///
 /// - **Column groups** (layers 0, 2, …): weight ciphertext `t` holds, in group `g`, the
 ///   column `t·groups + g` of `W`; input ciphertext `t` holds the input `t·groups + g`
-///   repeated over group `g`. Their products summed over `t`, then over the groups
-///   (`log₂ groups` rotations), leave `W·x` *replicated*: the same vector every `block`
-///   slots.
+///   repeated over every slot of group `g` the weights use (the whole block for the
+///   features, the window a row layer leaves after it). Their products summed over `t`,
+///   then over the groups (`log₂ groups` rotations), leave `W·x` *replicated*: the same
+///   vector every `block` slots.
 /// - **Row groups** (layers 1, 3, …): weight ciphertext `u` holds, in group `g`, the row
 ///   `u·groups + g` of `W`, aligned with the replicated input. The product summed over
 ///   `block` consecutive slots (`log₂ block` rotations) leaves output `u·groups + g` in
@@ -363,7 +393,10 @@ pub struct LayerLayout {
 ///   the repeated input the next column layer reads.
 ///
 /// Every slot a weight ciphertext does not use encrypts zero, so whatever the input holds
-/// there (such as the square of a stray sum) never reaches an output.
+/// there (such as the square of a stray sum) never reaches an output. Those stray sums are
+/// not masked away (that would cost a level): like the outputs, they must stay within the
+/// output prime's headroom over the scale (2^9 with the 49-bit prime and 2^40 scale of
+/// [`crate::protect::parameters`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Slots per ciphertext.
@@ -396,7 +429,9 @@ impl Layout {
 
     /// Weight ciphertexts in all (biases included).
     pub fn ciphertexts(&self) -> usize {
-        self.layers.iter().map(|l| l.weights + l.biases).sum()
+        self.layers.iter().fold(0usize, |n, l| {
+            n.saturating_add(l.weights).saturating_add(l.biases)
+        })
     }
 
     /// Rotation steps the evaluation needs.
@@ -443,7 +478,8 @@ impl ProtectPlan {
     /// [`NnError::Invalid`] when the model does not end with a dense layer; when the
     /// classifier holds an activation that is not a polynomial of degree at most two (with
     /// the node named); for [`Scope::Network`], listing every node that is neither linear
-    /// nor such a polynomial; when a layer is too large ([`MAX_LAYER_WEIGHTS`]).
+    /// nor such a polynomial; for an activation directly after another; when a layer is too
+    /// large ([`MAX_LAYER_WEIGHTS`]).
     pub fn new(model: &Model, scope: Scope) -> Result<Self, NnError> {
         let shapes = model.shapes()?;
         // Readers that reach the output (an importer may leave dead nodes behind, such as
@@ -498,22 +534,17 @@ impl ProtectPlan {
             }
             chain.remove(0);
         }
-        let Some(&head) = chain.first() else {
-            return Err(NnError::Invalid(format!(
-                "the model must end with a dense layer to be protected (its output node '{}' \
-                 is {})",
-                model.nodes[model.output].name,
-                model.nodes[model.output].op.kind()
-            )));
+        let head = match chain.first() {
+            Some(&head) if matches!(model.nodes[model.output].op, Op::Dense(_)) => head,
+            _ => {
+                return Err(NnError::Invalid(format!(
+                    "the model must end with a dense layer to be protected (its output node \
+                     '{}' is {})",
+                    model.nodes[model.output].name,
+                    model.nodes[model.output].op.kind()
+                )));
+            }
         };
-        if !matches!(model.nodes[model.output].op, Op::Dense(_)) {
-            return Err(NnError::Invalid(format!(
-                "the model must end with a dense layer to be protected (its output node '{}' \
-                 is {})",
-                model.nodes[model.output].name,
-                model.nodes[model.output].op.kind()
-            )));
-        }
         let stop = model.nodes[head].inputs[0];
         if scope == Scope::Classifier {
             check_classifier_boundary(model, stop)?;

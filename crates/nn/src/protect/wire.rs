@@ -12,8 +12,8 @@ use hecnn_rlwe::ParamsLiteral;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    EncryptedLayer, LayerShape, ProtectedModel, ProtectedOutput, ProtectedSpec, Scope, he,
-    output_shape, schedule,
+    EncryptedLayer, LayerShape, MAX_PROTECTED_LAYERS, ProtectedModel, ProtectedOutput,
+    ProtectedSpec, Scope, he, output_shape, schedule,
 };
 use crate::{NnError, onnx};
 
@@ -21,11 +21,9 @@ use crate::{NnError, onnx};
 pub const PROTECTED_MAGIC: [u8; 4] = *b"HCNP";
 /// First bytes of an encrypted result.
 pub const OUTPUT_MAGIC: [u8; 4] = *b"HCNO";
-/// Version of both formats (2: any number of protected layers).
+/// Version of both formats written (2: any number of protected layers). Version 1 files
+/// (one or two dense layers) are still read.
 pub const WIRE_VERSION: u16 = 2;
-
-/// Most protected layers a file may declare.
-const MAX_LAYERS: usize = 64;
 
 /// Relative tolerance on a stored ciphertext's scale (it must be the scale the layout
 /// implies; any real difference is a different model or a tampered file).
@@ -54,6 +52,65 @@ struct LayerFile {
     biases: Vec<Vec<u8>>,
 }
 
+/// The first fields of every file, read before the rest.
+#[derive(Deserialize)]
+struct Header {
+    magic: [u8; 4],
+    version: u16,
+}
+
+/// Version 1: one dense layer, or two with a square between them.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct ModelFileV1 {
+    magic: [u8; 4],
+    version: u16,
+    prefix: Vec<u8>,
+    scope: String,
+    features: u64,
+    hidden: u64,
+    second: Option<(f64, u64)>,
+    literal: ParamsLiteral,
+    log_scale: u32,
+    key_id: [u8; 32],
+    columns: Vec<Vec<u8>>,
+    hidden_bias: Vec<u8>,
+    rows: Vec<Vec<u8>>,
+    out_bias: Vec<Vec<u8>>,
+}
+
+impl From<ModelFileV1> for ModelFile {
+    /// Version 1's layouts are version 2's for the same layers: column groups at offset 0,
+    /// then row groups read at each group's first slot (where version 1 put the bias).
+    fn from(v1: ModelFileV1) -> Self {
+        let mut layers = vec![LayerFile {
+            outputs: v1.hidden,
+            square: v1.second.map(|(shift, _)| shift),
+            weights: v1.columns,
+            biases: vec![v1.hidden_bias],
+        }];
+        if let Some((_, outputs)) = v1.second {
+            layers.push(LayerFile {
+                outputs,
+                square: None,
+                weights: v1.rows,
+                biases: v1.out_bias,
+            });
+        }
+        ModelFile {
+            magic: v1.magic,
+            version: v1.version,
+            prefix: v1.prefix,
+            scope: v1.scope,
+            features: v1.features,
+            layers,
+            literal: v1.literal,
+            log_scale: v1.log_scale,
+            key_id: v1.key_id,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct OutputFile {
     magic: [u8; 4],
@@ -73,12 +130,26 @@ fn check_header(magic: [u8; 4], want: [u8; 4], version: u16) -> Result<(), NnErr
             String::from_utf8_lossy(&want)
         )));
     }
-    if version != WIRE_VERSION {
+    if !(1..=WIRE_VERSION).contains(&version) {
         return Err(malformed(format!(
-            "format version {version}, this build reads {WIRE_VERSION}"
+            "format version {version}, this build reads 1 to {WIRE_VERSION}"
         )));
     }
     Ok(())
+}
+
+/// Reads a protected-model file of any supported version.
+fn read_model_file(bytes: &[u8]) -> Result<ModelFile, NnError> {
+    let unreadable = |e: postcard::Error| malformed(format!("unreadable ({e})"));
+    let (header, _) = postcard::take_from_bytes::<Header>(bytes).map_err(unreadable)?;
+    check_header(header.magic, PROTECTED_MAGIC, header.version)?;
+    if header.version == 1 {
+        Ok(postcard::from_bytes::<ModelFileV1>(bytes)
+            .map_err(unreadable)?
+            .into())
+    } else {
+        postcard::from_bytes(bytes).map_err(unreadable)
+    }
 }
 
 /// Loads a ciphertext and checks its level, scale, slots and degree.
@@ -163,12 +234,10 @@ impl<B: Backend> ProtectedModel<B> {
     /// layers that do not chain, ciphertext counts, levels, scales or fingerprints that do
     /// not match.
     pub fn from_bytes(be: &B, bytes: &[u8]) -> Result<Self, NnError> {
-        let f: ModelFile =
-            postcard::from_bytes(bytes).map_err(|e| malformed(format!("unreadable ({e})")))?;
-        check_header(f.magic, PROTECTED_MAGIC, f.version)?;
-        if f.layers.is_empty() || f.layers.len() > MAX_LAYERS {
+        let f = read_model_file(bytes)?;
+        if f.layers.is_empty() || f.layers.len() > MAX_PROTECTED_LAYERS {
             return Err(malformed(format!(
-                "{} protected layers (1 to {MAX_LAYERS})",
+                "{} protected layers (1 to {MAX_PROTECTED_LAYERS})",
                 f.layers.len()
             )));
         }
@@ -298,5 +367,106 @@ impl<B: Backend> ProtectedOutput<B> {
             .map(|b| load_ct(be, params, b, level, scale, "result"))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((Self { cts }, f.key_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::ir::{Dense, Node};
+    use crate::protect::{FeatureInput, ProtectPlan, decrypt_output};
+    use crate::{Model, Op, Tensor, exec};
+    use hecnn_ckks::{Decryptor, Evaluator};
+    use hecnn_ring::{CpuBackend, Prng};
+    use hecnn_rlwe::SecretKey;
+
+    /// Flatten(1×2×2) → Dense 3 → x²+2x → Dense 2.
+    fn tiny() -> Model {
+        let dense = |o: usize, i: usize, s: f64| {
+            Op::Dense(Dense {
+                weight: Tensor::new(
+                    vec![o, i],
+                    (0..o * i).map(|k| s * (k as f64 - 2.0)).collect(),
+                )
+                .unwrap(),
+                bias: vec![0.25; o],
+            })
+        };
+        let node = |name: &str, op, inputs| Node {
+            name: name.into(),
+            op,
+            inputs,
+        };
+        Model {
+            name: "tiny".into(),
+            input_shape: [1, 2, 2],
+            nodes: vec![
+                node("x", Op::Input, vec![]),
+                node("flat", Op::Flatten, vec![0]),
+                node("fc1", dense(3, 4, 0.1), vec![1]),
+                node("act", Op::Poly(vec![0.0, 2.0, 1.0]), vec![2]),
+                node("fc2", dense(2, 3, 0.2), vec![3]),
+            ],
+            output: 4,
+        }
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        let model = tiny();
+        let plan = ProtectPlan::new(&model, Scope::Classifier).unwrap();
+        let params =
+            Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(10, 3), 40).unwrap());
+        let be = CpuBackend::new(1).unwrap();
+        let mut rng = Prng::from_seed([5; 32]);
+        let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+        let protected = plan.protect(&params, &sk, &be, &mut rng).unwrap();
+        // The same ciphertexts in version 1's fields.
+        let v2: ModelFile = postcard::from_bytes(&protected.to_bytes(&be).unwrap()).unwrap();
+        let mut layers = v2.layers.into_iter();
+        let (first, second) = (layers.next().unwrap(), layers.next().unwrap());
+        let v1 = ModelFileV1 {
+            magic: PROTECTED_MAGIC,
+            version: 1,
+            prefix: v2.prefix,
+            scope: v2.scope,
+            features: v2.features,
+            hidden: first.outputs,
+            second: Some((first.square.unwrap(), second.outputs)),
+            literal: v2.literal,
+            log_scale: v2.log_scale,
+            key_id: v2.key_id,
+            columns: first.weights,
+            hidden_bias: first.biases.into_iter().next().unwrap(),
+            rows: second.weights,
+            out_bias: second.biases,
+        };
+        let loaded = ProtectedModel::from_bytes(&be, &postcard::to_allocvec(&v1).unwrap()).unwrap();
+        assert_eq!(loaded.spec().layers, protected.spec().layers);
+
+        let keys = sk
+            .evaluation_keys(&be, &loaded.key_requirements(), &mut rng)
+            .unwrap();
+        let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+        let image = Tensor::new(vec![1, 2, 2], vec![0.5, -1.0, 0.25, 2.0]).unwrap();
+        let features = loaded.spec().features_of(&image).unwrap();
+        let out = loaded
+            .evaluate(&eval, &FeatureInput::Plain(features))
+            .unwrap();
+        let dec = Decryptor::new(&sk, &be).unwrap();
+        let logits = decrypt_output(loaded.spec(), &params, &dec, &be, &out).unwrap();
+        let want = exec::run(&model, &image).unwrap();
+        for (a, b) in logits.iter().zip(want.data()) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // A version from the future is refused by number.
+        let mut v3 = postcard::to_allocvec(&v1).unwrap();
+        v3[4] = 3;
+        let err = ProtectedModel::<CpuBackend>::from_bytes(&be, &v3)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("format version 3"), "{err}");
     }
 }
