@@ -130,7 +130,7 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
 
 /// The protected layers as `784 → 720 → (x + 0)² → 800 → … encrypted`.
 fn describe(spec: &protect::ProtectedSpec) -> String {
-    let mut out = spec.features.to_string();
+    let mut out = spec.features().to_string();
     for l in &spec.layers {
         out.push_str(&format!(" → {}", l.outputs));
         match l.square {

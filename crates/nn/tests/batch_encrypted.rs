@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{Toy, conv, node, toy, values};
+use common::{Toy, conv, node, pool, toy, values};
 use hecnn_ckks::{Decryptor, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor,
     batch::{self, BatchPlan, Form},
     exec,
-    ir::{Dense, Pool},
+    ir::Dense,
     rewrite,
 };
 use hecnn_ring::Prng;
@@ -29,15 +29,7 @@ fn small_cnn() -> Model {
             node("conv2", conv(3, (3, 3, 3), 1, 1, 0.6), vec![2]),
             node("act2", Op::Poly(vec![0.1, 0.5, 0.25]), vec![3]),
             node("res", Op::Add, vec![4, 2]),
-            node(
-                "pool",
-                Op::AvgPool(Pool {
-                    kernel: [2, 2],
-                    stride: [1, 1],
-                    padding: [0; 4],
-                }),
-                vec![5],
-            ),
+            node("pool", Op::AvgPool(pool(2, 1)), vec![5]),
             node(
                 "fc",
                 Op::Dense(Dense {
@@ -173,11 +165,7 @@ fn packed_cleartext_mode_matches_the_executor_and_simulates_headroom() {
 }
 
 fn pool2() -> Op {
-    Op::AvgPool(Pool {
-        kernel: [2, 2],
-        stride: [2, 2],
-        padding: [0; 4],
-    })
+    Op::AvgPool(pool(2, 2))
 }
 
 /// HCNN's CIFAR-10 pattern in miniature: [conv → x² → avg pool] ×2 → flatten → dense → dense.

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
-use common::node;
+use common::{node, pool};
 use hecnn_nn::{
     Model, Op, Tensor,
     batch::{self, BatchPlan},
@@ -106,15 +106,7 @@ fn add_of_a_pooled_branch_and_a_convolution() {
                 }),
                 vec![0],
             ),
-            node(
-                "pool",
-                Op::AvgPool(Pool {
-                    kernel: [2, 2],
-                    stride: [2, 2],
-                    padding: [0; 4],
-                }),
-                vec![0],
-            ),
+            node("pool", Op::AvgPool(pool(2, 2)), vec![0]),
             node("add", Op::Add, vec![1, 2]),
             node("flat", Op::Flatten, vec![3]),
             node(
@@ -163,15 +155,7 @@ fn progress_never_goes_backwards_across_branches() {
                 vec![0],
             ),
             node("sq", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
-            node(
-                "pool",
-                Op::AvgPool(Pool {
-                    kernel: [2, 2],
-                    stride: [2, 2],
-                    padding: [0; 4],
-                }),
-                vec![3],
-            ),
+            node("pool", Op::AvgPool(pool(2, 2)), vec![3]),
             node("add", Op::Add, vec![4, 2]),
         ],
         output: 5,
@@ -229,15 +213,7 @@ fn overlapping_pool_after_a_square_of_a_square() {
             node("act", Op::Poly(vec![0.1, 0.5, 0.25]), vec![1]),
             node("aff", Op::Poly(vec![0.3, 2.0]), vec![2]),
             node("sq", Op::Poly(vec![0.0, 0.0, 1.0]), vec![3]),
-            node(
-                "pool",
-                Op::AvgPool(Pool {
-                    kernel: [3, 3],
-                    stride: [1, 1],
-                    padding: [0; 4],
-                }),
-                vec![4],
-            ),
+            node("pool", Op::AvgPool(pool(3, 1)), vec![4]),
             node("flat", Op::Flatten, vec![5]),
             node(
                 "fc",

@@ -9,11 +9,11 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{conv, node, values};
+use common::{conv, node, pool, values};
 use hecnn_ckks::{CkksParams, Decryptor, Evaluator};
 use hecnn_nn::{
     Model, NnError, Op, Tensor, exec,
-    ir::{Dense, Pool},
+    ir::Dense,
     protect::{
         FeatureInput, Form, ProtectPlan, ProtectedModel, ProtectedOutput, Scope, decrypt_output,
     },
@@ -35,15 +35,7 @@ fn model(act: Option<Op>) -> Model {
         node("input", Op::Input, vec![]),
         node("conv", conv(11, (2, 1, 3), 1, 1, 0.5), vec![0]),
         node("relu", Op::Relu, vec![1]),
-        node(
-            "pool",
-            Op::MaxPool(Pool {
-                kernel: [2, 2],
-                stride: [2, 2],
-                padding: [0; 4],
-            }),
-            vec![2],
-        ),
+        node("pool", Op::MaxPool(pool(2, 2)), vec![2]),
         node("flat", Op::Flatten, vec![3]),
         node("fc1", dense(13, 12, 18, 0.4), vec![4]),
     ];
@@ -140,7 +132,7 @@ fn classifier_without_activation_is_one_composed_layer() {
         1,
         "two dense layers compose into one level"
     );
-    assert_eq!((plan.spec().features, plan.spec().outputs()), (18, 3));
+    assert_eq!((plan.spec().features(), plan.spec().outputs()), (18, 3));
     let err = worst_error(&m, Scope::Classifier, 10);
     assert!(err < 1e-6, "worst logit error {err:e}");
 }
@@ -220,15 +212,7 @@ fn he_friendly() -> Model {
         node("input", Op::Input, vec![]),
         node("conv1", conv(21, (2, 1, 3), 1, 1, 0.4), vec![0]),
         node("act1", Op::Poly(vec![0.0, 2.0, 1.0]), vec![1]),
-        node(
-            "pool",
-            Op::AvgPool(Pool {
-                kernel: [2, 2],
-                stride: [2, 2],
-                padding: [0; 4],
-            }),
-            vec![2],
-        ),
+        node("pool", Op::AvgPool(pool(2, 2)), vec![2]),
         node("conv2", conv(23, (3, 2, 3), 2, 1, 0.4), vec![3]),
         node("act2", Op::Poly(vec![0.0, 0.0, 0.5]), vec![4]),
         node("flat", Op::Flatten, vec![5]),
@@ -308,7 +292,7 @@ fn protected_models_round_trip_and_reject_bad_bytes() {
     let protected = plan.protect(&o.params, &o.sk, &o.be, &mut o.rng).unwrap();
     let bytes = protected.to_bytes(&o.be).unwrap();
     let loaded = ProtectedModel::from_bytes(&o.be, &bytes).unwrap();
-    assert_eq!(loaded.spec().features, 18);
+    assert_eq!(loaded.spec().features(), 18);
     assert_eq!(loaded.key_id(), o.sk.key_id());
 
     // No weight of a protected layer appears in the file: neither as f64 nor as a pair of

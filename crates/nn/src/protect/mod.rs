@@ -398,11 +398,11 @@ impl<B: Backend> ProtectedModel<B> {
     }
 
     fn check_features(&self, features: &[f64]) -> Result<(), NnError> {
-        if features.len() != self.spec.features {
+        if features.len() != self.spec.features() {
             return Err(NnError::Shape(format!(
                 "{} features given, the protected part reads {}",
                 features.len(),
-                self.spec.features
+                self.spec.features()
             )));
         }
         Ok(())

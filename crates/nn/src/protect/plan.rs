@@ -187,8 +187,6 @@ pub struct ProtectedSpec {
     pub prefix: Model,
     /// What was protected.
     pub scope: Scope,
-    /// Length of the feature vector (the first layer's inputs).
-    pub features: usize,
     /// The protected linear layers in order, each followed by its activation (if any).
     pub layers: Vec<LayerShape>,
 }
@@ -198,6 +196,11 @@ impl ProtectedSpec {
     /// square activation.
     pub fn depth(&self) -> usize {
         self.layers.len() + self.layers.iter().filter(|l| l.square.is_some()).count()
+    }
+
+    /// Length of the feature vector: the first protected layer's inputs.
+    pub fn features(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.inputs)
     }
 
     /// Number of model outputs.
@@ -211,11 +214,11 @@ impl ProtectedSpec {
     /// [`NnError::Shape`] for an input of the wrong shape.
     pub fn features_of(&self, input: &Tensor) -> Result<Vec<f64>, NnError> {
         let f = exec::run(&self.prefix, input)?;
-        if f.len() != self.features {
+        if f.len() != self.features() {
             return Err(NnError::Shape(format!(
                 "the feature extractor produced {} values, the protected part reads {}",
                 f.len(),
-                self.features
+                self.features()
             )));
         }
         Ok(f.data().to_vec())
@@ -237,7 +240,7 @@ impl ProtectedSpec {
                 self.layers.len()
             )));
         }
-        let mut inputs = self.features;
+        let mut inputs = self.features();
         for (i, l) in self.layers.iter().enumerate() {
             let last_one = i + 1 == self.layers.len();
             if l.inputs != inputs || l.inputs == 0 || l.outputs == 0 {
@@ -462,8 +465,8 @@ pub struct ProtectPlan {
 
 /// One step of the protected chain before normalisation.
 enum Link {
-    /// A linear layer (consecutive ones composed), named after its first node.
-    Linear(DenseWeights, String),
+    /// A linear layer (consecutive ones composed).
+    Linear(DenseWeights),
     /// `a·(x + δ)² + c`.
     Square { a: f64, shift: f64, c: f64 },
 }
@@ -568,14 +571,14 @@ impl ProtectPlan {
                     let inputs: usize = in_shape.iter().product();
                     let w = DenseWeights::from_rows(&rows, inputs, &node.name)?;
                     match links.pop() {
-                        Some(Link::Linear(prev, name)) => {
-                            links.push(Link::Linear(w.compose(&prev, &node.name)?, name));
+                        Some(Link::Linear(prev)) => {
+                            links.push(Link::Linear(w.compose(&prev, &node.name)?));
                         }
                         Some(sq) => {
                             links.push(sq);
-                            links.push(Link::Linear(w, node.name.clone()));
+                            links.push(Link::Linear(w));
                         }
-                        None => links.push(Link::Linear(w, node.name.clone())),
+                        None => links.push(Link::Linear(w)),
                     }
                 }
             }
@@ -584,14 +587,13 @@ impl ProtectPlan {
         let mut prefix = model.clone();
         prefix.nodes.truncate(stop + 1);
         prefix.output = stop;
-        let features: usize = shapes[stop].iter().product();
         // Alternate linear layers and squares; fold each square's `a`, `c` forward.
         let mut layers: Vec<DenseWeights> = Vec::new();
         let mut shape: Vec<LayerShape> = Vec::new();
         let mut pending: Option<(f64, f64)> = None;
         for link in links {
             match link {
-                Link::Linear(mut w, _) => {
+                Link::Linear(mut w) => {
                     // Links alternate: consecutive linear layers were composed above.
                     if let Some((a, c)) = pending.take() {
                         w.fold_input_affine(a, c);
@@ -620,7 +622,6 @@ impl ProtectPlan {
         let spec = ProtectedSpec {
             prefix,
             scope,
-            features,
             layers: shape,
         };
         spec.check()?;
@@ -660,7 +661,7 @@ fn fold_poly(links: &mut Vec<Link>, c: &[f64], node: &str) -> Result<(), NnError
     let c2 = c.get(2).copied().unwrap_or(0.0);
     if c2 == 0.0 {
         match links.last_mut() {
-            Some(Link::Linear(d, _)) => d.affine(c1, c0),
+            Some(Link::Linear(d)) => d.affine(c1, c0),
             Some(Link::Square { a, c, .. }) => {
                 *a *= c1;
                 *c = c1 * *c + c0;
@@ -669,7 +670,7 @@ fn fold_poly(links: &mut Vec<Link>, c: &[f64], node: &str) -> Result<(), NnError
         }
         return Ok(());
     }
-    if !matches!(links.last(), Some(Link::Linear(..))) {
+    if !matches!(links.last(), Some(Link::Linear(_))) {
         return Err(NnError::Invalid(format!(
             "activation '{node}' directly after another activation"
         )));

@@ -217,7 +217,7 @@ impl<B: Backend> ProtectedModel<B> {
             version: WIRE_VERSION,
             prefix: onnx::export_onnx(&self.spec.prefix)?,
             scope: self.spec.scope.name().into(),
-            features: to_u64(self.spec.features),
+            features: to_u64(self.spec.features()),
             layers,
             literal: self.params.rlwe().literal().clone(),
             log_scale: self.params.log_scale(),
@@ -261,16 +261,14 @@ impl<B: Backend> ProtectedModel<B> {
         let spec = ProtectedSpec {
             prefix,
             scope,
-            features,
             layers,
         };
         spec.check().map_err(malformed)?;
         let shapes = spec.prefix.shapes()?;
         let produced: usize = shapes[spec.prefix.output].iter().product();
-        if produced != spec.features {
+        if produced != features {
             return Err(malformed(format!(
-                "the feature extractor produces {produced} values, the spec declares {}",
-                spec.features
+                "the feature extractor produces {produced} values, the spec declares {features}"
             )));
         }
         if params.max_level() < spec.depth() {

@@ -3,7 +3,7 @@
 
 use hecnn_nn::{
     Op, Tensor,
-    ir::{Conv2d, Node},
+    ir::{Conv2d, Node, Pool},
 };
 
 /// `n` deterministic values in `[-scale, scale]`.
@@ -20,6 +20,15 @@ pub fn node(name: &str, op: Op, inputs: Vec<usize>) -> Node {
         name: name.into(),
         op,
         inputs,
+    }
+}
+
+/// A `k×k` pooling window with stride `s` and no padding.
+pub fn pool(k: usize, s: usize) -> Pool {
+    Pool {
+        kernel: [k; 2],
+        stride: [s; 2],
+        padding: [0; 4],
     }
 }
 
