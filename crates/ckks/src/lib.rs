@@ -36,13 +36,13 @@ mod linear;
 mod params;
 mod poly_eval;
 
-pub use bootstrap::{BootstrapConfig, Bootstrapper};
+pub use bootstrap::{BootstrapConfig, BootstrapPhases, Bootstrapper};
 pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::Evaluator;
 pub use linear::{
-    BlockDiagonals, LinearTransform, block_rotation_counts, block_rotations, bsgs_rotations,
-    diagonals_of,
+    BlockDiagonals, DEFAULT_BABY_WEIGHT, LinearTransform, block_rotation_counts, block_rotations,
+    block_rotations_weighted, bsgs_rotations, diagonals_of,
 };
 pub use num_complex::Complex64;
 pub use params::{CkksParams, Preset};

@@ -86,16 +86,21 @@ fn split_steps(indices: &BTreeMap<(usize, usize), BTreeSet<i64>>, n1: i64) -> St
     (babies, giants)
 }
 
-/// Chooses the baby-step count `n1` (a power of two) minimising the rotations: the baby
-/// steps of every input plus the giant steps of every output (a hoisted baby step costs
-/// nearly as much as a giant step at the ring degrees measured, RESULTS §6b).
-fn choose_n1(indices: &BTreeMap<(usize, usize), BTreeSet<i64>>, slots: usize) -> usize {
-    let mut best = (usize::MAX, 1);
+/// Chooses the baby-step count `n1` (a power of two) minimising the rotation cost: the
+/// baby steps of every input, each weighted by `baby_weight` (a hoisted baby step's cost
+/// relative to a giant step's), plus the giant steps of every output. Ties go to the
+/// smaller `n1`.
+fn choose_n1(
+    indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
+    slots: usize,
+    baby_weight: f64,
+) -> usize {
+    let mut best = (f64::INFINITY, 1);
     let mut n1 = 1;
     while n1 <= slots {
         let (babies, giants) = split_steps(indices, n1 as i64);
-        let cost = babies.values().map(BTreeSet::len).sum::<usize>()
-            + giants.values().map(BTreeSet::len).sum::<usize>();
+        let cost = baby_weight * babies.values().map(BTreeSet::len).sum::<usize>() as f64
+            + giants.values().map(BTreeSet::len).sum::<usize>() as f64;
         if cost < best.0 {
             best = (cost, n1);
         }
@@ -104,13 +109,23 @@ fn choose_n1(indices: &BTreeMap<(usize, usize), BTreeSet<i64>>, slots: usize) ->
     best.1
 }
 
+/// The weight [`LinearTransform::blocks`] gives a hoisted baby step against a giant step: at
+/// the ring degrees and digit counts of the CNN presets they cost nearly the same
+/// (RESULTS §6b). Where the decomposition dominates a key switch (large rings, many digits:
+/// bootstrapping) a smaller weight buys fewer giant steps with more baby steps
+/// ([`LinearTransform::blocks_weighted`]).
+pub const DEFAULT_BABY_WEIGHT: f64 = 1.0;
+
 /// Rotation counts of a block transform: `(hoisted baby-step rotations, giant-step
 /// rotations)`, zero steps excluded (for cost estimates before anything is encoded).
 pub fn block_rotation_counts(
     indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
     slots: usize,
 ) -> (usize, usize) {
-    let (babies, giants) = split_steps(indices, choose_n1(indices, slots) as i64);
+    let (babies, giants) = split_steps(
+        indices,
+        choose_n1(indices, slots, DEFAULT_BABY_WEIGHT) as i64,
+    );
     let nonzero = |m: &BTreeMap<usize, BTreeSet<i64>>| -> usize {
         m.values()
             .map(|s| s.iter().filter(|&&k| k != 0).count())
@@ -125,7 +140,17 @@ pub fn block_rotations(
     indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
     slots: usize,
 ) -> BTreeSet<i64> {
-    let (babies, giants) = split_steps(indices, choose_n1(indices, slots) as i64);
+    block_rotations_weighted(indices, slots, DEFAULT_BABY_WEIGHT)
+}
+
+/// As [`block_rotations`], for a transform encoded with
+/// [`LinearTransform::blocks_weighted`] and this `baby_weight`.
+pub fn block_rotations_weighted(
+    indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
+    slots: usize,
+    baby_weight: f64,
+) -> BTreeSet<i64> {
+    let (babies, giants) = split_steps(indices, choose_n1(indices, slots, baby_weight) as i64);
     let mut out: BTreeSet<i64> = babies
         .into_values()
         .chain(giants.into_values())
@@ -189,9 +214,41 @@ impl<B: Backend> LinearTransform<B> {
         level: usize,
         scale: f64,
     ) -> Result<Self, CkksError> {
+        Self::blocks_weighted(
+            eval,
+            diagonals,
+            shape,
+            slots,
+            level,
+            scale,
+            DEFAULT_BABY_WEIGHT,
+        )
+    }
+
+    /// As [`LinearTransform::blocks`], splitting the diagonals into baby and giant steps for
+    /// a hoisted baby step that costs `baby_weight` giant steps (request its keys with
+    /// [`block_rotations_weighted`] and the same weight).
+    ///
+    /// # Errors
+    /// See [`LinearTransform::blocks`]; [`CkksError::InvalidArgument`] for a weight that is
+    /// not positive and finite.
+    pub fn blocks_weighted(
+        eval: &Evaluator<B>,
+        diagonals: &BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+        scale: f64,
+        baby_weight: f64,
+    ) -> Result<Self, CkksError> {
         let (outputs, inputs) = shape;
         if !(scale.is_finite() && scale >= 1.0) {
             return Err(CkksError::InvalidScale { scale });
+        }
+        if !(baby_weight.is_finite() && baby_weight > 0.0) {
+            return Err(CkksError::InvalidArgument {
+                what: "the baby-step weight must be positive and finite",
+            });
         }
         if level == 0 {
             return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
@@ -216,7 +273,7 @@ impl<B: Backend> LinearTransform<B> {
             .iter()
             .map(|(&vu, m)| (vu, m.keys().copied().collect()))
             .collect();
-        let n1 = choose_n1(&indices, slots);
+        let n1 = choose_n1(&indices, slots, baby_weight);
         let mut groups: Vec<BTreeMap<i64, Group<B>>> =
             (0..outputs).map(|_| BTreeMap::new()).collect();
         for (&(v, u), block) in diagonals {
@@ -433,5 +490,42 @@ impl<B: Backend> Evaluator<B> {
             outputs.push(out);
         }
         Ok(outputs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The offsets of four merged butterfly stages (CoeffToSlot's middle factors):
+    /// `{-15..=15}·32` modulo 2^15.
+    fn merged_stages() -> BTreeMap<(usize, usize), BTreeSet<i64>> {
+        let slots = 1i64 << 15;
+        let idx = (-15..=15)
+            .map(|k: i64| (k * 32).rem_euclid(slots))
+            .collect();
+        BTreeMap::from([((0, 0), idx)])
+    }
+
+    fn counts(n1: usize) -> (usize, usize) {
+        let (b, g) = split_steps(&merged_stages(), n1 as i64);
+        let nonzero = |m: BTreeMap<usize, BTreeSet<i64>>| {
+            m.into_values().flatten().filter(|&k| k != 0).count()
+        };
+        (nonzero(b), nonzero(g))
+    }
+
+    #[test]
+    fn cheaper_baby_steps_buy_fewer_giant_steps() {
+        let slots = 1 << 15;
+        let equal = choose_n1(&merged_stages(), slots, DEFAULT_BABY_WEIGHT);
+        let cheap = choose_n1(&merged_stages(), slots, 0.4);
+        assert_eq!(counts(equal), (3, 7));
+        assert_eq!(counts(cheap), (7, 3));
+        // The key set follows the weight.
+        assert_ne!(
+            block_rotations(&merged_stages(), slots),
+            block_rotations_weighted(&merged_stages(), slots, 0.4)
+        );
     }
 }

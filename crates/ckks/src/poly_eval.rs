@@ -8,7 +8,7 @@
 //! rescale, and the quotient of each division is evaluated for the scale that the product
 //! with `T_k` turns into the target. Scales are therefore tracked exactly, and the depth is
 //! `⌈log2(d+1)⌉` (plus one level for the change of variable when `[a, b] ≠ [-1, 1]`). The leaf
-//! size is the largest that keeps this depth (fewer ciphertext products).
+//! size is the one that keeps this depth with the fewest ciphertext products.
 
 use std::collections::HashMap;
 
@@ -158,16 +158,60 @@ fn plan_depth(c: &[f64], l: u32) -> usize {
     dq.max(plan_depth(&r, l))
 }
 
+/// Ciphertext products (relinearizations) the evaluation with leaves of degree `< 2^l`
+/// performs: every `T_i` the leaves and divisions read (with the `T_a`, `T_b`, `T_{a−b}`
+/// that [`PowerCache`] computes them from), plus one product per non-constant quotient.
+fn plan_products(c: &[f64], l: u32) -> usize {
+    fn walk(c: &[f64], l: u32, powers: &mut std::collections::BTreeSet<usize>) -> usize {
+        let d = effective_degree(c);
+        if d < (1 << l) {
+            powers.extend((2..=d).filter(|&i| c[i] != 0.0));
+            return 0;
+        }
+        let k = 1usize << (usize::BITS - 1 - d.leading_zeros());
+        let (q, r) = divide(c, k);
+        powers.insert(k);
+        let mut products = 0;
+        if effective_degree(&q) != 0 {
+            products += 1 + walk(&q, l, powers);
+        }
+        if r.iter().any(|&x| x != 0.0) {
+            products += walk(&r, l, powers);
+        }
+        products
+    }
+    fn close(i: usize, done: &mut std::collections::BTreeSet<usize>) {
+        if i <= 1 || done.contains(&i) {
+            return;
+        }
+        let a = 1usize << (t_depth(i) - 1);
+        let b = i - a;
+        close(a, done);
+        close(b, done);
+        if a != b {
+            close(a - b, done);
+        }
+        done.insert(i);
+    }
+    let mut powers = std::collections::BTreeSet::new();
+    let products = walk(c, l, &mut powers);
+    let mut done = std::collections::BTreeSet::new();
+    for &i in &powers {
+        close(i, &mut done);
+    }
+    products + done.len()
+}
+
+/// The leaf size `2^l` with the fewest ciphertext products among those that keep the
+/// optimal depth: small leaves need few powers but many division products, large leaves
+/// the reverse (degree 39: 13 products with leaves of degree < 8, 32 with leaves < 32).
 fn best_leaf(c: &[f64]) -> u32 {
     let d = effective_degree(c).max(1);
     let optimal = plan_depth(c, 1);
-    let mut best = 1;
-    for l in 1..=(usize::BITS - d.leading_zeros()) {
-        if plan_depth(c, l) <= optimal {
-            best = l;
-        }
-    }
-    best
+    (1..=(usize::BITS - d.leading_zeros()))
+        .filter(|&l| plan_depth(c, l) <= optimal)
+        .min_by_key(|&l| (plan_products(c, l), std::cmp::Reverse(l)))
+        .unwrap_or(1)
 }
 
 /// Chebyshev division by `T_k` (`k ≤ deg < 2k`): `p = q·T_k + r`, using
@@ -353,6 +397,18 @@ mod tests {
             let want = (usize::BITS - d.leading_zeros()) as usize; // ⌈log2(d+1)⌉
             assert_eq!(p.depth(), want, "degree {d}");
         }
+    }
+
+    #[test]
+    fn leaves_minimise_the_products() {
+        // The EvalMod interpolant's shape: a dense degree-39 polynomial.
+        let c: Vec<f64> = (0..40).map(|i| 1.0 / (1.0 + i as f64)).collect();
+        let l = best_leaf(&c);
+        assert_eq!(plan_depth(&c, l), 6);
+        assert_eq!((l, plan_products(&c, l)), (3, 13));
+        assert_eq!(plan_products(&c, 5), 32);
+        // A leaf-only polynomial: T_2..T_7 and nothing else.
+        assert_eq!(plan_products(&[1.0; 8], 3), 6);
     }
 
     #[test]

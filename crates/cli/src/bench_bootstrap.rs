@@ -31,6 +31,13 @@ pub struct BootstrapArgs {
     /// SlotToCoeff levels.
     #[arg(long, default_value_t = 3)]
     stc_levels: usize,
+    /// Double-angle steps of EvalMod (fewer: a higher-degree interpolant, fewer levels).
+    #[arg(long, default_value_t = 3)]
+    double_angles: usize,
+    /// Cost of a hoisted baby-step rotation relative to a giant step (sets the linear
+    /// transforms' baby/giant split and the rotation keys).
+    #[arg(long, default_value_t = hecnn_ckks::bootstrap::BOOTSTRAP_BABY_WEIGHT)]
+    baby_weight: f64,
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -48,6 +55,8 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
     let slots = a.slots.unwrap_or(n / 2);
     let mut config = BootstrapConfig::new(slots);
     config.cts_levels = a.cts_levels;
+    config.double_angles = a.double_angles;
+    config.baby_step_weight = a.baby_weight;
     config.stc_levels = a.stc_levels;
     let security = if a.insecure {
         SecurityLevel::UncheckedForReproduction
@@ -121,10 +130,10 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
     let ct = encrypt_sk(&sk, &be, &pt, &mut rng)?;
     let mut out = None;
     let (med, min) = stats::time_ms(a.reps, || -> Result<(), CliError> {
-        out = Some(boot.bootstrap(&eval, &ct)?);
+        out = Some(boot.bootstrap_with_phases(&eval, &ct)?);
         Ok(())
     })?;
-    let out = out.ok_or_else(|| CliError::Usage("no bootstrapping ran".into()))?;
+    let (out, phases) = out.ok_or_else(|| CliError::Usage("no bootstrapping ran".into()))?;
     let got = eval
         .encoder()
         .decode(&be, &params, &hecnn_ckks::decrypt(&sk, &be, &out)?)?;
@@ -136,6 +145,16 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
         med / 1e3,
         min / 1e3,
         a.reps
+    );
+    let secs = |d: std::time::Duration| d.as_secs_f64();
+    println!(
+        "phases of the last run: ModRaise {:.2} s, SubSum {:.2} s, CoeffToSlot {:.2} s, \
+         EvalMod {:.2} s, SlotToCoeff {:.2} s",
+        secs(phases.mod_raise),
+        secs(phases.sub_sum),
+        secs(phases.coeff_to_slot),
+        secs(phases.eval_mod),
+        secs(phases.slot_to_coeff)
     );
     println!(
         "precision on {slots} uniform complex slots in [-1, 1]²: mean {:.2} bits, median {:.2} \

@@ -26,7 +26,7 @@ mod eval_mod;
 #[cfg(any(test, feature = "test-double"))]
 pub mod test_double;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::f64::consts::PI;
 
 use hecnn_ring::{Backend, Basis, Coeff, RnsPoly, sampler};
@@ -37,8 +37,15 @@ pub use dft::{DiagMatrix, coeff_to_slot_factors, slot_to_coeff_factors};
 pub use eval_mod::EvalModPoly;
 
 use crate::{
-    Ciphertext, CkksError, CkksParams, Evaluator, LinearTransform, Plaintext, bsgs_rotations,
+    Ciphertext, CkksError, CkksParams, Evaluator, LinearTransform, Plaintext,
+    block_rotations_weighted,
 };
+
+/// The default [`BootstrapConfig::baby_step_weight`]. At N = 2^16 with five key-switching
+/// digits a hoisted baby step skips the decomposition that dominates a key switch; 0.4
+/// (7 baby and 3 giant steps instead of 3 and 7 for the 31-diagonal CoeffToSlot factors)
+/// measured 10.8 s against 11.9 s with equal weights (bench/RESULTS.md §7).
+pub const BOOTSTRAP_BABY_WEIGHT: f64 = 0.4;
 
 /// The shape of a bootstrapping circuit.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +68,9 @@ pub struct BootstrapConfig {
     /// log2 of the scale EvalMod's output and SlotToCoeff's input carry (above the output
     /// scale, so SlotToCoeff's rounding noise stays below the message's precision).
     pub log_stc_scale: u32,
+    /// Cost of a hoisted baby-step rotation relative to a giant step in the CoeffToSlot and
+    /// SlotToCoeff transforms (it sets their baby/giant split and so the rotation keys).
+    pub baby_step_weight: f64,
 }
 
 impl BootstrapConfig {
@@ -76,6 +86,7 @@ impl BootstrapConfig {
             log_approx_error: 46,
             log_message_ratio: 10,
             log_stc_scale: 50,
+            baby_step_weight: BOOTSTRAP_BABY_WEIGHT,
         }
     }
 
@@ -108,6 +119,11 @@ impl BootstrapConfig {
         {
             return Err(CkksError::InvalidArgument {
                 what: "CoeffToSlot and SlotToCoeff levels must be between 1 and log2(slots)",
+            });
+        }
+        if !(self.baby_step_weight.is_finite() && self.baby_step_weight > 0.0) {
+            return Err(CkksError::InvalidArgument {
+                what: "the baby-step weight must be positive and finite",
             });
         }
         if self.ephemeral_weight == 0 || self.ephemeral_weight > params.n() {
@@ -185,7 +201,11 @@ impl BootstrapConfig {
             .chain(&self.stc_matrices(params))
         {
             let idx: BTreeSet<i64> = m.diagonals().keys().map(|&k| k as i64).collect();
-            rot.extend(bsgs_rotations(&idx, m.slots()));
+            rot.extend(block_rotations_weighted(
+                &BTreeMap::from([((0, 0), idx)]),
+                m.slots(),
+                self.baby_step_weight,
+            ));
         }
         let mut step = self.slots;
         while step < params.max_slots() {
@@ -319,14 +339,19 @@ impl<B: Backend> Bootstrapper<B> {
         let eval_mod_in_scale = params.q_at(em_in_level);
         let cts_pt = chain_scales(params, &cts_levels, raise_scale, eval_mod_in_scale);
         let mut cts = Vec::with_capacity(cts_m.len());
-        for ((m, &l), &s) in cts_m.iter().zip(&cts_levels).zip(&cts_pt) {
-            cts.push(LinearTransform::with_scale(
+        let encode = |m: &DiagMatrix, level: usize, scale: f64| {
+            LinearTransform::blocks_weighted(
                 eval,
-                &m.to_linear_diagonals(),
+                &BTreeMap::from([((0, 0), m.to_linear_diagonals())]),
+                (1, 1),
                 m.slots(),
-                l,
-                s,
-            )?);
+                level,
+                scale,
+                config.baby_step_weight,
+            )
+        };
+        for ((m, &l), &s) in cts_m.iter().zip(&cts_levels).zip(&cts_pt) {
+            cts.push(encode(m, l, s)?);
         }
 
         let stc_m = config.stc_matrices(params);
@@ -336,13 +361,7 @@ impl<B: Backend> Bootstrapper<B> {
         let stc_pt = chain_scales(params, &stc_levels, stc_in, params.default_scale());
         let mut stc = Vec::with_capacity(stc_m.len());
         for ((m, &l), &s) in stc_m.iter().zip(&stc_levels).zip(&stc_pt) {
-            stc.push(LinearTransform::with_scale(
-                eval,
-                &m.to_linear_diagonals(),
-                m.slots(),
-                l,
-                s,
-            )?);
+            stc.push(encode(m, l, s)?);
         }
         let i_values = vec![Complex64::new(0.0, 1.0); params.max_slots()];
         let times_i = [
@@ -396,6 +415,26 @@ impl<B: Backend> Bootstrapper<B> {
         eval: &Evaluator<B>,
         ct: &Ciphertext<B>,
     ) -> Result<Ciphertext<B>, CkksError> {
+        self.bootstrap_with_phases(eval, ct).map(|(ct, _)| ct)
+    }
+
+    /// As [`Bootstrapper::bootstrap`], also returning the wall-clock time of each phase (for
+    /// benchmarks: where the time goes).
+    ///
+    /// # Errors
+    /// See [`Bootstrapper::bootstrap`].
+    pub fn bootstrap_with_phases(
+        &self,
+        eval: &Evaluator<B>,
+        ct: &Ciphertext<B>,
+    ) -> Result<(Ciphertext<B>, BootstrapPhases), CkksError> {
+        let mut phases = BootstrapPhases::default();
+        let mut clock = std::time::Instant::now();
+        let mut lap = |slot: &mut std::time::Duration| {
+            let now = std::time::Instant::now();
+            *slot += now - clock;
+            clock = now;
+        };
         let params = eval.params();
         if ct.slots() != self.config.slots {
             return Err(CkksError::SlotMismatch {
@@ -426,6 +465,7 @@ impl<B: Backend> Bootstrapper<B> {
         let raised = mod_raise(eval, sparse_ct.inner())?;
         let dense = self.encaps.to_dense(be, &raised)?;
         let mut x = Ciphertext::new(dense, self.raise_scale, params.max_slots());
+        lap(&mut phases.mod_raise);
 
         // SubSum over the rotations by slots·2^j (the automorphisms fixing X^gap).
         let mut step = self.config.slots;
@@ -434,6 +474,8 @@ impl<B: Backend> Bootstrapper<B> {
             eval.add_assign(&mut x, &r)?;
             step *= 2;
         }
+
+        lap(&mut phases.sub_sum);
 
         // CoeffToSlot.
         let mut x = Ciphertext::new(x.into_inner(), self.raise_scale, self.config.slots);
@@ -447,6 +489,7 @@ impl<B: Backend> Bootstrapper<B> {
         }
         x.set_scale(self.eval_mod_in_scale);
         let conj = eval.conjugate(&x)?;
+        lap(&mut phases.coeff_to_slot);
         let kappa = q0 / (2.0 * PI * msg_scale);
         let stc_scale = 2f64.powi(self.config.log_stc_scale as i32);
 
@@ -462,6 +505,8 @@ impl<B: Backend> Bootstrapper<B> {
             eval.add(&re, &eval.mul_plain(&im, &self.times_i[1])?)?
         };
 
+        lap(&mut phases.eval_mod);
+
         // SlotToCoeff.
         let mut z = y;
         for lt in &self.stc {
@@ -475,8 +520,25 @@ impl<B: Backend> Bootstrapper<B> {
             }
         }
         z.set_scale(params.default_scale());
-        Ok(z)
+        lap(&mut phases.slot_to_coeff);
+        Ok((z, phases))
     }
+}
+
+/// Wall-clock time of each phase of one bootstrapping
+/// ([`Bootstrapper::bootstrap_with_phases`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct BootstrapPhases {
+    /// Encapsulation, message-ratio multiplication, ModRaise and the switch back.
+    pub mod_raise: std::time::Duration,
+    /// SubSum (sparse slots only; zero otherwise).
+    pub sub_sum: std::time::Duration,
+    /// CoeffToSlot and the conjugation.
+    pub coeff_to_slot: std::time::Duration,
+    /// EvalMod (both real and imaginary parts for full slots).
+    pub eval_mod: std::time::Duration,
+    /// SlotToCoeff.
+    pub slot_to_coeff: std::time::Duration,
 }
 
 /// Lifts a level-0 ciphertext to the top level: each coefficient centred modulo `q_0` and
