@@ -31,9 +31,10 @@ pub struct BootstrapArgs {
     /// SlotToCoeff levels.
     #[arg(long, default_value_t = 3)]
     stc_levels: usize,
-    /// Double-angle steps of EvalMod (fewer: a higher-degree interpolant, fewer levels).
-    #[arg(long, default_value_t = 3)]
-    double_angles: usize,
+    /// Double-angle steps of EvalMod (default: the circuit's, 4; fewer: a higher-degree
+    /// interpolant).
+    #[arg(long)]
+    double_angles: Option<usize>,
     /// Cost of a hoisted baby-step rotation relative to a giant step (sets the linear
     /// transforms' baby/giant split and the rotation keys).
     #[arg(long, default_value_t = hecnn_ckks::bootstrap::BOOTSTRAP_BABY_WEIGHT)]
@@ -55,7 +56,9 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
     let slots = a.slots.unwrap_or(n / 2);
     let mut config = BootstrapConfig::new(slots);
     config.cts_levels = a.cts_levels;
-    config.double_angles = a.double_angles;
+    if let Some(r) = a.double_angles {
+        config.double_angles = r;
+    }
     config.baby_step_weight = a.baby_weight;
     config.stc_levels = a.stc_levels;
     let security = if a.insecure {

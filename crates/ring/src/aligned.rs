@@ -28,11 +28,20 @@ impl AlignedVec {
         Self { raw, offset, len }
     }
 
-    /// Copies `data` into a new aligned buffer.
+    /// Copies `data` into a new aligned buffer (one pass: the words are written once, not
+    /// zeroed first).
     pub fn from_slice(data: &[u64]) -> Self {
-        let mut v = Self::zeroed(data.len());
-        v.as_mut_slice().copy_from_slice(data);
-        v
+        let mut raw = Vec::with_capacity(data.len() + LINE);
+        // The start of the allocation fixes the offset; the padding words are zero.
+        let offset = (LINE - (raw.as_ptr() as usize % 64) / 8) % LINE;
+        raw.resize(offset, 0);
+        raw.extend_from_slice(data);
+        raw.resize(data.len() + LINE, 0);
+        Self {
+            raw,
+            offset,
+            len: data.len(),
+        }
     }
 
     /// Number of words.

@@ -75,14 +75,16 @@ pub struct BootstrapConfig {
 
 impl BootstrapConfig {
     /// The defaults for `slots` slots: 4 CoeffToSlot and 3 SlotToCoeff levels, `h = 32`,
-    /// three double angles, a 2^-46 interpolant (near the floor of `f64` evaluation), message ratio 2^10, SlotToCoeff scale 2^50.
+    /// four double angles with a 2^-46 interpolant (near the floor of `f64` evaluation:
+    /// degree 27, depth 5 + 4, 15 ciphertext products against 16 with three double angles
+    /// and degree 39 at the same depth), message ratio 2^10, SlotToCoeff scale 2^50.
     pub fn new(slots: usize) -> Self {
         Self {
             slots,
             cts_levels: 4,
             stc_levels: 3,
             ephemeral_weight: 32,
-            double_angles: 3,
+            double_angles: 4,
             log_approx_error: 46,
             log_message_ratio: 10,
             log_stc_scale: 50,
