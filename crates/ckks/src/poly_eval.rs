@@ -158,6 +158,13 @@ fn plan_depth(c: &[f64], l: u32) -> usize {
     dq.max(plan_depth(&r, l))
 }
 
+/// The factors `T_i` is computed from: `T_i = 2·T_a·T_b − T_{a−b}` with `a` the largest
+/// power of two below `i` and `b = i − a` (so the depth of `T_i` is `⌈log2 i⌉`), for `i ≥ 2`.
+fn power_factors(i: usize) -> (usize, usize) {
+    let a = 1usize << (t_depth(i) - 1);
+    (a, i - a)
+}
+
 /// Ciphertext products (relinearizations) the evaluation with leaves of degree `< 2^l`
 /// performs: every `T_i` the leaves and divisions read (with the `T_a`, `T_b`, `T_{a−b}`
 /// that [`PowerCache`] computes them from), plus one product per non-constant quotient.
@@ -184,8 +191,7 @@ fn plan_products(c: &[f64], l: u32) -> usize {
         if i <= 1 || done.contains(&i) {
             return;
         }
-        let a = 1usize << (t_depth(i) - 1);
-        let b = i - a;
+        let (a, b) = power_factors(i);
         close(a, done);
         close(b, done);
         if a != b {
@@ -239,8 +245,7 @@ impl<B: Backend> PowerCache<'_, B> {
         if let Some(t) = self.t.get(&i) {
             return Ok(t.clone());
         }
-        let a = 1usize << (t_depth(i) - 1);
-        let b = i - a;
+        let (a, b) = power_factors(i);
         let ta = self.get(a)?;
         let tb = self.get(b)?;
         let e = self.eval;

@@ -33,7 +33,7 @@ impl AlignedVec {
     pub fn from_slice(data: &[u64]) -> Self {
         let mut raw = Vec::with_capacity(data.len() + LINE);
         // The start of the allocation fixes the offset; the padding words are zero.
-        let offset = (LINE - (raw.as_ptr() as usize % 64) / 8) % LINE;
+        let offset = aligned_offset(&raw);
         raw.resize(offset, 0);
         raw.extend_from_slice(data);
         raw.resize(data.len() + LINE, 0);
