@@ -36,8 +36,14 @@ fn ntt(c: &mut Criterion) {
 fn kernels(c: &mut Criterion) {
     let mut g = c.benchmark_group("kernels");
     g.sample_size(20);
-    for (log_n, q, p) in [(14u32, 8usize, 2usize), (16, 25, 8)] {
-        let ctx = context(log_n, q, p, 49, NttKind::Fast);
+    // 49-bit primes take the IFMA kernels; 60-bit ones (the bootstrapping levels) the wide
+    // kernels or the scalar fallback.
+    for (log_n, q, p, bits) in [
+        (14u32, 8usize, 2usize, 49u32),
+        (16, 25, 8, 49),
+        (16, 24, 6, 60),
+    ] {
+        let ctx = context(log_n, q, p, bits, NttKind::Fast);
         for threads in [1usize, 2] {
             let be = CpuBackend::new(threads).expect("backend");
             let ext = Basis::qp(q, p);
@@ -47,7 +53,7 @@ fn kernels(c: &mut Criterion) {
             let xq =
                 RnsPoly::<_, Coeff>::from_host(&be, &ctx, qb, &host[..q << log_n]).expect("poly");
             let xe = xq.clone().into_eval(&be, &ctx);
-            let tag = format!("logN={log_n}/limbs={q}+{p}/threads={threads}");
+            let tag = format!("logN={log_n}/bits={bits}/limbs={q}+{p}/threads={threads}");
             let alpha = q.div_ceil(p);
             g.bench_function(format!("mod_up_digit/{tag}"), |b| {
                 let mut out = be.alloc(ext.len() << log_n).expect("alloc");

@@ -8,7 +8,7 @@ use crate::{
     RingError,
     modulus::Modulus,
     ntt::{Ntt, NttKind, bit_reverse, build_ntt},
-    simd::IfmaModulus,
+    simd::{IfmaModulus, WideModulus},
 };
 
 /// Which limbs a polynomial holds: the first `q` primes of the Q chain, followed by the
@@ -78,6 +78,7 @@ pub struct RnsContext {
     ntts: Vec<Box<dyn Ntt>>,
     ntt_kind: NttKind,
     ifma: Vec<Option<IfmaModulus>>,
+    wide: Vec<Option<WideModulus>>,
     /// Eval-domain automorphism permutations, by Galois element.
     perms: RwLock<HashMap<usize, Arc<Vec<u32>>>>,
 }
@@ -121,10 +122,12 @@ impl RnsContext {
             .map(|&m| build_ntt(ntt_kind, m, n))
             .collect::<Result<Vec<_>, _>>()?;
         let ifma = moduli.iter().map(IfmaModulus::new).collect();
+        let wide = moduli.iter().map(WideModulus::new).collect();
         Ok(Self {
             log_n,
             n,
             ifma,
+            wide,
             moduli,
             q_count: q.len(),
             ntts,
@@ -164,6 +167,11 @@ impl RnsContext {
     /// IFMA constants of the modulus with global index `i`, when the CPU and prime allow.
     pub fn ifma(&self, i: usize) -> Option<&IfmaModulus> {
         self.ifma[i].as_ref()
+    }
+    /// Wide-prime IFMA constants (primes of 2^50 to 2^61) of the modulus with global index
+    /// `i`, when the CPU and prime allow.
+    pub fn wide(&self, i: usize) -> Option<&WideModulus> {
+        self.wide[i].as_ref()
     }
     /// Which NTT implementation this context uses.
     pub fn ntt_kind(&self) -> NttKind {

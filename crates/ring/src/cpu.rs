@@ -94,9 +94,10 @@ fn prod_mod(ctx: &RnsContext, digit: Range<usize>, skip: Option<usize>, m: &Modu
         })
 }
 
-/// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the target prime
-/// allows (`sources_fit`: every source prime is below 2^50, which enables the lazy
-/// accumulating kernel; wider sources are split), else 128-bit lazy accumulation.
+/// `out[i] = Σ_j y_j[i]·c_j mod q_g` (fast basis conversion); IFMA when the CPU allows:
+/// for targets below 2^50 (`sources_fit`: every source prime is below 2^50, which enables
+/// the lazy accumulating kernel; wider sources are split), and for wider targets in 52-bit
+/// digits with a Montgomery finish; else 128-bit lazy accumulation.
 fn dot_const(
     ctx: &RnsContext,
     g: usize,
@@ -112,6 +113,11 @@ fn dot_const(
             return;
         }
         if c.dot_const(out, &ys, consts, !sources_fit) {
+            return;
+        }
+    } else if let Some(w) = ctx.wide(g) {
+        let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
+        if w.dot_const(out, &ys, consts) {
             return;
         }
     }

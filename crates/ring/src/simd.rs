@@ -393,6 +393,124 @@ struct WideConst {
     w_hi_s: u64,
 }
 
+/// `Σ_j ys[j]·c_j·2^-104 mod p` for a prime `2^50 ≤ p < 2^61` and 64-bit sources, in 52-bit
+/// digits: the exact sum `S = A0 + A1·2^52 + A2·2^104` is accumulated with seven IFMA per term
+/// (sources and constants split at bit 52), then two Montgomery steps in base 2^52 clear the
+/// low digits. The caller scales each constant by `2^104 mod p` beforehand (see
+/// [`WideModulus::dot_const`], which states the bounds).
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_const_wide_imp(out: &mut [u64], ys: &[&[u64]], cs: &[(u64, u64)], c: &WideModulus) {
+    let zero = _mm512_setzero_si512();
+    let mask = _mm512_set1_epi64(MASK52);
+    let shift52 = _mm_set_epi64x(0, 52);
+    let p = _mm512_set1_epi64(c.p as i64);
+    let p0 = _mm512_set1_epi64((c.p & MASK52 as u64) as i64);
+    let p1 = _mm512_set1_epi64((c.p >> 52) as i64);
+    let p_neg_inv = _mm512_set1_epi64(c.p_neg_inv as i64);
+    let splats: Vec<(__m512i, __m512i)> = cs
+        .iter()
+        .map(|&(lo, hi)| (_mm512_set1_epi64(lo as i64), _mm512_set1_epi64(hi as i64)))
+        .collect();
+    for i in (0..out.len()).step_by(8) {
+        let (mut a0, mut a1, mut a2) = (zero, zero, zero);
+        for (y, &(c0, c1)) in ys.iter().zip(&splats) {
+            let v = load(y, i);
+            let y0 = _mm512_and_si512(v, mask);
+            let y1 = _mm512_srl_epi64(v, shift52);
+            a0 = _mm512_madd52lo_epu64(a0, y0, c0);
+            a1 = _mm512_madd52hi_epu64(a1, y0, c0);
+            a1 = _mm512_madd52lo_epu64(a1, y0, c1);
+            a1 = _mm512_madd52lo_epu64(a1, y1, c0);
+            a2 = _mm512_madd52hi_epu64(a2, y0, c1);
+            a2 = _mm512_madd52hi_epu64(a2, y1, c0);
+            a2 = _mm512_madd52lo_epu64(a2, y1, c1);
+        }
+        // Carries into 52-bit digits A0, A1 (A2 keeps the rest).
+        a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(a0, shift52));
+        a0 = _mm512_and_si512(a0, mask);
+        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
+        a1 = _mm512_and_si512(a1, mask);
+        // Montgomery step 1: add m·p with m = −A0/p mod 2^52, which clears A0 (its low digit
+        // becomes 0 or 2^52, carried on).
+        let m = _mm512_madd52lo_epu64(zero, a0, p_neg_inv);
+        let t = _mm512_madd52lo_epu64(a0, m, p0);
+        a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(t, shift52));
+        a1 = _mm512_madd52hi_epu64(a1, m, p0);
+        a1 = _mm512_madd52lo_epu64(a1, m, p1);
+        a2 = _mm512_madd52hi_epu64(a2, m, p1);
+        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
+        a1 = _mm512_and_si512(a1, mask);
+        // Step 2 clears A1 the same way, one digit up.
+        let m = _mm512_madd52lo_epu64(zero, a1, p_neg_inv);
+        let t = _mm512_madd52lo_epu64(a1, m, p0);
+        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(t, shift52));
+        a2 = _mm512_madd52hi_epu64(a2, m, p0);
+        a2 = _mm512_madd52lo_epu64(a2, m, p1);
+        let top = _mm512_madd52hi_epu64(zero, m, p1);
+        let r = _mm512_add_epi64(a2, _mm512_sll_epi64(top, shift52));
+        store(out, i, csub(r, p));
+    }
+}
+
+/// Constants of a prime `2^50 ≤ p < 2^61` for the wide IFMA kernels, which IFMA's 52-bit
+/// lanes cannot reduce directly: sums of products are formed exactly in three 52-bit digits
+/// and reduced by Montgomery steps in base 2^52.
+#[derive(Clone, Copy, Debug)]
+pub struct WideModulus {
+    p: u64,
+    /// `−p^{-1} mod 2^52`.
+    p_neg_inv: u64,
+    /// `2^104 mod p`, the factor the two Montgomery steps divide out.
+    r: u64,
+}
+
+impl WideModulus {
+    /// The constants for `m`, if it is in `[2^50, 2^61)` and the CPU supports IFMA.
+    pub fn new(m: &Modulus) -> Option<Self> {
+        let p = m.value();
+        if p < IFMA_MAX_MODULUS || p >= 1 << 61 || !ifma_available() {
+            return None;
+        }
+        // Newton's iteration for p^{-1} mod 2^64 (p odd): each step doubles the correct bits.
+        let mut inv = p;
+        for _ in 0..6 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(p.wrapping_mul(inv)));
+        }
+        let p_neg_inv = inv.wrapping_neg() & MASK52 as u64;
+        let r = ((1u128 << 104) % p as u128) as u64;
+        Some(Self { p, p_neg_inv, r })
+    }
+
+    /// `out[i] = Σ_j ys[j][i]·consts[j] mod p` (fast basis conversion into a wide prime).
+    /// Sources may be any 64-bit words, constants must be below `p`; at most 2^9 terms.
+    /// Returns false (doing nothing) if a shape or bound check fails.
+    pub fn dot_const(&self, out: &mut [u64], ys: &[&[u64]], consts: &[u64]) -> bool {
+        let n = out.len();
+        if !lanes_ok(n)
+            || ys.len() != consts.len()
+            || ys.iter().any(|y| y.len() != n)
+            || ys.len() > 1 << 9
+            || consts.iter().any(|&w| w >= self.p)
+        {
+            return false;
+        }
+        // Bounds: with T ≤ 2^9 terms, A1 < 3T·2^52 < 2^64 and S < T·2^125, so the result
+        // `S·2^-104 + p·(1 + 2^-52) < p + T·2^21 + 1 < 2p` needs one conditional subtraction.
+        let p = self.p as u128;
+        let cs: Vec<(u64, u64)> = consts
+            .iter()
+            .map(|&w| {
+                let w = ((w as u128 * self.r as u128) % p) as u64;
+                (w & MASK52 as u64, w >> 52)
+            })
+            .collect();
+        // SAFETY: `WideModulus` exists only when AVX-512F and IFMA were detected; every load
+        // and store is at a multiple of 8 below `n`, and all slices have length `n`.
+        unsafe { dot_const_wide_imp(out, ys, &cs, self) };
+        true
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn reduce_assign_imp(d: &mut [u64], c: &IfmaModulus) {
     let one = _mm512_set1_epi64(1);
@@ -649,6 +767,42 @@ mod tests {
             prop_assert!(c.reduce_assign(&mut d));
             prop_assert!(d.iter().zip(&big).all(|(&r, &x)| r == x % q));
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn wide_dot_const_matches_u128(seed in any::<u64>(), bits in prop::sample::select(vec![50u32, 55, 58, 60, 61])) {
+            let m = modulus(bits);
+            let Some(c) = WideModulus::new(&m) else { return Ok(()); };
+            let q = m.value();
+            let mut s = seed | 1;
+            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let n = 64;
+            for terms in [1usize, 6, 23, 512] {
+                // Extremes first: all-ones sources and the largest constants.
+                let raw: Vec<Vec<u64>> = (0..terms)
+                    .map(|t| (0..n).map(|i| if t < 3 && i < 8 { u64::MAX - i as u64 } else { next(u64::MAX) }).collect())
+                    .collect();
+                let consts: Vec<u64> = (0..terms).map(|t| if t < 2 { q - 1 } else { next(q) }).collect();
+                let rr: Vec<&[u64]> = raw.iter().map(Vec::as_slice).collect();
+                let mut out = vec![0; n];
+                prop_assert!(c.dot_const(&mut out, &rr, &consts));
+                for i in 0..n {
+                    let want = (0..terms).fold(0u128, |acc, t| (acc + raw[t][i] as u128 * consts[t] as u128) % q as u128);
+                    prop_assert_eq!(out[i], want as u64);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_modulus_refuses_bad_shapes() {
+        if let Some(c) = WideModulus::new(&modulus(60)) {
+            assert!(!c.dot_const(&mut [0; 7], &[&[1; 7]], &[1]));
+            assert!(!c.dot_const(&mut [0; 8], &[&[1; 8]], &[u64::MAX]));
+        }
+        assert!(WideModulus::new(&modulus(40)).is_none());
     }
 
     #[test]

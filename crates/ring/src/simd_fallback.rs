@@ -59,3 +59,17 @@ impl IfmaModulus {
         false
     }
 }
+
+/// Never constructed on this architecture.
+#[derive(Clone, Copy, Debug)]
+pub struct WideModulus(());
+
+#[allow(missing_docs, clippy::unused_self)]
+impl WideModulus {
+    pub fn new(_m: &Modulus) -> Option<Self> {
+        None
+    }
+    pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64]) -> bool {
+        false
+    }
+}
