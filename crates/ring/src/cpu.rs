@@ -334,6 +334,13 @@ impl Backend for CpuBackend {
             {
                 return;
             }
+            if perm.is_none()
+                && ctx
+                    .wide(g)
+                    .is_some_and(|c| c.mul_sum(d, &al, &bl, accumulate))
+            {
+                return;
+            }
             mul_sum_scalar(m, d, &al, &bl, perm, accumulate);
         });
     }

@@ -393,62 +393,138 @@ struct WideConst {
     w_hi_s: u64,
 }
 
-/// `Σ_j ys[j]·c_j·2^-104 mod p` for a prime `2^50 ≤ p < 2^61` and 64-bit sources, in 52-bit
-/// digits: the exact sum `S = A0 + A1·2^52 + A2·2^104` is accumulated with seven IFMA per term
-/// (sources and constants split at bit 52), then two Montgomery steps in base 2^52 clear the
-/// low digits. The caller scales each constant by `2^104 mod p` beforehand (see
-/// [`WideModulus::dot_const`], which states the bounds).
+/// Broadcast constants of a [`WideModulus`] for the wide kernels.
+#[derive(Clone, Copy)]
+struct WideLanes {
+    p: __m512i,
+    p0: __m512i,
+    p1: __m512i,
+    p_neg_inv: __m512i,
+}
+
+impl WideLanes {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn new(c: &WideModulus) -> Self {
+        Self {
+            p: _mm512_set1_epi64(c.p as i64),
+            p0: _mm512_set1_epi64((c.p & MASK52 as u64) as i64),
+            p1: _mm512_set1_epi64((c.p >> 52) as i64),
+            p_neg_inv: _mm512_set1_epi64(c.p_neg_inv as i64),
+        }
+    }
+}
+
+/// Splits 64-bit lanes at bit 52: `(x mod 2^52, ⌊x / 2^52⌋)`.
+#[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
-fn dot_const_wide_imp(out: &mut [u64], ys: &[&[u64]], cs: &[(u64, u64)], c: &WideModulus) {
+fn split52(x: __m512i) -> (__m512i, __m512i) {
+    (
+        _mm512_and_si512(x, _mm512_set1_epi64(MASK52)),
+        _mm512_srl_epi64(x, _mm_set_epi64x(0, 52)),
+    )
+}
+
+/// Adds the exact product `(x0 + x1·2^52)·(y0 + y1·2^52)` into the digit accumulators
+/// `A0 + A1·2^52 + A2·2^104` (seven IFMA; every factor below 2^52, `x1·y1` below 2^52).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn wide_product_acc(acc: &mut [__m512i; 3], x: (__m512i, __m512i), y: (__m512i, __m512i)) {
+    let [a0, a1, a2] = acc;
+    *a0 = _mm512_madd52lo_epu64(*a0, x.0, y.0);
+    *a1 = _mm512_madd52hi_epu64(*a1, x.0, y.0);
+    *a1 = _mm512_madd52lo_epu64(*a1, x.0, y.1);
+    *a1 = _mm512_madd52lo_epu64(*a1, x.1, y.0);
+    *a2 = _mm512_madd52hi_epu64(*a2, x.0, y.1);
+    *a2 = _mm512_madd52hi_epu64(*a2, x.1, y.0);
+    *a2 = _mm512_madd52lo_epu64(*a2, x.1, y.1);
+}
+
+/// `S·2^-104 mod p` in `[0, p)` for `S = A0 + A1·2^52 + A2·2^104` with `A1 ≤ 3·2^61` and
+/// `S < 2^134`: two Montgomery steps in base 2^52, each adding `m·p` with `m = −digit/p mod
+/// 2^52` to clear the lowest digit. The result is below `p + S/2^104 + 1`, so one
+/// conditional subtraction suffices whenever `S < (p − 1)·2^104`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn wide_montgomery(acc: [__m512i; 3], w: &WideLanes) -> __m512i {
     let zero = _mm512_setzero_si512();
     let mask = _mm512_set1_epi64(MASK52);
     let shift52 = _mm_set_epi64x(0, 52);
-    let p = _mm512_set1_epi64(c.p as i64);
-    let p0 = _mm512_set1_epi64((c.p & MASK52 as u64) as i64);
-    let p1 = _mm512_set1_epi64((c.p >> 52) as i64);
-    let p_neg_inv = _mm512_set1_epi64(c.p_neg_inv as i64);
+    let [mut a0, mut a1, mut a2] = acc;
+    // Carries into 52-bit digits A0, A1 (A2 keeps the rest).
+    a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(a0, shift52));
+    a0 = _mm512_and_si512(a0, mask);
+    a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
+    a1 = _mm512_and_si512(a1, mask);
+    // Step 1 clears A0 (its low digit becomes 0 or 2^52, carried on).
+    let m = _mm512_madd52lo_epu64(zero, a0, w.p_neg_inv);
+    let t = _mm512_madd52lo_epu64(a0, m, w.p0);
+    a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(t, shift52));
+    a1 = _mm512_madd52hi_epu64(a1, m, w.p0);
+    a1 = _mm512_madd52lo_epu64(a1, m, w.p1);
+    a2 = _mm512_madd52hi_epu64(a2, m, w.p1);
+    a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
+    a1 = _mm512_and_si512(a1, mask);
+    // Step 2 clears A1 the same way, one digit up.
+    let m = _mm512_madd52lo_epu64(zero, a1, w.p_neg_inv);
+    let t = _mm512_madd52lo_epu64(a1, m, w.p0);
+    a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(t, shift52));
+    a2 = _mm512_madd52hi_epu64(a2, m, w.p0);
+    a2 = _mm512_madd52lo_epu64(a2, m, w.p1);
+    let top = _mm512_madd52hi_epu64(zero, m, w.p1);
+    csub(_mm512_add_epi64(a2, _mm512_sll_epi64(top, shift52)), w.p)
+}
+
+/// `Σ_j ys[j]·c_j·2^-104 mod p` for a prime `2^50 ≤ p < 2^61` and 64-bit sources: the exact
+/// sum accumulated in 52-bit digits, then [`wide_montgomery`]. The caller scales each
+/// constant by `2^104 mod p` beforehand (see [`WideModulus::dot_const`] for the bounds).
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn dot_const_wide_imp(out: &mut [u64], ys: &[&[u64]], cs: &[(u64, u64)], c: &WideModulus) {
+    let zero = _mm512_setzero_si512();
+    let w = WideLanes::new(c);
     let splats: Vec<(__m512i, __m512i)> = cs
         .iter()
         .map(|&(lo, hi)| (_mm512_set1_epi64(lo as i64), _mm512_set1_epi64(hi as i64)))
         .collect();
     for i in (0..out.len()).step_by(8) {
-        let (mut a0, mut a1, mut a2) = (zero, zero, zero);
-        for (y, &(c0, c1)) in ys.iter().zip(&splats) {
-            let v = load(y, i);
-            let y0 = _mm512_and_si512(v, mask);
-            let y1 = _mm512_srl_epi64(v, shift52);
-            a0 = _mm512_madd52lo_epu64(a0, y0, c0);
-            a1 = _mm512_madd52hi_epu64(a1, y0, c0);
-            a1 = _mm512_madd52lo_epu64(a1, y0, c1);
-            a1 = _mm512_madd52lo_epu64(a1, y1, c0);
-            a2 = _mm512_madd52hi_epu64(a2, y0, c1);
-            a2 = _mm512_madd52hi_epu64(a2, y1, c0);
-            a2 = _mm512_madd52lo_epu64(a2, y1, c1);
+        let mut acc = [zero; 3];
+        for (y, &k) in ys.iter().zip(&splats) {
+            wide_product_acc(&mut acc, split52(load(y, i)), k);
         }
-        // Carries into 52-bit digits A0, A1 (A2 keeps the rest).
-        a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(a0, shift52));
-        a0 = _mm512_and_si512(a0, mask);
-        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
-        a1 = _mm512_and_si512(a1, mask);
-        // Montgomery step 1: add m·p with m = −A0/p mod 2^52, which clears A0 (its low digit
-        // becomes 0 or 2^52, carried on).
-        let m = _mm512_madd52lo_epu64(zero, a0, p_neg_inv);
-        let t = _mm512_madd52lo_epu64(a0, m, p0);
-        a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(t, shift52));
-        a1 = _mm512_madd52hi_epu64(a1, m, p0);
-        a1 = _mm512_madd52lo_epu64(a1, m, p1);
-        a2 = _mm512_madd52hi_epu64(a2, m, p1);
-        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
-        a1 = _mm512_and_si512(a1, mask);
-        // Step 2 clears A1 the same way, one digit up.
-        let m = _mm512_madd52lo_epu64(zero, a1, p_neg_inv);
-        let t = _mm512_madd52lo_epu64(a1, m, p0);
-        a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(t, shift52));
-        a2 = _mm512_madd52hi_epu64(a2, m, p0);
-        a2 = _mm512_madd52lo_epu64(a2, m, p1);
-        let top = _mm512_madd52hi_epu64(zero, m, p1);
-        let r = _mm512_add_epi64(a2, _mm512_sll_epi64(top, shift52));
-        store(out, i, csub(r, p));
+        store(out, i, wide_montgomery(acc, &w));
+    }
+}
+
+/// `out[i] = [out[i] +] Σ_j a_j[i]·b_j[i] mod p` for reduced operands: the exact sum in 52-bit
+/// digits, a Montgomery finish (`·2^-104`), then one more product with `2^208 mod p` to undo
+/// the factor.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_sum_wide_imp(
+    out: &mut [u64],
+    a: &[&[u64]],
+    b: &[&[u64]],
+    accumulate: bool,
+    c: &WideModulus,
+) {
+    let zero = _mm512_setzero_si512();
+    let w = WideLanes::new(c);
+    let r2 = ((c.r as u128 * c.r as u128) % c.p as u128) as u64;
+    let fix = (
+        _mm512_set1_epi64((r2 & MASK52 as u64) as i64),
+        _mm512_set1_epi64((r2 >> 52) as i64),
+    );
+    for i in (0..out.len()).step_by(8) {
+        let mut acc = [zero; 3];
+        for (x, y) in a.iter().zip(b) {
+            wide_product_acc(&mut acc, split52(load(x, i)), split52(load(y, i)));
+        }
+        let mut fixed = [zero; 3];
+        wide_product_acc(&mut fixed, split52(wide_montgomery(acc, &w)), fix);
+        let mut r = wide_montgomery(fixed, &w);
+        if accumulate {
+            r = csub(_mm512_add_epi64(r, load(out, i)), w.p);
+        }
+        store(out, i, r);
     }
 }
 
@@ -507,6 +583,27 @@ impl WideModulus {
         // SAFETY: `WideModulus` exists only when AVX-512F and IFMA were detected; every load
         // and store is at a multiple of 8 below `n`, and all slices have length `n`.
         unsafe { dot_const_wide_imp(out, ys, &cs, self) };
+        true
+    }
+
+    /// `out[i] = [out[i] +] Σ_j a_j[i]·b_j[i] mod p` for operands below `p` (the key-switching
+    /// inner product), at most 2^9 terms. Returns false (doing nothing) if a shape check
+    /// fails.
+    pub fn mul_sum(&self, out: &mut [u64], a: &[&[u64]], b: &[&[u64]], accumulate: bool) -> bool {
+        let n = out.len();
+        if !lanes_ok(n)
+            || a.len() != b.len()
+            || a.len() > 1 << 9
+            || a.iter().chain(b).any(|x| x.len() != n)
+        {
+            return false;
+        }
+        // Bounds: products of residues below 2^61, T ≤ 2^9 terms: A1 < 3T·2^52 and
+        // S < T·2^122 < (p − 1)·2^104 for p ≥ 2^50, so the Montgomery result is reduced; the
+        // correcting product is a single term. Operands must be reduced (the caller's
+        // invariant for limbs); a larger one only makes the result wrong, never unsafe.
+        // SAFETY: as in `dot_const`.
+        unsafe { mul_sum_wide_imp(out, a, b, accumulate, self) };
         true
     }
 }
@@ -790,6 +887,33 @@ mod tests {
                 prop_assert!(c.dot_const(&mut out, &rr, &consts));
                 for i in 0..n {
                     let want = (0..terms).fold(0u128, |acc, t| (acc + raw[t][i] as u128 * consts[t] as u128) % q as u128);
+                    prop_assert_eq!(out[i], want as u64);
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn wide_mul_sum_matches_u128(seed in any::<u64>(), bits in prop::sample::select(vec![51u32, 55, 58, 60, 61]), accumulate in any::<bool>()) {
+            let m = modulus(bits);
+            let Some(c) = WideModulus::new(&m) else { return Ok(()); };
+            let q = m.value();
+            let mut s = seed | 1;
+            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let n = 64;
+            for terms in [0usize, 1, 5, 33] {
+                let xs: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 - i as u64 } else { next(q) }).collect()).collect();
+                let ys: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
+                let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
+                let yr: Vec<&[u64]> = ys.iter().map(Vec::as_slice).collect();
+                let init: Vec<u64> = (0..n).map(|i| if i == 0 { q - 1 } else { next(q) }).collect();
+                let mut out = init.clone();
+                prop_assert!(c.mul_sum(&mut out, &xr, &yr, accumulate));
+                for i in 0..n {
+                    let start = if accumulate { init[i] as u128 } else { 0 };
+                    let want = (0..terms).fold(start, |acc, t| (acc + xs[t][i] as u128 * ys[t][i] as u128) % q as u128);
                     prop_assert_eq!(out[i], want as u64);
                 }
             }

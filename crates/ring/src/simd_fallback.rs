@@ -72,4 +72,7 @@ impl WideModulus {
     pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64]) -> bool {
         false
     }
+    pub fn mul_sum(&self, _o: &mut [u64], _a: &[&[u64]], _b: &[&[u64]], _acc: bool) -> bool {
+        false
+    }
 }
