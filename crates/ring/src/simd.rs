@@ -544,7 +544,7 @@ impl WideModulus {
     /// The constants for `m`, if it is in `[2^50, 2^61)` and the CPU supports IFMA.
     pub fn new(m: &Modulus) -> Option<Self> {
         let p = m.value();
-        if p < IFMA_MAX_MODULUS || p >= 1 << 61 || !ifma_available() {
+        if !(IFMA_MAX_MODULUS..1 << 61).contains(&p) || !ifma_available() {
             return None;
         }
         // Newton's iteration for p^{-1} mod 2^64 (p odd): each step doubles the correct bits.
