@@ -130,6 +130,33 @@ fn dot_const(
     }
 }
 
+/// `d = [d +] Σ_j a_j[perm] ⊙ b_j` over one limb (global index `g`): the IFMA kernels where
+/// the CPU and prime allow, else scalar.
+fn mul_sum_limb(
+    ctx: &RnsContext,
+    g: usize,
+    d: &mut [u64],
+    al: &[&[u64]],
+    bl: &[&[u64]],
+    perm: Option<&[u32]>,
+    accumulate: bool,
+) {
+    if ctx
+        .ifma(g)
+        .is_some_and(|c| c.mul_sum(d, al, bl, perm, accumulate))
+    {
+        return;
+    }
+    if perm.is_none()
+        && ctx
+            .wide(g)
+            .is_some_and(|c| c.mul_sum(d, al, bl, accumulate))
+    {
+        return;
+    }
+    mul_sum_scalar(ctx.modulus(g), d, al, bl, perm, accumulate);
+}
+
 /// Scalar `d = [d +] Σ_j a_j[perm] ⊙ b_j` with 128-bit lazy accumulation: up to 32 products
 /// of `< 2^122` each (plus the carried-in value) fit in a `u128` before one reduction.
 fn mul_sum_scalar(
@@ -325,24 +352,61 @@ impl Backend for CpuBackend {
     ) {
         let n = ctx.n();
         self.each_limb(ctx, basis, dst, |_, g, d| {
-            let m = ctx.modulus(g);
             let al = limbs_of(ctx, a, g, n);
             let bl = limbs_of(ctx, b, g, n);
-            if ctx
-                .ifma(g)
-                .is_some_and(|c| c.mul_sum(d, &al, &bl, perm, accumulate))
-            {
-                return;
-            }
-            if perm.is_none()
-                && ctx
-                    .wide(g)
-                    .is_some_and(|c| c.mul_sum(d, &al, &bl, accumulate))
-            {
-                return;
-            }
-            mul_sum_scalar(m, d, &al, &bl, perm, accumulate);
+            mul_sum_limb(ctx, g, d, &al, &bl, perm, accumulate);
         });
+    }
+
+    fn key_switch_decomposed(
+        &self,
+        ctx: &RnsContext,
+        q: usize,
+        parts: &[AlignedVec],
+        key: &[(&AlignedVec, &AlignedVec)],
+        perm: Option<&[u32]>,
+    ) -> Result<(AlignedVec, AlignedVec), RingError> {
+        let key = key.get(..parts.len()).ok_or(RingError::LengthMismatch {
+            expected: key.len(),
+            found: parts.len(),
+        })?;
+        let n = ctx.n();
+        let ext = Basis::qp(q, ctx.p_count());
+        let full = ctx.full_basis();
+        let mut c0 = self.alloc(ext.len() * n)?;
+        let mut c1 = self.alloc(ext.len() * n)?;
+        // Both outputs per limb in one pass, so every digit is read once.
+        self.pool.install(|| {
+            c0.as_mut_slice()[..ext.len() * n]
+                .par_chunks_mut(n)
+                .zip(c1.as_mut_slice()[..ext.len() * n].par_chunks_mut(n))
+                .enumerate()
+                .for_each(|(pos, (d0, d1))| {
+                    let g = ext.global(ctx, pos);
+                    let al: Vec<&[u64]> = parts
+                        .iter()
+                        .map(|x| limb(x, pos_of(ctx, &ext, g), n))
+                        .collect();
+                    let kpos = pos_of(ctx, &full, g);
+                    let b0: Vec<&[u64]> = key.iter().map(|k| limb(k.0, kpos, n)).collect();
+                    let b1: Vec<&[u64]> = key.iter().map(|k| limb(k.1, kpos, n)).collect();
+                    if perm.is_none() {
+                        let done = match (ctx.ifma(g), ctx.wide(g)) {
+                            (Some(c), _) => c.mul_sum_pair([d0, d1], &al, [&b0, &b1]),
+                            (None, Some(c)) => c.mul_sum_pair([d0, d1], &al, [&b0, &b1]),
+                            (None, None) => false,
+                        };
+                        if done {
+                            return;
+                        }
+                    }
+                    mul_sum_limb(ctx, g, d0, &al, &b0, perm, false);
+                    mul_sum_limb(ctx, g, d1, &al, &b1, perm, false);
+                });
+        });
+        self.mod_down(ctx, q, &mut c0);
+        self.mod_down(ctx, q, &mut c1);
+        Ok((c0, c1))
     }
 
     fn scalar_mul_sum(

@@ -285,6 +285,39 @@ fn dot_lazy_imp(out: &mut [u64], ys: &[&[u64]], ws: &[u64], accumulate: bool, c:
     }
 }
 
+/// Both key-switching outputs in one pass over the digits:
+/// `out_k[i] = Σ_j a_j[i]·b_kj[i] mod q` (`k = 0, 1`) for reduced operands, with the halves of
+/// the products accumulated lazily and folded every `LAZY_TERMS` terms as in `dot_lazy_imp`.
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_sum_pair_imp(out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2], c: &IfmaModulus) {
+    const LAZY_TERMS: usize = 15;
+    let zero = _mm512_setzero_si512();
+    let [out0, out1] = out;
+    for i in (0..out0.len()).step_by(8) {
+        let mut acc = [zero; 2];
+        for ((ac, b0c), b1c) in a
+            .chunks(LAZY_TERMS)
+            .zip(b[0].chunks(LAZY_TERMS))
+            .zip(b[1].chunks(LAZY_TERMS))
+        {
+            let (mut lo, mut hi) = ([zero; 2], [zero; 2]);
+            for ((x, y0), y1) in ac.iter().zip(b0c).zip(b1c) {
+                let x = load(x, i);
+                for (k, y) in [y0, y1].into_iter().enumerate() {
+                    let y = load(y, i);
+                    lo[k] = _mm512_madd52lo_epu64(lo[k], x, y);
+                    hi[k] = _mm512_madd52hi_epu64(hi[k], x, y);
+                }
+            }
+            for k in 0..2 {
+                acc[k] = fold_lazy(acc[k], lo[k], hi[k], c);
+            }
+        }
+        store(out0, i, acc[0]);
+        store(out1, i, acc[1]);
+    }
+}
+
 /// Coefficients per block of [`IfmaModulus::weighted_sums_limb`]: four lane groups.
 const WS_BLOCK: usize = 32;
 
@@ -508,11 +541,7 @@ fn mul_sum_wide_imp(
 ) {
     let zero = _mm512_setzero_si512();
     let w = WideLanes::new(c);
-    let r2 = ((c.r as u128 * c.r as u128) % c.p as u128) as u64;
-    let fix = (
-        _mm512_set1_epi64((r2 & MASK52 as u64) as i64),
-        _mm512_set1_epi64((r2 >> 52) as i64),
-    );
+    let fix = c.fix_lanes();
     for i in (0..out.len()).step_by(8) {
         let mut acc = [zero; 3];
         for (x, y) in a.iter().zip(b) {
@@ -525,6 +554,29 @@ fn mul_sum_wide_imp(
             r = csub(_mm512_add_epi64(r, load(out, i)), w.p);
         }
         store(out, i, r);
+    }
+}
+
+/// [`mul_sum_wide_imp`] for both key-switching outputs in one pass over the digits (each
+/// digit is loaded and split once).
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn mul_sum_pair_wide_imp(out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2], c: &WideModulus) {
+    let zero = _mm512_setzero_si512();
+    let w = WideLanes::new(c);
+    let fix = c.fix_lanes();
+    let [out0, out1] = out;
+    for i in (0..out0.len()).step_by(8) {
+        let mut acc = [[zero; 3]; 2];
+        for ((x, y0), y1) in a.iter().zip(b[0]).zip(b[1]) {
+            let x = split52(load(x, i));
+            wide_product_acc(&mut acc[0], x, split52(load(y0, i)));
+            wide_product_acc(&mut acc[1], x, split52(load(y1, i)));
+        }
+        for (k, o) in [&mut *out0, &mut *out1].into_iter().enumerate() {
+            let mut fixed = [zero; 3];
+            wide_product_acc(&mut fixed, split52(wide_montgomery(acc[k], &w)), fix);
+            store(o, i, wide_montgomery(fixed, &w));
+        }
     }
 }
 
@@ -586,6 +638,30 @@ impl WideModulus {
         true
     }
 
+    /// `2^208 mod p` split at bit 52 and broadcast: the factor that undoes a Montgomery
+    /// finish on a product of two plain residues.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512ifma")]
+    fn fix_lanes(&self) -> (__m512i, __m512i) {
+        let r2 = ((self.r as u128 * self.r as u128) % self.p as u128) as u64;
+        (
+            _mm512_set1_epi64((r2 & MASK52 as u64) as i64),
+            _mm512_set1_epi64((r2 >> 52) as i64),
+        )
+    }
+
+    /// Both key-switching outputs, `out_k[i] = Σ_j a_j[i]·b_kj[i] mod p`, in one pass over
+    /// the digits `a_j` (operands below `p`, at most 2^9 terms). Returns false (doing
+    /// nothing) if a shape check fails.
+    pub fn mul_sum_pair(&self, out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2]) -> bool {
+        if !pair_shapes_ok(&out, a, b, 1 << 9) {
+            return false;
+        }
+        // SAFETY: as in `dot_const`; bounds as in `mul_sum`.
+        unsafe { mul_sum_pair_wide_imp(out, a, b, self) };
+        true
+    }
+
     /// `out[i] = [out[i] +] Σ_j a_j[i]·b_j[i] mod p` for operands below `p` (the key-switching
     /// inner product), at most 2^9 terms. Returns false (doing nothing) if a shape check
     /// fails.
@@ -619,6 +695,21 @@ fn reduce_assign_imp(d: &mut [u64], c: &IfmaModulus) {
 
 fn lanes_ok(len: usize) -> bool {
     len.is_multiple_of(8)
+}
+
+/// Shapes of a two-output multiply-sum: equal lengths (a multiple of 8) and term counts.
+fn pair_shapes_ok(
+    out: &[&mut [u64]; 2],
+    a: &[&[u64]],
+    b: [&[&[u64]]; 2],
+    max_terms: usize,
+) -> bool {
+    let n = out[0].len();
+    lanes_ok(n)
+        && out[1].len() == n
+        && a.len() <= max_terms
+        && b.iter().all(|bk| bk.len() == a.len())
+        && a.iter().chain(b[0]).chain(b[1]).all(|x| x.len() == n)
 }
 
 impl IfmaModulus {
@@ -672,6 +763,19 @@ impl IfmaModulus {
         // SAFETY: see `mul_assign`; `perm` entries are below `n` by construction of the
         // context's permutation tables (a permutation of 0..n).
         unsafe { mul_sum_imp(out, a, b, perm, accumulate, self) };
+        true
+    }
+
+    /// Both key-switching outputs, `out_k[i] = Σ_j a_j[i]·b_kj[i] mod q`, in one pass over
+    /// the digits `a_j` (reduced operands). Returns false (doing nothing) if a shape check
+    /// fails.
+    pub fn mul_sum_pair(&self, out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2]) -> bool {
+        if !pair_shapes_ok(&out, a, b, usize::MAX) {
+            return false;
+        }
+        // SAFETY: see `mul_assign`; operands are reduced limbs (below q < 2^50), the bound
+        // `dot_lazy_imp` states for its lazy folding.
+        unsafe { mul_sum_pair_imp(out, a, b, self) };
         true
     }
 
@@ -818,6 +922,19 @@ mod tests {
                 prop_assert_eq!(out[i], acc);
             }
 
+            for terms in [0usize, 5, 16, 31] {
+                let xs: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
+                let ys: Vec<Vec<u64>> = (0..2 * terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
+                let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
+                let yr: Vec<&[u64]> = ys.iter().map(Vec::as_slice).collect();
+                let (mut p0, mut p1) = (vec![1; n], vec![2; n]);
+                prop_assert!(c.mul_sum_pair([&mut p0, &mut p1], &xr, [&yr[..terms], &yr[terms..]]));
+                for i in 0..n {
+                    let want = |k: usize| (0..terms).fold(0u128, |acc, t| (acc + xs[t][i] as u128 * ys[k * terms + t][i] as u128) % q as u128) as u64;
+                    prop_assert_eq!((p0[i], p1[i]), (want(0), want(1)));
+                }
+            }
+
             let consts: Vec<u64> = (0..terms).map(|_| next(q)).collect();
             for (wide, bound) in [(false, 1u64 << 50), (true, u64::MAX)] {
                 let raw: Vec<Vec<u64>> = (0..terms).map(|_| (0..n).map(|_| next(bound)).collect()).collect();
@@ -909,6 +1026,14 @@ mod tests {
                 let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
                 let yr: Vec<&[u64]> = ys.iter().map(Vec::as_slice).collect();
                 let init: Vec<u64> = (0..n).map(|i| if i == 0 { q - 1 } else { next(q) }).collect();
+                let (mut p0, mut p1) = (vec![1; n], vec![2; n]);
+                let yrev: Vec<&[u64]> = yr.iter().rev().copied().collect();
+                prop_assert!(c.mul_sum_pair([&mut p0, &mut p1], &xr, [&yr, &yrev]));
+                for i in 0..n {
+                    let want0 = (0..terms).fold(0u128, |acc, t| (acc + xs[t][i] as u128 * ys[t][i] as u128) % q as u128);
+                    let want1 = (0..terms).fold(0u128, |acc, t| (acc + xs[t][i] as u128 * ys[terms - 1 - t][i] as u128) % q as u128);
+                    prop_assert_eq!((p0[i], p1[i]), (want0 as u64, want1 as u64));
+                }
                 let mut out = init.clone();
                 prop_assert!(c.mul_sum(&mut out, &xr, &yr, accumulate));
                 for i in 0..n {

@@ -39,6 +39,9 @@ impl IfmaModulus {
     ) -> bool {
         false
     }
+    pub fn mul_sum_pair(&self, _o: [&mut [u64]; 2], _a: &[&[u64]], _b: [&[&[u64]]; 2]) -> bool {
+        false
+    }
     pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64], _wide: bool) -> bool {
         false
     }
@@ -73,6 +76,9 @@ impl WideModulus {
         false
     }
     pub fn mul_sum(&self, _o: &mut [u64], _a: &[&[u64]], _b: &[&[u64]], _acc: bool) -> bool {
+        false
+    }
+    pub fn mul_sum_pair(&self, _o: [&mut [u64]; 2], _a: &[&[u64]], _b: [&[&[u64]]; 2]) -> bool {
         false
     }
 }
