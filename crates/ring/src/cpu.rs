@@ -102,24 +102,20 @@ fn dot_const(
     ctx: &RnsContext,
     g: usize,
     out: &mut [u64],
-    y: &[Vec<u64>],
+    y: &[&[u64]],
     consts: &[u64],
     sources_fit: bool,
 ) {
     let m = ctx.modulus(g);
     if let Some(c) = ctx.ifma(g) {
-        let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
-        if sources_fit && c.dot_lazy(out, &ys, consts, false) {
+        if sources_fit && c.dot_lazy(out, y, consts, false) {
             return;
         }
-        if c.dot_const(out, &ys, consts, !sources_fit) {
+        if c.dot_const(out, y, consts, !sources_fit) {
             return;
         }
-    } else if let Some(w) = ctx.wide(g) {
-        let ys: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
-        if w.dot_const(out, &ys, consts) {
-            return;
-        }
+    } else if ctx.wide(g).is_some_and(|w| w.dot_const(out, y, consts)) {
+        return;
     }
     for (i, o) in out.iter_mut().enumerate() {
         let mut acc: u128 = 0;
@@ -675,6 +671,7 @@ impl Backend for CpuBackend {
                 })
                 .collect()
         });
+        let y_refs: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
         self.each_limb(ctx, ext, out, |_, g, d| {
             if digit.contains(&g) {
                 d.copy_from_slice(limb(c_eval, g, n));
@@ -685,7 +682,7 @@ impl Backend for CpuBackend {
                 .clone()
                 .map(|j| prod_mod(ctx, digit.clone(), Some(j), m))
                 .collect();
-            dot_const(ctx, g, d, &y, &consts, digit_fits_ifma);
+            dot_const(ctx, g, d, &y_refs, &consts, digit_fits_ifma);
             ctx.ntt(g).forward(d);
         });
     }
@@ -699,49 +696,56 @@ impl Backend for CpuBackend {
         let p_fits_ifma = p_range
             .clone()
             .all(|g| ctx.modulus(g).value() < crate::simd::IFMA_MAX_MODULUS);
-        // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain.
-        let y: Vec<Vec<u64>> = self.pool.install(|| {
+        // y_j = [x]_{p_j} · (P / p_j)^{-1} mod p_j, in the coefficient domain, computed in
+        // place: the P limbs are not part of the result.
+        self.pool.install(|| {
             tail[..k * n]
-                .par_chunks(n)
+                .par_chunks_mut(n)
                 .enumerate()
-                .map(|(j, src)| {
+                .for_each(|(j, v)| {
                     let g = qc + j;
                     let m = ctx.modulus(g);
-                    let mut v = src.to_vec();
-                    ctx.ntt(g).inverse(&mut v);
+                    ctx.ntt(g).inverse(v);
                     let inv = m
                         .inv(prod_mod(ctx, p_range.clone(), Some(g), m))
                         .unwrap_or(0);
+                    if ctx
+                        .ifma(g)
+                        .is_some_and(|c| c.mul_shoup_assign(v, inv, c.shoup(inv)))
+                    {
+                        return;
+                    }
                     let inv_s = m.shoup(inv);
                     for x in v.iter_mut() {
                         *x = m.mul_shoup(*x, inv, inv_s);
                     }
-                    v
-                })
-                .collect()
+                });
         });
+        let y: Vec<&[u64]> = tail[..k * n].chunks(n).collect();
         self.pool.install(|| {
-            head.par_chunks_mut(n).enumerate().for_each(|(i, d)| {
-                let m = ctx.modulus(i);
-                let consts: Vec<u64> = p_range
-                    .clone()
-                    .map(|g| prod_mod(ctx, p_range.clone(), Some(g), m))
-                    .collect();
-                let mut conv = vec![0u64; n];
-                dot_const(ctx, i, &mut conv, &y, &consts, p_fits_ifma);
-                ctx.ntt(i).forward(&mut conv);
-                let p_inv = m.inv(prod_mod(ctx, p_range.clone(), None, m)).unwrap_or(0);
-                if ctx
-                    .ifma(i)
-                    .is_some_and(|c| c.sub_mul_shoup_assign(d, &conv, p_inv, c.shoup(p_inv)))
-                {
-                    return;
-                }
-                let p_inv_s = m.shoup(p_inv);
-                for (x, &c) in d.iter_mut().zip(&conv) {
-                    *x = m.mul_shoup(m.sub(*x, c), p_inv, p_inv_s);
-                }
-            });
+            head.par_chunks_mut(n).enumerate().for_each_init(
+                || vec![0u64; n],
+                |conv, (i, d)| {
+                    let m = ctx.modulus(i);
+                    let consts: Vec<u64> = p_range
+                        .clone()
+                        .map(|g| prod_mod(ctx, p_range.clone(), Some(g), m))
+                        .collect();
+                    dot_const(ctx, i, conv, &y, &consts, p_fits_ifma);
+                    ctx.ntt(i).forward(conv);
+                    let p_inv = m.inv(prod_mod(ctx, p_range.clone(), None, m)).unwrap_or(0);
+                    if ctx
+                        .ifma(i)
+                        .is_some_and(|c| c.sub_mul_shoup_assign(d, conv, p_inv, c.shoup(p_inv)))
+                    {
+                        return;
+                    }
+                    let p_inv_s = m.shoup(p_inv);
+                    for (x, &c) in d.iter_mut().zip(conv.iter()) {
+                        *x = m.mul_shoup(m.sub(*x, c), p_inv, p_inv_s);
+                    }
+                },
+            );
         });
     }
 }
