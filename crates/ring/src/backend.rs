@@ -192,7 +192,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     );
 
     /// ModDown: maps `x` over `Q_l ∪ P` (evaluation domain) to `⌊x / P⌉` over `Q_l`; the
-    /// result occupies the first `q` limbs.
+    /// result occupies the first `q` limbs, and the `P` limbs after them are scratch
+    /// (a backend may overwrite them).
     fn mod_down(&self, ctx: &RnsContext, q: usize, buf: &mut Self::Buffer);
 
     /// Maps `f` over independent items (e.g. one ciphertext per neuron), in parallel where the
