@@ -126,6 +126,38 @@ fn dot_const(
     }
 }
 
+/// `d[i] = d[i]·w mod q_g` for a reduced constant `w` (Shoup): IFMA where the CPU and prime
+/// allow, else scalar.
+fn mul_const_limb(ctx: &RnsContext, g: usize, d: &mut [u64], w: u64) {
+    if ctx
+        .ifma(g)
+        .is_some_and(|c| c.mul_shoup_assign(d, w, c.shoup(w)))
+    {
+        return;
+    }
+    let m = ctx.modulus(g);
+    let ws = m.shoup(w);
+    for x in d.iter_mut() {
+        *x = m.mul_shoup(*x, w, ws);
+    }
+}
+
+/// `d[i] = (d[i] − s[i])·w mod q_g` for reduced operands and constant `w`: IFMA where the
+/// CPU and prime allow, else scalar.
+fn sub_mul_const_limb(ctx: &RnsContext, g: usize, d: &mut [u64], s: &[u64], w: u64) {
+    if ctx
+        .ifma(g)
+        .is_some_and(|c| c.sub_mul_shoup_assign(d, s, w, c.shoup(w)))
+    {
+        return;
+    }
+    let m = ctx.modulus(g);
+    let ws = m.shoup(w);
+    for (x, &y) in d.iter_mut().zip(s) {
+        *x = m.mul_shoup(m.sub(*x, y), w, ws);
+    }
+}
+
 /// `d = [d +] Σ_j a_j[perm] ⊙ b_j` over one limb (global index `g`): the IFMA kernels where
 /// the CPU and prime allow, else scalar.
 fn mul_sum_limb(
@@ -527,17 +559,7 @@ impl Backend for CpuBackend {
         scalars: &[u64],
     ) {
         self.each_limb(ctx, basis, dst, |pos, g, d| {
-            let m = ctx.modulus(g);
-            let s = m.reduce(scalars[pos]);
-            if let Some(c) = ctx.ifma(g)
-                && c.mul_shoup_assign(d, s, c.shoup(s))
-            {
-                return;
-            }
-            let ss = m.shoup(s);
-            for x in d.iter_mut() {
-                *x = m.mul_shoup(*x, s, ss);
-            }
+            mul_const_limb(ctx, g, d, ctx.modulus(g).reduce(scalars[pos]));
         });
     }
 
@@ -627,10 +649,7 @@ impl Backend for CpuBackend {
                 }
                 let mut tmp: Vec<u64> = t.iter().map(|&x| m.sub(m.reduce(x), half_i)).collect();
                 ctx.ntt(i).forward(&mut tmp);
-                let inv_s = m.shoup(inv);
-                for (x, &y) in d.iter_mut().zip(&tmp) {
-                    *x = m.mul_shoup(m.sub(*x, y), inv, inv_s);
-                }
+                sub_mul_const_limb(ctx, i, d, &tmp, inv);
             });
         });
     }
@@ -658,15 +677,7 @@ impl Backend for CpuBackend {
                     let m = ctx.modulus(j);
                     let inv = m.inv(prod_mod(ctx, digit.clone(), Some(j), m)).unwrap_or(0);
                     let mut v = limb(c_coeff, j, n).to_vec();
-                    if !ctx
-                        .ifma(j)
-                        .is_some_and(|c| c.mul_shoup_assign(&mut v, inv, c.shoup(inv)))
-                    {
-                        let inv_s = m.shoup(inv);
-                        for x in v.iter_mut() {
-                            *x = m.mul_shoup(*x, inv, inv_s);
-                        }
-                    }
+                    mul_const_limb(ctx, j, &mut v, inv);
                     v
                 })
                 .collect()
@@ -709,16 +720,7 @@ impl Backend for CpuBackend {
                     let inv = m
                         .inv(prod_mod(ctx, p_range.clone(), Some(g), m))
                         .unwrap_or(0);
-                    if ctx
-                        .ifma(g)
-                        .is_some_and(|c| c.mul_shoup_assign(v, inv, c.shoup(inv)))
-                    {
-                        return;
-                    }
-                    let inv_s = m.shoup(inv);
-                    for x in v.iter_mut() {
-                        *x = m.mul_shoup(*x, inv, inv_s);
-                    }
+                    mul_const_limb(ctx, g, v, inv);
                 });
         });
         let y: Vec<&[u64]> = tail[..k * n].chunks(n).collect();
@@ -734,16 +736,7 @@ impl Backend for CpuBackend {
                     dot_const(ctx, i, conv, &y, &consts, p_fits_ifma);
                     ctx.ntt(i).forward(conv);
                     let p_inv = m.inv(prod_mod(ctx, p_range.clone(), None, m)).unwrap_or(0);
-                    if ctx
-                        .ifma(i)
-                        .is_some_and(|c| c.sub_mul_shoup_assign(d, conv, p_inv, c.shoup(p_inv)))
-                    {
-                        return;
-                    }
-                    let p_inv_s = m.shoup(p_inv);
-                    for (x, &c) in d.iter_mut().zip(conv.iter()) {
-                        *x = m.mul_shoup(m.sub(*x, c), p_inv, p_inv_s);
-                    }
+                    sub_mul_const_limb(ctx, i, d, conv, p_inv);
                 },
             );
         });

@@ -473,14 +473,30 @@ fn wide_product_acc(acc: &mut [__m512i; 3], x: (__m512i, __m512i), y: (__m512i, 
     *a2 = _mm512_madd52lo_epu64(*a2, x.1, y.1);
 }
 
+/// One Montgomery step in base 2^52 on two adjacent digits `(lo, mid)` of a sum: adds
+/// `m·p` with `m = −lo/p mod 2^52`, which clears `lo` (its digit becomes 0 or 2^52, carried
+/// on). Returns the new `mid` (below 2^54) and what overflows into the next digit up,
+/// `hi(m·p1)` (below 2^9).
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn montgomery_step(lo: __m512i, mid: __m512i, w: &WideLanes) -> (__m512i, __m512i) {
+    let zero = _mm512_setzero_si512();
+    let shift52 = _mm_set_epi64x(0, 52);
+    let m = _mm512_madd52lo_epu64(zero, lo, w.p_neg_inv);
+    let t = _mm512_madd52lo_epu64(lo, m, w.p0);
+    let mut mid = _mm512_add_epi64(mid, _mm512_srl_epi64(t, shift52));
+    mid = _mm512_madd52hi_epu64(mid, m, w.p0);
+    mid = _mm512_madd52lo_epu64(mid, m, w.p1);
+    (mid, _mm512_madd52hi_epu64(zero, m, w.p1))
+}
+
 /// `S·2^-104 mod p` in `[0, p)` for `S = A0 + A1·2^52 + A2·2^104` with `A1 ≤ 3·2^61` and
-/// `S < 2^134`: two Montgomery steps in base 2^52, each adding `m·p` with `m = −digit/p mod
-/// 2^52` to clear the lowest digit. The result is below `p + S/2^104 + 1`, so one
-/// conditional subtraction suffices whenever `S < (p − 1)·2^104`.
+/// `S < 2^134`: two [`montgomery_step`]s, the first clearing A0, the second A1. The result
+/// is below `p + S/2^104 + 1`, so one conditional subtraction suffices whenever
+/// `S < (p − 1)·2^104`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512ifma")]
 fn wide_montgomery(acc: [__m512i; 3], w: &WideLanes) -> __m512i {
-    let zero = _mm512_setzero_si512();
     let mask = _mm512_set1_epi64(MASK52);
     let shift52 = _mm_set_epi64x(0, 52);
     let [mut a0, mut a1, mut a2] = acc;
@@ -489,23 +505,22 @@ fn wide_montgomery(acc: [__m512i; 3], w: &WideLanes) -> __m512i {
     a0 = _mm512_and_si512(a0, mask);
     a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
     a1 = _mm512_and_si512(a1, mask);
-    // Step 1 clears A0 (its low digit becomes 0 or 2^52, carried on).
-    let m = _mm512_madd52lo_epu64(zero, a0, w.p_neg_inv);
-    let t = _mm512_madd52lo_epu64(a0, m, w.p0);
-    a1 = _mm512_add_epi64(a1, _mm512_srl_epi64(t, shift52));
-    a1 = _mm512_madd52hi_epu64(a1, m, w.p0);
-    a1 = _mm512_madd52lo_epu64(a1, m, w.p1);
-    a2 = _mm512_madd52hi_epu64(a2, m, w.p1);
+    let (a1, over) = montgomery_step(a0, a1, w);
+    a2 = _mm512_add_epi64(a2, over);
     a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(a1, shift52));
-    a1 = _mm512_and_si512(a1, mask);
-    // Step 2 clears A1 the same way, one digit up.
-    let m = _mm512_madd52lo_epu64(zero, a1, w.p_neg_inv);
-    let t = _mm512_madd52lo_epu64(a1, m, w.p0);
-    a2 = _mm512_add_epi64(a2, _mm512_srl_epi64(t, shift52));
-    a2 = _mm512_madd52hi_epu64(a2, m, w.p0);
-    a2 = _mm512_madd52lo_epu64(a2, m, w.p1);
-    let top = _mm512_madd52hi_epu64(zero, m, w.p1);
+    let (a2, top) = montgomery_step(_mm512_and_si512(a1, mask), a2, w);
     csub(_mm512_add_epi64(a2, _mm512_sll_epi64(top, shift52)), w.p)
+}
+
+/// `S mod p` for a sum `S` of products of two plain residues accumulated in digits: the
+/// Montgomery finish, then one product by `fix = 2^208 mod p` (split, see
+/// [`WideModulus::fix_lanes`]) and a second finish to undo the factor `2^-104`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512ifma")]
+fn wide_reduce_products(acc: [__m512i; 3], w: &WideLanes, fix: (__m512i, __m512i)) -> __m512i {
+    let mut fixed = [_mm512_setzero_si512(); 3];
+    wide_product_acc(&mut fixed, split52(wide_montgomery(acc, w)), fix);
+    wide_montgomery(fixed, w)
 }
 
 /// `Σ_j ys[j]·c_j·2^-104 mod p` for a prime `2^50 ≤ p < 2^61` and 64-bit sources: the exact
@@ -547,9 +562,7 @@ fn mul_sum_wide_imp(
         for (x, y) in a.iter().zip(b) {
             wide_product_acc(&mut acc, split52(load(x, i)), split52(load(y, i)));
         }
-        let mut fixed = [zero; 3];
-        wide_product_acc(&mut fixed, split52(wide_montgomery(acc, &w)), fix);
-        let mut r = wide_montgomery(fixed, &w);
+        let mut r = wide_reduce_products(acc, &w, fix);
         if accumulate {
             r = csub(_mm512_add_epi64(r, load(out, i)), w.p);
         }
@@ -572,11 +585,8 @@ fn mul_sum_pair_wide_imp(out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2], 
             wide_product_acc(&mut acc[0], x, split52(load(y0, i)));
             wide_product_acc(&mut acc[1], x, split52(load(y1, i)));
         }
-        for (k, o) in [&mut *out0, &mut *out1].into_iter().enumerate() {
-            let mut fixed = [zero; 3];
-            wide_product_acc(&mut fixed, split52(wide_montgomery(acc[k], &w)), fix);
-            store(o, i, wide_montgomery(fixed, &w));
-        }
+        store(out0, i, wide_reduce_products(acc[0], &w, fix));
+        store(out1, i, wide_reduce_products(acc[1], &w, fix));
     }
 }
 
