@@ -605,7 +605,18 @@ fn bad_requests_get_clear_4xx_answers() {
     );
     expect(post(envelope(dep, 2, vec![0; 64])), 409, "version_mismatch");
     expect(post(envelope(dep, 1, vec![0; 64])), 422, "invalid_content");
+    // Refused before the body is read (declared length, then token): the client, still
+    // writing, must read the answer rather than a reset connection.
     expect(post(vec![0; 17 << 20]), 413, "too_large");
+    expect(
+        call(
+            http.post(o("/v1/results"))
+                .bearer_auth("0123456789abcdef0123")
+                .body(vec![0; 8 << 20]),
+        ),
+        401,
+        "unauthorized",
+    );
     expect(
         call(
             http.post(o("/v1/results"))

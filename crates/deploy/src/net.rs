@@ -85,7 +85,11 @@ impl Server {
 
     /// Serves `router` until the task is dropped. Each connection runs on its own task; a
     /// failed TLS handshake or a broken connection ends only that connection.
+    ///
+    /// Every request body is wrapped in a lingering close (the crate's `body` module), so a client
+    /// still sending when a handler refuses its request reads the refusal instead of a reset.
     pub async fn serve(self, router: Router) {
+        let router = router.layer(axum::middleware::from_fn(crate::body::linger));
         loop {
             let (stream, _) = match self.listener.accept().await {
                 Ok(s) => s,
