@@ -442,9 +442,17 @@ pub struct EvalArgs {
     /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
     #[arg(long, default_value = "mnist")]
     data: String,
-    /// Number of images (default: all).
+    /// Number of images (default: all from `--offset` on).
     #[arg(long)]
     count: Option<usize>,
+    /// Position of the first image in the data set.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Single-image mode: append each image's outcome to this CSV file as soon as it is
+    /// done, skip the images it already holds, and summarise the whole file (a long check
+    /// survives interruptions and adds up across runs).
+    #[arg(long)]
+    record: Option<PathBuf>,
     /// Print the time spent in every layer of the first batch.
     #[arg(long)]
     verbose: bool,
@@ -539,8 +547,13 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     };
     let c = load(&model, &a.opts)?;
     let all = cnn::load_data(&a.data)?;
-    let ds = select(&all, 0, a.count, usize::MAX)?;
+    let ds = select(&all, a.offset, a.count, usize::MAX)?;
     check_shape(&c, &ds)?;
+    if a.record.is_some() && (a.cleartext || a.mode == Mode::Batch) {
+        return Err(CliError::Usage(
+            "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
+        ));
+    }
     if a.cleartext {
         let t = Instant::now();
         let correct = (0..ds.len())
@@ -566,7 +579,18 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         println!("{why}");
     }
     if let Packing::Single(params, plan) = packing {
-        return crate::single_cmd::eval(&c, &params, &plan, &ds, &a.data, a.opts.threads);
+        let run = crate::single_cmd::SingleRun {
+            data: &a.data,
+            offset: a.offset,
+            record: a.record.as_deref(),
+            threads: a.opts.threads,
+        };
+        return crate::single_cmd::eval(&c, &params, &plan, &ds, &run);
+    }
+    if a.record.is_some() {
+        return Err(CliError::Usage(
+            "--mode auto chose batch packing, which --record does not keep image by image: use --mode single".into(),
+        ));
     }
     check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;
@@ -692,6 +716,8 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         model: PathBuf::from("models/hcnn-mnist.onnx"),
         data: "sample:mnist".into(),
         count: None,
+        offset: 0,
+        record: None,
         verbose: false,
         cleartext: false,
         mode: Mode::Batch,

@@ -1,5 +1,6 @@
 //! `hecnn`: the command-line entry point.
 
+mod agreement_record;
 mod bench;
 mod bench_bootstrap;
 mod bench_serve;

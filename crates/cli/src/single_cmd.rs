@@ -1,5 +1,6 @@
 //! `hecnn eval --mode single`: one encrypted image at a time, densely packed.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,20 +16,22 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
     CliError,
+    agreement_record::{AgreementRecord, ImageOutcome},
     cnn::Compiled,
     cnn_cmds::peak_memory,
     stats::{Agreement, human_bytes},
 };
 
 /// The smallest ring degree (2^13 … 2^16) whose parameters for `depth` levels pass the
-/// security check at `level`.
+/// security check at `level`, at the largest scale that degree allows
+/// ([`single::parameters`]).
 fn choose_params(depth: usize, level: SecurityLevel) -> Result<Arc<CkksParams>, CliError> {
     let mut last = None;
     for log_n in 13..=16u32 {
-        match CkksParams::from_literal(
-            &single::parameters(depth, log_n, level),
-            single::SINGLE_LOG_SCALE,
-        ) {
+        let Some((lit, log_scale)) = single::parameters(depth, log_n, level) else {
+            continue;
+        };
+        match CkksParams::from_literal(&lit, log_scale) {
             Ok(p) => return Ok(Arc::new(p)),
             Err(e) => last = Some(e),
         }
@@ -81,7 +84,7 @@ pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String 
         r.log_n(),
         r.log_qp(),
         r.max_level(),
-        single::SINGLE_LOG_SCALE,
+        params.default_scale().log2(),
         r.dnum(),
         security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
         rotations.len(),
@@ -90,17 +93,68 @@ pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String 
     out
 }
 
+/// How a single-image evaluation is run and reported.
+pub struct SingleRun<'a> {
+    /// The data set's name, for the report and the record's header.
+    pub data: &'a str,
+    /// Position of the first image of the selection in the whole data set.
+    pub offset: usize,
+    /// The resumable record to append to ([`AgreementRecord`]).
+    pub record: Option<&'a Path>,
+    /// Worker threads.
+    pub threads: usize,
+}
+
 /// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
-/// cleartext model.
+/// cleartext model. With a record, images already in it are skipped, each new outcome is
+/// appended as soon as it is known, and the summary covers the whole record.
 pub fn eval(
     c: &Compiled,
     params: &Arc<CkksParams>,
     plan: &SinglePlan,
     ds: &Dataset,
-    data: &str,
-    threads: usize,
+    run: &SingleRun<'_>,
 ) -> Result<(), CliError> {
+    let (data, threads) = (run.data, run.threads);
     let r = params.rlwe();
+    let mut record = run
+        .record
+        .map(|path| {
+            let header = format!(
+                "model={} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={}",
+                c.name,
+                r.log_n(),
+                r.log_qp(),
+                r.max_level(),
+                params.default_scale().log2(),
+                plan.layers().iter().map(|l| l.diagonals).sum::<usize>(),
+            );
+            AgreementRecord::open(path, &header)
+        })
+        .transpose()?;
+    let done = record
+        .as_ref()
+        .map(AgreementRecord::done)
+        .unwrap_or_default();
+    let todo: Vec<usize> = (0..ds.len())
+        .filter(|i| !done.contains(&(run.offset + i)))
+        .collect();
+    if let Some(rec) = &record {
+        println!(
+            "record {}: {} images already recorded, {} of the {} selected still to run",
+            run.record
+                .map(Path::display)
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
+            done.len(),
+            todo.len(),
+            ds.len()
+        );
+        if todo.is_empty() {
+            print_record(rec);
+            return Ok(());
+        }
+    }
     let rotations = plan.rotations();
     let be = CpuBackend::new(threads)?;
     println!("hecnn: encrypted CNN inference, single-image mode");
@@ -140,16 +194,16 @@ pub fn eval(
     let encoded = plan.encode(&eval, params.max_level())?;
     let encode_s = t.elapsed().as_secs_f64();
 
-    let pb = ProgressBar::new(ds.len() as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise}")
-    {
+    let pb = ProgressBar::new(todo.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message("classifying");
     let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut agreement = Agreement::default();
-    for i in 0..ds.len() {
+    for &i in &todo {
         let image = ds.image(i);
         let t = Instant::now();
         let cts = plan.encrypt_image(&eval, &image, params.max_level(), |pt| {
@@ -165,12 +219,22 @@ pub fn eval(
         let got = plan.decrypt_output(&eval, &out, map, |ct| dec.decrypt(ct))?;
         dec_s.push(t.elapsed().as_secs_f64());
         let want = exec::run(plan.model(), &image)?;
-        agreement.record(&got, want.data(), usize::from(ds.labels()[i]));
+        let label = usize::from(ds.labels()[i]);
+        agreement.record(&got, want.data(), label);
+        if let Some(rec) = &mut record {
+            rec.push(ImageOutcome::new(run.offset + i, label, &got, want.data()))?;
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    println!("\nresults over {} images, one at a time:", ds.len());
+    println!(
+        "\nresults over the {} images of this run, one at a time:",
+        todo.len()
+    );
     agreement.print();
+    if let Some(rec) = &record {
+        print_record(rec);
+    }
     println!("timings ({}), per image, median (mean):", be.name());
     let stat = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -192,4 +256,17 @@ pub fn eval(
         peak_memory()
     );
     Ok(())
+}
+
+/// Prints the summary over a whole record and its disagreements with their margins.
+fn print_record(rec: &AgreementRecord) {
+    let (agreement, images) = rec.summary();
+    println!("results over the whole record ({images} distinct images):");
+    agreement.print();
+    for o in rec.disagreements() {
+        println!(
+            "  image {}: cleartext {} (margin {:.3}), encrypted {}, max |Δ logit| {:.3}",
+            o.index, o.cleartext, o.cleartext_margin, o.encrypted, o.max_abs_diff
+        );
+    }
 }

@@ -79,14 +79,40 @@ pub struct Agreement {
 impl Agreement {
     /// Records one image: decrypted logits `got`, cleartext logits `want`, its label.
     pub fn record(&mut self, got: &[f64], want: &[f64], label: usize) {
+        let diff = got
+            .iter()
+            .zip(want)
+            .map(|(g, w)| (g - w).abs())
+            .fold(0.0, f64::max);
         let (pe, pp) = (hecnn_nn::exec::argmax(got), hecnn_nn::exec::argmax(want));
+        self.record_outcome(label, pp, pe, diff);
+    }
+
+    /// Records one image by its predictions: true `label`, `cleartext` and `encrypted`
+    /// classes, largest logit difference `max_diff`.
+    pub fn record_outcome(
+        &mut self,
+        label: usize,
+        cleartext: usize,
+        encrypted: usize,
+        max_diff: f64,
+    ) {
         self.images += 1;
-        self.correct_enc += usize::from(pe == label);
-        self.correct_plain += usize::from(pp == label);
-        self.agree += usize::from(pe == pp);
-        for (g, w) in got.iter().zip(want) {
-            self.max_diff = self.max_diff.max((g - w).abs());
-        }
+        self.correct_enc += usize::from(encrypted == label);
+        self.correct_plain += usize::from(cleartext == label);
+        self.agree += usize::from(encrypted == cleartext);
+        self.max_diff = self.max_diff.max(max_diff);
+    }
+
+    /// `(images, correct in the clear, correct encrypted, same prediction)`.
+    #[cfg(test)]
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        (
+            self.images,
+            self.correct_plain,
+            self.correct_enc,
+            self.agree,
+        )
     }
 
     /// Prints the accuracies, the agreement and the largest logit difference.

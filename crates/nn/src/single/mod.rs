@@ -621,30 +621,51 @@ impl SinglePlan {
     }
 }
 
-/// Bits of the working scale in single-image mode. Smaller than batch mode's 2^30 so that the
-/// MNIST network's five levels fit N = 2^13 at 128-bit security: the evaluation noise stays
-/// near 2^-14 of a unit value, far below the gaps between logits.
-pub const SINGLE_LOG_SCALE: u32 = 26;
+/// The smallest working scale (bits) in single-image mode: what the MNIST network's five
+/// levels can have at N = 2^13 and 128-bit security (batch mode uses 2^30). The evaluation
+/// noise then stays near 2^-14 of a unit value.
+pub const MIN_LOG_SCALE: u32 = 26;
 
-/// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`: a
-/// 40-bit base prime (values must stay below 2^13 in magnitude), `depth` primes near
-/// 2^26, and one 42-bit special prime with one-prime digits (every prime is below it), so
-/// the special modulus is as small as key switching allows.
+/// The largest working scale (bits) in single-image mode: the base and special primes
+/// (14 and 16 bits above the scale) stay below 2^50, the reach of the 52-bit IFMA kernels.
+pub const MAX_LOG_SCALE: u32 = 33;
+
+/// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
+/// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
+/// `s + 14` bits (values must stay below 2^13 in magnitude) and one special prime of
+/// `s + 16` bits with one-prime digits (every prime is below it, so the special modulus is
+/// as small as key switching allows).
+///
+/// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose whole modulus,
+/// `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit to spare: the
+/// number of primes, hence the cost, does not depend on it, and every extra bit halves the
+/// evaluation error. `None` when not even [`MIN_LOG_SCALE`] fits. Without a security level
+/// to check (reproductions) the scale is [`MIN_LOG_SCALE`].
 pub fn parameters(
     depth: usize,
     log_n: u32,
     security: hecnn_rlwe::SecurityLevel,
-) -> hecnn_rlwe::ParamsLiteral {
-    let mut log_q = vec![40];
-    log_q.extend(std::iter::repeat_n(SINGLE_LOG_SCALE, depth));
-    hecnn_rlwe::ParamsLiteral {
-        log_n,
-        log_q,
-        log_p: vec![42],
-        dnum: Some(depth + 1),
-        secret: hecnn_rlwe::SecretDistribution::Ternary,
-        security,
-    }
+) -> Option<(hecnn_rlwe::ParamsLiteral, u32)> {
+    let s = match hecnn_rlwe::security::max_log_qp(log_n, security) {
+        None => MIN_LOG_SCALE,
+        Some(budget) => {
+            let s = (budget.checked_sub(31)? as usize / (depth + 2)).min(MAX_LOG_SCALE as usize);
+            u32::try_from(s).ok().filter(|&s| s >= MIN_LOG_SCALE)?
+        }
+    };
+    let mut log_q = vec![s + 14];
+    log_q.extend(std::iter::repeat_n(s, depth));
+    Some((
+        hecnn_rlwe::ParamsLiteral {
+            log_n,
+            log_q,
+            log_p: vec![s + 16],
+            dnum: Some(depth + 1),
+            secret: hecnn_rlwe::SecretDistribution::Ternary,
+            security,
+        },
+        s,
+    ))
 }
 
 /// One linear stage encoded: its transform and one bias plaintext per output ciphertext
@@ -656,4 +677,42 @@ type EncodedStage<B> = (LinearTransform<B>, Vec<Option<Plaintext<B>>>);
 pub struct EncodedSingle<B: Backend> {
     transforms: BTreeMap<usize, EncodedStage<B>>,
     top_level: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use hecnn_rlwe::SecurityLevel;
+
+    use super::*;
+
+    fn scale(depth: usize, log_n: u32, security: SecurityLevel) -> Option<u32> {
+        parameters(depth, log_n, security).map(|(_, s)| s)
+    }
+
+    #[test]
+    fn the_scale_is_the_largest_the_security_table_allows() {
+        // MNIST: five levels at 2^13 (218 bits at 128-bit) leave 26-bit primes.
+        assert_eq!(scale(5, 13, SecurityLevel::Bits128), Some(26));
+        // CIFAR-10: seven levels at 2^14 (438 bits) could take 45, IFMA's reach caps at 33.
+        assert_eq!(scale(7, 14, SecurityLevel::Bits128), Some(MAX_LOG_SCALE));
+        // Too deep for the ring: the next degree is needed.
+        assert_eq!(scale(7, 13, SecurityLevel::Bits128), None);
+        assert_eq!(scale(5, 13, SecurityLevel::Bits192), None);
+        assert_eq!(
+            scale(3, 13, SecurityLevel::UncheckedForReproduction),
+            Some(MIN_LOG_SCALE)
+        );
+        for depth in 1..12 {
+            for log_n in 13..=16 {
+                let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
+                    continue;
+                };
+                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
+                let budget = hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128);
+                assert!(budget.is_some_and(|b| bits < b), "depth {depth}, 2^{log_n}");
+                assert!(lit.log_p[0] > *lit.log_q.iter().max().unwrap_or(&0));
+                assert!(lit.log_p[0] < 50 && (MIN_LOG_SCALE..=MAX_LOG_SCALE).contains(&s));
+            }
+        }
+    }
 }
