@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::CliError;
@@ -108,38 +108,64 @@ impl AgreementRecord {
     pub fn open(path: &Path, header: &str) -> Result<Self, CliError> {
         let io = |e: std::io::Error| CliError::Usage(format!("{}: {e}", path.display()));
         let first = format!("# hecnn agreement record v1: {header}");
-        let mut outcomes = Vec::new();
-        if path.exists() {
-            let mut lines = BufReader::new(File::open(path).map_err(io)?).lines();
-            let got = lines.next().transpose().map_err(io)?.unwrap_or_default();
-            if got != first {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(io)?;
+        // Two runs appending to one record would interleave their lines.
+        file.try_lock().map_err(|_| {
+            CliError::Usage(format!(
+                "{}: another run is appending to this record",
+                path.display()
+            ))
+        })?;
+        let mut text = String::new();
+        BufReader::new(&file)
+            .read_to_string(&mut text)
+            .map_err(io)?;
+        // A run stopped mid-line leaves a fragment without its newline: drop it (the image
+        // runs again) rather than refuse the record.
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        if complete < text.len() {
+            eprintln!(
+                "{}: dropping an unfinished last line ({} bytes) left by an interrupted run",
+                path.display(),
+                text.len() - complete
+            );
+            file.set_len(complete as u64).map_err(io)?;
+            text.truncate(complete);
+        }
+        let mut outcomes: Vec<ImageOutcome> = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut lines = text.lines();
+        match lines.next() {
+            // New (or emptied before its header was written).
+            None => writeln!(file, "{first}\n{COLUMNS}").map_err(io)?,
+            Some(got) if got != first => {
                 return Err(CliError::Usage(format!(
                     "{} was recorded by another run:\n  it has   {got}\n  this run {first}\n(use another --record file)",
                     path.display()
                 )));
             }
-            for (n, line) in lines.enumerate() {
-                let line = line.map_err(io)?;
-                if n == 0 && line == COLUMNS || line.is_empty() {
-                    continue;
-                }
-                outcomes.push(ImageOutcome::parse(&line).ok_or_else(|| {
-                    CliError::Usage(format!(
-                        "{}: line {} is not a record line: {line:?}",
-                        path.display(),
-                        n + 2
-                    ))
-                })?);
-            }
+            Some(_) => {}
         }
-        let fresh = !path.exists();
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(io)?;
-        if fresh {
-            writeln!(file, "{first}\n{COLUMNS}").map_err(io)?;
+        for (n, line) in lines.enumerate() {
+            if n == 0 && line == COLUMNS || line.is_empty() {
+                continue;
+            }
+            let o = ImageOutcome::parse(line).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{}: line {} is not a record line: {line:?}",
+                    path.display(),
+                    n + 2
+                ))
+            })?;
+            // The first outcome of an image counts (records joined by hand may repeat one).
+            if seen.insert(o.index) {
+                outcomes.push(o);
+            }
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -158,20 +184,22 @@ impl AgreementRecord {
     /// # Errors
     /// I/O errors (a full disk): the outcome is then not recorded.
     pub fn push(&mut self, o: ImageOutcome) -> Result<(), CliError> {
-        writeln!(self.file, "{}", o.to_line())
+        // One write per line, so an interruption leaves at most one unfinished line.
+        self.file
+            .write_all(format!("{}\n", o.to_line()).as_bytes())
             .and_then(|()| self.file.sync_data())
             .map_err(|e| CliError::Usage(format!("{}: {e}", self.path.display())))?;
         self.outcomes.push(o);
         Ok(())
     }
 
-    /// The agreement over the whole record, and the number of distinct images in it.
-    pub fn summary(&self) -> (Agreement, usize) {
+    /// The agreement over the whole record (one outcome per image).
+    pub fn summary(&self) -> Agreement {
         let mut a = Agreement::default();
         for o in &self.outcomes {
             a.record_outcome(o.label, o.cleartext, o.encrypted, o.max_abs_diff);
         }
-        (a, self.done().len())
+        a
     }
 
     /// The recorded images the encrypted run classified differently, with their margins.
@@ -216,9 +244,7 @@ mod tests {
         assert_eq!(r.done(), BTreeSet::from([0, 1]));
         r.push(ImageOutcome::new(5, 0, &[1.0, 0.0], &[1.0, 0.0]))
             .unwrap();
-        let (a, images) = r.summary();
-        assert_eq!(images, 3);
-        assert_eq!(a.counts(), (3, 2, 3, 2));
+        assert_eq!(r.summary().counts(), (3, 2, 3, 2));
         assert_eq!(r.disagreements().len(), 1);
         assert_eq!(r.disagreements()[0].index, 1);
         let _ = std::fs::remove_file(&path);
@@ -238,6 +264,43 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("line 3"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn an_interrupted_line_is_dropped_and_repeats_count_once() {
+        let path = temp("torn.csv");
+        let mut r = AgreementRecord::open(&path, "model=m").unwrap();
+        r.push(ImageOutcome::new(0, 1, &[0.0, 1.0], &[0.0, 1.0]))
+            .unwrap();
+        drop(r);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(f, "0,1,1,1,0e0,1e0\n1,0,0,0,1.0e-").unwrap();
+        drop(f);
+        let r = AgreementRecord::open(&path, "model=m").unwrap();
+        assert_eq!(r.done(), BTreeSet::from([0]));
+        assert_eq!(r.summary().counts().0, 1);
+        // The fragment is gone from the file, and a second open holds the lock.
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("1.0e-"));
+        let err = AgreementRecord::open(&path, "model=m").err().unwrap();
+        assert!(
+            err.to_string().contains("another run is appending"),
+            "{err}"
+        );
+        drop(r);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn an_empty_file_is_a_new_record() {
+        let path = temp("empty.csv");
+        std::fs::write(&path, "").unwrap();
+        drop(AgreementRecord::open(&path, "model=m").unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("# hecnn agreement record v1: model=m\n"),
+            "{text}"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

@@ -579,8 +579,13 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         println!("{why}");
     }
     if let Packing::Single(params, plan) = packing {
+        // The record's header pins the model by its bytes, not only its name.
+        let model_digest = std::fs::read(&model)
+            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+            .map_err(|e| CliError::Usage(format!("{}: {e}", model.display())))?;
         let run = crate::single_cmd::SingleRun {
             data: &a.data,
+            model_digest: &model_digest,
             offset: a.offset,
             record: a.record.as_deref(),
             threads: a.opts.threads,

@@ -97,6 +97,8 @@ pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String 
 pub struct SingleRun<'a> {
     /// The data set's name, for the report and the record's header.
     pub data: &'a str,
+    /// A digest of the model file's bytes, for the record's header.
+    pub model_digest: &'a str,
     /// Position of the first image of the selection in the whole data set.
     pub offset: usize,
     /// The resumable record to append to ([`AgreementRecord`]).
@@ -121,8 +123,9 @@ pub fn eval(
         .record
         .map(|path| {
             let header = format!(
-                "model={} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={}",
+                "model={} blake3={} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={}",
                 c.name,
+                run.model_digest,
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
@@ -260,8 +263,8 @@ pub fn eval(
 
 /// Prints the summary over a whole record and its disagreements with their margins.
 fn print_record(rec: &AgreementRecord) {
-    let (agreement, images) = rec.summary();
-    println!("results over the whole record ({images} distinct images):");
+    let agreement = rec.summary();
+    println!("results over the whole record:");
     agreement.print();
     for o in rec.disagreements() {
         println!(

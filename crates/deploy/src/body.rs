@@ -5,8 +5,9 @@
 //! receive buffer makes the kernel send a reset; a client still writing its body then sees a
 //! broken pipe instead of the answer. HTTP servers avoid this with a "lingering close": read
 //! and discard the rest for a while before closing. [`Lingering`], installed on every request
-//! by [`crate::net::Server::serve`], does that after the handler has answered, within
-//! [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`]; a client sending more than that gets the reset.
+//! by [`crate::net::Server::serve`] on HTTP/1 connections, does that after the handler has
+//! answered, within [`DRAIN_LIMIT`] bytes and [`DRAIN_TIME`]; a client sending more than
+//! that gets the reset.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -15,15 +16,16 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Version};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::ApiError;
 
-/// How many unread bytes of a refused request are read and thrown away at most.
-const DRAIN_LIMIT: u64 = 256 << 20;
+/// How many unread bytes of a refused request are read and thrown away at most. A body
+/// declared longer than this is not drained at all (its client gets the reset).
+const DRAIN_LIMIT: u64 = 64 << 20;
 
 /// How long the unread rest of a refused request is read at most.
 const DRAIN_TIME: Duration = Duration::from_secs(10);
@@ -50,8 +52,13 @@ pub(crate) async fn read_body(
         .map_err(|_| ApiError::too_large(limit))
 }
 
-/// Middleware that wraps each request body in [`Lingering`].
+/// Middleware that wraps each HTTP/1 request body in [`Lingering`]. HTTP/2 needs none: a
+/// stream whose body is dropped after its answer is reset on its own (`RST_STREAM` with
+/// `NO_ERROR`), which tells the client to stop sending without touching the connection.
 pub(crate) async fn linger(req: Request, next: Next) -> Response {
+    if req.version() > Version::HTTP_11 {
+        return next.run(req).await;
+    }
     next.run(req.map(|body| Body::new(Lingering::new(body))))
         .await
 }
@@ -107,7 +114,7 @@ impl<B: HttpBody<Data = Bytes> + Unpin + Send + 'static> Drop for Lingering<B> {
         let Some(rest) = self.inner.take() else {
             return;
         };
-        if rest.is_end_stream() {
+        if rest.is_end_stream() || rest.size_hint().lower() > DRAIN_LIMIT {
             return;
         }
         // Outside a runtime (never the case in the services) the rest is dropped as before.
@@ -186,5 +193,48 @@ mod tests {
         let (body, read) = counted_body(100, 1000);
         assert_eq!(discard(body, 10_000).await, 11_000);
         assert_eq!(read.load(Ordering::Relaxed), 11_000);
+    }
+
+    /// A body that declares `len` bytes and records whether it was ever polled.
+    struct Declared {
+        len: u64,
+        polled: Arc<AtomicUsize>,
+    }
+
+    impl HttpBody for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            // One byte, then the end.
+            let first = self.polled.fetch_add(1, Ordering::Relaxed) == 0;
+            Poll::Ready(first.then(|| Ok(Frame::data(Bytes::from_static(b"x")))))
+        }
+
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(self.len)
+        }
+    }
+
+    #[tokio::test]
+    async fn only_bodies_declared_within_the_bound_are_drained() {
+        for (len, drained) in [(DRAIN_LIMIT + 1, false), (1 << 20, true)] {
+            let polled = Arc::new(AtomicUsize::new(0));
+            drop(Lingering::new(Declared {
+                len,
+                polled: Arc::clone(&polled),
+            }));
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                polled.load(Ordering::Relaxed) > 0,
+                drained,
+                "declared {len}"
+            );
+        }
     }
 }

@@ -704,12 +704,21 @@ mod tests {
         );
         for depth in 1..12 {
             for log_n in 13..=16 {
+                let budget =
+                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
+                let need = |s: u32| (depth as u32 + 2) * s + 30;
                 let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
+                    assert!(need(MIN_LOG_SCALE) >= budget, "depth {depth}, 2^{log_n}");
+                    assert!(log_n < 16, "2^16 holds {depth} levels");
                     continue;
                 };
                 let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
-                let budget = hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128);
-                assert!(budget.is_some_and(|b| bits < b), "depth {depth}, 2^{log_n}");
+                assert!(bits < budget, "depth {depth}, 2^{log_n}");
+                // The largest such scale.
+                assert!(
+                    s == MAX_LOG_SCALE || need(s + 1) >= budget,
+                    "depth {depth}, 2^{log_n}"
+                );
                 assert!(lit.log_p[0] > *lit.log_q.iter().max().unwrap_or(&0));
                 assert!(lit.log_p[0] < 50 && (MIN_LOG_SCALE..=MAX_LOG_SCALE).contains(&s));
             }
