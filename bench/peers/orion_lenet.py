@@ -8,6 +8,9 @@ runs with the CKKS parameters of its own `configs/lenet.yaml` (log N 14, log Q
 45+7x35, log P 45+45, scale 2^35, conjugate-invariant ring; orion-fhe 1.0.2's own
 secret distribution, Hamming weight 192).
 
+Needs the orion venv with its declared dependencies (`ORION_FULL_DEPS=1 setup.sh orion`:
+torch, torchvision, scipy <= 1.14.1, ...) and `onnx` for the export.
+
 Usage (images and labels in IDX, e.g. from `hecnn data export --dataset mnist --split ...`):
   orion_lenet.py --train-images F --train-labels F --test-images F --test-labels F \
       --count 30 --threads 1 --onnx lenet.onnx
