@@ -174,6 +174,11 @@ impl AgreementRecord {
         })
     }
 
+    /// The record's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The data-set positions already recorded.
     pub fn done(&self) -> BTreeSet<usize> {
         self.outcomes.iter().map(|o| o.index).collect()
@@ -197,7 +202,7 @@ impl AgreementRecord {
     pub fn summary(&self) -> Agreement {
         let mut a = Agreement::default();
         for o in &self.outcomes {
-            a.record_outcome(o.label, o.cleartext, o.encrypted, o.max_abs_diff);
+            a.add(o);
         }
         a
     }

@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
     CliError,
+    agreement_record::ImageOutcome,
     cnn::{self, BatchKind, CompileOptions, Compiled, KeyPaths},
     stats::{Agreement, human_bytes},
 };
@@ -579,13 +580,9 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         println!("{why}");
     }
     if let Packing::Single(params, plan) = packing {
-        // The record's header pins the model by its bytes, not only its name.
-        let model_digest = std::fs::read(&model)
-            .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
-            .map_err(|e| CliError::Usage(format!("{}: {e}", model.display())))?;
         let run = crate::single_cmd::SingleRun {
             data: &a.data,
-            model_digest: &model_digest,
+            model: &model,
             offset: a.offset,
             record: a.record.as_deref(),
             threads: a.opts.threads,
@@ -679,7 +676,13 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         dec_s += t.elapsed().as_secs_f64();
         for (i, got) in logits.iter().enumerate() {
             let want = exec::run(c.plan.model(), &images[i])?;
-            agreement.record(got, want.data(), usize::from(part.labels()[i]));
+            let label = usize::from(part.labels()[i]);
+            agreement.add(&ImageOutcome::new(
+                b * batch_size + i,
+                label,
+                got,
+                want.data(),
+            ));
         }
         pb.inc(part.len() as u64);
     }

@@ -97,8 +97,8 @@ pub fn describe(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> String 
 pub struct SingleRun<'a> {
     /// The data set's name, for the report and the record's header.
     pub data: &'a str,
-    /// A digest of the model file's bytes, for the record's header.
-    pub model_digest: &'a str,
+    /// The model file, whose bytes the record's header pins by a digest.
+    pub model: &'a Path,
     /// Position of the first image of the selection in the whole data set.
     pub offset: usize,
     /// The resumable record to append to ([`AgreementRecord`]).
@@ -119,18 +119,20 @@ pub fn eval(
 ) -> Result<(), CliError> {
     let (data, threads) = (run.data, run.threads);
     let r = params.rlwe();
+    let diagonals: usize = plan.layers().iter().map(|l| l.diagonals).sum();
     let mut record = run
         .record
         .map(|path| {
+            let digest = std::fs::read(run.model)
+                .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+                .map_err(|e| CliError::Usage(format!("{}: {e}", run.model.display())))?;
             let header = format!(
-                "model={} blake3={} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={}",
+                "model={} blake3={digest} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={diagonals}",
                 c.name,
-                run.model_digest,
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
                 params.default_scale().log2(),
-                plan.layers().iter().map(|l| l.diagonals).sum::<usize>(),
             );
             AgreementRecord::open(path, &header)
         })
@@ -145,10 +147,7 @@ pub fn eval(
     if let Some(rec) = &record {
         println!(
             "record {}: {} images already recorded, {} of the {} selected still to run",
-            run.record
-                .map(Path::display)
-                .map(|d| d.to_string())
-                .unwrap_or_default(),
+            rec.path().display(),
             done.len(),
             todo.len(),
             ds.len()
@@ -165,7 +164,6 @@ pub fn eval(
     println!("data: {data} ({} images), backend {}", ds.len(), be.name());
     // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
     let keys = (rotations.len() + 1) * 2 * r.switching_key_bytes();
-    let diagonals: usize = plan.layers().iter().map(|l| l.diagonals).sum();
     let need = keys + diagonals * (r.max_level() + 1) * r.n() * 8;
     if let Some(have) = crate::cnn_cmds::available_memory()
         && need > have
@@ -222,10 +220,15 @@ pub fn eval(
         let got = plan.decrypt_output(&eval, &out, map, |ct| dec.decrypt(ct))?;
         dec_s.push(t.elapsed().as_secs_f64());
         let want = exec::run(plan.model(), &image)?;
-        let label = usize::from(ds.labels()[i]);
-        agreement.record(&got, want.data(), label);
+        let outcome = ImageOutcome::new(
+            run.offset + i,
+            usize::from(ds.labels()[i]),
+            &got,
+            want.data(),
+        );
+        agreement.add(&outcome);
         if let Some(rec) = &mut record {
-            rec.push(ImageOutcome::new(run.offset + i, label, &got, want.data()))?;
+            rec.push(outcome)?;
         }
         pb.inc(1);
     }

@@ -1,5 +1,6 @@
 //! Small measurement helpers shared by the commands.
 
+use crate::agreement_record::ImageOutcome;
 use std::time::Instant;
 
 /// Precision of `got` against `want` in bits: `(min, mean)` = `(-log2 max|err|, -log2 mean|err|)`.
@@ -77,31 +78,13 @@ pub struct Agreement {
 }
 
 impl Agreement {
-    /// Records one image: decrypted logits `got`, cleartext logits `want`, its label.
-    pub fn record(&mut self, got: &[f64], want: &[f64], label: usize) {
-        let diff = got
-            .iter()
-            .zip(want)
-            .map(|(g, w)| (g - w).abs())
-            .fold(0.0, f64::max);
-        let (pe, pp) = (hecnn_nn::exec::argmax(got), hecnn_nn::exec::argmax(want));
-        self.record_outcome(label, pp, pe, diff);
-    }
-
-    /// Records one image by its predictions: true `label`, `cleartext` and `encrypted`
-    /// classes, largest logit difference `max_diff`.
-    pub fn record_outcome(
-        &mut self,
-        label: usize,
-        cleartext: usize,
-        encrypted: usize,
-        max_diff: f64,
-    ) {
+    /// Records one image's outcome.
+    pub fn add(&mut self, o: &ImageOutcome) {
         self.images += 1;
-        self.correct_enc += usize::from(encrypted == label);
-        self.correct_plain += usize::from(cleartext == label);
-        self.agree += usize::from(encrypted == cleartext);
-        self.max_diff = self.max_diff.max(max_diff);
+        self.correct_enc += usize::from(o.encrypted == o.label);
+        self.correct_plain += usize::from(o.cleartext == o.label);
+        self.agree += usize::from(o.encrypted == o.cleartext);
+        self.max_diff = self.max_diff.max(o.max_abs_diff);
     }
 
     /// `(images, correct in the clear, correct encrypted, same prediction)`.

@@ -887,6 +887,17 @@ mod tests {
         Modulus::new(crate::prime::ntt_primes(bits, 10, 1).unwrap()[0]).unwrap()
     }
 
+    /// Test values below a bound from a xorshift stream seeded by `seed`.
+    fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut s = seed | 1;
+        move |bound| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % bound
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
@@ -894,8 +905,7 @@ mod tests {
             let m = modulus(bits);
             let Some(c) = IfmaModulus::new(&m) else { return Ok(()); };
             let q = m.value();
-            let mut s = seed | 1;
-            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let mut next = xorshift(seed);
             let n = 64;
             let a: Vec<u64> = (0..n).map(|i| if i < 3 { q - 1 - i as u64 } else { next(q) }).collect();
             let b: Vec<u64> = (0..n).map(|i| if i < 3 { q - 1 } else { next(q) }).collect();
@@ -1000,8 +1010,7 @@ mod tests {
             let m = modulus(bits);
             let Some(c) = WideModulus::new(&m) else { return Ok(()); };
             let q = m.value();
-            let mut s = seed | 1;
-            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let mut next = xorshift(seed);
             let n = 64;
             for terms in [1usize, 6, 23, 512] {
                 // Extremes first: all-ones sources and the largest constants.
@@ -1027,8 +1036,7 @@ mod tests {
             let m = modulus(bits);
             let Some(c) = WideModulus::new(&m) else { return Ok(()); };
             let q = m.value();
-            let mut s = seed | 1;
-            let mut next = |bound: u64| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s % bound };
+            let mut next = xorshift(seed);
             let n = 64;
             for terms in [0usize, 1, 5, 33, 512] {
                 let xs: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 - i as u64 } else { next(q) }).collect()).collect();
