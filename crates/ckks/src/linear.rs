@@ -9,7 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hecnn_ring::{Backend, Basis, Eval, RnsPoly, backend::Operand};
+use hecnn_ring::{
+    Backend, Basis, Eval, RnsPoly,
+    backend::{Operand, PolyRows},
+};
 use num_complex::Complex64;
 
 use crate::{Ciphertext, CkksError, Evaluator, Plaintext};
@@ -438,38 +441,55 @@ impl<B: Backend> Evaluator<B> {
         }
         drop(inputs);
 
+        // Every baby-step rotation gets an index; one row per giant step.
+        let index: BTreeMap<(usize, i64), u32> =
+            baby.keys().zip(0u32..).map(|(&k, i)| (k, i)).collect();
+        let mut baby_parts: Vec<[Operand<'_, B>; 2]> = Vec::with_capacity(baby.len());
+        for ct in baby.values() {
+            let [c0, c1] = ct.inner().parts() else {
+                return Err(CkksError::InvalidArgument {
+                    what: "a rotated ciphertext with other than two parts",
+                });
+            };
+            baby_parts.push([(c0.buffer(), c0.basis()), (c1.buffer(), c1.basis())]);
+        }
         let (be, ctx) = (self.backend(), self.ctx());
         let basis = Basis::q(lt.level + 1);
         let scale = cts[0].scale() * lt.scale;
         let mut outputs = Vec::with_capacity(lt.groups.len());
         for groups in &lt.groups {
-            // Giant-step groups are independent (a lazy multiply-sum and a rotation each):
-            // the backend runs them in parallel, which keeps its threads busy where single
-            // operations at small ring degrees are too short to split well.
-            let jobs: Vec<(&i64, &Group<B>)> = groups.iter().collect();
-            let rotated = be.par_map(jobs, |(&g, items)| -> Result<Ciphertext<B>, CkksError> {
-                let mut parts = Vec::with_capacity(2);
-                for comp in 0..2 {
-                    let mut acc = RnsPoly::<B, Eval>::zero(be, ctx, basis)?;
-                    let mut a: Vec<Operand<'_, B>> = Vec::with_capacity(items.len());
-                    for (u, b, _) in items {
-                        let p = &baby
-                            .get(&(*u, *b))
-                            .ok_or(CkksError::InvalidArgument {
-                                what: "missing baby-step rotation",
-                            })?
-                            .inner()
-                            .parts()[comp];
-                        a.push((p.buffer(), p.basis()));
-                    }
-                    let w: Vec<Operand<'_, B>> = items
-                        .iter()
-                        .map(|(_, _, pt)| (pt.poly().buffer(), pt.poly().basis()))
-                        .collect();
-                    be.mul_sum(ctx, basis, acc.buffer_mut(), &a, &w, None, false);
-                    parts.push(acc);
+            let mut row_ptr = vec![0usize];
+            let (mut cols, mut weights) = (Vec::new(), Vec::new());
+            for items in groups.values() {
+                for (u, b, pt) in items {
+                    cols.push(*index.get(&(*u, *b)).ok_or(CkksError::InvalidArgument {
+                        what: "missing baby-step rotation",
+                    })?);
+                    weights.push((pt.poly().buffer(), pt.poly().basis()));
                 }
-                let inner = hecnn_rlwe::Ciphertext::from_parts(parts)?;
+                row_ptr.push(cols.len());
+            }
+            // The plaintext products of every giant step in one coefficient-blocked pass
+            // (each diagonal read once for both ciphertext parts), then the giant-step
+            // rotations in parallel: they are independent, and at small ring degrees a
+            // single key switch is too short to split well across threads.
+            let words = basis.len() * ctx.n();
+            let mut sums = Vec::with_capacity(groups.len());
+            for _ in 0..groups.len() {
+                sums.push([be.alloc(words)?, be.alloc(words)?]);
+            }
+            let rows = PolyRows {
+                row_ptr: &row_ptr,
+                cols: &cols,
+                weights: &weights,
+            };
+            be.mul_sums_pair(ctx, basis, &baby_parts, rows, &mut sums);
+            let jobs: Vec<(i64, [B::Buffer; 2])> = groups.keys().copied().zip(sums).collect();
+            let rotated = be.par_map(jobs, |(g, [c0, c1])| -> Result<Ciphertext<B>, CkksError> {
+                let inner = hecnn_rlwe::Ciphertext::from_parts(vec![
+                    RnsPoly::<B, Eval>::from_buffer(c0, basis),
+                    RnsPoly::<B, Eval>::from_buffer(c1, basis),
+                ])?;
                 self.rotate(&Ciphertext::new(inner, scale, lt.slots), g)
             });
             let mut total: Option<Ciphertext<B>> = None;

@@ -26,6 +26,36 @@ pub struct SparseRows<'a> {
     pub weights: &'a [Vec<u64>],
 }
 
+/// A sparse matrix whose terms are polynomials, in compressed-row form: row `k` has terms
+/// `row_ptr[k]..row_ptr[k+1]`, each an input index `cols[t]` and a weight polynomial
+/// `weights[t]` (evaluation domain). The plaintext diagonals of a BSGS linear transform,
+/// one row per giant step.
+#[derive(Debug)]
+pub struct PolyRows<'a, B: Backend + ?Sized> {
+    /// Row offsets (`rows + 1` entries).
+    pub row_ptr: &'a [usize],
+    /// Input index of every term.
+    pub cols: &'a [u32],
+    /// Weight polynomial of every term.
+    pub weights: &'a [Operand<'a, B>],
+}
+
+impl<B: Backend + ?Sized> Clone for PolyRows<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend + ?Sized> Copy for PolyRows<'_, B> {}
+
+impl<B: Backend + ?Sized> PolyRows<'_, B> {
+    /// Number of rows.
+    #[must_use]
+    pub fn rows(&self) -> usize {
+        self.row_ptr.len().saturating_sub(1)
+    }
+}
+
 /// A compute backend for RNS polynomial arithmetic.
 ///
 /// Buffers hold limbs limb-major (`[limb][n]`). In every kernel, `basis` describes the
@@ -139,6 +169,35 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         rows: SparseRows<'_>,
         outputs: &mut [Self::Buffer],
     );
+
+    /// For every row `k` of `rows` and both components `c` of the input pairs:
+    /// `outputs[k][c] = Σ_t inputs[cols[t]][c] ⊙ weights[t]` over the terms of row `k`
+    /// (evaluation domain), every output over `basis`. This is the plaintext-matrix part of a
+    /// BSGS linear transform, all giant steps at once: a backend blocks over coefficients
+    /// so that each weight is read from memory once per call, for both components, and the
+    /// inputs (rotated ciphertexts) stay in cache while every row is accumulated.
+    ///
+    /// The default runs two [`Backend::mul_sum`] calls per row.
+    fn mul_sums_pair(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        inputs: &[[Operand<'_, Self>; 2]],
+        rows: PolyRows<'_, Self>,
+        outputs: &mut [[Self::Buffer; 2]],
+    ) {
+        for (k, out) in outputs.iter_mut().enumerate().take(rows.rows()) {
+            let terms = rows.row_ptr[k]..rows.row_ptr[k + 1];
+            let w = &rows.weights[terms.clone()];
+            for (c, dst) in out.iter_mut().enumerate() {
+                let a: Vec<Operand<'_, Self>> = rows.cols[terms.clone()]
+                    .iter()
+                    .map(|&j| inputs[j as usize][c])
+                    .collect();
+                self.mul_sum(ctx, basis, dst, &a, w, None, false);
+            }
+        }
+    }
 
     /// Multiplies limb `i` by `scalars[i]`.
     fn mul_scalar_assign(

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::{
-    AlignedVec, Backend, Basis, RingError, RnsContext, backend::Operand, modulus::Modulus,
+    AlignedVec, Backend, Basis, RingError, RnsContext,
+    backend::{Operand, PolyRows},
+    modulus::Modulus,
 };
 
 /// The CPU backend. It owns its rayon thread pool, so thread counts are explicit per backend
@@ -71,6 +73,16 @@ fn pos_of(ctx: &RnsContext, b: &Basis, g: usize) -> usize {
     } else {
         b.q + (g - ctx.q_count())
     }
+}
+
+/// The limb with global index `g` of one operand.
+fn limb_op<'a>(
+    ctx: &RnsContext,
+    (x, bs): Operand<'a, CpuBackend>,
+    g: usize,
+    n: usize,
+) -> &'a [u64] {
+    limb(x, pos_of(ctx, &bs, g), n)
 }
 
 /// The limbs with global index `g` of every operand.
@@ -544,6 +556,85 @@ impl Backend for CpuBackend {
                                 acc = m.reduce_u128_any(acc) as u128;
                             }
                             *o = acc as u64;
+                        }
+                    }
+                }
+            });
+        });
+    }
+
+    fn mul_sums_pair(
+        &self,
+        ctx: &RnsContext,
+        basis: Basis,
+        inputs: &[[Operand<'_, Self>; 2]],
+        rows: PolyRows<'_, Self>,
+        outputs: &mut [[AlignedVec; 2]],
+    ) {
+        let n = ctx.n();
+        let limbs = basis.len();
+        let nrows = rows.rows().min(outputs.len());
+        // Coefficients per block: one block of both components of every input stays in L2
+        // (at most 512 KiB of the 1 MiB per core here) while every row is accumulated, so
+        // the weights are the only stream from memory.
+        let block = ((512 << 10) / (16 * inputs.len().max(1)))
+            .clamp(64, 1024)
+            .next_power_of_two()
+            .min(n);
+        // Tasks: (limb, coefficient range), so two threads balance on an odd limb count.
+        let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
+        let span = n.div_ceil(parts).next_multiple_of(block).min(n);
+        // Every output limb cut into its spans: task (pos, p) owns piece p of limb pos of
+        // every output, component-interleaved (`2k + c`).
+        let mut tasks: Vec<(usize, usize, Vec<&mut [u64]>)> = (0..limbs)
+            .flat_map(|pos| (0..n.div_ceil(span)).map(move |p| (pos, p * span, Vec::new())))
+            .collect();
+        let per_limb = n.div_ceil(span);
+        for pair in outputs.iter_mut().take(nrows) {
+            for out in pair.iter_mut() {
+                for (pos, limb_words) in out.as_mut_slice()[..limbs * n].chunks_mut(n).enumerate() {
+                    for (p, piece) in limb_words.chunks_mut(span).enumerate() {
+                        tasks[pos * per_limb + p].2.push(piece);
+                    }
+                }
+            }
+        }
+        self.pool.install(|| {
+            tasks.into_par_iter().for_each(|(pos, offset, mut outs)| {
+                let g = basis.global(ctx, pos);
+                let len = outs.first().map_or(0, |o| o.len());
+                let limb_of = |op| &limb_op(ctx, op, g, n)[offset..];
+                let ins: Vec<[&[u64]; 2]> = inputs
+                    .iter()
+                    .map(|pair| [limb_of(pair[0]), limb_of(pair[1])])
+                    .collect();
+                let ws: Vec<&[u64]> = rows.weights.iter().map(|&w| limb_of(w)).collect();
+                let (mut a, mut b0, mut b1) = (Vec::new(), Vec::new(), Vec::new());
+                for start in (0..len).step_by(block) {
+                    let end = (start + block).min(len);
+                    for (k, pair) in outs.chunks_mut(2).enumerate() {
+                        let terms = rows.row_ptr[k]..rows.row_ptr[k + 1];
+                        a.clear();
+                        b0.clear();
+                        b1.clear();
+                        for t in terms {
+                            let [x0, x1] = ins[rows.cols[t] as usize];
+                            a.push(&ws[t][start..end]);
+                            b0.push(&x0[start..end]);
+                            b1.push(&x1[start..end]);
+                        }
+                        let [d0, d1] = pair else { continue };
+                        let (d0, d1) = (&mut d0[start..end], &mut d1[start..end]);
+                        let done = match (ctx.ifma(g), ctx.wide(g)) {
+                            (Some(c), _) => {
+                                c.mul_sum_pair_blocked([&mut *d0, &mut *d1], &a, [&b0, &b1])
+                            }
+                            (None, Some(c)) => c.mul_sum_pair([&mut *d0, &mut *d1], &a, [&b0, &b1]),
+                            (None, None) => false,
+                        };
+                        if !done {
+                            mul_sum_limb(ctx, g, d0, &b0, &a, None, false);
+                            mul_sum_limb(ctx, g, d1, &b1, &a, None, false);
                         }
                     }
                 }

@@ -42,6 +42,14 @@ impl IfmaModulus {
     pub fn mul_sum_pair(&self, _o: [&mut [u64]; 2], _a: &[&[u64]], _b: [&[&[u64]]; 2]) -> bool {
         false
     }
+    pub fn mul_sum_pair_blocked(
+        &self,
+        _o: [&mut [u64]; 2],
+        _a: &[&[u64]],
+        _b: [&[&[u64]]; 2],
+    ) -> bool {
+        false
+    }
     pub fn dot_const(&self, _o: &mut [u64], _y: &[&[u64]], _c: &[u64], _wide: bool) -> bool {
         false
     }

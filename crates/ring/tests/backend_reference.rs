@@ -174,3 +174,70 @@ fn bad_inputs_are_typed_errors() {
     ));
     assert!(a.automorphism(&be, &ctx, 2).is_err());
 }
+
+/// `mul_sums_pair` (coefficient-blocked, both components per weight read) against one
+/// `mul_sum` per row and component, for prime sizes that take each kernel path (IFMA below
+/// 2^50, the wide kernel above, the scalar fallback where neither applies), several blocks per
+/// limb and rows of different lengths (one empty).
+#[test]
+fn poly_row_sums_match_one_mul_sum_per_row() {
+    use hecnn_ring::backend::{Operand, PolyRows};
+    const LOG_N: u32 = 12;
+    for bits in [30, 45, 55, 61] {
+        let q = prime::ntt_primes(bits, LOG_N, 3).unwrap();
+        let ctx = RnsContext::new(LOG_N, &q, &[], NttKind::Fast).unwrap();
+        let basis = Basis::q(3);
+        for threads in [1, 2] {
+            let be = CpuBackend::new(threads).unwrap();
+            let poly = |seed: u64| {
+                let mut s = [0u8; 32];
+                s[..8].copy_from_slice(&seed.to_le_bytes());
+                be.upload(&sampler::expand_uniform(&s, &ctx, basis))
+                    .unwrap()
+            };
+            let inputs: Vec<[_; 2]> = (0..5).map(|i| [poly(2 * i), poly(2 * i + 1)]).collect();
+            let row_ptr = [0usize, 3, 3, 9, 10];
+            let cols = [0u32, 4, 2, 1, 1, 3, 0, 2, 4, 3];
+            let weights: Vec<_> = (0..cols.len() as u64).map(|t| poly(100 + t)).collect();
+            let ops: Vec<[Operand<'_, CpuBackend>; 2]> = inputs
+                .iter()
+                .map(|[a, b]| [(a, basis), (b, basis)])
+                .collect();
+            let wops: Vec<Operand<'_, CpuBackend>> = weights.iter().map(|w| (w, basis)).collect();
+            let rows = PolyRows {
+                row_ptr: &row_ptr,
+                cols: &cols,
+                weights: &wops,
+            };
+            let words = basis.len() * ctx.n();
+            let mut got: Vec<[_; 2]> = (0..rows.rows())
+                .map(|_| [be.alloc(words).unwrap(), be.alloc(words).unwrap()])
+                .collect();
+            be.mul_sums_pair(&ctx, basis, &ops, rows, &mut got);
+            for (k, out) in got.iter().enumerate() {
+                let terms = row_ptr[k]..row_ptr[k + 1];
+                for (c, buf) in out.iter().enumerate() {
+                    let a: Vec<_> = cols[terms.clone()]
+                        .iter()
+                        .map(|&j| ops[j as usize][c])
+                        .collect();
+                    let mut want = be.alloc(words).unwrap();
+                    be.mul_sum(
+                        &ctx,
+                        basis,
+                        &mut want,
+                        &a,
+                        &wops[terms.clone()],
+                        None,
+                        false,
+                    );
+                    assert_eq!(
+                        be.download(buf, words).unwrap(),
+                        be.download(&want, words).unwrap(),
+                        "{bits}-bit primes, {threads} threads, row {k}, component {c}"
+                    );
+                }
+            }
+        }
+    }
+}
