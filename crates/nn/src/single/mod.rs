@@ -632,26 +632,41 @@ pub const MAX_LOG_SCALE: u32 = 33;
 
 /// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
 /// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
-/// `s + 14` bits (values must stay below 2^13 in magnitude) and one special prime of
-/// `s + 16` bits with one-prime digits (every prime is below it, so the special modulus is
-/// as small as key switching allows).
+/// `s + 14` bits (values must stay below 2^13 in magnitude) and `α` special primes of
+/// `s + 16` bits with digits of `α` primes (each special prime is above every Q prime, so
+/// the special modulus covers every digit).
 ///
-/// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose whole modulus,
-/// `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit to spare: the
-/// number of primes, hence the cost, does not depend on it, and every extra bit halves the
-/// evaluation error. `None` when not even [`MIN_LOG_SCALE`] fits. Without a security level
-/// to check (reproductions) the scale is [`MIN_LOG_SCALE`].
+/// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose modulus with one
+/// special prime, `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit
+/// to spare: the number of primes, hence the cost, does not depend on it, and every extra
+/// bit halves the evaluation error. Then `α ≤ 3` is the largest the remaining budget holds
+/// (CIFAR-10's seven levels at 2^14: `α = 3`, three digits instead of eight). `None` when not
+/// even [`MIN_LOG_SCALE`] fits. Without a security level to check (reproductions) the scale
+/// is [`MIN_LOG_SCALE`] and `α = 1`.
 pub fn parameters(
     depth: usize,
     log_n: u32,
     security: hecnn_rlwe::SecurityLevel,
 ) -> Option<(hecnn_rlwe::ParamsLiteral, u32)> {
-    let s = match hecnn_rlwe::security::max_log_qp(log_n, security) {
+    let budget = hecnn_rlwe::security::max_log_qp(log_n, security);
+    let s = match budget {
         None => MIN_LOG_SCALE,
         Some(budget) => {
             let s = (budget.checked_sub(31)? as usize / (depth + 2)).min(MAX_LOG_SCALE as usize);
             u32::try_from(s).ok().filter(|&s| s >= MIN_LOG_SCALE)?
         }
+    };
+    let log_q_bits = (depth as u32 + 1) * s + 14;
+    // Special primes: as many as the budget leaves room for, up to three. Each one more
+    // cuts the digits, hence the ModUp transforms and the key size, at no cost in security
+    // (the ring's budget is the limit); past three the special primes' own transforms in
+    // ModUp and ModDown cost about what fewer digits save.
+    let alpha = match budget {
+        None => 1,
+        Some(budget) => (1..=3u32.min(depth as u32 + 1))
+            .rev()
+            .find(|&a| log_q_bits + a * (s + 16) < budget)
+            .unwrap_or(1),
     };
     let mut log_q = vec![s + 14];
     log_q.extend(std::iter::repeat_n(s, depth));
@@ -659,8 +674,8 @@ pub fn parameters(
         hecnn_rlwe::ParamsLiteral {
             log_n,
             log_q,
-            log_p: vec![s + 16],
-            dnum: Some(depth + 1),
+            log_p: vec![s + 16; alpha as usize],
+            dnum: Some((depth + 1).div_ceil(alpha as usize)),
             secret: hecnn_rlwe::SecretDistribution::Ternary,
             security,
         },
@@ -723,5 +738,36 @@ mod tests {
                 assert!(lit.log_p[0] < 50 && (MIN_LOG_SCALE..=MAX_LOG_SCALE).contains(&s));
             }
         }
+    }
+
+    #[test]
+    fn spare_budget_buys_special_primes_and_fewer_digits() {
+        let special = |depth, log_n| {
+            let (lit, _) = parameters(depth, log_n, SecurityLevel::Bits128).unwrap();
+            (lit.log_p.len(), lit.dnum)
+        };
+        // MNIST: 212 of 218 bits, no room for a second special prime.
+        assert_eq!(special(5, 13), (1, Some(6)));
+        // CIFAR-10: 278 + 3·49 = 425 of 438 bits.
+        assert_eq!(special(7, 14), (3, Some(3)));
+        for depth in 1..12 {
+            for log_n in 13..=16 {
+                let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
+                    continue;
+                };
+                let budget =
+                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
+                let alpha = lit.log_p.len();
+                assert_eq!(lit.dnum, Some((depth + 1).div_ceil(alpha)));
+                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
+                // The most special primes that fit, up to three.
+                assert!(
+                    alpha == 3.min(depth + 1) || bits + s + 16 >= budget,
+                    "depth {depth}, 2^{log_n}"
+                );
+            }
+        }
+        let (lit, _) = parameters(3, 13, SecurityLevel::UncheckedForReproduction).unwrap();
+        assert_eq!((lit.log_p.len(), lit.dnum), (1, Some(4)));
     }
 }
