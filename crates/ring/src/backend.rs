@@ -177,7 +177,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// so that each weight is read from memory once per call, for both components, and the
     /// inputs (rotated ciphertexts) stay in cache while every row is accumulated.
     ///
-    /// The default runs two [`Backend::mul_sum`] calls per row.
+    /// Outputs are overwritten (an empty row gives zero); rows beyond `outputs.len()` are
+    /// ignored and outputs beyond the rows left as they are. Operands are reduced limbs whose
+    /// bases contain `basis`. The default runs two [`Backend::mul_sum`] calls per row.
+    ///
+    /// # Panics
+    /// May panic if a column or term index is out of range or `row_ptr` decreases: rows are
+    /// built by the caller (a linear transform's own plan), never read from outside.
     fn mul_sums_pair(
         &self,
         ctx: &RnsContext,

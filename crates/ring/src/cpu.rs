@@ -574,13 +574,12 @@ impl Backend for CpuBackend {
         let n = ctx.n();
         let limbs = basis.len();
         let nrows = rows.rows().min(outputs.len());
-        // Coefficients per block: one block of both components of every input stays in L2
-        // (at most 512 KiB of the 1 MiB per core here) while every row is accumulated, so
-        // the weights are the only stream from memory.
-        let block = ((512 << 10) / (16 * inputs.len().max(1)))
-            .clamp(64, 1024)
-            .next_power_of_two()
-            .min(n);
+        // Coefficients per block (a power of two): one block of both components of every
+        // input, 16 bytes per coefficient and input, fits in 512 KiB, half of a typical
+        // per-core L2, while every row is accumulated, so the weights are the only stream
+        // from memory. Beyond 512 inputs the 64-coefficient floor takes more.
+        let fit = (512 << 10) / (16 * inputs.len().max(1));
+        let block = (1usize << fit.max(1).ilog2()).clamp(64, 1024).min(n);
         // Tasks: (limb, coefficient range), so two threads balance on an odd limb count.
         let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
         let span = n.div_ceil(parts).next_multiple_of(block).min(n);
@@ -612,7 +611,8 @@ impl Backend for CpuBackend {
                 let (mut a, mut b0, mut b1) = (Vec::new(), Vec::new(), Vec::new());
                 for start in (0..len).step_by(block) {
                     let end = (start + block).min(len);
-                    for (k, pair) in outs.chunks_mut(2).enumerate() {
+                    for (k, pair) in outs.chunks_exact_mut(2).enumerate() {
+                        let [d0, d1] = pair else { continue };
                         let terms = rows.row_ptr[k]..rows.row_ptr[k + 1];
                         a.clear();
                         b0.clear();
@@ -623,7 +623,6 @@ impl Backend for CpuBackend {
                             b0.push(&x0[start..end]);
                             b1.push(&x1[start..end]);
                         }
-                        let [d0, d1] = pair else { continue };
                         let (d0, d1) = (&mut d0[start..end], &mut d1[start..end]);
                         let done = match (ctx.ifma(g), ctx.wide(g)) {
                             (Some(c), _) => {

@@ -318,8 +318,8 @@ fn mul_sum_pair_imp(out: [&mut [u64]; 2], a: &[&[u64]], b: [&[&[u64]]; 2], c: &I
     }
 }
 
-/// Coefficients per block of [`mul_sum_pair_blocked_imp`]: its four accumulator arrays take
-/// 8 KiB of L1.
+/// Coefficients per block of [`mul_sum_pair_blocked_imp`]: its six accumulator arrays (the
+/// folded sums and the lazy halves of both outputs) take 12 KiB of L1.
 const PAIR_BLOCK: usize = 256;
 
 /// [`mul_sum_pair_imp`] with the loops swapped: per block of [`PAIR_BLOCK`] coefficients the
@@ -343,8 +343,8 @@ fn mul_sum_pair_blocked_imp(
     let mut hi = [[zero; LANES]; 2];
     for base in (0..n).step_by(PAIR_BLOCK) {
         let lanes = (n - base).min(PAIR_BLOCK) / 8;
-        for a in &mut acc {
-            a[..lanes].fill(zero);
+        for sums in &mut acc {
+            sums[..lanes].fill(zero);
         }
         for ((ac, b0c), b1c) in a
             .chunks(LAZY_TERMS)

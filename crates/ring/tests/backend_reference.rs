@@ -1,4 +1,5 @@
-//! Backend kernels against a big-integer reference (num-bigint).
+//! Backend kernels against a big-integer reference (num-bigint), and fused kernels against
+//! the primitives they fuse.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use hecnn_ring::{
@@ -176,67 +177,66 @@ fn bad_inputs_are_typed_errors() {
 }
 
 /// `mul_sums_pair` (coefficient-blocked, both components per weight read) against one
-/// `mul_sum` per row and component, for prime sizes that take each kernel path (IFMA below
-/// 2^50, the wide kernel above, the scalar fallback where neither applies), several blocks per
-/// limb and rows of different lengths (one empty).
+/// `mul_sum` per row and component: prime sizes on either side of 2^50 (the IFMA and the
+/// wide kernels where the CPU has them, the scalar path otherwise), several blocks per limb,
+/// a shorter last span (300 inputs give 64-coefficient blocks, three threads three spans of
+/// 1,408, 1,408 and 1,280 coefficients), rows of 0 to 20 terms, operands over a wider basis
+/// than the outputs, outputs prefilled with noise (they must be overwritten) and one more
+/// output than rows (it must be left alone).
 #[test]
 fn poly_row_sums_match_one_mul_sum_per_row() {
     use hecnn_ring::backend::{Operand, PolyRows};
     const LOG_N: u32 = 12;
-    for bits in [30, 45, 55, 61] {
+    for (bits, inputs, threads) in [(30, 5, 1), (45, 5, 2), (45, 300, 3), (55, 5, 2), (61, 7, 1)] {
         let q = prime::ntt_primes(bits, LOG_N, 3).unwrap();
         let ctx = RnsContext::new(LOG_N, &q, &[], NttKind::Fast).unwrap();
-        let basis = Basis::q(3);
-        for threads in [1, 2] {
-            let be = CpuBackend::new(threads).unwrap();
-            let poly = |seed: u64| {
-                let mut s = [0u8; 32];
-                s[..8].copy_from_slice(&seed.to_le_bytes());
-                be.upload(&sampler::expand_uniform(&s, &ctx, basis))
-                    .unwrap()
-            };
-            let inputs: Vec<[_; 2]> = (0..5).map(|i| [poly(2 * i), poly(2 * i + 1)]).collect();
-            let row_ptr = [0usize, 3, 3, 9, 10];
-            let cols = [0u32, 4, 2, 1, 1, 3, 0, 2, 4, 3];
-            let weights: Vec<_> = (0..cols.len() as u64).map(|t| poly(100 + t)).collect();
-            let ops: Vec<[Operand<'_, CpuBackend>; 2]> = inputs
-                .iter()
-                .map(|[a, b]| [(a, basis), (b, basis)])
-                .collect();
-            let wops: Vec<Operand<'_, CpuBackend>> = weights.iter().map(|w| (w, basis)).collect();
-            let rows = PolyRows {
-                row_ptr: &row_ptr,
-                cols: &cols,
-                weights: &wops,
-            };
-            let words = basis.len() * ctx.n();
-            let mut got: Vec<[_; 2]> = (0..rows.rows())
-                .map(|_| [be.alloc(words).unwrap(), be.alloc(words).unwrap()])
-                .collect();
-            be.mul_sums_pair(&ctx, basis, &ops, rows, &mut got);
-            for (k, out) in got.iter().enumerate() {
-                let terms = row_ptr[k]..row_ptr[k + 1];
-                for (c, buf) in out.iter().enumerate() {
+        let (wide, basis) = (Basis::q(3), Basis::q(2));
+        let be = CpuBackend::new(threads).unwrap();
+        let poly = |seed: u64| {
+            let mut s = [0u8; 32];
+            s[..8].copy_from_slice(&seed.to_le_bytes());
+            be.upload(&sampler::expand_uniform(&s, &ctx, wide)).unwrap()
+        };
+        let polys: Vec<[_; 2]> = (0..inputs as u64)
+            .map(|i| [poly(2 * i), poly(2 * i + 1)])
+            .collect();
+        let row_ptr = [0usize, 3, 3, 23, 24];
+        let cols: Vec<u32> = (0..24u32).map(|t| (t * 7 + t / 5) % inputs).collect();
+        let weights: Vec<_> = (0..cols.len() as u64).map(|t| poly(1000 + t)).collect();
+        let ops: Vec<[Operand<'_, CpuBackend>; 2]> =
+            polys.iter().map(|[a, b]| [(a, wide), (b, wide)]).collect();
+        let wops: Vec<Operand<'_, CpuBackend>> = weights.iter().map(|w| (w, wide)).collect();
+        let rows = PolyRows {
+            row_ptr: &row_ptr,
+            cols: &cols,
+            weights: &wops,
+        };
+        let words = basis.len() * ctx.n();
+        let noise: Vec<u64> = (0..words as u64).map(|i| i % 1000 + 1).collect();
+        let mut got: Vec<[_; 2]> = (0..=rows.rows())
+            .map(|_| [be.upload(&noise).unwrap(), be.upload(&noise).unwrap()])
+            .collect();
+        be.mul_sums_pair(&ctx, basis, &ops, rows, &mut got);
+        let case = format!("{bits}-bit primes, {inputs} inputs, {threads} threads");
+        for (k, out) in got.iter().enumerate() {
+            for (c, buf) in out.iter().enumerate() {
+                let want = if k < rows.rows() {
+                    let terms = row_ptr[k]..row_ptr[k + 1];
                     let a: Vec<_> = cols[terms.clone()]
                         .iter()
                         .map(|&j| ops[j as usize][c])
                         .collect();
                     let mut want = be.alloc(words).unwrap();
-                    be.mul_sum(
-                        &ctx,
-                        basis,
-                        &mut want,
-                        &a,
-                        &wops[terms.clone()],
-                        None,
-                        false,
-                    );
-                    assert_eq!(
-                        be.download(buf, words).unwrap(),
-                        be.download(&want, words).unwrap(),
-                        "{bits}-bit primes, {threads} threads, row {k}, component {c}"
-                    );
-                }
+                    be.mul_sum(&ctx, basis, &mut want, &a, &wops[terms], None, false);
+                    be.download(&want, words).unwrap()
+                } else {
+                    noise.clone()
+                };
+                assert_eq!(
+                    be.download(buf, words).unwrap(),
+                    want,
+                    "{case}, row {k}, part {c}"
+                );
             }
         }
     }

@@ -633,8 +633,8 @@ pub const MAX_LOG_SCALE: u32 = 33;
 /// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
 /// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
 /// `s + 14` bits (values must stay below 2^13 in magnitude) and `α` special primes of
-/// `s + 16` bits with digits of `α` primes (each special prime is above every Q prime, so
-/// the special modulus covers every digit).
+/// `s + 16` bits with digits of at most `α` primes (each special prime is above every Q
+/// prime, so the special modulus covers every digit).
 ///
 /// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose modulus with one
 /// special prime, `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit
@@ -668,14 +668,18 @@ pub fn parameters(
             .find(|&a| log_q_bits + a * (s + 16) < budget)
             .unwrap_or(1),
     };
+    // Digits hold `⌈(depth + 1)/dnum⌉` primes, which may be fewer than `alpha` (four Q
+    // primes in two digits of two): no more special primes than the largest digit uses.
+    let dnum = (depth + 1).div_ceil(alpha as usize);
+    let alpha = (depth + 1).div_ceil(dnum);
     let mut log_q = vec![s + 14];
     log_q.extend(std::iter::repeat_n(s, depth));
     Some((
         hecnn_rlwe::ParamsLiteral {
             log_n,
             log_q,
-            log_p: vec![s + 16; alpha as usize],
-            dnum: Some((depth + 1).div_ceil(alpha as usize)),
+            log_p: vec![s + 16; alpha],
+            dnum: Some(dnum),
             secret: hecnn_rlwe::SecretDistribution::Ternary,
             security,
         },
@@ -750,6 +754,8 @@ mod tests {
         assert_eq!(special(5, 13), (1, Some(6)));
         // CIFAR-10: 278 + 3·49 = 425 of 438 bits.
         assert_eq!(special(7, 14), (3, Some(3)));
+        // Four Q primes: three special primes would fit, but two digits of two use two.
+        assert_eq!(special(3, 14), (2, Some(2)));
         for depth in 1..12 {
             for log_n in 13..=16 {
                 let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
@@ -758,13 +764,19 @@ mod tests {
                 let budget =
                     hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
                 let alpha = lit.log_p.len();
-                assert_eq!(lit.dnum, Some((depth + 1).div_ceil(alpha)));
                 let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
-                // The most special primes that fit, up to three.
+                // One more special prime (up to three) would not fit or not cut a digit.
+                let fewer_digits = (depth + 1).div_ceil(alpha + 1) < lit.dnum.unwrap_or(0);
                 assert!(
-                    alpha == 3.min(depth + 1) || bits + s + 16 >= budget,
+                    alpha >= 3 || !fewer_digits || bits + s + 16 >= budget,
                     "depth {depth}, 2^{log_n}"
                 );
+                // Every special prime is used by the widest digit.
+                if log_n <= 14 {
+                    let built = lit.build().unwrap();
+                    let widest = built.digits().iter().map(ExactSizeIterator::len).max();
+                    assert_eq!(widest, Some(alpha), "depth {depth}, 2^{log_n}");
+                }
             }
         }
         let (lit, _) = parameters(3, 13, SecurityLevel::UncheckedForReproduction).unwrap();
