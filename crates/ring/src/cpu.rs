@@ -197,6 +197,34 @@ fn mul_sum_limb(
     mul_sum_scalar(ctx.modulus(g), d, al, bl, perm, accumulate);
 }
 
+/// Both `out_k = Σ_j a_j[perm] ⊙ b_kj` (`k = 0, 1`) over one limb (global index `g`), in one
+/// pass over the shared `a_j` where a kernel allows: IFMA (`blocked`: terms outermost, for
+/// many terms read from memory) or the wide-prime kernel, neither with `perm`; else one
+/// [`mul_sum_limb`] per output.
+fn mul_sum_pair_limb(
+    ctx: &RnsContext,
+    g: usize,
+    [d0, d1]: [&mut [u64]; 2],
+    a: &[&[u64]],
+    [b0, b1]: [&[&[u64]]; 2],
+    perm: Option<&[u32]>,
+    blocked: bool,
+) {
+    if perm.is_none() {
+        let done = match (ctx.ifma(g), ctx.wide(g)) {
+            (Some(c), _) if blocked => c.mul_sum_pair_blocked([&mut *d0, &mut *d1], a, [b0, b1]),
+            (Some(c), _) => c.mul_sum_pair([&mut *d0, &mut *d1], a, [b0, b1]),
+            (None, Some(c)) => c.mul_sum_pair([&mut *d0, &mut *d1], a, [b0, b1]),
+            (None, None) => false,
+        };
+        if done {
+            return;
+        }
+    }
+    mul_sum_limb(ctx, g, d0, a, b0, perm, false);
+    mul_sum_limb(ctx, g, d1, a, b1, perm, false);
+}
+
 /// Scalar `d = [d +] Σ_j a_j[perm] ⊙ b_j` with 128-bit lazy accumulation: up to 32 products
 /// of `< 2^122` each (plus the carried-in value) fit in a `u128` before one reduction.
 fn mul_sum_scalar(
@@ -260,6 +288,33 @@ impl CpuBackend {
                     f(g, d, limb(src, pos_of(ctx, &src_basis, g), n));
                 });
         });
+    }
+
+    /// Cuts the first `limbs` limbs of every output into spans of coefficients (multiples of
+    /// `align`), about two per thread: task `(pos, offset, pieces)` owns the span at `offset`
+    /// of limb `pos` of every output, in the outputs' order. Tasks by (limb, span) keep the
+    /// threads balanced even on an odd limb count.
+    fn span_tasks<'a>(
+        &self,
+        n: usize,
+        limbs: usize,
+        align: usize,
+        outputs: impl Iterator<Item = &'a mut AlignedVec>,
+    ) -> Vec<(usize, usize, Vec<&'a mut [u64]>)> {
+        let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
+        let span = n.div_ceil(parts).next_multiple_of(align).min(n);
+        let per_limb = n.div_ceil(span);
+        let mut tasks: Vec<(usize, usize, Vec<&mut [u64]>)> = (0..limbs)
+            .flat_map(|pos| (0..per_limb).map(move |p| (pos, p * span, Vec::new())))
+            .collect();
+        for out in outputs {
+            for (pos, words) in out.as_mut_slice()[..limbs * n].chunks_mut(n).enumerate() {
+                for (p, piece) in words.chunks_mut(span).enumerate() {
+                    tasks[pos * per_limb + p].2.push(piece);
+                }
+            }
+        }
+        tasks
     }
 
     fn each_limb(
@@ -430,18 +485,7 @@ impl Backend for CpuBackend {
                     let kpos = pos_of(ctx, &full, g);
                     let b0: Vec<&[u64]> = key.iter().map(|k| limb(k.0, kpos, n)).collect();
                     let b1: Vec<&[u64]> = key.iter().map(|k| limb(k.1, kpos, n)).collect();
-                    if perm.is_none() {
-                        let done = match (ctx.ifma(g), ctx.wide(g)) {
-                            (Some(c), _) => c.mul_sum_pair([d0, d1], &al, [&b0, &b1]),
-                            (None, Some(c)) => c.mul_sum_pair([d0, d1], &al, [&b0, &b1]),
-                            (None, None) => false,
-                        };
-                        if done {
-                            return;
-                        }
-                    }
-                    mul_sum_limb(ctx, g, d0, &al, &b0, perm, false);
-                    mul_sum_limb(ctx, g, d1, &al, &b1, perm, false);
+                    mul_sum_pair_limb(ctx, g, [d0, d1], &al, [&b0, &b1], perm, false);
                 });
         });
         self.mod_down(ctx, q, &mut c0);
@@ -493,32 +537,8 @@ impl Backend for CpuBackend {
         const BLOCK: usize = 32;
         let n = ctx.n();
         let limbs = basis.len();
-        // Transpose the outputs into per-limb lists of mutable slices (safe splitting).
-        let mut per_limb: Vec<Vec<&mut [u64]>> = (0..limbs)
-            .map(|_| Vec::with_capacity(outputs.len()))
-            .collect();
-        for out in outputs.iter_mut() {
-            for (pos, chunk) in out.as_mut_slice()[..limbs * n].chunks_mut(n).enumerate() {
-                per_limb[pos].push(chunk);
-            }
-        }
         let nrows = rows.row_ptr.len().saturating_sub(1);
-        // Tasks: (limb, coefficient range), so two threads balance even on an odd limb count.
-        let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
-        let span = n.div_ceil(parts).next_multiple_of(BLOCK).min(n);
-        let mut tasks: Vec<(usize, usize, Vec<&mut [u64]>)> = Vec::new();
-        for (pos, outs) in per_limb.into_iter().enumerate() {
-            let mut pieces: Vec<Vec<&mut [u64]>> =
-                (0..n.div_ceil(span)).map(|_| Vec::new()).collect();
-            for out in outs {
-                for (p, piece) in out.chunks_mut(span).enumerate() {
-                    pieces[p].push(piece);
-                }
-            }
-            for (p, piece) in pieces.into_iter().enumerate() {
-                tasks.push((pos, p * span, piece));
-            }
-        }
+        let tasks = self.span_tasks(n, limbs, BLOCK, outputs.iter_mut());
         self.pool.install(|| {
             tasks.into_par_iter().for_each(|(pos, offset, mut outs)| {
                 let g = basis.global(ctx, pos);
@@ -580,24 +600,12 @@ impl Backend for CpuBackend {
         // from memory. Beyond 512 inputs the 64-coefficient floor takes more.
         let fit = (512 << 10) / (16 * inputs.len().max(1));
         let block = (1usize << fit.max(1).ilog2()).clamp(64, 1024).min(n);
-        // Tasks: (limb, coefficient range), so two threads balance on an odd limb count.
-        let parts = (2 * self.threads).div_ceil(limbs.max(1)).max(1);
-        let span = n.div_ceil(parts).next_multiple_of(block).min(n);
-        // Every output limb cut into its spans: task (pos, p) owns piece p of limb pos of
-        // every output, component-interleaved (`2k + c`).
-        let mut tasks: Vec<(usize, usize, Vec<&mut [u64]>)> = (0..limbs)
-            .flat_map(|pos| (0..n.div_ceil(span)).map(move |p| (pos, p * span, Vec::new())))
-            .collect();
-        let per_limb = n.div_ceil(span);
-        for pair in outputs.iter_mut().take(nrows) {
-            for out in pair.iter_mut() {
-                for (pos, limb_words) in out.as_mut_slice()[..limbs * n].chunks_mut(n).enumerate() {
-                    for (p, piece) in limb_words.chunks_mut(span).enumerate() {
-                        tasks[pos * per_limb + p].2.push(piece);
-                    }
-                }
-            }
-        }
+        // Each task's pieces are component-interleaved (`2k + c`).
+        let outs = outputs
+            .iter_mut()
+            .take(nrows)
+            .flat_map(|pair| pair.iter_mut());
+        let tasks = self.span_tasks(n, limbs, block, outs);
         self.pool.install(|| {
             tasks.into_par_iter().for_each(|(pos, offset, mut outs)| {
                 let g = basis.global(ctx, pos);
@@ -623,18 +631,8 @@ impl Backend for CpuBackend {
                             b0.push(&x0[start..end]);
                             b1.push(&x1[start..end]);
                         }
-                        let (d0, d1) = (&mut d0[start..end], &mut d1[start..end]);
-                        let done = match (ctx.ifma(g), ctx.wide(g)) {
-                            (Some(c), _) => {
-                                c.mul_sum_pair_blocked([&mut *d0, &mut *d1], &a, [&b0, &b1])
-                            }
-                            (None, Some(c)) => c.mul_sum_pair([&mut *d0, &mut *d1], &a, [&b0, &b1]),
-                            (None, None) => false,
-                        };
-                        if !done {
-                            mul_sum_limb(ctx, g, d0, &b0, &a, None, false);
-                            mul_sum_limb(ctx, g, d1, &b1, &a, None, false);
-                        }
+                        let out = [&mut d0[start..end], &mut d1[start..end]];
+                        mul_sum_pair_limb(ctx, g, out, &a, [&b0, &b1], None, true);
                     }
                 }
             });

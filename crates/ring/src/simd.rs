@@ -1023,27 +1023,20 @@ mod tests {
                 prop_assert_eq!(out[i], acc);
             }
 
-            for terms in [0usize, 5, 16, 31] {
-                let xs: Vec<Vec<u64>> = (0..terms).map(|t| (0..n).map(|i| if t < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
-                let ys: Vec<Vec<u64>> = (0..2 * terms).map(|t| (0..n).map(|i| if t % terms < 2 && i < 8 { q - 1 } else { next(q) }).collect()).collect();
-                let xr: Vec<&[u64]> = xs.iter().map(Vec::as_slice).collect();
-                let yr: Vec<&[u64]> = ys.iter().map(Vec::as_slice).collect();
-                let (mut p0, mut p1) = (vec![1; n], vec![2; n]);
-                prop_assert!(c.mul_sum_pair([&mut p0, &mut p1], &xr, [&yr[..terms], &yr[terms..]]));
-                for i in 0..n {
-                    let want = |k: usize| (0..terms).fold(0u128, |acc, t| (acc + xs[t][i] as u128 * ys[k * terms + t][i] as u128) % q as u128) as u64;
-                    prop_assert_eq!((p0[i], p1[i]), (want(0), want(1)));
-                }
-            }
-
-            // The blocked order, across a block boundary (264 = 256 + 8) and below one block.
-            for (len, terms) in [(8usize, 1usize), (264, 0), (264, 15), (264, 16), (8, 31)] {
+            // Both pair kernels; the blocked order also across a block boundary (264 = 256 + 8)
+            // and below one block.
+            let cases = [(n, 0usize, false), (n, 5, false), (n, 16, false), (n, 31, false),
+                (8, 1, true), (264, 0, true), (264, 15, true), (264, 16, true), (8, 31, true)];
+            for (len, terms, blocked) in cases {
                 let x: Vec<Vec<u64>> = (0..terms).map(|t| (0..len).map(|i| if t < 2 && i % 100 < 8 { q - 1 } else { next(q) }).collect()).collect();
                 let y: Vec<Vec<u64>> = (0..2 * terms).map(|t| (0..len).map(|i| if t % terms < 2 && i % 100 < 8 { q - 1 } else { next(q) }).collect()).collect();
                 let xr: Vec<&[u64]> = x.iter().map(Vec::as_slice).collect();
                 let yr: Vec<&[u64]> = y.iter().map(Vec::as_slice).collect();
                 let (mut p0, mut p1) = (vec![1; len], vec![2; len]);
-                prop_assert!(c.mul_sum_pair_blocked([&mut p0, &mut p1], &xr, [&yr[..terms], &yr[terms..]]));
+                let out = [p0.as_mut_slice(), p1.as_mut_slice()];
+                let b = [&yr[..terms], &yr[terms..]];
+                let ran = if blocked { c.mul_sum_pair_blocked(out, &xr, b) } else { c.mul_sum_pair(out, &xr, b) };
+                prop_assert!(ran);
                 for i in 0..len {
                     let want = |k: usize| (0..terms).fold(0u128, |acc, t| (acc + x[t][i] as u128 * y[k * terms + t][i] as u128) % q as u128) as u64;
                     prop_assert_eq!((p0[i], p1[i]), (want(0), want(1)), "len {}, terms {}, i {}", len, terms, i);
