@@ -256,6 +256,11 @@ impl<B: Backend> LinearTransform<B> {
         if level == 0 {
             return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
         }
+        if outputs == 0 || inputs == 0 {
+            return Err(CkksError::InvalidArgument {
+                what: "a block transform needs at least one input and one output ciphertext",
+            });
+        }
         let bad_index = diagonals.values().any(|m| {
             m.iter()
                 .any(|(&k, d)| k < 0 || k >= slots as i64 || d.len() != slots)

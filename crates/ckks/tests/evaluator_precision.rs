@@ -291,6 +291,14 @@ fn bsgs_matrix_vector() {
             19.0,
             22.0,
         );
+        // A block transform without inputs or outputs is refused, not run on nothing.
+        let empty = hecnn_ckks::BlockDiagonals::new();
+        for shape in [(0, 0), (1, 0), (0, 1)] {
+            assert!(matches!(
+                LinearTransform::blocks(&c.eval, &empty, shape, n, 2, 2f64.powi(40)),
+                Err(hecnn_ckks::CkksError::InvalidArgument { what }) if what.contains("at least one")
+            ));
+        }
     });
 }
 

@@ -10,6 +10,7 @@ use hecnn_nn::{
     batch::{self, BatchPlan, OutputMap},
     data::{self, Dataset},
     onnx, rewrite,
+    single::SinglePlan,
 };
 use hecnn_ring::CpuBackend;
 use hecnn_rlwe::{ParamsLiteral, SecurityLevel};
@@ -19,7 +20,9 @@ use crate::CliError;
 
 const COMPILED_MAGIC: [u8; 4] = *b"HCNM";
 const BATCH_MAGIC: [u8; 4] = *b"HCNB";
-const FORMAT_VERSION: u16 = 1;
+/// Version 2 added the packing (single-image parameters).
+const COMPILED_VERSION: u16 = 2;
+const BATCH_VERSION: u16 = 1;
 /// Largest compiled-model or batch file read (bytes).
 const MAX_FILE: u64 = 64 << 30;
 
@@ -49,14 +52,28 @@ pub struct CompileOptions {
     pub rewrite: RewriteOptions,
 }
 
-/// A compiled model: the rewritten network, its batch plan and checked parameters.
+/// How images are packed into ciphertexts, with what the packing needs to run.
+#[derive(Clone)]
+pub enum Packing {
+    /// One image per slot: the batch plan and parameters of [`Compiled`].
+    Batch,
+    /// One image densely packed: its parameters and plan (planning a large model takes
+    /// seconds, so it is done once).
+    Single(Arc<CkksParams>, Box<SinglePlan>),
+}
+
+/// A compiled model: the rewritten network, its batch plan and checked parameters, and the
+/// packing it runs with.
 pub struct Compiled {
     /// Name (from the ONNX graph or the file name).
     pub name: String,
-    /// The plan.
+    /// The batch plan (it also holds the rewritten model every packing runs).
     pub plan: BatchPlan,
-    /// The parameters.
+    /// The batch parameters.
     pub params: Arc<CkksParams>,
+    /// The packing keys, ciphertexts and evaluation use: batch for a model compiled without
+    /// `--mode`, and for any `.onnx` file.
+    pub packing: Packing,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,6 +85,8 @@ struct CompiledFile {
     model: Vec<u8>,
     literal: ParamsLiteral,
     log_scale: u32,
+    /// Single-image packing: its parameters and scale (the plan is made again on load).
+    single: Option<(ParamsLiteral, u32)>,
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
@@ -106,6 +125,7 @@ impl Compiled {
             name: name.to_string(),
             plan,
             params,
+            packing: Packing::Batch,
         })
     }
 
@@ -119,16 +139,17 @@ impl Compiled {
             // An ONNX file: read through the path so external weight files resolve.
             return Self::from_model(&stem, &onnx::import_onnx_file(path)?, opts);
         }
-        let f: CompiledFile = postcard::from_bytes(&bytes).map_err(|e| {
+        let bad = |e: postcard::Error| {
             CliError::Usage(format!("{}: not a compiled model ({e})", path.display()))
-        })?;
-        if f.version != FORMAT_VERSION {
+        };
+        let ((_, version), _) = postcard::take_from_bytes::<([u8; 4], u16)>(&bytes).map_err(bad)?;
+        if version != COMPILED_VERSION {
             return Err(CliError::Usage(format!(
-                "{}: format version {} (this build reads {FORMAT_VERSION})",
+                "{}: format version {version} (this build reads {COMPILED_VERSION}): compile the model again",
                 path.display(),
-                f.version
             )));
         }
+        let f: CompiledFile = postcard::from_bytes(&bytes).map_err(bad)?;
         let model = onnx::import_onnx(&f.model)?;
         let plan = BatchPlan::new(&model)?;
         let params = Arc::new(CkksParams::from_literal(&f.literal, f.log_scale)?);
@@ -138,10 +159,25 @@ impl Compiled {
                 path.display()
             )));
         }
+        let packing = match f.single {
+            None => Packing::Batch,
+            Some((literal, log_scale)) => {
+                let params = Arc::new(CkksParams::from_literal(&literal, log_scale)?);
+                let single = SinglePlan::new(plan.model(), params.max_slots())?;
+                if params.max_level() < single.depth() {
+                    return Err(CliError::Usage(format!(
+                        "{}: single-image parameters have fewer levels than the model needs",
+                        path.display()
+                    )));
+                }
+                Packing::Single(params, Box::new(single))
+            }
+        };
         Ok(Self {
             name: f.name,
             plan,
             params,
+            packing,
         })
     }
 
@@ -149,11 +185,15 @@ impl Compiled {
     pub fn save(&self, path: &Path) -> Result<(), CliError> {
         let f = CompiledFile {
             magic: COMPILED_MAGIC,
-            version: FORMAT_VERSION,
+            version: COMPILED_VERSION,
             name: self.name.clone(),
             model: onnx::export_onnx(self.plan.model())?,
             literal: self.params.rlwe().literal().clone(),
             log_scale: self.params.log_scale(),
+            single: match &self.packing {
+                Packing::Batch => None,
+                Packing::Single(p, _) => Some((p.rlwe().literal().clone(), p.log_scale())),
+            },
         };
         let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
         write_file(path, &bytes)
@@ -163,14 +203,24 @@ impl Compiled {
     pub fn batch_size(&self) -> usize {
         self.params.max_slots()
     }
+
+    /// The parameters of the packing in use: keys and ciphertexts are made under these.
+    pub fn packing_params(&self) -> &Arc<CkksParams> {
+        match &self.packing {
+            Packing::Batch => &self.params,
+            Packing::Single(p, _) => p,
+        }
+    }
 }
 
 /// What a batch file holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BatchKind {
-    /// Encrypted input images (one ciphertext per pixel).
+    /// Encrypted input images (batch packing: one ciphertext per pixel; single-image
+    /// packing: each image's ciphertexts in turn).
     Inputs,
-    /// Encrypted outputs (one ciphertext per logit), with the output map.
+    /// Encrypted outputs (batch packing: one ciphertext per logit; single-image packing:
+    /// each image's output ciphertexts in turn), with the output map.
     Outputs,
 }
 
@@ -230,7 +280,7 @@ pub fn save_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let f = BatchFile {
         magic: BATCH_MAGIC,
-        version: FORMAT_VERSION,
+        version: BATCH_VERSION,
         kind,
         key_id: batch.key_id,
         images: batch.images as u32,
@@ -253,9 +303,9 @@ pub fn load_batch(
     let f: BatchFile = postcard::from_bytes(&bytes).map_err(|e| {
         CliError::Usage(format!("{}: not a hecnn batch file ({e})", path.display()))
     })?;
-    if f.magic != BATCH_MAGIC || f.version != FORMAT_VERSION {
+    if f.magic != BATCH_MAGIC || f.version != BATCH_VERSION {
         return Err(CliError::Usage(format!(
-            "{}: not a hecnn batch file of version {FORMAT_VERSION}",
+            "{}: not a hecnn batch file of version {BATCH_VERSION}",
             path.display()
         )));
     }

@@ -10,7 +10,6 @@ use hecnn_nn::{
     RewriteOptions, batch,
     data::Dataset,
     exec::{self, argmax},
-    single::SinglePlan,
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::{EvaluationKeys, KeyRequirements, PublicKey, SecretKey, SecurityLevel, security};
@@ -19,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::{
     CliError,
     agreement_record::ImageOutcome,
-    cnn::{self, BatchKind, CompileOptions, Compiled, KeyPaths},
+    cnn::{self, BatchKind, CompileOptions, Compiled, KeyPaths, Packing},
     stats::{Agreement, human_bytes},
 };
 
@@ -146,58 +145,82 @@ pub struct CompileArgs {
     opts: ModelOpts,
 }
 
+/// `hecnn compile`: imports and rewrites the model, plans it for the chosen packing, checks
+/// the parameters, optionally simulates it on data, and writes the compiled model (which the
+/// other commands then follow, packing included).
+///
+/// # Errors
+/// Models or packings that cannot run, calibration that finds values too large, I/O.
 pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
-    let c = load(&a.model, &a.opts)?;
-    if let Err(e) = check_memory(&c) {
-        eprintln!("warning: {e}");
+    let mut c = load(&a.model, &a.opts)?;
+    let level = a.opts.compile_options()?.security;
+    let (packing, why) = choose_packing(&c, a.mode, a.images, level)?;
+    if !why.is_empty() {
+        println!("{why}");
     }
+    c.packing = packing;
     if let Some(spec) = &a.calibrate {
         let ds = cnn::load_data(spec)?;
-        let ds = ds.slice(0, a.calibrate_count.min(c.batch_size()));
         check_shape(&c, &ds)?;
-        let engine = batch::Packed::new(c.params.rlwe().q());
-        let columns: Vec<Vec<f64>> = (0..c.plan.inputs())
-            .map(|p| (0..ds.len()).map(|i| f64::from(ds.pixels(i)[p])).collect())
-            .collect();
-        let inputs = engine.inputs(columns, c.params.max_level(), c.params.default_scale());
-        let (out, map) = c.plan.run(&engine, inputs, |_, _| {})?;
-        let headroom = engine.min_headroom_bits();
-        let agree = (0..ds.len())
-            .filter(|&i| {
-                let sim: Vec<f64> = out.iter().map(|o| map.a * o.slots[i] + map.gamma).collect();
-                exec::run(c.plan.model(), &ds.image(i))
-                    .is_ok_and(|t| argmax(t.data()) == argmax(&sim))
-            })
-            .count();
-        println!(
-            "simulation on {} images of {spec}: smallest modulus headroom {headroom:.1} bits, predictions as the model's: {agree}/{}",
-            ds.len(),
-            ds.len()
-        );
-        if headroom < 10.0 {
-            return Err(CliError::Usage(format!(
-                "values come within {headroom:.1} bits of the modulus: the parameters are too small for this model's value ranges"
-            )));
+        match &c.packing {
+            Packing::Batch => calibrate_batch(&c, &ds, spec, a.calibrate_count)?,
+            Packing::Single(_, plan) => crate::single_cmd::calibrate(
+                plan,
+                &ds.slice(0, a.calibrate_count.min(ds.len())),
+                spec,
+            )?,
         }
     }
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| a.model.with_extension("hecnn"));
-    c.save(&out)?;
-    let level = a.opts.compile_options()?.security;
-    let (packing, why) = choose_packing(&c, a.mode, a.images, level)?;
-    if !why.is_empty() {
-        println!("{why}");
+    match &c.packing {
+        Packing::Batch => {
+            if let Err(e) = check_memory(&c) {
+                eprintln!("warning: {e}");
+            }
+            c.save(&out)?;
+            println!("{}\nwrote {}", describe(&c)?, out.display());
+        }
+        Packing::Single(params, plan) => {
+            c.save(&out)?;
+            println!(
+                "{}\nwrote {} (single-image packing: keygen, encrypt, run, decrypt and eval follow it)",
+                crate::single_cmd::describe(&c, params, plan),
+                out.display()
+            );
+        }
     }
-    if let Packing::Single(params, plan) = packing {
-        println!(
-            "{}\nwrote {} (run it with --mode single)",
-            crate::single_cmd::describe(&c, &params, &plan),
-            out.display()
-        );
-    } else {
-        println!("{}\nwrote {}", describe(&c)?, out.display());
+    Ok(())
+}
+
+/// Simulates the batch plan on up to `count` images of `ds` without keys: the smallest
+/// modulus headroom, and whether the predictions are the model's.
+fn calibrate_batch(c: &Compiled, ds: &Dataset, spec: &str, count: usize) -> Result<(), CliError> {
+    let ds = ds.slice(0, count.min(c.batch_size()).min(ds.len()));
+    let engine = batch::Packed::new(c.params.rlwe().q());
+    let columns: Vec<Vec<f64>> = (0..c.plan.inputs())
+        .map(|p| (0..ds.len()).map(|i| f64::from(ds.pixels(i)[p])).collect())
+        .collect();
+    let inputs = engine.inputs(columns, c.params.max_level(), c.params.default_scale());
+    let (out, map) = c.plan.run(&engine, inputs, |_, _| {})?;
+    let headroom = engine.min_headroom_bits();
+    let agree = (0..ds.len())
+        .filter(|&i| {
+            let sim: Vec<f64> = out.iter().map(|o| map.a * o.slots[i] + map.gamma).collect();
+            exec::run(c.plan.model(), &ds.image(i)).is_ok_and(|t| argmax(t.data()) == argmax(&sim))
+        })
+        .count();
+    println!(
+        "simulation on {} images of {spec}: smallest modulus headroom {headroom:.1} bits, predictions as the model's: {agree}/{}",
+        ds.len(),
+        ds.len()
+    );
+    if headroom < 10.0 {
+        return Err(CliError::Usage(format!(
+            "values come within {headroom:.1} bits of the modulus: the parameters are too small for this model's value ranges"
+        )));
     }
     Ok(())
 }
@@ -214,14 +237,24 @@ pub struct KeygenArgs {
     opts: ModelOpts,
 }
 
+/// `hecnn keygen`: the client's secret, public and evaluation keys for the model's packing
+/// (single-image packing adds the plan's rotation keys).
+///
+/// # Errors
+/// I/O, key generation.
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
+    let params = c.packing_params();
+    let needs = match &c.packing {
+        Packing::Batch => KeyRequirements::relin(),
+        Packing::Single(_, plan) => KeyRequirements::relin().with_rotations(plan.rotations()),
+    };
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
-    let sk = SecretKey::generate(c.params.rlwe(), &mut rng)?;
+    let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
     let pk = sk.public_key(&be, &mut rng)?;
-    let evk = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;
+    let evk = sk.evaluation_keys(&be, &needs, &mut rng)?;
     std::fs::create_dir_all(&a.out_dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
     let paths = KeyPaths::in_dir(&a.out_dir);
@@ -271,19 +304,45 @@ pub struct EncryptArgs {
     opts: ModelOpts,
 }
 
+/// Images one single-image input file holds at most (each image is a few ciphertexts of its
+/// own, megabytes each).
+const SINGLE_FILE_IMAGES: usize = 256;
+
+/// `hecnn encrypt`: the client encrypts images with the public key, in the model's packing.
+///
+/// # Errors
+/// Keys or data that do not fit the model, I/O.
 pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
-    let pk = PublicKey::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.public_key)?)?;
-    let ds = select(&cnn::load_data(&a.data)?, a.offset, a.count, c.batch_size())?;
+    let params = c.packing_params();
+    let pk = PublicKey::from_bytes(&be, params.rlwe(), &cnn::read_file(&a.public_key)?)?;
+    let cap = match &c.packing {
+        Packing::Batch => c.batch_size(),
+        Packing::Single(..) => SINGLE_FILE_IMAGES,
+    };
+    let ds = select(&cnn::load_data(&a.data)?, a.offset, a.count, cap)?;
     check_shape(&c, &ds)?;
-    let eval = server_eval(&c, &be, None)?;
+    let eval = server_eval(params, &be, None)?;
     let images: Vec<_> = (0..ds.len()).map(|i| ds.image(i)).collect();
     let mut rng = Prng::from_entropy()?;
     let t = Instant::now();
-    let cts = batch::encrypt_images(&eval, &images, c.params.max_level(), &mut rng, |pt, r| {
-        encrypt_pk(&pk, &be, pt, r)
-    })?;
+    let cts = match &c.packing {
+        Packing::Batch => {
+            batch::encrypt_images(&eval, &images, params.max_level(), &mut rng, |pt, r| {
+                encrypt_pk(&pk, &be, pt, r)
+            })?
+        }
+        Packing::Single(_, plan) => {
+            let mut cts = Vec::with_capacity(images.len() * plan.input_cts());
+            for image in &images {
+                cts.extend(plan.encrypt_image(&eval, image, params.max_level(), |pt| {
+                    encrypt_pk(&pk, &be, pt, &mut rng)
+                })?);
+            }
+            cts
+        }
+    };
     let ms = t.elapsed().as_secs_f64() * 1e3;
     let n_cts = cts.len();
     let inputs = cnn::Batch {
@@ -292,7 +351,7 @@ pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
         key_id: pk.key_id(),
         cts,
     };
-    let size = cnn::save_batch(&a.out, BatchKind::Inputs, &inputs, &be, &c.params)?;
+    let size = cnn::save_batch(&a.out, BatchKind::Inputs, &inputs, &be, params)?;
     println!(
         "encrypted {} images into {n_cts} ciphertexts in {ms:.0} ms: {} ({})",
         ds.len(),
@@ -321,14 +380,14 @@ pub struct RunArgs {
 }
 
 fn server_eval(
-    c: &Compiled,
+    params: &Arc<CkksParams>,
     be: &CpuBackend,
     keys: Option<EvaluationKeys<CpuBackend>>,
 ) -> Result<Evaluator<CpuBackend>, CliError> {
     // Encoding and decoding need no key.
-    let keys = keys.unwrap_or_else(|| EvaluationKeys::empty(c.params.rlwe()));
+    let keys = keys.unwrap_or_else(|| EvaluationKeys::empty(params.rlwe()));
     Ok(Evaluator::new(
-        Arc::clone(&c.params),
+        Arc::clone(params),
         Arc::new(keys),
         be.clone(),
     )?)
@@ -345,30 +404,51 @@ fn progress_bar(total: usize, what: &str) -> ProgressBar {
     pb
 }
 
+/// `hecnn run`: the server evaluates the model on encrypted inputs with evaluation keys
+/// only, in the model's packing.
+///
+/// # Errors
+/// Keys or ciphertexts that do not fit the model or each other, memory, I/O.
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
-    check_memory(&c)?;
+    match &c.packing {
+        Packing::Batch => check_memory(&c)?,
+        Packing::Single(params, plan) => crate::single_cmd::check_memory(&c, params, plan)?,
+    }
     let be = CpuBackend::new(a.opts.threads)?;
-    let evk = EvaluationKeys::from_bytes(&be, c.params.rlwe(), &cnn::read_file(&a.eval_keys)?, 1)?;
+    let params = c.packing_params();
+    // The keys the packing asks for and no more: relinearization, and the plan's rotations.
+    let max_keys = match &c.packing {
+        Packing::Batch => 1,
+        Packing::Single(_, plan) => 1 + plan.rotations().len(),
+    };
+    let evk =
+        EvaluationKeys::from_bytes(&be, params.rlwe(), &cnn::read_file(&a.eval_keys)?, max_keys)?;
     let key_id = evk.key_id();
-    let input = cnn::load_batch(&a.input, BatchKind::Inputs, &be, &c.params)?;
+    let input = cnn::load_batch(&a.input, BatchKind::Inputs, &be, params)?;
     cnn::check_key(&input.key_id, &key_id, &a.input.display().to_string())?;
-    let eval = server_eval(&c, &be, Some(evk))?;
+    let eval = server_eval(params, &be, Some(evk))?;
     let (images, cts) = (input.images, input.cts);
-    let pb = progress_bar(c.plan.model().nodes.len(), "evaluating");
     let t = Instant::now();
-    let (out, map) = c
-        .plan
-        .run_encrypted(&eval, cts, |done, _| pb.set_position(done as u64))?;
+    let (out, map) = match &c.packing {
+        Packing::Batch => {
+            let pb = progress_bar(c.plan.model().nodes.len(), "evaluating");
+            let result = c
+                .plan
+                .run_encrypted(&eval, cts, |done, _| pb.set_position(done as u64));
+            pb.finish_and_clear();
+            result?
+        }
+        Packing::Single(_, plan) => crate::single_cmd::run_images(plan, &eval, &be, images, cts)?,
+    };
     let secs = t.elapsed().as_secs_f64();
-    pb.finish_and_clear();
     let outputs = cnn::Batch {
         images,
         map,
         key_id,
         cts: out,
     };
-    let size = cnn::save_batch(&a.out, BatchKind::Outputs, &outputs, &be, &c.params)?;
+    let size = cnn::save_batch(&a.out, BatchKind::Outputs, &outputs, &be, params)?;
     println!(
         "evaluated {images} images in {secs:.2} s ({:.2} ms per image) on {}: {} ({})",
         secs * 1e3 / images.max(1) as f64,
@@ -400,16 +480,27 @@ pub struct DecryptArgs {
     opts: ModelOpts,
 }
 
+/// `hecnn decrypt`: the client decrypts the outputs with the secret key; the predictions,
+/// and the accuracy when the data set is named.
+///
+/// # Errors
+/// A key that does not fit the ciphertexts, malformed files, I/O.
 pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
-    let sk = SecretKey::from_secret_bytes(c.params.rlwe(), &cnn::read_file(&a.secret_key)?)?;
-    let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, &c.params)?;
+    let params = c.packing_params();
+    let sk = SecretKey::from_secret_bytes(params.rlwe(), &cnn::read_file(&a.secret_key)?)?;
+    let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, params)?;
     cnn::check_key(&output.key_id, &sk.key_id(), &a.input.display().to_string())?;
     let (images, map, cts) = (output.images, output.map, output.cts);
-    let eval = server_eval(&c, &be, None)?;
+    let eval = server_eval(params, &be, None)?;
     let dec = Decryptor::new(&sk, &be)?;
-    let logits = batch::decrypt_outputs(&eval, &cts, map, images, |ct| dec.decrypt(ct))?;
+    let logits = match &c.packing {
+        Packing::Batch => batch::decrypt_outputs(&eval, &cts, map, images, |ct| dec.decrypt(ct))?,
+        Packing::Single(_, plan) => {
+            crate::single_cmd::decrypt_images(plan, &eval, &cts, map, images, |ct| dec.decrypt(ct))?
+        }
+    };
     let preds: Vec<usize> = logits.iter().map(|l| argmax(l)).collect();
     println!(
         "predictions: {}",
@@ -454,16 +545,17 @@ pub struct EvalArgs {
     /// survives interruptions and adds up across runs).
     #[arg(long)]
     record: Option<PathBuf>,
-    /// Print the time spent in every layer of the first batch.
+    /// Batch packing: print the time spent in every layer of the first batch.
     #[arg(long)]
     verbose: bool,
     /// Only run the model in the clear (f64) and report its accuracy: no keys, no encryption.
     #[arg(long)]
     cleartext: bool,
-    /// Packing: `batch` (one image per slot, thousands per evaluation) or `single` (one
-    /// image densely packed, classified on its own).
-    #[arg(long, value_enum, default_value_t = Mode::Batch)]
-    mode: Mode,
+    /// Packing: `batch` (one image per slot, thousands per evaluation), `single` (one image
+    /// densely packed, classified on its own) or `auto` (picked for the number of images).
+    /// Default: the compiled model's packing (batch for an `.onnx` file).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -479,18 +571,9 @@ pub enum Mode {
     Auto,
 }
 
-/// The packing a command runs with; the single-image plan comes along when that is the
-/// choice (planning a large model takes seconds, so it is done once).
-pub enum Packing {
-    /// Batch packing.
-    Batch,
-    /// Single-image packing with its parameters and plan.
-    Single(Arc<CkksParams>, Box<SinglePlan>),
-}
-
 /// Resolves `mode` for `images` images. [`Mode::Auto`] compares estimated ring
 /// multiply-adds of single-image mode (the plan's cost in plaintext products, each `N·limbs`
-/// on average) against batch mode (every weighted-sum term a plaintext-size product, every
+/// on average, and every relinearization 12) against batch mode (every weighted-sum term a plaintext-size product, every
 /// relinearization 12) for as many batches as the images need. Returns the packing and, for
 /// `auto`, a line explaining the choice.
 ///
@@ -523,7 +606,11 @@ pub fn choose_packing(
     };
     let (terms, _, relins, _) = c.plan.op_counts()?;
     let batch = work(c.params.n(), c.params.max_level(), terms + 12 * relins);
-    let per_image = work(single.0.n(), single.0.max_level(), single.1.cost());
+    let per_image = work(
+        single.0.n(),
+        single.0.max_level(),
+        single.1.cost() + 12 * single.1.relinearizations(),
+    );
     let batches = images.div_ceil(c.batch_size()).max(1);
     let crossover = (batch / per_image).ceil();
     let pick_single = (images as f64) * per_image < batches as f64 * batch;
@@ -540,6 +627,12 @@ pub fn choose_packing(
     Ok((packing, why))
 }
 
+/// `hecnn eval`: keys, encryption, evaluation and decryption of a whole data set in one
+/// process, compared with the cleartext model (or, with `--cleartext`, the cleartext model
+/// alone).
+///
+/// # Errors
+/// Models or data that do not fit each other, memory, I/O.
 pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     let model = if a.model.exists() {
         a.model.clone()
@@ -550,7 +643,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, a.offset, a.count, usize::MAX)?;
     check_shape(&c, &ds)?;
-    if a.record.is_some() && (a.cleartext || a.mode == Mode::Batch) {
+    if a.record.is_some() && (a.cleartext || a.mode == Some(Mode::Batch)) {
         return Err(CliError::Usage(
             "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
         ));
@@ -574,11 +667,17 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let level = a.opts.compile_options()?.security;
-    let (packing, why) = choose_packing(&c, a.mode, ds.len(), level)?;
-    if !why.is_empty() {
-        println!("{why}");
-    }
+    let packing = match a.mode {
+        None => c.packing.clone(),
+        Some(mode) => {
+            let level = a.opts.compile_options()?.security;
+            let (packing, why) = choose_packing(&c, mode, ds.len(), level)?;
+            if !why.is_empty() {
+                println!("{why}");
+            }
+            packing
+        }
+    };
     if let Packing::Single(params, plan) = packing {
         let run = crate::single_cmd::SingleRun {
             data: &a.data,
@@ -591,7 +690,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     }
     if a.record.is_some() {
         return Err(CliError::Usage(
-            "--mode auto chose batch packing, which --record does not keep image by image: use --mode single".into(),
+            "batch packing does not keep --record image by image: use --mode single".into(),
         ));
     }
     check_memory(&c)?;
@@ -613,7 +712,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     let evk = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;
     let key_bytes = evk.size_bytes();
     let keygen_ms = t.elapsed().as_secs_f64() * 1e3;
-    let eval = server_eval(&c, &be, Some(evk))?;
+    let eval = server_eval(&c.params, &be, Some(evk))?;
     let dec = Decryptor::new(&sk, &be)?;
 
     let batch_size = c.batch_size();
@@ -728,7 +827,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         record: None,
         verbose: false,
         cleartext: false,
-        mode: Mode::Batch,
+        mode: None,
         opts: ModelOpts {
             log_n: 14,
             security: 128,
@@ -755,7 +854,7 @@ fn select(
     let count = count.unwrap_or(ds.len() - offset).min(ds.len() - offset);
     if count > cap {
         return Err(CliError::Usage(format!(
-            "{count} images exceed one batch of {cap}; use hecnn eval for several batches"
+            "{count} images exceed the {cap} one file holds: choose fewer with --count and --offset, or run them all with hecnn eval"
         )));
     }
     Ok(ds.slice(offset, offset + count))

@@ -34,7 +34,8 @@ enum Command {
     /// Classify the bundled MNIST sample under encryption with the bundled model (or, with
     /// --ckks, a vector computation showing the CKKS primitives).
     Demo(demo::DemoArgs),
-    /// Compile an ONNX model: import, HE-friendly rewrites, batch plan, checked parameters.
+    /// Compile an ONNX model: import, HE-friendly rewrites, the plan of the chosen packing
+    /// (batch or single-image) with its rotation keys, checked parameters.
     Compile(cnn_cmds::CompileArgs),
     /// Generate the client's keys for a model (secret, public, evaluation).
     Keygen(cnn_cmds::KeygenArgs),

@@ -4,8 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hecnn_ckks::{CkksParams, Decryptor, Evaluator, encrypt_pk};
+use hecnn_ckks::{Ciphertext, CkksError, CkksParams, Decryptor, Evaluator, Plaintext, encrypt_pk};
 use hecnn_nn::{
+    batch::OutputMap,
     data::Dataset,
     exec,
     single::{self, SinglePlan},
@@ -22,34 +23,158 @@ use crate::{
     stats::{Agreement, human_bytes},
 };
 
-/// The smallest ring degree (2^13 … 2^16) whose parameters for `depth` levels pass the
-/// security check at `level`, at the largest scale that degree allows
-/// ([`single::parameters`]).
-fn choose_params(depth: usize, level: SecurityLevel) -> Result<Arc<CkksParams>, CliError> {
+/// The single-image parameters and plan for a compiled model: the smallest ring degree
+/// (2^13 … 2^16) whose parameters for the model's depth pass the security check at `level`
+/// (at the largest scale that degree allows, [`single::parameters`]) and whose slots hold
+/// the model's layouts.
+///
+/// # Errors
+/// Models single-image mode cannot run, no secure parameters, no degree whose slots fit.
+pub fn plan(c: &Compiled, level: SecurityLevel) -> Result<(Arc<CkksParams>, SinglePlan), CliError> {
+    let depth = single::depth(c.plan.model())?;
     let mut last = None;
     for log_n in 13..=16u32 {
         let Some((lit, log_scale)) = single::parameters(depth, log_n, level) else {
             continue;
         };
-        match CkksParams::from_literal(&lit, log_scale) {
-            Ok(p) => return Ok(Arc::new(p)),
-            Err(e) => last = Some(e),
+        let params = match CkksParams::from_literal(&lit, log_scale) {
+            Ok(p) => p,
+            Err(e) => {
+                last = Some(e.to_string());
+                continue;
+            }
+        };
+        // A larger degree has more slots: a layout that does not fit may fit there.
+        match SinglePlan::new(c.plan.model(), params.max_slots()) {
+            Ok(plan) => return Ok((Arc::new(params), plan)),
+            Err(e) => last = Some(format!("at N = 2^{log_n}: {e}")),
         }
     }
     Err(CliError::Usage(format!(
-        "no ring degree up to 2^16 holds {depth} levels at this security level{}",
-        last.map(|e| format!(": {e}")).unwrap_or_default()
+        "single-image mode: no ring degree from 2^13 to 2^16 runs {depth} levels at this security level{}",
+        last.map(|e| format!(" ({e})")).unwrap_or_default()
     )))
 }
 
-/// The single-image parameters and plan for a compiled model.
+/// Refuses a plan whose keys and encoded diagonals cannot fit in this machine's memory.
 ///
 /// # Errors
-/// Models single-image mode cannot run, no secure parameters.
-pub fn plan(c: &Compiled, level: SecurityLevel) -> Result<(Arc<CkksParams>, SinglePlan), CliError> {
-    let params = choose_params(single::depth(c.plan.model())?, level)?;
-    let plan = SinglePlan::new(c.plan.model(), params.max_slots())?;
-    Ok((params, plan))
+/// [`CliError::Usage`] with the sizes, when the operating system reports less available.
+pub fn check_memory(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> Result<(), CliError> {
+    let r = params.rlwe();
+    let rotations = plan.rotations().len();
+    let diagonals: usize = plan.layers().iter().map(|l| l.diagonals).sum();
+    // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
+    let keys = (rotations + 1) * 2 * r.switching_key_bytes();
+    let need = keys + diagonals * (r.max_level() + 1) * r.n() * 8;
+    if let Some(have) = crate::cnn_cmds::available_memory()
+        && need > have
+    {
+        return Err(CliError::Usage(format!(
+            "single-image mode for '{}' needs about {} of keys and encoded diagonals ({rotations} rotation keys, {diagonals} diagonals at N = 2^{}), more than the {} available",
+            c.name,
+            human_bytes(need),
+            r.log_n(),
+            human_bytes(have),
+        )));
+    }
+    Ok(())
+}
+
+/// `hecnn compile --calibrate` for single-image packing: the largest slot value over the
+/// images of `ds` ([`SinglePlan::max_slot_magnitude`]) against the parameters' bound
+/// `2^`[`single::VALUE_BOUND_BITS`]. No key is involved.
+///
+/// # Errors
+/// Less than a bit of headroom: decrypted results would wrap around the last modulus.
+pub fn calibrate(plan: &SinglePlan, ds: &Dataset, spec: &str) -> Result<(), CliError> {
+    let mut max = 0.0f64;
+    for i in 0..ds.len() {
+        max = max.max(plan.max_slot_magnitude(&ds.image(i))?);
+    }
+    let limit = f64::from(1u32 << single::VALUE_BOUND_BITS);
+    let headroom = (limit / max).log2();
+    println!(
+        "simulation on {} images of {spec}: largest value in any slot {max:.2}, below 2^{} by {headroom:.1} bits",
+        ds.len(),
+        single::VALUE_BOUND_BITS
+    );
+    if headroom < 1.0 {
+        return Err(CliError::Usage(format!(
+            "values reach {max:.1}, within {headroom:.1} bits of the single-image bound 2^{}: rescale the model's weights or use batch packing",
+            single::VALUE_BOUND_BITS
+        )));
+    }
+    Ok(())
+}
+
+/// `hecnn run` for single-image packing: evaluates each image's ciphertexts in turn (the
+/// transforms encoded once) and returns every image's outputs in order, with the output map.
+///
+/// # Errors
+/// A ciphertext count that is not `images` times the plan's input, evaluation errors.
+pub fn run_images(
+    plan: &SinglePlan,
+    eval: &Evaluator<CpuBackend>,
+    be: &CpuBackend,
+    images: usize,
+    cts: Vec<Ciphertext<CpuBackend>>,
+) -> Result<(Vec<Ciphertext<CpuBackend>>, OutputMap), CliError> {
+    let per = plan.input_cts();
+    if cts.len() != images * per {
+        return Err(CliError::Usage(format!(
+            "{} input ciphertexts for {images} images: the single-image plan takes {per} per image",
+            cts.len()
+        )));
+    }
+    let top = cts
+        .first()
+        .map_or(eval.params().max_level(), Ciphertext::level);
+    let encoded = plan.encode(eval, top)?;
+    let pb = ProgressBar::new(images as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message("evaluating");
+    let mut out = Vec::with_capacity(images * plan.output_cts());
+    let mut map = OutputMap { a: 1.0, gamma: 0.0 };
+    let mut cts = cts.into_iter();
+    for _ in 0..images {
+        let image: Vec<_> = cts.by_ref().take(per).collect();
+        let (o, m) = be.install(|| plan.run(eval, &encoded, image))?;
+        out.extend(o);
+        map = m;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok((out, map))
+}
+
+/// `hecnn decrypt` for single-image packing: every image's logits from its output
+/// ciphertexts.
+///
+/// # Errors
+/// A ciphertext count that is not `images` times the plan's output, decryption errors.
+pub fn decrypt_images(
+    plan: &SinglePlan,
+    eval: &Evaluator<CpuBackend>,
+    cts: &[Ciphertext<CpuBackend>],
+    map: OutputMap,
+    images: usize,
+    mut decrypt: impl FnMut(&Ciphertext<CpuBackend>) -> Result<Plaintext<CpuBackend>, CkksError>,
+) -> Result<Vec<Vec<f64>>, CliError> {
+    let per = plan.output_cts();
+    if cts.len() != images * per {
+        return Err(CliError::Usage(format!(
+            "{} output ciphertexts for {images} images: the single-image plan produces {per} per image",
+            cts.len()
+        )));
+    }
+    cts.chunks(per.max(1))
+        .map(|image| Ok(plan.decrypt_output(eval, image, map, &mut decrypt)?))
+        .collect()
 }
 
 /// A report of the single-image plan: parameters, every linear stage's layout and cost, and
@@ -162,21 +287,7 @@ pub fn eval(
     println!("hecnn: encrypted CNN inference, single-image mode");
     println!("{}", describe(c, params, plan));
     println!("data: {data} ({} images), backend {}", ds.len(), be.name());
-    // Expanded switching keys (twice their seed-compressed size) and the diagonal plaintexts.
-    let keys = (rotations.len() + 1) * 2 * r.switching_key_bytes();
-    let need = keys + diagonals * (r.max_level() + 1) * r.n() * 8;
-    if let Some(have) = crate::cnn_cmds::available_memory()
-        && need > have
-    {
-        return Err(CliError::Usage(format!(
-            "single-image mode for '{}' needs about {} of keys and encoded diagonals ({} rotation keys, {diagonals} diagonals at N = 2^{}), more than the {} available",
-            c.name,
-            human_bytes(need),
-            rotations.len(),
-            r.log_n(),
-            human_bytes(have),
-        )));
-    }
+    check_memory(c, params, plan)?;
 
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;

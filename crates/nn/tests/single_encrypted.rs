@@ -160,19 +160,78 @@ fn strided_layers_keep_the_kernel_offsets_as_diagonals() {
 }
 
 #[test]
-fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
+fn a_pruned_channel_still_gets_its_ciphertext() {
+    // At 64 slots every 6×6 channel of conv1 has a ciphertext of its own; with channel 2's
+    // weights and bias zero, that ciphertext's block has no diagonal at all.
     let mut m = model();
-    m.nodes[5] = node("res", Op::Add, vec![4, 4]);
-    assert!(SinglePlan::new(&m, 512).is_err(), "residual additions");
+    let Op::Conv2d(c) = &mut m.nodes[1].op else {
+        panic!("conv1 is a convolution")
+    };
+    let per = c.weight.len() / 3;
+    c.weight.data_mut()[2 * per..].fill(0.0);
+    c.bias[2] = 0.0;
+    let (worst, plan) = worst_error(&m, 7, 1, 9);
+    assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+    assert!(plan.layers()[0].cts.1 >= 3, "{:?}", plan.layers());
+}
+
+#[test]
+fn the_slot_magnitude_bound_sees_every_stage() {
+    let good = rewrite(&model(), &RewriteOptions::default()).unwrap();
+    let plan = SinglePlan::new(&good, 512).unwrap();
+    let image = Tensor::new(vec![2, 6, 6], values(5, 72, 1.0)).unwrap();
+    let max = plan.max_slot_magnitude(&image).unwrap();
+    let logits = exec::run(&good, &image).unwrap();
+    let largest = |t: &[f64]| t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(max >= largest(logits.data()) && max >= largest(image.data()));
+    assert!(max < f64::from(1u32 << single::VALUE_BOUND_BITS), "{max}");
+    // Blow up one hidden layer: the bound sees it although the logits are unchanged in kind.
+    let mut big = model();
+    let Op::Conv2d(c) = &mut big.nodes[3].op else {
+        panic!("conv2 is a convolution")
+    };
+    c.weight.data_mut().iter_mut().for_each(|w| *w *= 1e4);
+    let big = rewrite(&big, &RewriteOptions::default()).unwrap();
+    let plan = SinglePlan::new(&big, 512).unwrap();
+    let max = plan.max_slot_magnitude(&image).unwrap();
+    assert!(max > f64::from(1u32 << single::VALUE_BOUND_BITS), "{max}");
+    assert!(
+        plan.max_slot_magnitude(&Tensor::zeros(vec![1, 2, 2]))
+            .is_err()
+    );
+}
+
+/// The error's message, for checking that a refusal is the expected one.
+fn refusal<T>(r: Result<T, hecnn_nn::NnError>) -> String {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
+    // A residual addition of conv2's output and its square (in place of the pooling, with
+    // the dense layer widened to match): a valid model, refused for what it is.
+    let mut m = model();
+    m.nodes[5] = node("res", Op::Add, vec![4, 3]);
+    m.nodes[7] = node("fc", dense(35, 5, 36), vec![6]);
+    assert!(exec::run(&m, &Tensor::zeros(vec![2, 6, 6])).is_ok());
+    let e = refusal(SinglePlan::new(&m, 512));
+    assert!(e.contains("no residual additions"), "{e}");
     let mut m = model();
     m.nodes[2].op = Op::Poly(vec![0.0, 0.0, 0.0, 1.0]);
-    assert!(SinglePlan::new(&m, 512).is_err(), "degree 3");
+    let e = refusal(SinglePlan::new(&m, 512));
+    assert!(e.contains("has degree 3"), "{e}");
+    // Trailing zero coefficients do not raise the degree.
+    let mut m = model();
+    m.nodes[2].op = Op::Poly(vec![0.1, 0.5, 0.25, 0.0]);
+    assert!(SinglePlan::new(&m, 512).is_ok());
     let good = rewrite(&model(), &RewriteOptions::default()).unwrap();
-    assert!(SinglePlan::new(&good, 500).is_err(), "not a power of two");
-    assert!(
-        SinglePlan::new(&good, 16).is_err(),
-        "a 6×6 channel in 16 slots"
-    );
+    let e = refusal(SinglePlan::new(&good, 500));
+    assert!(e.contains("power of two"), "{e}");
+    let e = refusal(SinglePlan::new(&good, 16));
+    assert!(e.contains("does not fit 16 slots"), "{e}");
 
     let plan = SinglePlan::new(&good, 512).unwrap();
     // Too few levels and too few slots are typed errors, not panics.
@@ -183,17 +242,28 @@ fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
         sk,
         eval,
     } = toy(10, 3, BTreeSet::new(), &mut rng);
-    assert!(plan.encode(&eval, params.max_level()).is_err(), "levels");
+    let e = refusal(plan.encode(&eval, params.max_level()));
+    assert!(e.contains("the model needs 5"), "{e}");
     let small = toy(7, plan.depth(), BTreeSet::new(), &mut rng);
-    assert!(
-        plan.encode(&small.eval, small.params.max_level()).is_err(),
-        "slots"
-    );
+    let e = refusal(plan.encode(&small.eval, small.params.max_level()));
+    assert!(e.contains("512 slots per ciphertext"), "{e}");
     let wrong = Tensor::new(vec![1, 2, 2], vec![0.0; 4]).unwrap();
-    assert!(
-        plan.encrypt_image(&eval, &wrong, params.max_level(), |pt| encrypt_sk(
-            &sk, &be, pt, &mut rng
-        ))
-        .is_err()
-    );
+    let e = refusal(plan.encrypt_image(&eval, &wrong, params.max_level(), |pt| {
+        encrypt_sk(&sk, &be, pt, &mut rng)
+    }));
+    assert!(e.contains("an image of 4 values"), "{e}");
+    // Outputs: too few, too many, or of the wrong slot count are refused.
+    let dec = Decryptor::new(&sk, &be).unwrap();
+    let image = Tensor::new(vec![2, 6, 6], values(5, 72, 1.0)).unwrap();
+    let ct = plan
+        .encrypt_image(&eval, &image, params.max_level(), |pt| {
+            encrypt_sk(&sk, &be, pt, &mut rng)
+        })
+        .unwrap();
+    assert_eq!(plan.output_cts(), 1);
+    let map = hecnn_nn::batch::OutputMap { a: 1.0, gamma: 0.0 };
+    for out in [vec![], vec![ct[0].clone(), ct[0].clone()]] {
+        let e = refusal(plan.decrypt_output(&eval, &out, map, |c| dec.decrypt(c)));
+        assert!(e.contains("the plan produces 1 of 512"), "{e}");
+    }
 }

@@ -5,8 +5,10 @@
 //! sits at row `gy·y` and column `gx·x` of its frame, and the `gy·gx` channels that share a
 //! frame are multiplexed into the gaps (channel offset `(a, b)`, `a < gy`, `b < gx`). A
 //! strided convolution or pooling whose output keeps its input's frame and multiplies the
-//! gaps by its stride needs only the diagonals of its kernel's offsets: no re-packing is ever
-//! needed (the multiplexed layouts of Lee et al. and HyPHEN's gap packing).
+//! gaps by its stride needs only the diagonals of its kernel's offsets, with no re-packing
+//! (the multiplexed layouts of Lee et al. and HyPHEN's gap packing). The planner prices that
+//! gapped grid against a dense one and keeps the cheaper; when the gapped grid does not fit
+//! the slots, the dense grid (a re-pack folded into the same diagonals) is the fallback.
 //!
 //! A *vector* puts neuron `o` at flat position `o` (ciphertext `o / slots`). A *summed*
 //! vector (dense layers with few outputs, Halevi–Shoup's hybrid method) computes partial

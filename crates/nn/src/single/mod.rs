@@ -344,6 +344,45 @@ impl SinglePlan {
         layout::cts_of(&self.input, self.slots)
     }
 
+    /// Relinearizations of one evaluation: one per ciphertext of every squared activation
+    /// (each about the cost of a rotation, which [`SinglePlan::cost`] leaves out).
+    pub fn relinearizations(&self) -> usize {
+        self.stages
+            .iter()
+            .enumerate()
+            .filter(
+                |(_, s)| matches!(&s.op, StageOp::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0)),
+            )
+            .map(|(i, _)| layout::cts_of(self.input_of(i), self.slots))
+            .sum()
+    }
+
+    /// Ciphertexts one image's output (the logits) occupies.
+    pub fn output_cts(&self) -> usize {
+        layout::cts_of(self.positions.last().unwrap_or(&self.input), self.slots)
+    }
+
+    /// The largest magnitude any slot takes while the plan runs on `image`, from the
+    /// cleartext model: every stage's output under the affine map it carries
+    /// (`slot = (value − γ) / a`). Single-image parameters hold magnitudes below
+    /// 2^[`VALUE_BOUND_BITS`]; compare before trusting a model's value ranges.
+    ///
+    /// # Errors
+    /// Wrong image shape.
+    pub fn max_slot_magnitude(&self, image: &crate::Tensor) -> Result<f64, NnError> {
+        let values = crate::exec::run_all(&self.model, image)?;
+        let mut max = image.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (stage, &(a, gamma)) in self.stages.iter().zip(&self.pending[1..]) {
+            let out = values.get(stage.node).ok_or_else(|| {
+                NnError::Invalid(format!("'{}' has no cleartext value", stage.name))
+            })?;
+            for v in out.data() {
+                max = max.max(((v - gamma) / a).abs());
+            }
+        }
+        Ok(max)
+    }
+
     /// The rotation steps evaluation needs (request them at key generation).
     pub fn rotations(&self) -> BTreeSet<i64> {
         self.linear
@@ -428,6 +467,16 @@ impl SinglePlan {
                                 .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[s]
                                 .re += w * a;
                         });
+                    // An output ciphertext whose rows are all zero (pruned channels) still
+                    // gets a block, a zero diagonal, so the transform produces it.
+                    for v in 0..plan.out_cts {
+                        if !diagonals.keys().any(|&(w, _)| w == v) {
+                            diagonals.insert(
+                                (v, 0),
+                                BTreeMap::from([(0, vec![Complex64::new(0.0, 0.0); slots])]),
+                            );
+                        }
+                    }
                     let lt = LinearTransform::blocks(
                         eval,
                         &diagonals,
@@ -498,10 +547,14 @@ impl SinglePlan {
         values
             .iter()
             .map(|v| {
+                let err = |source| NnError::Encrypted {
+                    node: "input".into(),
+                    source,
+                };
                 let pt = eval
                     .encode_real(v, level, eval.params().default_scale(), self.slots)
-                    .map_err(|e| NnError::Invalid(format!("encoding the image: {e}")))?;
-                encrypt(&pt).map_err(|e| NnError::Invalid(format!("encrypting the image: {e}")))
+                    .map_err(err)?;
+                encrypt(&pt).map_err(err)
             })
             .collect()
     }
@@ -598,21 +651,34 @@ impl SinglePlan {
         mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
     ) -> Result<Vec<f64>, NnError> {
         let positions = self.positions.last().unwrap_or(&self.input);
-        let cts = layout::cts_of(positions, self.slots);
-        if out.len() < cts {
+        let cts = self.output_cts();
+        if out.len() != cts || out.iter().any(|ct| ct.slots() != self.slots) {
             return Err(NnError::Invalid(format!(
-                "{} output ciphertexts, the plan produces {cts}",
-                out.len()
+                "{} output ciphertexts of {:?} slots; the plan produces {cts} of {}",
+                out.len(),
+                out.iter().map(Ciphertext::slots).collect::<BTreeSet<_>>(),
+                self.slots
             )));
         }
+        let err = |source| NnError::Encrypted {
+            node: "output".into(),
+            source,
+        };
         let mut slots = Vec::with_capacity(cts);
-        for ct in &out[..cts] {
-            let pt = decrypt(ct).map_err(|e| NnError::Invalid(format!("decrypting: {e}")))?;
-            slots.push(
-                eval.encoder()
-                    .decode_real(eval.backend(), eval.params(), &pt)
-                    .map_err(|e| NnError::Invalid(format!("decoding: {e}")))?,
-            );
+        for ct in out {
+            let pt = decrypt(ct).map_err(err)?;
+            let values = eval
+                .encoder()
+                .decode_real(eval.backend(), eval.params(), &pt)
+                .map_err(err)?;
+            if values.len() != self.slots {
+                return Err(NnError::Invalid(format!(
+                    "an output decoded to {} slots, the plan packs {}",
+                    values.len(),
+                    self.slots
+                )));
+            }
+            slots.push(values);
         }
         Ok(positions
             .iter()
@@ -620,6 +686,11 @@ impl SinglePlan {
             .collect())
     }
 }
+
+/// Values in single-image mode stay below `2^VALUE_BOUND_BITS` in magnitude: the base prime
+/// is `VALUE_BOUND_BITS + 1` bits above the scale, so a result decrypted at the last level
+/// does not wrap ([`SinglePlan::max_slot_magnitude`] checks a model against it).
+pub const VALUE_BOUND_BITS: u32 = 13;
 
 /// The smallest working scale (bits) in single-image mode: what the MNIST network's five
 /// levels can have at N = 2^13 and 128-bit security (batch mode uses 2^30). The evaluation
@@ -632,7 +703,7 @@ pub const MAX_LOG_SCALE: u32 = 33;
 
 /// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
 /// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
-/// `s + 14` bits (values must stay below 2^13 in magnitude) and `α` special primes of
+/// `s + 14` bits (values must stay below 2^[`VALUE_BOUND_BITS`] in magnitude) and `α` special primes of
 /// `s + 16` bits with digits of at most `α` primes (each special prime is above every Q
 /// prime, so the special modulus covers every digit).
 ///
@@ -656,7 +727,7 @@ pub fn parameters(
             u32::try_from(s).ok().filter(|&s| s >= MIN_LOG_SCALE)?
         }
     };
-    let log_q_bits = (depth as u32 + 1) * s + 14;
+    let log_q_bits = (depth as u32 + 1) * s + VALUE_BOUND_BITS + 1;
     // Special primes: as many as the budget leaves room for, up to three. Each one more
     // cuts the digits, hence the ModUp transforms and the key size, at no cost in security
     // (the ring's budget is the limit); past three the special primes' own transforms in
@@ -672,7 +743,7 @@ pub fn parameters(
     // primes in two digits of two): no more special primes than the largest digit uses.
     let dnum = (depth + 1).div_ceil(alpha as usize);
     let alpha = (depth + 1).div_ceil(dnum);
-    let mut log_q = vec![s + 14];
+    let mut log_q = vec![s + VALUE_BOUND_BITS + 1];
     log_q.extend(std::iter::repeat_n(s, depth));
     Some((
         hecnn_rlwe::ParamsLiteral {

@@ -27,6 +27,8 @@ pub(super) struct Stage {
     pub op: StageOp,
     pub shape: Vec<usize>,
     pub name: String,
+    /// The model node whose output the stage computes.
+    pub node: usize,
 }
 
 /// A linear stage being composed: its rows, stride and operator names.
@@ -58,30 +60,32 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                 node.op.kind()
             )));
         }
-        let close = |open: &mut Open, out: &mut Vec<Stage>, shape: &[usize]| {
+        let close = |open: &mut Open, out: &mut Vec<Stage>, node: usize| {
             if let Some((rows, stride, names)) = open.take() {
                 out.push(Stage {
                     op: StageOp::Linear { rows, stride },
-                    shape: shape.to_vec(),
+                    shape: shapes[node].clone(),
                     name: names.join(" + "),
+                    node,
                 });
             }
         };
         match &node.op {
             Op::Flatten => {}
             Op::Poly(c) => {
-                if c.len() > 3 && c[3..].iter().any(|&v| v != 0.0) {
+                let degree = c.iter().rposition(|&v| v != 0.0).unwrap_or(0);
+                if degree > 2 {
                     return Err(NnError::Invalid(format!(
-                        "activation '{}' has degree {}: single-image mode evaluates degree ≤ 2",
+                        "activation '{}' has degree {degree}: single-image mode evaluates degree ≤ 2",
                         node.name,
-                        c.len() - 1
                     )));
                 }
-                close(&mut open, &mut out, &shapes[id - 1]);
+                close(&mut open, &mut out, id - 1);
                 out.push(Stage {
                     op: StageOp::Poly(c.clone()),
                     shape: shapes[id].clone(),
                     name: node.name.clone(),
+                    node: id,
                 });
             }
             op => {
@@ -108,7 +112,7 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
             }
         }
         if id == model.output {
-            close(&mut open, &mut out, &shapes[id]);
+            close(&mut open, &mut out, id);
             // A trailing reshape changes the shape, not the neurons.
             if let Some(last) = out.last_mut() {
                 last.shape = shapes[id].clone();

@@ -1,0 +1,162 @@
+//! Single-image packing through the `hecnn` binary, the client and server roles apart:
+//! `hecnn compile --mode single` writes a model that `keygen` (with the plan's rotation keys),
+//! `encrypt`, `run` (evaluation keys only) and `decrypt` follow; the predictions are the
+//! cleartext model's. Also `--mode auto` in both directions and the refusals of files made
+//! for the other packing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hecnn_nn::{RewriteOptions, exec, onnx, rewrite};
+
+fn hecnn(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hecnn"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+const MODEL: &str = "models/hcnn-mnist.onnx";
+
+#[test]
+fn compiled_single_model_runs_client_and_server_apart() {
+    let tmp = std::env::temp_dir().join(format!("hecnn-single-flow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let p = |f: &str| tmp.join(f).to_str().unwrap().to_string();
+    let (single, batch) = (p("single.hecnn"), p("batch.hecnn"));
+
+    let (ok, log) = hecnn(&[
+        "compile",
+        MODEL,
+        "--mode",
+        "single",
+        "-o",
+        &single,
+        "--calibrate",
+        "sample:mnist",
+        "--calibrate-count",
+        "16",
+    ]);
+    assert!(ok, "{log}");
+    assert!(log.contains("single-image packing"), "{log}");
+    assert!(log.contains("below 2^13 by"), "{log}");
+    let (ok, log) = hecnn(&["keygen", &single, "--out-dir", &p("keys")]);
+    assert!(ok, "{log}");
+    assert!(log.contains("eval.keys"), "{log}");
+
+    let count = 3;
+    let (ok, log) = hecnn(&[
+        "encrypt",
+        &single,
+        "--public-key",
+        &p("keys/public.key"),
+        "--data",
+        "sample:mnist",
+        "--count",
+        &count.to_string(),
+        "-o",
+        &p("in.ct"),
+    ]);
+    assert!(ok, "{log}");
+    // The server: evaluation keys and ciphertexts, no secret key.
+    let (ok, log) = hecnn(&[
+        "run",
+        &single,
+        "--eval-keys",
+        &p("keys/eval.keys"),
+        "--in",
+        &p("in.ct"),
+        "-o",
+        &p("out.ct"),
+    ]);
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("evaluated {count} images")), "{log}");
+    let (ok, log) = hecnn(&[
+        "decrypt",
+        &single,
+        "--secret-key",
+        &p("keys/secret.key"),
+        "--in",
+        &p("out.ct"),
+    ]);
+    assert!(ok, "{log}");
+    let got: Vec<usize> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("predictions: "))
+        .unwrap_or_else(|| panic!("{log}"))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let model = rewrite(
+        &onnx::import_onnx_file(&repo().join(MODEL)).unwrap(),
+        &RewriteOptions::default(),
+    )
+    .unwrap();
+    let sample = hecnn_nn::data::load_idx(
+        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
+        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
+    )
+    .unwrap();
+    let want: Vec<usize> = (0..count)
+        .map(|i| exec::argmax(exec::run(&model, &sample.image(i)).unwrap().data()))
+        .collect();
+    assert_eq!(got, want);
+
+    // Files of the other packing are refused with an error, not a panic or wrong output.
+    let (ok, log) = hecnn(&["compile", MODEL, "-o", &batch]);
+    assert!(ok, "{log}");
+    let (ok, log) = hecnn(&[
+        "run",
+        &batch,
+        "--eval-keys",
+        &p("keys/eval.keys"),
+        "--in",
+        &p("in.ct"),
+    ]);
+    assert!(!ok && log.contains("error"), "{log}");
+    let (ok, log) = hecnn(&[
+        "encrypt",
+        &single,
+        "--public-key",
+        &p("keys/public.key"),
+        "--data",
+        "sample:mnist",
+        "--count",
+        "300",
+        "-o",
+        &p("many.ct"),
+    ]);
+    assert_eq!(sample.len(), 300);
+    assert!(!ok && log.contains("one file holds"), "{log}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn auto_mode_picks_single_for_one_image_and_batch_for_many() {
+    let out = std::env::temp_dir().join(format!("hecnn-auto-{}.hecnn", std::process::id()));
+    let out = out.to_str().unwrap();
+    for (images, pick) in [("1", "single"), ("100000", "batch")] {
+        let (ok, log) = hecnn(&[
+            "compile", MODEL, "--mode", "auto", "--images", images, "-o", out,
+        ]);
+        assert!(ok, "{log}");
+        assert!(
+            log.contains(&format!("mode auto: {pick} for {images} image(s)")),
+            "{log}"
+        );
+    }
+    let _ = std::fs::remove_file(out);
+}
