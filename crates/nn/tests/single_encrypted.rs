@@ -1,20 +1,23 @@
 //! Single-image plans executed under encryption at small ring degrees (toy, insecure
-//! parameters) against the cleartext executor: every layer type, stride 1 and 2, padding,
-//! composed linear stages, values spread over several ciphertexts, and the summed (hybrid)
-//! dense layout.
+//! parameters, and the chain single-image mode runs with) against the cleartext executor:
+//! every layer type (convolutions plain, strided and grouped, average and global average
+//! pooling, dense layers, activations), stride 1 and 2, symmetric and asymmetric padding,
+//! non-square inputs and kernels, composed linear stages, values spread over several
+//! ciphertexts, pruned channels, and the summed (hybrid) dense layout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod common;
 
-use common::{Toy, conv, node, toy, values};
+use common::{Toy, conv, node, toy, toy_with, values};
 use hecnn_ckks::{Decryptor, encrypt_sk};
 use hecnn_nn::{
     Model, Op, RewriteOptions, Tensor, exec,
-    ir::{Dense, Pool},
+    ir::{Conv2d, Dense, Pool},
     rewrite,
     single::{self, SinglePlan},
 };
 use hecnn_ring::Prng;
+use hecnn_rlwe::SecurityLevel;
 use std::collections::BTreeSet;
 
 fn pool(k: usize, stride: usize) -> Op {
@@ -76,6 +79,19 @@ fn strided_model() -> Model {
 /// Encrypts `images` images, runs the plan at `2^log_n`, and returns the largest difference
 /// from the cleartext executor.
 fn worst_error(model: &Model, log_n: u32, images: u64, seed: u8) -> (f64, SinglePlan) {
+    worst_error_with(model, log_n, images, seed, false)
+}
+
+/// As [`worst_error`]; with `chain`, under the parameters single-image mode runs with
+/// ([`single::parameters`]: scale 2^26, base and special primes above it), unchecked at
+/// this small degree, instead of the toy chain at scale 2^40.
+fn worst_error_with(
+    model: &Model,
+    log_n: u32,
+    images: u64,
+    seed: u8,
+    chain: bool,
+) -> (f64, SinglePlan) {
     let model = rewrite(model, &RewriteOptions::default()).unwrap();
     let depth = single::depth(&model).unwrap();
     let plan = SinglePlan::new(&model, 1 << (log_n - 1)).unwrap();
@@ -86,7 +102,14 @@ fn worst_error(model: &Model, log_n: u32, images: u64, seed: u8) -> (f64, Single
         be,
         sk,
         eval,
-    } = toy(log_n, depth, plan.rotations(), &mut rng);
+    } = if chain {
+        let (lit, log_scale) =
+            single::parameters(depth, log_n, SecurityLevel::UncheckedForReproduction).unwrap();
+        assert_eq!(log_scale, single::MIN_LOG_SCALE);
+        toy_with(&lit, log_scale, plan.rotations(), &mut rng)
+    } else {
+        toy(log_n, depth, plan.rotations(), &mut rng)
+    };
     let encoded = plan.encode(&eval, params.max_level()).unwrap();
     let dec = Decryptor::new(&sk, &be).unwrap();
     let [c, h, w] = model.input_shape;
@@ -157,6 +180,80 @@ fn strided_layers_keep_the_kernel_offsets_as_diagonals() {
     // The 3-output dense layer sums partial rows.
     assert!(layers[2].rotations.2 > 0, "{:?}", layers[2]);
     assert!(layers[2].diagonals <= 4, "{:?}", layers[2]);
+}
+
+/// The edge cases: a non-square input and kernel, stride (2, 1) with asymmetric padding, a
+/// grouped convolution with padding on the far sides only, average pooling with padding, a
+/// global average pool composed with the dense layer.
+fn edge_model() -> Model {
+    let conv_with = |seed, (o, i, kh, kw), stride: [usize; 2], padding, groups| {
+        Op::Conv2d(Conv2d {
+            weight: Tensor::new(vec![o, i, kh, kw], values(seed, o * i * kh * kw, 0.5)).unwrap(),
+            bias: values(seed + 1, o, 0.2),
+            stride,
+            padding,
+            groups,
+        })
+    };
+    Model {
+        name: "edges".into(),
+        input_shape: [2, 7, 6],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            // 2×7×6 → 4×3×6
+            node(
+                "conv1",
+                conv_with(51, (4, 2, 3, 2), [2, 1], [1, 0, 0, 1], 1),
+                vec![0],
+            ),
+            node("act1", Op::Poly(vec![0.0, 0.5, 0.3]), vec![1]),
+            // grouped, 4×3×6 → 4×3×6
+            node(
+                "conv2",
+                conv_with(53, (4, 2, 2, 2), [1, 1], [0, 1, 1, 0], 2),
+                vec![2],
+            ),
+            // padded pooling, 4×3×6 → 4×2×3
+            node(
+                "pool",
+                Op::AvgPool(Pool {
+                    kernel: [3, 3],
+                    stride: [2, 2],
+                    padding: [1, 1, 1, 1],
+                }),
+                vec![3],
+            ),
+            node("sq", Op::Poly(vec![0.0, 0.0, 1.0]), vec![4]),
+            node("gap", Op::GlobalAvgPool, vec![5]),
+            node("flat", Op::Flatten, vec![6]),
+            node("fc", dense(55, 3, 4), vec![7]),
+        ],
+        output: 8,
+    }
+}
+
+#[test]
+fn padding_stride_and_pooling_edge_cases() {
+    let image = Tensor::zeros(vec![2, 7, 6]);
+    assert_eq!(
+        exec::run_all(&edge_model(), &image).unwrap()[4].shape(),
+        [4, 2, 3]
+    );
+    let (worst, plan) = worst_error(&edge_model(), 10, 2, 11);
+    assert!(worst < 1e-4, "max |encrypted − cleartext| = {worst:e}");
+    // conv1; conv2 + pool; gap + flatten + fc.
+    assert_eq!(plan.layers().len(), 3, "{:?}", plan.layers());
+    assert_eq!(plan.depth(), 5);
+}
+
+#[test]
+fn the_parameters_single_mode_runs_with() {
+    // Scale 2^26 instead of 2^40: the error grows by about 2^14 (measured near 1e-4, from
+    // 1e-9), still far below the margins between logits.
+    let (worst, _) = worst_error_with(&model(), 10, 2, 13, true);
+    assert!(worst < 1e-3, "max |encrypted − cleartext| = {worst:e}");
+    let (worst, _) = worst_error_with(&strided_model(), 10, 1, 15, true);
+    assert!(worst < 1e-3, "max |encrypted − cleartext| = {worst:e}");
 }
 
 #[test]

@@ -60,10 +60,23 @@ pub fn toy(
     rotations: std::collections::BTreeSet<i64>,
     rng: &mut hecnn_ring::Prng,
 ) -> Toy {
-    let params = std::sync::Arc::new(
-        hecnn_ckks::CkksParams::from_literal(&hecnn_testkit::toy_literal(log_n, levels), 40)
-            .unwrap(),
-    );
+    toy_with(
+        &hecnn_testkit::toy_literal(log_n, levels),
+        40,
+        rotations,
+        rng,
+    )
+}
+
+/// As [`toy`], for given parameters and scale.
+pub fn toy_with(
+    literal: &hecnn_rlwe::ParamsLiteral,
+    log_scale: u32,
+    rotations: std::collections::BTreeSet<i64>,
+    rng: &mut hecnn_ring::Prng,
+) -> Toy {
+    let params =
+        std::sync::Arc::new(hecnn_ckks::CkksParams::from_literal(literal, log_scale).unwrap());
     let be = hecnn_ring::CpuBackend::new(2).unwrap();
     let sk = hecnn_rlwe::SecretKey::generate(params.rlwe(), rng).unwrap();
     let req = hecnn_rlwe::KeyRequirements::relin().with_rotations(rotations);
