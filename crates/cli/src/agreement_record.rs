@@ -1,9 +1,10 @@
 //! A resumable, image-by-image record of an encrypted evaluation (`hecnn eval --record`).
 //!
-//! Checking single-image mode on a whole test split takes hours (CIFAR-10: about 0.75 s per
-//! image on two cores, two hours for the test split); the record makes that work survive interruptions and add up across runs. It is a
-//! CSV file with one header line naming what produced it (model, data, parameters) and one
-//! line per image, flushed as soon as the image is done:
+//! Checking single-image mode on a whole test split takes hours (CIFAR-10: about 0.75 s
+//! per image on two cores, two hours for the test split); the record makes that work
+//! survive interruptions and add up across runs. It is a CSV file with one header line
+//! naming what produced it (model, data, parameters) and one line per image, flushed as
+//! soon as the image is done:
 //!
 //! ```text
 //! # hecnn agreement record v1: model=hcnn-cifar10 data=cifar10 mode=single log_n=14 ...

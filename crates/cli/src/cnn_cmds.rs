@@ -134,8 +134,9 @@ pub struct CompileArgs {
     /// Number of calibration images.
     #[arg(long, default_value_t = 256)]
     calibrate_count: usize,
-    /// Packing to plan and report: `batch`, `single` (the single-image plan, its rotation
-    /// keys and their size, before any key exists), or `auto` (picked for `--images`).
+    /// Packing: `batch`, `single` (reports the single-image plan, its rotation keys and
+    /// their size before any key exists) or `auto` (picked for `--images`). The compiled
+    /// model records it; keygen, encrypt, run, decrypt and eval follow it.
     #[arg(long, value_enum, default_value_t = Mode::Batch)]
     mode: Mode,
     /// For `--mode auto`: how many images will be sent together.
@@ -184,6 +185,9 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
             println!("{}\nwrote {}", describe(&c)?, out.display());
         }
         Packing::Single(params, plan) => {
+            if let Err(e) = crate::single_cmd::check_memory(&c, params, plan) {
+                eprintln!("warning: {e}");
+            }
             c.save(&out)?;
             println!(
                 "{}\nwrote {} (single-image packing: keygen, encrypt, run, decrypt and eval follow it)",
@@ -493,6 +497,13 @@ pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
     let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, params)?;
     cnn::check_key(&output.key_id, &sk.key_id(), &a.input.display().to_string())?;
     let (images, map, cts) = (output.images, output.map, output.cts);
+    if matches!(c.packing, Packing::Batch) && images > c.batch_size() {
+        return Err(CliError::Usage(format!(
+            "{}: {images} images in one batch of {} slots",
+            a.input.display(),
+            c.batch_size()
+        )));
+    }
     let eval = server_eval(params, &be, None)?;
     let dec = Decryptor::new(&sk, &be)?;
     let logits = match &c.packing {
@@ -639,7 +650,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     } else {
         cnn::repo_path(&a.model.to_string_lossy())
     };
-    let c = load(&model, &a.opts)?;
+    let mut c = load(&model, &a.opts)?;
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, a.offset, a.count, usize::MAX)?;
     check_shape(&c, &ds)?;
@@ -668,7 +679,8 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         return Ok(());
     }
     let packing = match a.mode {
-        None => c.packing.clone(),
+        // The compiled packing, moved out (the plan holds the whole model).
+        None => std::mem::replace(&mut c.packing, Packing::Batch),
         Some(mode) => {
             let level = a.opts.compile_options()?.security;
             let (packing, why) = choose_packing(&c, mode, ds.len(), level)?;

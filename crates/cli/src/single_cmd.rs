@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use hecnn_ckks::{Ciphertext, CkksError, CkksParams, Decryptor, Evaluator, Plaintext, encrypt_pk};
 use hecnn_nn::{
+    NnError,
     batch::OutputMap,
     data::Dataset,
     exec,
@@ -44,10 +45,12 @@ pub fn plan(c: &Compiled, level: SecurityLevel) -> Result<(Arc<CkksParams>, Sing
                 continue;
             }
         };
-        // A larger degree has more slots: a layout that does not fit may fit there.
+        // A larger degree has more slots: a layout that does not fit may fit there. Any
+        // other refusal does not depend on the degree.
         match SinglePlan::new(c.plan.model(), params.max_slots()) {
             Ok(plan) => return Ok((Arc::new(params), plan)),
-            Err(e) => last = Some(format!("at N = 2^{log_n}: {e}")),
+            Err(e @ NnError::TooFewSlots { .. }) => last = Some(format!("at N = 2^{log_n}: {e}")),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(CliError::Usage(format!(
@@ -86,8 +89,14 @@ pub fn check_memory(c: &Compiled, params: &CkksParams, plan: &SinglePlan) -> Res
 /// `2^`[`single::VALUE_BOUND_BITS`]. No key is involved.
 ///
 /// # Errors
-/// Less than a bit of headroom: decrypted results would wrap around the last modulus.
+/// No images; less than a bit of headroom below the bound the parameters are designed for
+/// (decrypted outputs beyond it wrap around the base prime).
 pub fn calibrate(plan: &SinglePlan, ds: &Dataset, spec: &str) -> Result<(), CliError> {
+    if ds.is_empty() {
+        return Err(CliError::Usage(format!(
+            "--calibrate {spec}: no images to calibrate on"
+        )));
+    }
     let mut max = 0.0f64;
     for i in 0..ds.len() {
         max = max.max(plan.max_slot_magnitude(&ds.image(i))?);
@@ -101,7 +110,7 @@ pub fn calibrate(plan: &SinglePlan, ds: &Dataset, spec: &str) -> Result<(), CliE
     );
     if headroom < 1.0 {
         return Err(CliError::Usage(format!(
-            "values reach {max:.1}, within {headroom:.1} bits of the single-image bound 2^{}: rescale the model's weights or use batch packing",
+            "values reach {max:.1}, within {headroom:.1} bits of 2^{}, the largest magnitude single-image parameters are designed for (outputs beyond it wrap around the base prime): rescale the model's weights or use batch packing",
             single::VALUE_BOUND_BITS
         )));
     }
@@ -121,7 +130,7 @@ pub fn run_images(
     cts: Vec<Ciphertext<CpuBackend>>,
 ) -> Result<(Vec<Ciphertext<CpuBackend>>, OutputMap), CliError> {
     let per = plan.input_cts();
-    if cts.len() != images * per {
+    if images.checked_mul(per) != Some(cts.len()) {
         return Err(CliError::Usage(format!(
             "{} input ciphertexts for {images} images: the single-image plan takes {per} per image",
             cts.len()
@@ -138,7 +147,7 @@ pub fn run_images(
         pb.set_style(style.progress_chars("=> "));
     }
     pb.set_message("evaluating");
-    let mut out = Vec::with_capacity(images * plan.output_cts());
+    let mut out = Vec::with_capacity(images.saturating_mul(plan.output_cts()));
     let mut map = OutputMap { a: 1.0, gamma: 0.0 };
     let mut cts = cts.into_iter();
     for _ in 0..images {
@@ -166,7 +175,7 @@ pub fn decrypt_images(
     mut decrypt: impl FnMut(&Ciphertext<CpuBackend>) -> Result<Plaintext<CpuBackend>, CkksError>,
 ) -> Result<Vec<Vec<f64>>, CliError> {
     let per = plan.output_cts();
-    if cts.len() != images * per {
+    if images.checked_mul(per) != Some(cts.len()) {
         return Err(CliError::Usage(format!(
             "{} output ciphertexts for {images} images: the single-image plan produces {per} per image",
             cts.len()

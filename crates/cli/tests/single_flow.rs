@@ -145,6 +145,20 @@ fn compiled_single_model_runs_client_and_server_apart() {
 }
 
 #[test]
+fn a_compiled_model_of_an_older_format_is_refused_clearly() {
+    // Magic, then the format version as postcard writes it (a varint): version 1.
+    let old = std::env::temp_dir().join(format!("hecnn-v1-{}.hecnn", std::process::id()));
+    std::fs::write(&old, b"HCNM\x01 and whatever version 1 held").unwrap();
+    let (ok, log) = hecnn(&["keygen", old.to_str().unwrap(), "--out-dir", "/nonexistent"]);
+    assert!(!ok);
+    assert!(
+        log.contains("format version 1 (this build reads 2): compile the model again"),
+        "{log}"
+    );
+    let _ = std::fs::remove_file(old);
+}
+
+#[test]
 fn auto_mode_picks_single_for_one_image_and_batch_for_many() {
     let out = std::env::temp_dir().join(format!("hecnn-auto-{}.hecnn", std::process::id()));
     let out = out.to_str().unwrap();

@@ -77,4 +77,13 @@ pub enum NnError {
     /// Structurally invalid model.
     #[error("invalid model: {0}")]
     Invalid(String),
+    /// A single-image layout needs more slots than the ring degree has (a larger degree
+    /// may hold it).
+    #[error("{what} does not fit {slots} slots (a larger ring degree has more)")]
+    TooFewSlots {
+        /// What did not fit.
+        what: String,
+        /// The slots per ciphertext.
+        slots: usize,
+    },
 }

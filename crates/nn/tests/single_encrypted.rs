@@ -282,7 +282,7 @@ fn the_slot_magnitude_bound_sees_every_stage() {
     let largest = |t: &[f64]| t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert!(max >= largest(logits.data()) && max >= largest(image.data()));
     assert!(max < f64::from(1u32 << single::VALUE_BOUND_BITS), "{max}");
-    // Blow up one hidden layer: the bound sees it although the logits are unchanged in kind.
+    // Blow up one hidden layer: the bound sees it.
     let mut big = model();
     let Op::Conv2d(c) = &mut big.nodes[3].op else {
         panic!("conv2 is a convolution")

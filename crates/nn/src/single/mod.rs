@@ -210,10 +210,13 @@ impl SinglePlan {
     ) -> Result<(usize, Self), NnError> {
         let mut total = 0;
         if !input_grid.fits(slots) {
-            return Err(NnError::Invalid(format!(
-                "an input channel of {}×{} does not fit {slots} slots (use a larger ring degree)",
-                model.input_shape[1], model.input_shape[2]
-            )));
+            return Err(NnError::TooFewSlots {
+                what: format!(
+                    "an input channel of {}×{}",
+                    model.input_shape[1], model.input_shape[2]
+                ),
+                slots,
+            });
         }
         let input = input_grid.positions(slots);
         let mut grid = Some(input_grid);
@@ -285,11 +288,9 @@ impl SinglePlan {
                             best = Some((cost, plan, g));
                         }
                     }
-                    let (cost, plan, g) = best.ok_or_else(|| {
-                        NnError::Invalid(format!(
-                            "'{}': no layout of its {:?} output fits {slots} slots",
-                            stage.name, stage.shape
-                        ))
+                    let (cost, plan, g) = best.ok_or_else(|| NnError::TooFewSlots {
+                        what: format!("no layout of '{}' ({:?})", stage.name, stage.shape),
+                        slots,
                     })?;
                     total += cost;
                     grid = g;
@@ -363,21 +364,57 @@ impl SinglePlan {
     }
 
     /// The largest magnitude any slot takes while the plan runs on `image`, from the
-    /// cleartext model: every stage's output under the affine map it carries
-    /// (`slot = (value − γ) / a`). Single-image parameters hold magnitudes below
-    /// 2^[`VALUE_BOUND_BITS`]; compare before trusting a model's value ranges.
+    /// cleartext model: the input, every linear stage's output (and, for partial sums, the
+    /// copies of each sum without its bias in the other slots of its residue class), every
+    /// square (under the affine map it carries, `slot = (value − γ) / a`) and the `δ²` a
+    /// square leaves in unused slots. Single-image parameters are designed for magnitudes
+    /// below 2^[`VALUE_BOUND_BITS`]: the outputs are decrypted at the base prime, and the
+    /// hidden stages keep the same margin.
     ///
     /// # Errors
-    /// Wrong image shape.
+    /// Wrong image shape; a value that is not finite.
     pub fn max_slot_magnitude(&self, image: &crate::Tensor) -> Result<f64, NnError> {
         let values = crate::exec::run_all(&self.model, image)?;
-        let mut max = image.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        for (stage, &(a, gamma)) in self.stages.iter().zip(&self.pending[1..]) {
+        let mut max = 0.0f64;
+        let mut see = |v: f64, what: &str| {
+            if !v.is_finite() {
+                return Err(NnError::Invalid(format!("'{what}' computes {v}")));
+            }
+            max = max.max(v.abs());
+            Ok(())
+        };
+        for &v in image.data() {
+            see(v, "input")?;
+        }
+        for (i, stage) in self.stages.iter().enumerate() {
             let out = values.get(stage.node).ok_or_else(|| {
                 NnError::Invalid(format!("'{}' has no cleartext value", stage.name))
             })?;
-            for v in out.data() {
-                max = max.max(((v - gamma) / a).abs());
+            let (a, gamma) = self.pending[i];
+            match &stage.op {
+                StageOp::Linear { rows, .. } => {
+                    let summed = self
+                        .linear
+                        .get(&i)
+                        .is_some_and(|p| matches!(p.target, Target::Summed { .. }));
+                    for (row, &v) in rows.iter().zip(out.data()) {
+                        see(v, &stage.name)?;
+                        if summed {
+                            let bias =
+                                row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
+                            see(v - bias, &stage.name)?;
+                        }
+                    }
+                }
+                StageOp::Poly(c) => {
+                    if let Activation::Square { delta, .. } = activation(c, a, gamma) {
+                        let (a, gamma) = self.pending[i + 1];
+                        for &v in out.data() {
+                            see((v - gamma) / a, &stage.name)?;
+                        }
+                        see(delta * delta, &stage.name)?;
+                    }
+                }
             }
         }
         Ok(max)
