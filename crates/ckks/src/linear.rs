@@ -282,19 +282,28 @@ impl<B: Backend> LinearTransform<B> {
             .map(|(&vu, m)| (vu, m.keys().copied().collect()))
             .collect();
         let n1 = choose_n1(&indices, slots, baby_weight);
+        // The diagonals are encoded independently, in parallel (the embedding's FFT and the
+        // reduction into the limbs are sequential per plaintext); the results are collected
+        // in order, so the transform is the same whatever the thread count.
+        let jobs: Vec<(usize, usize, i64, &Vec<Complex64>)> = diagonals
+            .iter()
+            .flat_map(|(&(v, u), block)| block.iter().map(move |(&k, d)| (v, u, k, d)))
+            .collect();
+        let encoded = eval.backend().par_map(jobs, |(v, u, k, d)| {
+            let b = k % n1 as i64;
+            let g = k - b;
+            // rot_{-g}(d)[i] = d[(i - g) mod slots]
+            let rotated: Vec<Complex64> = (0..slots)
+                .map(|i| d[(i as i64 - g).rem_euclid(slots as i64) as usize])
+                .collect();
+            eval.encode(&rotated, level, scale, slots)
+                .map(|pt| (v, u, g, b, pt))
+        });
         let mut groups: Vec<BTreeMap<i64, Group<B>>> =
             (0..outputs).map(|_| BTreeMap::new()).collect();
-        for (&(v, u), block) in diagonals {
-            for (&k, d) in block {
-                let b = k % n1 as i64;
-                let g = k - b;
-                // rot_{-g}(d)[i] = d[(i - g) mod slots]
-                let rotated: Vec<Complex64> = (0..slots)
-                    .map(|i| d[(i as i64 - g).rem_euclid(slots as i64) as usize])
-                    .collect();
-                let pt = eval.encode(&rotated, level, scale, slots)?;
-                groups[v].entry(g).or_default().push((u, b, pt));
-            }
+        for item in encoded {
+            let (v, u, g, b, pt) = item?;
+            groups[v].entry(g).or_default().push((u, b, pt));
         }
         Ok(Self {
             slots,
