@@ -69,8 +69,9 @@ pub struct Compiled {
     pub name: String,
     /// The batch plan (it also holds the rewritten model every packing runs).
     pub plan: BatchPlan,
-    /// The batch parameters.
-    pub params: Arc<CkksParams>,
+    /// The batch parameters, or why there are none (a model too deep for batch packing at
+    /// the ring degree asked for can still run in single-image packing).
+    batch: Result<Arc<CkksParams>, String>,
     /// The packing keys, ciphertexts and evaluation use: batch for a model compiled without
     /// `--mode`, and for any `.onnx` file.
     pub packing: Packing,
@@ -83,8 +84,8 @@ struct CompiledFile {
     name: String,
     /// The rewritten model as ONNX.
     model: Vec<u8>,
-    literal: ParamsLiteral,
-    log_scale: u32,
+    /// Batch packing's parameters and scale, when the model has them.
+    batch: Option<(ParamsLiteral, u32)>,
     /// Single-image packing: its parameters and scale (the plan is made again on load).
     single: Option<(ParamsLiteral, u32)>,
 }
@@ -120,11 +121,19 @@ impl Compiled {
         let model = rewrite(model, &opts.rewrite)?;
         let plan = BatchPlan::new(&model)?;
         let literal = batch::parameters(plan.depth(), opts.log_n, opts.security);
-        let params = Arc::new(CkksParams::from_literal(&literal, batch::BATCH_LOG_SCALE)?);
+        let batch = CkksParams::from_literal(&literal, batch::BATCH_LOG_SCALE)
+            .map(Arc::new)
+            .map_err(|e| {
+                format!(
+                    "no batch parameters for depth {} at N = 2^{}: {e} (raise --log-n, or use --mode single)",
+                    plan.depth(),
+                    opts.log_n
+                )
+            });
         Ok(Self {
             name: name.to_string(),
             plan,
-            params,
+            batch,
             packing: Packing::Batch,
         })
     }
@@ -152,14 +161,29 @@ impl Compiled {
         let f: CompiledFile = postcard::from_bytes(&bytes).map_err(bad)?;
         let model = onnx::import_onnx(&f.model)?;
         let plan = BatchPlan::new(&model)?;
-        let params = Arc::new(CkksParams::from_literal(&f.literal, f.log_scale)?);
-        if params.max_level() < plan.depth() {
-            return Err(CliError::Usage(format!(
-                "{}: parameters have fewer levels than the model needs",
+        let batch = match f.batch {
+            None => Err(format!(
+                "{}: compiled for single-image packing only (no batch parameters; for batch packing compile the ONNX model with a larger --log-n)",
                 path.display()
-            )));
-        }
+            )),
+            Some((literal, log_scale)) => {
+                let params = Arc::new(CkksParams::from_literal(&literal, log_scale)?);
+                if params.max_level() < plan.depth() {
+                    return Err(CliError::Usage(format!(
+                        "{}: parameters have fewer levels than the model needs",
+                        path.display()
+                    )));
+                }
+                Ok(params)
+            }
+        };
         let packing = match f.single {
+            None if batch.is_err() => {
+                return Err(CliError::Usage(format!(
+                    "{}: neither batch nor single-image parameters",
+                    path.display()
+                )));
+            }
             None => Packing::Batch,
             Some((literal, log_scale)) => {
                 let params = Arc::new(CkksParams::from_literal(&literal, log_scale)?);
@@ -176,7 +200,7 @@ impl Compiled {
         Ok(Self {
             name: f.name,
             plan,
-            params,
+            batch,
             packing,
         })
     }
@@ -188,8 +212,11 @@ impl Compiled {
             version: COMPILED_VERSION,
             name: self.name.clone(),
             model: onnx::export_onnx(self.plan.model())?,
-            literal: self.params.rlwe().literal().clone(),
-            log_scale: self.params.log_scale(),
+            batch: self
+                .batch
+                .as_ref()
+                .ok()
+                .map(|p| (p.rlwe().literal().clone(), p.log_scale())),
             single: match &self.packing {
                 Packing::Batch => None,
                 Packing::Single(p, _) => Some((p.rlwe().literal().clone(), p.log_scale())),
@@ -199,16 +226,31 @@ impl Compiled {
         write_file(path, &bytes)
     }
 
+    /// The batch parameters.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] saying why the model has none (too deep for batch packing at the
+    /// ring degree asked for, or compiled for single-image packing only).
+    pub fn batch_params(&self) -> Result<&Arc<CkksParams>, CliError> {
+        self.batch.as_ref().map_err(|e| CliError::Usage(e.clone()))
+    }
+
     /// Images per batch (slots).
-    pub fn batch_size(&self) -> usize {
-        self.params.max_slots()
+    ///
+    /// # Errors
+    /// See [`Compiled::batch_params`].
+    pub fn batch_size(&self) -> Result<usize, CliError> {
+        Ok(self.batch_params()?.max_slots())
     }
 
     /// The parameters of the packing in use: keys and ciphertexts are made under these.
-    pub fn packing_params(&self) -> &Arc<CkksParams> {
+    ///
+    /// # Errors
+    /// Batch packing without batch parameters ([`Compiled::batch_params`]).
+    pub fn packing_params(&self) -> Result<&Arc<CkksParams>, CliError> {
         match &self.packing {
-            Packing::Batch => &self.params,
-            Packing::Single(p, _) => p,
+            Packing::Batch => self.batch_params(),
+            Packing::Single(p, _) => Ok(p),
         }
     }
 }

@@ -70,9 +70,8 @@ pub fn available_memory() -> Option<usize> {
 
 /// Refuses plans whose ciphertexts cannot fit in this machine's memory.
 fn check_memory(c: &Compiled) -> Result<(), CliError> {
-    let need = c
-        .plan
-        .peak_ciphertext_bytes(c.params.n(), c.params.max_level());
+    let params = c.batch_params()?;
+    let need = c.plan.peak_ciphertext_bytes(params.n(), params.max_level());
     if let Some(have) = available_memory()
         && need > have
     {
@@ -90,24 +89,22 @@ fn check_memory(c: &Compiled) -> Result<(), CliError> {
 }
 
 fn describe(c: &Compiled) -> Result<String, CliError> {
-    let r = c.params.rlwe();
+    let params = c.batch_params()?;
+    let r = params.rlwe();
     let (terms, squares, relins, rescales) = c.plan.op_counts()?;
-    let peak = human_bytes(
-        c.plan
-            .peak_ciphertext_bytes(c.params.n(), c.params.max_level()),
-    );
+    let peak = human_bytes(c.plan.peak_ciphertext_bytes(params.n(), params.max_level()));
     Ok(format!(
         "model '{}': {} nodes, batch packing ({} images per ciphertext), depth {}\n\
          parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {} (checked)\n\
          per batch: {} input ciphertexts, {} weighted-sum terms, {} squares, {} relinearizations, {} rescales; relinearization key {}; peak ciphertext memory ≈ {peak}",
         c.name,
         c.plan.model().nodes.len(),
-        c.batch_size(),
+        params.max_slots(),
         c.plan.depth(),
         r.log_n(),
         r.log_qp(),
         r.max_level(),
-        c.params.log_scale(),
+        params.log_scale(),
         r.dnum(),
         security::achieved_level(r.log_n(), r.log_qp()).map_or("none".into(), |l| l.to_string()),
         c.plan.inputs(),
@@ -202,12 +199,13 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
 /// Simulates the batch plan on up to `count` images of `ds` without keys: the smallest
 /// modulus headroom, and whether the predictions are the model's.
 fn calibrate_batch(c: &Compiled, ds: &Dataset, spec: &str, count: usize) -> Result<(), CliError> {
-    let ds = ds.slice(0, count.min(c.batch_size()).min(ds.len()));
-    let engine = batch::Packed::new(c.params.rlwe().q());
+    let params = c.batch_params()?;
+    let ds = ds.slice(0, count.min(params.max_slots()).min(ds.len()));
+    let engine = batch::Packed::new(params.rlwe().q());
     let columns: Vec<Vec<f64>> = (0..c.plan.inputs())
         .map(|p| (0..ds.len()).map(|i| f64::from(ds.pixels(i)[p])).collect())
         .collect();
-    let inputs = engine.inputs(columns, c.params.max_level(), c.params.default_scale());
+    let inputs = engine.inputs(columns, params.max_level(), params.default_scale());
     let (out, map) = c.plan.run(&engine, inputs, |_, _| {})?;
     let headroom = engine.min_headroom_bits();
     let agree = (0..ds.len())
@@ -249,7 +247,7 @@ pub struct KeygenArgs {
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
-    let params = c.packing_params();
+    let params = c.packing_params()?;
     let needs = match &c.packing {
         Packing::Batch => KeyRequirements::relin(),
         Packing::Single(_, plan) => KeyRequirements::relin().with_rotations(plan.rotations()),
@@ -319,10 +317,10 @@ const SINGLE_FILE_IMAGES: usize = 256;
 pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
-    let params = c.packing_params();
+    let params = c.packing_params()?;
     let pk = PublicKey::from_bytes(&be, params.rlwe(), &cnn::read_file(&a.public_key)?)?;
     let cap = match &c.packing {
-        Packing::Batch => c.batch_size(),
+        Packing::Batch => c.batch_size()?,
         Packing::Single(..) => SINGLE_FILE_IMAGES,
     };
     let ds = select(&cnn::load_data(&a.data)?, a.offset, a.count, cap)?;
@@ -420,7 +418,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         Packing::Single(params, plan) => crate::single_cmd::check_memory(&c, params, plan)?,
     }
     let be = CpuBackend::new(a.opts.threads)?;
-    let params = c.packing_params();
+    let params = c.packing_params()?;
     // The keys the packing asks for and no more: relinearization, and the plan's rotations.
     let max_keys = match &c.packing {
         Packing::Batch => 1,
@@ -492,16 +490,16 @@ pub struct DecryptArgs {
 pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
-    let params = c.packing_params();
+    let params = c.packing_params()?;
     let sk = SecretKey::from_secret_bytes(params.rlwe(), &cnn::read_file(&a.secret_key)?)?;
     let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, params)?;
     cnn::check_key(&output.key_id, &sk.key_id(), &a.input.display().to_string())?;
     let (images, map, cts) = (output.images, output.map, output.cts);
-    if matches!(c.packing, Packing::Batch) && images > c.batch_size() {
+    if matches!(c.packing, Packing::Batch) && images > c.batch_size()? {
         return Err(CliError::Usage(format!(
             "{}: {images} images in one batch of {} slots",
             a.input.display(),
-            c.batch_size()
+            c.batch_size()?
         )));
     }
     let eval = server_eval(params, &be, None)?;
@@ -584,12 +582,13 @@ pub enum Mode {
 
 /// Resolves `mode` for `images` images. [`Mode::Auto`] compares estimated ring
 /// multiply-adds of single-image mode (the plan's cost in plaintext products, each `N·limbs`
-/// on average, and every relinearization 12) against batch mode (every weighted-sum term a plaintext-size product, every
-/// relinearization 12) for as many batches as the images need. Returns the packing and, for
+/// on average, and every relinearization 12) against batch mode (every weighted-sum term a
+/// plaintext-size product, every relinearization 12) for as many batches as the images
+/// need; a model only one packing can run gets that one. Returns the packing and, for
 /// `auto`, a line explaining the choice.
 ///
 /// # Errors
-/// Single-image mode asked for and unable to run the model.
+/// The packing asked for unable to run the model (for `auto`: neither can).
 pub fn choose_packing(
     c: &Compiled,
     mode: Mode,
@@ -597,7 +596,10 @@ pub fn choose_packing(
     level: SecurityLevel,
 ) -> Result<(Packing, String), CliError> {
     let single = match mode {
-        Mode::Batch => return Ok((Packing::Batch, String::new())),
+        Mode::Batch => {
+            c.batch_params()?;
+            return Ok((Packing::Batch, String::new()));
+        }
         Mode::Single => {
             let (params, plan) = crate::single_cmd::plan(c, level)?;
             return Ok((Packing::Single(params, Box::new(plan)), String::new()));
@@ -605,6 +607,7 @@ pub fn choose_packing(
         Mode::Auto => match crate::single_cmd::plan(c, level) {
             Ok(p) => p,
             Err(e) => {
+                c.batch_params()?;
                 return Ok((
                     Packing::Batch,
                     format!("mode auto: batch (single-image mode cannot run this model: {e})"),
@@ -612,23 +615,36 @@ pub fn choose_packing(
             }
         },
     };
+    let batch_params = match c.batch_params() {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok((
+                Packing::Single(single.0, Box::new(single.1)),
+                format!("mode auto: single (batch packing cannot run this model: {e})"),
+            ));
+        }
+    };
     let work = |n: usize, levels: usize, units: usize| -> f64 {
         units as f64 * n as f64 * (levels as f64 + 2.0) / 2.0
     };
     let (terms, _, relins, _) = c.plan.op_counts()?;
-    let batch = work(c.params.n(), c.params.max_level(), terms + 12 * relins);
+    let batch = work(
+        batch_params.n(),
+        batch_params.max_level(),
+        terms + 12 * relins,
+    );
     let per_image = work(
         single.0.n(),
         single.0.max_level(),
         single.1.cost() + 12 * single.1.relinearizations(),
     );
-    let batches = images.div_ceil(c.batch_size()).max(1);
+    let batch_size = batch_params.max_slots();
+    let batches = images.div_ceil(batch_size).max(1);
     let crossover = (batch / per_image).ceil();
     let pick_single = (images as f64) * per_image < batches as f64 * batch;
     let why = format!(
-        "mode auto: {} for {images} image(s) (estimated work: single {per_image:.2e} per image, batch {batch:.2e} per batch of {}; single-image mode pays off below about {crossover} images)",
+        "mode auto: {} for {images} image(s) (estimated work: single {per_image:.2e} per image, batch {batch:.2e} per batch of {batch_size}; single-image mode pays off below about {crossover} images)",
         if pick_single { "single" } else { "batch" },
-        c.batch_size()
     );
     let packing = if pick_single {
         Packing::Single(single.0, Box::new(single.1))
@@ -706,6 +722,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         ));
     }
     check_memory(&c)?;
+    let params = c.batch_params()?;
     let be = CpuBackend::new(a.opts.threads)?;
     println!("hecnn: encrypted CNN inference");
     println!("{}", describe(&c)?);
@@ -719,15 +736,15 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     // Client: keys.
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
-    let sk = SecretKey::generate(c.params.rlwe(), &mut rng)?;
+    let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
     let pk = sk.public_key(&be, &mut rng)?;
     let evk = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;
     let key_bytes = evk.size_bytes();
     let keygen_ms = t.elapsed().as_secs_f64() * 1e3;
-    let eval = server_eval(&c.params, &be, Some(evk))?;
+    let eval = server_eval(params, &be, Some(evk))?;
     let dec = Decryptor::new(&sk, &be)?;
 
-    let batch_size = c.batch_size();
+    let batch_size = params.max_slots();
     let batches = ds.len().div_ceil(batch_size);
     let (mut enc_s, mut run_s, mut dec_s) = (0.0, 0.0, 0.0);
     let mut agreement = Agreement::default();
@@ -743,15 +760,14 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         let images: Vec<_> = (0..part.len()).map(|i| part.image(i)).collect();
         pb.set_message("encrypting");
         let t = Instant::now();
-        let cts =
-            batch::encrypt_images(&eval, &images, c.params.max_level(), &mut rng, |pt, r| {
-                encrypt_pk(&pk, &be, pt, r)
-            })?;
+        let cts = batch::encrypt_images(&eval, &images, params.max_level(), &mut rng, |pt, r| {
+            encrypt_pk(&pk, &be, pt, r)
+        })?;
         enc_s += t.elapsed().as_secs_f64();
         if b == 0 {
             ct_bytes = cts
                 .first()
-                .map_or(Ok(0), |ct| ct.to_bytes(&be, &c.params).map(|v| v.len()))?;
+                .map_or(Ok(0), |ct| ct.to_bytes(&be, params).map(|v| v.len()))?;
         }
         pb.set_message("evaluating");
         let t = Instant::now();

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hecnn_nn::{RewriteOptions, exec, onnx, rewrite};
+use hecnn_nn::{Model, Op, RewriteOptions, Tensor, exec, ir::Dense, ir::Node, onnx, rewrite};
 
 fn hecnn(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_hecnn"))
@@ -173,4 +173,111 @@ fn auto_mode_picks_single_for_one_image_and_batch_for_many() {
         );
     }
     let _ = std::fs::remove_file(out);
+}
+
+/// A model of depth 11 (six dense layers, five squares) on MNIST-shaped inputs: too deep for
+/// batch packing at N = 2^14 (its 30-bit levels need 477 bits, 438 are allowed), within
+/// single-image packing's reach there (26–33-bit levels).
+fn deep_model() -> Model {
+    // Small deterministic weights keep every value near 1.
+    let weights = |seed: u64, o: usize, i: usize| {
+        let mut x = seed;
+        let w: Vec<f64> = (0..o * i)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 11) as f64 / (1u64 << 53) as f64 - 0.5) / (i as f64).sqrt()
+            })
+            .collect();
+        Op::Dense(Dense {
+            weight: Tensor::new(vec![o, i], w).unwrap(),
+            bias: vec![0.1; o],
+        })
+    };
+    let mut nodes = vec![
+        Node {
+            name: "input".into(),
+            op: Op::Input,
+            inputs: vec![],
+        },
+        Node {
+            name: "flat".into(),
+            op: Op::Flatten,
+            inputs: vec![0],
+        },
+        Node {
+            name: "fc0".into(),
+            op: weights(1, 16, 784),
+            inputs: vec![1],
+        },
+    ];
+    for k in 1..=5u64 {
+        let at = nodes.len();
+        nodes.push(Node {
+            name: format!("sq{k}"),
+            op: Op::Poly(vec![0.0, 0.0, 1.0]),
+            inputs: vec![at - 1],
+        });
+        let o = if k == 5 { 10 } else { 16 };
+        nodes.push(Node {
+            name: format!("fc{k}"),
+            op: weights(k + 1, o, 16),
+            inputs: vec![at],
+        });
+    }
+    let output = nodes.len() - 1;
+    Model {
+        name: "deep".into(),
+        input_shape: [1, 28, 28],
+        nodes,
+        output,
+    }
+}
+
+#[test]
+fn a_model_too_deep_for_batch_packing_runs_in_single_image_packing() {
+    let tmp = std::env::temp_dir().join(format!("hecnn-deep-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let model = tmp.join("deep.onnx");
+    std::fs::write(&model, onnx::export_onnx(&deep_model()).unwrap()).unwrap();
+    let (model, out) = (
+        model.to_str().unwrap().to_string(),
+        tmp.join("deep.hecnn").to_str().unwrap().to_string(),
+    );
+    let (ok, log) = hecnn(&["compile", &model, "-o", &out]);
+    assert!(
+        !ok && log.contains("raise --log-n, or use --mode single"),
+        "{log}"
+    );
+    let (ok, log) = hecnn(&["compile", &model, "--mode", "auto", "-o", &out]);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("mode auto: single (batch packing cannot run this model"),
+        "{log}"
+    );
+    assert!(
+        log.contains("depth 11") && log.contains("N = 2^14"),
+        "{log}"
+    );
+    let (ok, log) = hecnn(&["eval", &out, "--data", "sample:mnist", "--count", "2"]);
+    assert!(ok, "{log}");
+    assert!(log.contains("same prediction      100.00% (2/2)"), "{log}");
+    // The file holds no batch parameters: asking for batch packing says so.
+    let (ok, log) = hecnn(&[
+        "eval",
+        &out,
+        "--mode",
+        "batch",
+        "--data",
+        "sample:mnist",
+        "--count",
+        "2",
+    ]);
+    assert!(
+        !ok && log.contains("compiled for single-image packing only"),
+        "{log}"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
 }
