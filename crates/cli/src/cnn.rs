@@ -62,6 +62,16 @@ pub enum Packing {
     Single(Arc<CkksParams>, Box<SinglePlan>),
 }
 
+impl Packing {
+    /// The rotation keys evaluation needs besides relinearization (none in batch packing).
+    pub fn rotations(&self) -> std::collections::BTreeSet<i64> {
+        match self {
+            Self::Batch => std::collections::BTreeSet::new(),
+            Self::Single(_, plan) => plan.rotations(),
+        }
+    }
+}
+
 /// A compiled model: the rewritten network, its batch plan and checked parameters, and the
 /// packing it runs with.
 pub struct Compiled {

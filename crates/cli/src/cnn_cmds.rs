@@ -68,8 +68,16 @@ pub fn available_memory() -> Option<usize> {
     Some(kb * 1024)
 }
 
-/// Refuses plans whose ciphertexts cannot fit in this machine's memory.
+/// Refuses plans that cannot fit in this machine's memory, for the model's packing.
 fn check_memory(c: &Compiled) -> Result<(), CliError> {
+    let Packing::Single(params, plan) = &c.packing else {
+        return check_batch_memory(c);
+    };
+    crate::single_cmd::check_memory(c, params, plan)
+}
+
+/// Refuses batch plans whose ciphertexts cannot fit in this machine's memory.
+fn check_batch_memory(c: &Compiled) -> Result<(), CliError> {
     let params = c.batch_params()?;
     let need = c.plan.peak_ciphertext_bytes(params.n(), params.max_level());
     if let Some(have) = available_memory()
@@ -173,25 +181,17 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         .out
         .clone()
         .unwrap_or_else(|| a.model.with_extension("hecnn"));
+    if let Err(e) = check_memory(&c) {
+        eprintln!("warning: {e}");
+    }
+    c.save(&out)?;
     match &c.packing {
-        Packing::Batch => {
-            if let Err(e) = check_memory(&c) {
-                eprintln!("warning: {e}");
-            }
-            c.save(&out)?;
-            println!("{}\nwrote {}", describe(&c)?, out.display());
-        }
-        Packing::Single(params, plan) => {
-            if let Err(e) = crate::single_cmd::check_memory(&c, params, plan) {
-                eprintln!("warning: {e}");
-            }
-            c.save(&out)?;
-            println!(
-                "{}\nwrote {} (single-image packing: keygen, encrypt, run, decrypt and eval follow it)",
-                crate::single_cmd::describe(&c, params, plan),
-                out.display()
-            );
-        }
+        Packing::Batch => println!("{}\nwrote {}", describe(&c)?, out.display()),
+        Packing::Single(params, plan) => println!(
+            "{}\nwrote {} (single-image packing: keygen, encrypt, run, decrypt and eval follow it)",
+            crate::single_cmd::describe(&c, params, plan),
+            out.display()
+        ),
     }
     Ok(())
 }
@@ -248,10 +248,7 @@ pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
     let be = CpuBackend::new(a.opts.threads)?;
     let params = c.packing_params()?;
-    let needs = match &c.packing {
-        Packing::Batch => KeyRequirements::relin(),
-        Packing::Single(_, plan) => KeyRequirements::relin().with_rotations(plan.rotations()),
-    };
+    let needs = KeyRequirements::relin().with_rotations(c.packing.rotations());
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
     let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
@@ -413,17 +410,11 @@ fn progress_bar(total: usize, what: &str) -> ProgressBar {
 /// Keys or ciphertexts that do not fit the model or each other, memory, I/O.
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let c = load(&a.model, &a.opts)?;
-    match &c.packing {
-        Packing::Batch => check_memory(&c)?,
-        Packing::Single(params, plan) => crate::single_cmd::check_memory(&c, params, plan)?,
-    }
+    check_memory(&c)?;
     let be = CpuBackend::new(a.opts.threads)?;
     let params = c.packing_params()?;
     // The keys the packing asks for and no more: relinearization, and the plan's rotations.
-    let max_keys = match &c.packing {
-        Packing::Batch => 1,
-        Packing::Single(_, plan) => 1 + plan.rotations().len(),
-    };
+    let max_keys = 1 + c.packing.rotations().len();
     let evk =
         EvaluationKeys::from_bytes(&be, params.rlwe(), &cnn::read_file(&a.eval_keys)?, max_keys)?;
     let key_id = evk.key_id();
@@ -495,13 +486,6 @@ pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
     let output = cnn::load_batch(&a.input, BatchKind::Outputs, &be, params)?;
     cnn::check_key(&output.key_id, &sk.key_id(), &a.input.display().to_string())?;
     let (images, map, cts) = (output.images, output.map, output.cts);
-    if matches!(c.packing, Packing::Batch) && images > c.batch_size()? {
-        return Err(CliError::Usage(format!(
-            "{}: {images} images in one batch of {} slots",
-            a.input.display(),
-            c.batch_size()?
-        )));
-    }
     let eval = server_eval(params, &be, None)?;
     let dec = Decryptor::new(&sk, &be)?;
     let logits = match &c.packing {

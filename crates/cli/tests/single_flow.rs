@@ -5,28 +5,10 @@
 //! for the other packing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod binary;
 
+use binary::{hecnn, repo};
 use hecnn_nn::{Model, Op, RewriteOptions, Tensor, exec, ir::Dense, ir::Node, onnx, rewrite};
-
-fn hecnn(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hecnn"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 const MODEL: &str = "models/hcnn-mnist.onnx";
 

@@ -2,6 +2,12 @@
 //! `true = a·ct + γ`, so activations and uniform layers change `(a, γ)` instead of spending
 //! levels, and the next linear layer folds the map into its weights and bias.
 
+/// A linear row's bias once its input's pending map `true = a·ct + γ` is folded in: the
+/// weights take `a`, the bias gains `γ·Σ w`.
+pub(crate) fn folded_bias(row: &crate::linear::Row, gamma: f64) -> f64 {
+    row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>()
+}
+
 /// What a degree ≤ 2 activation `c0 + c1·x + c2·x²` does to a value with map `(a, γ)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Activation {

@@ -1103,7 +1103,7 @@ fn linear<E: Engine>(
             .map(|&(j, w)| Ok((j, round(w * v.a * dw)?)))
             .collect::<Result<Vec<_>, NnError>>()?;
         int_rows.push(terms);
-        let bias_true = row.bias + v.gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
+        let bias_true = crate::pending::folded_bias(row, v.gamma);
         biases.push(round(bias_true * scale * dw)?);
     }
     let mut cts = eng
@@ -1182,7 +1182,8 @@ pub fn encrypt_images<B: Backend>(
 /// output map.
 ///
 /// # Errors
-/// Decryption or decoding errors.
+/// More images than a ciphertext has slots (checked before anything is allocated);
+/// decryption or decoding errors.
 pub fn decrypt_outputs<B: Backend>(
     eval: &Evaluator<B>,
     outputs: &[Ciphertext<B>],
@@ -1190,6 +1191,12 @@ pub fn decrypt_outputs<B: Backend>(
     count: usize,
     mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<hecnn_ckks::Plaintext<B>, CkksError>,
 ) -> Result<Vec<Vec<f64>>, NnError> {
+    let slots = eval.params().max_slots();
+    if count > slots {
+        return Err(NnError::Invalid(format!(
+            "{count} images in one batch of {slots} slots"
+        )));
+    }
     let mut per_image = vec![Vec::with_capacity(outputs.len()); count];
     for ct in outputs {
         let pt = decrypt(ct).map_err(|e| NnError::Invalid(format!("decrypting: {e}")))?;

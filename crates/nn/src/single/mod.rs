@@ -33,7 +33,7 @@ use hecnn_ring::Backend;
 use crate::{
     Model, NnError,
     batch::OutputMap,
-    pending::{Activation, activation},
+    pending::{Activation, activation, folded_bias},
 };
 use layout::{Grid, Target};
 use stages::{Stage, StageOp};
@@ -145,10 +145,7 @@ pub fn depth(model: &Model) -> Result<usize, NnError> {
 fn levels(stages: &[Stage]) -> usize {
     stages
         .iter()
-        .filter(|s| match &s.op {
-            StageOp::Linear { .. } => true,
-            StageOp::Poly(c) => c.get(2).is_some_and(|&v| v != 0.0),
-        })
+        .filter(|s| matches!(s.op, StageOp::Linear { .. }) || s.op.squares())
         .count()
 }
 
@@ -351,9 +348,7 @@ impl SinglePlan {
         self.stages
             .iter()
             .enumerate()
-            .filter(
-                |(_, s)| matches!(&s.op, StageOp::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0)),
-            )
+            .filter(|(_, s)| s.op.squares())
             .map(|(i, _)| layout::cts_of(self.input_of(i), self.slots))
             .sum()
     }
@@ -400,9 +395,7 @@ impl SinglePlan {
                     for (row, &v) in rows.iter().zip(out.data()) {
                         see(v, &stage.name)?;
                         if summed {
-                            let bias =
-                                row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
-                            see(v - bias, &stage.name)?;
+                            see(v - folded_bias(row, gamma), &stage.name)?;
                         }
                     }
                 }
@@ -483,8 +476,8 @@ impl SinglePlan {
                 source,
             };
             match &stage.op {
-                StageOp::Poly(c) => {
-                    if c.get(2).is_some_and(|&v| v != 0.0) {
+                StageOp::Poly(_) => {
+                    if stage.op.squares() {
                         scale = scale * scale / params.q_at(level);
                         level -= 1;
                     }
@@ -527,8 +520,7 @@ impl SinglePlan {
                     level -= 1;
                     let mut bias = vec![vec![0.0; slots]; plan.out_cts];
                     for (row, &p) in rows.iter().zip(&self.positions[i]) {
-                        bias[p / slots][p % slots] =
-                            row.bias + gamma * row.terms.iter().map(|&(_, w)| w).sum::<f64>();
+                        bias[p / slots][p % slots] = folded_bias(row, gamma);
                     }
                     let bias = bias
                         .iter()

@@ -21,6 +21,14 @@ pub(super) enum StageOp {
     Poly(Vec<f64>),
 }
 
+impl StageOp {
+    /// Whether the stage squares its input (a level and a relinearization per ciphertext);
+    /// an affine activation only changes the pending map.
+    pub fn squares(&self) -> bool {
+        matches!(self, Self::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0))
+    }
+}
+
 /// One stage: what it does, its output's shape, and the names of the operators it holds.
 #[derive(Clone, Debug)]
 pub(super) struct Stage {
