@@ -1,30 +1,16 @@
-//! The model pipeline as the CLI uses it: compiled-model files, key and ciphertext files,
-//! and data-set selection.
+//! Files and data sets as the CLI names them: bounded reads, atomic writes, compiled models
+//! or ONNX files, key directories, data-set selections.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use hecnn_ckks::{Ciphertext, CkksParams};
 use hecnn_nn::{
-    RewriteOptions,
-    batch::{self, BatchPlan, OutputMap},
+    compile::{self, CompileOptions, CompiledModel},
     data::{self, Dataset},
-    onnx, rewrite,
-    single::SinglePlan,
+    onnx,
 };
-use hecnn_ring::CpuBackend;
-use hecnn_rlwe::{ParamsLiteral, SecurityLevel};
-use serde::{Deserialize, Serialize};
+use hecnn_rlwe::SecurityLevel;
 
 use crate::CliError;
-
-const COMPILED_MAGIC: [u8; 4] = *b"HCNM";
-const BATCH_MAGIC: [u8; 4] = *b"HCNB";
-/// Version 2 added the packing (single-image parameters).
-const COMPILED_VERSION: u16 = 2;
-const BATCH_VERSION: u16 = 1;
-/// Largest compiled-model or batch file read (bytes).
-const MAX_FILE: u64 = 64 << 30;
 
 /// The security level of a `--security` value in bits.
 ///
@@ -41,79 +27,14 @@ pub fn security_level(bits: u32) -> Result<SecurityLevel, CliError> {
     }
 }
 
-/// Options for compiling a model.
-#[derive(Clone, Debug)]
-pub struct CompileOptions {
-    /// log2 of the ring degree (batch size = n/2 images).
-    pub log_n: u32,
-    /// Security level checked on the parameters.
-    pub security: SecurityLevel,
-    /// Rewrite options (ReLU / max-pool replacement).
-    pub rewrite: RewriteOptions,
-}
+/// Largest model, key or ciphertext file read (bytes): a batch of CIFAR-10 images at
+/// N = 2^14 is a few GB.
+const MAX_FILE: u64 = 64 << 30;
 
-/// How images are packed into ciphertexts, with what the packing needs to run.
-#[derive(Clone)]
-pub enum Packing {
-    /// One image per slot: the batch plan and parameters of [`Compiled`].
-    Batch,
-    /// One image densely packed: its parameters and plan (planning a large model takes
-    /// seconds, so it is done once).
-    Single(Arc<CkksParams>, Box<SinglePlan>),
-}
-
-impl Packing {
-    /// The rotation keys evaluation needs besides relinearization (none in batch packing).
-    pub fn rotations(&self) -> std::collections::BTreeSet<i64> {
-        match self {
-            Self::Batch => std::collections::BTreeSet::new(),
-            Self::Single(_, plan) => plan.rotations(),
-        }
-    }
-}
-
-/// A compiled model: the rewritten network, its batch plan and checked parameters, and the
-/// packing it runs with.
-pub struct Compiled {
-    /// Name (from the ONNX graph or the file name).
-    pub name: String,
-    /// The batch plan (it also holds the rewritten model every packing runs).
-    pub plan: BatchPlan,
-    /// The batch parameters, or why there are none (a model too deep for batch packing at
-    /// the ring degree asked for can still run in single-image packing).
-    batch: Result<Arc<CkksParams>, String>,
-    /// The packing keys, ciphertexts and evaluation use: batch for a model compiled without
-    /// `--mode`, and for any `.onnx` file.
-    pub packing: Packing,
-}
-
-#[derive(Serialize, Deserialize)]
-struct CompiledFile {
-    magic: [u8; 4],
-    version: u16,
-    name: String,
-    /// The rewritten model as ONNX.
-    model: Vec<u8>,
-    /// Batch packing's parameters and scale, when the model has them.
-    batch: Option<(ParamsLiteral, u32)>,
-    /// Single-image packing: its parameters and scale (the plan is made again on load).
-    single: Option<(ParamsLiteral, u32)>,
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
-    move |e| CliError::Usage(format!("{}: {e}", path.display()))
-}
-
-/// Reads a file, refusing anything larger than `MAX_FILE`.
+/// Reads a file through a bounded reader (at most `MAX_FILE` bytes, whatever size the file
+/// system reports).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    let len = std::fs::metadata(path).map_err(io(path))?.len();
-    if len > MAX_FILE {
-        return Err(CliError::Usage(format!(
-            "{}: {len} bytes is larger than allowed",
-            path.display()
-        )));
-    }
-    std::fs::read(path).map_err(io(path))
+    Ok(compile::read_bounded(path, "file", MAX_FILE)?)
 }
 
 /// Writes a file atomically (temporary file + rename).
@@ -121,267 +42,35 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     data::write_atomic(path, bytes).map_err(CliError::from)
 }
 
-impl Compiled {
-    /// Rewrites, plans and chooses parameters for an imported model.
-    pub fn from_model(
-        name: &str,
-        model: &hecnn_nn::Model,
-        opts: &CompileOptions,
-    ) -> Result<Self, CliError> {
-        let model = rewrite(model, &opts.rewrite)?;
-        let plan = BatchPlan::new(&model)?;
-        let literal = batch::parameters(plan.depth(), opts.log_n, opts.security);
-        let batch = CkksParams::from_literal(&literal, batch::BATCH_LOG_SCALE)
-            .map(Arc::new)
-            .map_err(|e| {
-                format!(
-                    "no batch parameters for depth {} at N = 2^{}: {e} (raise --log-n, or use --mode single)",
-                    plan.depth(),
-                    opts.log_n
-                )
-            });
-        Ok(Self {
-            name: name.to_string(),
-            plan,
-            batch,
-            packing: Packing::Batch,
-        })
-    }
-
-    /// Loads a compiled-model file (`.hecnn`) or compiles an `.onnx` file with `opts`.
-    pub fn load(path: &Path, opts: &CompileOptions) -> Result<Self, CliError> {
-        let bytes = read_file(path)?;
-        let stem = path
-            .file_stem()
-            .map_or("model".into(), |s| s.to_string_lossy().into_owned());
-        if bytes.get(..4) != Some(&COMPILED_MAGIC[..]) {
-            // An ONNX file: read through the path so external weight files resolve.
-            return Self::from_model(&stem, &onnx::import_onnx_file(path)?, opts);
-        }
-        let bad = |e: postcard::Error| {
-            CliError::Usage(format!("{}: not a compiled model ({e})", path.display()))
-        };
-        let ((_, version), _) = postcard::take_from_bytes::<([u8; 4], u16)>(&bytes).map_err(bad)?;
-        if version != COMPILED_VERSION {
+/// Loads a compiled model (`.hecnn`), or compiles an ONNX file with `opts` (named after the
+/// file). A compiled model keeps its packing with `keep_packing`, and is planned again in
+/// `opts.packing` without. A compiled model whose parameters were not checked against a
+/// security level is refused: the command line never writes one.
+pub fn load_model(
+    path: &Path,
+    opts: &CompileOptions,
+    keep_packing: bool,
+) -> Result<CompiledModel, CliError> {
+    let bytes = read_file(path)?;
+    if CompiledModel::is_compiled(&bytes) {
+        let c = CompiledModel::from_bytes(&bytes)?;
+        if c.params().rlwe().security() == SecurityLevel::UncheckedForReproduction {
             return Err(CliError::Usage(format!(
-                "{}: format version {version} (this build reads {COMPILED_VERSION}): compile the model again",
-                path.display(),
+                "{}: the parameters were not checked against a security level; compile the model again",
+                path.display()
             )));
         }
-        let f: CompiledFile = postcard::from_bytes(&bytes).map_err(bad)?;
-        let model = onnx::import_onnx(&f.model)?;
-        let plan = BatchPlan::new(&model)?;
-        let batch = match f.batch {
-            None => Err(format!(
-                "{}: compiled for single-image packing only (no batch parameters; for batch packing compile the ONNX model with a larger --log-n)",
-                path.display()
-            )),
-            Some((literal, log_scale)) => {
-                let params = Arc::new(CkksParams::from_literal(&literal, log_scale)?);
-                if params.max_level() < plan.depth() {
-                    return Err(CliError::Usage(format!(
-                        "{}: parameters have fewer levels than the model needs",
-                        path.display()
-                    )));
-                }
-                Ok(params)
-            }
-        };
-        let packing = match f.single {
-            None if batch.is_err() => {
-                return Err(CliError::Usage(format!(
-                    "{}: neither batch nor single-image parameters",
-                    path.display()
-                )));
-            }
-            None => Packing::Batch,
-            Some((literal, log_scale)) => {
-                let params = Arc::new(CkksParams::from_literal(&literal, log_scale)?);
-                let single = SinglePlan::new(plan.model(), params.max_slots())?;
-                if params.max_level() < single.depth() {
-                    return Err(CliError::Usage(format!(
-                        "{}: single-image parameters have fewer levels than the model needs",
-                        path.display()
-                    )));
-                }
-                Packing::Single(params, Box::new(single))
-            }
-        };
-        Ok(Self {
-            name: f.name,
-            plan,
-            batch,
-            packing,
-        })
-    }
-
-    /// Serializes to a `.hecnn` file.
-    pub fn save(&self, path: &Path) -> Result<(), CliError> {
-        let f = CompiledFile {
-            magic: COMPILED_MAGIC,
-            version: COMPILED_VERSION,
-            name: self.name.clone(),
-            model: onnx::export_onnx(self.plan.model())?,
-            batch: self
-                .batch
-                .as_ref()
-                .ok()
-                .map(|p| (p.rlwe().literal().clone(), p.log_scale())),
-            single: match &self.packing {
-                Packing::Batch => None,
-                Packing::Single(p, _) => Some((p.rlwe().literal().clone(), p.log_scale())),
-            },
-        };
-        let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
-        write_file(path, &bytes)
-    }
-
-    /// The batch parameters.
-    ///
-    /// # Errors
-    /// [`CliError::Usage`] saying why the model has none (too deep for batch packing at the
-    /// ring degree asked for, or compiled for single-image packing only).
-    pub fn batch_params(&self) -> Result<&Arc<CkksParams>, CliError> {
-        self.batch.as_ref().map_err(|e| CliError::Usage(e.clone()))
-    }
-
-    /// Images per batch (slots).
-    ///
-    /// # Errors
-    /// See [`Compiled::batch_params`].
-    pub fn batch_size(&self) -> Result<usize, CliError> {
-        Ok(self.batch_params()?.max_slots())
-    }
-
-    /// The parameters of the packing in use: keys and ciphertexts are made under these.
-    ///
-    /// # Errors
-    /// Batch packing without batch parameters ([`Compiled::batch_params`]).
-    pub fn packing_params(&self) -> Result<&Arc<CkksParams>, CliError> {
-        match &self.packing {
-            Packing::Batch => self.batch_params(),
-            Packing::Single(p, _) => Ok(p),
+        if keep_packing {
+            return Ok(c);
         }
+        return Ok(c.repack(opts.packing, opts.security)?);
     }
-}
-
-/// What a batch file holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BatchKind {
-    /// Encrypted input images (batch packing: one ciphertext per pixel; single-image
-    /// packing: each image's ciphertexts in turn).
-    Inputs,
-    /// Encrypted outputs (batch packing: one ciphertext per logit; single-image packing:
-    /// each image's output ciphertexts in turn), with the output map.
-    Outputs,
-}
-
-#[derive(Serialize, Deserialize)]
-struct BatchFile {
-    magic: [u8; 4],
-    version: u16,
-    kind: BatchKind,
-    /// The key pair the ciphertexts are encrypted under.
-    key_id: [u8; 32],
-    images: u32,
-    map: (f64, f64),
-    cts: Vec<Vec<u8>>,
-}
-
-/// A batch of ciphertexts with its bookkeeping.
-pub struct Batch {
-    /// Number of images.
-    pub images: usize,
-    /// Output map (identity for inputs).
-    pub map: OutputMap,
-    /// Key pair the ciphertexts are encrypted under.
-    pub key_id: [u8; 32],
-    /// The ciphertexts.
-    pub cts: Vec<Ciphertext<CpuBackend>>,
-}
-
-/// Short hex form of a key id, for messages.
-pub fn short_id(id: &[u8; 32]) -> String {
-    id[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Fails unless `have` (the ciphertexts' key pair) is `want` (the key in use).
-pub fn check_key(have: &[u8; 32], want: &[u8; 32], what: &str) -> Result<(), CliError> {
-    if have == want {
-        return Ok(());
-    }
-    Err(CliError::Usage(format!(
-        "{what}: the ciphertexts are encrypted under key pair {} but the key given belongs to key pair {}",
-        short_id(have),
-        short_id(want)
-    )))
-}
-
-/// Writes a batch of ciphertexts.
-pub fn save_batch(
-    path: &Path,
-    kind: BatchKind,
-    batch: &Batch,
-    be: &CpuBackend,
-    params: &CkksParams,
-) -> Result<usize, CliError> {
-    let cts = batch
-        .cts
-        .iter()
-        .map(|c| c.to_bytes(be, params))
-        .collect::<Result<Vec<_>, _>>()?;
-    let f = BatchFile {
-        magic: BATCH_MAGIC,
-        version: BATCH_VERSION,
-        kind,
-        key_id: batch.key_id,
-        images: batch.images as u32,
-        map: (batch.map.a, batch.map.gamma),
-        cts,
-    };
-    let bytes = postcard::to_allocvec(&f).map_err(|e| CliError::Usage(e.to_string()))?;
-    write_file(path, &bytes)?;
-    Ok(bytes.len())
-}
-
-/// Reads a batch of ciphertexts, validating every one against the parameters.
-pub fn load_batch(
-    path: &Path,
-    expect: BatchKind,
-    be: &CpuBackend,
-    params: &CkksParams,
-) -> Result<Batch, CliError> {
-    let bytes = read_file(path)?;
-    let f: BatchFile = postcard::from_bytes(&bytes).map_err(|e| {
-        CliError::Usage(format!("{}: not a hecnn batch file ({e})", path.display()))
-    })?;
-    if f.magic != BATCH_MAGIC || f.version != BATCH_VERSION {
-        return Err(CliError::Usage(format!(
-            "{}: not a hecnn batch file of version {BATCH_VERSION}",
-            path.display()
-        )));
-    }
-    if f.kind != expect {
-        return Err(CliError::Usage(format!(
-            "{}: holds {:?}, expected {expect:?}",
-            path.display(),
-            f.kind
-        )));
-    }
-    let cts = f
-        .cts
-        .iter()
-        .map(|b| Ciphertext::from_bytes(be, params, b))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Batch {
-        images: f.images as usize,
-        map: OutputMap {
-            a: f.map.0,
-            gamma: f.map.1,
-        },
-        key_id: f.key_id,
-        cts,
-    })
+    // An ONNX file: read through the path so external weight files resolve.
+    let mut model = onnx::import_onnx_file(path)?;
+    model.name = path
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    Ok(compile::compile(&model, opts)?)
 }
 
 /// Paths of the three key files in a key directory.

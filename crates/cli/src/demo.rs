@@ -40,7 +40,7 @@ struct Step {
 
 pub fn run(args: &DemoArgs) -> Result<(), CliError> {
     if !args.ckks {
-        return crate::cnn_cmds::demo(args.threads);
+        return crate::eval_cmd::demo(args.threads);
     }
     let preset = Preset::from_name(&args.preset).ok_or_else(|| {
         CliError::Usage(format!(

@@ -8,10 +8,10 @@ mod cnn;
 mod cnn_cmds;
 mod data_cmd;
 mod demo;
+mod eval_cmd;
 mod params_cmd;
 mod protect_cmd;
 mod serve_cmd;
-mod single_cmd;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -46,7 +46,7 @@ enum Command {
     /// Decrypt the outputs with the secret key (client).
     Decrypt(cnn_cmds::DecryptArgs),
     /// Encrypt, evaluate and decrypt a whole data set; compare with the cleartext model.
-    Eval(cnn_cmds::EvalArgs),
+    Eval(eval_cmd::EvalArgs),
     /// Encrypt a model's last layer, classifier or whole network under a new owner key (Gomez
     /// et al.): writes the protected model, the owner's secret key and the public and
     /// evaluation keys for edge nodes.
@@ -121,7 +121,7 @@ fn main() -> std::process::ExitCode {
         Command::Encrypt(a) => cnn_cmds::encrypt(&a),
         Command::Run(a) => cnn_cmds::run(&a),
         Command::Decrypt(a) => cnn_cmds::decrypt(&a),
-        Command::Eval(a) => cnn_cmds::eval(&a),
+        Command::Eval(a) => eval_cmd::eval(&a),
         Command::Data(d) => data_cmd::run(&d),
         Command::Bench(b) => bench::run(&b),
     };
@@ -129,7 +129,53 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            std::process::ExitCode::FAILURE
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
+            std::process::ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+impl CliError {
+    /// The exit status: 2 for a bad command line, 65 for input that is not what it should
+    /// be (malformed, corrupted or mismatched files, unsupported models), 74 for I/O
+    /// errors, 1 otherwise (the BSD `sysexits` convention).
+    fn exit_code(&self) -> u8 {
+        use hecnn_nn::NnError;
+        match self {
+            Self::Usage(_) => 2,
+            Self::Nn(NnError::Io { .. }) => 74,
+            Self::Nn(
+                NnError::Onnx(_)
+                | NnError::Unsupported(_)
+                | NnError::NotPolynomial(_)
+                | NnError::Shape(_)
+                | NnError::Data(_)
+                | NnError::Format { .. }
+                | NnError::Version { .. }
+                | NnError::Checksum { .. }
+                | NnError::TooLarge { .. }
+                | NnError::Mismatch { .. }
+                | NnError::LayoutMismatch { .. }
+                | NnError::NoParameters { .. },
+            ) => 65,
+            _ => 1,
+        }
+    }
+
+    /// What to try, in the command line's terms, where the error has a remedy there.
+    fn hint(&self) -> Option<&'static str> {
+        use hecnn_nn::{NnError, compile::params::Chain};
+        match self {
+            Self::Nn(NnError::NoParameters {
+                chain: Chain::Batch,
+                ..
+            }) => Some("pass a larger --log-n, or --mode single (or auto)"),
+            Self::Nn(NnError::NotPolynomial(_)) => Some(
+                "--relu-poly 0,0,1 and --maxpool-as-avgpool replace them (retraining recovers the accuracy)",
+            ),
+            _ => None,
         }
     }
 }

@@ -44,17 +44,7 @@ pub fn time_ms<T, E>(reps: usize, mut f: impl FnMut() -> Result<T, E>) -> Result
     Ok((t[t.len() / 2], t[0]))
 }
 
-/// Human-readable byte size.
-pub fn human_bytes(b: usize) -> String {
-    let b = b as f64;
-    if b >= 1024.0 * 1024.0 * 1024.0 {
-        format!("{:.2} GiB", b / 1024f64.powi(3))
-    } else if b >= 1024.0 * 1024.0 {
-        format!("{:.1} MiB", b / 1024f64.powi(2))
-    } else {
-        format!("{:.1} KiB", b / 1024.0)
-    }
-}
+pub use hecnn_nn::compile::human_bytes;
 
 /// Reproducible pseudo-random values in `[-1, 1]` for demo and benchmark inputs (a seeded
 /// ChaCha20 stream; inputs, not keys).

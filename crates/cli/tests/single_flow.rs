@@ -134,7 +134,7 @@ fn a_compiled_model_of_an_older_format_is_refused_clearly() {
     let (ok, log) = hecnn(&["keygen", old.to_str().unwrap(), "--out-dir", "/nonexistent"]);
     assert!(!ok);
     assert!(
-        log.contains("format version 1 (this build reads 2): compile the model again"),
+        log.contains("format version 1 (this build reads 3): compile the model again"),
         "{log}"
     );
     let _ = std::fs::remove_file(old);
@@ -230,7 +230,7 @@ fn a_model_too_deep_for_batch_packing_runs_in_single_image_packing() {
     );
     let (ok, log) = hecnn(&["compile", &model, "-o", &out]);
     assert!(
-        !ok && log.contains("raise --log-n, or use --mode single"),
+        !ok && log.contains("raise the ring degree, or use single-image packing"),
         "{log}"
     );
     let (ok, log) = hecnn(&["compile", &model, "--mode", "auto", "-o", &out]);
@@ -246,7 +246,7 @@ fn a_model_too_deep_for_batch_packing_runs_in_single_image_packing() {
     let (ok, log) = hecnn(&["eval", &out, "--data", "sample:mnist", "--count", "2"]);
     assert!(ok, "{log}");
     assert!(log.contains("same prediction      100.00% (2/2)"), "{log}");
-    // The file holds no batch parameters: asking for batch packing says so.
+    // Batch packing cannot run the model at this degree: asking for it says so.
     let (ok, log) = hecnn(&[
         "eval",
         &out,
@@ -258,7 +258,7 @@ fn a_model_too_deep_for_batch_packing_runs_in_single_image_packing() {
         "2",
     ]);
     assert!(
-        !ok && log.contains("compiled for single-image packing only"),
+        !ok && log.contains("batch packing: no parameters for depth 11"),
         "{log}"
     );
     let _ = std::fs::remove_dir_all(&tmp);

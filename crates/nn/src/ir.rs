@@ -7,7 +7,7 @@ use crate::{NnError, Tensor};
 pub type NodeId = usize;
 
 /// A 2-D convolution (cross-correlation, as in ONNX / PyTorch).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2d {
     /// Weights `[out][in/groups][kh][kw]`.
     pub weight: Tensor,
@@ -33,7 +33,7 @@ impl Conv2d {
 }
 
 /// A fully connected layer `y = W·x + b`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Dense {
     /// Weights `[out][in]`.
     pub weight: Tensor,
@@ -42,7 +42,7 @@ pub struct Dense {
 }
 
 /// Pooling window.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pool {
     /// `[kh, kw]`.
     pub kernel: [usize; 2],
@@ -53,7 +53,7 @@ pub struct Pool {
 }
 
 /// Batch normalization (inference form).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchNorm {
     /// γ per channel.
     pub scale: Vec<f64>,
@@ -68,7 +68,7 @@ pub struct BatchNorm {
 }
 
 /// An operator.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Op {
     /// The model input.
@@ -124,7 +124,7 @@ impl Op {
 }
 
 /// A node: an operator applied to the outputs of earlier nodes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Node {
     /// Name (from the source model) for messages.
     pub name: String,
@@ -135,7 +135,7 @@ pub struct Node {
 }
 
 /// A model: nodes in topological order; node 0 is the input.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Model {
     /// Model name.
     pub name: String,

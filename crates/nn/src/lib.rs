@@ -27,6 +27,7 @@
 //! ```
 
 pub mod batch;
+pub mod compile;
 pub mod data;
 pub mod exec;
 pub mod ir;
@@ -43,7 +44,7 @@ pub use rewrite::{RewriteOptions, rewrite};
 pub use tensor::Tensor;
 
 /// Errors of the model layer.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum NnError {
     /// Malformed or unsupported ONNX structure.
@@ -86,4 +87,93 @@ pub enum NnError {
         /// The slots per ciphertext.
         slots: usize,
     },
+    /// A recorded single-image layout the planner could not have chosen for this model.
+    #[error(
+        "the recorded layout of '{stage}' ({layout}) does not fit the model: the compiled model was altered or belongs to another model; compile it again"
+    )]
+    LayoutMismatch {
+        /// The stage.
+        stage: String,
+        /// The recorded layout.
+        layout: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
+    /// Bytes that are not the artifact they should be.
+    #[error("{what}: {reason}")]
+    Format {
+        /// The kind of artifact ("compiled model", "client spec", ...).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An artifact written by another format version.
+    #[error("{what}: format version {found} (this build reads {expected}): {remedy}")]
+    Version {
+        /// The kind of artifact.
+        what: &'static str,
+        /// The version in the bytes.
+        found: u8,
+        /// The version this build reads.
+        expected: u8,
+        /// What to do about it.
+        remedy: &'static str,
+    },
+    /// An artifact whose checksum does not match its contents.
+    #[error("{what}: checksum mismatch (the bytes were corrupted or altered)")]
+    Checksum {
+        /// The kind of artifact.
+        what: &'static str,
+    },
+    /// An artifact larger than the bound a reader accepts.
+    #[error("{what}: {size} bytes, more than the {limit} accepted")]
+    TooLarge {
+        /// The kind of artifact.
+        what: &'static str,
+        /// Its size (at least; reading stops at the limit).
+        size: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// Artifacts that do not belong together (model, parameters, keys, packing).
+    #[error("{what}: expected {expected}, got {found}")]
+    Mismatch {
+        /// What differs.
+        what: &'static str,
+        /// What the model or key expects.
+        expected: String,
+        /// What was given.
+        found: String,
+    },
+    /// No secure parameters run the model in the packing asked for.
+    #[error("{chain}: {reason}")]
+    NoParameters {
+        /// The parameter chain asked for.
+        chain: compile::params::Chain,
+        /// Why not, with what to try.
+        reason: String,
+    },
+    /// An error of the CKKS layer outside any node (keys, encoding, serialization).
+    #[error(transparent)]
+    Ckks(#[from] hecnn_ckks::CkksError),
+    /// An error of the RLWE layer (keys, serialization).
+    #[error(transparent)]
+    Rlwe(#[from] hecnn_rlwe::RlweError),
+}
+
+impl NnError {
+    /// An I/O error on `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source: std::sync::Arc::new(source),
+        }
+    }
 }

@@ -2,11 +2,26 @@
 
 use crate::NnError;
 
-/// A dense row-major tensor.
-#[derive(Clone, Debug, PartialEq)]
+/// A dense row-major tensor. Deserialization checks the element count as [`Tensor::new`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "RawTensor")]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f64>,
+}
+
+/// A tensor as serialized, before its element count is checked.
+#[derive(serde::Deserialize)]
+struct RawTensor {
+    shape: Vec<usize>,
+    data: Vec<f64>,
+}
+
+impl TryFrom<RawTensor> for Tensor {
+    type Error = NnError;
+    fn try_from(raw: RawTensor) -> Result<Self, NnError> {
+        Self::new(raw.shape, raw.data)
+    }
 }
 
 impl Tensor {
@@ -15,10 +30,10 @@ impl Tensor {
     /// # Errors
     /// [`NnError::Shape`] if the element count does not match the shape.
     pub fn new(shape: Vec<usize>, data: Vec<f64>) -> Result<Self, NnError> {
-        let count: usize = shape.iter().product();
-        if count != data.len() {
+        let count = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if count != Some(data.len()) {
             return Err(NnError::Shape(format!(
-                "shape {shape:?} holds {count} values, got {}",
+                "shape {shape:?} does not hold the {} values given",
                 data.len()
             )));
         }

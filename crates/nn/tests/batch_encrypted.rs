@@ -119,11 +119,14 @@ fn plans_refuse_what_batch_mode_cannot_run() {
 fn packed_cleartext_mode_matches_the_executor_and_simulates_headroom() {
     let model = rewrite(&small_cnn(), &RewriteOptions::default()).unwrap();
     let plan = BatchPlan::new(&model).unwrap();
-    let lit = batch::parameters(
+    let lit = hecnn_nn::compile::params::literal(
+        hecnn_nn::compile::params::Chain::Batch,
         plan.depth(),
         10,
         hecnn_rlwe::SecurityLevel::UncheckedForReproduction,
-    );
+    )
+    .unwrap()
+    .0;
     let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
     let engine = batch::Packed::new(params.q());
     let count = 64;
@@ -251,11 +254,14 @@ fn pooling_costs_no_level_and_squares_are_relinearized_after_pooling() {
 fn streamed_chunks_of_any_size_give_the_same_values() {
     let model = rewrite(&pooled_cnn(), &RewriteOptions::default()).unwrap();
     let depth = BatchPlan::new(&model).unwrap().depth();
-    let lit = batch::parameters(
+    let lit = hecnn_nn::compile::params::literal(
+        hecnn_nn::compile::params::Chain::Batch,
         depth,
         10,
         hecnn_rlwe::SecurityLevel::UncheckedForReproduction,
-    );
+    )
+    .unwrap()
+    .0;
     let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
     let images = pooled_images(16, 700);
     let columns: Vec<Vec<f64>> = (0..192)

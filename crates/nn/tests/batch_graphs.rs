@@ -23,11 +23,14 @@ fn vals(n: usize, s: f64) -> Vec<f64> {
 fn run_packed(model: &Model, n_in: usize) -> (usize, Vec<(usize, usize)>, Result<usize, String>) {
     let plan = BatchPlan::new(model).unwrap();
     let depth = plan.depth();
-    let lit = batch::parameters(
+    let lit = hecnn_nn::compile::params::literal(
+        hecnn_nn::compile::params::Chain::Batch,
         depth,
         10,
         hecnn_rlwe::SecurityLevel::UncheckedForReproduction,
-    );
+    )
+    .unwrap()
+    .0;
     let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
     let engine = batch::Packed::new(params.q());
     let img = Tensor::new(

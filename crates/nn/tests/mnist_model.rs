@@ -50,7 +50,14 @@ fn pytorch_mnist_model_encrypted_equals_cleartext() {
     batch::check_ranges(&model, &images[..50]).unwrap();
 
     let plan = batch::BatchPlan::new(&model).unwrap();
-    let lit = batch::parameters(plan.depth(), 10, SecurityLevel::UncheckedForReproduction);
+    let lit = hecnn_nn::compile::params::literal(
+        hecnn_nn::compile::params::Chain::Batch,
+        plan.depth(),
+        10,
+        SecurityLevel::UncheckedForReproduction,
+    )
+    .unwrap()
+    .0;
     let params = Arc::new(CkksParams::from_literal(&lit, batch::BATCH_LOG_SCALE).unwrap());
     let be = CpuBackend::new(2).unwrap();
     let mut rng = Prng::from_seed([11; 32]);

@@ -83,7 +83,7 @@ fn worst_error(model: &Model, log_n: u32, images: u64, seed: u8) -> (f64, Single
 }
 
 /// As [`worst_error`]; with `chain`, under the parameters single-image mode runs with
-/// ([`single::parameters`]: scale 2^26, base and special primes above it), unchecked at
+/// ([`hecnn_nn::compile::params`]: scale 2^26, base and special primes above it), unchecked at
 /// this small degree, instead of the toy chain at scale 2^40.
 fn worst_error_with(
     model: &Model,
@@ -103,8 +103,13 @@ fn worst_error_with(
         sk,
         eval,
     } = if chain {
-        let (lit, log_scale) =
-            single::parameters(depth, log_n, SecurityLevel::UncheckedForReproduction).unwrap();
+        let (lit, log_scale) = hecnn_nn::compile::params::literal(
+            hecnn_nn::compile::params::Chain::Single,
+            depth,
+            log_n,
+            SecurityLevel::UncheckedForReproduction,
+        )
+        .unwrap();
         assert_eq!(log_scale, single::MIN_LOG_SCALE);
         toy_with(&lit, log_scale, plan.rotations(), &mut rng)
     } else {
@@ -361,6 +366,6 @@ fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
     let map = hecnn_nn::batch::OutputMap { a: 1.0, gamma: 0.0 };
     for out in [vec![], vec![ct[0].clone(), ct[0].clone()]] {
         let e = refusal(plan.decrypt_output(&eval, &out, map, |c| dec.decrypt(c)));
-        assert!(e.contains("the plan produces 1 of 512"), "{e}");
+        assert!(e.contains("expected 1 of 512 slots"), "{e}");
     }
 }

@@ -268,6 +268,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         items.into_iter().map(f).collect()
     }
 
+    /// Runs `f` with the backend's workers at hand: a CPU backend enters its thread pool
+    /// once, so the many small parallel sections of one evaluation start without a
+    /// cross-thread handoff each. The default runs `f` as it is.
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// Gadget decomposition for hybrid key switching: the ModUp of every digit of `d`
     /// (evaluation domain, `q` limbs), each over `Q_l ∪ P` in the evaluation domain.
     ///

@@ -52,11 +52,6 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
-
-    /// Runs `f` inside this backend's thread pool (so nested rayon calls use it).
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
 }
 
 #[inline]
@@ -357,6 +352,11 @@ impl Backend for CpuBackend {
                 expected: words,
                 found: buf.len(),
             })
+    }
+
+    /// Runs `f` inside this backend's thread pool (so nested rayon calls use it).
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
     }
 
     fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {

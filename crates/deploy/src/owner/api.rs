@@ -14,7 +14,7 @@ use hecnn_nn::{
     onnx,
     protect::{self, ProtectPlan, Scope},
 };
-use hecnn_ring::Prng;
+use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{SecretKey, SecurityLevel};
 use serde::Deserialize;
 use serde_json::json;

@@ -17,6 +17,7 @@
 mod chain;
 mod engine;
 
+pub use crate::compile::params::BATCH_LOG_SCALE;
 pub use chain::CHUNK_ROWS;
 pub use engine::{Encrypted, Engine, Packed, PackedValue};
 
@@ -387,6 +388,11 @@ impl BatchPlan {
     /// Number of input ciphertexts (`C·H·W`).
     pub fn inputs(&self) -> usize {
         self.model.input_shape.iter().product()
+    }
+
+    /// Number of output ciphertexts (the output node's neurons).
+    pub fn outputs(&self) -> usize {
+        self.nodes.get(self.model.output).map_or(0, |n| n.neurons)
     }
 
     /// The planned model.
@@ -1211,34 +1217,7 @@ pub fn decrypt_outputs<B: Backend>(
     Ok(per_image)
 }
 
-/// Working scale of batch-mode ciphertexts (bits): the rescaling primes are near 2^30, below
-/// the 2^50 of the IFMA kernels; CNN logits need far less precision than this to keep their
-/// argmax (measured by `hecnn eval`: max |Δ logit| 7e-3 on MNIST, 2e-2 on CIFAR-10).
-pub const BATCH_LOG_SCALE: u32 = 30;
-
-/// CKKS parameters for a batch-mode plan of `depth` levels at ring degree `2^log_n`: a
-/// 49-bit base prime (every intermediate and output value must stay below about 2^17 in
-/// magnitude at the 2^30 working scale; [`crate::batch::check_ranges`] verifies this on
-/// calibration data), `depth` primes near the scale, and 49-bit special primes
-/// covering two-prime digits for relinearization. All primes are below 2^50 (IFMA).
-pub fn parameters(
-    depth: usize,
-    log_n: u32,
-    security: hecnn_rlwe::SecurityLevel,
-) -> hecnn_rlwe::ParamsLiteral {
-    let mut log_q = vec![49];
-    log_q.extend(std::iter::repeat_n(BATCH_LOG_SCALE, depth));
-    hecnn_rlwe::ParamsLiteral {
-        log_n,
-        log_q,
-        log_p: vec![49, 49],
-        dnum: Some((depth + 1).div_ceil(2)),
-        secret: hecnn_rlwe::SecretDistribution::Ternary,
-        security,
-    }
-}
-
-/// Largest magnitude a batch-mode value may reach (see [`parameters`]).
+/// Largest magnitude a batch-mode value may reach (see [`crate::compile::params`]).
 pub const MAX_VALUE: f64 = 131_072.0;
 
 /// Runs the model in the clear on calibration images and returns, for every node, the

@@ -88,12 +88,11 @@ use hecnn_ckks::{
     encrypt_sk,
 };
 use hecnn_ring::{Backend, Prng};
-use hecnn_rlwe::{KeyRequirements, ParamsLiteral, PublicKey, SecretDistribution, SecretKey};
+use hecnn_rlwe::{KeyRequirements, PublicKey, SecretKey};
 
 use crate::NnError;
 
-/// Scale bits of the protected part's parameters.
-pub const PROTECT_LOG_SCALE: u32 = 40;
+pub use crate::compile::params::PROTECT_LOG_SCALE;
 
 /// Most switching keys an edge deployment may carry when it loads its evaluation keys (the
 /// relinearization key and the rotations of the block sums: far fewer in practice).
@@ -106,43 +105,26 @@ fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     }
 }
 
-/// The smallest parameters for the protected part at `security`: a 49-bit output prime,
-/// one 40-bit prime per level of [`ProtectedSpec::depth`], one 49-bit special prime, and
-/// the smallest ring degree (from 2^13) whose bound in the security table admits them and
-/// whose slots hold the layout.
+/// The smallest parameters for the protected part at `security`: the protected chain of
+/// [`crate::compile::params`] (a 49-bit output prime, one 40-bit prime per level of
+/// [`ProtectedSpec::depth`], one 49-bit special prime) at the smallest ring degree (from
+/// 2^13) whose bound in the security table admits them and whose slots hold the layout.
 ///
 /// # Errors
-/// [`NnError::Invalid`] when no ring degree up to 2^16 fits: the depth is beyond what the
-/// security level allows, or the layers are wider than the slots.
+/// [`NnError::NoParameters`] when no ring degree up to 2^16 fits: the depth is beyond what
+/// the security level allows, or the layers are wider than the slots.
 pub fn parameters(
     spec: &ProtectedSpec,
     security: hecnn_rlwe::SecurityLevel,
 ) -> Result<Arc<CkksParams>, NnError> {
-    let mut log_q = vec![49];
-    log_q.extend(std::iter::repeat_n(40, spec.depth()));
-    let mut last = None;
-    for log_n in 13..=16u32 {
-        let lit = ParamsLiteral {
-            log_n,
-            log_q: log_q.clone(),
-            log_p: vec![49],
-            dnum: None,
-            secret: SecretDistribution::Ternary,
-            security,
-        };
-        match CkksParams::from_literal(&lit, PROTECT_LOG_SCALE) {
-            Ok(p) => match spec.layout(p.max_slots()) {
-                Ok(_) => return Ok(Arc::new(p)),
-                Err(e) => last = Some(e.to_string()),
-            },
-            Err(e) => last = Some(e.to_string()),
-        }
-    }
-    Err(NnError::Invalid(format!(
-        "no ring degree up to 2^16 fits the protected part (depth {}) at {security:?}{}",
+    crate::compile::params::smallest_ring(
+        crate::compile::params::Chain::Protected,
         spec.depth(),
-        last.map(|e| format!(": {e}")).unwrap_or_default()
-    )))
+        security,
+        13..=16,
+        |p| spec.layout(p.max_slots()).map(drop),
+    )
+    .map(|(params, ())| params)
 }
 
 /// Level and scale of each protected layer's weights and bias, computed in the

@@ -295,9 +295,10 @@ impl ProtectedSpec {
                 .map(|l| l.inputs.max(l.outputs))
                 .max()
                 .unwrap_or(0);
-            return Err(NnError::Invalid(format!(
-                "the protected layers (up to {widest} values wide) do not fit in {slots} slots"
-            )));
+            return Err(NnError::TooFewSlots {
+                what: format!("the protected layers (up to {widest} values wide)"),
+                slots,
+            });
         };
         let groups = slots / block;
         let mut layers: Vec<LayerLayout> = Vec::with_capacity(self.layers.len());

@@ -30,6 +30,7 @@ use hecnn_ckks::{
 };
 use hecnn_ring::Backend;
 
+pub use crate::compile::params::{MAX_LOG_SCALE, MIN_LOG_SCALE, VALUE_BOUND_BITS};
 use crate::{
     Model, NnError,
     batch::OutputMap,
@@ -73,6 +74,18 @@ pub struct LayerReport {
     pub diagonals: usize,
     /// Hoisted baby-step rotations, giant-step rotations, partial-sum rotations.
     pub rotations: (usize, usize, usize),
+}
+
+/// The record of a candidate layout.
+fn stage_layout(target: &Target, grid: Option<&Grid>) -> StageLayout {
+    match (target, grid) {
+        (_, Some(g)) => StageLayout::Grid {
+            gap: g.gap,
+            frame: g.frame,
+        },
+        (Target::Place(_), None) => StageLayout::Vector,
+        (Target::Summed { m }, None) => StageLayout::Summed { m: *m },
+    }
 }
 
 /// Plans and prices one candidate target for a stage.
@@ -130,6 +143,41 @@ pub struct SinglePlan {
     pending: Vec<(f64, f64)>,
     /// Estimated cost of one evaluation, in plaintext products.
     cost: usize,
+    /// The layouts the planner chose (what a compiled model records).
+    layouts: Layouts,
+}
+
+/// Where the planner put one linear stage's output: what a compiled model records so that
+/// loading it rebuilds the plan without searching ([`SinglePlan::with_layouts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum StageLayout {
+    /// An image grid with these gaps between a channel's pixels, in frames of this size.
+    Grid {
+        /// Gaps `(gy, gx)`.
+        gap: (usize, usize),
+        /// Frame `(fh, fw)` in slots.
+        frame: (usize, usize),
+    },
+    /// Output `o` at flat position `o`.
+    Vector,
+    /// Partial sums at every slot `≡ o (mod m)`, added by rotations.
+    Summed {
+        /// The residue modulus.
+        m: usize,
+    },
+}
+
+/// Every layout choice of a single-image plan: the input frame and each linear stage's
+/// output layout, in stage order. Together with the model and the slot count they determine
+/// the plan.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Layouts {
+    /// Slots per ciphertext.
+    pub slots: usize,
+    /// The input's frame `(fh, fw)`.
+    pub input_frame: (usize, usize),
+    /// The output layout of every linear stage, in order.
+    pub stages: Vec<StageLayout>,
 }
 
 /// Levels a single-image evaluation of `model` consumes: one per linear stage (consecutive
@@ -159,6 +207,23 @@ impl SinglePlan {
     /// additions, activations of degree above 2, non-polynomial operators), a slot count
     /// that is not a power of two, or an input channel larger than a ciphertext.
     pub fn new(model: &Model, slots: usize) -> Result<Self, NnError> {
+        Self::plan(model, slots, None)
+    }
+
+    /// Rebuilds the plan a compiled model recorded: the same stages with the recorded
+    /// layouts, no search.
+    ///
+    /// # Errors
+    /// As [`SinglePlan::new`]; [`NnError::LayoutMismatch`] when a recorded layout is not one
+    /// the planner could have chosen for this model (the record belongs to another model or
+    /// was altered).
+    pub fn with_layouts(model: &Model, layouts: &Layouts) -> Result<Self, NnError> {
+        Self::plan(model, layouts.slots, Some(layouts))
+    }
+
+    /// Plans `model` for `slots`: every candidate input frame (or only the recorded one),
+    /// and the cheapest plan kept.
+    fn plan(model: &Model, slots: usize, fixed: Option<&Layouts>) -> Result<Self, NnError> {
         if !slots.is_power_of_two() {
             return Err(NnError::Invalid(format!(
                 "{slots} slots: the slot count must be a power of two"
@@ -172,6 +237,15 @@ impl SinglePlan {
         let mut frames = vec![(h, w), (h, w.next_power_of_two())];
         frames.push((h.next_power_of_two(), w.next_power_of_two()));
         frames.dedup();
+        if let Some(fixed) = fixed {
+            if !frames.contains(&fixed.input_frame) {
+                return Err(NnError::LayoutMismatch {
+                    stage: "input".into(),
+                    layout: format!("frame {:?}", fixed.input_frame),
+                });
+            }
+            frames = vec![fixed.input_frame];
+        }
         let mut best: Option<(usize, Self)> = None;
         let mut first_err = None;
         for frame in frames {
@@ -180,7 +254,7 @@ impl SinglePlan {
                 gap: (1, 1),
                 frame,
             };
-            match Self::with_input(model, &stages, slots, grid) {
+            match Self::with_input(model, &stages, slots, grid, fixed.map(|f| &f.stages[..])) {
                 Ok((cost, plan)) => {
                     if best.as_ref().is_none_or(|(c, _)| cost < *c) {
                         best = Some((cost, plan));
@@ -204,7 +278,10 @@ impl SinglePlan {
         stages: &[Stage],
         slots: usize,
         input_grid: Grid,
+        fixed: Option<&[StageLayout]>,
     ) -> Result<(usize, Self), NnError> {
+        let input_frame = input_grid.frame;
+        let mut chosen = Vec::new();
         let mut total = 0;
         if !input_grid.fits(slots) {
             return Err(NnError::TooFewSlots {
@@ -278,6 +355,16 @@ impl SinglePlan {
                             ));
                         }
                     }
+                    if let Some(fixed) = fixed {
+                        let want = fixed.get(chosen.len()).copied();
+                        candidates.retain(|(t, _, g)| Some(stage_layout(t, g.as_ref())) == want);
+                        if candidates.is_empty() {
+                            return Err(NnError::LayoutMismatch {
+                                stage: stage.name.clone(),
+                                layout: format!("{want:?}"),
+                            });
+                        }
+                    }
                     let mut best: Option<(usize, LinearPlan, Option<Grid>)> = None;
                     for (target, describe, g) in candidates {
                         let (cost, plan) = price(target, describe, rows, &current, in_cts, slots);
@@ -290,6 +377,7 @@ impl SinglePlan {
                         slots,
                     })?;
                     total += cost;
+                    chosen.push(stage_layout(&plan.target, g.as_ref()));
                     grid = g;
                     current = plan.target.positions(rows.len());
                     linear.insert(i, plan);
@@ -307,8 +395,24 @@ impl SinglePlan {
             linear,
             pending,
             cost: total,
+            layouts: Layouts {
+                slots,
+                input_frame,
+                stages: chosen,
+            },
         };
+        if fixed.is_some_and(|f| f.len() != plan.layouts.stages.len()) {
+            return Err(NnError::LayoutMismatch {
+                stage: "(all)".into(),
+                layout: "a different number of linear stages".into(),
+            });
+        }
         Ok((total, plan))
+    }
+
+    /// The layouts the planner chose: with the model, all [`SinglePlan::with_layouts`] needs.
+    pub fn layouts(&self) -> &Layouts {
+        &self.layouts
     }
 
     /// Estimated cost of one evaluation of the linear stages, in plaintext products (a
@@ -335,6 +439,16 @@ impl SinglePlan {
     /// Number of input neurons (`C·H·W`).
     pub fn inputs(&self) -> usize {
         self.input.len()
+    }
+
+    /// Flat positions of the input's values (ciphertext `p / slots`, slot `p % slots`).
+    pub fn input_positions(&self) -> &[usize] {
+        &self.input
+    }
+
+    /// Flat positions of the logits.
+    pub fn output_positions(&self) -> &[usize] {
+        self.positions.last().unwrap_or(&self.input)
     }
 
     /// Ciphertexts an encrypted image takes.
@@ -560,32 +674,9 @@ impl SinglePlan {
         eval: &Evaluator<B>,
         image: &crate::Tensor,
         level: usize,
-        mut encrypt: impl FnMut(&Plaintext<B>) -> Result<Ciphertext<B>, CkksError>,
+        encrypt: impl FnMut(&Plaintext<B>) -> Result<Ciphertext<B>, CkksError>,
     ) -> Result<Vec<Ciphertext<B>>, NnError> {
-        if image.len() != self.inputs() {
-            return Err(NnError::Shape(format!(
-                "an image of {} values, the model takes {}",
-                image.len(),
-                self.inputs()
-            )));
-        }
-        let mut values = vec![vec![0.0; self.slots]; self.input_cts()];
-        for (&p, &v) in self.input.iter().zip(image.data()) {
-            values[p / self.slots][p % self.slots] = v;
-        }
-        values
-            .iter()
-            .map(|v| {
-                let err = |source| NnError::Encrypted {
-                    node: "input".into(),
-                    source,
-                };
-                let pt = eval
-                    .encode_real(v, level, eval.params().default_scale(), self.slots)
-                    .map_err(err)?;
-                encrypt(&pt).map_err(err)
-            })
-            .collect()
+        crate::compile::client::encrypt_single(eval, self.slots, &self.input, image, level, encrypt)
     }
 
     /// Evaluates the plan on one encrypted image; returns the output ciphertexts and the map
@@ -677,114 +768,17 @@ impl SinglePlan {
         eval: &Evaluator<B>,
         out: &[Ciphertext<B>],
         map: OutputMap,
-        mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
+        decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
     ) -> Result<Vec<f64>, NnError> {
-        let positions = self.positions.last().unwrap_or(&self.input);
-        let cts = self.output_cts();
-        if out.len() != cts || out.iter().any(|ct| ct.slots() != self.slots) {
-            return Err(NnError::Invalid(format!(
-                "{} output ciphertexts of {:?} slots; the plan produces {cts} of {}",
-                out.len(),
-                out.iter().map(Ciphertext::slots).collect::<BTreeSet<_>>(),
-                self.slots
-            )));
-        }
-        let err = |source| NnError::Encrypted {
-            node: "output".into(),
-            source,
-        };
-        let mut slots = Vec::with_capacity(cts);
-        for ct in out {
-            let pt = decrypt(ct).map_err(err)?;
-            let values = eval
-                .encoder()
-                .decode_real(eval.backend(), eval.params(), &pt)
-                .map_err(err)?;
-            if values.len() != self.slots {
-                return Err(NnError::Invalid(format!(
-                    "an output decoded to {} slots, the plan packs {}",
-                    values.len(),
-                    self.slots
-                )));
-            }
-            slots.push(values);
-        }
-        Ok(positions
-            .iter()
-            .map(|&p| map.a * slots[p / self.slots][p % self.slots] + map.gamma)
-            .collect())
+        crate::compile::client::decrypt_single(
+            eval,
+            self.slots,
+            self.output_positions(),
+            out,
+            map,
+            decrypt,
+        )
     }
-}
-
-/// Values in single-image mode stay below `2^VALUE_BOUND_BITS` in magnitude: the base prime
-/// is `VALUE_BOUND_BITS + 1` bits above the scale, so a result decrypted at the last level
-/// does not wrap ([`SinglePlan::max_slot_magnitude`] checks a model against it).
-pub const VALUE_BOUND_BITS: u32 = 13;
-
-/// The smallest working scale (bits) in single-image mode: what the MNIST network's five
-/// levels can have at N = 2^13 and 128-bit security (batch mode uses 2^30). The evaluation
-/// noise then stays near 2^-14 of a unit value.
-pub const MIN_LOG_SCALE: u32 = 26;
-
-/// The largest working scale (bits) in single-image mode: the base and special primes
-/// (14 and 16 bits above the scale) stay below 2^50, the reach of the 52-bit IFMA kernels.
-pub const MAX_LOG_SCALE: u32 = 33;
-
-/// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
-/// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
-/// `s + 14` bits (values must stay below 2^[`VALUE_BOUND_BITS`] in magnitude) and `α` special primes of
-/// `s + 16` bits with digits of at most `α` primes (each special prime is above every Q
-/// prime, so the special modulus covers every digit).
-///
-/// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose modulus with one
-/// special prime, `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit
-/// to spare: the number of primes, hence the cost, does not depend on it, and every extra
-/// bit halves the evaluation error. Then `α ≤ 3` is the largest the remaining budget holds
-/// (CIFAR-10's seven levels at 2^14: `α = 3`, three digits instead of eight). `None` when not
-/// even [`MIN_LOG_SCALE`] fits. Without a security level to check (reproductions) the scale
-/// is [`MIN_LOG_SCALE`] and `α = 1`.
-pub fn parameters(
-    depth: usize,
-    log_n: u32,
-    security: hecnn_rlwe::SecurityLevel,
-) -> Option<(hecnn_rlwe::ParamsLiteral, u32)> {
-    let budget = hecnn_rlwe::security::max_log_qp(log_n, security);
-    let s = match budget {
-        None => MIN_LOG_SCALE,
-        Some(budget) => {
-            let s = (budget.checked_sub(31)? as usize / (depth + 2)).min(MAX_LOG_SCALE as usize);
-            u32::try_from(s).ok().filter(|&s| s >= MIN_LOG_SCALE)?
-        }
-    };
-    let log_q_bits = (depth as u32 + 1) * s + VALUE_BOUND_BITS + 1;
-    // Special primes: as many as the budget leaves room for, up to three. Each one more
-    // cuts the digits, hence the ModUp transforms and the key size, at no cost in security
-    // (the ring's budget is the limit); past three the special primes' own transforms in
-    // ModUp and ModDown cost about what fewer digits save.
-    let alpha = match budget {
-        None => 1,
-        Some(budget) => (1..=3u32.min(depth as u32 + 1))
-            .rev()
-            .find(|&a| log_q_bits + a * (s + 16) < budget)
-            .unwrap_or(1),
-    };
-    // Digits hold `⌈(depth + 1)/dnum⌉` primes, which may be fewer than `alpha` (four Q
-    // primes in two digits of two): no more special primes than the largest digit uses.
-    let dnum = (depth + 1).div_ceil(alpha as usize);
-    let alpha = (depth + 1).div_ceil(dnum);
-    let mut log_q = vec![s + VALUE_BOUND_BITS + 1];
-    log_q.extend(std::iter::repeat_n(s, depth));
-    Some((
-        hecnn_rlwe::ParamsLiteral {
-            log_n,
-            log_q,
-            log_p: vec![s + 16; alpha],
-            dnum: Some(dnum),
-            secret: hecnn_rlwe::SecretDistribution::Ternary,
-            security,
-        },
-        s,
-    ))
 }
 
 /// One linear stage encoded: its transform and one bias plaintext per output ciphertext
@@ -796,90 +790,4 @@ type EncodedStage<B> = (LinearTransform<B>, Vec<Option<Plaintext<B>>>);
 pub struct EncodedSingle<B: Backend> {
     transforms: BTreeMap<usize, EncodedStage<B>>,
     top_level: usize,
-}
-
-#[cfg(test)]
-mod tests {
-    use hecnn_rlwe::SecurityLevel;
-
-    use super::*;
-
-    fn scale(depth: usize, log_n: u32, security: SecurityLevel) -> Option<u32> {
-        parameters(depth, log_n, security).map(|(_, s)| s)
-    }
-
-    #[test]
-    fn the_scale_is_the_largest_the_security_table_allows() {
-        // MNIST: five levels at 2^13 (218 bits at 128-bit) leave 26-bit primes.
-        assert_eq!(scale(5, 13, SecurityLevel::Bits128), Some(26));
-        // CIFAR-10: seven levels at 2^14 (438 bits) could take 45, IFMA's reach caps at 33.
-        assert_eq!(scale(7, 14, SecurityLevel::Bits128), Some(MAX_LOG_SCALE));
-        // Too deep for the ring: the next degree is needed.
-        assert_eq!(scale(7, 13, SecurityLevel::Bits128), None);
-        assert_eq!(scale(5, 13, SecurityLevel::Bits192), None);
-        assert_eq!(
-            scale(3, 13, SecurityLevel::UncheckedForReproduction),
-            Some(MIN_LOG_SCALE)
-        );
-        for depth in 1..12 {
-            for log_n in 13..=16 {
-                let budget =
-                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
-                let need = |s: u32| (depth as u32 + 2) * s + 30;
-                let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
-                    assert!(need(MIN_LOG_SCALE) >= budget, "depth {depth}, 2^{log_n}");
-                    assert!(log_n < 16, "2^16 holds {depth} levels");
-                    continue;
-                };
-                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
-                assert!(bits < budget, "depth {depth}, 2^{log_n}");
-                // The largest such scale.
-                assert!(
-                    s == MAX_LOG_SCALE || need(s + 1) >= budget,
-                    "depth {depth}, 2^{log_n}"
-                );
-                assert!(lit.log_p[0] > *lit.log_q.iter().max().unwrap_or(&0));
-                assert!(lit.log_p[0] < 50 && (MIN_LOG_SCALE..=MAX_LOG_SCALE).contains(&s));
-            }
-        }
-    }
-
-    #[test]
-    fn spare_budget_buys_special_primes_and_fewer_digits() {
-        let special = |depth, log_n| {
-            let (lit, _) = parameters(depth, log_n, SecurityLevel::Bits128).unwrap();
-            (lit.log_p.len(), lit.dnum)
-        };
-        // MNIST: 212 of 218 bits, no room for a second special prime.
-        assert_eq!(special(5, 13), (1, Some(6)));
-        // CIFAR-10: 278 + 3·49 = 425 of 438 bits.
-        assert_eq!(special(7, 14), (3, Some(3)));
-        // Four Q primes: three special primes would fit, but two digits of two use two.
-        assert_eq!(special(3, 14), (2, Some(2)));
-        for depth in 1..12 {
-            for log_n in 13..=16 {
-                let Some((lit, s)) = parameters(depth, log_n, SecurityLevel::Bits128) else {
-                    continue;
-                };
-                let budget =
-                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
-                let alpha = lit.log_p.len();
-                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
-                // One more special prime (up to three) would not fit or not cut a digit.
-                let fewer_digits = (depth + 1).div_ceil(alpha + 1) < lit.dnum.unwrap_or(0);
-                assert!(
-                    alpha >= 3 || !fewer_digits || bits + s + 16 >= budget,
-                    "depth {depth}, 2^{log_n}"
-                );
-                // Every special prime is used by the widest digit.
-                if log_n <= 14 {
-                    let built = lit.build().unwrap();
-                    let widest = built.digits().iter().map(ExactSizeIterator::len).max();
-                    assert_eq!(widest, Some(alpha), "depth {depth}, 2^{log_n}");
-                }
-            }
-        }
-        let (lit, _) = parameters(3, 13, SecurityLevel::UncheckedForReproduction).unwrap();
-        assert_eq!((lit.log_p.len(), lit.dnum), (1, Some(4)));
-    }
 }

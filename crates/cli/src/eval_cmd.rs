@@ -1,0 +1,431 @@
+//! `hecnn eval` and the CNN demo: keys, encryption, evaluation and decryption of a data set
+//! in one process through the library's client and server, compared image by image with
+//! the cleartext model.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use hecnn_nn::{
+    compile::{Client, CompiledModel, PackedPlan, PackingKind, Server, human_bytes},
+    data::Dataset,
+    exec::{self, argmax},
+};
+use hecnn_ring::{Backend, Prng};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::{
+    CliError,
+    agreement_record::{AgreementRecord, ImageOutcome},
+    cnn,
+    cnn_cmds::{Mode, ModelOpts, check_memory, check_shape, peak_memory, select},
+    stats::Agreement,
+};
+
+/// `hecnn eval` (and the demo).
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Compiled model (`.hecnn`) or ONNX model.
+    #[arg(default_value = "models/hcnn-mnist.onnx")]
+    model: PathBuf,
+    /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Number of images (default: all from `--offset` on).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Position of the first image in the data set.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Single-image mode: append each image's outcome to this CSV file as soon as it is
+    /// done, skip the images it already holds, and summarise the whole file (a long check
+    /// survives interruptions and adds up across runs).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Batch packing: print the time spent in every layer of the first batch.
+    #[arg(long)]
+    verbose: bool,
+    /// Only run the model in the clear (f64) and report its accuracy: no keys, no encryption.
+    #[arg(long)]
+    cleartext: bool,
+    /// Packing: `batch` (one image per slot, thousands per evaluation), `single` (one image
+    /// densely packed, classified on its own) or `auto` (picked for the number of images).
+    /// Default: the compiled model's packing (batch for an `.onnx` file).
+    #[arg(long, value_enum)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    opts: ModelOpts,
+}
+
+/// `hecnn eval`: keys, encryption, evaluation and decryption of a whole data set in one
+/// process, compared with the cleartext model (or, with `--cleartext`, the cleartext model
+/// alone).
+///
+/// # Errors
+/// Models or data that do not fit each other, memory, I/O.
+pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
+    let model = if a.model.exists() {
+        a.model.clone()
+    } else {
+        cnn::repo_path(&a.model.to_string_lossy())
+    };
+    let all = cnn::load_data(&a.data)?;
+    let ds = select(&all, a.offset, a.count, usize::MAX)?;
+    let c = match a.mode {
+        None => a.opts.load(&model)?,
+        Some(mode) => {
+            let opts = a.opts.compile_options(mode.request(ds.len()))?;
+            let c = cnn::load_model(&model, &opts, false)?;
+            if let Some(why) = c.choice() {
+                println!("{why}");
+            }
+            c
+        }
+    };
+    check_shape(&c, &ds)?;
+    if a.record.is_some() && (a.cleartext || a.mode == Some(Mode::Batch)) {
+        return Err(CliError::Usage(
+            "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
+        ));
+    }
+    if a.cleartext {
+        let t = Instant::now();
+        let correct = (0..ds.len())
+            .filter(|&i| {
+                exec::run(c.model(), &ds.image(i))
+                    .is_ok_and(|out| argmax(out.data()) == usize::from(ds.labels()[i]))
+            })
+            .count();
+        println!(
+            "cleartext accuracy of '{}' on {} ({} images): {:.2}% ({correct}/{}) in {:.1} s",
+            c.name(),
+            a.data,
+            ds.len(),
+            100.0 * correct as f64 / ds.len().max(1) as f64,
+            ds.len(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    match c.packing() {
+        PackingKind::Single => {
+            let run = SingleRun {
+                data: &a.data,
+                model: &model,
+                offset: a.offset,
+                record: a.record.as_deref(),
+            };
+            eval_single(&c, &ds, &run, &a.opts)
+        }
+        PackingKind::Batch if a.record.is_some() => Err(CliError::Usage(
+            "batch packing does not keep --record image by image: use --mode single".into(),
+        )),
+        PackingKind::Batch => eval_batch(&c, &ds, a),
+    }
+}
+
+fn eval_batch(c: &CompiledModel, ds: &Dataset, a: &EvalArgs) -> Result<(), CliError> {
+    check_memory(c)?;
+    let params = c.params();
+    let be = a.opts.backend()?;
+    println!("hecnn: encrypted CNN inference");
+    println!("{}", c.report()?);
+    println!(
+        "data: {} ({} images), backend {}",
+        a.data,
+        ds.len(),
+        be.name()
+    );
+
+    // Client: keys.
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    let client = Client::new(c.client_spec(), be.clone())?;
+    let keys = client.keygen(&mut rng)?;
+    let key_bytes = keys.evaluation.size_bytes();
+    let keygen_ms = t.elapsed().as_secs_f64() * 1e3;
+    let server = Server::new(c.server_plan(), keys.evaluation, be.clone())?;
+
+    let batch_size = params.max_slots();
+    let batches = ds.len().div_ceil(batch_size);
+    let (mut enc_s, mut run_s, mut dec_s) = (0.0, 0.0, 0.0);
+    let mut agreement = Agreement::default();
+    let mut ct_bytes = 0usize;
+    let pb = ProgressBar::new(ds.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    for b in 0..batches {
+        let part = ds.slice(b * batch_size, (b + 1) * batch_size);
+        let images: Vec<_> = (0..part.len()).map(|i| part.image(i)).collect();
+        pb.set_message("encrypting");
+        let t = Instant::now();
+        let inputs = client.encrypt(&keys.public, &images, &mut rng)?;
+        enc_s += t.elapsed().as_secs_f64();
+        if b == 0 {
+            ct_bytes = inputs
+                .ciphertexts()
+                .first()
+                .map_or(Ok(0), |ct| ct.to_bytes(&be, params).map(|v| v.len()))?;
+        }
+        pb.set_message("evaluating");
+        let t = Instant::now();
+        let mut marks = Vec::new();
+        let out = server.run(inputs, |done, _| marks.push((done, Instant::now())))?;
+        run_s += t.elapsed().as_secs_f64();
+        if a.verbose && b == 0 {
+            pb.suspend(|| print_layer_times(c, t, &marks));
+        }
+        pb.set_message("decrypting");
+        let t = Instant::now();
+        let logits = client.decrypt(&keys.secret, &out)?;
+        dec_s += t.elapsed().as_secs_f64();
+        for (i, got) in logits.iter().enumerate() {
+            let want = exec::run(c.model(), &images[i])?;
+            let label = usize::from(part.labels()[i]);
+            agreement.add(&ImageOutcome::new(
+                b * batch_size + i,
+                label,
+                got,
+                want.data(),
+            ));
+        }
+        pb.inc(part.len() as u64);
+    }
+    pb.finish_and_clear();
+    let n = ds.len().max(1) as f64;
+    println!(
+        "\nresults over {} images in {batches} batch(es) of up to {batch_size}:",
+        ds.len()
+    );
+    agreement.print();
+    println!("timings ({}):", be.name());
+    println!(
+        "  keygen {keygen_ms:.0} ms, evaluation keys {}",
+        human_bytes(key_bytes)
+    );
+    println!(
+        "  encrypt {:.2} s total, {:.3} ms per image (client, public key)",
+        enc_s,
+        enc_s * 1e3 / n
+    );
+    println!(
+        "  evaluate {:.2} s total: {:.2} s per batch, {:.3} ms per image amortized",
+        run_s,
+        run_s / batches.max(1) as f64,
+        run_s * 1e3 / n
+    );
+    println!("  decrypt {:.2} s total", dec_s);
+    println!(
+        "  one input ciphertext {} (seed-less, public-key encrypted); peak memory {}",
+        human_bytes(ct_bytes),
+        peak_memory()
+    );
+    Ok(())
+}
+
+/// The time of every streamed chain of the first batch (a layer and the activations and
+/// pools after it report once, for all their nodes).
+fn print_layer_times(c: &CompiledModel, start: Instant, marks: &[(usize, Instant)]) {
+    let (mut prev, mut from) = (start, 1);
+    for (done, at) in marks {
+        let names: Vec<String> = c.model().nodes[from.min(*done)..*done]
+            .iter()
+            .map(|n| format!("{} ({})", n.name, n.op.kind()))
+            .collect();
+        if !names.is_empty() {
+            println!(
+                "  {:>10.1} ms  {}",
+                (*at - prev).as_secs_f64() * 1e3,
+                names.join(" → ")
+            );
+        }
+        (prev, from) = (*at, *done);
+    }
+}
+
+/// `hecnn demo`: encrypted classification of the bundled MNIST sample with the bundled model.
+pub fn demo(threads: usize) -> Result<(), CliError> {
+    let args = EvalArgs {
+        model: PathBuf::from("models/hcnn-mnist.onnx"),
+        data: "sample:mnist".into(),
+        count: None,
+        offset: 0,
+        record: None,
+        verbose: false,
+        cleartext: false,
+        mode: None,
+        opts: ModelOpts {
+            log_n: 14,
+            security: 128,
+            relu_poly: vec![],
+            maxpool_as_avgpool: false,
+            threads,
+        },
+    };
+    eval(&args)
+}
+
+/// How a single-image evaluation is run and reported.
+struct SingleRun<'a> {
+    /// The data set's name, for the report and the record's header.
+    data: &'a str,
+    /// The model file, whose bytes the record's header pins by a digest.
+    model: &'a Path,
+    /// Position of the first image of the selection in the whole data set.
+    offset: usize,
+    /// The resumable record to append to ([`AgreementRecord`]).
+    record: Option<&'a Path>,
+}
+
+/// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
+/// cleartext model. With a record, images already in it are skipped, each new outcome is
+/// appended as soon as it is known, and the summary covers the whole record.
+fn eval_single(
+    c: &CompiledModel,
+    ds: &Dataset,
+    run: &SingleRun<'_>,
+    opts: &ModelOpts,
+) -> Result<(), CliError> {
+    let PackedPlan::Single(plan) = c.plan() else {
+        return Err(CliError::Usage("not a single-image plan".into()));
+    };
+    let params = c.params();
+    let data = run.data;
+    let r = params.rlwe();
+    let diagonals: usize = plan.layers().iter().map(|l| l.diagonals).sum();
+    let mut record = run
+        .record
+        .map(|path| {
+            let digest = std::fs::read(run.model)
+                .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
+                .map_err(|e| hecnn_nn::NnError::io(run.model, e))?;
+            let header = format!(
+                "model={} blake3={digest} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={diagonals}",
+                c.name(),
+                r.log_n(),
+                r.log_qp(),
+                r.max_level(),
+                params.default_scale().log2(),
+            );
+            AgreementRecord::open(path, &header)
+        })
+        .transpose()?;
+    let done = record
+        .as_ref()
+        .map(AgreementRecord::done)
+        .unwrap_or_default();
+    let todo: Vec<usize> = (0..ds.len())
+        .filter(|i| !done.contains(&(run.offset + i)))
+        .collect();
+    if let Some(rec) = &record {
+        println!(
+            "record {}: {} images already recorded, {} of the {} selected still to run",
+            rec.path().display(),
+            done.len(),
+            todo.len(),
+            ds.len()
+        );
+        if todo.is_empty() {
+            print_record(rec);
+            return Ok(());
+        }
+    }
+    let be = opts.backend()?;
+    println!("hecnn: encrypted CNN inference, single-image mode");
+    println!("{}", c.report()?);
+    println!("data: {data} ({} images), backend {}", ds.len(), be.name());
+    check_memory(c)?;
+
+    let t = Instant::now();
+    let mut rng = Prng::from_entropy()?;
+    let client = Client::new(c.client_spec(), be.clone())?;
+    let keys = client.keygen(&mut rng)?;
+    let key_bytes = keys.evaluation.size_bytes();
+    let rotations = c.key_requirements().rotations.len();
+    let keygen_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let server = Server::new(c.server_plan(), keys.evaluation, be.clone())?;
+    let encode_s = t.elapsed().as_secs_f64();
+
+    let pb = ProgressBar::new(todo.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message("classifying");
+    let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut agreement = Agreement::default();
+    for &i in &todo {
+        let image = ds.image(i);
+        let t = Instant::now();
+        let inputs = client.encrypt(&keys.public, std::slice::from_ref(&image), &mut rng)?;
+        enc_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let out = server.run(inputs, |_, _| {})?;
+        run_s.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let got = client.decrypt(&keys.secret, &out)?;
+        dec_s.push(t.elapsed().as_secs_f64());
+        let got = got
+            .first()
+            .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
+        let want = exec::run(c.model(), &image)?;
+        let outcome = ImageOutcome::new(
+            run.offset + i,
+            usize::from(ds.labels()[i]),
+            got,
+            want.data(),
+        );
+        agreement.add(&outcome);
+        if let Some(rec) = &mut record {
+            rec.push(outcome)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!(
+        "\nresults over the {} images of this run, one at a time:",
+        todo.len()
+    );
+    agreement.print();
+    if let Some(rec) = &record {
+        print_record(rec);
+    }
+    println!("timings ({}), per image, median (mean):", be.name());
+    let stat = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        let median = v.get(v.len() / 2).copied().unwrap_or(0.0);
+        let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+        format!("{:.1} ms ({:.1} ms)", median * 1e3, mean * 1e3)
+    };
+    let mut total: Vec<f64> = (0..enc_s.len())
+        .map(|i| enc_s[i] + run_s[i] + dec_s[i])
+        .collect();
+    println!("  encrypt  {}", stat(&mut enc_s));
+    println!("  evaluate {}", stat(&mut run_s));
+    println!("  decrypt  {}", stat(&mut dec_s));
+    println!("  end to end {}", stat(&mut total));
+    println!(
+        "setup: keygen {keygen_s:.2} s, evaluation keys {} (relinearization + {rotations} rotations), transforms encoded in {encode_s:.2} s; peak memory {}",
+        human_bytes(key_bytes),
+        peak_memory()
+    );
+    Ok(())
+}
+
+/// Prints the summary over a whole record and its disagreements with their margins.
+fn print_record(rec: &AgreementRecord) {
+    let agreement = rec.summary();
+    println!("results over the whole record:");
+    agreement.print();
+    for o in rec.disagreements() {
+        println!(
+            "  image {}: cleartext {} (margin {:.3}), encrypted {}, max |Δ logit| {:.3}",
+            o.index, o.cleartext, o.cleartext_margin, o.encrypted, o.max_abs_diff
+        );
+    }
+}

@@ -1,0 +1,616 @@
+//! The compiler as a library: a model in, an immutable [`CompiledModel`] out, which splits
+//! into the [`ClientSpec`] a data owner needs (parameters, input and output layouts, the
+//! exact key requirements) and the [`ServerPlan`] an inference server runs.
+//!
+//! The passes, in order:
+//! 1. **import**: [`crate::onnx`] (every unsupported operator reported at once);
+//! 2. **rewrite**: [`crate::rewrite()`] (batch-norm folding, polynomial activations);
+//! 3. **plan**: the packing ([`PackingRequest`]: batch, single or auto by the cost model of
+//!    [`cost`]) and its layouts ([`BatchPlan`], [`SinglePlan`]);
+//! 4. **levels and parameters**: [`params`] turns the plan's depth into a checked modulus
+//!    chain (the one parameter generator) at the smallest ring degree that holds the plan;
+//! 5. **lower**: the server encodes weights at their levels when it is built
+//!    ([`Server::new`]); nothing is encoded in the artifact.
+//!
+//! A compiled model serializes with a format version and a checksum; loading it rebuilds
+//! the plan from the recorded choices (a single-image plan's layouts are recorded, not
+//! searched again) and checks the parameters against the plan's depth and slots.
+//!
+//! ```
+//! use hecnn_nn::compile::{self, Client, CompileOptions, PackingRequest, Server};
+//! use hecnn_nn::{Model, Op, Tensor, ir::{Dense, Node}};
+//! use hecnn_ring::{CpuBackend, Prng};
+//! use hecnn_rlwe::SecurityLevel;
+//!
+//! // A toy model: x² then a dense layer (real models come from `onnx::import_onnx_file`).
+//! let model = Model {
+//!     name: "tiny".into(),
+//!     input_shape: [1, 2, 2],
+//!     nodes: vec![
+//!         Node { name: "x".into(), op: Op::Input, inputs: vec![] },
+//!         Node { name: "sq".into(), op: Op::Poly(vec![0.0, 0.0, 1.0]), inputs: vec![0] },
+//!         Node { name: "fc".into(), op: Op::Dense(Dense {
+//!             weight: Tensor::new(vec![2, 4], vec![1.0, 0.5, 0.0, -1.0, 0.25, 0.0, 1.0, 1.0])?,
+//!             bias: vec![0.5, -0.5] }), inputs: vec![1] },
+//!     ],
+//!     output: 2,
+//! };
+//! let be = CpuBackend::new(1)?;
+//! let image = Tensor::new(vec![1, 2, 2], vec![0.1, 0.2, 0.3, 0.4])?;
+//! let want = hecnn_nn::exec::run(&model, &image)?;
+//! for packing in [PackingRequest::Batch, PackingRequest::Single] {
+//!     // Toy ring degree: insecure, for the example only.
+//!     let opts = CompileOptions { packing, log_n: 11,
+//!         security: SecurityLevel::UncheckedForReproduction, ..CompileOptions::default() };
+//!     let compiled = compile::compile(&model, &opts)?;
+//!     // The client: keys, encryption, decryption. The server: evaluation keys only.
+//!     let client = Client::new(compiled.client_spec(), be.clone())?;
+//!     let mut rng = Prng::from_entropy()?;
+//!     let keys = client.keygen(&mut rng)?;
+//!     let server = Server::new(compiled.server_plan(), keys.evaluation, be.clone())?;
+//!     let inputs = client.encrypt(&keys.public, &[image.clone()], &mut rng)?;
+//!     let outputs = server.run(inputs, |_, _| {})?;
+//!     let logits = client.decrypt(&keys.secret, &outputs)?;
+//!     for (got, want) in logits[0].iter().zip(want.data()) {
+//!         assert!((got - want).abs() < 1e-2, "{got} vs {want}");
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub(crate) mod client;
+pub mod cost;
+mod envelope;
+pub mod params;
+mod report;
+mod server;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hecnn_ckks::CkksParams;
+use hecnn_rlwe::{KeyRequirements, ParamsLiteral, SecurityLevel};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Model, NnError, RewriteOptions, Tensor,
+    batch::BatchPlan,
+    exec::{self, argmax},
+    single::{Layouts, SinglePlan},
+};
+pub use client::{
+    Client, ClientSpec, EncryptedImages, ImagesKind, IoLayout, KeySet, MAX_IMAGES_BYTES,
+    MAX_SINGLE_IMAGES, MAX_SPEC_BYTES,
+};
+pub use envelope::read_bounded;
+pub use report::human_bytes;
+pub use server::{Server, ServerPlan};
+
+/// How images are packed into ciphertexts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PackingKind {
+    /// One image per slot (HCNN): thousands of images per evaluation, no rotation keys.
+    Batch,
+    /// One image densely packed into a few ciphertexts: linear layers by rotations.
+    Single,
+}
+
+impl std::fmt::Display for PackingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Batch => "batch",
+            Self::Single => "single-image",
+        })
+    }
+}
+
+/// The packing a compilation is asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackingRequest {
+    /// Batch packing.
+    Batch,
+    /// Single-image packing.
+    Single,
+    /// Whichever the cost model ([`cost::choose`]) expects to be faster for this many
+    /// images sent together; a model only one packing can run gets that one.
+    Auto {
+        /// Images sent together.
+        images: usize,
+    },
+}
+
+/// What [`compile`] is asked to do.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// The packing.
+    pub packing: PackingRequest,
+    /// log2 of the ring degree in batch packing (a batch holds `2^(log_n − 1)` images);
+    /// single-image packing takes the smallest degree from 2^13 to 2^16 that holds its plan.
+    pub log_n: u32,
+    /// Security level the parameters are checked against.
+    pub security: SecurityLevel,
+    /// Rewrites of non-polynomial operators.
+    pub rewrite: RewriteOptions,
+}
+
+impl Default for CompileOptions {
+    /// Batch packing at N = 2^14 (8,192 images per batch), 128-bit security, no rewrites of
+    /// ReLU or max pooling.
+    fn default() -> Self {
+        Self {
+            packing: PackingRequest::Batch,
+            log_n: 14,
+            security: SecurityLevel::Bits128,
+            rewrite: RewriteOptions::default(),
+        }
+    }
+}
+
+/// A plan in one of the packings.
+#[derive(Debug)]
+pub enum PackedPlan {
+    /// Batch packing.
+    Batch(BatchPlan),
+    /// Single-image packing.
+    Single(SinglePlan),
+}
+
+impl PackedPlan {
+    /// The packing.
+    pub fn kind(&self) -> PackingKind {
+        match self {
+            Self::Batch(_) => PackingKind::Batch,
+            Self::Single(_) => PackingKind::Single,
+        }
+    }
+
+    /// The rewritten model the plan runs.
+    pub fn model(&self) -> &Model {
+        match self {
+            Self::Batch(p) => p.model(),
+            Self::Single(p) => p.model(),
+        }
+    }
+
+    /// Levels one evaluation consumes.
+    pub fn depth(&self) -> usize {
+        match self {
+            Self::Batch(p) => p.depth(),
+            Self::Single(p) => p.depth(),
+        }
+    }
+
+    /// The evaluation keys the plan needs: relinearization, and single-image packing's
+    /// rotations.
+    pub fn key_requirements(&self) -> KeyRequirements {
+        match self {
+            Self::Batch(_) => KeyRequirements::relin(),
+            Self::Single(p) => KeyRequirements::relin().with_rotations(p.rotations()),
+        }
+    }
+}
+
+/// A compiled model: the rewritten network, its plan in one packing and the checked
+/// parameters the plan runs with. Immutable; serializable ([`CompiledModel::to_bytes`]).
+#[derive(Debug, Clone)]
+pub struct CompiledModel {
+    name: String,
+    plan: Arc<PackedPlan>,
+    params: Arc<CkksParams>,
+    /// Why the packing was chosen (auto mode), for reports.
+    choice: Option<String>,
+    fingerprint: [u8; 32],
+}
+
+/// Compiles `model`: rewrite, plan in the packing asked for, parameters. The model is not
+/// changed; the compiled model is named after it.
+///
+/// # Errors
+/// Unsupported or non-polynomial operators ([`NnError::NotPolynomial`] lists them all),
+/// shapes that do not fit, [`NnError::NoParameters`] when no secure parameters run the plan
+/// in the packing asked for (for auto: in either).
+pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, NnError> {
+    let rewritten = crate::rewrite(model, &opts.rewrite)?;
+    plan_rewritten(rewritten, opts)
+}
+
+/// Plans a rewritten model (see [`compile`]).
+fn plan_rewritten(model: Model, opts: &CompileOptions) -> Result<CompiledModel, NnError> {
+    let name = model.name.clone();
+    let (plan, params, choice) = match opts.packing {
+        PackingRequest::Batch => {
+            let (plan, params) = batch_candidate(&model, opts)?;
+            (PackedPlan::Batch(plan), params, None)
+        }
+        PackingRequest::Single => {
+            let (plan, params) = single_candidate(&model, opts.security)?;
+            (PackedPlan::Single(plan), params, None)
+        }
+        PackingRequest::Auto { images } => {
+            let choice = cost::choose(
+                batch_candidate(&model, opts),
+                single_candidate(&model, opts.security),
+                images,
+            )?;
+            (choice.plan, choice.params, Some(choice.why))
+        }
+    };
+    CompiledModel::new(name, plan, params, choice)
+}
+
+/// Batch packing's plan and parameters at the degree asked for.
+fn batch_candidate(
+    model: &Model,
+    opts: &CompileOptions,
+) -> Result<(BatchPlan, Arc<CkksParams>), NnError> {
+    let plan = BatchPlan::new(model)?;
+    let (lit, log_scale) = params::literal(
+        params::Chain::Batch,
+        plan.depth(),
+        opts.log_n,
+        opts.security,
+    )
+    .ok_or_else(|| no_batch(plan.depth(), opts.log_n, "no chain".into()))?;
+    let params = CkksParams::from_literal(&lit, log_scale)
+        .map_err(|e| no_batch(plan.depth(), opts.log_n, e.to_string()))?;
+    Ok((plan, Arc::new(params)))
+}
+
+fn no_batch(depth: usize, log_n: u32, why: String) -> NnError {
+    NnError::NoParameters {
+        chain: params::Chain::Batch,
+        reason: format!(
+            "no parameters for depth {depth} at N = 2^{log_n}: {why} (raise the ring degree, or use single-image packing)"
+        ),
+    }
+}
+
+/// Single-image packing's plan and parameters: the smallest ring degree whose parameters
+/// for the model's depth pass the security check and whose slots hold the layouts.
+fn single_candidate(
+    model: &Model,
+    security: SecurityLevel,
+) -> Result<(SinglePlan, Arc<CkksParams>), NnError> {
+    let depth = crate::single::depth(model)?;
+    let (params, plan) =
+        params::smallest_ring(params::Chain::Single, depth, security, 13..=16, |p| {
+            SinglePlan::new(model, p.max_slots())
+        })?;
+    Ok((plan, params))
+}
+
+/// The envelope of a compiled model.
+const COMPILED: envelope::Kind = envelope::Kind {
+    what: "compiled model",
+    magic: *b"HCNM",
+    // 3: checksummed envelope, the model stored exactly (f64), single-image layouts recorded.
+    version: 3,
+    remedy: "compile the model again",
+};
+
+/// Largest compiled model read (bytes): far above the CIFAR-10 network's 5 MB.
+pub const MAX_COMPILED_BYTES: u64 = 1 << 30;
+
+/// How the plan is rebuilt on load.
+#[derive(Serialize, Deserialize)]
+enum PlanRecord {
+    Batch,
+    Single(Layouts),
+}
+
+#[derive(Serialize, Deserialize)]
+struct CompiledBody {
+    name: String,
+    model: Model,
+    plan: PlanRecord,
+    literal: ParamsLiteral,
+    log_scale: u32,
+    choice: Option<String>,
+}
+
+impl CompiledModel {
+    fn new(
+        name: String,
+        plan: PackedPlan,
+        params: Arc<CkksParams>,
+        choice: Option<String>,
+    ) -> Result<Self, NnError> {
+        let mut c = Self {
+            name,
+            plan: Arc::new(plan),
+            params,
+            choice,
+            fingerprint: [0; 32],
+        };
+        c.fingerprint = *blake3::hash(&c.to_bytes()?).as_bytes();
+        Ok(c)
+    }
+
+    fn body(&self) -> CompiledBody {
+        CompiledBody {
+            name: self.name.clone(),
+            model: self.plan.model().clone(),
+            plan: match &*self.plan {
+                PackedPlan::Batch(_) => PlanRecord::Batch,
+                PackedPlan::Single(p) => PlanRecord::Single(p.layouts().clone()),
+            },
+            literal: self.params.rlwe().literal().clone(),
+            log_scale: self.params.log_scale(),
+            choice: self.choice.clone(),
+        }
+    }
+
+    /// Serializes the compiled model (format version, checksum).
+    ///
+    /// # Errors
+    /// Serialization failures.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, NnError> {
+        envelope::seal(COMPILED, &self.body())
+    }
+
+    /// Whether `bytes` look like a compiled model (its magic number), not an ONNX file.
+    pub fn is_compiled(bytes: &[u8]) -> bool {
+        envelope::is(COMPILED, bytes)
+    }
+
+    /// Reads a compiled model: the checksum and version, then the plan rebuilt from the
+    /// recorded choices (no search), then the parameters checked against the plan.
+    ///
+    /// # Errors
+    /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`] for damaged or
+    /// foreign bytes; [`NnError::LayoutMismatch`] or [`NnError::Mismatch`] for records that
+    /// do not fit the model; parameter errors (security checked on the primes generated).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
+        let body: CompiledBody = envelope::open(COMPILED, bytes)?;
+        let plan = match &body.plan {
+            PlanRecord::Batch => PackedPlan::Batch(BatchPlan::new(&body.model)?),
+            PlanRecord::Single(layouts) => {
+                PackedPlan::Single(SinglePlan::with_layouts(&body.model, layouts)?)
+            }
+        };
+        let params = Arc::new(CkksParams::from_literal(&body.literal, body.log_scale)?);
+        if params.max_level() < plan.depth() {
+            return Err(NnError::Mismatch {
+                what: "compiled model's levels",
+                expected: format!("at least {} (the plan's depth)", plan.depth()),
+                found: params.max_level().to_string(),
+            });
+        }
+        if let PackedPlan::Single(p) = &plan
+            && p.slots() > params.max_slots()
+        {
+            return Err(NnError::Mismatch {
+                what: "compiled model's slots",
+                expected: format!("at least {} (the plan's layout)", p.slots()),
+                found: params.max_slots().to_string(),
+            });
+        }
+        Ok(Self {
+            name: body.name,
+            plan: Arc::new(plan),
+            params,
+            choice: body.choice,
+            fingerprint: *blake3::hash(bytes).as_bytes(),
+        })
+    }
+
+    /// Writes the compiled model to `path` atomically.
+    ///
+    /// # Errors
+    /// [`NnError::Io`] with the path.
+    pub fn save(&self, path: &Path) -> Result<(), NnError> {
+        crate::data::write_atomic(path, &self.to_bytes()?)
+    }
+
+    /// Reads a compiled model from `path` (at most [`MAX_COMPILED_BYTES`]).
+    ///
+    /// # Errors
+    /// [`NnError::Io`], [`NnError::TooLarge`], and those of [`CompiledModel::from_bytes`].
+    pub fn load(path: &Path) -> Result<Self, NnError> {
+        Self::from_bytes(&read_bounded(path, COMPILED.what, MAX_COMPILED_BYTES)?)
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The rewritten model the plan runs (the cleartext reference of every encrypted run).
+    pub fn model(&self) -> &Model {
+        self.plan.model()
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &PackedPlan {
+        &self.plan
+    }
+
+    /// The packing.
+    pub fn packing(&self) -> PackingKind {
+        self.plan.kind()
+    }
+
+    /// The checked parameters keys and ciphertexts are made under.
+    pub fn params(&self) -> &Arc<CkksParams> {
+        &self.params
+    }
+
+    /// Why auto mode chose this packing (none when the packing was asked for).
+    pub fn choice(&self) -> Option<&str> {
+        self.choice.as_deref()
+    }
+
+    /// BLAKE3 of the serialized compiled model: client specs, ciphertexts and server
+    /// sessions name the model by it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
+    /// The exact evaluation keys the server needs.
+    pub fn key_requirements(&self) -> KeyRequirements {
+        self.plan.key_requirements()
+    }
+
+    /// What a data owner needs: parameters, layouts, key requirements.
+    pub fn client_spec(&self) -> ClientSpec {
+        ClientSpec::of(self)
+    }
+
+    /// What an inference server runs.
+    pub fn server_plan(&self) -> ServerPlan {
+        ServerPlan::of(self)
+    }
+
+    /// The same rewritten model in another packing (for a packing asked for at run time).
+    ///
+    /// # Errors
+    /// As [`compile`].
+    pub fn repack(
+        &self,
+        packing: PackingRequest,
+        security: SecurityLevel,
+    ) -> Result<Self, NnError> {
+        let opts = CompileOptions {
+            packing,
+            log_n: self.params.rlwe().log_n(),
+            security,
+            rewrite: RewriteOptions::default(),
+        };
+        plan_rewritten(self.model().clone(), &opts)
+    }
+
+    /// Memory the server needs at once: batch packing's live ciphertexts, or single-image
+    /// packing's expanded keys and encoded diagonals.
+    pub fn memory_estimate(&self) -> MemoryEstimate {
+        let r = self.params.rlwe();
+        match &*self.plan {
+            PackedPlan::Batch(p) => MemoryEstimate {
+                bytes: p.peak_ciphertext_bytes(r.n(), r.max_level()),
+                what: format!(
+                    "ciphertexts: batch packing keeps one per neuron (the largest layer has {} neurons)",
+                    p.nodes().iter().map(|n| n.neurons).max().unwrap_or(0)
+                ),
+            },
+            PackedPlan::Single(p) => {
+                let rotations = p.rotations().len();
+                let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
+                // Expanded switching keys (twice their seed-compressed size) and the
+                // diagonal plaintexts.
+                let keys = (rotations + 1) * 2 * r.switching_key_bytes();
+                MemoryEstimate {
+                    bytes: keys + diagonals * (r.max_level() + 1) * r.n() * 8,
+                    what: format!(
+                        "keys and encoded diagonals ({rotations} rotation keys, {diagonals} diagonals at N = 2^{})",
+                        r.log_n()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// A report of the plan and parameters (what `hecnn compile` prints).
+    ///
+    /// # Errors
+    /// A batch plan whose operation counts cannot be computed.
+    pub fn report(&self) -> Result<String, NnError> {
+        report::report(self)
+    }
+
+    /// Simulates the plan on `images` without keys (the packed cleartext of batch packing,
+    /// the slot magnitudes of single-image packing) and compares its predictions with the
+    /// cleartext model's.
+    ///
+    /// # Errors
+    /// No images, shapes that do not fit, simulation errors.
+    pub fn calibrate(&self, images: &[Tensor]) -> Result<Calibration, NnError> {
+        if images.is_empty() {
+            return Err(NnError::Invalid("no images to calibrate on".into()));
+        }
+        match &*self.plan {
+            PackedPlan::Batch(plan) => {
+                let images = &images[..images.len().min(self.params.max_slots())];
+                let engine = crate::batch::Packed::new(self.params.rlwe().q());
+                let columns: Vec<Vec<f64>> = (0..plan.inputs())
+                    .map(|p| {
+                        images
+                            .iter()
+                            .map(|im| im.data().get(p).copied().unwrap_or(0.0))
+                            .collect()
+                    })
+                    .collect();
+                let inputs = engine.inputs(
+                    columns,
+                    self.params.max_level(),
+                    self.params.default_scale(),
+                );
+                let (out, map) = plan.run(&engine, inputs, |_, _| {})?;
+                let mut agree = 0;
+                for (i, image) in images.iter().enumerate() {
+                    let sim: Vec<f64> =
+                        out.iter().map(|o| map.a * o.slots[i] + map.gamma).collect();
+                    if argmax(exec::run(self.model(), image)?.data()) == argmax(&sim) {
+                        agree += 1;
+                    }
+                }
+                Ok(Calibration {
+                    images: images.len(),
+                    agree: Some(agree),
+                    headroom_bits: engine.min_headroom_bits(),
+                    min_headroom_bits: 10.0,
+                    bound: "the modulus".into(),
+                    largest: None,
+                })
+            }
+            PackedPlan::Single(plan) => {
+                let mut max = 0.0f64;
+                for image in images {
+                    max = max.max(plan.max_slot_magnitude(image)?);
+                }
+                let bits = crate::single::VALUE_BOUND_BITS;
+                Ok(Calibration {
+                    images: images.len(),
+                    agree: None,
+                    headroom_bits: (f64::from(1u32 << bits) / max).log2(),
+                    min_headroom_bits: 1.0,
+                    bound: format!("2^{bits}"),
+                    largest: Some(max),
+                })
+            }
+        }
+    }
+}
+
+/// Memory a plan needs at once on the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Bytes.
+    pub bytes: usize,
+    /// What they hold.
+    pub what: String,
+}
+
+/// What a keyless simulation of a plan found ([`CompiledModel::calibrate`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Calibration {
+    /// Images simulated.
+    pub images: usize,
+    /// Of those, how many the simulated plan predicts as the cleartext model does (batch
+    /// packing simulates the values themselves; single-image packing bounds them).
+    pub agree: Option<usize>,
+    /// The smallest distance, in bits, between any value and the bound it must stay below.
+    pub headroom_bits: f64,
+    /// The headroom the parameters are designed to keep.
+    pub min_headroom_bits: f64,
+    /// The bound values must stay below: the modulus (batch packing), or 2^13, the largest
+    /// magnitude single-image parameters hold.
+    pub bound: String,
+    /// The largest magnitude any slot took, where it is bounded rather than simulated.
+    pub largest: Option<f64>,
+}
+
+impl Calibration {
+    /// Whether the values keep the headroom the parameters need.
+    pub fn fits(&self) -> bool {
+        self.headroom_bits >= self.min_headroom_bits
+    }
+}

@@ -1,0 +1,312 @@
+//! The one parameter generator: every packing's CKKS parameters come from here, as a
+//! modulus chain chosen by a policy ([`Chain`]) for a depth and a ring degree, and the
+//! smallest ring degree that holds a plan ([`smallest_ring`]).
+//!
+//! The three chains differ in what their values need: batch packing keeps every
+//! intermediate value below 2^17 at a 2^30 scale (one image per slot: no rotations, two-prime
+//! digits); single-image packing spends the security budget on the largest scale and
+//! special primes (hoisted rotations dominate); a protected model's encrypted weights
+//! take a 2^40 scale. All primes stay below 2^50, the reach of the IFMA kernels.
+
+use std::sync::Arc;
+
+use hecnn_ckks::CkksParams;
+use hecnn_rlwe::{ParamsLiteral, SecretDistribution, SecurityLevel};
+
+use crate::NnError;
+
+/// A modulus-chain policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chain {
+    /// Batch packing (HCNN): 49-bit base prime, 30-bit level primes, two 49-bit special primes.
+    Batch,
+    /// Single-image packing: the largest scale the security table allows at the degree.
+    Single,
+    /// A protected model's encrypted part: 49-bit base, 40-bit levels, one special prime.
+    Protected,
+}
+
+impl std::fmt::Display for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Batch => "batch packing",
+            Self::Single => "single-image packing",
+            Self::Protected => "the protected part",
+        })
+    }
+}
+
+/// The parameter literal of `chain` for `depth` levels at ring degree `2^log_n`, and its
+/// working scale in bits; `None` when the chain cannot be built at that degree (single-image
+/// packing: not even its smallest scale fits the security table).
+pub fn literal(
+    chain: Chain,
+    depth: usize,
+    log_n: u32,
+    security: SecurityLevel,
+) -> Option<(ParamsLiteral, u32)> {
+    match chain {
+        Chain::Batch => Some(batch(depth, log_n, security)),
+        Chain::Single => single(depth, log_n, security),
+        Chain::Protected => Some(protected(depth, log_n, security)),
+    }
+}
+
+/// The smallest ring degree in `log_ns` whose parameters of `chain` for `depth` levels pass
+/// the security check at `security` and that `fits` accepts (a plan whose layouts need the
+/// slots); its parameters and what `fits` returned.
+///
+/// # Errors
+/// [`NnError::NoParameters`] with the last reason a degree was refused; an error of `fits`
+/// other than [`NnError::TooFewSlots`] at once (more slots would not help).
+pub fn smallest_ring<T>(
+    chain: Chain,
+    depth: usize,
+    security: SecurityLevel,
+    log_ns: std::ops::RangeInclusive<u32>,
+    mut fits: impl FnMut(&Arc<CkksParams>) -> Result<T, NnError>,
+) -> Result<(Arc<CkksParams>, T), NnError> {
+    let (lo, hi) = (*log_ns.start(), *log_ns.end());
+    let mut last = None;
+    for log_n in log_ns {
+        let Some((lit, log_scale)) = literal(chain, depth, log_n, security) else {
+            last = Some(format!("N = 2^{log_n} leaves no room for {depth} levels"));
+            continue;
+        };
+        let params = match CkksParams::from_literal(&lit, log_scale) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                last = Some(format!("at N = 2^{log_n}: {e}"));
+                continue;
+            }
+        };
+        match fits(&params) {
+            Ok(t) => return Ok((params, t)),
+            Err(e @ NnError::TooFewSlots { .. }) => last = Some(format!("at N = 2^{log_n}: {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(NnError::NoParameters {
+        chain,
+        reason: format!(
+            "no ring degree from 2^{lo} to 2^{hi} runs {depth} levels at {security:?}{}",
+            last.map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
+    })
+}
+
+/// Scale bits of a protected model's parameters.
+pub const PROTECT_LOG_SCALE: u32 = 40;
+
+/// A protected model's chain: a 49-bit output prime, one 40-bit prime per level, one 49-bit
+/// special prime.
+fn protected(depth: usize, log_n: u32, security: SecurityLevel) -> (ParamsLiteral, u32) {
+    let mut log_q = vec![49];
+    log_q.extend(std::iter::repeat_n(PROTECT_LOG_SCALE, depth));
+    (
+        ParamsLiteral {
+            log_n,
+            log_q,
+            log_p: vec![49],
+            dnum: None,
+            secret: SecretDistribution::Ternary,
+            security,
+        },
+        PROTECT_LOG_SCALE,
+    )
+}
+
+/// Working scale of batch-mode ciphertexts (bits): the rescaling primes are near 2^30, below
+/// the 2^50 of the IFMA kernels; CNN logits need far less precision than this to keep their
+/// argmax (measured by `hecnn eval`: max |Δ logit| 7e-3 on MNIST, 2e-2 on CIFAR-10).
+pub const BATCH_LOG_SCALE: u32 = 30;
+
+/// CKKS parameters for a batch-mode plan of `depth` levels at ring degree `2^log_n`: a
+/// 49-bit base prime (every intermediate and output value must stay below about 2^17 in
+/// magnitude at the 2^30 working scale; [`crate::batch::check_ranges`] verifies this on
+/// calibration data), `depth` primes near the scale, and 49-bit special primes
+/// covering two-prime digits for relinearization. All primes are below 2^50 (IFMA).
+fn batch(
+    depth: usize,
+    log_n: u32,
+    security: hecnn_rlwe::SecurityLevel,
+) -> (hecnn_rlwe::ParamsLiteral, u32) {
+    let mut log_q = vec![49];
+    log_q.extend(std::iter::repeat_n(BATCH_LOG_SCALE, depth));
+    (
+        hecnn_rlwe::ParamsLiteral {
+            log_n,
+            log_q,
+            log_p: vec![49, 49],
+            dnum: Some((depth + 1).div_ceil(2)),
+            secret: hecnn_rlwe::SecretDistribution::Ternary,
+            security,
+        },
+        BATCH_LOG_SCALE,
+    )
+}
+
+/// Values in single-image mode stay below `2^VALUE_BOUND_BITS` in magnitude: the base prime
+/// is `VALUE_BOUND_BITS + 1` bits above the scale, so a result decrypted at the last level
+/// does not wrap ([`crate::single::SinglePlan::max_slot_magnitude`] checks a model against it).
+pub const VALUE_BOUND_BITS: u32 = 13;
+
+/// The smallest working scale (bits) in single-image mode: what the MNIST network's five
+/// levels can have at N = 2^13 and 128-bit security (batch mode uses 2^30). The evaluation
+/// noise then stays near 2^-14 of a unit value.
+pub const MIN_LOG_SCALE: u32 = 26;
+
+/// The largest working scale (bits) in single-image mode: the base and special primes
+/// (14 and 16 bits above the scale) stay below 2^50, the reach of the 52-bit IFMA kernels.
+pub const MAX_LOG_SCALE: u32 = 33;
+
+/// CKKS parameters for a single-image plan of `depth` levels at ring degree `2^log_n`, and
+/// their working scale in bits: `depth` primes near the scale `2^s`, a base prime of
+/// `s + 14` bits (values must stay below 2^[`VALUE_BOUND_BITS`] in magnitude) and `α` special primes of
+/// `s + 16` bits with digits of at most `α` primes (each special prime is above every Q
+/// prime, so the special modulus covers every digit).
+///
+/// The scale is the largest in [`MIN_LOG_SCALE`]`..=`[`MAX_LOG_SCALE`] whose modulus with one
+/// special prime, `(depth + 2)·s + 30` bits, fits the security table at `2^log_n` with a bit
+/// to spare: the number of primes, hence the cost, does not depend on it, and every extra
+/// bit halves the evaluation error. Then `α ≤ 3` is the largest the remaining budget holds
+/// (CIFAR-10's seven levels at 2^14: `α = 3`, three digits instead of eight). `None` when not
+/// even [`MIN_LOG_SCALE`] fits. Without a security level to check (reproductions) the scale
+/// is [`MIN_LOG_SCALE`] and `α = 1`.
+fn single(
+    depth: usize,
+    log_n: u32,
+    security: hecnn_rlwe::SecurityLevel,
+) -> Option<(hecnn_rlwe::ParamsLiteral, u32)> {
+    let budget = hecnn_rlwe::security::max_log_qp(log_n, security);
+    let s = match budget {
+        None => MIN_LOG_SCALE,
+        Some(budget) => {
+            let s = (budget.checked_sub(31)? as usize / (depth + 2)).min(MAX_LOG_SCALE as usize);
+            u32::try_from(s).ok().filter(|&s| s >= MIN_LOG_SCALE)?
+        }
+    };
+    let log_q_bits = (depth as u32 + 1) * s + VALUE_BOUND_BITS + 1;
+    // Special primes: as many as the budget leaves room for, up to three. Each one more
+    // cuts the digits, hence the ModUp transforms and the key size, at no cost in security
+    // (the ring's budget is the limit); past three the special primes' own transforms in
+    // ModUp and ModDown cost about what fewer digits save.
+    let alpha = match budget {
+        None => 1,
+        Some(budget) => (1..=3u32.min(depth as u32 + 1))
+            .rev()
+            .find(|&a| log_q_bits + a * (s + 16) < budget)
+            .unwrap_or(1),
+    };
+    // Digits hold `⌈(depth + 1)/dnum⌉` primes, which may be fewer than `alpha` (four Q
+    // primes in two digits of two): no more special primes than the largest digit uses.
+    let dnum = (depth + 1).div_ceil(alpha as usize);
+    let alpha = (depth + 1).div_ceil(dnum);
+    let mut log_q = vec![s + VALUE_BOUND_BITS + 1];
+    log_q.extend(std::iter::repeat_n(s, depth));
+    Some((
+        hecnn_rlwe::ParamsLiteral {
+            log_n,
+            log_q,
+            log_p: vec![s + 16; alpha],
+            dnum: Some(dnum),
+            secret: hecnn_rlwe::SecretDistribution::Ternary,
+            security,
+        },
+        s,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use hecnn_rlwe::SecurityLevel;
+
+    use super::*;
+
+    fn scale(depth: usize, log_n: u32, security: SecurityLevel) -> Option<u32> {
+        literal(Chain::Single, depth, log_n, security).map(|(_, s)| s)
+    }
+
+    #[test]
+    fn the_scale_is_the_largest_the_security_table_allows() {
+        // MNIST: five levels at 2^13 (218 bits at 128-bit) leave 26-bit primes.
+        assert_eq!(scale(5, 13, SecurityLevel::Bits128), Some(26));
+        // CIFAR-10: seven levels at 2^14 (438 bits) could take 45, IFMA's reach caps at 33.
+        assert_eq!(scale(7, 14, SecurityLevel::Bits128), Some(MAX_LOG_SCALE));
+        // Too deep for the ring: the next degree is needed.
+        assert_eq!(scale(7, 13, SecurityLevel::Bits128), None);
+        assert_eq!(scale(5, 13, SecurityLevel::Bits192), None);
+        assert_eq!(
+            scale(3, 13, SecurityLevel::UncheckedForReproduction),
+            Some(MIN_LOG_SCALE)
+        );
+        for depth in 1..12 {
+            for log_n in 13..=16 {
+                let budget =
+                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
+                let need = |s: u32| (depth as u32 + 2) * s + 30;
+                let Some((lit, s)) = literal(Chain::Single, depth, log_n, SecurityLevel::Bits128)
+                else {
+                    assert!(need(MIN_LOG_SCALE) >= budget, "depth {depth}, 2^{log_n}");
+                    assert!(log_n < 16, "2^16 holds {depth} levels");
+                    continue;
+                };
+                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
+                assert!(bits < budget, "depth {depth}, 2^{log_n}");
+                // The largest such scale.
+                assert!(
+                    s == MAX_LOG_SCALE || need(s + 1) >= budget,
+                    "depth {depth}, 2^{log_n}"
+                );
+                assert!(lit.log_p[0] > *lit.log_q.iter().max().unwrap_or(&0));
+                assert!(lit.log_p[0] < 50 && (MIN_LOG_SCALE..=MAX_LOG_SCALE).contains(&s));
+            }
+        }
+    }
+
+    #[test]
+    fn spare_budget_buys_special_primes_and_fewer_digits() {
+        let special = |depth, log_n| {
+            let (lit, _) = literal(Chain::Single, depth, log_n, SecurityLevel::Bits128).unwrap();
+            (lit.log_p.len(), lit.dnum)
+        };
+        // MNIST: 212 of 218 bits, no room for a second special prime.
+        assert_eq!(special(5, 13), (1, Some(6)));
+        // CIFAR-10: 278 + 3·49 = 425 of 438 bits.
+        assert_eq!(special(7, 14), (3, Some(3)));
+        // Four Q primes: three special primes would fit, but two digits of two use two.
+        assert_eq!(special(3, 14), (2, Some(2)));
+        for depth in 1..12 {
+            for log_n in 13..=16 {
+                let Some((lit, s)) = literal(Chain::Single, depth, log_n, SecurityLevel::Bits128)
+                else {
+                    continue;
+                };
+                let budget =
+                    hecnn_rlwe::security::max_log_qp(log_n, SecurityLevel::Bits128).unwrap_or(0);
+                let alpha = lit.log_p.len();
+                let bits: u32 = lit.log_q.iter().chain(&lit.log_p).sum();
+                // One more special prime (up to three) would not fit or not cut a digit.
+                let fewer_digits = (depth + 1).div_ceil(alpha + 1) < lit.dnum.unwrap_or(0);
+                assert!(
+                    alpha >= 3 || !fewer_digits || bits + s + 16 >= budget,
+                    "depth {depth}, 2^{log_n}"
+                );
+                // Every special prime is used by the widest digit.
+                if log_n <= 14 {
+                    let built = lit.build().unwrap();
+                    let widest = built.digits().iter().map(ExactSizeIterator::len).max();
+                    assert_eq!(widest, Some(alpha), "depth {depth}, 2^{log_n}");
+                }
+            }
+        }
+        let (lit, _) = literal(
+            Chain::Single,
+            3,
+            13,
+            SecurityLevel::UncheckedForReproduction,
+        )
+        .unwrap();
+        assert_eq!((lit.log_p.len(), lit.dnum), (1, Some(4)));
+    }
+}
