@@ -36,6 +36,7 @@ pub mod onnx;
 mod pending;
 pub mod protect;
 pub mod rewrite;
+pub mod scheme;
 pub mod single;
 mod tensor;
 
@@ -70,7 +71,7 @@ pub enum NnError {
         node: String,
         /// The underlying error.
         #[source]
-        source: hecnn_ckks::CkksError,
+        source: scheme::SchemeError,
     },
     /// Missing or malformed data files.
     #[error("data: {0}")]

@@ -128,7 +128,7 @@ fn packed_cleartext_mode_matches_the_executor_and_simulates_headroom() {
     .unwrap()
     .0;
     let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
-    let engine = batch::Packed::new(params.q());
+    let engine = hecnn_nn::scheme::Packed::new(params.q());
     let count = 64;
     let images: Vec<Tensor> = (0..count)
         .map(|i| {
@@ -271,7 +271,7 @@ fn streamed_chunks_of_any_size_give_the_same_values() {
     let mut reference: Option<Vec<Vec<f64>>> = None;
     for chunk_rows in [1, 7, 64, 100_000] {
         let plan = BatchPlan::with_chunk_rows(&model, chunk_rows).unwrap();
-        let engine = batch::Packed::new(params.q());
+        let engine = hecnn_nn::scheme::Packed::new(params.q());
         let inputs = engine.inputs(columns.clone(), params.max_level(), scale);
         let (out, map) = plan.run(&engine, inputs, |_, _| {}).unwrap();
         let logits: Vec<Vec<f64>> = (0..images.len())

@@ -9,7 +9,7 @@ mod common;
 use common::{node, pool};
 use hecnn_nn::{
     Model, Op, Tensor,
-    batch::{self, BatchPlan},
+    batch::BatchPlan,
     exec,
     ir::{Conv2d, Dense, Pool},
 };
@@ -32,7 +32,7 @@ fn run_packed(model: &Model, n_in: usize) -> (usize, Vec<(usize, usize)>, Result
     .unwrap()
     .0;
     let params = hecnn_rlwe::Params::from_bytes(&lit.build().unwrap().to_bytes()).unwrap();
-    let engine = batch::Packed::new(params.q());
+    let engine = hecnn_nn::scheme::Packed::new(params.q());
     let img = Tensor::new(
         model.input_shape.to_vec(),
         vals(n_in, 1.0).iter().map(|v| v.abs()).collect(),

@@ -115,7 +115,9 @@ fn worst_error_with(
     } else {
         toy(log_n, depth, plan.rotations(), &mut rng)
     };
-    let encoded = plan.encode(&eval, params.max_level()).unwrap();
+    let encoded = plan
+        .encode(&eval, params.max_level(), params.default_scale())
+        .unwrap();
     let dec = Decryptor::new(&sk, &be).unwrap();
     let [c, h, w] = model.input_shape;
     let mut worst = 0.0f64;
@@ -344,10 +346,14 @@ fn single_mode_refuses_what_it_cannot_run_and_bad_inputs() {
         sk,
         eval,
     } = toy(10, 3, BTreeSet::new(), &mut rng);
-    let e = refusal(plan.encode(&eval, params.max_level()));
+    let e = refusal(plan.encode(&eval, params.max_level(), params.default_scale()));
     assert!(e.contains("the model needs 5"), "{e}");
     let small = toy(7, plan.depth(), BTreeSet::new(), &mut rng);
-    let e = refusal(plan.encode(&small.eval, small.params.max_level()));
+    let e = refusal(plan.encode(
+        &small.eval,
+        small.params.max_level(),
+        small.params.default_scale(),
+    ));
     assert!(e.contains("512 slots per ciphertext"), "{e}");
     let wrong = Tensor::new(vec![1, 2, 2], vec![0.0; 4]).unwrap();
     let e = refusal(plan.encrypt_image(&eval, &wrong, params.max_level(), |pt| {

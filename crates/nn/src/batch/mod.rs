@@ -15,11 +15,9 @@
 //! once.
 
 mod chain;
-mod engine;
 
 pub use crate::compile::params::BATCH_LOG_SCALE;
 pub use chain::CHUNK_ROWS;
-pub use engine::{Encrypted, Engine, Packed, PackedValue};
 
 use chain::{Chain, Uniform, uniform};
 use hecnn_ckks::{Ciphertext, CkksError, Evaluator};
@@ -29,6 +27,7 @@ use crate::{
     Model, NnError, Op,
     linear::Row,
     pending::{Activation, activation},
+    scheme::{Scheme, SchemeError},
 };
 
 /// How a value's ciphertexts relate to its true value.
@@ -594,14 +593,14 @@ fn position(set: &[usize], j: usize) -> Result<usize, NnError> {
 
 /// A uniform layer's neurons `set_out`: plain sums of the input neurons `set_in` (held by
 /// `v` in that order), with the common weight and bias folded into the pending map.
-fn sums<E: Engine>(
+fn sums<E: Scheme>(
     eng: &E,
     v: Refs<'_, E::Ct>,
     set_in: &[usize],
     rows: &[Row],
     set_out: &[usize],
     u: Uniform,
-    err: &impl Fn(CkksError) -> NnError,
+    err: &impl Fn(SchemeError) -> NnError,
 ) -> Result<Value<E::Ct>, NnError> {
     let groups = set_out
         .iter()
@@ -616,9 +615,9 @@ fn sums<E: Engine>(
         .collect::<Result<Vec<_>, _>>()?;
     let cts = eng
         .par_map(groups, |g| {
-            let (&first, rest) = g.split_first().ok_or(CkksError::InvalidArgument {
-                what: "a uniform row without terms",
-            })?;
+            let (&first, rest) = g
+                .split_first()
+                .ok_or(SchemeError::Operands("a uniform row without terms"))?;
             let mut acc = v.cts[first].clone();
             for &p in rest {
                 eng.add_assign(&mut acc, v.cts[p])?;
@@ -626,7 +625,7 @@ fn sums<E: Engine>(
             Ok(acc)
         })
         .into_iter()
-        .collect::<Result<_, CkksError>>()
+        .collect::<Result<_, SchemeError>>()
         .map_err(err)?;
     Ok(Value {
         cts,
@@ -646,7 +645,7 @@ pub struct OutputMap {
 }
 
 /// Errors of the runtime, with the node that failed.
-fn at(node: &str) -> impl Fn(CkksError) -> NnError + '_ {
+fn at(node: &str) -> impl Fn(SchemeError) -> NnError + '_ {
     move |source| NnError::Encrypted {
         node: node.to_string(),
         source,
@@ -666,15 +665,15 @@ impl BatchPlan {
         inputs: Vec<Ciphertext<B>>,
         progress: impl FnMut(usize, usize),
     ) -> Result<(Vec<Ciphertext<B>>, OutputMap), NnError> {
-        self.run(&Encrypted(eval), inputs, progress)
+        self.run(eval, inputs, progress)
     }
 
-    /// Runs the plan with any engine: [`Encrypted`], or [`Packed`] for the cleartext and
+    /// Runs the plan with any scheme: CKKS (an [`Evaluator`]), or [`crate::scheme::Packed`] for the cleartext and
     /// simulation modes.
     ///
     /// # Errors
     /// See [`BatchPlan::run_encrypted`].
-    pub fn run<E: Engine>(
+    pub fn run<E: Scheme>(
         &self,
         eng: &E,
         inputs: Vec<E::Ct>,
@@ -784,7 +783,7 @@ impl BatchPlan {
     }
 
     /// Evaluates a chain chunk by chunk (see [`chain`](self::chain)).
-    fn run_chain<E: Engine>(
+    fn run_chain<E: Scheme>(
         &self,
         eng: &E,
         ch: &Chain,
@@ -833,7 +832,7 @@ impl BatchPlan {
 
     /// The head of a chain on one chunk: its neurons `set_out` from the input neurons
     /// `set_in` (`v` holds exactly those, in order).
-    fn chain_head<E: Engine>(
+    fn chain_head<E: Scheme>(
         &self,
         eng: &E,
         id: usize,
@@ -871,7 +870,7 @@ impl BatchPlan {
     }
 
     /// A follower of a chain (activation, uniform layer or reshape) on one chunk.
-    fn chain_step<E: Engine>(
+    fn chain_step<E: Scheme>(
         &self,
         eng: &E,
         id: usize,
@@ -897,7 +896,7 @@ impl BatchPlan {
     }
 
     /// An activation at node `id`; a square is materialized afterwards if the plan says so.
-    fn activation<E: Engine>(
+    fn activation<E: Scheme>(
         &self,
         eng: &E,
         id: usize,
@@ -919,12 +918,12 @@ impl BatchPlan {
     }
 
     /// Relinearizes and rescales a squared value at node `id` if the plan wants it linear.
-    fn settle<E: Engine>(
+    fn settle<E: Scheme>(
         &self,
         eng: &E,
         id: usize,
         v: Value<E::Ct>,
-        err: &impl Fn(CkksError) -> NnError,
+        err: &impl Fn(SchemeError) -> NnError,
     ) -> Result<Value<E::Ct>, NnError> {
         if v.form == Form::Squared && self.nodes[id].form == Form::Linear {
             relinearize_rescale(eng, v, err)
@@ -934,12 +933,12 @@ impl BatchPlan {
     }
 
     /// Relinearizes and rescales a lazily squared value (an identity linear layer).
-    fn materialize<E: Engine>(
+    fn materialize<E: Scheme>(
         &self,
         eng: &E,
         v: &Value<E::Ct>,
         delta: f64,
-        err: &impl Fn(CkksError) -> NnError,
+        err: &impl Fn(SchemeError) -> NnError,
     ) -> Result<Value<E::Ct>, NnError> {
         let identity: Vec<Row> = (0..v.cts.len())
             .map(|i| Row {
@@ -950,13 +949,13 @@ impl BatchPlan {
         linear(eng, v.refs(), &identity, delta, err)
     }
 
-    fn add<E: Engine>(
+    fn add<E: Scheme>(
         &self,
         eng: &E,
         u: &Value<E::Ct>,
         v: &Value<E::Ct>,
         delta: f64,
-        err: &impl Fn(CkksError) -> NnError,
+        err: &impl Fn(SchemeError) -> NnError,
     ) -> Result<Value<E::Ct>, NnError> {
         let fu;
         let u = if u.form == Form::Squared {
@@ -1006,10 +1005,10 @@ impl BatchPlan {
 }
 
 /// Relinearizes and rescales a lazily squared value (one level), keeping its pending map.
-fn relinearize_rescale<E: Engine>(
+fn relinearize_rescale<E: Scheme>(
     eng: &E,
     v: Value<E::Ct>,
-    err: &impl Fn(CkksError) -> NnError,
+    err: &impl Fn(SchemeError) -> NnError,
 ) -> Result<Value<E::Ct>, NnError> {
     let cts = eng
         .par_map(v.cts, |ct| {
@@ -1018,7 +1017,7 @@ fn relinearize_rescale<E: Engine>(
             Ok(r)
         })
         .into_iter()
-        .collect::<Result<_, CkksError>>()
+        .collect::<Result<_, SchemeError>>()
         .map_err(err)?;
     Ok(Value {
         cts,
@@ -1029,11 +1028,11 @@ fn relinearize_rescale<E: Engine>(
 }
 
 /// A degree ≤ 2 activation on a linear value.
-fn poly<E: Engine>(
+fn poly<E: Scheme>(
     eng: &E,
     v: &Value<E::Ct>,
     c: &[f64],
-    err: &impl Fn(CkksError) -> NnError,
+    err: &impl Fn(SchemeError) -> NnError,
 ) -> Result<Value<E::Ct>, NnError> {
     let (delta, a, gamma) = match activation(c, v.a, v.gamma) {
         Activation::Affine { a, gamma } => {
@@ -1071,12 +1070,12 @@ fn poly<E: Engine>(
 }
 
 /// A linear layer: integer weights chosen so the output lands exactly on the working scale.
-fn linear<E: Engine>(
+fn linear<E: Scheme>(
     eng: &E,
     v: Refs<'_, E::Ct>,
     rows: &[Row],
     delta: f64,
-    err: &impl Fn(CkksError) -> NnError,
+    err: &impl Fn(SchemeError) -> NnError,
 ) -> Result<Value<E::Ct>, NnError> {
     let level = v.cts.iter().map(|c| eng.level(c)).min().unwrap_or(0);
     let scale = v.cts.first().map_or(1.0, |c| eng.scale(c));

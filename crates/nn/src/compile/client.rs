@@ -498,9 +498,9 @@ pub(crate) fn encrypt_single<B: Backend>(
             *slot = v;
         }
     }
-    let err = |source| NnError::Encrypted {
+    let err = |source: hecnn_ckks::CkksError| NnError::Encrypted {
         node: "input".into(),
-        source,
+        source: source.into(),
     };
     values
         .iter()
@@ -536,9 +536,9 @@ pub(crate) fn decrypt_single<B: Backend>(
             ),
         });
     }
-    let err = |source| NnError::Encrypted {
+    let err = |source: hecnn_ckks::CkksError| NnError::Encrypted {
         node: "output".into(),
-        source,
+        source: source.into(),
     };
     let mut decoded = Vec::with_capacity(cts);
     for ct in out {
@@ -589,6 +589,19 @@ pub struct EncryptedImages<B: Backend> {
     images: usize,
     map: OutputMap,
     cts: Vec<Ciphertext<B>>,
+}
+
+impl<B: Backend> std::fmt::Debug for EncryptedImages<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncryptedImages")
+            .field("kind", &self.kind)
+            .field("model", &short(&self.model))
+            .field("key_id", &short(&self.key_id))
+            .field("packing", &self.packing)
+            .field("images", &self.images)
+            .field("ciphertexts", &self.cts.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Serialize, Deserialize)]

@@ -516,20 +516,36 @@ impl CompiledModel {
         report::report(self)
     }
 
-    /// Simulates the plan on `images` without keys (the packed cleartext of batch packing,
-    /// the slot magnitudes of single-image packing) and compares its predictions with the
-    /// cleartext model's.
+    /// Runs the plan on `images` in the packed cleartext scheme ([`crate::scheme::Packed`]):
+    /// the same plan code as the encrypted run, on `f64` slot vectors with the levels and
+    /// scales CKKS would have, no keys and no noise. Returns every image's logits and the
+    /// smallest headroom below the modulus any value had.
     ///
     /// # Errors
-    /// No images, shapes that do not fit, simulation errors.
-    pub fn calibrate(&self, images: &[Tensor]) -> Result<Calibration, NnError> {
-        if images.is_empty() {
-            return Err(NnError::Invalid("no images to calibrate on".into()));
+    /// Images of another shape; more images than a batch holds; plan errors.
+    pub fn simulate(&self, images: &[Tensor]) -> Result<Simulation, NnError> {
+        let spec = self.client_spec();
+        if let Some(im) = images
+            .iter()
+            .find(|im| im.shape() != self.model().input_shape)
+        {
+            return Err(NnError::Mismatch {
+                what: "image shape",
+                expected: format!("{:?}", self.model().input_shape),
+                found: format!("{:?}", im.shape()),
+            });
         }
-        match &*self.plan {
+        let engine = crate::scheme::Packed::new(self.params.rlwe().q());
+        let (top, scale) = (self.params.max_level(), self.params.default_scale());
+        let logits = match &*self.plan {
             PackedPlan::Batch(plan) => {
-                let images = &images[..images.len().min(self.params.max_slots())];
-                let engine = crate::batch::Packed::new(self.params.rlwe().q());
+                if images.len() > self.params.max_slots() {
+                    return Err(NnError::Mismatch {
+                        what: "images in one batch",
+                        expected: format!("at most {}", self.params.max_slots()),
+                        found: images.len().to_string(),
+                    });
+                }
                 let columns: Vec<Vec<f64>> = (0..plan.inputs())
                     .map(|p| {
                         images
@@ -538,24 +554,86 @@ impl CompiledModel {
                             .collect()
                     })
                     .collect();
-                let inputs = engine.inputs(
-                    columns,
-                    self.params.max_level(),
-                    self.params.default_scale(),
-                );
-                let (out, map) = plan.run(&engine, inputs, |_, _| {})?;
+                let (out, map) =
+                    plan.run(&engine, engine.inputs(columns, top, scale), |_, _| {})?;
+                (0..images.len())
+                    .map(|i| {
+                        out.iter()
+                            .map(|o| map.a * o.slots.get(i).copied().unwrap_or(0.0) + map.gamma)
+                            .collect()
+                    })
+                    .collect()
+            }
+            PackedPlan::Single(plan) => {
+                let IoLayout::Single {
+                    slots,
+                    input,
+                    output,
+                } = spec.io()
+                else {
+                    return Err(NnError::Invalid(
+                        "a single-image plan without its layout".into(),
+                    ));
+                };
+                let encoded = plan.encode(&engine, top, scale)?;
+                let mut logits = Vec::with_capacity(images.len());
+                for image in images {
+                    let mut cts = vec![vec![0.0; *slots]; plan.input_cts()];
+                    for (&p, &v) in input.iter().zip(image.data()) {
+                        if let Some(x) = cts.get_mut(p / slots).and_then(|c| c.get_mut(p % slots)) {
+                            *x = v;
+                        }
+                    }
+                    let (out, map) = plan.run(&engine, &encoded, engine.inputs(cts, top, scale))?;
+                    logits.push(
+                        output
+                            .iter()
+                            .map(|&p| {
+                                let v = out
+                                    .get(p / slots)
+                                    .and_then(|c| c.slots.get(p % slots))
+                                    .copied()
+                                    .unwrap_or(0.0);
+                                map.a * v + map.gamma
+                            })
+                            .collect(),
+                    );
+                }
+                logits
+            }
+        };
+        Ok(Simulation {
+            logits,
+            headroom_bits: engine.min_headroom_bits(),
+        })
+    }
+
+    /// Checks the plan's value ranges on `images` without keys and compares its predictions
+    /// with the cleartext model's: batch packing simulates the plan ([`Self::simulate`]) and
+    /// measures the headroom below the modulus; single-image packing bounds every slot's
+    /// magnitude below 2^[`crate::single::VALUE_BOUND_BITS`], which its parameters are
+    /// designed for.
+    ///
+    /// # Errors
+    /// No images, shapes that do not fit, simulation errors.
+    pub fn calibrate(&self, images: &[Tensor]) -> Result<Calibration, NnError> {
+        if images.is_empty() {
+            return Err(NnError::Invalid("no images to calibrate on".into()));
+        }
+        match &*self.plan {
+            PackedPlan::Batch(_) => {
+                let images = &images[..images.len().min(self.params.max_slots())];
+                let sim = self.simulate(images)?;
                 let mut agree = 0;
-                for (i, image) in images.iter().enumerate() {
-                    let sim: Vec<f64> =
-                        out.iter().map(|o| map.a * o.slots[i] + map.gamma).collect();
-                    if argmax(exec::run(self.model(), image)?.data()) == argmax(&sim) {
+                for (image, got) in images.iter().zip(&sim.logits) {
+                    if argmax(exec::run(self.model(), image)?.data()) == argmax(got) {
                         agree += 1;
                     }
                 }
                 Ok(Calibration {
                     images: images.len(),
                     agree: Some(agree),
-                    headroom_bits: engine.min_headroom_bits(),
+                    headroom_bits: sim.headroom_bits,
                     min_headroom_bits: 10.0,
                     bound: "the modulus".into(),
                     largest: None,
@@ -578,6 +656,16 @@ impl CompiledModel {
             }
         }
     }
+}
+
+/// What [`CompiledModel::simulate`] computed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Simulation {
+    /// Every image's logits.
+    pub logits: Vec<Vec<f64>>,
+    /// The smallest headroom, in bits, between any value (times its scale) and half the
+    /// modulus at its level.
+    pub headroom_bits: f64,
 }
 
 /// Memory a plan needs at once on the server.

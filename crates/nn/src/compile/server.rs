@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use hecnn_ckks::{CkksParams, Evaluator};
+use hecnn_ckks::{CkksParams, Evaluator, LinearTransform, Plaintext};
 use hecnn_ring::Backend;
 use hecnn_rlwe::{EvaluationKeys, KeyRequirements};
 
@@ -101,7 +101,7 @@ pub struct Server<B: Backend> {
     plan: ServerPlan,
     eval: Evaluator<B>,
     key_id: [u8; 32],
-    encoded: Option<EncodedSingle<B>>,
+    encoded: Option<EncodedSingle<LinearTransform<B>, Plaintext<B>>>,
 }
 
 impl<B: Backend> Server<B> {
@@ -116,7 +116,9 @@ impl<B: Backend> Server<B> {
         let eval = Evaluator::new(Arc::clone(&plan.params), Arc::new(keys), backend)?;
         let encoded = match &*plan.plan {
             PackedPlan::Batch(_) => None,
-            PackedPlan::Single(p) => Some(p.encode(&eval, plan.params.max_level())?),
+            PackedPlan::Single(p) => {
+                Some(p.encode(&eval, plan.params.max_level(), plan.params.default_scale())?)
+            }
         };
         Ok(Self {
             plan,

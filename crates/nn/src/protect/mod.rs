@@ -99,9 +99,9 @@ pub use crate::compile::params::PROTECT_LOG_SCALE;
 pub const MAX_EDGE_KEYS: usize = 64;
 
 fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
-    move |source| NnError::Encrypted {
+    move |source: CkksError| NnError::Encrypted {
         node: what.to_string(),
-        source,
+        source: source.into(),
     }
 }
 
@@ -478,7 +478,10 @@ impl<B: Backend> ProtectedModel<B> {
         for (at, layer) in self.layers.iter().enumerate() {
             let context = |what: &str| {
                 let node = format!("protected {what} {at}");
-                move |source| NnError::Encrypted { node, source }
+                move |source: CkksError| NnError::Encrypted {
+                    node,
+                    source: source.into(),
+                }
             };
             if at > 0 {
                 value = self.linear(eval, value, layer, at)?;
@@ -518,9 +521,9 @@ impl<B: Backend> ProtectedModel<B> {
         layer: &EncryptedLayer<B>,
         at: usize,
     ) -> Result<Value<B>, NnError> {
-        let encrypted = |source| NnError::Encrypted {
+        let encrypted = |source: hecnn_ckks::CkksError| NnError::Encrypted {
             node: format!("protected layer {at}"),
-            source,
+            source: source.into(),
         };
         let block = self.layout.block;
         match value {

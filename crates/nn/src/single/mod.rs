@@ -25,9 +25,7 @@ mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hecnn_ckks::{
-    BlockDiagonals, Ciphertext, CkksError, Complex64, Evaluator, LinearTransform, Plaintext,
-};
+use hecnn_ckks::{BlockDiagonals, Ciphertext, CkksError, Complex64, Evaluator, Plaintext};
 use hecnn_ring::Backend;
 
 pub use crate::compile::params::{MAX_LOG_SCALE, MIN_LOG_SCALE, VALUE_BOUND_BITS};
@@ -35,6 +33,7 @@ use crate::{
     Model, NnError,
     batch::OutputMap,
     pending::{Activation, activation, folded_bias},
+    scheme::{Scheme, SchemeError},
 };
 use layout::{Grid, Target};
 use stages::{Stage, StageOp};
@@ -556,22 +555,22 @@ impl SinglePlan {
             .collect()
     }
 
-    /// Encodes the plan's transforms and biases for inputs at `top_level` (done once per model
-    /// and key set; reused for every image).
+    /// Encodes the plan's transforms and biases for inputs at `top_level` and `scale` (done
+    /// once per model and key set; reused for every image), in any [`Scheme`].
     ///
     /// # Errors
     /// Too few levels, more slots than the parameters have, encoding errors.
-    pub fn encode<B: Backend>(
+    pub fn encode<S: Scheme>(
         &self,
-        eval: &Evaluator<B>,
+        s: &S,
         top_level: usize,
-    ) -> Result<EncodedSingle<B>, NnError> {
-        let params = eval.params();
-        if self.slots > params.max_slots() {
+        scale: f64,
+    ) -> Result<EncodedSingle<S::Transform, S::Pt>, NnError> {
+        if self.slots > s.max_slots() {
             return Err(NnError::Invalid(format!(
                 "the plan packs {} slots per ciphertext; these parameters have {} (use a larger ring degree)",
                 self.slots,
-                params.max_slots()
+                s.max_slots()
             )));
         }
         if top_level < self.depth() {
@@ -581,8 +580,8 @@ impl SinglePlan {
             )));
         }
         let slots = self.slots;
-        let mut level = top_level;
-        let mut scale = params.default_scale();
+        let input_scale = scale;
+        let (mut level, mut scale) = (top_level, scale);
         let mut transforms = BTreeMap::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let err = |source| NnError::Encrypted {
@@ -592,7 +591,7 @@ impl SinglePlan {
             match &stage.op {
                 StageOp::Poly(_) => {
                     if stage.op.squares() {
-                        scale = scale * scale / params.q_at(level);
+                        scale = scale * scale / s.q_at(level);
                         level -= 1;
                     }
                 }
@@ -603,12 +602,12 @@ impl SinglePlan {
                     let (a, gamma) = self.pending[i];
                     let mut diagonals: BlockDiagonals = BTreeMap::new();
                     plan.target
-                        .entries(rows, self.input_of(i), slots, |v, u, k, s, w| {
+                        .entries(rows, self.input_of(i), slots, |v, u, k, at, w| {
                             diagonals
                                 .entry((v, u))
                                 .or_default()
                                 .entry(k)
-                                .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[s]
+                                .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[at]
                                 .re += w * a;
                         });
                     // An output ciphertext whose rows are all zero (pruned channels) still
@@ -621,15 +620,9 @@ impl SinglePlan {
                             );
                         }
                     }
-                    let lt = LinearTransform::blocks(
-                        eval,
-                        &diagonals,
-                        (plan.out_cts, plan.in_cts),
-                        slots,
-                        level,
-                        params.q_at(level),
-                    )
-                    .map_err(err)?;
+                    let lt = s
+                        .encode_transform(&diagonals, (plan.out_cts, plan.in_cts), slots, level)
+                        .map_err(err)?;
                     drop(diagonals);
                     level -= 1;
                     let mut bias = vec![vec![0.0; slots]; plan.out_cts];
@@ -642,7 +635,7 @@ impl SinglePlan {
                             if b.iter().all(|&v| v == 0.0) {
                                 Ok(None)
                             } else {
-                                eval.encode_real(b, level, scale, slots).map(Some)
+                                s.encode(b, level, scale, slots).map(Some)
                             }
                         })
                         .collect::<Result<Vec<_>, _>>()
@@ -654,6 +647,7 @@ impl SinglePlan {
         Ok(EncodedSingle {
             transforms,
             top_level,
+            scale: input_scale,
         })
     }
 
@@ -679,27 +673,31 @@ impl SinglePlan {
         crate::compile::client::encrypt_single(eval, self.slots, &self.input, image, level, encrypt)
     }
 
-    /// Evaluates the plan on one encrypted image; returns the output ciphertexts and the map
-    /// from their decoded slots to the logits.
+    /// Evaluates the plan on one encrypted image (or its cleartext stand-in) in any
+    /// [`Scheme`]; returns the output ciphertexts and the map from their decoded slots to the
+    /// logits.
     ///
     /// # Errors
     /// Level, slot or key errors (with the stage name).
-    pub fn run<B: Backend>(
+    pub fn run<S: Scheme>(
         &self,
-        eval: &Evaluator<B>,
-        encoded: &EncodedSingle<B>,
-        input: Vec<Ciphertext<B>>,
-    ) -> Result<(Vec<Ciphertext<B>>, OutputMap), NnError> {
+        s: &S,
+        encoded: &EncodedSingle<S::Transform, S::Pt>,
+        input: Vec<S::Ct>,
+    ) -> Result<(Vec<S::Ct>, OutputMap), NnError> {
         if input.len() != self.input_cts()
-            || input
-                .iter()
-                .any(|c| c.level() != encoded.top_level || c.slots() != self.slots)
+            || input.iter().any(|c| {
+                s.level(c) != encoded.top_level
+                    || s.slots(c) != self.slots
+                    || s.scale(c) != encoded.scale
+            })
         {
             return Err(NnError::Invalid(format!(
-                "the plan takes {} ciphertexts at level {} with {} slots",
+                "the plan takes {} ciphertexts at level {} with {} slots at scale 2^{:.1}",
                 self.input_cts(),
                 encoded.top_level,
-                self.slots
+                self.slots,
+                encoded.scale.log2()
             )));
         }
         let mut values = input;
@@ -714,18 +712,18 @@ impl SinglePlan {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
                         NnError::Invalid(format!("'{}' was not encoded", stage.name))
                     })?;
-                    let mut out = eval.linear_transform_blocks(&values, lt).map_err(err)?;
+                    let mut out = s.transform(&values, lt).map_err(err)?;
                     if let Some(plan) = self.linear.get(&i) {
                         for step in plan.target.sum_steps(self.slots) {
                             for ct in &mut out {
-                                let r = eval.rotate(ct, step).map_err(err)?;
-                                eval.add_assign(ct, &r).map_err(err)?;
+                                let r = s.rotate(ct, step).map_err(err)?;
+                                s.add_assign(ct, &r).map_err(err)?;
                             }
                         }
                     }
                     for (ct, b) in out.iter_mut().zip(bias) {
                         if let Some(pt) = b {
-                            *ct = eval.add_plain(ct, pt).map_err(err)?;
+                            *ct = s.add_plain(ct, pt).map_err(err)?;
                         }
                     }
                     out
@@ -742,15 +740,15 @@ impl SinglePlan {
                         .iter()
                         .map(|ct| {
                             let u = if delta != 0.0 {
-                                eval.add_const(ct, delta)?
+                                s.add_const(ct, delta)?
                             } else {
                                 ct.clone()
                             };
-                            let mut sq = eval.mul_relin(&u, &u)?;
-                            eval.rescale_assign(&mut sq)?;
+                            let mut sq = s.mul_relin(&u, &u)?;
+                            s.rescale(&mut sq)?;
                             Ok(sq)
                         })
-                        .collect::<Result<Vec<_>, CkksError>>()
+                        .collect::<Result<Vec<_>, SchemeError>>()
                         .map_err(err)?,
                 },
             };
@@ -783,11 +781,12 @@ impl SinglePlan {
 
 /// One linear stage encoded: its transform and one bias plaintext per output ciphertext
 /// (`None` where every bias is zero).
-type EncodedStage<B> = (LinearTransform<B>, Vec<Option<Plaintext<B>>>);
+type EncodedStage<T, P> = (T, Vec<Option<P>>);
 
 /// A single-image plan's encoded transforms: the diagonals of every linear stage as
 /// plaintexts at their level, and the stages' biases (one plaintext per output ciphertext).
-pub struct EncodedSingle<B: Backend> {
-    transforms: BTreeMap<usize, EncodedStage<B>>,
+pub struct EncodedSingle<T, P> {
+    transforms: BTreeMap<usize, EncodedStage<T, P>>,
     top_level: usize,
+    scale: f64,
 }

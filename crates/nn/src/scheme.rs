@@ -1,0 +1,585 @@
+//! The scheme seam: what a runtime needs from a homomorphic scheme ([`Scheme`]), CKKS
+//! itself ([`Ckks`]) and a packed cleartext stand-in that runs the same plan code on `f64`
+//! slot vectors and simulates levels, scales and the modulus budget ([`Packed`]).
+//!
+//! Batch and single-image plans are written against [`Scheme`], so a second scheme (BFV,
+//! exact integers) or a refresh step (bootstrapping inside a network) is an implementation
+//! of this trait, not a change to the runtimes. The names follow CKKS (levels, scales,
+//! rescaling); a scheme without rescaling keeps the scale at 1 and makes
+//! [`Scheme::rescale`] shed a prime, or nothing.
+
+use std::collections::BTreeMap;
+
+use hecnn_ckks::{BlockDiagonals, Ciphertext, CkksError, Evaluator, LinearTransform, Plaintext};
+use hecnn_ring::Backend;
+
+/// An operation a scheme refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemeError {
+    /// From CKKS.
+    #[error(transparent)]
+    Ckks(#[from] CkksError),
+    /// An operation this scheme (or this build) does not provide.
+    #[error("{op} is not available in {scheme}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// The scheme.
+        scheme: &'static str,
+    },
+    /// Operands that do not fit each other.
+    #[error("{0}")]
+    Operands(&'static str),
+}
+
+/// The operations the runtimes need from a scheme. Values carry their level, scale and
+/// degree; every method checks its operands.
+pub trait Scheme: Sync {
+    /// A ciphertext (or its cleartext stand-in).
+    type Ct: Clone + Send + Sync;
+    /// An encoded plaintext.
+    type Pt: Send + Sync;
+    /// An encoded block linear transform (diagonal method).
+    type Transform: Send + Sync;
+    /// The scheme's name, for messages.
+    fn name(&self) -> &'static str;
+    /// Level of a value.
+    fn level(&self, ct: &Self::Ct) -> usize;
+    /// Scale of a value.
+    fn scale(&self, ct: &Self::Ct) -> f64;
+    /// Degree of a value (1, or 2 before relinearization).
+    fn degree(&self, ct: &Self::Ct) -> usize;
+    /// Slots of a value.
+    fn slots(&self, ct: &Self::Ct) -> usize;
+    /// The prime dropped by a rescale at `level`.
+    fn q_at(&self, level: usize) -> f64;
+    /// The most slots a value may have (a simulator without a ring: unbounded).
+    fn max_slots(&self) -> usize;
+    /// Encodes real values into `slots` slots at `level` and `scale`.
+    ///
+    /// # Errors
+    /// Too many values, bad level or scale.
+    fn encode(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<Self::Pt, SchemeError>;
+    /// Encodes a block matrix of `shape` (outputs, inputs) ciphertexts at `level`, its
+    /// diagonals at scale `q_level` so the transform's rescale restores the input scale.
+    ///
+    /// # Errors
+    /// Bad diagonals; encoding errors.
+    fn encode_transform(
+        &self,
+        diagonals: &BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+    ) -> Result<Self::Transform, SchemeError>;
+    /// `a + b`.
+    ///
+    /// # Errors
+    /// Scale, slot or level errors of the scheme.
+    fn add(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct, SchemeError>;
+    /// `a += b`.
+    ///
+    /// # Errors
+    /// As [`Scheme::add`].
+    fn add_assign(&self, a: &mut Self::Ct, b: &Self::Ct) -> Result<(), SchemeError> {
+        *a = self.add(a, b)?;
+        Ok(())
+    }
+    /// `a + p` for a plaintext at `a`'s level and scale.
+    ///
+    /// # Errors
+    /// Level, scale or slot mismatches.
+    fn add_plain(&self, a: &Self::Ct, p: &Self::Pt) -> Result<Self::Ct, SchemeError>;
+    /// Adds a real constant to every slot.
+    ///
+    /// # Errors
+    /// Overflow.
+    fn add_const(&self, a: &Self::Ct, c: f64) -> Result<Self::Ct, SchemeError>;
+    /// Tensor square (degree 2, scale squared, not rescaled).
+    ///
+    /// # Errors
+    /// Degree errors.
+    fn square(&self, a: &Self::Ct) -> Result<Self::Ct, SchemeError>;
+    /// `a · b`, relinearized (scale the product's, not rescaled).
+    ///
+    /// # Errors
+    /// Level or degree errors, a missing relinearization key.
+    fn mul_relin(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct, SchemeError>;
+    /// Relinearization.
+    ///
+    /// # Errors
+    /// Missing key.
+    fn relinearize(&self, a: Self::Ct) -> Result<Self::Ct, SchemeError>;
+    /// Rescale by the last prime.
+    ///
+    /// # Errors
+    /// Out of levels.
+    fn rescale(&self, a: &mut Self::Ct) -> Result<(), SchemeError>;
+    /// Rotates the slots left by `k` (slot `i` receives slot `i + k`).
+    ///
+    /// # Errors
+    /// A missing rotation key.
+    fn rotate(&self, a: &Self::Ct, k: i64) -> Result<Self::Ct, SchemeError>;
+    /// Integer-weighted sums of many outputs over the same inputs (see
+    /// [`Evaluator::weighted_sums`]).
+    ///
+    /// # Errors
+    /// Mismatched inputs.
+    fn weighted_sums(
+        &self,
+        inputs: &[&Self::Ct],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<Self::Ct>, SchemeError>;
+    /// A block transform: output `v` = `Σ_u M_{v,u}·cts[u]`, rescaled once.
+    ///
+    /// # Errors
+    /// Wrong number of inputs, level or slot mismatches, missing rotation keys.
+    fn transform(
+        &self,
+        cts: &[Self::Ct],
+        t: &Self::Transform,
+    ) -> Result<Vec<Self::Ct>, SchemeError>;
+    /// Brings a value back to a high level (bootstrapping). The default refuses: no
+    /// runtime plan inserts a refresh unless its scheme provides one.
+    ///
+    /// # Errors
+    /// [`SchemeError::Unsupported`].
+    fn refresh(&self, _a: &Self::Ct) -> Result<Self::Ct, SchemeError> {
+        Err(SchemeError::Unsupported {
+            op: "refresh (bootstrapping)",
+            scheme: self.name(),
+        })
+    }
+    /// Maps over independent items, in parallel where possible.
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R>;
+}
+
+/// CKKS on a backend: the encrypted scheme is the evaluator itself (its inherent methods,
+/// with errors lifted into [`SchemeError`]).
+impl<B: Backend> Scheme for Evaluator<B> {
+    type Ct = Ciphertext<B>;
+    type Pt = Plaintext<B>;
+    type Transform = LinearTransform<B>;
+    fn name(&self) -> &'static str {
+        "CKKS"
+    }
+    fn slots(&self, ct: &Ciphertext<B>) -> usize {
+        ct.slots()
+    }
+    fn max_slots(&self) -> usize {
+        Evaluator::params(self).max_slots()
+    }
+    fn encode(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<Plaintext<B>, SchemeError> {
+        Ok(Evaluator::encode_real(self, values, level, scale, slots)?)
+    }
+    fn encode_transform(
+        &self,
+        diagonals: &BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+    ) -> Result<LinearTransform<B>, SchemeError> {
+        let scale = Evaluator::params(self).q_at(level);
+        Ok(LinearTransform::blocks(
+            self, diagonals, shape, slots, level, scale,
+        )?)
+    }
+    fn add_plain(&self, a: &Ciphertext<B>, p: &Plaintext<B>) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::add_plain(self, a, p)?)
+    }
+    fn mul_relin(
+        &self,
+        a: &Ciphertext<B>,
+        b: &Ciphertext<B>,
+    ) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::mul_relin(self, a, b)?)
+    }
+    fn rotate(&self, a: &Ciphertext<B>, k: i64) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::rotate(self, a, k)?)
+    }
+    fn transform(
+        &self,
+        cts: &[Ciphertext<B>],
+        t: &LinearTransform<B>,
+    ) -> Result<Vec<Ciphertext<B>>, SchemeError> {
+        Ok(Evaluator::linear_transform_blocks(self, cts, t)?)
+    }
+    fn level(&self, ct: &Ciphertext<B>) -> usize {
+        ct.level()
+    }
+    fn scale(&self, ct: &Ciphertext<B>) -> f64 {
+        ct.scale()
+    }
+    fn degree(&self, ct: &Ciphertext<B>) -> usize {
+        ct.degree()
+    }
+    fn q_at(&self, level: usize) -> f64 {
+        Evaluator::params(self).q_at(level)
+    }
+    fn add(&self, a: &Ciphertext<B>, b: &Ciphertext<B>) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::add(self, a, b)?)
+    }
+    fn add_assign(&self, a: &mut Ciphertext<B>, b: &Ciphertext<B>) -> Result<(), SchemeError> {
+        Ok(Evaluator::add_assign(self, a, b)?)
+    }
+    fn add_const(&self, a: &Ciphertext<B>, c: f64) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::add_const(self, a, c)?)
+    }
+    fn square(&self, a: &Ciphertext<B>) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::mul(self, a, a)?)
+    }
+    fn relinearize(&self, a: Ciphertext<B>) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::relinearize(self, a)?)
+    }
+    fn rescale(&self, a: &mut Ciphertext<B>) -> Result<(), SchemeError> {
+        Ok(Evaluator::rescale_assign(self, a)?)
+    }
+    fn weighted_sums(
+        &self,
+        inputs: &[&Ciphertext<B>],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<Ciphertext<B>>, SchemeError> {
+        Ok(Evaluator::weighted_sums(self, inputs, rows, biases, scale)?)
+    }
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        Evaluator::backend(self).par_map(items, f)
+    }
+}
+
+/// A cleartext stand-in for a ciphertext: the decoded slot values with the level, scale and
+/// degree CKKS would have.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedValue {
+    /// Decoded values, one per slot.
+    pub slots: Vec<f64>,
+    /// Level.
+    pub level: usize,
+    /// Scale.
+    pub scale: f64,
+    /// Degree.
+    pub degree: usize,
+}
+
+/// A block transform in the clear: the real parts of the diagonals, the shape, the level.
+pub struct PackedTransform {
+    diagonals: BTreeMap<(usize, usize), BTreeMap<i64, Vec<f64>>>,
+    shape: (usize, usize),
+    slots: usize,
+    level: usize,
+}
+
+/// The cleartext scheme: runs a plan on packed `f64` slot vectors exactly as the encrypted
+/// scheme would (integer weights, scales, levels, lazy squares, rotations, diagonals),
+/// without noise, and simulates the modulus budget: it records the smallest headroom
+/// `log2(Q_level / 2) − log2(max |value · scale|)` over every intermediate value. Its
+/// refresh brings a value back to the top level (what bootstrapping does), so plans with
+/// refresh points can be checked without keys.
+pub struct Packed {
+    q: Vec<f64>,
+    headroom: std::sync::Mutex<f64>,
+}
+
+impl Packed {
+    /// An engine for the Q primes of a parameter set.
+    pub fn new(q: &[u64]) -> Self {
+        Self {
+            q: q.iter().map(|&v| v as f64).collect(),
+            headroom: std::sync::Mutex::new(f64::INFINITY),
+        }
+    }
+
+    /// The smallest headroom (bits) seen so far; negative means the value would wrap modulo Q.
+    pub fn min_headroom_bits(&self) -> f64 {
+        self.headroom.lock().map_or(f64::NEG_INFINITY, |h| *h)
+    }
+
+    fn record(&self, v: &PackedValue) {
+        let top = v.level.min(self.q.len().saturating_sub(1));
+        let log_q: f64 = self.q.iter().take(top + 1).map(|q| q.log2()).sum();
+        let max = v.slots.iter().fold(0.0f64, |m, x| m.max(x.abs())) * v.scale;
+        let bits = log_q - 1.0 - max.max(1.0).log2();
+        if let Ok(mut h) = self.headroom.lock() {
+            *h = h.min(bits);
+        }
+    }
+
+    /// Wraps input values (one vector of slot values per input ciphertext) at `level` and
+    /// `scale`.
+    pub fn inputs(&self, columns: Vec<Vec<f64>>, level: usize, scale: f64) -> Vec<PackedValue> {
+        columns
+            .into_iter()
+            .map(|slots| PackedValue {
+                slots,
+                level,
+                scale,
+                degree: 1,
+            })
+            .collect()
+    }
+
+    fn done(&self, v: PackedValue) -> Result<PackedValue, SchemeError> {
+        self.record(&v);
+        Ok(v)
+    }
+
+    fn same_slots(a: &PackedValue, b: &PackedValue) -> Result<(), SchemeError> {
+        if a.slots.len() == b.slots.len() {
+            Ok(())
+        } else {
+            Err(CkksError::SlotMismatch {
+                lhs: a.slots.len(),
+                rhs: b.slots.len(),
+            }
+            .into())
+        }
+    }
+}
+
+impl Scheme for Packed {
+    type Ct = PackedValue;
+    type Pt = PackedValue;
+    type Transform = PackedTransform;
+    fn name(&self) -> &'static str {
+        "packed cleartext"
+    }
+    fn level(&self, ct: &PackedValue) -> usize {
+        ct.level
+    }
+    fn scale(&self, ct: &PackedValue) -> f64 {
+        ct.scale
+    }
+    fn degree(&self, ct: &PackedValue) -> usize {
+        ct.degree
+    }
+    fn slots(&self, ct: &PackedValue) -> usize {
+        ct.slots.len()
+    }
+    fn max_slots(&self) -> usize {
+        usize::MAX
+    }
+    fn q_at(&self, level: usize) -> f64 {
+        self.q.get(level).copied().unwrap_or(1.0)
+    }
+    fn encode(
+        &self,
+        values: &[f64],
+        level: usize,
+        scale: f64,
+        slots: usize,
+    ) -> Result<PackedValue, SchemeError> {
+        if values.len() > slots {
+            return Err(SchemeError::Operands("more values than slots"));
+        }
+        let mut v: Vec<f64> = values.iter().map(|x| (x * scale).round() / scale).collect();
+        v.resize(slots, 0.0);
+        Ok(PackedValue {
+            slots: v,
+            level,
+            scale,
+            degree: 1,
+        })
+    }
+    fn encode_transform(
+        &self,
+        diagonals: &BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+    ) -> Result<PackedTransform, SchemeError> {
+        let scale = self.q_at(level);
+        let mut real = BTreeMap::new();
+        for (&(v, u), diags) in diagonals {
+            if v >= shape.0 || u >= shape.1 {
+                return Err(SchemeError::Operands(
+                    "a block outside the transform's shape",
+                ));
+            }
+            let block: BTreeMap<i64, Vec<f64>> = diags
+                .iter()
+                .map(|(&k, d)| {
+                    (
+                        k,
+                        d.iter().map(|c| (c.re * scale).round() / scale).collect(),
+                    )
+                })
+                .collect();
+            if block.values().any(|d| d.len() != slots) {
+                return Err(SchemeError::Operands("a diagonal of the wrong length"));
+            }
+            real.insert((v, u), block);
+        }
+        Ok(PackedTransform {
+            diagonals: real,
+            shape,
+            slots,
+            level,
+        })
+    }
+    fn add(&self, a: &PackedValue, b: &PackedValue) -> Result<PackedValue, SchemeError> {
+        Self::same_slots(a, b)?;
+        let slots = a.slots.iter().zip(&b.slots).map(|(x, y)| x + y).collect();
+        self.done(PackedValue {
+            slots,
+            level: a.level.min(b.level),
+            scale: a.scale,
+            degree: a.degree.max(b.degree),
+        })
+    }
+    fn add_plain(&self, a: &PackedValue, p: &PackedValue) -> Result<PackedValue, SchemeError> {
+        self.add(a, p)
+    }
+    fn add_const(&self, a: &PackedValue, c: f64) -> Result<PackedValue, SchemeError> {
+        let k = (c * a.scale).round() / a.scale;
+        self.done(PackedValue {
+            slots: a.slots.iter().map(|x| x + k).collect(),
+            ..a.clone()
+        })
+    }
+    fn square(&self, a: &PackedValue) -> Result<PackedValue, SchemeError> {
+        self.done(PackedValue {
+            slots: a.slots.iter().map(|x| x * x).collect(),
+            level: a.level,
+            scale: a.scale * a.scale,
+            degree: 2,
+        })
+    }
+    fn mul_relin(&self, a: &PackedValue, b: &PackedValue) -> Result<PackedValue, SchemeError> {
+        Self::same_slots(a, b)?;
+        self.done(PackedValue {
+            slots: a.slots.iter().zip(&b.slots).map(|(x, y)| x * y).collect(),
+            level: a.level.min(b.level),
+            scale: a.scale * b.scale,
+            degree: 1,
+        })
+    }
+    fn relinearize(&self, a: PackedValue) -> Result<PackedValue, SchemeError> {
+        Ok(PackedValue { degree: 1, ..a })
+    }
+    fn rescale(&self, a: &mut PackedValue) -> Result<(), SchemeError> {
+        if a.level == 0 {
+            return Err(CkksError::LevelTooLow { needed: 1, have: 0 }.into());
+        }
+        a.scale /= self.q_at(a.level);
+        a.level -= 1;
+        Ok(())
+    }
+    fn rotate(&self, a: &PackedValue, k: i64) -> Result<PackedValue, SchemeError> {
+        let n = a.slots.len();
+        let mut slots = a.slots.clone();
+        if n > 0 {
+            slots.rotate_left(k.rem_euclid(n as i64) as usize);
+        }
+        Ok(PackedValue { slots, ..a.clone() })
+    }
+    fn weighted_sums(
+        &self,
+        inputs: &[&PackedValue],
+        rows: &[Vec<(usize, i128)>],
+        biases: &[i128],
+        scale: f64,
+    ) -> Result<Vec<PackedValue>, SchemeError> {
+        let first = inputs
+            .first()
+            .ok_or(SchemeError::Operands("weighted sums of no input"))?;
+        let level = inputs.iter().map(|v| v.level).min().unwrap_or(0);
+        let n = first.slots.len();
+        rows.iter()
+            .zip(biases)
+            .map(|(row, &bias)| {
+                // content = Σ W·(v·s_in) + bias, declared at `scale`.
+                let mut slots = vec![bias as f64; n];
+                for &(j, w) in row {
+                    let v = inputs
+                        .get(j)
+                        .ok_or(SchemeError::Operands("a weight on a missing input"))?;
+                    for (o, x) in slots.iter_mut().zip(&v.slots) {
+                        *o += w as f64 * x * v.scale;
+                    }
+                }
+                slots.iter_mut().for_each(|o| *o /= scale);
+                self.done(PackedValue {
+                    slots,
+                    level,
+                    scale,
+                    degree: first.degree,
+                })
+            })
+            .collect()
+    }
+    fn transform(
+        &self,
+        cts: &[PackedValue],
+        t: &PackedTransform,
+    ) -> Result<Vec<PackedValue>, SchemeError> {
+        if cts.len() != t.shape.1 {
+            return Err(SchemeError::Operands(
+                "the number of input ciphertexts differs from the transform's",
+            ));
+        }
+        let first = cts
+            .first()
+            .ok_or(SchemeError::Operands("a transform of no input"))?;
+        if cts
+            .iter()
+            .any(|c| c.slots.len() != t.slots || c.scale != first.scale)
+        {
+            return Err(SchemeError::Operands("inputs of other slots or scales"));
+        }
+        if cts.iter().any(|c| c.level < t.level) || t.level == 0 {
+            return Err(CkksError::LevelTooLow {
+                needed: t.level.max(1),
+                have: cts.iter().map(|c| c.level).min().unwrap_or(0),
+            }
+            .into());
+        }
+        let n = t.slots;
+        let mut out = vec![vec![0.0; n]; t.shape.0];
+        for (&(v, u), diags) in &t.diagonals {
+            let (Some(o), Some(x)) = (out.get_mut(v), cts.get(u)) else {
+                continue;
+            };
+            for (&k, d) in diags {
+                let k = k.rem_euclid(n as i64) as usize;
+                for (i, (o, &w)) in o.iter_mut().zip(d).enumerate() {
+                    *o += w * x.slots[(i + k) % n];
+                }
+            }
+        }
+        out.into_iter()
+            .map(|slots| {
+                self.done(PackedValue {
+                    slots,
+                    level: t.level - 1,
+                    scale: first.scale,
+                    degree: 1,
+                })
+            })
+            .collect()
+    }
+    fn refresh(&self, a: &PackedValue) -> Result<PackedValue, SchemeError> {
+        self.done(PackedValue {
+            level: self.q.len().saturating_sub(1),
+            ..a.clone()
+        })
+    }
+    fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+        items.into_iter().map(f).collect()
+    }
+}

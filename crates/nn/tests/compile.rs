@@ -1,0 +1,246 @@
+//! The compiler as a library: compile → client spec / server plan → keys → encrypt → run →
+//! decrypt in both packings without the command line; the packed cleartext scheme running
+//! the same plans; artifacts that round-trip and refuse corruption and mismatches.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod common;
+
+use common::{conv, node, pool, values};
+use hecnn_nn::{
+    Model, NnError, Op, Tensor,
+    compile::{
+        self, Client, ClientSpec, CompileOptions, CompiledModel, EncryptedImages, ImagesKind,
+        PackingKind, PackingRequest, Server,
+    },
+    exec,
+    ir::Dense,
+};
+use hecnn_ring::{CpuBackend, Prng};
+use hecnn_rlwe::SecurityLevel;
+
+/// conv → a·x²+b·x+c → avg pool → conv (stride 2) → x² → flatten → dense.
+fn model() -> Model {
+    Model {
+        name: "compile-test".into(),
+        input_shape: [1, 8, 8],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(1, (2, 1, 3), 1, 1, 0.5), vec![0]),
+            node("act1", Op::Poly(vec![0.1, 0.5, 0.25]), vec![1]),
+            node("pool", Op::AvgPool(pool(2, 2)), vec![2]),
+            node("conv2", conv(3, (3, 2, 3), 2, 1, 0.5), vec![3]),
+            node("sq2", Op::Poly(vec![0.0, 0.0, 1.0]), vec![4]),
+            node("flat", Op::Flatten, vec![5]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: Tensor::new(vec![4, 12], values(5, 48, 0.5)).unwrap(),
+                    bias: values(6, 4, 0.1),
+                }),
+                vec![6],
+            ),
+        ],
+        output: 7,
+    }
+}
+
+fn images(n: usize, seed: u64) -> Vec<Tensor> {
+    (0..n)
+        .map(|i| Tensor::new(vec![1, 8, 8], values(seed + i as u64, 64, 1.0)).unwrap())
+        .collect()
+}
+
+/// Toy ring degree for batch packing (single-image packing takes its own smallest degree):
+/// insecure, for tests only.
+fn opts(packing: PackingRequest) -> CompileOptions {
+    CompileOptions {
+        packing,
+        log_n: 10,
+        security: SecurityLevel::UncheckedForReproduction,
+        ..CompileOptions::default()
+    }
+}
+
+fn max_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn both_packings_run_encrypted_and_simulated_as_the_cleartext_model() {
+    let model = model();
+    let imgs = images(3, 100);
+    let be = CpuBackend::new(2).unwrap();
+    for packing in [PackingRequest::Batch, PackingRequest::Single] {
+        let c = compile::compile(&model, &opts(packing)).unwrap();
+        let want: Vec<Vec<f64>> = imgs
+            .iter()
+            .map(|im| exec::run(c.model(), im).unwrap().data().to_vec())
+            .collect();
+        // Simulated: the same plan code on the packed cleartext scheme, no keys.
+        let sim = c.simulate(&imgs).unwrap();
+        for (got, want) in sim.logits.iter().zip(&want) {
+            assert!(
+                max_diff(got, want) < 1e-3,
+                "{packing:?} simulated: {got:?} vs {want:?}"
+            );
+        }
+        assert!(sim.headroom_bits > 10.0, "{}", sim.headroom_bits);
+        // Encrypted, client and server apart.
+        let client = Client::new(c.client_spec(), be.clone()).unwrap();
+        let mut rng = Prng::from_seed([7; 32]);
+        let keys = client.keygen(&mut rng).unwrap();
+        assert_eq!(
+            keys.evaluation.size_bytes(),
+            c.client_spec().evaluation_key_bytes()
+        );
+        let server = Server::new(c.server_plan(), keys.evaluation, be.clone()).unwrap();
+        let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+        let outputs = server.run(inputs, |_, _| {}).unwrap();
+        let got = client.decrypt(&keys.secret, &outputs).unwrap();
+        assert_eq!(got.len(), imgs.len());
+        for (got, want) in got.iter().zip(&want) {
+            assert!(
+                max_diff(got, want) < 1e-2,
+                "{packing:?} encrypted: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_compiled_model_round_trips_without_planning_again_and_refuses_damage() {
+    for packing in [PackingRequest::Batch, PackingRequest::Single] {
+        let c = compile::compile(&model(), &opts(packing)).unwrap();
+        let bytes = c.to_bytes().unwrap();
+        let back = CompiledModel::from_bytes(&bytes).unwrap();
+        assert_eq!(back.fingerprint(), c.fingerprint());
+        assert_eq!(back.report().unwrap(), c.report().unwrap());
+        assert_eq!(back.key_requirements(), c.key_requirements());
+        assert_eq!(back.model(), c.model());
+        if let (compile::PackedPlan::Single(a), compile::PackedPlan::Single(b)) =
+            (back.plan(), c.plan())
+        {
+            assert_eq!(a.layouts(), b.layouts());
+        }
+        // Every flipped byte of the file is refused (a sample of positions).
+        for i in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert!(CompiledModel::from_bytes(&bad).is_err(), "byte {i}");
+        }
+        let e = CompiledModel::from_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
+        assert!(matches!(e, NnError::Format { .. }), "{e}");
+    }
+}
+
+#[test]
+fn auto_mode_chooses_by_the_number_of_images() {
+    // The bundled MNIST network, batch packing at N = 2^14 (8,192 images a batch) against
+    // single-image packing at its smallest degree: one image is cheaper alone, a hundred
+    // thousand in batches.
+    let mnist = hecnn_nn::onnx::import_onnx_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../models/hcnn-mnist.onnx"
+    )))
+    .unwrap();
+    let auto = |images| CompileOptions {
+        log_n: 14,
+        security: SecurityLevel::Bits128,
+        ..opts(PackingRequest::Auto { images })
+    };
+    let one = compile::compile(&mnist, &auto(1)).unwrap();
+    assert_eq!(one.packing(), PackingKind::Single);
+    assert!(one.choice().unwrap().starts_with("mode auto: single"));
+    let many = compile::compile(&mnist, &auto(100_000)).unwrap();
+    assert_eq!(many.packing(), PackingKind::Batch);
+    assert!(many.choice().unwrap().starts_with("mode auto: batch"));
+}
+
+#[test]
+fn the_client_spec_travels_alone_and_ciphertexts_are_bound_to_model_packing_and_keys() {
+    let be = CpuBackend::new(2).unwrap();
+    let single = compile::compile(&model(), &opts(PackingRequest::Single)).unwrap();
+    let batch = compile::compile(&model(), &opts(PackingRequest::Batch)).unwrap();
+    let spec = ClientSpec::from_bytes(&single.client_spec().to_bytes().unwrap()).unwrap();
+    assert_eq!(spec.model_fingerprint(), single.fingerprint());
+    assert_eq!(spec.key_requirements(), &single.key_requirements());
+    let mut bad = single.client_spec().to_bytes().unwrap();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        ClientSpec::from_bytes(&bad),
+        Err(NnError::Checksum { .. })
+    ));
+
+    let mut rng = Prng::from_seed([9; 32]);
+    let client = Client::new(spec, be.clone()).unwrap();
+    let keys = client.keygen(&mut rng).unwrap();
+    let other = client.keygen(&mut rng).unwrap();
+    let inputs = client
+        .encrypt(&keys.public, &images(2, 5), &mut rng)
+        .unwrap();
+    let bytes = inputs.to_bytes(&be, single.params()).unwrap();
+
+    // The server of the same model reads them; another model's, or another packing's, not.
+    let ok = EncryptedImages::from_bytes(&be, &single.client_spec(), ImagesKind::Inputs, &bytes);
+    assert!(ok.is_ok());
+    let wrong_kind =
+        EncryptedImages::from_bytes(&be, &single.client_spec(), ImagesKind::Outputs, &bytes);
+    assert!(matches!(wrong_kind, Err(NnError::Mismatch { .. })));
+    let wrong_model =
+        EncryptedImages::from_bytes(&be, &batch.client_spec(), ImagesKind::Inputs, &bytes);
+    assert!(
+        matches!(
+            wrong_model,
+            Err(NnError::Mismatch {
+                what: "compiled model",
+                ..
+            })
+        ),
+        "{:?}",
+        wrong_model.err()
+    );
+
+    // A server holding another key pair's keys refuses the inputs before evaluating.
+    let server = Server::new(single.server_plan(), other.evaluation, be.clone()).unwrap();
+    let e = server.run(ok.unwrap(), |_, _| {}).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NnError::Mismatch {
+                what: "key pair",
+                ..
+            }
+        ),
+        "{e}"
+    );
+
+    // Keys missing a rotation the plan needs are refused when the server is built.
+    let batch_client = Client::new(batch.client_spec(), be.clone()).unwrap();
+    let batch_keys = batch_client.keygen(&mut rng).unwrap();
+    let e = Server::new(single.server_plan(), batch_keys.evaluation, be.clone());
+    assert!(matches!(e, Err(NnError::Mismatch { .. })));
+
+    // Images of another shape are refused by the client.
+    let e = client
+        .encrypt(
+            &keys.public,
+            &[Tensor::new(vec![1, 4, 4], vec![0.0; 16]).unwrap()],
+            &mut rng,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NnError::Mismatch {
+                what: "image shape",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
