@@ -161,6 +161,20 @@ pub enum NnError {
         /// Why not, with what to try.
         reason: String,
     },
+    /// A plan deeper than its parameters' levels, with no refresh to bring values back up.
+    #[error(
+        "'{stage}' (stage {index}) runs out of levels: the plan consumes {depth}, the parameters have {levels}, and no refresh (bootstrapping) is available"
+    )]
+    OutOfLevels {
+        /// The stage.
+        stage: String,
+        /// Its index.
+        index: usize,
+        /// Levels the plan consumes without refreshes.
+        depth: usize,
+        /// Levels of the parameters.
+        levels: usize,
+    },
     /// An error of the CKKS layer outside any node (keys, encoding, serialization).
     #[error(transparent)]
     Ckks(#[from] hecnn_ckks::CkksError),

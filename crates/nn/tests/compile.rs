@@ -244,3 +244,62 @@ fn the_client_spec_travels_alone_and_ciphertexts_are_bound_to_model_packing_and_
         "{e}"
     );
 }
+
+#[test]
+fn the_level_pass_places_refreshes_that_the_single_image_runtime_executes() {
+    use hecnn_nn::compile::levels::{self, RefreshSpec};
+    use hecnn_nn::scheme::{Packed, Scheme};
+    let c = compile::compile(&model(), &opts(PackingRequest::Single)).unwrap();
+    let compile::PackedPlan::Single(plan) = c.plan() else {
+        panic!("single-image plan expected");
+    };
+    // Compiled with enough levels: no refresh, the output at level 0.
+    assert!(c.levels().refreshes().is_empty());
+    assert_eq!(c.levels().output_level(), 0);
+    let depth = plan.depth();
+    assert!(depth >= 4, "{depth}");
+    // Two levels only, and a refresh (the cleartext scheme's test double) back to level 2.
+    let q: Vec<u64> = c.params().rlwe().q()[..3].to_vec();
+    let qf: Vec<f64> = q.iter().map(|&p| p as f64).collect();
+    let scale = c.params().default_scale();
+    let stages = plan.level_stages();
+    let e = levels::assign(&stages, &qf, 2, scale.log2(), None).unwrap_err();
+    assert!(matches!(e, NnError::OutOfLevels { .. }), "{e}");
+    let lp = levels::assign(
+        &stages,
+        &qf,
+        2,
+        scale.log2(),
+        Some(RefreshSpec { level: 2 }),
+    )
+    .unwrap();
+    assert_eq!(
+        lp.refreshes().len(),
+        depth.div_ceil(2) - 1,
+        "{}",
+        lp.describe()
+    );
+    let refreshed = plan.clone().with_refreshes(&lp, 2);
+    let engine = Packed::new(&q);
+    let encoded = refreshed.encode(&engine, 2, scale).unwrap();
+    // Without the refreshes the same two levels are not enough.
+    assert!(plan.encode(&engine, 2, scale).is_err());
+    let slots = plan.slots();
+    for image in images(3, 40) {
+        let mut cts = vec![vec![0.0; slots]; plan.input_cts()];
+        for (&p, &v) in plan.input_positions().iter().zip(image.data()) {
+            cts[p / slots][p % slots] = v;
+        }
+        let (out, map) = refreshed
+            .run(&engine, &encoded, engine.inputs(cts, 2, scale))
+            .unwrap();
+        assert!(out.iter().all(|ct| engine.level(ct) == lp.output_level()));
+        let got: Vec<f64> = plan
+            .output_positions()
+            .iter()
+            .map(|&p| map.a * out[p / slots].slots[p % slots] + map.gamma)
+            .collect();
+        let want = exec::run(c.model(), &image).unwrap();
+        assert!(max_diff(&got, want.data()) < 1e-3, "{got:?} vs {want:?}");
+    }
+}

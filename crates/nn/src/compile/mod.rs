@@ -61,6 +61,7 @@
 pub(crate) mod client;
 pub mod cost;
 mod envelope;
+pub mod levels;
 pub mod params;
 mod report;
 mod server;
@@ -199,6 +200,8 @@ pub struct CompiledModel {
     params: Arc<CkksParams>,
     /// Why the packing was chosen (auto mode), for reports.
     choice: Option<String>,
+    /// The level pass's result.
+    levels: levels::LevelPlan,
     fingerprint: [u8; 32],
 }
 
@@ -279,6 +282,45 @@ fn single_candidate(
     Ok((plan, params))
 }
 
+/// The level pass over a plan with its parameters (no refresh: no scheme of hecnn
+/// bootstraps inside a network yet, so a plan deeper than its parameters is refused).
+fn level_plan(plan: &PackedPlan, params: &CkksParams) -> Result<levels::LevelPlan, NnError> {
+    let q: Vec<f64> = params.rlwe().q().iter().map(|&p| p as f64).collect();
+    let stages = match plan {
+        PackedPlan::Single(p) => p.level_stages(),
+        PackedPlan::Batch(p) => {
+            // Every level a node adds over its deepest input is a rescale at the working
+            // scale (batch packing lands every linear layer on it; squares are lazy).
+            let nodes = p.nodes();
+            let model = p.model();
+            let mut stages = Vec::new();
+            for (i, node) in model.nodes.iter().enumerate() {
+                let from = node
+                    .inputs
+                    .iter()
+                    .filter_map(|&j| nodes.get(j).map(|n| n.depth))
+                    .max()
+                    .unwrap_or(0);
+                let depth = nodes.get(i).map_or(from, |n| n.depth);
+                for _ in from..depth {
+                    stages.push(levels::Stage {
+                        name: node.name.clone(),
+                        kind: levels::StageKind::Linear,
+                    });
+                }
+            }
+            stages
+        }
+    };
+    levels::assign(
+        &stages,
+        &q,
+        params.max_level(),
+        f64::from(params.log_scale()),
+        None,
+    )
+}
+
 /// The envelope of a compiled model.
 const COMPILED: envelope::Kind = envelope::Kind {
     what: "compiled model",
@@ -315,11 +357,13 @@ impl CompiledModel {
         params: Arc<CkksParams>,
         choice: Option<String>,
     ) -> Result<Self, NnError> {
+        let levels = level_plan(&plan, &params)?;
         let mut c = Self {
             name,
             plan: Arc::new(plan),
             params,
             choice,
+            levels,
             fingerprint: [0; 32],
         };
         c.fingerprint = *blake3::hash(&c.to_bytes()?).as_bytes();
@@ -385,11 +429,13 @@ impl CompiledModel {
                 found: params.max_slots().to_string(),
             });
         }
+        let levels = level_plan(&plan, &params)?;
         Ok(Self {
             name: body.name,
             plan: Arc::new(plan),
             params,
             choice: body.choice,
+            levels,
             fingerprint: *blake3::hash(bytes).as_bytes(),
         })
     }
@@ -438,6 +484,11 @@ impl CompiledModel {
     /// Why auto mode chose this packing (none when the packing was asked for).
     pub fn choice(&self) -> Option<&str> {
         self.choice.as_deref()
+    }
+
+    /// The level and scale of every stage's output, and where refreshes run.
+    pub fn levels(&self) -> &levels::LevelPlan {
+        &self.levels
     }
 
     /// BLAKE3 of the serialized compiled model: client specs, ciphertexts and server

@@ -87,5 +87,6 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
             );
         }
     }
+    let _ = write!(out, "\n{}", c.levels().describe());
     Ok(out)
 }

@@ -144,6 +144,8 @@ pub struct SinglePlan {
     cost: usize,
     /// The layouts the planner chose (what a compiled model records).
     layouts: Layouts,
+    /// Stages a refresh runs before, and the level it gives back (from the level pass).
+    refreshes: (BTreeSet<usize>, usize),
 }
 
 /// Where the planner put one linear stage's output: what a compiled model records so that
@@ -399,6 +401,7 @@ impl SinglePlan {
                 input_frame,
                 stages: chosen,
             },
+            refreshes: (BTreeSet::new(), 0),
         };
         if fixed.is_some_and(|f| f.len() != plan.layouts.stages.len()) {
             return Err(NnError::LayoutMismatch {
@@ -407,6 +410,33 @@ impl SinglePlan {
             });
         }
         Ok((total, plan))
+    }
+
+    /// The stages as the level pass sees them ([`crate::compile::levels`]).
+    pub fn level_stages(&self) -> Vec<crate::compile::levels::Stage> {
+        use crate::compile::levels::{Stage as LevelStage, StageKind};
+        self.stages
+            .iter()
+            .map(|s| LevelStage {
+                name: s.name.clone(),
+                kind: match &s.op {
+                    StageOp::Linear { .. } => StageKind::Linear,
+                    op if op.squares() => StageKind::Square,
+                    StageOp::Poly(_) => StageKind::Keep,
+                },
+            })
+            .collect()
+    }
+
+    /// The plan with a refresh (bootstrapping) before every stage of `levels.refreshes()`,
+    /// each giving back `level`: encoding and evaluation then follow those levels.
+    pub fn with_refreshes(
+        mut self,
+        levels: &crate::compile::levels::LevelPlan,
+        level: usize,
+    ) -> Self {
+        self.refreshes = (levels.refreshes(), level);
+        self
     }
 
     /// The layouts the planner chose: with the model, all [`SinglePlan::with_layouts`] needs.
@@ -573,7 +603,7 @@ impl SinglePlan {
                 s.max_slots()
             )));
         }
-        if top_level < self.depth() {
+        if top_level < self.depth() && self.refreshes.0.is_empty() {
             return Err(NnError::Invalid(format!(
                 "the inputs have {top_level} levels, the model needs {}",
                 self.depth()
@@ -588,6 +618,17 @@ impl SinglePlan {
                 node: stage.name.clone(),
                 source,
             };
+            if self.refreshes.0.contains(&i) {
+                level = self.refreshes.1;
+            }
+            if level == 0 && (stage.op.squares() || matches!(stage.op, StageOp::Linear { .. })) {
+                return Err(NnError::OutOfLevels {
+                    stage: stage.name.clone(),
+                    index: i,
+                    depth: self.depth(),
+                    levels: top_level,
+                });
+            }
             match &stage.op {
                 StageOp::Poly(_) => {
                     if stage.op.squares() {
@@ -706,6 +747,13 @@ impl SinglePlan {
                 node: stage.name.clone(),
                 source,
             };
+            if self.refreshes.0.contains(&i) {
+                values = values
+                    .iter()
+                    .map(|ct| s.refresh(ct))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
+            }
             let (a, gamma) = self.pending[i];
             values = match &stage.op {
                 StageOp::Linear { .. } => {
