@@ -17,42 +17,35 @@
 //! searched again) and checks the parameters against the plan's depth and slots.
 //!
 //! ```
+//! use std::path::Path;
 //! use hecnn_nn::compile::{self, Client, CompileOptions, PackingRequest, Server};
-//! use hecnn_nn::{Model, Op, Tensor, ir::{Dense, Node}};
+//! use hecnn_nn::{data, exec, onnx};
 //! use hecnn_ring::{CpuBackend, Prng};
-//! use hecnn_rlwe::SecurityLevel;
 //!
-//! // A toy model: x² then a dense layer (real models come from `onnx::import_onnx_file`).
-//! let model = Model {
-//!     name: "tiny".into(),
-//!     input_shape: [1, 2, 2],
-//!     nodes: vec![
-//!         Node { name: "x".into(), op: Op::Input, inputs: vec![] },
-//!         Node { name: "sq".into(), op: Op::Poly(vec![0.0, 0.0, 1.0]), inputs: vec![0] },
-//!         Node { name: "fc".into(), op: Op::Dense(Dense {
-//!             weight: Tensor::new(vec![2, 4], vec![1.0, 0.5, 0.0, -1.0, 0.25, 0.0, 1.0, 1.0])?,
-//!             bias: vec![0.5, -0.5] }), inputs: vec![1] },
-//!     ],
-//!     output: 2,
-//! };
-//! let be = CpuBackend::new(1)?;
-//! let image = Tensor::new(vec![1, 2, 2], vec![0.1, 0.2, 0.3, 0.4])?;
-//! let want = hecnn_nn::exec::run(&model, &image)?;
+//! // The bundled MNIST network and two of the bundled test digits.
+//! let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+//! let model = onnx::import_onnx_file(&repo.join("models/hcnn-mnist.onnx"))?;
+//! let digits = data::load_idx(
+//!     &repo.join("data/sample/mnist-test-images.idx3-ubyte"),
+//!     &repo.join("data/sample/mnist-test-labels.idx1-ubyte"),
+//! )?;
+//! let images = [digits.image(0), digits.image(1)];
+//! let be = CpuBackend::new(0)?;
 //! for packing in [PackingRequest::Batch, PackingRequest::Single] {
-//!     // Toy ring degree: insecure, for the example only.
-//!     let opts = CompileOptions { packing, log_n: 11,
-//!         security: SecurityLevel::UncheckedForReproduction, ..CompileOptions::default() };
-//!     let compiled = compile::compile(&model, &opts)?;
-//!     // The client: keys, encryption, decryption. The server: evaluation keys only.
+//!     // 128-bit security by default; batch packing at N = 2^14 (8,192 images a batch),
+//!     // single-image packing at the smallest degree that holds its plan.
+//!     let compiled = compile::compile(&model, &CompileOptions { packing, ..Default::default() })?;
+//!     // The client makes keys, encrypts and decrypts; the server holds evaluation keys only.
 //!     let client = Client::new(compiled.client_spec(), be.clone())?;
 //!     let mut rng = Prng::from_entropy()?;
 //!     let keys = client.keygen(&mut rng)?;
 //!     let server = Server::new(compiled.server_plan(), keys.evaluation, be.clone())?;
-//!     let inputs = client.encrypt(&keys.public, &[image.clone()], &mut rng)?;
+//!     let inputs = client.encrypt(&keys.public, &images, &mut rng)?;
 //!     let outputs = server.run(inputs, |_, _| {})?;
 //!     let logits = client.decrypt(&keys.secret, &outputs)?;
-//!     for (got, want) in logits[0].iter().zip(want.data()) {
-//!         assert!((got - want).abs() < 1e-2, "{got} vs {want}");
+//!     for (image, got) in images.iter().zip(&logits) {
+//!         let want = exec::run(compiled.model(), image)?;
+//!         assert_eq!(exec::argmax(got), exec::argmax(want.data()));
 //!     }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
