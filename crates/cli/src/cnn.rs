@@ -34,12 +34,41 @@ const MAX_FILE: u64 = 64 << 30;
 /// Reads a file through a bounded reader (at most `MAX_FILE` bytes, whatever size the file
 /// system reports).
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    Ok(compile::read_bounded(path, "file", MAX_FILE)?)
+    Ok(compile::read_bounded(path, MAX_FILE)?)
 }
 
 /// Writes a file atomically (temporary file + rename).
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     data::write_atomic(path, bytes).map_err(CliError::from)
+}
+
+/// Refuses parameters that were not checked against a security level: the command line
+/// never writes them, so a file that has them was made elsewhere.
+pub fn refuse_unchecked(path: &Path, params: &hecnn_ckks::CkksParams) -> Result<(), CliError> {
+    if params.rlwe().security() == SecurityLevel::UncheckedForReproduction {
+        return Err(CliError::Nn(hecnn_nn::NnError::Mismatch {
+            what: "security level",
+            expected: "128, 192 or 256 bits, checked".into(),
+            found: format!(
+                "{}: unchecked parameters; compile the model again",
+                path.display()
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// The rewritten model of a compiled model or an ONNX file, without planning it (for
+/// running it in the clear).
+pub fn load_rewritten(path: &Path, opts: &CompileOptions) -> Result<hecnn_nn::Model, CliError> {
+    let bytes = read_file(path)?;
+    if CompiledModel::is_compiled(&bytes) {
+        return Ok(CompiledModel::from_bytes(&bytes)?.model().clone());
+    }
+    Ok(hecnn_nn::rewrite(
+        &onnx::import_onnx_file(path)?,
+        &opts.rewrite,
+    )?)
 }
 
 /// Loads a compiled model (`.hecnn`), or compiles an ONNX file with `opts` (named after the
@@ -54,16 +83,11 @@ pub fn load_model(
     let bytes = read_file(path)?;
     if CompiledModel::is_compiled(&bytes) {
         let c = CompiledModel::from_bytes(&bytes)?;
-        if c.params().rlwe().security() == SecurityLevel::UncheckedForReproduction {
-            return Err(CliError::Usage(format!(
-                "{}: the parameters were not checked against a security level; compile the model again",
-                path.display()
-            )));
-        }
+        refuse_unchecked(path, c.params())?;
         if keep_packing {
             return Ok(c);
         }
-        return Ok(c.repack(opts.packing, opts.security)?);
+        return Ok(c.repack(opts.packing, opts.log_n, opts.security)?);
     }
     // An ONNX file: read through the path so external weight files resolve.
     let mut model = onnx::import_onnx_file(path)?;

@@ -113,7 +113,7 @@ pub fn check_memory(c: &CompiledModel) -> Result<(), CliError> {
     if let Some(have) = available_memory()
         && need.bytes > have
     {
-        return Err(CliError::Usage(format!(
+        return Err(CliError::Refused(format!(
             "'{}' needs about {} of {} at once, more than the {} available: use a machine with more memory{}",
             c.name(),
             human_bytes(need.bytes),
@@ -191,7 +191,7 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
                 .unwrap_or_default()
         );
         if !cal.fits() {
-            return Err(CliError::Usage(format!(
+            return Err(CliError::Refused(format!(
                 "values come within {:.1} bits of {} (at least {} needed): rescale the model's weights, or use the other packing",
                 cal.headroom_bits, cal.bound, cal.min_headroom_bits
             )));
@@ -222,7 +222,9 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
 fn load_spec(path: &Path, opts: &ModelOpts) -> Result<ClientSpec, CliError> {
     let bytes = cnn::read_file(path)?;
     if ClientSpec::is_spec(&bytes) {
-        return Ok(ClientSpec::from_bytes(&bytes)?);
+        let spec = ClientSpec::from_bytes(&bytes)?;
+        cnn::refuse_unchecked(path, spec.params())?;
+        return Ok(spec);
     }
     Ok(opts.load(path)?.client_spec())
 }

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use clap::Args;
 use hecnn_nn::{
-    compile::{Client, CompiledModel, PackedPlan, PackingKind, Server, human_bytes},
+    compile::{
+        Client, CompiledModel, PackedPlan, PackingKind, PackingRequest, Server, human_bytes,
+    },
     data::Dataset,
     exec::{self, argmax},
 };
@@ -71,6 +73,39 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     };
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, a.offset, a.count, usize::MAX)?;
+    if a.record.is_some() && (a.cleartext || a.mode == Some(Mode::Batch)) {
+        return Err(CliError::Usage(
+            "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
+        ));
+    }
+    if a.cleartext {
+        // In the clear the model needs no plan: a model too deep for any packing still runs.
+        let m = cnn::load_rewritten(&model, &a.opts.compile_options(PackingRequest::Batch)?)?;
+        if ds.shape() != m.input_shape {
+            return Err(CliError::Usage(format!(
+                "the data has images of shape {:?}, the model takes {:?}",
+                ds.shape(),
+                m.input_shape
+            )));
+        }
+        let t = Instant::now();
+        let correct = (0..ds.len())
+            .filter(|&i| {
+                exec::run(&m, &ds.image(i))
+                    .is_ok_and(|out| argmax(out.data()) == usize::from(ds.labels()[i]))
+            })
+            .count();
+        println!(
+            "cleartext accuracy of '{}' on {} ({} images): {:.2}% ({correct}/{}) in {:.1} s",
+            m.name,
+            a.data,
+            ds.len(),
+            100.0 * correct as f64 / ds.len().max(1) as f64,
+            ds.len(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     let c = match a.mode {
         None => a.opts.load(&model)?,
         Some(mode) => {
@@ -83,30 +118,6 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         }
     };
     check_shape(&c, &ds)?;
-    if a.record.is_some() && (a.cleartext || a.mode == Some(Mode::Batch)) {
-        return Err(CliError::Usage(
-            "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
-        ));
-    }
-    if a.cleartext {
-        let t = Instant::now();
-        let correct = (0..ds.len())
-            .filter(|&i| {
-                exec::run(c.model(), &ds.image(i))
-                    .is_ok_and(|out| argmax(out.data()) == usize::from(ds.labels()[i]))
-            })
-            .count();
-        println!(
-            "cleartext accuracy of '{}' on {} ({} images): {:.2}% ({correct}/{}) in {:.1} s",
-            c.name(),
-            a.data,
-            ds.len(),
-            100.0 * correct as f64 / ds.len().max(1) as f64,
-            ds.len(),
-            t.elapsed().as_secs_f64()
-        );
-        return Ok(());
-    }
     match c.packing() {
         PackingKind::Single => {
             let run = SingleRun {

@@ -88,6 +88,9 @@ pub enum CliError {
     /// A bad command-line value.
     #[error("{0}")]
     Usage(String),
+    /// Valid input this machine or these parameters cannot run (memory, value ranges).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Keeps freed memory committed for reuse. An encrypted evaluation allocates and frees

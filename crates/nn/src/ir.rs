@@ -188,10 +188,10 @@ impl Model {
         let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
         for (id, node) in self.nodes.iter().enumerate() {
             if node.inputs.iter().any(|&i| i >= id) {
-                return Err(NnError::Invalid(format!(
-                    "node '{}' uses a later node as input",
-                    node.name
-                )));
+                return Err(NnError::Graph {
+                    node: node.name.clone(),
+                    detail: "uses a later node as input".into(),
+                });
             }
             let arity = match node.op {
                 Op::Input => 0,
@@ -199,14 +199,27 @@ impl Model {
                 _ => 1,
             };
             if node.inputs.len() != arity {
-                return Err(NnError::Invalid(format!(
-                    "node '{}' ({}) has {} inputs, expected {arity}",
-                    node.name,
-                    node.op.kind(),
-                    node.inputs.len()
-                )));
+                return Err(NnError::Graph {
+                    node: node.name.clone(),
+                    detail: format!(
+                        "{} has {} inputs, expected {arity}",
+                        node.op.kind(),
+                        node.inputs.len()
+                    ),
+                });
             }
             let input = |k: usize| shapes[node.inputs[k]].clone();
+            let misfit = |detail: String| NnError::NodeShape {
+                node: node.name.clone(),
+                op: node.op.kind(),
+                input: node
+                    .inputs
+                    .first()
+                    .and_then(|&i| shapes.get(i))
+                    .cloned()
+                    .unwrap_or_default(),
+                detail,
+            };
             let shape = match &node.op {
                 Op::Input => self.input_shape.to_vec(),
                 Op::Conv2d(c) => {
@@ -217,15 +230,16 @@ impl Model {
                         || s[0] != w[1] * c.groups
                         || w[0] % c.groups != 0
                     {
-                        return Err(NnError::Shape(format!(
-                            "convolution '{}': weight {w:?} with {} groups does not fit input {s:?}",
-                            node.name, c.groups
+                        return Err(misfit(format!(
+                            "weight {w:?} with {} groups does not fit",
+                            c.groups
                         )));
                     }
                     if c.bias.len() != w[0] {
-                        return Err(NnError::Shape(format!(
-                            "convolution '{}': bias length",
-                            node.name
+                        return Err(misfit(format!(
+                            "{} biases for {} filters",
+                            c.bias.len(),
+                            w[0]
                         )));
                     }
                     let [oh, ow] = window_out(&s, [w[2], w[3]], c.stride, c.padding, &node.name)?;
@@ -235,9 +249,9 @@ impl Model {
                     let n: usize = input(0).iter().product();
                     let w = d.weight.shape();
                     if w.len() != 2 || w[1] != n || d.bias.len() != w[0] {
-                        return Err(NnError::Shape(format!(
-                            "dense '{}': weight {w:?} does not fit {n} inputs",
-                            node.name
+                        return Err(misfit(format!(
+                            "weight {w:?} and {} biases do not fit {n} inputs",
+                            d.bias.len()
                         )));
                     }
                     vec![w[0]]
@@ -255,10 +269,7 @@ impl Model {
                         .iter()
                         .any(|v| v.len() != c)
                     {
-                        return Err(NnError::Shape(format!(
-                            "batch norm '{}': {c} channels",
-                            node.name
-                        )));
+                        return Err(misfit(format!("statistics of other than {c} channels")));
                     }
                     s
                 }
@@ -266,9 +277,8 @@ impl Model {
                     let s = input(0);
                     let c = s.first().copied().unwrap_or(0);
                     if scale.len() != c || shift.len() != c {
-                        return Err(NnError::Shape(format!(
-                            "affine '{}': {} / {} values for {c} channels",
-                            node.name,
+                        return Err(misfit(format!(
+                            "{} / {} values for {c} channels",
                             scale.len(),
                             shift.len()
                         )));
@@ -279,10 +289,7 @@ impl Model {
                 Op::Add => {
                     let (a, b) = (input(0), input(1));
                     if a != b {
-                        return Err(NnError::Shape(format!(
-                            "add '{}': {a:?} vs {b:?}",
-                            node.name
-                        )));
+                        return Err(misfit(format!("the second input has shape {b:?}")));
                     }
                     a
                 }
@@ -291,7 +298,10 @@ impl Model {
             shapes.push(shape);
         }
         if self.output >= self.nodes.len() {
-            return Err(NnError::Invalid("output node out of range".into()));
+            return Err(NnError::Graph {
+                node: format!("#{}", self.output),
+                detail: format!("the output is not one of the {} nodes", self.nodes.len()),
+            });
         }
         Ok(shapes)
     }

@@ -88,6 +88,63 @@ pub enum NnError {
         /// The slots per ciphertext.
         slots: usize,
     },
+    /// A node whose weights or attributes do not fit its input's shape.
+    #[error("{op} '{node}': {detail} (input shape {input:?})")]
+    NodeShape {
+        /// The node.
+        node: String,
+        /// Its operator.
+        op: &'static str,
+        /// The input's shape.
+        input: Vec<usize>,
+        /// What does not fit.
+        detail: String,
+    },
+    /// A graph that is not a well-formed model (inputs, arity, output).
+    #[error("invalid graph at '{node}': {detail}")]
+    Graph {
+        /// The node.
+        node: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An operator or pattern a packing cannot run.
+    #[error("{op} '{node}' cannot run in {packing} packing: {why}")]
+    NotSupported {
+        /// The node.
+        node: String,
+        /// Its operator.
+        op: &'static str,
+        /// The packing.
+        packing: &'static str,
+        /// Why, and what to do.
+        why: String,
+    },
+    /// Values with fewer levels than the plan needs.
+    #[error("{what} needs {needed} levels, {have} left")]
+    Levels {
+        /// What needs them.
+        what: String,
+        /// Levels needed.
+        needed: usize,
+        /// Levels the values have.
+        have: usize,
+    },
+    /// A value outside what the parameters hold.
+    #[error("'{node}' reaches {value:.3e}, beyond the {bound:e} {what}")]
+    OutOfRange {
+        /// The node or stage.
+        node: String,
+        /// The value.
+        value: f64,
+        /// The bound.
+        bound: f64,
+        /// What the bound is.
+        what: &'static str,
+    },
+    /// A broken internal invariant: a bug in hecnn.
+    #[error("internal error: {0} (a bug in hecnn: please report it)")]
+    Internal(String),
     /// A recorded single-image layout the planner could not have chosen for this model.
     #[error(
         "the recorded layout of '{stage}' ({layout}) does not fit the model: the compiled model was altered or belongs to another model; compile it again"
@@ -136,8 +193,8 @@ pub enum NnError {
     /// An artifact larger than the bound a reader accepts.
     #[error("{what}: {size} bytes, more than the {limit} accepted")]
     TooLarge {
-        /// The kind of artifact.
-        what: &'static str,
+        /// The artifact or file.
+        what: String,
         /// Its size (at least; reading stops at the limit).
         size: u64,
         /// The bound.

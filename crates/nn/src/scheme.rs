@@ -6,7 +6,7 @@
 //! exact integers) or a refresh step (bootstrapping inside a network) is an implementation
 //! of this trait, not a change to the runtimes. The names follow CKKS (levels, scales,
 //! rescaling); a scheme without rescaling keeps the scale at 1 and makes
-//! [`Scheme::rescale`] shed a prime, or nothing.
+//! [`Scheme::rescale_assign`] shed a prime, or nothing.
 
 use std::collections::BTreeMap;
 
@@ -29,8 +29,24 @@ pub enum SchemeError {
         scheme: &'static str,
     },
     /// Operands that do not fit each other.
-    #[error("{0}")]
+    #[error("operands do not fit: {0}")]
     Operands(&'static str),
+    /// A value without the levels an operation needs.
+    #[error("{needed} level(s) needed, {have} left")]
+    Levels {
+        /// Levels needed.
+        needed: usize,
+        /// Levels left.
+        have: usize,
+    },
+    /// Values of different slot counts.
+    #[error("slot counts differ: {lhs} and {rhs}")]
+    Slots {
+        /// The left operand's slots.
+        lhs: usize,
+        /// The right operand's slots.
+        rhs: usize,
+    },
 }
 
 /// The operations the runtimes need from a scheme. Values carry their level, scale and
@@ -117,11 +133,11 @@ pub trait Scheme: Sync {
     /// # Errors
     /// Missing key.
     fn relinearize(&self, a: Self::Ct) -> Result<Self::Ct, SchemeError>;
-    /// Rescale by the last prime.
+    /// Rescale by the last prime, in place.
     ///
     /// # Errors
     /// Out of levels.
-    fn rescale(&self, a: &mut Self::Ct) -> Result<(), SchemeError>;
+    fn rescale_assign(&self, a: &mut Self::Ct) -> Result<(), SchemeError>;
     /// Rotates the slots left by `k` (slot `i` receives slot `i + k`).
     ///
     /// # Errors
@@ -246,7 +262,7 @@ impl<B: Backend> Scheme for Evaluator<B> {
     fn relinearize(&self, a: Ciphertext<B>) -> Result<Ciphertext<B>, SchemeError> {
         Ok(Evaluator::relinearize(self, a)?)
     }
-    fn rescale(&self, a: &mut Ciphertext<B>) -> Result<(), SchemeError> {
+    fn rescale_assign(&self, a: &mut Ciphertext<B>) -> Result<(), SchemeError> {
         Ok(Evaluator::rescale_assign(self, a)?)
     }
     fn weighted_sums(
@@ -343,11 +359,10 @@ impl Packed {
         if a.slots.len() == b.slots.len() {
             Ok(())
         } else {
-            Err(CkksError::SlotMismatch {
+            Err(SchemeError::Slots {
                 lhs: a.slots.len(),
                 rhs: b.slots.len(),
-            }
-            .into())
+            })
         }
     }
 }
@@ -472,9 +487,9 @@ impl Scheme for Packed {
     fn relinearize(&self, a: PackedValue) -> Result<PackedValue, SchemeError> {
         Ok(PackedValue { degree: 1, ..a })
     }
-    fn rescale(&self, a: &mut PackedValue) -> Result<(), SchemeError> {
+    fn rescale_assign(&self, a: &mut PackedValue) -> Result<(), SchemeError> {
         if a.level == 0 {
-            return Err(CkksError::LevelTooLow { needed: 1, have: 0 }.into());
+            return Err(SchemeError::Levels { needed: 1, have: 0 });
         }
         a.scale /= self.q_at(a.level);
         a.level -= 1;
@@ -543,11 +558,10 @@ impl Scheme for Packed {
             return Err(SchemeError::Operands("inputs of other slots or scales"));
         }
         if cts.iter().any(|c| c.level < t.level) || t.level == 0 {
-            return Err(CkksError::LevelTooLow {
+            return Err(SchemeError::Levels {
                 needed: t.level.max(1),
                 have: cts.iter().map(|c| c.level).min().unwrap_or(0),
-            }
-            .into());
+            });
         }
         let n = t.slots;
         let mut out = vec![vec![0.0; n]; t.shape.0];

@@ -303,3 +303,44 @@ fn the_level_pass_places_refreshes_that_the_single_image_runtime_executes() {
         assert!(max_diff(&got, want.data()) < 1e-3, "{got:?} vs {want:?}");
     }
 }
+
+#[test]
+fn a_residual_graph_compiles_in_batch_packing_with_its_levels_along_the_graph() {
+    // conv → x² → conv, added to the first convolution's output (a branch that skips two
+    // levels), then a dense layer.
+    let m = Model {
+        name: "residual".into(),
+        input_shape: [1, 6, 6],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(11, (2, 1, 3), 1, 1, 0.5), vec![0]),
+            node("sq", Op::Poly(vec![0.0, 0.0, 1.0]), vec![1]),
+            node("conv2", conv(13, (2, 2, 3), 1, 1, 0.5), vec![2]),
+            node("add", Op::Add, vec![3, 1]),
+            node("flat", Op::Flatten, vec![4]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: Tensor::new(vec![3, 72], values(15, 216, 0.3)).unwrap(),
+                    bias: values(16, 3, 0.1),
+                }),
+                vec![5],
+            ),
+        ],
+        output: 6,
+    };
+    let c = compile::compile(&m, &opts(PackingRequest::Batch)).unwrap();
+    assert_eq!(
+        c.levels().output_level(),
+        c.params().max_level() - c.plan().depth()
+    );
+    assert!(c.levels().stages.iter().all(|s| s.level_out < s.level_in));
+    let imgs: Vec<Tensor> = (0..4)
+        .map(|i| Tensor::new(vec![1, 6, 6], values(60 + i, 36, 1.0)).unwrap())
+        .collect();
+    let sim = c.simulate(&imgs).unwrap();
+    for (image, got) in imgs.iter().zip(&sim.logits) {
+        let want = exec::run(c.model(), image).unwrap();
+        assert!(max_diff(got, want.data()) < 1e-3, "{got:?} vs {want:?}");
+    }
+}

@@ -190,7 +190,7 @@ impl BatchPlan {
     /// Plans a model that has been through [`crate::rewrite()`].
     ///
     /// # Errors
-    /// [`NnError::Invalid`] for operators batch mode cannot run (non-polynomial operators,
+    /// [`NnError::NotSupported`] for operators batch mode cannot run (non-polynomial operators,
     /// activations of degree above 2).
     pub fn new(model: &Model) -> Result<Self, NnError> {
         Self::with_chunk_rows(model, CHUNK_ROWS)
@@ -288,11 +288,15 @@ impl BatchPlan {
                 (Op::Flatten, Some(p)) => NodePlan { neurons, ..p },
                 (Op::Poly(c), Some(p)) => {
                     if c.len() > 3 && c[3..].iter().any(|&v| v != 0.0) {
-                        return Err(NnError::Invalid(format!(
-                            "activation '{}' has degree {}: batch mode evaluates degree ≤ 2 (x², a·x²+b·x+c)",
-                            node.name,
-                            c.len() - 1
-                        )));
+                        return Err(NnError::NotSupported {
+                            node: node.name.clone(),
+                            op: "Poly",
+                            packing: "batch",
+                            why: format!(
+                                "degree {}: batch packing evaluates degree ≤ 2 (x², a·x²+b·x+c)",
+                                c.len() - 1
+                            ),
+                        });
                     }
                     let square = c.get(2).is_some_and(|&v| v != 0.0);
                     match (square, p.form) {
@@ -326,11 +330,12 @@ impl BatchPlan {
                     neurons,
                 },
                 (op, _) => {
-                    return Err(NnError::Invalid(format!(
-                        "operator {} ('{}') cannot run in batch mode; rewrite the model first",
-                        op.kind(),
-                        node.name
-                    )));
+                    return Err(NnError::NotSupported {
+                        node: node.name.clone(),
+                        op: op.kind(),
+                        packing: "batch",
+                        why: "not linear or polynomial: rewrite the model first".into(),
+                    });
                 }
             };
             nodes.push(plan);
@@ -552,7 +557,7 @@ enum Source<'a, C> {
 impl<C> Source<'_, C> {
     /// The neurons `set` (sorted) by reference.
     fn view(&self, set: &[usize]) -> Result<Refs<'_, C>, NnError> {
-        let dropped = |j: usize| NnError::Invalid(format!("input neuron {j} was dropped early"));
+        let dropped = |j: usize| NnError::Internal(format!("input neuron {j} was dropped early"));
         match self {
             Source::Owned {
                 cts,
@@ -588,7 +593,7 @@ impl<C> Source<'_, C> {
 /// Position of neuron `j` in the sorted set `set`.
 fn position(set: &[usize], j: usize) -> Result<usize, NnError> {
     set.binary_search(&j)
-        .map_err(|_| NnError::Invalid(format!("neuron {j} is not in the chunk")))
+        .map_err(|_| NnError::Internal(format!("neuron {j} is not in the chunk")))
 }
 
 /// A uniform layer's neurons `set_out`: plain sums of the input neurons `set_in` (held by
@@ -606,7 +611,7 @@ fn sums<E: Scheme>(
         .iter()
         .map(|&i| {
             rows.get(i)
-                .ok_or_else(|| NnError::Invalid(format!("no row {i}")))?
+                .ok_or_else(|| NnError::Internal(format!("no row {i}")))?
                 .terms
                 .iter()
                 .map(|&(j, _)| position(set_in, j))
@@ -680,18 +685,19 @@ impl BatchPlan {
         mut progress: impl FnMut(usize, usize),
     ) -> Result<(Vec<E::Ct>, OutputMap), NnError> {
         if inputs.len() != self.inputs() {
-            return Err(NnError::Shape(format!(
-                "{} input ciphertexts, the model takes {}",
-                inputs.len(),
-                self.inputs()
-            )));
+            return Err(NnError::Mismatch {
+                what: "input ciphertexts",
+                expected: self.inputs().to_string(),
+                found: inputs.len().to_string(),
+            });
         }
         let level = inputs.iter().map(|c| eng.level(c)).min().unwrap_or(0);
         if level < self.depth() {
-            return Err(NnError::Invalid(format!(
-                "the inputs have {level} levels, the model needs {}",
-                self.depth()
-            )));
+            return Err(NnError::Levels {
+                what: "the model".into(),
+                needed: self.depth(),
+                have: level,
+            });
         }
         let delta = inputs.first().map_or(1.0, |c| eng.scale(c));
         let total = self.model.nodes.len();
@@ -711,7 +717,7 @@ impl BatchPlan {
             let node = &self.model.nodes[id];
             let err = at(&node.name);
             let missing = |k: usize| {
-                NnError::Invalid(format!("value of node {} was freed early", node.inputs[k]))
+                NnError::Internal(format!("value of node {} was freed early", node.inputs[k]))
             };
             let (slot, value) = if let Some(ch) = &self.chains[id] {
                 let i = node.inputs[0];
@@ -747,7 +753,7 @@ impl BatchPlan {
                         self.add(eng, u, v, delta, &err)?
                     }
                     _ => {
-                        return Err(NnError::Invalid(format!(
+                        return Err(NnError::Internal(format!(
                             "'{}' is not a batch-mode operator",
                             node.name
                         )));
@@ -767,7 +773,7 @@ impl BatchPlan {
         }
         let out = values[self.model.output]
             .take()
-            .ok_or_else(|| NnError::Invalid("no output".into()))?;
+            .ok_or_else(|| NnError::Internal("no output".into()))?;
         let out = if out.form == Form::Squared {
             self.materialize(eng, &out, delta, &at("output"))?
         } else {
@@ -804,7 +810,7 @@ impl BatchPlan {
             }
             meta = Some((cur.form, cur.a, cur.gamma));
             if cur.cts.len() != chunk.len() {
-                return Err(NnError::Invalid("chain chunk lost neurons".into()));
+                return Err(NnError::Internal("chain chunk lost neurons".into()));
             }
             for (&f, ct) in chunk.iter().zip(cur.cts) {
                 out[f] = Some(ct);
@@ -817,11 +823,11 @@ impl BatchPlan {
                 }
             }
         }
-        let (form, a, gamma) = meta.ok_or_else(|| NnError::Invalid("empty layer".into()))?;
+        let (form, a, gamma) = meta.ok_or_else(|| NnError::Internal("empty layer".into()))?;
         let cts = out
             .into_iter()
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| NnError::Invalid("chain left neurons uncomputed".into()))?;
+            .ok_or_else(|| NnError::Internal("chain left neurons uncomputed".into()))?;
         Ok(Value {
             cts,
             form,
@@ -845,7 +851,7 @@ impl BatchPlan {
         let err = at(&node.name);
         let rows = self.rows[id]
             .as_ref()
-            .ok_or_else(|| NnError::Invalid(format!("'{}' has no rows", node.name)))?;
+            .ok_or_else(|| NnError::Internal(format!("'{}' has no rows", node.name)))?;
         if let Some(u) = self.uniform[id] {
             let out = sums(eng, v, set_in, rows, set_out, u, &err)?;
             return self.settle(eng, id, out, &err);
@@ -855,7 +861,7 @@ impl BatchPlan {
             .map(|&i| {
                 let row = rows
                     .get(i)
-                    .ok_or_else(|| NnError::Invalid(format!("'{}': no row {i}", node.name)))?;
+                    .ok_or_else(|| NnError::Internal(format!("'{}': no row {i}", node.name)))?;
                 Ok(Row {
                     terms: row
                         .terms
@@ -888,7 +894,7 @@ impl BatchPlan {
                 let out = sums(eng, cur.refs(), set_in, rows, set_out, u, &err)?;
                 self.settle(eng, id, out, &err)
             }
-            _ => Err(NnError::Invalid(format!(
+            _ => Err(NnError::Internal(format!(
                 "'{}' cannot follow a streamed layer",
                 node.name
             ))),
@@ -1013,7 +1019,7 @@ fn relinearize_rescale<E: Scheme>(
     let cts = eng
         .par_map(v.cts, |ct| {
             let mut r = eng.relinearize(ct)?;
-            eng.rescale(&mut r)?;
+            eng.rescale_assign(&mut r)?;
             Ok(r)
         })
         .into_iter()
@@ -1045,7 +1051,7 @@ fn poly<E: Scheme>(
             });
         }
         Activation::OfConstant => {
-            return Err(NnError::Invalid("activation of a constant value".into()));
+            return Err(NnError::Internal("activation of a constant value".into()));
         }
         Activation::Square { delta, a, gamma } => (delta, a, gamma),
     };
@@ -1081,9 +1087,11 @@ fn linear<E: Scheme>(
     let scale = v.cts.first().map_or(1.0, |c| eng.scale(c));
     let rescales = linear_cost(v.form);
     if level < rescales {
-        return Err(NnError::Invalid(format!(
-            "out of levels: a linear layer needs {rescales}, {level} left"
-        )));
+        return Err(NnError::Levels {
+            what: "a linear layer".into(),
+            needed: rescales,
+            have: level,
+        });
     }
     let divisor: f64 = (0..rescales).map(|k| eng.q_at(level - k)).product();
     let dw = delta * divisor / scale; // weight scale
@@ -1092,9 +1100,12 @@ fn linear<E: Scheme>(
         if r.is_finite() && r.abs() < 2f64.powi(120) {
             Ok(r as i128)
         } else {
-            Err(NnError::Invalid(format!(
-                "weight {x:e} overflows at this scale"
-            )))
+            Err(NnError::OutOfRange {
+                node: "a linear layer".into(),
+                value: x,
+                bound: 2f64.powi(120),
+                what: "an integer weight may reach at this scale",
+            })
         }
     };
     // One call for the whole layer: the backend reads every input once (blocked).
@@ -1118,7 +1129,7 @@ fn linear<E: Scheme>(
     cts = eng
         .par_map(cts, |mut ct| {
             for _ in 0..rescales {
-                eng.rescale(&mut ct)?;
+                eng.rescale_assign(&mut ct)?;
             }
             if relin { eng.relinearize(ct) } else { Ok(ct) }
         })
@@ -1155,18 +1166,21 @@ pub fn encrypt_images<B: Backend>(
     let params = eval.params();
     let slots = params.max_slots();
     if images.len() > slots {
-        return Err(NnError::Shape(format!(
-            "{} images exceed the {slots} slots of a ciphertext",
-            images.len()
-        )));
+        return Err(NnError::Mismatch {
+            what: "images in one batch",
+            expected: format!("at most {slots}"),
+            found: images.len().to_string(),
+        });
     }
     let Some(first) = images.first() else {
         return Ok(vec![]);
     };
     if images.iter().any(|t| t.shape() != first.shape()) {
-        return Err(NnError::Shape(
-            "images of different shapes in one batch".into(),
-        ));
+        return Err(NnError::Mismatch {
+            what: "image shapes in one batch",
+            expected: format!("{:?}", first.shape()),
+            found: "images of other shapes".into(),
+        });
     }
     let tasks: Vec<(usize, [u8; 32])> = (0..first.len()).map(|p| (p, rng.seed())).collect();
     eval.backend()
@@ -1174,10 +1188,15 @@ pub fn encrypt_images<B: Backend>(
             let column: Vec<f64> = images.iter().map(|img| img.data()[p]).collect();
             let pt = eval
                 .encode_real(&column, level, params.default_scale(), slots)
-                .map_err(|e| NnError::Invalid(format!("encoding pixel {p}: {e}")))?;
+                .map_err(|e| NnError::Encrypted {
+                    node: format!("input pixel {p}"),
+                    source: e.into(),
+                })?;
             let mut local = hecnn_ring::Prng::from_seed(seed);
-            encrypt(&pt, &mut local)
-                .map_err(|e| NnError::Invalid(format!("encrypting pixel {p}: {e}")))
+            encrypt(&pt, &mut local).map_err(|e| NnError::Encrypted {
+                node: format!("input pixel {p}"),
+                source: e.into(),
+            })
         })
         .into_iter()
         .collect()
@@ -1198,17 +1217,23 @@ pub fn decrypt_outputs<B: Backend>(
 ) -> Result<Vec<Vec<f64>>, NnError> {
     let slots = eval.params().max_slots();
     if count > slots {
-        return Err(NnError::Invalid(format!(
-            "{count} images in one batch of {slots} slots"
-        )));
+        return Err(NnError::Mismatch {
+            what: "images in one batch",
+            expected: format!("at most {slots}"),
+            found: count.to_string(),
+        });
     }
     let mut per_image = vec![Vec::with_capacity(outputs.len()); count];
     for ct in outputs {
-        let pt = decrypt(ct).map_err(|e| NnError::Invalid(format!("decrypting: {e}")))?;
+        let out = |e: CkksError| NnError::Encrypted {
+            node: "output".into(),
+            source: e.into(),
+        };
+        let pt = decrypt(ct).map_err(out)?;
         let slots = eval
             .encoder()
             .decode_real(eval.backend(), eval.params(), &pt)
-            .map_err(|e| NnError::Invalid(format!("decoding: {e}")))?;
+            .map_err(out)?;
         for (img, &v) in per_image.iter_mut().zip(&slots) {
             img.push(map.a * v + map.gamma);
         }
@@ -1223,7 +1248,7 @@ pub const MAX_VALUE: f64 = 131_072.0;
 /// largest absolute value seen, checking it against [`MAX_VALUE`].
 ///
 /// # Errors
-/// [`NnError::Invalid`] naming the first node whose values exceed the bound.
+/// [`NnError::OutOfRange`] naming the first node whose values exceed the bound.
 pub fn check_ranges(model: &Model, images: &[crate::Tensor]) -> Result<Vec<f64>, NnError> {
     let mut max = vec![0.0f64; model.nodes.len()];
     for img in images {
@@ -1233,10 +1258,12 @@ pub fn check_ranges(model: &Model, images: &[crate::Tensor]) -> Result<Vec<f64>,
         }
     }
     if let Some((i, v)) = max.iter().enumerate().find(|(_, v)| **v > MAX_VALUE) {
-        return Err(NnError::Invalid(format!(
-            "node '{}' reaches |value| = {v:.3e} on the calibration images, above the {MAX_VALUE:e} that batch-mode parameters hold",
-            model.nodes[i].name
-        )));
+        return Err(NnError::OutOfRange {
+            node: model.nodes[i].name.clone(),
+            value: *v,
+            bound: MAX_VALUE,
+            what: "that batch-packing parameters hold (on the calibration images)",
+        });
     }
     Ok(max)
 }

@@ -40,13 +40,15 @@ pub enum IoLayout {
 pub const MAX_SINGLE_IMAGES: usize = 256;
 
 /// Most ciphertexts one image's input or output may span in single-image packing (a
-/// bound a client spec read from elsewhere is checked against before anything is allocated).
-const MAX_IO_CTS: usize = 4096;
+/// bound a client spec read from elsewhere is checked against before anything is
+/// allocated; the CIFAR-10 network's input takes one).
+const MAX_IO_CTS: usize = 64;
 
-/// Ciphertexts that flat positions span.
-fn cts_of(positions: &[usize], slots: usize) -> usize {
-    positions.iter().max().map_or(1, |&m| m / slots.max(1) + 1)
-}
+/// Most rotation keys a client spec may ask for (the CIFAR-10 network's single-image plan
+/// asks for about a hundred; each key is megabytes).
+pub const MAX_ROTATIONS: usize = 1024;
+
+use crate::single::layout::cts_of;
 
 impl IoLayout {
     /// Ciphertexts one evaluation takes (batch: per batch of images; single: per image).
@@ -138,6 +140,7 @@ struct SpecBody {
     io: IoLayout,
     relin: bool,
     rotations: Vec<i64>,
+    conjugate: bool,
 }
 
 const SPEC: envelope::Kind = envelope::Kind {
@@ -247,6 +250,7 @@ impl ClientSpec {
                 io: self.io.clone(),
                 relin: self.keys.relin,
                 rotations: self.keys.rotations.iter().copied().collect(),
+                conjugate: self.keys.conjugate,
             },
         )
     }
@@ -257,8 +261,24 @@ impl ClientSpec {
     /// # Errors
     /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`]; parameter errors.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
+        if bytes.len() as u64 > MAX_SPEC_BYTES {
+            return Err(NnError::TooLarge {
+                what: SPEC.what.into(),
+                size: bytes.len() as u64,
+                limit: MAX_SPEC_BYTES,
+            });
+        }
         let b: SpecBody = envelope::open(SPEC, bytes)?;
-        let params = Arc::new(CkksParams::from_literal(&b.literal, b.log_scale)?);
+        if b.rotations.len() > MAX_ROTATIONS {
+            return Err(NnError::Format {
+                what: SPEC.what,
+                reason: format!(
+                    "{} rotation keys, more than the {MAX_ROTATIONS} accepted",
+                    b.rotations.len()
+                ),
+            });
+        }
+        let params = Arc::new(super::params::from_record(&b.literal, b.log_scale)?);
         let values = b
             .input_shape
             .iter()
@@ -284,13 +304,13 @@ impl ClientSpec {
             keys: KeyRequirements {
                 relin: b.relin,
                 rotations: b.rotations.into_iter().collect(),
-                conjugate: false,
+                conjugate: b.conjugate,
             },
         })
     }
 
-    /// Checks that `images` fit the spec (shape, count per evaluation).
-    fn check_images(&self, images: &[Tensor]) -> Result<(), NnError> {
+    /// Checks that `images` have the model's input shape.
+    pub(crate) fn check_shapes(&self, images: &[Tensor]) -> Result<(), NnError> {
         if let Some(im) = images.iter().find(|im| im.shape() != self.input_shape) {
             return Err(NnError::Mismatch {
                 what: "image shape",
@@ -298,6 +318,12 @@ impl ClientSpec {
                 found: format!("{:?}", im.shape()),
             });
         }
+        Ok(())
+    }
+
+    /// Checks that `images` fit the spec (shape, count per evaluation).
+    fn check_images(&self, images: &[Tensor]) -> Result<(), NnError> {
+        self.check_shapes(images)?;
         if images.len() > self.max_images() {
             return Err(NnError::Mismatch {
                 what: "images encrypted together",
@@ -476,6 +502,49 @@ pub(super) fn short(id: &[u8; 32]) -> String {
     id[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An image's values in a single-image layout: value `i` at flat position `positions[i]`.
+pub(crate) fn scatter(
+    slots: usize,
+    positions: &[usize],
+    image: &Tensor,
+) -> Result<Vec<Vec<f64>>, NnError> {
+    if image.len() != positions.len() {
+        return Err(NnError::Mismatch {
+            what: "image values",
+            expected: positions.len().to_string(),
+            found: image.len().to_string(),
+        });
+    }
+    let mut values = vec![vec![0.0; slots]; cts_of(positions, slots)];
+    for (&p, &v) in positions.iter().zip(image.data()) {
+        if let Some(slot) = values.get_mut(p / slots).and_then(|c| c.get_mut(p % slots)) {
+            *slot = v;
+        }
+    }
+    Ok(values)
+}
+
+/// The logits at `positions` of decoded output ciphertexts, through the output map.
+pub(crate) fn gather(
+    slots: usize,
+    positions: &[usize],
+    decoded: &[Vec<f64>],
+    map: OutputMap,
+) -> Result<Vec<f64>, NnError> {
+    positions
+        .iter()
+        .map(|&p| {
+            decoded
+                .get(p / slots.max(1))
+                .and_then(|c| c.get(p % slots.max(1)))
+                .map(|v| map.a * v + map.gamma)
+                .ok_or_else(|| {
+                    NnError::Internal(format!("output position {p} outside the ciphertexts"))
+                })
+        })
+        .collect()
+}
+
 /// Encrypts one image into a single-image layout at `level`.
 pub(crate) fn encrypt_single<B: Backend>(
     eval: &Evaluator<B>,
@@ -485,19 +554,7 @@ pub(crate) fn encrypt_single<B: Backend>(
     level: usize,
     mut encrypt: impl FnMut(&hecnn_ckks::Plaintext<B>) -> Result<Ciphertext<B>, hecnn_ckks::CkksError>,
 ) -> Result<Vec<Ciphertext<B>>, NnError> {
-    if image.len() != positions.len() {
-        return Err(NnError::Shape(format!(
-            "an image of {} values, the model takes {}",
-            image.len(),
-            positions.len()
-        )));
-    }
-    let mut values = vec![vec![0.0; slots]; cts_of(positions, slots)];
-    for (&p, &v) in positions.iter().zip(image.data()) {
-        if let Some(slot) = values.get_mut(p / slots).and_then(|c| c.get_mut(p % slots)) {
-            *slot = v;
-        }
-    }
+    let values = scatter(slots, positions, image)?;
     let err = |source: hecnn_ckks::CkksError| NnError::Encrypted {
         node: "input".into(),
         source: source.into(),
@@ -556,18 +613,7 @@ pub(crate) fn decrypt_single<B: Backend>(
         }
         decoded.push(values);
     }
-    positions
-        .iter()
-        .map(|&p| {
-            decoded
-                .get(p / slots)
-                .and_then(|c| c.get(p % slots))
-                .map(|v| map.a * v + map.gamma)
-                .ok_or_else(|| {
-                    NnError::Shape(format!("output position {p} outside the ciphertexts"))
-                })
-        })
-        .collect()
+    gather(slots, positions, &decoded, map)
 }
 
 /// What a set of encrypted images holds.

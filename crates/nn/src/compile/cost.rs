@@ -51,7 +51,9 @@ pub fn choose(
             });
         }
         (Err(_), Err(_)) => {
-            return Err(batch.err().unwrap_or(NnError::Invalid("no packing".into())));
+            return Err(batch
+                .err()
+                .unwrap_or(NnError::Internal("no packing".into())));
         }
     };
     let (batch, batch_params) = match batch {

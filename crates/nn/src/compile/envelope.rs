@@ -105,17 +105,32 @@ pub(crate) fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, N
     Ok(value)
 }
 
-/// Reads at most `limit` bytes of `path` through a bounded reader (a size the file system
-/// reports is not trusted: `/dev/zero` reports 0).
-pub fn read_bounded(path: &Path, what: &'static str, limit: u64) -> Result<Vec<u8>, NnError> {
+/// Reads a regular file of at most `limit` bytes: devices, pipes and directories are
+/// refused, and the file is read through a bounded reader (a size the file system reports
+/// is checked first but not trusted: a file may grow while it is read).
+pub fn read_bounded(path: &Path, limit: u64) -> Result<Vec<u8>, NnError> {
     let f = std::fs::File::open(path).map_err(|e| NnError::io(path, e))?;
+    let meta = f.metadata().map_err(|e| NnError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(NnError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(NnError::TooLarge {
+            what: path.display().to_string(),
+            size: meta.len(),
+            limit,
+        });
+    }
     let mut bytes = Vec::new();
     f.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| NnError::io(path, e))?;
     if bytes.len() as u64 > limit {
         return Err(NnError::TooLarge {
-            what,
+            what: path.display().to_string(),
             size: bytes.len() as u64,
             limit,
         });

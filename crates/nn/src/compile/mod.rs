@@ -281,29 +281,7 @@ fn level_plan(plan: &PackedPlan, params: &CkksParams) -> Result<levels::LevelPla
     let q: Vec<f64> = params.rlwe().q().iter().map(|&p| p as f64).collect();
     let stages = match plan {
         PackedPlan::Single(p) => p.level_stages(),
-        PackedPlan::Batch(p) => {
-            // Every level a node adds over its deepest input is a rescale at the working
-            // scale (batch packing lands every linear layer on it; squares are lazy).
-            let nodes = p.nodes();
-            let model = p.model();
-            let mut stages = Vec::new();
-            for (i, node) in model.nodes.iter().enumerate() {
-                let from = node
-                    .inputs
-                    .iter()
-                    .filter_map(|&j| nodes.get(j).map(|n| n.depth))
-                    .max()
-                    .unwrap_or(0);
-                let depth = nodes.get(i).map_or(from, |n| n.depth);
-                for _ in from..depth {
-                    stages.push(levels::Stage {
-                        name: node.name.clone(),
-                        kind: levels::StageKind::Linear,
-                    });
-                }
-            }
-            stages
-        }
+        PackedPlan::Batch(p) => return batch_levels(p, params),
     };
     levels::assign(
         &stages,
@@ -312,6 +290,64 @@ fn level_plan(plan: &PackedPlan, params: &CkksParams) -> Result<levels::LevelPla
         f64::from(params.log_scale()),
         None,
     )
+}
+
+/// Batch packing's levels: every node's output at `top − depth` (the plan's depths follow
+/// the graph, branches included), the output one more rescale down when it is left squared.
+fn batch_levels(p: &BatchPlan, params: &CkksParams) -> Result<levels::LevelPlan, NnError> {
+    let top = params.max_level();
+    if p.depth() > top {
+        return Err(NnError::OutOfLevels {
+            stage: "output".into(),
+            index: p.model().nodes.len(),
+            depth: p.depth(),
+            levels: top,
+        });
+    }
+    let nodes = p.nodes();
+    let log_scale = f64::from(params.log_scale());
+    let mut stages = Vec::new();
+    for (i, node) in p.model().nodes.iter().enumerate().skip(1) {
+        let depth = nodes.get(i).map_or(0, |n| n.depth);
+        let from = node
+            .inputs
+            .iter()
+            .filter_map(|&j| nodes.get(j).map(|n| n.depth))
+            .max()
+            .unwrap_or(0);
+        if depth > from {
+            stages.push(levels::StageLevels {
+                name: node.name.clone(),
+                refresh_before: false,
+                level_in: top.saturating_sub(from),
+                level_out: top.saturating_sub(depth),
+                log_scale_out: log_scale,
+            });
+        }
+    }
+    let last = stages.last().map_or(top, |s| s.level_out);
+    if top - p.depth() < last {
+        stages.push(levels::StageLevels {
+            name: "output".into(),
+            refresh_before: false,
+            level_in: last,
+            level_out: top - p.depth(),
+            log_scale_out: log_scale,
+        });
+    }
+    Ok(levels::LevelPlan { top, stages })
+}
+
+/// BLAKE3 of what determines the computation: the rewritten model, the plan record and the
+/// parameters (not the name or the report of auto mode's choice, so a renamed copy of the
+/// same model serves the same ciphertexts).
+fn fingerprint(body: &CompiledBody) -> Result<[u8; 32], NnError> {
+    let bytes = postcard::to_allocvec(&(&body.model, &body.plan, &body.literal, body.log_scale))
+        .map_err(|e| NnError::Format {
+            what: COMPILED.what,
+            reason: format!("cannot serialize: {e}"),
+        })?;
+    Ok(*blake3::hash(&bytes).as_bytes())
 }
 
 /// The envelope of a compiled model.
@@ -359,7 +395,7 @@ impl CompiledModel {
             levels,
             fingerprint: [0; 32],
         };
-        c.fingerprint = *blake3::hash(&c.to_bytes()?).as_bytes();
+        c.fingerprint = fingerprint(&c.body())?;
         Ok(c)
     }
 
@@ -398,14 +434,30 @@ impl CompiledModel {
     /// foreign bytes; [`NnError::LayoutMismatch`] or [`NnError::Mismatch`] for records that
     /// do not fit the model; parameter errors (security checked on the primes generated).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
+        if bytes.len() as u64 > MAX_COMPILED_BYTES {
+            return Err(NnError::TooLarge {
+                what: COMPILED.what.into(),
+                size: bytes.len() as u64,
+                limit: MAX_COMPILED_BYTES,
+            });
+        }
         let body: CompiledBody = envelope::open(COMPILED, bytes)?;
+        // The parameters first (bounded before any prime is generated), so that a recorded
+        // layout is checked against their slots before it is planned.
+        let params = Arc::new(params::from_record(&body.literal, body.log_scale)?);
         let plan = match &body.plan {
             PlanRecord::Batch => PackedPlan::Batch(BatchPlan::new(&body.model)?),
             PlanRecord::Single(layouts) => {
+                if !layouts.slots.is_power_of_two() || layouts.slots > params.max_slots() {
+                    return Err(NnError::Mismatch {
+                        what: "compiled model's slots",
+                        expected: format!("a power of two up to {}", params.max_slots()),
+                        found: layouts.slots.to_string(),
+                    });
+                }
                 PackedPlan::Single(SinglePlan::with_layouts(&body.model, layouts)?)
             }
         };
-        let params = Arc::new(CkksParams::from_literal(&body.literal, body.log_scale)?);
         if params.max_level() < plan.depth() {
             return Err(NnError::Mismatch {
                 what: "compiled model's levels",
@@ -423,13 +475,14 @@ impl CompiledModel {
             });
         }
         let levels = level_plan(&plan, &params)?;
+        let fingerprint = fingerprint(&body)?;
         Ok(Self {
             name: body.name,
             plan: Arc::new(plan),
             params,
             choice: body.choice,
             levels,
-            fingerprint: *blake3::hash(bytes).as_bytes(),
+            fingerprint,
         })
     }
 
@@ -446,7 +499,7 @@ impl CompiledModel {
     /// # Errors
     /// [`NnError::Io`], [`NnError::TooLarge`], and those of [`CompiledModel::from_bytes`].
     pub fn load(path: &Path) -> Result<Self, NnError> {
-        Self::from_bytes(&read_bounded(path, COMPILED.what, MAX_COMPILED_BYTES)?)
+        Self::from_bytes(&read_bounded(path, MAX_COMPILED_BYTES)?)
     }
 
     /// The model's name.
@@ -484,8 +537,8 @@ impl CompiledModel {
         &self.levels
     }
 
-    /// BLAKE3 of the serialized compiled model: client specs, ciphertexts and server
-    /// sessions name the model by it.
+    /// BLAKE3 of the rewritten model, the plan record and the parameters: client specs,
+    /// ciphertexts and server sessions name the model by it.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
     }
@@ -505,18 +558,20 @@ impl CompiledModel {
         ServerPlan::of(self)
     }
 
-    /// The same rewritten model in another packing (for a packing asked for at run time).
+    /// The same rewritten model in another packing (for a packing asked for at run time),
+    /// batch packing at ring degree `2^log_n`.
     ///
     /// # Errors
     /// As [`compile`].
     pub fn repack(
         &self,
         packing: PackingRequest,
+        log_n: u32,
         security: SecurityLevel,
     ) -> Result<Self, NnError> {
         let opts = CompileOptions {
             packing,
-            log_n: self.params.rlwe().log_n(),
+            log_n,
             security,
             rewrite: RewriteOptions::default(),
         };
@@ -569,16 +624,7 @@ impl CompiledModel {
     /// Images of another shape; more images than a batch holds; plan errors.
     pub fn simulate(&self, images: &[Tensor]) -> Result<Simulation, NnError> {
         let spec = self.client_spec();
-        if let Some(im) = images
-            .iter()
-            .find(|im| im.shape() != self.model().input_shape)
-        {
-            return Err(NnError::Mismatch {
-                what: "image shape",
-                expected: format!("{:?}", self.model().input_shape),
-                found: format!("{:?}", im.shape()),
-            });
-        }
+        spec.check_shapes(images)?;
         let engine = crate::scheme::Packed::new(self.params.rlwe().q());
         let (top, scale) = (self.params.max_level(), self.params.default_scale());
         let logits = match &*self.plan {
@@ -615,33 +661,17 @@ impl CompiledModel {
                     output,
                 } = spec.io()
                 else {
-                    return Err(NnError::Invalid(
+                    return Err(NnError::Internal(
                         "a single-image plan without its layout".into(),
                     ));
                 };
                 let encoded = plan.encode(&engine, top, scale)?;
                 let mut logits = Vec::with_capacity(images.len());
                 for image in images {
-                    let mut cts = vec![vec![0.0; *slots]; plan.input_cts()];
-                    for (&p, &v) in input.iter().zip(image.data()) {
-                        if let Some(x) = cts.get_mut(p / slots).and_then(|c| c.get_mut(p % slots)) {
-                            *x = v;
-                        }
-                    }
+                    let cts = client::scatter(*slots, input, image)?;
                     let (out, map) = plan.run(&engine, &encoded, engine.inputs(cts, top, scale))?;
-                    logits.push(
-                        output
-                            .iter()
-                            .map(|&p| {
-                                let v = out
-                                    .get(p / slots)
-                                    .and_then(|c| c.slots.get(p % slots))
-                                    .copied()
-                                    .unwrap_or(0.0);
-                                map.a * v + map.gamma
-                            })
-                            .collect(),
-                    );
+                    let decoded: Vec<Vec<f64>> = out.into_iter().map(|v| v.slots).collect();
+                    logits.push(client::gather(*slots, output, &decoded, map)?);
                 }
                 logits
             }
@@ -662,7 +692,11 @@ impl CompiledModel {
     /// No images, shapes that do not fit, simulation errors.
     pub fn calibrate(&self, images: &[Tensor]) -> Result<Calibration, NnError> {
         if images.is_empty() {
-            return Err(NnError::Invalid("no images to calibrate on".into()));
+            return Err(NnError::Mismatch {
+                what: "calibration images",
+                expected: "at least one".into(),
+                found: "none".into(),
+            });
         }
         match &*self.plan {
             PackedPlan::Batch(_) => {
@@ -744,5 +778,76 @@ impl Calibration {
     /// Whether the values keep the headroom the parameters need.
     pub fn fits(&self) -> bool {
         self.headroom_bits >= self.min_headroom_bits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Dense, Node};
+
+    fn tiny() -> Model {
+        Model {
+            name: "tiny".into(),
+            input_shape: [1, 2, 2],
+            nodes: vec![
+                Node {
+                    name: "x".into(),
+                    op: crate::Op::Input,
+                    inputs: vec![],
+                },
+                Node {
+                    name: "sq".into(),
+                    op: crate::Op::Poly(vec![0.0, 0.0, 1.0]),
+                    inputs: vec![0],
+                },
+                Node {
+                    name: "fc".into(),
+                    op: crate::Op::Dense(Dense {
+                        weight: Tensor::zeros(vec![2, 4]),
+                        bias: vec![0.5, 0.25],
+                    }),
+                    inputs: vec![1],
+                },
+            ],
+            output: 2,
+        }
+    }
+
+    /// A record sealed with a valid checksum (the checksum has no key) but altered: the
+    /// loader refuses it before planning or allocating anything of its size.
+    #[test]
+    fn altered_records_are_refused_before_they_are_planned() {
+        let opts = CompileOptions {
+            packing: PackingRequest::Single,
+            security: SecurityLevel::UncheckedForReproduction,
+            ..CompileOptions::default()
+        };
+        let c = compile(&tiny(), &opts).unwrap();
+        let reseal = |f: &dyn Fn(&mut CompiledBody)| {
+            let mut body = c.body();
+            f(&mut body);
+            envelope::seal(COMPILED, &body).unwrap()
+        };
+        let huge = reseal(&|b| {
+            if let PlanRecord::Single(l) = &mut b.plan {
+                l.slots = 1 << 40;
+            }
+        });
+        let e = CompiledModel::from_bytes(&huge).unwrap_err();
+        assert!(matches!(e, NnError::Mismatch { .. }), "{e}");
+        let other = reseal(&|b| {
+            if let PlanRecord::Single(l) = &mut b.plan {
+                l.input_frame = (3, 3);
+            }
+        });
+        let e = CompiledModel::from_bytes(&other).unwrap_err();
+        assert!(matches!(e, NnError::LayoutMismatch { .. }), "{e}");
+        let many_primes = reseal(&|b| b.literal.log_q = vec![30; 5000]);
+        let e = CompiledModel::from_bytes(&many_primes).unwrap_err();
+        assert!(matches!(e, NnError::Format { .. }), "{e}");
+        // Renaming does not change what the model computes: the fingerprint stays.
+        let renamed = CompiledModel::from_bytes(&reseal(&|b| b.name = "copy".into())).unwrap();
+        assert_eq!(renamed.fingerprint(), c.fingerprint());
     }
 }

@@ -95,6 +95,43 @@ pub fn smallest_ring<T>(
     })
 }
 
+/// Parameters from a literal read from a file: its sizes bounded before any prime is
+/// generated (a crafted literal could otherwise ask for thousands of primes), then built
+/// and checked against its security level.
+///
+/// # Errors
+/// [`NnError::Format`] for sizes beyond what hecnn generates; parameter errors.
+pub fn from_record(lit: &ParamsLiteral, log_scale: u32) -> Result<CkksParams, NnError> {
+    let bad = |reason: String| NnError::Format {
+        what: "parameters",
+        reason,
+    };
+    if !(10..=17).contains(&lit.log_n) {
+        return Err(bad(format!(
+            "ring degree 2^{} outside 2^10..2^17",
+            lit.log_n
+        )));
+    }
+    if lit.log_q.is_empty() || lit.log_q.len() > 64 || lit.log_p.is_empty() || lit.log_p.len() > 16
+    {
+        return Err(bad(format!(
+            "{} Q primes and {} P primes (at most 64 and 16)",
+            lit.log_q.len(),
+            lit.log_p.len()
+        )));
+    }
+    if lit
+        .log_q
+        .iter()
+        .chain(&lit.log_p)
+        .any(|&b| !(14..=61).contains(&b))
+        || !(10..=60).contains(&log_scale)
+    {
+        return Err(bad("prime or scale sizes outside 14..61 bits".into()));
+    }
+    Ok(CkksParams::from_literal(lit, log_scale)?)
+}
+
 /// Scale bits of a protected model's parameters.
 pub const PROTECT_LOG_SCALE: u32 = 40;
 

@@ -187,7 +187,7 @@ impl<B: Backend> Server<B> {
                 }
                 Ok(EncryptedImages::outputs(&inputs, map, out))
             }
-            (PackedPlan::Single(_), None) => Err(NnError::Invalid(
+            (PackedPlan::Single(_), None) => Err(NnError::Internal(
                 "the single-image transforms were not encoded".into(),
             )),
         }

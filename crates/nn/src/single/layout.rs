@@ -83,8 +83,8 @@ impl Grid {
 }
 
 /// Ciphertexts that flat positions occupy (at least one).
-pub(super) fn cts_of(positions: &[usize], slots: usize) -> usize {
-    positions.iter().max().map_or(1, |&m| m / slots + 1)
+pub(crate) fn cts_of(positions: &[usize], slots: usize) -> usize {
+    positions.iter().max().map_or(1, |&m| m / slots.max(1) + 1)
 }
 
 /// How a linear stage places its output.

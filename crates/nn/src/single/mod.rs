@@ -20,7 +20,7 @@
 //! The rotation keys the plan needs are known before key generation
 //! ([`SinglePlan::rotations`]). Residual additions are not implemented yet.
 
-mod layout;
+pub(crate) mod layout;
 mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -204,9 +204,10 @@ impl SinglePlan {
     /// rotations.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] for operators single-image mode cannot run yet (residual
-    /// additions, activations of degree above 2, non-polynomial operators), a slot count
-    /// that is not a power of two, or an input channel larger than a ciphertext.
+    /// [`NnError::NotSupported`] for operators single-image mode cannot run yet (residual
+    /// additions, activations of degree above 2, non-polynomial operators);
+    /// [`NnError::Mismatch`] for a slot count that is not a power of two;
+    /// [`NnError::TooFewSlots`] for an input channel larger than a ciphertext.
     pub fn new(model: &Model, slots: usize) -> Result<Self, NnError> {
         Self::plan(model, slots, None)
     }
@@ -226,9 +227,11 @@ impl SinglePlan {
     /// and the cheapest plan kept.
     fn plan(model: &Model, slots: usize, fixed: Option<&Layouts>) -> Result<Self, NnError> {
         if !slots.is_power_of_two() {
-            return Err(NnError::Invalid(format!(
-                "{slots} slots: the slot count must be a power of two"
-            )));
+            return Err(NnError::Mismatch {
+                what: "slots per ciphertext",
+                expected: "a power of two".into(),
+                found: slots.to_string(),
+            });
         }
         let stages = stages::stages(model)?;
         // The client packs the input, so its frame is free: a row stride padded to a power
@@ -269,7 +272,7 @@ impl SinglePlan {
         match (best, first_err) {
             (Some((_, plan)), _) => Ok(plan),
             (None, Some(e)) => Err(e),
-            (None, None) => Err(NnError::Invalid("no input layout".into())),
+            (None, None) => Err(NnError::Internal("no input layout".into())),
         }
     }
 
@@ -307,10 +310,12 @@ impl SinglePlan {
                         (a, gamma)
                     }
                     Activation::OfConstant => {
-                        return Err(NnError::Invalid(format!(
-                            "'{}': activation of a constant value",
-                            stage.name
-                        )));
+                        return Err(NnError::NotSupported {
+                            node: stage.name.clone(),
+                            op: "Poly",
+                            packing: "single-image",
+                            why: "an activation of a constant value (fold it into the bias)".into(),
+                        });
                     }
                 }),
                 StageOp::Linear { rows, stride } => {
@@ -516,7 +521,12 @@ impl SinglePlan {
         let mut max = 0.0f64;
         let mut see = |v: f64, what: &str| {
             if !v.is_finite() {
-                return Err(NnError::Invalid(format!("'{what}' computes {v}")));
+                return Err(NnError::OutOfRange {
+                    node: what.to_string(),
+                    value: v,
+                    bound: f64::MAX,
+                    what: "finite value",
+                });
             }
             max = max.max(v.abs());
             Ok(())
@@ -526,7 +536,7 @@ impl SinglePlan {
         }
         for (i, stage) in self.stages.iter().enumerate() {
             let out = values.get(stage.node).ok_or_else(|| {
-                NnError::Invalid(format!("'{}' has no cleartext value", stage.name))
+                NnError::Internal(format!("'{}' has no cleartext value", stage.name))
             })?;
             let (a, gamma) = self.pending[i];
             match &stage.op {
@@ -597,17 +607,18 @@ impl SinglePlan {
         scale: f64,
     ) -> Result<EncodedSingle<S::Transform, S::Pt>, NnError> {
         if self.slots > s.max_slots() {
-            return Err(NnError::Invalid(format!(
-                "the plan packs {} slots per ciphertext; these parameters have {} (use a larger ring degree)",
-                self.slots,
-                s.max_slots()
-            )));
+            return Err(NnError::Mismatch {
+                what: "slots per ciphertext (use a larger ring degree)",
+                expected: format!("at least {} (the plan's)", self.slots),
+                found: s.max_slots().to_string(),
+            });
         }
         if top_level < self.depth() && self.refreshes.0.is_empty() {
-            return Err(NnError::Invalid(format!(
-                "the inputs have {top_level} levels, the model needs {}",
-                self.depth()
-            )));
+            return Err(NnError::Levels {
+                what: "the model".into(),
+                needed: self.depth(),
+                have: top_level,
+            });
         }
         let slots = self.slots;
         let input_scale = scale;
@@ -638,7 +649,7 @@ impl SinglePlan {
                 }
                 StageOp::Linear { rows, .. } => {
                     let plan = self.linear.get(&i).ok_or_else(|| {
-                        NnError::Invalid(format!("'{}' was not planned", stage.name))
+                        NnError::Internal(format!("'{}' was not planned", stage.name))
                     })?;
                     let (a, gamma) = self.pending[i];
                     let mut diagonals: BlockDiagonals = BTreeMap::new();
@@ -733,13 +744,21 @@ impl SinglePlan {
                     || s.scale(c) != encoded.scale
             })
         {
-            return Err(NnError::Invalid(format!(
-                "the plan takes {} ciphertexts at level {} with {} slots at scale 2^{:.1}",
-                self.input_cts(),
-                encoded.top_level,
-                self.slots,
-                encoded.scale.log2()
-            )));
+            return Err(NnError::Mismatch {
+                what: "input ciphertexts",
+                expected: format!(
+                    "{} at level {} with {} slots at scale 2^{:.1}",
+                    self.input_cts(),
+                    encoded.top_level,
+                    self.slots,
+                    encoded.scale.log2()
+                ),
+                found: format!(
+                    "{} at levels {:?}",
+                    input.len(),
+                    input.iter().map(|c| s.level(c)).collect::<BTreeSet<_>>()
+                ),
+            });
         }
         let mut values = input;
         for (i, stage) in self.stages.iter().enumerate() {
@@ -758,7 +777,7 @@ impl SinglePlan {
             values = match &stage.op {
                 StageOp::Linear { .. } => {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
-                        NnError::Invalid(format!("'{}' was not encoded", stage.name))
+                        NnError::Internal(format!("'{}' was not encoded", stage.name))
                     })?;
                     let mut out = s.transform(&values, lt).map_err(err)?;
                     if let Some(plan) = self.linear.get(&i) {
@@ -779,10 +798,12 @@ impl SinglePlan {
                 StageOp::Poly(c) => match activation(c, a, gamma) {
                     Activation::Affine { .. } => values,
                     Activation::OfConstant => {
-                        return Err(NnError::Invalid(format!(
-                            "'{}': activation of a constant value",
-                            stage.name
-                        )));
+                        return Err(NnError::NotSupported {
+                            node: stage.name.clone(),
+                            op: "Poly",
+                            packing: "single-image",
+                            why: "an activation of a constant value (fold it into the bias)".into(),
+                        });
                     }
                     Activation::Square { delta, .. } => values
                         .iter()
@@ -793,7 +814,7 @@ impl SinglePlan {
                                 ct.clone()
                             };
                             let mut sq = s.mul_relin(&u, &u)?;
-                            s.rescale(&mut sq)?;
+                            s.rescale_assign(&mut sq)?;
                             Ok(sq)
                         })
                         .collect::<Result<Vec<_>, SchemeError>>()

@@ -54,7 +54,7 @@ fn op_stride(op: &Op) -> (usize, usize) {
 /// Cuts a rewritten chain model into stages.
 ///
 /// # Errors
-/// [`NnError::Invalid`] for graphs that are not a chain (residual additions), activations
+/// [`NnError::NotSupported`] for graphs that are not a chain (residual additions), activations
 /// of degree above 2 and operators that are neither linear nor polynomial.
 pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
     let shapes = model.shapes()?;
@@ -62,11 +62,12 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
     let mut open: Open = None;
     for (id, node) in model.nodes.iter().enumerate().skip(1) {
         if node.inputs != [id - 1] {
-            return Err(NnError::Invalid(format!(
-                "'{}' ({}) does not read only the previous node: single-image mode runs chains of single-input layers (no residual additions yet)",
-                node.name,
-                node.op.kind()
-            )));
+            return Err(NnError::NotSupported {
+                node: node.name.clone(),
+                op: node.op.kind(),
+                packing: "single-image",
+                why: "it does not read only the previous node: single-image packing runs chains of single-input layers (no residual additions yet)".into(),
+            });
         }
         let close = |open: &mut Open, out: &mut Vec<Stage>, node: usize| {
             if let Some((rows, stride, names)) = open.take() {
@@ -83,10 +84,12 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
             Op::Poly(c) => {
                 let degree = c.iter().rposition(|&v| v != 0.0).unwrap_or(0);
                 if degree > 2 {
-                    return Err(NnError::Invalid(format!(
-                        "activation '{}' has degree {degree}: single-image mode evaluates degree ≤ 2",
-                        node.name,
-                    )));
+                    return Err(NnError::NotSupported {
+                        node: node.name.clone(),
+                        op: "Poly",
+                        packing: "single-image",
+                        why: format!("degree {degree}: single-image packing evaluates degree ≤ 2"),
+                    });
                 }
                 close(&mut open, &mut out, id - 1);
                 out.push(Stage {
@@ -99,11 +102,12 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
             op => {
                 let rows =
                     crate::linear::rows(op, &shapes[id - 1], &shapes[id])?.ok_or_else(|| {
-                        NnError::Invalid(format!(
-                            "operator {} ('{}') cannot run in single-image mode yet",
-                            op.kind(),
-                            node.name
-                        ))
+                        NnError::NotSupported {
+                            node: node.name.clone(),
+                            op: op.kind(),
+                            packing: "single-image",
+                            why: "not linear or polynomial: rewrite the model first".into(),
+                        }
                     })?;
                 let (sy, sx) = op_stride(op);
                 open = Some(match open.take() {
