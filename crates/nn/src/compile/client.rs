@@ -148,6 +148,7 @@ const SPEC: envelope::Kind = envelope::Kind {
     magic: *b"HCNC",
     version: 1,
     remedy: "export the client spec of the compiled model again",
+    limit: MAX_SPEC_BYTES,
 };
 
 /// Largest client spec read (bytes).
@@ -261,13 +262,6 @@ impl ClientSpec {
     /// # Errors
     /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`]; parameter errors.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
-        if bytes.len() as u64 > MAX_SPEC_BYTES {
-            return Err(NnError::TooLarge {
-                what: SPEC.what.into(),
-                size: bytes.len() as u64,
-                limit: MAX_SPEC_BYTES,
-            });
-        }
         let b: SpecBody = envelope::open(SPEC, bytes)?;
         if b.rotations.len() > MAX_ROTATIONS {
             return Err(NnError::Format {
@@ -666,6 +660,7 @@ const IMAGES: envelope::Kind = envelope::Kind {
     magic: *b"HCNB",
     version: 2,
     remedy: "encrypt the images again",
+    limit: MAX_IMAGES_BYTES,
 };
 
 /// Largest encrypted-images file read (bytes): a batch of CIFAR-10 images at N = 2^14 is

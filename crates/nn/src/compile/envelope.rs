@@ -25,6 +25,8 @@ pub(crate) struct Kind {
     pub version: u8,
     /// What to do with another version.
     pub remedy: &'static str,
+    /// The largest envelope accepted (bytes).
+    pub limit: u64,
 }
 
 const HEADER: usize = 4 + 1 + 8;
@@ -58,9 +60,16 @@ pub(crate) fn is(kind: Kind, bytes: &[u8]) -> bool {
     bytes.get(..4) == Some(&kind.magic[..])
 }
 
-/// Checks and opens an envelope of `kind`: magic, version, length and checksum, then the
-/// body. Trailing bytes are refused.
+/// Checks and opens an envelope of `kind`: its size bound, magic, version, length and
+/// checksum, then the body. Trailing bytes are refused.
 pub(crate) fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, NnError> {
+    if bytes.len() as u64 > kind.limit {
+        return Err(NnError::TooLarge {
+            what: kind.what.into(),
+            size: bytes.len() as u64,
+            limit: kind.limit,
+        });
+    }
     let bad = |reason: String| NnError::Format {
         what: kind.what,
         reason,
@@ -147,6 +156,7 @@ mod tests {
         magic: *b"TEST",
         version: 3,
         remedy: "make it again",
+        limit: 1 << 20,
     };
 
     #[test]

@@ -357,6 +357,7 @@ const COMPILED: envelope::Kind = envelope::Kind {
     // 3: checksummed envelope, the model stored exactly (f64), single-image layouts recorded.
     version: 3,
     remedy: "compile the model again",
+    limit: MAX_COMPILED_BYTES,
 };
 
 /// Largest compiled model read (bytes): far above the CIFAR-10 network's 5 MB.
@@ -434,13 +435,6 @@ impl CompiledModel {
     /// foreign bytes; [`NnError::LayoutMismatch`] or [`NnError::Mismatch`] for records that
     /// do not fit the model; parameter errors (security checked on the primes generated).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
-        if bytes.len() as u64 > MAX_COMPILED_BYTES {
-            return Err(NnError::TooLarge {
-                what: COMPILED.what.into(),
-                size: bytes.len() as u64,
-                limit: MAX_COMPILED_BYTES,
-            });
-        }
         let body: CompiledBody = envelope::open(COMPILED, bytes)?;
         // The parameters first (bounded before any prime is generated), so that a recorded
         // layout is checked against their slots before it is planned.
