@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Load test of the owner and edge services on loopback: concurrent streams of images,
     /// timed until the owner has decrypted every result.
     Serve(crate::bench_serve::BenchServeArgs),
+    /// Load test of `hecnn serve` on loopback: concurrent clients, each with its own keys,
+    /// submitting encrypted images; throughput and latency percentiles.
+    InferServe(crate::bench_infer::BenchInferArgs),
 }
 
 /// Output format.
@@ -72,6 +75,7 @@ pub fn run(cmd: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Bootstrap(a) => crate::bench_bootstrap::run(a),
         BenchCommand::Protected(a) => crate::protect_cmd::bench_protected(a),
         BenchCommand::Serve(a) => crate::bench_serve::run(a),
+        BenchCommand::InferServe(a) => crate::bench_infer::run(a),
     }
 }
 

@@ -3,12 +3,14 @@
 mod agreement_record;
 mod bench;
 mod bench_bootstrap;
+mod bench_infer;
 mod bench_serve;
 mod cnn;
 mod cnn_cmds;
 mod data_cmd;
 mod demo;
 mod eval_cmd;
+mod infer_cmd;
 mod params_cmd;
 mod protect_cmd;
 mod serve_cmd;
@@ -51,6 +53,13 @@ enum Command {
     /// et al.): writes the protected model, the owner's secret key and the public and
     /// evaluation keys for edge nodes.
     Protect(protect_cmd::ProtectArgs),
+    /// Encrypted inference as a service: serve a compiled model to clients who register
+    /// their evaluation keys and submit encrypted images (HTTP API, durable jobs).
+    Serve(infer_cmd::ServeArgs),
+    /// The client of `hecnn serve`: fetch the client spec, register evaluation keys, run
+    /// encrypted inputs.
+    #[command(subcommand)]
+    Client(infer_cmd::ClientCommand),
     /// An edge node: run a deployed protected model (no secret key).
     #[command(subcommand)]
     Edge(protect_cmd::EdgeCommand),
@@ -125,6 +134,8 @@ fn main() -> std::process::ExitCode {
         Command::Run(a) => cnn_cmds::run(&a),
         Command::Decrypt(a) => cnn_cmds::decrypt(&a),
         Command::Eval(a) => eval_cmd::eval(&a),
+        Command::Serve(a) => infer_cmd::serve(&a),
+        Command::Client(c) => infer_cmd::client(&c),
         Command::Data(d) => data_cmd::run(&d),
         Command::Bench(b) => bench::run(&b),
     };

@@ -24,7 +24,8 @@ pub struct TlsArgs {
 }
 
 impl TlsArgs {
-    fn files(&self) -> Option<TlsFiles> {
+    /// The certificate and key files, when both are given.
+    pub(crate) fn files(&self) -> Option<TlsFiles> {
         match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: cert.clone(),
@@ -98,7 +99,8 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Usage(format!("async runtime: {e}")))
 }
 
-async fn until_signal() {
+/// Returns at SIGINT or SIGTERM.
+pub(crate) async fn until_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

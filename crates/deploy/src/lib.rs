@@ -1,6 +1,10 @@
-//! hecnn's services for protected models (Gomez et al.): the model owner's backend and the
-//! edge node, as real HTTP services.
+//! hecnn's services: encrypted inference as a service (HCNN's scenario, [`infer`]), and for
+//! protected models (Gomez et al.) the model owner's backend and the edge node, as real HTTP
+//! services.
 //!
+//! - The **inference service** ([`infer`], `hecnn serve`) loads one compiled model and
+//!   evaluates it on clients' encrypted images with the evaluation keys each client
+//!   registered; jobs are queued with back-pressure and stored durably.
 //! - The **owner** ([`owner`]) generates a key pair per model, encrypts the model's
 //!   classifier ([`hecnn_nn::protect`]), keeps models, nodes, deployments and results in an
 //!   embedded SQLite registry with the secret keys sealed at rest, pushes deployments to edge
@@ -28,6 +32,7 @@ pub mod vault;
 pub mod wire;
 
 pub mod edge;
+pub mod infer;
 pub mod owner;
 
 pub use error::{ApiError, DeployError};

@@ -667,6 +667,51 @@ const IMAGES: envelope::Kind = envelope::Kind {
 /// a few GB.
 pub const MAX_IMAGES_BYTES: u64 = 64 << 30;
 
+/// What serialized [`EncryptedImages`] say about themselves, read without decoding a
+/// ciphertext ([`ImagesHeader::read`]): a server refuses inputs of another model, packing or
+/// key pair before the work of decoding them, and names which of these differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImagesHeader {
+    /// Inputs or outputs.
+    pub kind: ImagesKind,
+    /// The fingerprint of the compiled model they are for.
+    pub model: [u8; 32],
+    /// The key pair they are encrypted under.
+    pub key_id: [u8; 32],
+    /// The packing.
+    pub packing: PackingKind,
+    /// Number of images, as stated.
+    pub images: u64,
+}
+
+/// The leading fields of `ImagesBody`, in its order.
+#[derive(Deserialize)]
+struct ImagesHead {
+    kind: ImagesKind,
+    model: [u8; 32],
+    key_id: [u8; 32],
+    packing: PackingKind,
+    images: u64,
+}
+
+impl ImagesHeader {
+    /// Reads the header of serialized [`EncryptedImages`]; the envelope (magic, version,
+    /// length, checksum of the whole file) is checked, the ciphertexts are not decoded.
+    ///
+    /// # Errors
+    /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`].
+    pub fn read(bytes: &[u8]) -> Result<Self, NnError> {
+        let h: ImagesHead = envelope::open_prefix(IMAGES, bytes)?;
+        Ok(Self {
+            kind: h.kind,
+            model: h.model,
+            key_id: h.key_id,
+            packing: h.packing,
+            images: h.images,
+        })
+    }
+}
+
 impl<B: Backend> EncryptedImages<B> {
     pub(super) fn outputs(inputs: &Self, map: OutputMap, cts: Vec<Ciphertext<B>>) -> Self {
         Self {

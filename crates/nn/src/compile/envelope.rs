@@ -63,6 +63,35 @@ pub(crate) fn is(kind: Kind, bytes: &[u8]) -> bool {
 /// Checks and opens an envelope of `kind`: its size bound, magic, version, length and
 /// checksum, then the body. Trailing bytes are refused.
 pub(crate) fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, NnError> {
+    let (value, rest) = postcard::take_from_bytes(checked_body(kind, bytes)?)
+        .map_err(|e| format_error(kind, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(format_error(
+            kind,
+            format!("{} bytes after the body", rest.len()),
+        ));
+    }
+    Ok(value)
+}
+
+/// Checks an envelope of `kind` as [`open`] does and reads only the leading fields of its
+/// body (`T` is a prefix of the stored structure), without decoding the rest.
+pub(crate) fn open_prefix<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, NnError> {
+    let (value, _) = postcard::take_from_bytes(checked_body(kind, bytes)?)
+        .map_err(|e| format_error(kind, e.to_string()))?;
+    Ok(value)
+}
+
+fn format_error(kind: Kind, reason: String) -> NnError {
+    NnError::Format {
+        what: kind.what,
+        reason,
+    }
+}
+
+/// The body of an envelope of `kind` once its size bound, magic, version, length and
+/// checksum pass.
+fn checked_body(kind: Kind, bytes: &[u8]) -> Result<&[u8], NnError> {
     if bytes.len() as u64 > kind.limit {
         return Err(NnError::TooLarge {
             what: kind.what.into(),
@@ -70,10 +99,7 @@ pub(crate) fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, N
             limit: kind.limit,
         });
     }
-    let bad = |reason: String| NnError::Format {
-        what: kind.what,
-        reason,
-    };
+    let bad = |reason: String| format_error(kind, reason);
     let header = bytes
         .get(..HEADER)
         .ok_or_else(|| bad(format!("{} bytes, too short", bytes.len())))?;
@@ -107,11 +133,7 @@ pub(crate) fn open<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, N
     if checksum(header, body)[..] != bytes[bytes.len() - CHECKSUM..] {
         return Err(NnError::Checksum { what: kind.what });
     }
-    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| bad(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(bad(format!("{} bytes after the body", rest.len())));
-    }
-    Ok(value)
+    Ok(body)
 }
 
 /// Reads a regular file of at most `limit` bytes: devices, pipes and directories are
@@ -169,6 +191,22 @@ mod tests {
             b[i / 8] ^= 1 << (i % 8);
             assert!(open::<(u32, String)>(KIND, &b).is_err(), "bit {i} accepted");
         }
+    }
+
+    #[test]
+    fn a_prefix_is_read_only_after_the_whole_envelope_is_checked() {
+        let bytes = seal(KIND, &(7u32, String::from("head"), vec![9u8; 100])).unwrap();
+        let head: (u32, String) = open_prefix(KIND, &bytes).unwrap();
+        assert_eq!(head, (7, "head".into()));
+        assert!(open::<(u32, String)>(KIND, &bytes).is_err());
+        // A flipped bit in the part not decoded is still caught by the checksum.
+        let mut b = bytes.clone();
+        let i = b.len() - CHECKSUM - 10;
+        b[i] ^= 1;
+        assert!(matches!(
+            open_prefix::<(u32, String)>(KIND, &b),
+            Err(NnError::Checksum { .. })
+        ));
     }
 
     #[test]

@@ -73,8 +73,8 @@ use crate::{
     single::{Layouts, SinglePlan},
 };
 pub use client::{
-    Client, ClientSpec, EncryptedImages, ImagesKind, IoLayout, KeySet, MAX_IMAGES_BYTES,
-    MAX_SINGLE_IMAGES, MAX_SPEC_BYTES,
+    Client, ClientSpec, EncryptedImages, ImagesHeader, ImagesKind, IoLayout, KeySet,
+    MAX_IMAGES_BYTES, MAX_SINGLE_IMAGES, MAX_SPEC_BYTES,
 };
 pub use envelope::read_bounded;
 pub use report::human_bytes;
