@@ -253,6 +253,9 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
 
         // Every output decrypts to the cleartext model's prediction.
         let (mut agree, mut total, mut refused) = (0, 0, 0);
+        // Disagreements with the cleartext model's top-2 margin: CKKS is approximate, so a
+        // near-tie may go either way; a clear margin means a wrong result.
+        let mut differ: Vec<(usize, f64)> = Vec::new();
         let mut latencies = Vec::new();
         for (secret, lat, outputs, r) in results {
             latencies.extend(lat);
@@ -265,8 +268,13 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
                     &bytes,
                 )?;
                 for (logits, &i) in client.decrypt(&secret, &out)?.iter().zip(&indices) {
-                    let want = argmax(exec::run(model.model(), &ds.image(i))?.data());
-                    agree += usize::from(argmax(logits) == want);
+                    let clear = exec::run(model.model(), &ds.image(i))?;
+                    let want = argmax(clear.data());
+                    if argmax(logits) == want {
+                        agree += 1;
+                    } else {
+                        differ.push((i, top2_margin(clear.data())));
+                    }
                     total += 1;
                 }
             }
@@ -309,10 +317,13 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
             mean_eval
         );
         println!("decrypted predictions equal to the cleartext model's: {agree}/{total}");
-        if agree != total {
+        for (i, margin) in &differ {
+            println!("  image {i}: a near-tie in the clear (top-2 margin {margin:.3})");
+        }
+        if differ.iter().any(|&(_, m)| m >= NEAR_TIE) {
             return Err(err(format!(
-                "{} of {total} predictions differ from the cleartext model's",
-                total - agree
+                "{} of {total} predictions differ from the cleartext model's, some by a top-2 margin of {NEAR_TIE} or more",
+                differ.len()
             )));
         }
         Ok::<(), CliError>(())
@@ -320,6 +331,21 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// A cleartext top-2 margin below which an encrypted prediction may differ: about twice the
+/// largest logit error measured for single-image MNIST (4.3e-2, bench/RESULTS.md §6b), far
+/// below what a wrong result shows.
+const NEAR_TIE: f64 = 0.1;
+
+/// The gap between the largest and second largest logit.
+fn top2_margin(logits: &[f64]) -> f64 {
+    let mut v = logits.to_vec();
+    v.sort_by(|a, b| b.total_cmp(a));
+    match v.as_slice() {
+        [a, b, ..] => a - b,
+        _ => f64::INFINITY,
+    }
 }
 
 #[cfg(test)]
