@@ -380,7 +380,7 @@ def cmd_train(args):
         state = ck["state"]
         torch.set_rng_state(ck["rng"]["torch"]); np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
-        print(f"resumed from {last}: epoch {state['epoch'] + 1}, batch {state['batch_idx']}", flush=True)
+        print(f"resumed from {os.path.relpath(last)}: epoch {state['epoch'] + 1}, batch {state['batch_idx']}", flush=True)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"ResNet-{cfg['depth']} AESPA: {nparams} parameters; {len(xtr)} train / {len(xte)} test images; "
           f"config {json.dumps(cfg)}; threads {torch.get_num_threads()}", flush=True)
@@ -450,7 +450,7 @@ def cmd_train(args):
                 save_last()
                 last_save = time.time()
                 if stop["flag"]:
-                    print(f"signal: saved {last} at epoch {ep + 1} batch {bi}; exiting", flush=True)
+                    print(f"signal: saved {os.path.relpath(last)} at epoch {ep + 1} batch {bi}; exiting", flush=True)
                     return
         s = state["sums"]
         secs = seconds_before + time.time() - t0
@@ -473,7 +473,7 @@ def cmd_train(args):
         write_log()
         last_save = time.time()
         if stop["flag"]:
-            print(f"signal: saved {last} after epoch {ep + 1}; exiting", flush=True)
+            print(f"signal: saved {os.path.relpath(last)} after epoch {ep + 1}; exiting", flush=True)
             return
     print(f"done: {cfg['epochs']} epochs; best test accuracy {state['best_acc']:.4f} "
           f"(epoch {state['best_epoch']})", flush=True)
