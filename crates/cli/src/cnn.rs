@@ -80,9 +80,18 @@ pub fn load_model(
     opts: &CompileOptions,
     keep_packing: bool,
 ) -> Result<CompiledModel, CliError> {
-    let bytes = read_file(path)?;
-    if CompiledModel::is_compiled(&bytes) {
-        let c = CompiledModel::from_bytes(&bytes)?;
+    model_from(path, &read_file(path)?, opts, keep_packing)
+}
+
+/// As [`load_model`], for the file's bytes already read.
+pub fn model_from(
+    path: &Path,
+    bytes: &[u8],
+    opts: &CompileOptions,
+    keep_packing: bool,
+) -> Result<CompiledModel, CliError> {
+    if CompiledModel::is_compiled(bytes) {
+        let c = CompiledModel::from_bytes(bytes)?;
         refuse_unchecked(path, c.params())?;
         if keep_packing {
             return Ok(c);

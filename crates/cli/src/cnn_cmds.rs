@@ -226,7 +226,8 @@ fn load_spec(path: &Path, opts: &ModelOpts) -> Result<ClientSpec, CliError> {
         cnn::refuse_unchecked(path, spec.params())?;
         return Ok(spec);
     }
-    Ok(opts.load(path)?.client_spec())
+    let batch = opts.compile_options(PackingRequest::Batch)?;
+    Ok(cnn::model_from(path, &bytes, &batch, true)?.client_spec())
 }
 
 /// `hecnn keygen`.

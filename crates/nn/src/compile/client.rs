@@ -644,13 +644,11 @@ impl<B: Backend> std::fmt::Debug for EncryptedImages<B> {
     }
 }
 
+/// The stored form: the header, then the output map and the ciphertexts (postcard writes
+/// the nested header's fields in sequence, so the header is a prefix of the body).
 #[derive(Serialize, Deserialize)]
 struct ImagesBody {
-    kind: ImagesKind,
-    model: [u8; 32],
-    key_id: [u8; 32],
-    packing: PackingKind,
-    images: u64,
+    head: ImagesHeader,
     map: (f64, f64),
     cts: Vec<Vec<u8>>,
 }
@@ -670,7 +668,7 @@ pub const MAX_IMAGES_BYTES: u64 = 64 << 30;
 /// What serialized [`EncryptedImages`] say about themselves, read without decoding a
 /// ciphertext ([`ImagesHeader::read`]): a server refuses inputs of another model, packing or
 /// key pair before the work of decoding them, and names which of these differs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImagesHeader {
     /// Inputs or outputs.
     pub kind: ImagesKind,
@@ -684,16 +682,6 @@ pub struct ImagesHeader {
     pub images: u64,
 }
 
-/// The leading fields of `ImagesBody`, in its order.
-#[derive(Deserialize)]
-struct ImagesHead {
-    kind: ImagesKind,
-    model: [u8; 32],
-    key_id: [u8; 32],
-    packing: PackingKind,
-    images: u64,
-}
-
 impl ImagesHeader {
     /// Reads the header of serialized [`EncryptedImages`]; the envelope (magic, version,
     /// length, checksum of the whole file) is checked, the ciphertexts are not decoded.
@@ -701,14 +689,7 @@ impl ImagesHeader {
     /// # Errors
     /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`].
     pub fn read(bytes: &[u8]) -> Result<Self, NnError> {
-        let h: ImagesHead = envelope::open_prefix(IMAGES, bytes)?;
-        Ok(Self {
-            kind: h.kind,
-            model: h.model,
-            key_id: h.key_id,
-            packing: h.packing,
-            images: h.images,
-        })
+        envelope::open_prefix(IMAGES, bytes)
     }
 }
 
@@ -807,11 +788,13 @@ impl<B: Backend> EncryptedImages<B> {
         envelope::seal(
             IMAGES,
             &ImagesBody {
-                kind: self.kind,
-                model: self.model,
-                key_id: self.key_id,
-                packing: self.packing,
-                images: self.images as u64,
+                head: ImagesHeader {
+                    kind: self.kind,
+                    model: self.model,
+                    key_id: self.key_id,
+                    packing: self.packing,
+                    images: self.images as u64,
+                },
                 map: (self.map.a, self.map.gamma),
                 cts,
             },
@@ -832,12 +815,12 @@ impl<B: Backend> EncryptedImages<B> {
         bytes: &[u8],
     ) -> Result<Self, NnError> {
         let b: ImagesBody = envelope::open(IMAGES, bytes)?;
-        let images = usize::try_from(b.images).unwrap_or(usize::MAX);
+        let images = usize::try_from(b.head.images).unwrap_or(usize::MAX);
         let mut out = Self {
-            kind: b.kind,
-            model: b.model,
-            key_id: b.key_id,
-            packing: b.packing,
+            kind: b.head.kind,
+            model: b.head.model,
+            key_id: b.head.key_id,
+            packing: b.head.packing,
             images,
             map: OutputMap {
                 a: b.map.0,
@@ -845,7 +828,7 @@ impl<B: Backend> EncryptedImages<B> {
             },
             cts: Vec::new(),
         };
-        out.check(kind, spec.model, spec.packing(), &b.key_id)?;
+        out.check(kind, spec.model, spec.packing(), &b.head.key_id)?;
         if images == 0 || images > spec.max_images() {
             return Err(NnError::Mismatch {
                 what: "images in one file",
