@@ -776,30 +776,6 @@ impl<B: Backend> Evaluator<B> {
         self.apply_galois(ct, self.ctx().galois_conjugate())
     }
 
-    /// Rotation steps [`Evaluator::inner_sum`] uses.
-    pub fn inner_sum_rotations(stride: i64, count: usize) -> Vec<i64> {
-        let mut out = Vec::new();
-        let mut shift = 0i64;
-        let mut block = 1usize;
-        let mut i = 0;
-        while block <= count {
-            if count >> i & 1 == 1 {
-                if shift != 0 {
-                    out.push(shift);
-                }
-                shift += stride * block as i64;
-            }
-            if block * 2 <= count {
-                out.push(stride * block as i64);
-            }
-            block <<= 1;
-            i += 1;
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
     /// `Σ_{j < count} rotate(ct, j·stride)`: slot `i` receives the sum of slots
     /// `i, i + stride, …, i + (count−1)·stride`. Uses `O(log count)` rotations.
     ///
@@ -1014,4 +990,29 @@ impl<B: Backend> Evaluator<B> {
         self.add_int_assign(&mut ct, Self::round_to_i128(value * scale)?)?;
         Ok(ct)
     }
+}
+
+/// Rotation steps [`Evaluator::inner_sum`] uses (a function of the stride and count only,
+/// so a planner calls it without a backend).
+pub fn inner_sum_rotations(stride: i64, count: usize) -> Vec<i64> {
+    let mut out = Vec::new();
+    let mut shift = 0i64;
+    let mut block = 1usize;
+    let mut i = 0;
+    while block <= count {
+        if count >> i & 1 == 1 {
+            if shift != 0 {
+                out.push(shift);
+            }
+            shift += stride * block as i64;
+        }
+        if block * 2 <= count {
+            out.push(stride * block as i64);
+        }
+        block <<= 1;
+        i += 1;
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }

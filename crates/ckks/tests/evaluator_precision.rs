@@ -173,9 +173,7 @@ fn rotations_conjugation_and_sums() {
     for_each_size(|log_n| {
         let mut steps = vec![1i64, 2, 4, 8, -1, 5, 64];
         for (stride, count) in [(1, 8), (1, 5), (-2, 3)] {
-            steps.extend(
-                hecnn_ckks::Evaluator::<hecnn_ring::CpuBackend>::inner_sum_rotations(stride, count),
-            );
+            steps.extend(hecnn_ckks::inner_sum_rotations(stride, count));
         }
         let mut c = common::setup(log_n, 2, &steps);
         let n = c.slots;

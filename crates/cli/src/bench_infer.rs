@@ -134,10 +134,9 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
         let mut config = InferConfig::new(dir.join("state"));
         config.queue = queue;
         config.workers = a.workers;
-        config.threads = threads;
         config.max_loaded_sessions = a.clients;
         config.max_job_images = a.per_job;
-        let server = infer::start(config, &model).await?;
+        let server = infer::start(config, &model, CpuBackend::new(threads)?).await?;
         let admin = Token::read(&server.admin_token_file)?;
         let http = reqwest::Client::new();
         let spec_bytes = http

@@ -11,6 +11,7 @@ use hecnn_deploy::{
     edge::{self, EdgeConfig},
     owner::{self, OwnerConfig},
 };
+use hecnn_ring::CpuBackend;
 use serde_json::{Value, json};
 
 use crate::{CliError, cnn};
@@ -66,9 +67,8 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
     let _ = std::fs::remove_dir_all(&dir);
     let rt = crate::serve_cmd::runtime()?;
     let result = rt.block_on(async {
-        let mut oc = OwnerConfig::new(dir.join("owner"));
-        oc.threads = 1;
-        let owner = owner::start(oc).await?;
+        let oc = OwnerConfig::new(dir.join("owner"));
+        let owner = owner::start(oc, CpuBackend::new(1)?).await?;
         let admin = Token::read(&owner.admin_token_file)?;
         let http = reqwest::Client::new();
         let t = Instant::now();
@@ -101,8 +101,7 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
         let token = Token::parse(node["token"].as_str().unwrap_or_default())?;
         let mut ec = EdgeConfig::new(dir.join("edge"), owner.url.clone(), token);
         ec.listen = format!("127.0.0.1:{port}");
-        ec.threads = a.threads;
-        let edge = edge::start(ec).await?;
+        let edge = edge::start(ec, CpuBackend::new(crate::cnn_cmds::threads(a.threads))?).await?;
         let input = Token::read(&edge.input_token_file)?;
         let t = Instant::now();
         let dep = json_of(

@@ -84,8 +84,8 @@ pub fn run(args: &DemoArgs) -> Result<(), CliError> {
     let mut rng = Prng::from_entropy()?;
     let sk = SecretKey::generate(r, &mut rng)?;
     let pk = sk.public_key(&be, &mut rng)?;
-    let mut req = KeyRequirements::relin()
-        .with_rotations(Evaluator::<CpuBackend>::inner_sum_rotations(1, block));
+    let mut req =
+        KeyRequirements::relin().with_rotations(hecnn_ckks::inner_sum_rotations(1, block));
     req = req.with_rotations(hecnn_ckks::bsgs_rotations(
         &band.iter().copied().collect(),
         slots,

@@ -82,13 +82,13 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
     config.tls = a.tls.files();
     config.queue = a.queue;
     config.workers = a.workers;
-    config.threads = crate::cnn_cmds::threads(a.threads);
     config.result_ttl = Duration::from_secs(a.result_ttl);
     config.max_job_images = a.max_job_images;
     config.max_loaded_sessions = a.max_loaded_sessions;
     config.max_sessions_per_client = a.max_sessions_per_client;
+    let be = hecnn_ring::CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     crate::serve_cmd::runtime()?.block_on(async {
-        let handle = infer::start(config, &model).await?;
+        let handle = infer::start(config, &model, be).await?;
         println!(
             "serving '{}' ({} packing, {} evaluation keys per session)",
             model.name(),

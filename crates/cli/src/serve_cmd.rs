@@ -10,6 +10,8 @@ use hecnn_deploy::{
     owner::{self, OwnerConfig},
 };
 
+use hecnn_ring::CpuBackend;
+
 use crate::CliError;
 
 /// TLS options shared by both services.
@@ -123,9 +125,9 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
     config.tls = a.tls.files();
     config.master_key = a.master_key.clone();
     config.edge_ca = a.edge_ca.clone();
-    config.threads = a.threads;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     runtime()?.block_on(async {
-        let handle = owner::start(config).await?;
+        let handle = owner::start(config, be).await?;
         println!("listening on {}", handle.url);
         println!(
             "administrator token in {}",
@@ -146,10 +148,10 @@ pub fn edge_serve(a: &EdgeServeArgs) -> Result<(), CliError> {
     config.tls = a.tls.files();
     config.owner_ca = a.owner_ca.clone();
     config.watch = a.watch.clone();
-    config.threads = a.threads;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     config.queue = a.queue;
     runtime()?.block_on(async {
-        let handle = edge::start(config).await?;
+        let handle = edge::start(config, be).await?;
         println!("listening on {}", handle.url);
         println!("input token in {}", handle.input_token_file.display());
         tokio::select! {

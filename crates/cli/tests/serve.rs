@@ -27,6 +27,7 @@ fn protected_weights(model: &hecnn_nn::Model, scope: Scope) -> Vec<f64> {
 
 fn secret_coeffs(owner_state: &Path, model_id: u64) -> Vec<u8> {
     let sk = read_secret_key(
+        &hecnn_ring::CpuBackend::new(1).unwrap(),
         &owner_state.join("registry.sqlite"),
         &owner_state.join("master.key"),
         model_id,

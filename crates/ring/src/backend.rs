@@ -268,6 +268,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         items.into_iter().map(f).collect()
     }
 
+    /// How many items [`Backend::par_map`] works on at once (a CPU backend's thread count); a
+    /// service sizes its batches by it. The default, matching the sequential `par_map`, is 1.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
     /// Runs `f` with the backend's workers at hand: a CPU backend enters its thread pool
     /// once, so the many small parallel sections of one evaluation start without a
     /// cross-thread handoff each. The default runs `f` as it is.

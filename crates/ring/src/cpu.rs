@@ -354,6 +354,10 @@ impl Backend for CpuBackend {
             })
     }
 
+    fn parallelism(&self) -> usize {
+        self.threads
+    }
+
     /// Runs `f` inside this backend's thread pool (so nested rayon calls use it).
     fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)

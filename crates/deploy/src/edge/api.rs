@@ -17,6 +17,8 @@ use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use hecnn_ring::Backend;
+
 use super::{Edge, Job};
 use crate::auth::bearer;
 use crate::body::read_body;
@@ -25,15 +27,15 @@ use crate::{ApiError, DeployError};
 
 type Api<T> = Result<T, ApiError>;
 
-pub(crate) fn router(edge: Arc<Edge>) -> Router {
+pub(crate) fn router<B: Backend + Clone>(edge: Arc<Edge<B>>) -> Router {
     Router::new()
         .route(
             "/v1/health",
             get(|| async { Json(json!({ "service": "hecnn-edge", "api": 1 })) }),
         )
-        .route("/v1/deployment", put(put_deployment))
-        .route("/v1/status", get(status))
-        .route("/v1/stream", post(stream))
+        .route("/v1/deployment", put(put_deployment::<B>))
+        .route("/v1/status", get(status::<B>))
+        .route("/v1/stream", post(stream::<B>))
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
@@ -45,7 +47,7 @@ enum Caller {
     Input,
 }
 
-fn caller(edge: &Edge, headers: &HeaderMap) -> Api<Caller> {
+fn caller<B: Backend + Clone>(edge: &Edge<B>, headers: &HeaderMap) -> Api<Caller> {
     let t = bearer(headers)?;
     if edge.node_token.verify(&t) {
         Ok(Caller::Owner)
@@ -64,8 +66,8 @@ fn forbidden(what: &str) -> ApiError {
     )
 }
 
-async fn put_deployment(
-    State(edge): State<Arc<Edge>>,
+async fn put_deployment<B: Backend + Clone>(
+    State(edge): State<Arc<Edge<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {
@@ -88,7 +90,10 @@ async fn put_deployment(
     Ok(Json(json!({ "installed": dep.header() })))
 }
 
-async fn status(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Api<impl IntoResponse> {
+async fn status<B: Backend + Clone>(
+    State(edge): State<Arc<Edge<B>>>,
+    headers: HeaderMap,
+) -> Api<impl IntoResponse> {
     caller(&edge, &headers)?;
     let e = Arc::clone(&edge);
     let outbox = tokio::task::spawn_blocking(move || e.outbox_len())
@@ -183,8 +188,8 @@ fn settle(
     }
 }
 
-async fn stream(
-    State(edge): State<Arc<Edge>>,
+async fn stream<B: Backend + Clone>(
+    State(edge): State<Arc<Edge<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {

@@ -7,28 +7,28 @@ use std::sync::Arc;
 use hecnn_ckks::Evaluator;
 use hecnn_nn::Tensor;
 use hecnn_nn::protect::{FeatureInput, MAX_EDGE_KEYS, ProtectedModel};
-use hecnn_ring::{CpuBackend, Prng};
+use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{EvaluationKeys, PublicKey};
 
 use crate::DeployError;
 use crate::wire::{DeploymentBundle, DeploymentHeader, ResultEnvelope, ResultHeader};
 
 /// A loaded deployment.
-pub struct Deployed {
+pub struct Deployed<B: Backend> {
     header: DeploymentHeader,
-    model: ProtectedModel<CpuBackend>,
-    eval: Evaluator<CpuBackend>,
-    pk: PublicKey<CpuBackend>,
+    model: ProtectedModel<B>,
+    eval: Evaluator<B>,
+    pk: PublicKey<B>,
     shape: [usize; 3],
 }
 
-impl Deployed {
+impl<B: Backend + Clone> Deployed<B> {
     /// Checks and loads a bundle: the protected model, keys of the same owner key and
     /// parameters as the header says.
     ///
     /// # Errors
     /// Malformed or mismatched payloads.
-    pub fn load(be: &CpuBackend, bundle: &DeploymentBundle) -> Result<Self, DeployError> {
+    pub fn load(be: &B, bundle: &DeploymentBundle) -> Result<Self, DeployError> {
         let h = &bundle.header;
         let model = ProtectedModel::from_bytes(be, &bundle.protected)?;
         let params = Arc::clone(model.params());

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use hecnn_ring::{Backend, CpuBackend};
+use hecnn_ring::Backend;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::auth::{Token, TokenHash};
@@ -52,8 +52,6 @@ pub struct EdgeConfig {
     pub owner_ca: Option<PathBuf>,
     /// A directory to take images from.
     pub watch: Option<PathBuf>,
-    /// Worker threads for inference (0 = all cores).
-    pub threads: usize,
     /// Largest deployment bundle, in bytes.
     pub max_bundle_bytes: usize,
     /// Inputs queued for inference before the stream reader waits (back-pressure).
@@ -71,7 +69,6 @@ impl EdgeConfig {
             node_token,
             owner_ca: None,
             watch: None,
-            threads: 0,
             max_bundle_bytes: 1 << 30,
             queue: 64,
         }
@@ -87,12 +84,12 @@ pub(crate) struct Job {
 }
 
 /// The edge's shared state.
-pub(crate) struct Edge {
+pub(crate) struct Edge<B: Backend> {
     config: EdgeConfig,
-    be: CpuBackend,
+    be: B,
     node_token: TokenHash,
     input_token: TokenHash,
-    current: RwLock<Option<Arc<Deployed>>>,
+    current: RwLock<Option<Arc<Deployed<B>>>>,
     installing: std::sync::Mutex<()>,
     jobs: mpsc::Sender<Job>,
     outbox_wake: Notify,
@@ -103,8 +100,8 @@ pub(crate) struct Edge {
 
 const BUNDLE_FILE: &str = "deployment.hcnd";
 
-impl Edge {
-    pub(crate) fn current(&self) -> Option<Arc<Deployed>> {
+impl<B: Backend + Clone> Edge<B> {
+    pub(crate) fn current(&self) -> Option<Arc<Deployed<B>>> {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -118,7 +115,7 @@ impl Edge {
     /// Checks, stores (atomically) and switches to a new deployment. A bundle equal to the
     /// current deployment is acknowledged without change (the owner retries after a lost
     /// answer).
-    pub(crate) fn install(&self, bytes: &[u8]) -> Result<Arc<Deployed>, DeployError> {
+    pub(crate) fn install(&self, bytes: &[u8]) -> Result<Arc<Deployed<B>>, DeployError> {
         let bundle = DeploymentBundle::from_bytes(bytes)?;
         // One install at a time, so the stored bundle and the served one stay the same.
         let _guard = self
@@ -176,12 +173,16 @@ impl EdgeHandle {
 }
 
 /// Opens the state (reloading the stored deployment and the outbox), starts the inference
-/// worker, the forwarder and the directory watch, and serves the API.
+/// worker, the forwarder and the directory watch, and serves the API. Inference runs on
+/// `be` (the binary passes a CPU backend sized by `--threads`).
 ///
 /// # Errors
 /// Configuration, state-directory and listening errors, and a stored deployment that no
 /// longer loads.
-pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
+pub async fn start<B: Backend + Clone>(
+    config: EdgeConfig,
+    be: B,
+) -> Result<EdgeHandle, DeployError> {
     let dir = &config.state_dir;
     for d in [dir.clone(), dir.join("outbox"), dir.join("rejected")] {
         files::ensure_dir(&d)?;
@@ -203,7 +204,6 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
         }
         Err(e) => return Err(e),
     };
-    let be = CpuBackend::new(config.threads)?;
     let client = net::client(config.owner_ca.as_deref())?;
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let server = Server::bind(&config.listen, config.tls.as_ref()).await?;
@@ -260,8 +260,8 @@ pub async fn start(config: EdgeConfig) -> Result<EdgeHandle, DeployError> {
 
 /// The inference worker: takes the queued inputs (up to two per thread at a time), runs
 /// them in parallel, writes each result to the outbox, then acknowledges.
-fn worker(edge: &Arc<Edge>, mut rx: mpsc::Receiver<Job>) {
-    let most = edge.be.threads().max(1) * 2;
+fn worker<B: Backend + Clone>(edge: &Arc<Edge<B>>, mut rx: mpsc::Receiver<Job>) {
+    let most = edge.be.parallelism().max(1) * 2;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < most {
@@ -312,7 +312,7 @@ fn move_to(path: &Path, dir: &Path) {
 /// Polls `dir` for images (`.png`, `.u8`), queues them, and moves each to `done/` once its
 /// result is in the outbox (or to `failed/` with the reason logged). A crash before the
 /// move re-queues the file at the next start; the owner ignores the duplicate result.
-fn watch(edge: &Arc<Edge>, dir: &Path) {
+fn watch<B: Backend + Clone>(edge: &Arc<Edge<B>>, dir: &Path) {
     let (done, failed) = (dir.join("done"), dir.join("failed"));
     loop {
         let mut waiting = Vec::new();
@@ -369,7 +369,7 @@ fn watch(edge: &Arc<Edge>, dir: &Path) {
 /// Sends the outbox to the owner, oldest first, removing each result once the owner has
 /// stored it. Results the owner refuses (4xx) move to `rejected/` with the reason; network
 /// and server errors are retried with back-off.
-async fn forwarder(edge: Arc<Edge>) {
+async fn forwarder<B: Backend + Clone>(edge: Arc<Edge<B>>) {
     let url = format!("{}/v1/results", edge.config.owner_url.trim_end_matches('/'));
     let token = edge.config.node_token.clone();
     let mut backoff = Duration::from_millis(100);

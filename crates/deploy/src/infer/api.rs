@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::store::{ClientRecord, JobRecord, JobState, is_id, new_id, now_ms};
+use hecnn_ring::Backend;
+
 use super::{Infer, JobEntry, MAX_WAIT_SECONDS, Session, SessionError, metrics};
 use crate::ApiError;
 use crate::auth::{Token, bearer, hex};
@@ -26,17 +28,20 @@ use crate::wire::check_input_id;
 
 type Api<T> = Result<T, ApiError>;
 
-pub(crate) fn router(infer: Arc<Infer>) -> Router {
+pub(crate) fn router<B: Backend + Clone>(infer: Arc<Infer<B>>) -> Router {
     let m = Arc::clone(&infer.metrics);
     Router::new()
-        .route("/v1/health", get(health))
-        .route("/v1/metrics", get(metrics_text))
-        .route("/v1/spec", get(spec))
-        .route("/v1/clients", post(add_client).get(list_clients))
-        .route("/v1/sessions", post(add_session))
-        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
-        .route("/v1/sessions/{id}/jobs", post(add_job))
-        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/health", get(health::<B>))
+        .route("/v1/metrics", get(metrics_text::<B>))
+        .route("/v1/spec", get(spec::<B>))
+        .route("/v1/clients", post(add_client::<B>).get(list_clients::<B>))
+        .route("/v1/sessions", post(add_session::<B>))
+        .route(
+            "/v1/sessions/{id}",
+            get(get_session::<B>).delete(delete_session::<B>),
+        )
+        .route("/v1/sessions/{id}/jobs", post(add_job::<B>))
+        .route("/v1/jobs/{id}", get(get_job::<B>).delete(delete_job::<B>))
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
@@ -50,7 +55,7 @@ enum Caller {
     Client(String),
 }
 
-fn caller(infer: &Infer, headers: &HeaderMap) -> Api<Caller> {
+fn caller<B: Backend + Clone>(infer: &Infer<B>, headers: &HeaderMap) -> Api<Caller> {
     let t = bearer(headers)?;
     if infer.admin.verify(&t) {
         return Ok(Caller::Admin);
@@ -68,7 +73,7 @@ fn forbidden(what: &str) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", what.to_string())
 }
 
-fn require_admin(infer: &Infer, headers: &HeaderMap) -> Api<()> {
+fn require_admin<B: Backend + Clone>(infer: &Infer<B>, headers: &HeaderMap) -> Api<()> {
     match caller(infer, headers)? {
         Caller::Admin => Ok(()),
         Caller::Client(_) => Err(forbidden(
@@ -77,7 +82,7 @@ fn require_admin(infer: &Infer, headers: &HeaderMap) -> Api<()> {
     }
 }
 
-fn require_client(infer: &Infer, headers: &HeaderMap) -> Api<String> {
+fn require_client<B: Backend + Clone>(infer: &Infer<B>, headers: &HeaderMap) -> Api<String> {
     match caller(infer, headers)? {
         Caller::Client(id) => Ok(id),
         Caller::Admin => Err(forbidden(
@@ -98,7 +103,11 @@ fn unknown_job() -> ApiError {
 }
 
 /// `client`'s session `id`; another client's is unknown.
-fn session_of(infer: &Infer, client: &str, id: &str) -> Api<Arc<Session>> {
+fn session_of<B: Backend + Clone>(
+    infer: &Infer<B>,
+    client: &str,
+    id: &str,
+) -> Api<Arc<Session<B>>> {
     if !is_id(id) {
         return Err(unknown_session());
     }
@@ -112,7 +121,7 @@ fn session_of(infer: &Infer, client: &str, id: &str) -> Api<Arc<Session>> {
 }
 
 /// `client`'s job `id`; another client's, or an expired result, is unknown.
-fn job_of(infer: &Infer, client: &str, id: &str) -> Api<JobEntry> {
+fn job_of<B: Backend + Clone>(infer: &Infer<B>, client: &str, id: &str) -> Api<JobEntry> {
     if !is_id(id) {
         return Err(unknown_job());
     }
@@ -139,7 +148,7 @@ fn with_header(mut resp: Response, name: header::HeaderName, value: &str) -> Res
     resp
 }
 
-async fn health(State(infer): State<Arc<Infer>>) -> impl IntoResponse {
+async fn health<B: Backend + Clone>(State(infer): State<Arc<Infer<B>>>) -> impl IntoResponse {
     Json(json!({
         "service": "hecnn-serve",
         "api": 1,
@@ -149,7 +158,7 @@ async fn health(State(infer): State<Arc<Infer>>) -> impl IntoResponse {
     }))
 }
 
-async fn metrics_text(State(infer): State<Arc<Infer>>) -> Response {
+async fn metrics_text<B: Backend + Clone>(State(infer): State<Arc<Infer<B>>>) -> Response {
     let text = infer.metrics.render(&infer.gauges());
     with_header(
         text.into_response(),
@@ -158,7 +167,7 @@ async fn metrics_text(State(infer): State<Arc<Infer>>) -> Response {
     )
 }
 
-async fn spec(State(infer): State<Arc<Infer>>) -> Response {
+async fn spec<B: Backend + Clone>(State(infer): State<Arc<Infer<B>>>) -> Response {
     with_header(
         infer.spec_bytes.clone().into_response(),
         header::CONTENT_TYPE,
@@ -177,8 +186,8 @@ struct NewClient {
     name: String,
 }
 
-async fn add_client(
-    State(infer): State<Arc<Infer>>,
+async fn add_client<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<Response> {
@@ -224,7 +233,10 @@ async fn add_client(
         .into_response())
 }
 
-async fn list_clients(State(infer): State<Arc<Infer>>, headers: HeaderMap) -> Api<Response> {
+async fn list_clients<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
+    headers: HeaderMap,
+) -> Api<Response> {
     require_admin(&infer, &headers)?;
     let reg = infer.lock();
     let mut clients: Vec<&ClientRecord> = reg.clients.values().collect();
@@ -243,7 +255,7 @@ async fn list_clients(State(infer): State<Arc<Infer>>, headers: HeaderMap) -> Ap
     Ok(Json(json!({ "clients": list })).into_response())
 }
 
-fn session_json(s: &Session, infer: &Infer) -> serde_json::Value {
+fn session_json<B: Backend + Clone>(s: &Session<B>, infer: &Infer<B>) -> serde_json::Value {
     let reg = infer.lock();
     let jobs = reg.jobs.values().filter(|j| j.rec.session == s.rec.id);
     let (mut pending, mut finished) = (0, 0);
@@ -264,8 +276,8 @@ fn session_json(s: &Session, infer: &Infer) -> serde_json::Value {
     })
 }
 
-async fn add_session(
-    State(infer): State<Arc<Infer>>,
+async fn add_session<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<Response> {
@@ -308,8 +320,8 @@ async fn add_session(
     Ok((status, Json(session_json(&session, &infer))).into_response())
 }
 
-async fn get_session(
-    State(infer): State<Arc<Infer>>,
+async fn get_session<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Api<Response> {
@@ -318,8 +330,8 @@ async fn get_session(
     Ok(Json(session_json(&s, &infer)).into_response())
 }
 
-async fn delete_session(
-    State(infer): State<Arc<Infer>>,
+async fn delete_session<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Api<Response> {
@@ -361,13 +373,13 @@ async fn delete_session(
 
 /// A place in the queue, held from before the upload is read until the job is queued;
 /// given back when the job is refused.
-struct Slot {
-    infer: Arc<Infer>,
+struct Slot<B: Backend + Clone> {
+    infer: Arc<Infer<B>>,
     held: bool,
 }
 
-impl Slot {
-    fn reserve(infer: &Arc<Infer>) -> Option<Self> {
+impl<B: Backend + Clone> Slot<B> {
+    fn reserve(infer: &Arc<Infer<B>>) -> Option<Self> {
         let cap = infer.capacity();
         infer
             .admitted
@@ -387,7 +399,7 @@ impl Slot {
     }
 }
 
-impl Drop for Slot {
+impl<B: Backend + Clone> Drop for Slot<B> {
     fn drop(&mut self) {
         if self.held {
             self.infer.admitted.fetch_sub(1, Ordering::AcqRel);
@@ -395,7 +407,7 @@ impl Drop for Slot {
     }
 }
 
-fn busy(infer: &Infer) -> Response {
+fn busy<B: Backend + Clone>(infer: &Infer<B>) -> Response {
     let secs = infer.retry_after();
     let resp = ApiError::new(
         StatusCode::TOO_MANY_REQUESTS,
@@ -415,12 +427,12 @@ const KEEP_DECODED: usize = 64 << 20;
 
 /// Checks a job's inputs against the model and the session, stores them and queues the job.
 /// Returns the job id and its number of images.
-fn accept(
-    infer: &Infer,
+fn accept<B: Backend + Clone>(
+    infer: &Infer<B>,
     client: &str,
-    session: &Session,
+    session: &Session<B>,
     bytes: &[u8],
-    slot: Slot,
+    slot: Slot<B>,
 ) -> Api<(String, u64)> {
     let short = |id: &[u8; 32]| hex(&id[..6]);
     let h = ImagesHeader::read(bytes)
@@ -505,8 +517,8 @@ fn accept(
     Ok((id, h.images))
 }
 
-async fn add_job(
-    State(infer): State<Arc<Infer>>,
+async fn add_job<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -543,8 +555,8 @@ struct WaitQuery {
     wait: Option<f64>,
 }
 
-async fn get_job(
-    State(infer): State<Arc<Infer>>,
+async fn get_job<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     Path(id): Path<String>,
     Query(q): Query<WaitQuery>,
     headers: HeaderMap,
@@ -610,8 +622,8 @@ async fn get_job(
     }
 }
 
-async fn delete_job(
-    State(infer): State<Arc<Infer>>,
+async fn delete_job<B: Backend + Clone>(
+    State(infer): State<Arc<Infer<B>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Api<Response> {

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use hecnn_nn::compile::{
     CompiledModel, EncryptedImages, ImagesKind, IoLayout, PackingKind, Server, ServerPlan,
 };
-use hecnn_ring::CpuBackend;
+use hecnn_ring::Backend;
 use hecnn_rlwe::EvaluationKeys;
 use tokio::sync::{mpsc, watch};
 
@@ -63,8 +63,6 @@ pub struct InferConfig {
     pub queue: usize,
     /// Jobs evaluated at once (each on the shared worker threads).
     pub workers: usize,
-    /// Worker threads of the evaluations (0 = all cores).
-    pub threads: usize,
     /// How long a finished job's result is kept.
     pub result_ttl: Duration,
     /// Most images of one job (single-image packing; a batch-packed job is one batch).
@@ -87,7 +85,6 @@ impl InferConfig {
             tls: None,
             queue: 4,
             workers: 1,
-            threads: 0,
             result_ttl: Duration::from_secs(3600),
             max_job_images: 64,
             max_loaded_sessions: 4,
@@ -100,10 +97,10 @@ impl InferConfig {
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
 /// A registered session and, while loaded, its evaluator.
-pub(crate) struct Session {
+pub(crate) struct Session<B: Backend> {
     pub(crate) rec: SessionRecord,
     pub(crate) key_id: [u8; 32],
-    server: Mutex<Option<Arc<Server<CpuBackend>>>>,
+    server: Mutex<Option<Arc<Server<B>>>>,
     last_used: AtomicU64,
 }
 
@@ -117,28 +114,38 @@ pub(crate) struct JobEntry {
 
 /// Clients, sessions and jobs (a short lock, never held across an await or a file write
 /// of bulk data).
-#[derive(Default)]
-pub(crate) struct Registry {
+pub(crate) struct Registry<B: Backend> {
     pub(crate) clients: HashMap<String, ClientRecord>,
     pub(crate) by_token: HashMap<[u8; 32], String>,
-    pub(crate) sessions: HashMap<String, Arc<Session>>,
+    pub(crate) sessions: HashMap<String, Arc<Session<B>>>,
     pub(crate) jobs: HashMap<String, JobEntry>,
 }
 
+impl<B: Backend> Default for Registry<B> {
+    fn default() -> Self {
+        Self {
+            clients: HashMap::new(),
+            by_token: HashMap::new(),
+            sessions: HashMap::new(),
+            jobs: HashMap::new(),
+        }
+    }
+}
+
 /// A job handed to a worker, with its inputs when they are already decoded.
-pub(crate) struct Queued {
+pub(crate) struct Queued<B: Backend> {
     id: String,
-    inputs: Option<EncryptedImages<CpuBackend>>,
+    inputs: Option<EncryptedImages<B>>,
 }
 
 /// The service's shared state.
-pub(crate) struct Infer {
+pub(crate) struct Infer<B: Backend> {
     pub(crate) config: InferConfig,
     pub(crate) plan: ServerPlan,
     pub(crate) spec_bytes: Vec<u8>,
     pub(crate) fingerprint: [u8; 32],
     pub(crate) model_name: String,
-    pub(crate) be: CpuBackend,
+    pub(crate) be: B,
     pub(crate) store: Store,
     pub(crate) admin: TokenHash,
     /// Switching keys a session may register (relinearization and the plan's rotations).
@@ -151,8 +158,8 @@ pub(crate) struct Infer {
     pub(crate) key_limit: usize,
     /// Largest job body.
     pub(crate) job_limit: usize,
-    pub(crate) reg: Mutex<Registry>,
-    queue: mpsc::UnboundedSender<Queued>,
+    pub(crate) reg: Mutex<Registry<B>>,
+    queue: mpsc::UnboundedSender<Queued<B>>,
     /// Jobs accepted and not finished (waiting or running), and slots reserved by uploads.
     pub(crate) admitted: AtomicUsize,
     /// Jobs being evaluated.
@@ -187,8 +194,8 @@ fn job_limit(plan: &ServerPlan, max_images: usize) -> usize {
         .saturating_add(64 << 10)
 }
 
-impl Infer {
-    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+impl<B: Backend + Clone> Infer<B> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Registry<B>> {
         self.reg.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -248,7 +255,7 @@ impl Infer {
         &self,
         client: &str,
         bytes: &[u8],
-    ) -> Result<(Arc<Session>, bool), SessionError> {
+    ) -> Result<(Arc<Session<B>>, bool), SessionError> {
         let keys =
             EvaluationKeys::from_bytes(&self.be, self.plan.params().rlwe(), bytes, self.max_keys)
                 .map_err(SessionError::Keys)?;
@@ -268,7 +275,7 @@ impl Infer {
             .unwrap_or_else(PoisonError::into_inner);
         {
             let reg = self.lock();
-            let mine: Vec<&Arc<Session>> = reg
+            let mine: Vec<&Arc<Session<B>>> = reg
                 .sessions
                 .values()
                 .filter(|s| s.rec.client == client)
@@ -305,7 +312,7 @@ impl Infer {
     }
 
     /// The evaluator of `session`, built from its stored keys when not loaded.
-    fn server(&self, session: &Session) -> Result<Arc<Server<CpuBackend>>, DeployError> {
+    fn server(&self, session: &Session<B>) -> Result<Arc<Server<B>>, DeployError> {
         session
             .last_used
             .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
@@ -331,8 +338,8 @@ impl Infer {
     /// Drops the least recently used evaluators beyond the configured number (never
     /// `keep`'s, never one being built).
     fn evict(&self, keep: &str) {
-        let sessions: Vec<Arc<Session>> = self.lock().sessions.values().cloned().collect();
-        let mut loaded: Vec<(u64, Arc<Session>)> = sessions
+        let sessions: Vec<Arc<Session<B>>> = self.lock().sessions.values().cloned().collect();
+        let mut loaded: Vec<(u64, Arc<Session<B>>)> = sessions
             .into_iter()
             .filter(|s| s.rec.id != keep && s.server.try_lock().is_ok_and(|g| g.is_some()))
             .map(|s| (s.last_used.load(Ordering::Relaxed), s))
@@ -348,7 +355,7 @@ impl Infer {
     }
 
     /// Evaluates one job and stores its outcome (blocking).
-    fn process(&self, job: Queued) {
+    fn process(&self, job: Queued<B>) {
         let t = Instant::now();
         let rec = {
             let mut reg = self.lock();
@@ -412,7 +419,7 @@ impl Infer {
     fn evaluate(
         &self,
         rec: &JobRecord,
-        inputs: Option<EncryptedImages<CpuBackend>>,
+        inputs: Option<EncryptedImages<B>>,
     ) -> Result<(Vec<u8>, f64), DeployError> {
         let session = self
             .lock()
@@ -441,7 +448,7 @@ impl Infer {
     }
 
     /// Queues an accepted job.
-    pub(crate) fn enqueue(&self, id: String, inputs: Option<EncryptedImages<CpuBackend>>) {
+    pub(crate) fn enqueue(&self, id: String, inputs: Option<EncryptedImages<B>>) {
         if self.queue.send(Queued { id, inputs }).is_err() {
             eprintln!("the job queue is closed");
         }
@@ -544,11 +551,16 @@ fn admin_hash(store: &Store) -> Result<TokenHash, DeployError> {
 }
 
 /// Opens the state (clients, sessions, jobs; pending jobs queued again), starts the
-/// workers and the result sweeper, and serves the API for `model`.
+/// workers and the result sweeper, and serves the API for `model`. Evaluations run on `be`
+/// (the binary passes a CPU backend sized by `--threads`).
 ///
 /// # Errors
 /// Configuration, state-directory and listening errors.
-pub async fn start(config: InferConfig, model: &CompiledModel) -> Result<InferHandle, DeployError> {
+pub async fn start<B: Backend + Clone>(
+    config: InferConfig,
+    model: &CompiledModel,
+    be: B,
+) -> Result<InferHandle, DeployError> {
     let store = Store::open(&config.state_dir)?;
     let admin = admin_hash(&store)?;
     let plan = model.server_plan();
@@ -612,7 +624,6 @@ pub async fn start(config: InferConfig, model: &CompiledModel) -> Result<InferHa
     }
     pending.sort();
 
-    let be = CpuBackend::new(config.threads)?;
     let server = HttpServer::bind(&config.listen, config.tls.as_ref()).await?;
     let url = server.url()?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -662,7 +673,10 @@ pub async fn start(config: InferConfig, model: &CompiledModel) -> Result<InferHa
 }
 
 /// Takes queued jobs one at a time and evaluates each on the blocking pool.
-async fn worker(infer: Arc<Infer>, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued>>>) {
+async fn worker<B: Backend + Clone>(
+    infer: Arc<Infer<B>>,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Queued<B>>>>,
+) {
     loop {
         let job = rx.lock().await.recv().await;
         let Some(job) = job else { return };
@@ -674,7 +688,7 @@ async fn worker(infer: Arc<Infer>, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedRec
 }
 
 /// Removes expired results, a few times per time to live.
-async fn sweeper(infer: Arc<Infer>) {
+async fn sweeper<B: Backend + Clone>(infer: Arc<Infer<B>>) {
     let every =
         (infer.config.result_ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
     loop {
@@ -687,6 +701,7 @@ async fn sweeper(infer: Arc<Infer>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hecnn_ring::CpuBackend;
 
     #[test]
     fn the_ciphertext_size_bound_is_what_the_library_writes() {

@@ -27,18 +27,18 @@ use crate::{ApiError, DeployError};
 
 type Api<T> = Result<T, ApiError>;
 
-pub(crate) fn router(owner: Arc<Owner>) -> Router {
+pub(crate) fn router<B: Backend + Clone>(owner: Arc<Owner<B>>) -> Router {
     Router::new()
         .route(
             "/v1/health",
             get(|| async { Json(json!({ "service": "hecnn-owner", "api": 1 })) }),
         )
-        .route("/v1/models", post(add_model).get(list_models))
-        .route("/v1/nodes", post(add_node))
-        .route("/v1/consumers", post(add_consumer))
-        .route("/v1/deployments", post(add_deployment))
-        .route("/v1/deployments/{id}", get(get_deployment))
-        .route("/v1/results", post(post_result).get(get_results))
+        .route("/v1/models", post(add_model::<B>).get(list_models::<B>))
+        .route("/v1/nodes", post(add_node::<B>))
+        .route("/v1/consumers", post(add_consumer::<B>))
+        .route("/v1/deployments", post(add_deployment::<B>))
+        .route("/v1/deployments/{id}", get(get_deployment::<B>))
+        .route("/v1/results", post(post_result::<B>).get(get_results::<B>))
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
@@ -54,8 +54,8 @@ fn query<T: for<'de> Deserialize<'de>>(raw: Option<String>) -> Api<T> {
         .map_err(|e| ApiError::bad_request(format!("query string: {e}")))
 }
 
-async fn require_role(
-    owner: &Arc<Owner>,
+async fn require_role<B: Backend + Clone>(
+    owner: &Arc<Owner<B>>,
     headers: &HeaderMap,
     roles: &'static [&'static str],
 ) -> Api<()> {
@@ -92,8 +92,8 @@ fn default_features() -> String {
     "plain".into()
 }
 
-async fn add_model(
-    State(owner): State<Arc<Owner>>,
+async fn add_model<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Body,
@@ -184,8 +184,8 @@ async fn add_model(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
-async fn list_models(
-    State(owner): State<Arc<Owner>>,
+async fn list_models<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
 ) -> Api<impl IntoResponse> {
     require_role(&owner, &headers, &["admin"]).await?;
@@ -199,8 +199,8 @@ struct NewNode {
     url: String,
 }
 
-async fn add_node(
-    State(owner): State<Arc<Owner>>,
+async fn add_node<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {
@@ -243,8 +243,8 @@ struct NewConsumer {
     name: String,
 }
 
-async fn add_consumer(
-    State(owner): State<Arc<Owner>>,
+async fn add_consumer<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {
@@ -268,8 +268,8 @@ struct NewDeployment {
     node: String,
 }
 
-async fn add_deployment(
-    State(owner): State<Arc<Owner>>,
+async fn add_deployment<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {
@@ -300,8 +300,8 @@ async fn add_deployment(
     ))
 }
 
-async fn get_deployment(
-    State(owner): State<Arc<Owner>>,
+async fn get_deployment<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Api<impl IntoResponse> {
@@ -316,8 +316,8 @@ async fn get_deployment(
     Ok(Json(dep))
 }
 
-async fn post_result(
-    State(owner): State<Arc<Owner>>,
+async fn post_result<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Api<impl IntoResponse> {
@@ -394,8 +394,8 @@ fn default_limit() -> usize {
     1000
 }
 
-async fn get_results(
-    State(owner): State<Arc<Owner>>,
+async fn get_results<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Api<impl IntoResponse> {

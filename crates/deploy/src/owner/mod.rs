@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use hecnn_ckks::Decryptor;
 use hecnn_nn::protect::{ProtectedModel, ProtectedOutput, decrypt_output};
-use hecnn_ring::{Backend, CpuBackend};
+use hecnn_ring::Backend;
 use hecnn_rlwe::SecretKey;
 use tokio::sync::Notify;
 
@@ -49,8 +49,6 @@ pub struct OwnerConfig {
     pub master_key: Option<PathBuf>,
     /// Certificate authorities trusted when pushing to `https` edges.
     pub edge_ca: Option<PathBuf>,
-    /// Worker threads for protection and decryption (0 = all cores).
-    pub threads: usize,
     /// Largest ONNX upload, in bytes.
     pub max_model_bytes: usize,
     /// Largest result envelope, in bytes.
@@ -67,7 +65,6 @@ impl OwnerConfig {
             tls: None,
             master_key: None,
             edge_ca: None,
-            threads: 0,
             max_model_bytes: 256 << 20,
             max_result_bytes: 16 << 20,
         }
@@ -75,19 +72,19 @@ impl OwnerConfig {
 }
 
 /// A registered model, loaded for checking and decrypting its results.
-struct Loaded {
-    model: ProtectedModel<CpuBackend>,
+struct Loaded<B: Backend> {
+    model: ProtectedModel<B>,
     secret: SecretKey,
 }
 
 /// The owner's shared state.
-pub(crate) struct Owner {
+pub(crate) struct Owner<B: Backend> {
     config: OwnerConfig,
     db: Mutex<Registry>,
     master: MasterKey,
-    be: CpuBackend,
+    be: B,
     client: reqwest::Client,
-    loaded: Mutex<HashMap<u64, Arc<Loaded>>>,
+    loaded: Mutex<HashMap<u64, Arc<Loaded<B>>>>,
     deploy_wake: Notify,
     decrypt_wake: Notify,
 }
@@ -95,7 +92,7 @@ pub(crate) struct Owner {
 /// How long a deployment is retried before it is marked failed.
 const DELIVERY_ATTEMPTS: u32 = 30;
 
-impl Owner {
+impl<B: Backend + Clone> Owner<B> {
     /// Runs `f` on the registry in a blocking task.
     pub(crate) async fn db<T: Send + 'static>(
         self: &Arc<Self>,
@@ -111,7 +108,7 @@ impl Owner {
     }
 
     /// The model `id`, loaded (and its secret key unsealed) once.
-    fn loaded(&self, model_id: u64) -> Result<Option<Arc<Loaded>>, DeployError> {
+    fn loaded(&self, model_id: u64) -> Result<Option<Arc<Loaded<B>>>, DeployError> {
         if let Some(l) = self
             .loaded
             .lock()
@@ -174,7 +171,8 @@ impl Owner {
 ///
 /// # Errors
 /// An unknown model, a wrong master key, registry errors.
-pub fn read_secret_key(
+pub fn read_secret_key<B: Backend + Clone>(
+    be: &B,
     registry: &std::path::Path,
     master_key: &std::path::Path,
     model_id: u64,
@@ -183,16 +181,16 @@ pub fn read_secret_key(
     let blobs = Registry::open(registry)?
         .model_blobs(model_id)?
         .ok_or_else(|| DeployError::Config(format!("no model {model_id}")))?;
-    Ok(unseal(&master, &CpuBackend::new(1)?, &blobs)?.1)
+    Ok(unseal(&master, be, &blobs)?.1)
 }
 
 /// Loads a registered model and opens its sealed secret key, checking that the key is the
 /// one the model is encrypted under.
-fn unseal(
+fn unseal<B: Backend + Clone>(
     master: &MasterKey,
-    be: &CpuBackend,
+    be: &B,
     blobs: &ModelBlobs,
-) -> Result<(ProtectedModel<CpuBackend>, SecretKey), DeployError> {
+) -> Result<(ProtectedModel<B>, SecretKey), DeployError> {
     let model = ProtectedModel::from_bytes(be, &blobs.protected)?;
     let bytes = master.open(&secret_aad(&model.key_id()), &blobs.sealed_secret)?;
     let secret = SecretKey::from_secret_bytes(model.params().rlwe(), &bytes)?;
@@ -229,10 +227,15 @@ impl OwnerHandle {
 }
 
 /// Opens the state, starts the deployment and decryption agents, and serves the API.
+/// Protection and decryption run on `be` (the binary passes a CPU backend sized by
+/// `--threads`).
 ///
 /// # Errors
 /// Configuration, state-directory, database and listening errors.
-pub async fn start(config: OwnerConfig) -> Result<OwnerHandle, DeployError> {
+pub async fn start<B: Backend + Clone>(
+    config: OwnerConfig,
+    be: B,
+) -> Result<OwnerHandle, DeployError> {
     files::ensure_dir(&config.state_dir)?;
     files::sweep_temporaries(&config.state_dir)?;
     let master_path = config
@@ -250,7 +253,6 @@ pub async fn start(config: OwnerConfig) -> Result<OwnerHandle, DeployError> {
         )?;
         registry.add_token(token.hash(), "admin", "admin")?;
     }
-    let be = CpuBackend::new(config.threads)?;
     let client = net::client(config.edge_ca.as_deref())?;
     let server = Server::bind(&config.listen, config.tls.as_ref()).await?;
     let url = server.url()?;
@@ -299,7 +301,10 @@ fn bundle(db: &Registry, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
     .to_bytes()
 }
 
-async fn push(owner: &Arc<Owner>, dep: &DeploymentRow) -> Result<(), DeployError> {
+async fn push<B: Backend + Clone>(
+    owner: &Arc<Owner<B>>,
+    dep: &DeploymentRow,
+) -> Result<(), DeployError> {
     let d = dep.clone();
     let (node, body) = owner
         .db(move |db| {
@@ -328,7 +333,7 @@ async fn push(owner: &Arc<Owner>, dep: &DeploymentRow) -> Result<(), DeployError
 
 /// Pushes pending deployments to their nodes, retrying with back-off; a deployment becomes
 /// `active` only once the node has stored it. Pending deployments survive restarts.
-async fn deployment_agent(owner: Arc<Owner>) {
+async fn deployment_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let pending = owner
@@ -382,7 +387,7 @@ async fn deployment_agent(owner: Arc<Owner>) {
 /// Decrypts stored results in arrival order with their model's secret key. A result is
 /// stored before it is acknowledged to the edge, so results received before a crash are
 /// decrypted after the restart.
-async fn decryption_agent(owner: Arc<Owner>) {
+async fn decryption_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
     loop {
         let batch = owner.db(|db| db.undecrypted(64)).await.unwrap_or_else(|e| {
             eprintln!("decryption agent: {e}");

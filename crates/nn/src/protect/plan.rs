@@ -441,13 +441,8 @@ impl Layout {
     /// Rotation steps the evaluation needs.
     pub fn rotations(&self) -> Vec<i64> {
         let sums = |form| match form {
-            Form::Columns => hecnn_ckks::Evaluator::<hecnn_ring::CpuBackend>::inner_sum_rotations(
-                self.block as i64,
-                self.groups,
-            ),
-            Form::Rows => {
-                hecnn_ckks::Evaluator::<hecnn_ring::CpuBackend>::inner_sum_rotations(1, self.block)
-            }
+            Form::Columns => hecnn_ckks::inner_sum_rotations(self.block as i64, self.groups),
+            Form::Rows => hecnn_ckks::inner_sum_rotations(1, self.block),
         };
         let mut steps: Vec<i64> = self.layers.iter().flat_map(|l| sums(l.form)).collect();
         steps.sort_unstable();
