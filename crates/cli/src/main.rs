@@ -172,6 +172,10 @@ impl CliError {
                 | NnError::TooLarge { .. }
                 | NnError::Mismatch { .. }
                 | NnError::LayoutMismatch { .. }
+                | NnError::NodeShape { .. }
+                | NnError::Graph { .. }
+                | NnError::NotSupported { .. }
+                | NnError::Unprotectable { .. }
                 | NnError::NoParameters { .. },
             ) => 65,
             _ => 1,

@@ -109,6 +109,7 @@ pub fn run_all(model: &Model, input: &Tensor) -> Result<Vec<Tensor>, NnError> {
                 let v = x(0).data().iter().map(|&t| eval_poly(c, t)).collect();
                 Tensor::new(x(0).shape().to_vec(), v)?
             }
+            Op::ChannelPoly(c) => per_channel(x(0), |k, v| eval_poly(&c[k], v)),
             Op::Relu => {
                 let v = x(0).data().iter().map(|&t| t.max(0.0)).collect();
                 Tensor::new(x(0).shape().to_vec(), v)?

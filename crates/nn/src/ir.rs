@@ -101,6 +101,9 @@ pub enum Op {
     Relu,
     /// Max pooling: not evaluable under HE; must be rewritten (e.g. to average pooling).
     MaxPool(Pool),
+    /// Per-channel (or per-feature, for vectors) polynomial: channel `k` computes
+    /// `Σ_i coeffs[k][i]·x^i`. AESPA (HerPN) activations fold to one of degree 2 per channel.
+    ChannelPoly(Vec<Vec<f64>>),
 }
 
 impl Op {
@@ -119,6 +122,7 @@ impl Op {
             Op::Poly(_) => "Poly",
             Op::Relu => "Relu",
             Op::MaxPool(_) => "MaxPool",
+            Op::ChannelPoly(_) => "ChannelPoly",
         }
     }
 }
@@ -183,7 +187,8 @@ impl Model {
     /// Checks structure (topological order, arities) and returns every node's output shape.
     ///
     /// # Errors
-    /// [`NnError::Shape`] / [`NnError::Invalid`] describing the first inconsistency.
+    /// [`NnError::Shape`], [`NnError::NodeShape`] or [`NnError::Graph`] describing the first
+    /// inconsistency.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>, NnError> {
         let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(self.nodes.len());
         for (id, node) in self.nodes.iter().enumerate() {
@@ -292,6 +297,17 @@ impl Model {
                         return Err(misfit(format!("the second input has shape {b:?}")));
                     }
                     a
+                }
+                Op::ChannelPoly(coeffs) => {
+                    let s = input(0);
+                    let c = s.first().copied().unwrap_or(0);
+                    if coeffs.len() != c {
+                        return Err(misfit(format!(
+                            "{} coefficient lists for {c} channels",
+                            coeffs.len()
+                        )));
+                    }
+                    s
                 }
                 Op::Poly(_) | Op::Relu => input(0),
             };

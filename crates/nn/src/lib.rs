@@ -27,6 +27,7 @@
 //! ```
 
 pub mod batch;
+mod coeffs;
 pub mod compile;
 pub mod data;
 pub mod exec;
@@ -76,9 +77,6 @@ pub enum NnError {
     /// Missing or malformed data files.
     #[error("data: {0}")]
     Data(String),
-    /// Structurally invalid model.
-    #[error("invalid model: {0}")]
-    Invalid(String),
     /// A single-image layout needs more slots than the ring degree has (a larger degree
     /// may hold it).
     #[error("{what} does not fit {slots} slots (a larger ring degree has more)")]
@@ -141,6 +139,14 @@ pub enum NnError {
         bound: f64,
         /// What the bound is.
         what: &'static str,
+    },
+    /// A part of a model that cannot be protected (evaluated on encrypted weights).
+    #[error("cannot protect '{node}': {why}")]
+    Unprotectable {
+        /// The node, or the part of the model.
+        node: String,
+        /// Why, and what to do.
+        why: String,
     },
     /// A broken internal invariant: a bug in hecnn.
     #[error("internal error: {0} (a bug in hecnn: please report it)")]

@@ -5,9 +5,11 @@
 //! - Batch normalization becomes a per-channel affine map, and affine maps (and degree-1
 //!   polynomials) following a convolution or dense layer are folded into its weights.
 //! - Polynomial chains and sums over the same input are merged, so `a·x² + b·x + c`
-//!   written as separate ONNX nodes becomes one activation.
+//!   written as separate ONNX nodes becomes one activation, per channel when the
+//!   coefficients are (AESPA/HerPN activations become one [`Op::ChannelPoly`]).
 //! - Unreachable nodes are removed.
 
+use crate::coeffs::Coeffs;
 use crate::{Model, NnError, Op, ir::Node};
 
 /// Options for [`rewrite`].
@@ -90,51 +92,47 @@ pub fn rewrite(model: &Model, opts: &RewriteOptions) -> Result<Model, NnError> {
                     redirect[id] = src;
                     changed = true;
                 }
-                Op::Poly(c) if c.len() <= 2 && exclusive => {
-                    let (a, b) = (
-                        c.get(1).copied().unwrap_or(0.0),
-                        c.first().copied().unwrap_or(0.0),
-                    );
-                    let k = out_channels(&nodes[src].op);
-                    if let Some(k) = k
-                        && fold_affine(&mut nodes[src].op, &vec![a; k], &vec![b; k])
-                    {
-                        redirect[id] = src;
-                        changed = true;
-                    } else if let Op::Poly(q) = nodes[src].op.clone() {
-                        nodes[id].op = Op::Poly(compose(&c, &q));
-                        nodes[id].inputs = nodes[src].inputs.clone();
-                        changed = true;
-                    }
+                // A degree-1 polynomial after a linear layer: fold into the weights.
+                Op::Poly(c)
+                    if c.len() <= 2
+                        && exclusive
+                        && out_channels(&nodes[src].op).is_some_and(|k| {
+                            let (a, b) = (
+                                c.get(1).copied().unwrap_or(0.0),
+                                c.first().copied().unwrap_or(0.0),
+                            );
+                            fold_affine(&mut nodes[src].op, &vec![a; k], &vec![b; k])
+                        }) =>
+                {
+                    redirect[id] = src;
+                    changed = true;
                 }
-                Op::Poly(p) if exclusive => {
-                    if let Op::Poly(q) = nodes[src].op.clone()
-                        && q.len() <= 2
+                // Element-wise polynomials of element-wise polynomials compose when one of
+                // them is affine (composing two squares would raise the degree).
+                op @ (Op::Poly(_) | Op::ChannelPoly(_) | Op::ChannelAffine { .. }) if exclusive => {
+                    if let (Some(outer), Some(inner)) =
+                        (Coeffs::of(&op), Coeffs::of(&nodes[src].op))
+                        && (outer.degree() <= 1 || inner.degree() <= 1)
+                        && let Some(c) = outer.compose(&inner)
                     {
-                        nodes[id].op = Op::Poly(compose(&p, &q));
+                        nodes[id].op = c.into_op();
                         nodes[id].inputs = nodes[src].inputs.clone();
                         changed = true;
                     }
                 }
                 Op::Add => {
-                    // p(x) + q(x) over the same x (x itself counts as the polynomial x).
-                    let as_poly = |i: usize| -> Option<(usize, Vec<f64>)> {
-                        match &nodes[i].op {
-                            Op::Poly(c) if uses[i] == 1 => Some((nodes[i].inputs[0], c.clone())),
-                            _ => Some((i, vec![0.0, 1.0])),
-                        }
+                    // p(x) + q(x) over the same x (x itself counts as the polynomial x): the
+                    // terms of a·x² + b·x + c written as separate nodes, per channel or not.
+                    let as_poly = |i: usize| match Coeffs::of(&nodes[i].op) {
+                        Some(c) if uses[i] == 1 => (nodes[i].inputs[0], c),
+                        _ => (i, Coeffs::identity()),
                     };
-                    if let (Some((xa, pa)), Some((xb, pb))) =
-                        (as_poly(inputs[0]), as_poly(inputs[1]))
-                        && xa == xb
-                        && (matches!(nodes[inputs[0]].op, Op::Poly(_))
-                            || matches!(nodes[inputs[1]].op, Op::Poly(_)))
+                    let ((xa, pa), (xb, pb)) = (as_poly(inputs[0]), as_poly(inputs[1]));
+                    if xa == xb
+                        && (xa != inputs[0] || xb != inputs[1])
+                        && let Some(sum) = pa.add(&pb)
                     {
-                        let len = pa.len().max(pb.len());
-                        let sum = (0..len)
-                            .map(|i| pa.get(i).unwrap_or(&0.0) + pb.get(i).unwrap_or(&0.0))
-                            .collect();
-                        nodes[id].op = Op::Poly(sum);
+                        nodes[id].op = sum.into_op();
                         nodes[id].inputs = vec![xa];
                         changed = true;
                     }
@@ -182,28 +180,6 @@ fn fold_affine(op: &mut Op, scale: &[f64], shift: &[f64]) -> bool {
         *b = *b * s + t;
     }
     true
-}
-
-/// `p(q(x))` for polynomials in the monomial basis.
-fn compose(p: &[f64], q: &[f64]) -> Vec<f64> {
-    let mut out = vec![0.0; (p.len().max(1) - 1) * (q.len().max(1) - 1) + 1];
-    let mut power = vec![1.0]; // q^k
-    for &pk in p {
-        for (i, &v) in power.iter().enumerate() {
-            out[i] += pk * v;
-        }
-        let mut next = vec![0.0; power.len() + q.len() - 1];
-        for (i, &a) in power.iter().enumerate() {
-            for (j, &b) in q.iter().enumerate() {
-                next[i + j] += a * b;
-            }
-        }
-        power = next;
-    }
-    while out.len() > 1 && out.last() == Some(&0.0) {
-        out.pop();
-    }
-    out
 }
 
 fn use_counts(nodes: &[Node], redirect: &[usize], output: usize) -> Vec<usize> {
@@ -260,17 +236,5 @@ fn compact(nodes: &[Node], redirect: &[usize], output: usize, model: &Model) -> 
         input_shape: model.input_shape,
         nodes: out,
         output: new_id[output],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::compose;
-
-    #[test]
-    fn composition() {
-        // (2y + 1) ∘ (x²) = 2x² + 1 ; (y²) ∘ (x + 1) = x² + 2x + 1
-        assert_eq!(compose(&[1.0, 2.0], &[0.0, 0.0, 1.0]), vec![1.0, 0.0, 2.0]);
-        assert_eq!(compose(&[0.0, 0.0, 1.0], &[1.0, 1.0]), vec![1.0, 2.0, 1.0]);
     }
 }

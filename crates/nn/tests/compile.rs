@@ -344,3 +344,119 @@ fn a_residual_graph_compiles_in_batch_packing_with_its_levels_along_the_graph() 
         assert!(max_diff(got, want.data()) < 1e-3, "{got:?} vs {want:?}");
     }
 }
+
+/// An AESPA (HerPN) activation as the importer reads PyTorch's export of
+/// `x·x·A + x·B + C` (A, B, C of one value per channel): five nodes from `x`, the last one
+/// returned.
+fn aespa(nodes: &mut Vec<hecnn_nn::ir::Node>, name: &str, x: usize, seed: u64, channels: usize) {
+    let per = |s: u64, scale: f64, offset: f64| -> Vec<f64> {
+        values(s, channels, scale)
+            .into_iter()
+            .map(|v| v + offset)
+            .collect()
+    };
+    let affine = |scale: Vec<f64>, shift: Vec<f64>| Op::ChannelAffine { scale, shift };
+    let at = nodes.len();
+    nodes.push(node(
+        &format!("{name}.sq"),
+        Op::Poly(vec![0.0, 0.0, 1.0]),
+        vec![x],
+    ));
+    nodes.push(node(
+        &format!("{name}.a"),
+        affine(per(seed, 0.1, 0.3), vec![0.0; channels]),
+        vec![at],
+    ));
+    nodes.push(node(
+        &format!("{name}.b"),
+        affine(per(seed + 1, 0.5, 1.0), vec![0.0; channels]),
+        vec![x],
+    ));
+    nodes.push(node(&format!("{name}.sum"), Op::Add, vec![at + 1, at + 2]));
+    nodes.push(node(
+        name,
+        affine(vec![1.0; channels], per(seed + 2, 0.2, 0.0)),
+        vec![at + 3],
+    ));
+}
+
+#[test]
+fn per_channel_quadratic_activations_fold_to_one_node_and_run_in_both_packings() {
+    // conv → AESPA → avg pool → conv (stride 2) → AESPA → flatten → dense, the activations
+    // written as five nodes each.
+    let mut nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("conv1", conv(21, (3, 1, 3), 1, 1, 0.5), vec![0]),
+    ];
+    aespa(&mut nodes, "act1", 1, 30, 3);
+    nodes.push(node("pool", Op::AvgPool(pool(2, 2)), vec![nodes.len() - 1]));
+    nodes.push(node(
+        "conv2",
+        conv(23, (2, 3, 3), 2, 1, 0.5),
+        vec![nodes.len() - 1],
+    ));
+    let x = nodes.len() - 1;
+    aespa(&mut nodes, "act2", x, 40, 2);
+    nodes.push(node("flat", Op::Flatten, vec![nodes.len() - 1]));
+    nodes.push(node(
+        "fc",
+        Op::Dense(Dense {
+            weight: Tensor::new(vec![4, 8], values(25, 32, 0.5)).unwrap(),
+            bias: values(26, 4, 0.1),
+        }),
+        vec![nodes.len() - 1],
+    ));
+    let model = Model {
+        name: "aespa".into(),
+        input_shape: [1, 8, 8],
+        output: nodes.len() - 1,
+        nodes,
+    };
+    let imgs = images(2, 300);
+    let be = CpuBackend::new(2).unwrap();
+    for packing in [PackingRequest::Single, PackingRequest::Batch] {
+        let c = compile::compile(&model, &opts(packing)).unwrap();
+        let want: Vec<Vec<f64>> = imgs
+            .iter()
+            .map(|im| exec::run(&model, im).unwrap().data().to_vec())
+            .collect();
+        if packing == PackingRequest::Single {
+            // Each activation is one per-channel quadratic: one level each.
+            let polys = c
+                .model()
+                .nodes
+                .iter()
+                .filter(|n| matches!(n.op, Op::ChannelPoly(_)))
+                .count();
+            assert_eq!(polys, 2, "{:#?}", c.model().nodes);
+            assert_eq!(c.plan().depth(), 5);
+        }
+        for (im, want) in imgs.iter().zip(&want) {
+            let got = exec::run(c.model(), im).unwrap();
+            assert!(
+                max_diff(got.data(), want) < 1e-9,
+                "{packing:?} rewritten: {got:?} vs {want:?}"
+            );
+        }
+        let sim = c.simulate(&imgs).unwrap();
+        for (got, want) in sim.logits.iter().zip(&want) {
+            assert!(
+                max_diff(got, want) < 1e-3,
+                "{packing:?} simulated: {got:?} vs {want:?}"
+            );
+        }
+        let client = Client::new(c.client_spec(), be.clone()).unwrap();
+        let mut rng = Prng::from_seed([9; 32]);
+        let keys = client.keygen(&mut rng).unwrap();
+        let server = Server::new(c.server_plan(), keys.evaluation, be.clone()).unwrap();
+        let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+        let outputs = server.run(inputs, |_, _| {}).unwrap();
+        let got = client.decrypt(&keys.secret, &outputs).unwrap();
+        for (got, want) in got.iter().zip(&want) {
+            assert!(
+                max_diff(got, want) < 1e-2,
+                "{packing:?} encrypted: {got:?} vs {want:?}"
+            );
+        }
+    }
+}

@@ -141,6 +141,81 @@ fn residual_model() -> Model {
     }
 }
 
+/// Conv → per-channel quadratic (AESPA) → conv, added to the activation (a residual) →
+/// per-channel quadratic → GAP → dense.
+fn aespa_model() -> Model {
+    let quad = |seed: u64| {
+        Op::ChannelPoly(
+            (0..4)
+                .map(|k| {
+                    let v = values(seed + k, 3, 0.5);
+                    vec![v[0], 1.0 + v[1], 0.25 + 0.5 * v[2].abs()]
+                })
+                .collect(),
+        )
+    };
+    let conv = |seed: u64, groups: usize| {
+        Op::Conv2d(Conv2d {
+            weight: tensor(seed, vec![4, 4 / groups, 3, 3], 0.5),
+            bias: values(seed + 1, 4, 0.1),
+            stride: [1, 1],
+            padding: [1, 1, 1, 1],
+            groups,
+        })
+    };
+    Model {
+        name: "aespa".into(),
+        input_shape: [4, 6, 6],
+        nodes: vec![
+            node("input", Op::Input, vec![]),
+            node("conv1", conv(30, 1), vec![0]),
+            node("act1", quad(40), vec![1]),
+            node("conv2", conv(32, 4), vec![2]),
+            node("res", Op::Add, vec![3, 2]),
+            node("act2", quad(50), vec![4]),
+            node("gap", Op::GlobalAvgPool, vec![5]),
+            node(
+                "fc",
+                Op::Dense(Dense {
+                    weight: tensor(34, vec![3, 4], 1.0),
+                    bias: values(35, 3, 0.1),
+                }),
+                vec![6],
+            ),
+        ],
+        output: 7,
+    }
+}
+
+#[test]
+fn per_channel_quadratics_export_as_pytorch_writes_them_and_fold_back() {
+    let model = aespa_model();
+    let x = tensor(22, model.input_shape.to_vec(), 1.0);
+    let want = exec::run(&model, &x).unwrap();
+    let bytes = onnx::export_onnx(&model).unwrap();
+    let imported = onnx::import_onnx(&bytes).unwrap();
+    // x·x·A + x·B + C: five nodes for each activation.
+    assert!(imported.nodes.len() > model.nodes.len() + 8);
+    assert_close(&exec::run(&imported, &x).unwrap(), &want, 1e-6);
+    let rewritten = rewrite(&imported, &RewriteOptions::default()).unwrap();
+    assert_close(&exec::run(&rewritten, &x).unwrap(), &want, 1e-9);
+    let kinds: Vec<&str> = rewritten.nodes.iter().map(|n| n.op.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Input",
+            "Conv2d",
+            "ChannelPoly",
+            "Conv2d",
+            "Add",
+            "ChannelPoly",
+            "GlobalAvgPool",
+            "Flatten",
+            "Dense"
+        ]
+    );
+}
+
 fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
     assert_eq!(a.shape(), b.shape());
     for (x, y) in a.data().iter().zip(b.data()) {

@@ -15,6 +15,7 @@
 //! once.
 
 mod chain;
+mod lower;
 
 pub use crate::compile::params::BATCH_LOG_SCALE;
 pub use chain::CHUNK_ROWS;
@@ -202,6 +203,8 @@ impl BatchPlan {
     /// # Errors
     /// See [`BatchPlan::new`].
     pub fn with_chunk_rows(model: &Model, chunk_rows: usize) -> Result<Self, NnError> {
+        let lowered = lower::channel_polys(model)?;
+        let model = &lowered;
         let shapes = model.shapes()?;
         let (fused_rows, deferred) = fuse_linear(model, &shapes)?;
         let consumers = model.consumers();

@@ -492,7 +492,7 @@ fn check_params(key: [u8; 32], params: &CkksParams) -> Result<(), NnError> {
 }
 
 /// Short hex form of an id, for messages.
-pub(super) fn short(id: &[u8; 32]) -> String {
+pub(crate) fn short(id: &[u8; 32]) -> String {
     id[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 

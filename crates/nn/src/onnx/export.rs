@@ -113,7 +113,7 @@ fn value_info(name: &str, dims: &[Option<usize>]) -> ValueInfoProto {
 /// Serializes a model as ONNX (weights as `float32`).
 ///
 /// # Errors
-/// [`NnError::Shape`] / [`NnError::Invalid`] if the model is inconsistent.
+/// The errors of [`Model::shapes`] if the model is inconsistent.
 pub fn export_onnx(model: &Model) -> Result<Vec<u8>, NnError> {
     let shapes = model.shapes()?;
     let mut b = Builder {
@@ -204,6 +204,13 @@ pub fn export_onnx(model: &Model) -> Result<Vec<u8>, NnError> {
             Op::Add => b.node("Add", &base, vec![x(0), x(1)], vec![]),
             Op::Relu => b.node("Relu", &base, vec![x(0)], vec![]),
             Op::Poly(c) => poly(&mut b, &base, &x(0), c),
+            Op::ChannelPoly(c) => {
+                let shape = &shapes[id];
+                let bshape: Vec<usize> = std::iter::once(c.len())
+                    .chain(std::iter::repeat_n(1, shape.len() - 1))
+                    .collect();
+                channel_poly(&mut b, &base, &x(0), c, &bshape)
+            }
         };
         names.push(out);
     }
@@ -239,6 +246,36 @@ pub fn export_onnx(model: &Model) -> Result<Vec<u8>, NnError> {
 }
 
 /// `Σ c_i x^i` as ONNX nodes (Horner's rule; `x·x` for the square term).
+/// `Σ_i K_i·x^i` with per-channel coefficient tensors `K_i` of shape `bshape`, written in
+/// the monomial form PyTorch exports (`x·x·A + x·B + C`), which the importer and the
+/// rewrite fold back into one [`Op::ChannelPoly`].
+fn channel_poly(b: &mut Builder, base: &str, x: &str, c: &[Vec<f64>], bshape: &[usize]) -> String {
+    let degree = c
+        .iter()
+        .map(|l| l.len())
+        .max()
+        .unwrap_or(0)
+        .saturating_sub(1);
+    let coeff =
+        |i: usize| -> Vec<f64> { c.iter().map(|l| l.get(i).copied().unwrap_or(0.0)).collect() };
+    let mut power = x.to_string();
+    let mut acc: Option<String> = None;
+    for i in 1..=degree.max(1) {
+        if i > 1 {
+            power = b.node("Mul", base, vec![power, x.into()], vec![]);
+        }
+        let k = b.init("coeff", bshape, &coeff(i));
+        let term = b.node("Mul", base, vec![power.clone(), k], vec![]);
+        acc = Some(match acc {
+            None => term,
+            Some(a) => b.node("Add", base, vec![a, term], vec![]),
+        });
+    }
+    let k = b.init("coeff", bshape, &coeff(0));
+    let acc = acc.unwrap_or_else(|| x.to_string());
+    b.node("Add", base, vec![acc, k], vec![])
+}
+
 fn poly(b: &mut Builder, base: &str, x: &str, c: &[f64]) -> String {
     let scalar = |b: &mut Builder, v: f64| b.init("c", &[], &[v]);
     if c == [0.0, 0.0, 1.0] {

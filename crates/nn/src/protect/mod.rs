@@ -91,6 +91,7 @@ use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{KeyRequirements, PublicKey, SecretKey};
 
 use crate::NnError;
+use crate::compile::client::short;
 
 pub use crate::compile::params::PROTECT_LOG_SCALE;
 
@@ -239,7 +240,7 @@ impl ProtectPlan {
     /// ciphertexts: half the size of public-key encryptions).
     ///
     /// # Errors
-    /// [`NnError::Invalid`] when the parameters have fewer levels than the protected part
+    /// [`NnError::Levels`] when the parameters have fewer levels than the protected part
     /// needs, or too few slots for its layout ([`ProtectedSpec::layout`]); encoding
     /// failures (weights too large for the scale).
     pub fn protect<B: Backend>(
@@ -251,11 +252,11 @@ impl ProtectPlan {
     ) -> Result<ProtectedModel<B>, NnError> {
         let spec = self.spec().clone();
         if params.max_level() < spec.depth() {
-            return Err(NnError::Invalid(format!(
-                "the protected part needs {} levels, the parameters have {}",
-                spec.depth(),
-                params.max_level()
-            )));
+            return Err(NnError::Levels {
+                what: "the protected part".into(),
+                needed: spec.depth(),
+                have: params.max_level(),
+            });
         }
         let layout = spec.layout(params.max_slots())?;
         let encoder = Encoder::new(params.n());
@@ -367,14 +368,18 @@ impl<B: Backend> ProtectedModel<B> {
 
     fn check_keys(&self, eval: &Evaluator<B>) -> Result<(), NnError> {
         if eval.keys().key_id() != self.key_id {
-            return Err(NnError::Invalid(
-                "the evaluation keys belong to another owner key than the protected model".into(),
-            ));
+            return Err(NnError::Mismatch {
+                what: "owner key of the evaluation keys",
+                expected: short(&self.key_id),
+                found: short(&eval.keys().key_id()),
+            });
         }
         if eval.params().rlwe().fingerprint() != self.params.rlwe().fingerprint() {
-            return Err(NnError::Invalid(
-                "the evaluator's parameters differ from the protected model's".into(),
-            ));
+            return Err(NnError::Mismatch {
+                what: "parameters of the evaluator",
+                expected: short(&self.params.rlwe().fingerprint()),
+                found: short(&eval.params().rlwe().fingerprint()),
+            });
         }
         Ok(())
     }
@@ -618,7 +623,10 @@ pub fn decrypt_output<B: Backend>(
         )));
     }
     let Some(last) = layout.layers.last() else {
-        return Err(NnError::Invalid("a protected part without layers".into()));
+        return Err(NnError::Format {
+            what: "protected model",
+            reason: "a protected part without layers".into(),
+        });
     };
     let encoder = Encoder::new(params.n());
     let mut values = Vec::with_capacity(spec.outputs());

@@ -97,12 +97,15 @@ impl DenseWeights {
     fn from_rows(rows: &[linear::Row], inputs: usize, node: &str) -> Result<Self, NnError> {
         let outputs = rows.len();
         if outputs.saturating_mul(inputs) > MAX_LAYER_WEIGHTS {
-            return Err(NnError::Invalid(format!(
-                "layer '{node}' maps {inputs} values to {outputs}: {} weights as an encrypted \
-                 dense matrix, more than the {MAX_LAYER_WEIGHTS} allowed; protect the \
-                 classifier only",
-                outputs.saturating_mul(inputs)
-            )));
+            return Err(NnError::Unprotectable {
+                node: node.to_string(),
+                why: format!(
+                    "it maps {inputs} values to {outputs}: {} weights as an encrypted dense \
+                     matrix, more than the {MAX_LAYER_WEIGHTS} allowed; protect the classifier \
+                     only",
+                    outputs.saturating_mul(inputs)
+                ),
+            });
         }
         let mut weight = vec![0.0; outputs * inputs];
         for (k, row) in rows.iter().enumerate() {
@@ -121,11 +124,14 @@ impl DenseWeights {
     /// `self ∘ first`: one dense layer computing `self(first(x))`.
     fn compose(&self, first: &DenseWeights, node: &str) -> Result<DenseWeights, NnError> {
         if self.outputs.saturating_mul(first.inputs) > MAX_LAYER_WEIGHTS {
-            return Err(NnError::Invalid(format!(
-                "layer '{node}' composed with the layers before it maps {} values to {}, more \
-                 than the {MAX_LAYER_WEIGHTS} weights allowed",
-                first.inputs, self.outputs
-            )));
+            return Err(NnError::Unprotectable {
+                node: node.to_string(),
+                why: format!(
+                    "composed with the layers before it, it maps {} values to {}, more than \
+                     the {MAX_LAYER_WEIGHTS} weights allowed",
+                    first.inputs, self.outputs
+                ),
+            });
         }
         let mut weight = vec![0.0; self.outputs * first.inputs];
         for k in 0..self.outputs {
@@ -229,13 +235,17 @@ impl ProtectedSpec {
     /// after it.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] naming the inconsistency.
+    /// [`NnError::Format`] naming the inconsistency.
     pub fn check(&self) -> Result<(), NnError> {
+        let bad = |reason: String| NnError::Format {
+            what: "protected model",
+            reason,
+        };
         let Some(last) = self.layers.last() else {
-            return Err(NnError::Invalid("a protected part without layers".into()));
+            return Err(bad("a protected part without layers".into()));
         };
         if self.layers.len() > MAX_PROTECTED_LAYERS {
-            return Err(NnError::Invalid(format!(
+            return Err(bad(format!(
                 "{} protected layers, at most {MAX_PROTECTED_LAYERS}",
                 self.layers.len()
             )));
@@ -244,13 +254,13 @@ impl ProtectedSpec {
         for (i, l) in self.layers.iter().enumerate() {
             let last_one = i + 1 == self.layers.len();
             if l.inputs != inputs || l.inputs == 0 || l.outputs == 0 {
-                return Err(NnError::Invalid(format!(
+                return Err(bad(format!(
                     "protected layer {i} reads {} values and writes {}, after {inputs} values",
                     l.inputs, l.outputs
                 )));
             }
             if l.square.is_some() == last_one || l.square.is_some_and(|s| !s.is_finite()) {
-                return Err(NnError::Invalid(format!(
+                return Err(bad(format!(
                     "protected layer {i}: every layer but the last is followed by a finite \
                      square activation"
                 )));
@@ -265,7 +275,7 @@ impl ProtectedSpec {
     /// fits.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] when no block up to `slots` fits the layers, or the layout
+    /// [`NnError::Unprotectable`] when no block up to `slots` fits the layers, or the layout
     /// would take more than [`MAX_PROTECTED_CIPHERTEXTS`] ciphertexts.
     pub fn layout(&self, slots: usize) -> Result<Layout, NnError> {
         self.check()?;
@@ -335,11 +345,14 @@ impl ProtectedSpec {
             layers,
         };
         if layout.ciphertexts() > MAX_PROTECTED_CIPHERTEXTS {
-            return Err(NnError::Invalid(format!(
-                "the protected part would take {} ciphertexts of {slots} slots (at most \
-                 {MAX_PROTECTED_CIPHERTEXTS}); protect fewer layers",
-                layout.ciphertexts()
-            )));
+            return Err(NnError::Unprotectable {
+                node: "the protected part".into(),
+                why: format!(
+                    "it would take {} ciphertexts of {slots} slots (at most \
+                     {MAX_PROTECTED_CIPHERTEXTS}); protect fewer layers",
+                    layout.ciphertexts()
+                ),
+            });
         }
         Ok(layout)
     }
@@ -474,7 +487,7 @@ impl ProtectPlan {
     /// `a·(x + δ)² + c` and its `a`, `c` are folded into the next (encrypted) layer.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] when the model does not end with a dense layer; when the
+    /// [`NnError::Unprotectable`] when the model does not end with a dense layer; when the
     /// classifier holds an activation that is not a polynomial of degree at most two (with
     /// the node named); for [`Scope::Network`], listing every node that is neither linear
     /// nor such a polynomial; for an activation directly after another; when a layer is too
@@ -501,11 +514,14 @@ impl ProtectPlan {
                 .map(|(n, _)| format!("'{}' ({})", n.name, n.op.kind()))
                 .collect();
             if !refused.is_empty() {
-                return Err(NnError::Invalid(format!(
-                    "the whole network can be protected only when every layer is linear or a \
-                     polynomial activation of degree at most 2; not so: {}",
-                    refused.join(", ")
-                )));
+                return Err(NnError::Unprotectable {
+                    node: model.name.clone(),
+                    why: format!(
+                        "the whole network can be protected only when every layer is linear or \
+                         a polynomial activation of degree at most 2; not so: {}",
+                        refused.join(", ")
+                    ),
+                });
             }
         }
         let consumers = model.consumers();
@@ -536,12 +552,14 @@ impl ProtectPlan {
         let head = match chain.first() {
             Some(&head) if matches!(model.nodes[model.output].op, Op::Dense(_)) => head,
             _ => {
-                return Err(NnError::Invalid(format!(
-                    "the model must end with a dense layer to be protected (its output node \
-                     '{}' is {})",
-                    model.nodes[model.output].name,
-                    model.nodes[model.output].op.kind()
-                )));
+                return Err(NnError::Unprotectable {
+                    node: model.nodes[model.output].name.clone(),
+                    why: format!(
+                        "the model must end with a dense layer to be protected (its output is \
+                         {})",
+                        model.nodes[model.output].op.kind()
+                    ),
+                });
             }
         };
         let stop = model.nodes[head].inputs[0];
@@ -562,7 +580,10 @@ impl ProtectPlan {
                         other => other.clone(),
                     };
                     let rows = linear::rows(&op, in_shape, &shapes[k])?.ok_or_else(|| {
-                        NnError::Invalid(format!("node '{}' is not a linear layer", node.name))
+                        NnError::Unprotectable {
+                            node: node.name.clone(),
+                            why: "not a linear layer".into(),
+                        }
                     })?;
                     let inputs: usize = in_shape.iter().product();
                     let w = DenseWeights::from_rows(&rows, inputs, &node.name)?;
@@ -603,7 +624,10 @@ impl ProtectPlan {
                 }
                 Link::Square { a, shift, c } => {
                     let Some(last) = shape.last_mut() else {
-                        return Err(NnError::Invalid("no linear layer to protect".into()));
+                        return Err(NnError::Unprotectable {
+                            node: model.name.clone(),
+                            why: "no linear layer to protect".into(),
+                        });
                     };
                     last.square = Some(shift);
                     pending = Some((a, c));
@@ -611,9 +635,10 @@ impl ProtectPlan {
             }
         }
         if pending.is_some() || layers.is_empty() {
-            return Err(NnError::Invalid(
-                "the protected part must end with a dense layer".into(),
-            ));
+            return Err(NnError::Unprotectable {
+                node: model.name.clone(),
+                why: "the protected part must end with a dense layer".into(),
+            });
         }
         let spec = ProtectedSpec {
             prefix,
@@ -667,9 +692,10 @@ fn fold_poly(links: &mut Vec<Link>, c: &[f64], node: &str) -> Result<(), NnError
         return Ok(());
     }
     if !matches!(links.last(), Some(Link::Linear(_))) {
-        return Err(NnError::Invalid(format!(
-            "activation '{node}' directly after another activation"
-        )));
+        return Err(NnError::Unprotectable {
+            node: node.to_string(),
+            why: "an activation directly after another activation".into(),
+        });
     }
     let shift = c1 / (2.0 * c2);
     links.push(Link::Square {
@@ -686,21 +712,24 @@ fn check_classifier_boundary(model: &Model, stop: usize) -> Result<(), NnError> 
     if let Op::Poly(c) = &model.nodes[stop].op
         && c.len() > 3
     {
-        return Err(NnError::Invalid(format!(
-            "activation '{}' has degree {}: the protected classifier accepts polynomials \
-             of degree at most 2 (such as x²+2x)",
-            model.nodes[stop].name,
-            c.len() - 1
-        )));
+        return Err(NnError::Unprotectable {
+            node: model.nodes[stop].name.clone(),
+            why: format!(
+                "an activation of degree {}: the protected classifier accepts polynomials of \
+                 degree at most 2 (such as x²+2x)",
+                c.len() - 1
+            ),
+        });
     }
     if matches!(model.nodes[stop].op, Op::Relu | Op::MaxPool(_)) && upstream_dense(model, stop) {
-        return Err(NnError::Invalid(format!(
-            "the classifier has a {} at node '{}', which cannot be evaluated on encrypted \
-             weights; protect the last layer only, or retrain with a polynomial \
-             activation (x²+2x)",
-            model.nodes[stop].op.kind(),
-            model.nodes[stop].name
-        )));
+        return Err(NnError::Unprotectable {
+            node: model.nodes[stop].name.clone(),
+            why: format!(
+                "a {} inside the classifier cannot be evaluated on encrypted weights; protect \
+                 the last layer only, or retrain with a polynomial activation (x²+2x)",
+                model.nodes[stop].op.kind()
+            ),
+        });
     }
     Ok(())
 }

@@ -120,7 +120,10 @@ struct OutputFile {
 }
 
 fn malformed(what: impl std::fmt::Display) -> NnError {
-    NnError::Invalid(format!("protected model: {what}"))
+    NnError::Format {
+        what: "protected model",
+        reason: what.to_string(),
+    }
 }
 
 fn check_header(magic: [u8; 4], want: [u8; 4], version: u16) -> Result<(), NnError> {
@@ -229,7 +232,7 @@ impl<B: Backend> ProtectedModel<B> {
     /// Loads and validates a protected model.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] naming what is wrong: magic, version, parameters below their
+    /// [`NnError::Format`] naming what is wrong: magic, version, parameters below their
     /// security level, a feature extractor that does not produce the declared features,
     /// layers that do not chain, ciphertext counts, levels, scales or fingerprints that do
     /// not match.
@@ -340,7 +343,7 @@ impl<B: Backend> ProtectedOutput<B> {
     /// Loads a result for `spec` under `params`, returning it with the key id it claims.
     ///
     /// # Errors
-    /// [`NnError::Invalid`] for a wrong magic, version, ciphertext count, level or
+    /// [`NnError::Format`] for a wrong magic, version, ciphertext count, level or
     /// fingerprint.
     pub fn from_bytes(
         be: &B,

@@ -32,7 +32,7 @@ pub use crate::compile::params::{MAX_LOG_SCALE, MIN_LOG_SCALE, VALUE_BOUND_BITS}
 use crate::{
     Model, NnError,
     batch::OutputMap,
-    pending::{Activation, activation, folded_bias},
+    pending::{Map, Shift, folded_bias_map},
     scheme::{Scheme, SchemeError},
 };
 use layout::{Grid, Target};
@@ -138,8 +138,8 @@ pub struct SinglePlan {
     positions: Vec<Vec<usize>>,
     /// The plan of every linear stage (by stage index).
     linear: BTreeMap<usize, LinearPlan>,
-    /// The pending affine map `(a, γ)` of every stage's input, then of the output.
-    pending: Vec<(f64, f64)>,
+    /// The pending affine map of every stage's input, then of the output.
+    pending: Vec<Map>,
     /// Estimated cost of one evaluation, in plaintext products.
     cost: usize,
     /// The layouts the planner chose (what a compiled model records).
@@ -301,23 +301,20 @@ impl SinglePlan {
         let mut current = input.clone();
         let mut positions = Vec::with_capacity(stages.len());
         let mut linear = BTreeMap::new();
-        let mut pending = vec![(1.0, 0.0)];
+        let mut pending = vec![Map::IDENTITY];
         for (i, stage) in stages.iter().enumerate() {
-            let (a, gamma) = pending[i];
             match &stage.op {
-                StageOp::Poly(c) => pending.push(match activation(c, a, gamma) {
-                    Activation::Affine { a, gamma } | Activation::Square { a, gamma, .. } => {
-                        (a, gamma)
-                    }
-                    Activation::OfConstant => {
-                        return Err(NnError::NotSupported {
+                StageOp::Poly(act) => {
+                    let applied = act.apply(&pending[i], current.len()).map_err(|why| {
+                        NnError::NotSupported {
                             node: stage.name.clone(),
                             op: "Poly",
                             packing: "single-image",
-                            why: "an activation of a constant value (fold it into the bias)".into(),
-                        });
-                    }
-                }),
+                            why: why.into(),
+                        }
+                    })?;
+                    pending.push(applied.map);
+                }
                 StageOp::Linear { rows, stride } => {
                     let in_cts = layout::cts_of(&current, slots);
                     let mut candidates: Vec<(Target, String, Option<Grid>)> = Vec::new();
@@ -387,7 +384,7 @@ impl SinglePlan {
                     grid = g;
                     current = plan.target.positions(rows.len());
                     linear.insert(i, plan);
-                    pending.push((1.0, 0.0));
+                    pending.push(Map::IDENTITY);
                 }
             }
             positions.push(current.clone());
@@ -538,7 +535,7 @@ impl SinglePlan {
             let out = values.get(stage.node).ok_or_else(|| {
                 NnError::Internal(format!("'{}' has no cleartext value", stage.name))
             })?;
-            let (a, gamma) = self.pending[i];
+            let map = &self.pending[i];
             match &stage.op {
                 StageOp::Linear { rows, .. } => {
                     let summed = self
@@ -548,17 +545,28 @@ impl SinglePlan {
                     for (row, &v) in rows.iter().zip(out.data()) {
                         see(v, &stage.name)?;
                         if summed {
-                            see(v - folded_bias(row, gamma), &stage.name)?;
+                            see(v - folded_bias_map(row, map), &stage.name)?;
                         }
                     }
                 }
-                StageOp::Poly(c) => {
-                    if let Activation::Square { delta, .. } = activation(c, a, gamma) {
-                        let (a, gamma) = self.pending[i + 1];
-                        for &v in out.data() {
+                StageOp::Poly(act) => {
+                    let n = self.input_of(i).len();
+                    let applied = act.apply(map, n).map_err(|why| NnError::NotSupported {
+                        node: stage.name.clone(),
+                        op: "Poly",
+                        packing: "single-image",
+                        why: why.into(),
+                    })?;
+                    if let Some(Shift::Uniform(delta)) = applied.shift {
+                        // Unused slots are shifted and squared too (per-neuron shifts leave
+                        // them at zero).
+                        see(delta * delta, &stage.name)?;
+                    }
+                    if applied.shift.is_some() {
+                        for (j, &v) in out.data().iter().enumerate() {
+                            let (a, gamma) = applied.map.at(j);
                             see((v - gamma) / a, &stage.name)?;
                         }
-                        see(delta * delta, &stage.name)?;
                     }
                 }
             }
@@ -624,6 +632,7 @@ impl SinglePlan {
         let input_scale = scale;
         let (mut level, mut scale) = (top_level, scale);
         let mut transforms = BTreeMap::new();
+        let mut shifts = BTreeMap::new();
         for (i, stage) in self.stages.iter().enumerate() {
             let err = |source| NnError::Encrypted {
                 node: stage.name.clone(),
@@ -641,7 +650,25 @@ impl SinglePlan {
                 });
             }
             match &stage.op {
-                StageOp::Poly(_) => {
+                StageOp::Poly(act) => {
+                    let input = self.input_of(i);
+                    let applied = act.apply(&self.pending[i], input.len()).map_err(|why| {
+                        NnError::Internal(format!("'{}' was planned: {why}", stage.name))
+                    })?;
+                    if let Some(Shift::PerNeuron(deltas)) = applied.shift {
+                        // Per-neuron shifts (per-channel activations) are a plaintext at the
+                        // square's input, zero in unused slots.
+                        let mut v = vec![vec![0.0; slots]; layout::cts_of(input, slots)];
+                        for (&p, d) in input.iter().zip(deltas) {
+                            v[p / slots][p % slots] = d;
+                        }
+                        let pts = v
+                            .iter()
+                            .map(|d| s.encode(d, level, scale, slots))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(err)?;
+                        shifts.insert(i, pts);
+                    }
                     if stage.op.squares() {
                         scale = scale * scale / s.q_at(level);
                         level -= 1;
@@ -651,10 +678,24 @@ impl SinglePlan {
                     let plan = self.linear.get(&i).ok_or_else(|| {
                         NnError::Internal(format!("'{}' was not planned", stage.name))
                     })?;
-                    let (a, gamma) = self.pending[i];
+                    let map = &self.pending[i];
+                    // The input's pending multipliers go into the weights: one for all, or
+                    // one per input neuron.
+                    let (a, folded);
+                    let weights = match map.uniform() {
+                        Some((u, _)) => {
+                            a = u;
+                            rows.as_slice()
+                        }
+                        None => {
+                            a = 1.0;
+                            folded = fold_multipliers(rows, map);
+                            folded.as_slice()
+                        }
+                    };
                     let mut diagonals: BlockDiagonals = BTreeMap::new();
                     plan.target
-                        .entries(rows, self.input_of(i), slots, |v, u, k, at, w| {
+                        .entries(weights, self.input_of(i), slots, |v, u, k, at, w| {
                             diagonals
                                 .entry((v, u))
                                 .or_default()
@@ -679,7 +720,7 @@ impl SinglePlan {
                     level -= 1;
                     let mut bias = vec![vec![0.0; slots]; plan.out_cts];
                     for (row, &p) in rows.iter().zip(&self.positions[i]) {
-                        bias[p / slots][p % slots] = folded_bias(row, gamma);
+                        bias[p / slots][p % slots] = folded_bias_map(row, map);
                     }
                     let bias = bias
                         .iter()
@@ -698,9 +739,29 @@ impl SinglePlan {
         }
         Ok(EncodedSingle {
             transforms,
+            shifts,
             top_level,
             scale: input_scale,
         })
+    }
+
+    /// The output's pending map, which the client applies after decryption: one `(a, γ)`
+    /// for every logit.
+    fn output_map(&self) -> Result<(f64, f64), NnError> {
+        match self.pending.last() {
+            None => Ok((1.0, 0.0)),
+            Some(map) => map.uniform().ok_or_else(|| NnError::NotSupported {
+                node: self
+                    .stages
+                    .last()
+                    .map_or_else(String::new, |s| s.name.clone()),
+                op: "Poly",
+                packing: "single-image",
+                why: "a per-channel activation as the model's output: end the model with a \
+                      linear layer"
+                    .into(),
+            }),
+        }
     }
 
     /// Flat positions of stage `i`'s input neurons.
@@ -773,7 +834,6 @@ impl SinglePlan {
                     .collect::<Result<_, _>>()
                     .map_err(err)?;
             }
-            let (a, gamma) = self.pending[i];
             values = match &stage.op {
                 StageOp::Linear { .. } => {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
@@ -795,34 +855,48 @@ impl SinglePlan {
                     }
                     out
                 }
-                StageOp::Poly(c) => match activation(c, a, gamma) {
-                    Activation::Affine { .. } => values,
-                    Activation::OfConstant => {
-                        return Err(NnError::NotSupported {
+                StageOp::Poly(act) => {
+                    let applied = act
+                        .apply(&self.pending[i], self.input_of(i).len())
+                        .map_err(|why| NnError::NotSupported {
                             node: stage.name.clone(),
                             op: "Poly",
                             packing: "single-image",
-                            why: "an activation of a constant value (fold it into the bias)".into(),
-                        });
+                            why: why.into(),
+                        })?;
+                    let shifts = encoded.shifts.get(&i);
+                    match applied.shift {
+                        None => values,
+                        Some(shift) => values
+                            .iter()
+                            .enumerate()
+                            .map(|(u, ct)| {
+                                let u = match (&shift, shifts) {
+                                    (Shift::Uniform(d), _) if *d != 0.0 => s.add_const(ct, *d)?,
+                                    (Shift::Uniform(_), _) => ct.clone(),
+                                    (Shift::PerNeuron(_), Some(pts)) => {
+                                        let pt = pts.get(u).ok_or(SchemeError::Operands(
+                                            "fewer shift plaintexts than ciphertexts",
+                                        ))?;
+                                        s.add_plain(ct, pt)?
+                                    }
+                                    (Shift::PerNeuron(_), None) => {
+                                        return Err(SchemeError::Operands(
+                                            "the per-channel shifts were not encoded",
+                                        ));
+                                    }
+                                };
+                                let mut sq = s.mul_relin(&u, &u)?;
+                                s.rescale_assign(&mut sq)?;
+                                Ok(sq)
+                            })
+                            .collect::<Result<Vec<_>, SchemeError>>()
+                            .map_err(err)?,
                     }
-                    Activation::Square { delta, .. } => values
-                        .iter()
-                        .map(|ct| {
-                            let u = if delta != 0.0 {
-                                s.add_const(ct, delta)?
-                            } else {
-                                ct.clone()
-                            };
-                            let mut sq = s.mul_relin(&u, &u)?;
-                            s.rescale_assign(&mut sq)?;
-                            Ok(sq)
-                        })
-                        .collect::<Result<Vec<_>, SchemeError>>()
-                        .map_err(err)?,
-                },
+                }
             };
         }
-        let (a, gamma) = self.pending.last().copied().unwrap_or((1.0, 0.0));
+        let (a, gamma) = self.output_map()?;
         Ok((values, OutputMap { a, gamma }))
     }
 
@@ -856,6 +930,18 @@ type EncodedStage<T, P> = (T, Vec<Option<P>>);
 /// plaintexts at their level, and the stages' biases (one plaintext per output ciphertext).
 pub struct EncodedSingle<T, P> {
     transforms: BTreeMap<usize, EncodedStage<T, P>>,
+    /// Per-neuron shifts of the squares of per-channel activations, by stage.
+    shifts: BTreeMap<usize, Vec<P>>,
     top_level: usize,
     scale: f64,
+}
+
+/// Rows with their input's per-neuron multipliers folded into the weights (`w·a_j`).
+fn fold_multipliers(rows: &[crate::linear::Row], map: &Map) -> Vec<crate::linear::Row> {
+    rows.iter()
+        .map(|r| crate::linear::Row {
+            terms: r.terms.iter().map(|&(j, w)| (j, w * map.at(j).0)).collect(),
+            bias: r.bias,
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 //! convolution, or two dense layers without an activation between them); every polynomial
 //! activation is a stage of its own.
 
-use crate::{Model, NnError, Op, linear::Row};
+use crate::{Model, NnError, Op, linear::Row, pending::Act};
 
 /// What a stage computes.
 #[derive(Clone, Debug)]
@@ -17,15 +17,15 @@ pub(super) enum StageOp {
         /// Output pixel `(y, x)` sits over input pixel `(sy·y, sx·x)` (plus an offset).
         stride: (usize, usize),
     },
-    /// A polynomial activation of degree ≤ 2 (coefficients, constant first).
-    Poly(Vec<f64>),
+    /// A polynomial activation of degree ≤ 2, the same on every neuron or per channel.
+    Poly(Act),
 }
 
 impl StageOp {
     /// Whether the stage squares its input (a level and a relinearization per ciphertext);
     /// an affine activation only changes the pending map.
     pub fn squares(&self) -> bool {
-        matches!(self, Self::Poly(c) if c.get(2).is_some_and(|&v| v != 0.0))
+        matches!(self, Self::Poly(act) if act.squares())
     }
 }
 
@@ -81,19 +81,30 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
         };
         match &node.op {
             Op::Flatten => {}
-            Op::Poly(c) => {
-                let degree = c.iter().rposition(|&v| v != 0.0).unwrap_or(0);
+            Op::Poly(_) | Op::ChannelPoly(_) => {
+                let act = if let Op::ChannelPoly(cs) = &node.op {
+                    let neurons: usize = shapes[id].iter().product();
+                    Act::per_channel(cs.clone(), neurons / cs.len().max(1))
+                } else if let Op::Poly(c) = &node.op {
+                    Act::uniform(c.clone())
+                } else {
+                    return Err(NnError::Internal(format!(
+                        "'{}' is not a polynomial",
+                        node.name
+                    )));
+                };
+                let degree = act.degree();
                 if degree > 2 {
                     return Err(NnError::NotSupported {
                         node: node.name.clone(),
-                        op: "Poly",
+                        op: node.op.kind(),
                         packing: "single-image",
                         why: format!("degree {degree}: single-image packing evaluates degree ≤ 2"),
                     });
                 }
                 close(&mut open, &mut out, id - 1);
                 out.push(Stage {
-                    op: StageOp::Poly(c.clone()),
+                    op: StageOp::Poly(act),
                     shape: shapes[id].clone(),
                     name: node.name.clone(),
                     node: id,
