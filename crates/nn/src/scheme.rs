@@ -84,7 +84,9 @@ pub trait Scheme: Sync {
         slots: usize,
     ) -> Result<Self::Pt, SchemeError>;
     /// Encodes a block matrix of `shape` (outputs, inputs) ciphertexts at `level`, its
-    /// diagonals at scale `q_level` so the transform's rescale restores the input scale.
+    /// diagonals at `scale`: inputs at scale `s` come out at `s · scale / q_level` after the
+    /// transform's rescale (`q_level` keeps the input scale; another choice sets the
+    /// output's scale at no cost in levels).
     ///
     /// # Errors
     /// Bad diagonals; encoding errors.
@@ -94,6 +96,7 @@ pub trait Scheme: Sync {
         shape: (usize, usize),
         slots: usize,
         level: usize,
+        scale: f64,
     ) -> Result<Self::Transform, SchemeError>;
     /// `a + b`.
     ///
@@ -164,6 +167,13 @@ pub trait Scheme: Sync {
         cts: &[Self::Ct],
         t: &Self::Transform,
     ) -> Result<Vec<Self::Ct>, SchemeError>;
+    /// Brings `a` down to `level` (below its own) at exactly `scale`: a multiplication by
+    /// the constant 1 encoded at the right scale and one rescale. A residual addition
+    /// aligns its skip branch with it.
+    ///
+    /// # Errors
+    /// `a` not above `level`; overflow of the constant.
+    fn adjust(&self, a: &Self::Ct, level: usize, scale: f64) -> Result<Self::Ct, SchemeError>;
     /// Brings a value back to a high level (bootstrapping). The default refuses: no
     /// runtime plan inserts a refresh unless its scheme provides one.
     ///
@@ -209,8 +219,8 @@ impl<B: Backend> Scheme for Evaluator<B> {
         shape: (usize, usize),
         slots: usize,
         level: usize,
+        scale: f64,
     ) -> Result<LinearTransform<B>, SchemeError> {
-        let scale = Evaluator::params(self).q_at(level);
         Ok(LinearTransform::blocks(
             self, diagonals, shape, slots, level, scale,
         )?)
@@ -274,6 +284,14 @@ impl<B: Backend> Scheme for Evaluator<B> {
     ) -> Result<Vec<Ciphertext<B>>, SchemeError> {
         Ok(Evaluator::weighted_sums(self, inputs, rows, biases, scale)?)
     }
+    fn adjust(
+        &self,
+        a: &Ciphertext<B>,
+        level: usize,
+        scale: f64,
+    ) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::adjust(self, a, level, scale)?)
+    }
     fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
         Evaluator::backend(self).par_map(items, f)
     }
@@ -299,6 +317,7 @@ pub struct PackedTransform {
     shape: (usize, usize),
     slots: usize,
     level: usize,
+    scale: f64,
 }
 
 /// The cleartext scheme: runs a plan on packed `f64` slot vectors exactly as the encrypted
@@ -417,8 +436,11 @@ impl Scheme for Packed {
         shape: (usize, usize),
         slots: usize,
         level: usize,
+        scale: f64,
     ) -> Result<PackedTransform, SchemeError> {
-        let scale = self.q_at(level);
+        if !(scale.is_finite() && scale >= 1.0) {
+            return Err(SchemeError::Operands("a transform scale below 1"));
+        }
         let mut real = BTreeMap::new();
         for (&(v, u), diags) in diagonals {
             if v >= shape.0 || u >= shape.1 {
@@ -445,6 +467,7 @@ impl Scheme for Packed {
             shape,
             slots,
             level,
+            scale,
         })
     }
     fn add(&self, a: &PackedValue, b: &PackedValue) -> Result<PackedValue, SchemeError> {
@@ -581,11 +604,37 @@ impl Scheme for Packed {
                 self.done(PackedValue {
                     slots,
                     level: t.level - 1,
-                    scale: first.scale,
+                    scale: first.scale * t.scale / self.q_at(t.level),
                     degree: 1,
                 })
             })
             .collect()
+    }
+    fn adjust(
+        &self,
+        a: &PackedValue,
+        level: usize,
+        scale: f64,
+    ) -> Result<PackedValue, SchemeError> {
+        if a.level <= level {
+            return Err(SchemeError::Levels {
+                needed: level + 1,
+                have: a.level,
+            });
+        }
+        // The constant CKKS multiplies by is rounded to an integer: model its rounding.
+        let factor = scale * self.q_at(level + 1) / a.scale;
+        let k = factor.round();
+        if !k.is_finite() || k == 0.0 {
+            return Err(SchemeError::Operands("a scale adjustment out of range"));
+        }
+        let ratio = k / factor;
+        self.done(PackedValue {
+            slots: a.slots.iter().map(|v| v * ratio).collect(),
+            level,
+            scale,
+            degree: a.degree,
+        })
     }
     fn refresh(&self, a: &PackedValue) -> Result<PackedValue, SchemeError> {
         self.done(PackedValue {

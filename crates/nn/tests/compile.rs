@@ -460,3 +460,94 @@ fn per_channel_quadratic_activations_fold_to_one_node_and_run_in_both_packings()
         }
     }
 }
+
+/// A per-channel quadratic with every x² coefficient positive.
+fn quad(seed: u64, channels: usize) -> Op {
+    Op::ChannelPoly(
+        (0..channels as u64)
+            .map(|k| {
+                let v = values(seed + 7 * k, 3, 0.2);
+                vec![v[0], 0.5 + v[1], 0.2 + v[2].abs()]
+            })
+            .collect(),
+    )
+}
+
+/// A small ResNet: stem, an identity block, a stride-2 block with a 1×1 shortcut
+/// convolution, global average pooling and a dense layer, with per-channel quadratics.
+fn mini_resnet() -> Model {
+    let nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("stem", conv(50, (2, 1, 3), 1, 1, 0.4), vec![0]),
+        node("act0", quad(51, 2), vec![1]),
+        // Identity block.
+        node("b1.conv1", conv(52, (2, 2, 3), 1, 1, 0.3), vec![2]),
+        node("b1.act1", quad(53, 2), vec![3]),
+        node("b1.conv2", conv(54, (2, 2, 3), 1, 1, 0.3), vec![4]),
+        node("b1.add", Op::Add, vec![5, 2]),
+        node("b1.act2", quad(55, 2), vec![6]),
+        // Stride-2 block: 2 → 4 channels, the shortcut a 1×1 convolution of stride 2.
+        node("b2.conv1", conv(56, (4, 2, 3), 2, 1, 0.3), vec![7]),
+        node("b2.act1", quad(57, 4), vec![8]),
+        node("b2.conv2", conv(58, (4, 4, 3), 1, 1, 0.3), vec![9]),
+        node("b2.short", conv(59, (4, 2, 1), 2, 0, 0.5), vec![7]),
+        node("b2.add", Op::Add, vec![10, 11]),
+        node("b2.act2", quad(60, 4), vec![12]),
+        node("gap", Op::GlobalAvgPool, vec![13]),
+        node("flat", Op::Flatten, vec![14]),
+        node(
+            "fc",
+            Op::Dense(Dense {
+                weight: Tensor::new(vec![3, 4], values(61, 12, 0.5)).unwrap(),
+                bias: values(62, 3, 0.1),
+            }),
+            vec![15],
+        ),
+    ];
+    Model {
+        name: "mini-resnet".into(),
+        input_shape: [1, 8, 8],
+        output: nodes.len() - 1,
+        nodes,
+    }
+}
+
+#[test]
+fn residual_networks_run_in_single_image_packing() {
+    let model = mini_resnet();
+    let imgs = images(2, 500);
+    let want: Vec<Vec<f64>> = imgs
+        .iter()
+        .map(|im| exec::run(&model, im).unwrap().data().to_vec())
+        .collect();
+    let c = compile::compile(&model, &opts(PackingRequest::Single)).unwrap();
+    // The longest path: stem, act0, then two levels per convolution and activation of each
+    // block (the additions join the second convolutions' stages), the head.
+    assert_eq!(c.plan().depth(), 2 + 4 + 4 + 1);
+    // Linear stages bring every value back to the nominal scale, so squares cannot make it
+    // drift (each square doubles the distance from it).
+    let nominal = f64::from(c.params().log_scale());
+    for s in &c.levels().stages {
+        assert!(
+            (s.log_scale_out - nominal).abs() < 0.5,
+            "{}: 2^{} against 2^{nominal}",
+            s.name,
+            s.log_scale_out
+        );
+    }
+    let sim = c.simulate(&imgs).unwrap();
+    for (got, want) in sim.logits.iter().zip(&want) {
+        assert!(max_diff(got, want) < 1e-3, "simulated: {got:?} vs {want:?}");
+    }
+    let be = CpuBackend::new(2).unwrap();
+    let client = Client::new(c.client_spec(), be.clone()).unwrap();
+    let mut rng = Prng::from_seed([11; 32]);
+    let keys = client.keygen(&mut rng).unwrap();
+    let server = Server::new(c.server_plan(), keys.evaluation, be).unwrap();
+    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+    let outputs = server.run(inputs, |_, _| {}).unwrap();
+    let got = client.decrypt(&keys.secret, &outputs).unwrap();
+    for (got, want) in got.iter().zip(&want) {
+        assert!(max_diff(got, want) < 1e-2, "encrypted: {got:?} vs {want:?}");
+    }
+}

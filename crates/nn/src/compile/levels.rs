@@ -26,8 +26,8 @@ pub struct RefreshSpec {
 /// What a stage does to levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StageKind {
-    /// A linear stage: one rescale, the scale restored (its weights are encoded at the
-    /// prime it drops).
+    /// A linear stage: one rescale, its output at the nominal scale (its weights are encoded
+    /// at the prime it drops times the ratio of the nominal scale to its input's).
     Linear,
     /// A square: the scale squared, one rescale.
     Square,
@@ -42,6 +42,10 @@ pub struct Stage {
     pub name: String,
     /// What it does to levels.
     pub kind: StageKind,
+    /// The values it reads: 0 is the plan's input, `k + 1` stage `k`'s output. A stage
+    /// with several inputs (a residual addition) runs at the lowest of their levels; the
+    /// others are brought down to it.
+    pub inputs: Vec<usize>,
 }
 
 /// Level and scale of one stage's output.
@@ -118,10 +122,16 @@ pub fn assign(
     log_scale: f64,
     refresh: Option<RefreshSpec>,
 ) -> Result<LevelPlan, NnError> {
-    let mut level = top;
-    let mut log_scale_now = log_scale;
+    // Level and log2 scale of every value.
+    let mut at: Vec<(usize, f64)> = vec![(top, log_scale)];
     let mut out = Vec::with_capacity(stages.len());
     for (i, stage) in stages.iter().enumerate() {
+        let (mut level, mut log_scale_now) = stage
+            .inputs
+            .iter()
+            .filter_map(|&v| at.get(v).copied())
+            .min_by_key(|&(l, _)| l)
+            .unwrap_or((top, log_scale));
         let consumes = stage.kind != StageKind::Keep;
         let mut refresh_before = false;
         if consumes && level == 0 {
@@ -143,13 +153,18 @@ pub fn assign(
         let level_in = level;
         match stage.kind {
             StageKind::Keep => {}
-            StageKind::Linear => level -= 1,
+            StageKind::Linear => {
+                // Its weights are encoded to bring the output back to the nominal scale.
+                level -= 1;
+                log_scale_now = log_scale;
+            }
             StageKind::Square => {
                 let q_l = q.get(level).copied().unwrap_or(1.0).max(1.0);
                 log_scale_now = 2.0 * log_scale_now - q_l.log2();
                 level -= 1;
             }
         }
+        at.push((level, log_scale_now));
         out.push(StageLevels {
             name: stage.name.clone(),
             refresh_before,
@@ -161,9 +176,19 @@ pub fn assign(
     Ok(LevelPlan { top, stages: out })
 }
 
-/// Levels `stages` consume without refreshes.
+/// Levels `stages` consume without refreshes, along their longest path.
 pub fn depth(stages: &[Stage]) -> usize {
-    stages.iter().filter(|s| s.kind != StageKind::Keep).count()
+    let mut d = vec![0usize];
+    for s in stages {
+        let from = s
+            .inputs
+            .iter()
+            .map(|&v| d.get(v).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        d.push(from + usize::from(s.kind != StageKind::Keep));
+    }
+    d.last().copied().unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -177,8 +202,28 @@ mod tests {
             .map(|(i, &kind)| Stage {
                 name: format!("s{i}"),
                 kind,
+                inputs: vec![i],
             })
             .collect()
+    }
+
+    #[test]
+    fn a_residual_stage_runs_at_its_lowest_input() {
+        use StageKind::{Linear, Square};
+        // s0 = conv(x), s1 = s0², s2 = conv(s1) + x: the skip input sits two levels higher.
+        let mut stages = chain(&[Linear, Square, Linear]);
+        stages[2].inputs = vec![2, 0];
+        let q = vec![2f64.powi(40); 8];
+        assert_eq!(depth(&stages), 3);
+        let plan = assign(&stages, &q, 5, 40.0, None).unwrap();
+        assert_eq!(plan.stages[2].level_in, 3);
+        assert_eq!(plan.output_level(), 2);
+        // Two residual blocks in a row need the longest path's levels, not their sum.
+        let mut two = chain(&[Linear, Square, Linear, Linear, Square, Linear]);
+        two[2].inputs = vec![2, 0];
+        two[5].inputs = vec![5, 3];
+        assert_eq!(depth(&two), 6);
+        assert_eq!(depth(&chain(&[Linear, Square, Linear])), 3);
     }
 
     #[test]

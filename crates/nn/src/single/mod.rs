@@ -138,8 +138,8 @@ pub struct SinglePlan {
     positions: Vec<Vec<usize>>,
     /// The plan of every linear stage (by stage index).
     linear: BTreeMap<usize, LinearPlan>,
-    /// The pending affine map of every stage's input, then of the output.
-    pending: Vec<Map>,
+    /// The pending affine map of every value (0: the input, `i + 1`: stage `i`'s output).
+    maps: Vec<Map>,
     /// Estimated cost of one evaluation, in plaintext products.
     cost: usize,
     /// The layouts the planner chose (what a compiled model records).
@@ -181,8 +181,9 @@ pub struct Layouts {
     pub stages: Vec<StageLayout>,
 }
 
-/// Levels a single-image evaluation of `model` consumes: one per linear stage (consecutive
-/// linear operators compose into one) and one per square.
+/// Levels a single-image evaluation of `model` consumes along its longest path: one per
+/// linear stage (consecutive linear operators and residual additions compose into one) and
+/// one per square.
 ///
 /// # Errors
 /// See [`SinglePlan::new`].
@@ -190,12 +191,20 @@ pub fn depth(model: &Model) -> Result<usize, NnError> {
     Ok(levels(&stages::stages(model)?))
 }
 
-/// Levels the stages consume: one per linear stage and per square.
+/// Levels the stages consume along their longest path: one per linear stage and per square.
 fn levels(stages: &[Stage]) -> usize {
-    stages
-        .iter()
-        .filter(|s| matches!(s.op, StageOp::Linear { .. }) || s.op.squares())
-        .count()
+    let mut depth = vec![0usize];
+    for s in stages {
+        let from = s
+            .sources
+            .iter()
+            .map(|&v| depth.get(v).copied().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        let consumes = matches!(s.op, StageOp::Linear { .. }) || s.op.squares();
+        depth.push(from + usize::from(consumes));
+    }
+    depth.last().copied().unwrap_or(0)
 }
 
 impl SinglePlan {
@@ -297,15 +306,17 @@ impl SinglePlan {
             });
         }
         let input = input_grid.positions(slots);
-        let mut grid = Some(input_grid);
-        let mut current = input.clone();
-        let mut positions = Vec::with_capacity(stages.len());
+        // Per value (0: the input, `i + 1`: stage `i`'s output): its grid, pending map and
+        // positions.
+        let mut grids: Vec<Option<Grid>> = vec![Some(input_grid)];
+        let mut maps = vec![Map::IDENTITY];
+        let mut values: Vec<Vec<usize>> = vec![input.clone()];
         let mut linear = BTreeMap::new();
-        let mut pending = vec![Map::IDENTITY];
         for (i, stage) in stages.iter().enumerate() {
-            match &stage.op {
+            let (grid, map, current) = match &stage.op {
                 StageOp::Poly(act) => {
-                    let applied = act.apply(&pending[i], current.len()).map_err(|why| {
+                    let v = stage.sources.first().copied().unwrap_or(0);
+                    let applied = act.apply(&maps[v], values[v].len()).map_err(|why| {
                         NnError::NotSupported {
                             node: stage.name.clone(),
                             op: "Poly",
@@ -313,29 +324,36 @@ impl SinglePlan {
                             why: why.into(),
                         }
                     })?;
-                    pending.push(applied.map);
+                    (grids[v], applied.map, values[v].clone())
                 }
-                StageOp::Linear { rows, stride } => {
+                StageOp::Linear { rows, strides } => {
+                    let current = concat_positions(|v| values[v].as_slice(), &stage.sources, slots);
                     let in_cts = layout::cts_of(&current, slots);
                     let mut candidates: Vec<(Target, String, Option<Grid>)> = Vec::new();
                     if let &[c, h, w] = stage.shape.as_slice() {
                         let chw = [c, h, w];
-                        let mut grids = Vec::new();
-                        if let Some(g) = grid {
-                            grids.push(Grid {
-                                chw,
-                                gap: (g.gap.0 * stride.0, g.gap.1 * stride.1),
-                                frame: g.frame,
-                            });
-                            grids.push(Grid {
-                                chw,
-                                gap: g.gap,
-                                frame: g.frame,
-                            });
+                        let mut grids_to_try = Vec::new();
+                        for (&v, stride) in stage.sources.iter().zip(strides) {
+                            if let Some(g) = grids[v] {
+                                grids_to_try.push(Grid {
+                                    chw,
+                                    gap: (g.gap.0 * stride.0, g.gap.1 * stride.1),
+                                    frame: g.frame,
+                                });
+                                grids_to_try.push(Grid {
+                                    chw,
+                                    gap: g.gap,
+                                    frame: g.frame,
+                                });
+                            }
                         }
-                        grids.push(Grid::dense(chw));
-                        grids.dedup();
-                        for g in grids.into_iter().filter(|g| g.fits(slots)) {
+                        grids_to_try.push(Grid::dense(chw));
+                        let mut seen = Vec::new();
+                        for g in grids_to_try.into_iter().filter(|g| g.fits(slots)) {
+                            if seen.contains(&g) {
+                                continue;
+                            }
+                            seen.push(g);
                             candidates.push((
                                 Target::Place(g.positions(slots)),
                                 g.describe(slots),
@@ -381,14 +399,17 @@ impl SinglePlan {
                     })?;
                     total += cost;
                     chosen.push(stage_layout(&plan.target, g.as_ref()));
-                    grid = g;
-                    current = plan.target.positions(rows.len());
+                    let out = plan.target.positions(rows.len());
                     linear.insert(i, plan);
-                    pending.push(Map::IDENTITY);
+                    (g, Map::IDENTITY, out)
                 }
-            }
-            positions.push(current.clone());
+            };
+            grids.push(grid);
+            maps.push(map);
+            values.push(current);
         }
+        values.remove(0);
+        let positions = values;
         let plan = Self {
             model: model.clone(),
             stages: stages.to_vec(),
@@ -396,7 +417,7 @@ impl SinglePlan {
             input,
             positions,
             linear,
-            pending,
+            maps,
             cost: total,
             layouts: Layouts {
                 slots,
@@ -421,6 +442,7 @@ impl SinglePlan {
             .iter()
             .map(|s| LevelStage {
                 name: s.name.clone(),
+                inputs: s.sources.clone(),
                 kind: match &s.op {
                     StageOp::Linear { .. } => StageKind::Linear,
                     op if op.squares() => StageKind::Square,
@@ -494,7 +516,7 @@ impl SinglePlan {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.op.squares())
-            .map(|(i, _)| layout::cts_of(self.input_of(i), self.slots))
+            .map(|(i, _)| layout::cts_of(&self.input_of(i), self.slots))
             .sum()
     }
 
@@ -535,7 +557,8 @@ impl SinglePlan {
             let out = values.get(stage.node).ok_or_else(|| {
                 NnError::Internal(format!("'{}' has no cleartext value", stage.name))
             })?;
-            let map = &self.pending[i];
+            let map = self.stage_map(i);
+            let map = map.as_ref();
             match &stage.op {
                 StageOp::Linear { rows, .. } => {
                     let summed = self
@@ -630,7 +653,8 @@ impl SinglePlan {
         }
         let slots = self.slots;
         let input_scale = scale;
-        let (mut level, mut scale) = (top_level, scale);
+        // Level and scale of every value, as the evaluation will have them.
+        let mut at: Vec<(usize, f64)> = vec![(top_level, scale)];
         let mut transforms = BTreeMap::new();
         let mut shifts = BTreeMap::new();
         for (i, stage) in self.stages.iter().enumerate() {
@@ -638,9 +662,7 @@ impl SinglePlan {
                 node: stage.name.clone(),
                 source,
             };
-            if self.refreshes.0.contains(&i) {
-                level = self.refreshes.1;
-            }
+            let (mut level, mut scale) = self.stage_input_level(i, &at)?;
             if level == 0 && (stage.op.squares() || matches!(stage.op, StageOp::Linear { .. })) {
                 return Err(NnError::OutOfLevels {
                     stage: stage.name.clone(),
@@ -652,13 +674,13 @@ impl SinglePlan {
             match &stage.op {
                 StageOp::Poly(act) => {
                     let input = self.input_of(i);
-                    let applied = act.apply(&self.pending[i], input.len()).map_err(|why| {
+                    let applied = act.apply(&self.stage_map(i), input.len()).map_err(|why| {
                         NnError::Internal(format!("'{}' was planned: {why}", stage.name))
                     })?;
                     if let Some(Shift::PerNeuron(deltas)) = applied.shift {
                         // Per-neuron shifts (per-channel activations) are a plaintext at the
                         // square's input, zero in unused slots.
-                        let mut v = vec![vec![0.0; slots]; layout::cts_of(input, slots)];
+                        let mut v = vec![vec![0.0; slots]; layout::cts_of(&input, slots)];
                         for (&p, d) in input.iter().zip(deltas) {
                             v[p / slots][p % slots] = d;
                         }
@@ -678,7 +700,8 @@ impl SinglePlan {
                     let plan = self.linear.get(&i).ok_or_else(|| {
                         NnError::Internal(format!("'{}' was not planned", stage.name))
                     })?;
-                    let map = &self.pending[i];
+                    let map = self.stage_map(i);
+                    let map = map.as_ref();
                     // The input's pending multipliers go into the weights: one for all, or
                     // one per input neuron.
                     let (a, folded);
@@ -695,7 +718,7 @@ impl SinglePlan {
                     };
                     let mut diagonals: BlockDiagonals = BTreeMap::new();
                     plan.target
-                        .entries(weights, self.input_of(i), slots, |v, u, k, at, w| {
+                        .entries(weights, &self.input_of(i), slots, |v, u, k, at, w| {
                             diagonals
                                 .entry((v, u))
                                 .or_default()
@@ -713,10 +736,20 @@ impl SinglePlan {
                             );
                         }
                     }
+                    // Diagonals at `q_level · nominal / input scale`: the output comes back at
+                    // the nominal scale, whatever the squares before did to it (their
+                    // `scale² / q` drifts away from it, doubling its distance every square).
                     let lt = s
-                        .encode_transform(&diagonals, (plan.out_cts, plan.in_cts), slots, level)
+                        .encode_transform(
+                            &diagonals,
+                            (plan.out_cts, plan.in_cts),
+                            slots,
+                            level,
+                            s.q_at(level) * input_scale / scale,
+                        )
                         .map_err(err)?;
                     drop(diagonals);
+                    scale = input_scale;
                     level -= 1;
                     let mut bias = vec![vec![0.0; slots]; plan.out_cts];
                     for (row, &p) in rows.iter().zip(&self.positions[i]) {
@@ -736,6 +769,7 @@ impl SinglePlan {
                     transforms.insert(i, (lt, bias));
                 }
             }
+            at.push((level, scale));
         }
         Ok(EncodedSingle {
             transforms,
@@ -745,10 +779,54 @@ impl SinglePlan {
         })
     }
 
+    /// Level and scale of stage `i`'s input, given every earlier value's (`at[v]`): its
+    /// sources' lowest level (after a refresh, the refresh's), at the scale of the sources
+    /// there; sources above it are brought down to that level and scale (one rescale each,
+    /// from their spare levels).
+    ///
+    /// # Errors
+    /// [`NnError::NotSupported`] for sources at that level with different scales.
+    fn stage_input_level(&self, i: usize, at: &[(usize, f64)]) -> Result<(usize, f64), NnError> {
+        let stage = &self.stages[i];
+        let of = |v: usize| {
+            at.get(v)
+                .copied()
+                .ok_or_else(|| NnError::Internal(format!("'{}' reads a later value", stage.name)))
+        };
+        let mut level = usize::MAX;
+        let mut scale = 1.0;
+        for &v in &stage.sources {
+            let (l, sc) = of(v)?;
+            if l < level {
+                (level, scale) = (l, sc);
+            }
+        }
+        for &v in &stage.sources {
+            let (l, sc) = of(v)?;
+            if l == level && sc != scale {
+                return Err(NnError::NotSupported {
+                    node: stage.name.clone(),
+                    op: "Add",
+                    packing: "single-image",
+                    why: format!(
+                        "it adds values at the same level {level} with different scales \
+                         (2^{:.3} and 2^{:.3})",
+                        scale.log2(),
+                        sc.log2()
+                    ),
+                });
+            }
+        }
+        if self.refreshes.0.contains(&i) {
+            level = self.refreshes.1;
+        }
+        Ok((level, scale))
+    }
+
     /// The output's pending map, which the client applies after decryption: one `(a, γ)`
     /// for every logit.
     fn output_map(&self) -> Result<(f64, f64), NnError> {
-        match self.pending.last() {
+        match self.maps.last() {
             None => Ok((1.0, 0.0)),
             Some(map) => map.uniform().ok_or_else(|| NnError::NotSupported {
                 node: self
@@ -764,12 +842,51 @@ impl SinglePlan {
         }
     }
 
-    /// Flat positions of stage `i`'s input neurons.
-    fn input_of(&self, i: usize) -> &[usize] {
-        match i.checked_sub(1) {
+    /// Flat positions of value `v`'s neurons (0: the input, `i + 1`: stage `i`'s output).
+    fn value_positions(&self, v: usize) -> &[usize] {
+        match v.checked_sub(1) {
             None => &self.input,
-            Some(j) => &self.positions[j],
+            Some(i) => self.positions.get(i).map_or(&[], Vec::as_slice),
         }
+    }
+
+    /// Flat positions of stage `i`'s input neurons: its sources' ciphertexts one after the
+    /// other.
+    fn input_of(&self, i: usize) -> std::borrow::Cow<'_, [usize]> {
+        match self.stages.get(i).map(|s| s.sources.as_slice()) {
+            Some(&[v]) => std::borrow::Cow::Borrowed(self.value_positions(v)),
+            Some(sources) => std::borrow::Cow::Owned(concat_positions(
+                |v| self.value_positions(v),
+                sources,
+                self.slots,
+            )),
+            None => std::borrow::Cow::Borrowed(&[]),
+        }
+    }
+
+    /// The pending map of stage `i`'s input neurons (its sources' maps one after the other).
+    fn stage_map(&self, i: usize) -> std::borrow::Cow<'_, Map> {
+        use std::borrow::Cow;
+        let sources = self.stages.get(i).map_or(&[][..], |s| s.sources.as_slice());
+        let map = |v: usize| self.maps.get(v).unwrap_or(&Map::IDENTITY);
+        if let [v] = sources {
+            return Cow::Borrowed(map(*v));
+        }
+        let first = sources.first().map(|&v| map(v).uniform());
+        if let Some(Some(u)) = first
+            && sources.iter().all(|&v| map(v).uniform() == Some(u))
+        {
+            return Cow::Owned(Map::Uniform(u.0, u.1));
+        }
+        let (mut a, mut g) = (Vec::new(), Vec::new());
+        for &v in sources {
+            for j in 0..self.value_positions(v).len() {
+                let (aj, gj) = map(v).at(j);
+                a.push(aj);
+                g.push(gj);
+            }
+        }
+        Cow::Owned(Map::PerNeuron(a, g))
     }
 
     /// Encrypts one image (`C×H×W` values) into the plan's input layout at `level`.
@@ -821,20 +938,45 @@ impl SinglePlan {
                 ),
             });
         }
-        let mut values = input;
+        // Every value's ciphertexts (0: the input, `i + 1`: stage `i`'s output), dropped
+        // after their last reader.
+        let mut last_read = vec![0usize; self.stages.len() + 1];
+        for (i, stage) in self.stages.iter().enumerate() {
+            for &v in &stage.sources {
+                last_read[v] = i;
+            }
+        }
+        let mut held: Vec<Option<Vec<S::Ct>>> = Vec::with_capacity(self.stages.len() + 1);
+        held.push(Some(input));
         for (i, stage) in self.stages.iter().enumerate() {
             let err = |source| NnError::Encrypted {
                 node: stage.name.clone(),
                 source,
             };
-            if self.refreshes.0.contains(&i) {
-                values = values
-                    .iter()
-                    .map(|ct| s.refresh(ct))
-                    .collect::<Result<_, _>>()
-                    .map_err(err)?;
+            let mut parts = Vec::with_capacity(stage.sources.len());
+            for &v in &stage.sources {
+                let cts = if last_read[v] == i
+                    && stage.sources.iter().filter(|&&u| u == v).count() == 1
+                {
+                    held.get_mut(v).and_then(Option::take)
+                } else {
+                    held.get(v).and_then(Clone::clone)
+                };
+                parts.push(cts.ok_or_else(|| {
+                    NnError::Internal(format!("'{}' reads a value no longer held", stage.name))
+                })?);
             }
-            values = match &stage.op {
+            if self.refreshes.0.contains(&i) {
+                for part in &mut parts {
+                    *part = part
+                        .iter()
+                        .map(|ct| s.refresh(ct))
+                        .collect::<Result<_, _>>()
+                        .map_err(err)?;
+                }
+            }
+            let values = align(s, parts).map_err(err)?;
+            let out = match &stage.op {
                 StageOp::Linear { .. } => {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
                         NnError::Internal(format!("'{}' was not encoded", stage.name))
@@ -857,7 +999,7 @@ impl SinglePlan {
                 }
                 StageOp::Poly(act) => {
                     let applied = act
-                        .apply(&self.pending[i], self.input_of(i).len())
+                        .apply(&self.stage_map(i), self.input_of(i).len())
                         .map_err(|why| NnError::NotSupported {
                             node: stage.name.clone(),
                             op: "Poly",
@@ -895,7 +1037,12 @@ impl SinglePlan {
                     }
                 }
             };
+            held.push(Some(out));
         }
+        let values = held
+            .pop()
+            .flatten()
+            .ok_or_else(|| NnError::Internal("the evaluation produced no output".into()))?;
         let (a, gamma) = self.output_map()?;
         Ok((values, OutputMap { a, gamma }))
     }
@@ -944,4 +1091,47 @@ fn fold_multipliers(rows: &[crate::linear::Row], map: &Map) -> Vec<crate::linear
             bias: r.bias,
         })
         .collect()
+}
+
+/// The positions of `sources`' neurons as one transform reads them: each source's
+/// ciphertexts after the previous sources'.
+fn concat_positions<'a>(
+    positions: impl Fn(usize) -> &'a [usize],
+    sources: &[usize],
+    slots: usize,
+) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut cts = 0;
+    for &v in sources {
+        let p = positions(v);
+        out.extend(p.iter().map(|&x| x + cts * slots));
+        cts += layout::cts_of(p, slots);
+    }
+    out
+}
+
+/// The ciphertexts of a stage's sources as one list at one level and scale: the lowest
+/// source's; sources above it are brought down by [`Scheme::adjust`] (one rescale from
+/// their spare levels). A single source is returned as it is.
+fn align<S: Scheme>(s: &S, parts: Vec<Vec<S::Ct>>) -> Result<Vec<S::Ct>, SchemeError> {
+    if parts.len() == 1 {
+        return Ok(parts.into_iter().flatten().collect());
+    }
+    let Some((level, scale)) = parts
+        .iter()
+        .flatten()
+        .map(|ct| (s.level(ct), s.scale(ct)))
+        .min_by_key(|&(l, _)| l)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for ct in parts.into_iter().flatten() {
+        if s.level(&ct) > level && s.scale(&ct) != scale {
+            out.push(s.adjust(&ct, level, scale)?);
+        } else {
+            out.push(ct);
+        }
+    }
+    Ok(out)
 }

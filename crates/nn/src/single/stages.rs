@@ -1,21 +1,30 @@
-//! A chain model cut into single-image stages: consecutive linear operators (convolutions,
-//! pooling, dense layers, with any reshapes between them) are composed into one matrix, so
-//! each costs one level however many operators it holds (average pooling followed by a
-//! convolution, or two dense layers without an activation between them); every polynomial
-//! activation is a stage of its own.
+//! A model cut into single-image stages: linear operators (convolutions, pooling, dense
+//! layers, with any reshapes between them) are composed into one matrix, so each costs one
+//! level however many operators it holds; a residual addition is a linear operator over
+//! two values, composed the same way (a ResNet block's second convolution, its shortcut and
+//! the addition are one stage); every polynomial activation is a stage of its own.
+//!
+//! Values are numbered: value 0 is the model input, value `i + 1` stage `i`'s output. A
+//! linear stage reads one or more values ([`Stage::sources`]); its rows index their neurons
+//! one after the other.
 
-use crate::{Model, NnError, Op, linear::Row, pending::Act};
+use crate::{
+    Model, NnError, Op,
+    linear::{Row, compose},
+    pending::Act,
+};
 
 /// What a stage computes.
 #[derive(Clone, Debug)]
 pub(super) enum StageOp {
-    /// A composed linear map: its rows over the stage input's neurons, and the stride
-    /// `(sy, sx)` of its output grid over its input grid (1 for dense outputs).
+    /// A composed linear map: its rows over the concatenated neurons of the stage's sources,
+    /// and for each source the stride `(sy, sx)` of the output grid over the source's grid
+    /// (1 for dense outputs).
     Linear {
-        /// Rows over the input neurons.
+        /// Rows over the sources' neurons.
         rows: Vec<Row>,
-        /// Output pixel `(y, x)` sits over input pixel `(sy·y, sx·x)` (plus an offset).
-        stride: (usize, usize),
+        /// Output pixel `(y, x)` sits over source pixel `(sy·y, sx·x)` (plus an offset).
+        strides: Vec<(usize, usize)>,
     },
     /// A polynomial activation of degree ≤ 2, the same on every neuron or per channel.
     Poly(Act),
@@ -29,18 +38,36 @@ impl StageOp {
     }
 }
 
-/// One stage: what it does, its output's shape, and the names of the operators it holds.
+/// One stage: what it does, what it reads, its output's shape, and the names of the
+/// operators it holds.
 #[derive(Clone, Debug)]
 pub(super) struct Stage {
     pub op: StageOp,
+    /// The values it reads (0: the model input; `k + 1`: stage `k`'s output), in the order
+    /// its rows index them. An activation reads one.
+    pub sources: Vec<usize>,
     pub shape: Vec<usize>,
     pub name: String,
     /// The model node whose output the stage computes.
     pub node: usize,
 }
 
-/// A linear stage being composed: its rows, stride and operator names.
-type Open = Option<(Vec<Row>, (usize, usize), Vec<String>)>;
+/// A linear expression not yet evaluated: rows over the concatenated neurons of `sources`.
+#[derive(Clone, Debug)]
+struct Open {
+    rows: Vec<Row>,
+    sources: Vec<usize>,
+    strides: Vec<(usize, usize)>,
+    names: Vec<String>,
+}
+
+/// What a node's output is while cutting: an evaluated value, or a linear expression of
+/// evaluated values.
+#[derive(Clone, Debug)]
+enum Expr {
+    Value(usize),
+    Open(Open),
+}
 
 /// The stride of an operator's output grid over its input grid.
 fn op_stride(op: &Op) -> (usize, usize) {
@@ -51,47 +78,191 @@ fn op_stride(op: &Op) -> (usize, usize) {
     }
 }
 
-/// Cuts a rewritten chain model into stages.
+/// The cutter's state.
+struct Cutter<'m> {
+    model: &'m Model,
+    shapes: Vec<Vec<usize>>,
+    consumers: Vec<Vec<usize>>,
+    exprs: Vec<Option<Expr>>,
+    /// Neurons of every value.
+    neurons: Vec<usize>,
+    out: Vec<Stage>,
+}
+
+impl Cutter<'_> {
+    fn expr(&self, id: usize) -> Result<&Expr, NnError> {
+        self.exprs
+            .get(id)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| NnError::Internal(format!("node {id} was not cut")))
+    }
+
+    /// Evaluates node `id`'s expression into a stage if it is still open; its value.
+    fn materialize(&mut self, id: usize) -> Result<usize, NnError> {
+        let open = match self.expr(id)? {
+            Expr::Value(v) => return Ok(*v),
+            Expr::Open(o) => o.clone(),
+        };
+        self.neurons.push(open.rows.len());
+        self.out.push(Stage {
+            op: StageOp::Linear {
+                rows: open.rows,
+                strides: open.strides,
+            },
+            sources: open.sources,
+            shape: self.shapes[id].clone(),
+            name: open.names.join(" + "),
+            node: id,
+        });
+        let v = self.out.len();
+        self.exprs[id] = Some(Expr::Value(v));
+        Ok(v)
+    }
+
+    /// Node `id` as a linear expression for one consumer: its open expression when that
+    /// consumer is its only reader (composed, it is evaluated once), otherwise the identity
+    /// over its evaluated value.
+    fn linear_of(&mut self, id: usize) -> Result<Open, NnError> {
+        if let Expr::Open(o) = self.expr(id)?
+            && self.consumers[id].len() <= 1
+            && id != self.model.output
+        {
+            return Ok(o.clone());
+        }
+        let v = self.materialize(id)?;
+        let n = self.neurons[v];
+        Ok(Open {
+            rows: (0..n)
+                .map(|j| Row {
+                    terms: vec![(j, 1.0)],
+                    bias: 0.0,
+                })
+                .collect(),
+            sources: vec![v],
+            strides: vec![(1, 1)],
+            names: Vec::new(),
+        })
+    }
+
+    /// `a + b`, the sources of both concatenated (a source both read is read once).
+    fn sum(&self, a: Open, b: Open, name: &str) -> Result<Open, NnError> {
+        if a.rows.len() != b.rows.len() {
+            return Err(NnError::Internal(format!(
+                "'{name}' adds {} values to {}",
+                b.rows.len(),
+                a.rows.len()
+            )));
+        }
+        let mut sources = a.sources.clone();
+        let mut strides = a.strides.clone();
+        // Where each of b's sources starts among the concatenated neurons.
+        let offsets = |sources: &[usize]| -> Vec<usize> {
+            sources
+                .iter()
+                .scan(0, |acc, &v| {
+                    let at = *acc;
+                    *acc += self.neurons[v];
+                    Some(at)
+                })
+                .collect()
+        };
+        let b_offsets = offsets(&b.sources);
+        let mut b_to = Vec::with_capacity(b.sources.len());
+        for (&v, &s) in b.sources.iter().zip(&b.strides) {
+            match sources.iter().position(|&u| u == v) {
+                Some(k) if strides[k] == s => b_to.push(k),
+                _ => {
+                    sources.push(v);
+                    strides.push(s);
+                    b_to.push(sources.len() - 1);
+                }
+            }
+        }
+        let to_offsets = offsets(&sources);
+        // b's term index → the concatenation's.
+        let remap = |j: usize| -> usize {
+            let k = b_offsets.partition_point(|&o| o <= j) - 1;
+            to_offsets[b_to[k]] + (j - b_offsets[k])
+        };
+        let rows = a
+            .rows
+            .into_iter()
+            .zip(b.rows)
+            .map(|(mut r, s)| {
+                r.terms
+                    .extend(s.terms.into_iter().map(|(j, w)| (remap(j), w)));
+                r.terms.sort_unstable_by_key(|&(j, _)| j);
+                r.terms.dedup_by(|later, first| {
+                    if later.0 == first.0 {
+                        first.1 += later.1;
+                        true
+                    } else {
+                        false
+                    }
+                });
+                r.bias += s.bias;
+                r
+            })
+            .collect();
+        let mut names = a.names;
+        names.extend(b.names);
+        names.push(name.to_string());
+        Ok(Open {
+            rows,
+            sources,
+            strides,
+            names,
+        })
+    }
+}
+
+/// Cuts a rewritten model into stages, in an order where every stage comes after the
+/// values it reads.
 ///
 /// # Errors
-/// [`NnError::NotSupported`] for graphs that are not a chain (residual additions), activations
-/// of degree above 2 and operators that are neither linear nor polynomial.
+/// [`NnError::NotSupported`] for activations of degree above 2 and operators that are
+/// neither linear nor polynomial.
 pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
     let shapes = model.shapes()?;
-    let mut out: Vec<Stage> = Vec::new();
-    let mut open: Open = None;
-    for (id, node) in model.nodes.iter().enumerate().skip(1) {
-        if node.inputs != [id - 1] {
-            return Err(NnError::NotSupported {
+    let mut c = Cutter {
+        model,
+        consumers: model.consumers(),
+        exprs: vec![None; model.nodes.len()],
+        neurons: vec![model.input_shape.iter().product()],
+        out: Vec::new(),
+        shapes,
+    };
+    for (id, node) in model.nodes.iter().enumerate() {
+        let input = |k: usize| {
+            node.inputs.get(k).copied().ok_or_else(|| NnError::Graph {
                 node: node.name.clone(),
-                op: node.op.kind(),
-                packing: "single-image",
-                why: "it does not read only the previous node: single-image packing runs chains of single-input layers (no residual additions yet)".into(),
-            });
-        }
-        let close = |open: &mut Open, out: &mut Vec<Stage>, node: usize| {
-            if let Some((rows, stride, names)) = open.take() {
-                out.push(Stage {
-                    op: StageOp::Linear { rows, stride },
-                    shape: shapes[node].clone(),
-                    name: names.join(" + "),
-                    node,
-                });
-            }
+                detail: format!("input {k} missing"),
+            })
         };
-        match &node.op {
-            Op::Flatten => {}
-            Op::Poly(_) | Op::ChannelPoly(_) => {
-                let act = if let Op::ChannelPoly(cs) = &node.op {
-                    let neurons: usize = shapes[id].iter().product();
-                    Act::per_channel(cs.clone(), neurons / cs.len().max(1))
-                } else if let Op::Poly(c) = &node.op {
-                    Act::uniform(c.clone())
+        let expr = match &node.op {
+            Op::Input => Expr::Value(0),
+            Op::Flatten => {
+                let u = input(0)?;
+                // A reshape: the same neurons, read by the flatten's consumers.
+                if c.consumers[u].len() > 1 {
+                    Expr::Value(c.materialize(u)?)
                 } else {
-                    return Err(NnError::Internal(format!(
-                        "'{}' is not a polynomial",
-                        node.name
-                    )));
+                    c.expr(u)?.clone()
+                }
+            }
+            Op::Poly(_) | Op::ChannelPoly(_) => {
+                let act = match &node.op {
+                    Op::ChannelPoly(cs) => {
+                        let neurons: usize = c.shapes[id].iter().product();
+                        Act::per_channel(cs.clone(), neurons / cs.len().max(1))
+                    }
+                    Op::Poly(p) => Act::uniform(p.clone()),
+                    other => {
+                        return Err(NnError::Internal(format!(
+                            "{} is not a polynomial",
+                            other.kind()
+                        )));
+                    }
                 };
                 let degree = act.degree();
                 if degree > 2 {
@@ -102,17 +273,26 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                         why: format!("degree {degree}: single-image packing evaluates degree ≤ 2"),
                     });
                 }
-                close(&mut open, &mut out, id - 1);
-                out.push(Stage {
+                let v = c.materialize(input(0)?)?;
+                c.neurons.push(c.neurons[v]);
+                c.out.push(Stage {
                     op: StageOp::Poly(act),
-                    shape: shapes[id].clone(),
+                    sources: vec![v],
+                    shape: c.shapes[id].clone(),
                     name: node.name.clone(),
                     node: id,
                 });
+                Expr::Value(c.out.len())
+            }
+            Op::Add => {
+                let a = c.linear_of(input(0)?)?;
+                let b = c.linear_of(input(1)?)?;
+                Expr::Open(c.sum(a, b, &node.name)?)
             }
             op => {
+                let u = input(0)?;
                 let rows =
-                    crate::linear::rows(op, &shapes[id - 1], &shapes[id])?.ok_or_else(|| {
+                    crate::linear::rows(op, &c.shapes[u], &c.shapes[id])?.ok_or_else(|| {
                         NnError::NotSupported {
                             node: node.name.clone(),
                             op: op.kind(),
@@ -120,28 +300,37 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                             why: "not linear or polynomial: rewrite the model first".into(),
                         }
                     })?;
+                let inner = c.linear_of(u)?;
                 let (sy, sx) = op_stride(op);
-                open = Some(match open.take() {
-                    None => (rows, (sy, sx), vec![node.name.clone()]),
-                    Some((inner, (ay, ax), mut names)) => {
-                        names.push(node.name.clone());
-                        (
-                            crate::linear::compose(&rows, &inner),
-                            (ay * sy, ax * sx),
-                            names,
-                        )
-                    }
-                });
+                let mut names = inner.names;
+                names.push(node.name.clone());
+                Expr::Open(Open {
+                    rows: compose(&rows, &inner.rows),
+                    sources: inner.sources,
+                    strides: inner
+                        .strides
+                        .iter()
+                        .map(|&(ay, ax)| (ay * sy, ax * sx))
+                        .collect(),
+                    names,
+                })
             }
-        }
-        if id == model.output {
-            close(&mut open, &mut out, id);
-            // A trailing reshape changes the shape, not the neurons.
-            if let Some(last) = out.last_mut() {
-                last.shape = shapes[id].clone();
-            }
-            break;
-        }
+        };
+        c.exprs[id] = Some(expr);
+    }
+    let last = c.materialize(model.output)?;
+    if last != c.out.len() {
+        return Err(NnError::NotSupported {
+            node: model.nodes[model.output].name.clone(),
+            op: model.nodes[model.output].op.kind(),
+            packing: "single-image",
+            why: "the output is the input or an earlier value".into(),
+        });
+    }
+    let mut out = c.out;
+    // A trailing reshape changes the shape, not the neurons.
+    if let Some(last) = out.last_mut() {
+        last.shape = c.shapes[model.output].clone();
     }
     Ok(out)
 }
