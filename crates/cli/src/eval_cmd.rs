@@ -50,6 +50,12 @@ pub struct EvalArgs {
     /// Only run the model in the clear (f64) and report its accuracy: no keys, no encryption.
     #[arg(long)]
     cleartext: bool,
+    /// Single-image packing: run the compiled plan on the packed cleartext scheme (its
+    /// levels, scales, diagonals, rotations and pending maps, without keys or noise)
+    /// instead of encrypting, and compare with the model; with `--record`, a record of its
+    /// own.
+    #[arg(long, conflicts_with = "cleartext")]
+    simulate: bool,
     /// Packing: `batch` (one image per slot, thousands per evaluation), `single` (one image
     /// densely packed, classified on its own) or `auto` (picked for the number of images).
     /// Default: the compiled model's packing (batch for an `.onnx` file).
@@ -125,9 +131,15 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
                 model: &model,
                 offset: a.offset,
                 record: a.record.as_deref(),
+                simulate: a.simulate,
             };
             eval_single(&c, &ds, &run, &a.opts)
         }
+        PackingKind::Batch if a.simulate => Err(CliError::Usage(
+            "--simulate runs single-image plans; for batch packing, `hecnn compile --calibrate` \
+             simulates a batch"
+                .into(),
+        )),
         PackingKind::Batch if a.record.is_some() => Err(CliError::Usage(
             "batch packing does not keep --record image by image: use --mode single".into(),
         )),
@@ -267,6 +279,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         record: None,
         verbose: false,
         cleartext: false,
+        simulate: false,
         mode: None,
         opts: ModelOpts {
             log_n: 14,
@@ -289,6 +302,8 @@ struct SingleRun<'a> {
     offset: usize,
     /// The resumable record to append to ([`AgreementRecord`]).
     record: Option<&'a Path>,
+    /// Simulate the plan instead of encrypting.
+    simulate: bool,
 }
 
 /// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
@@ -314,8 +329,9 @@ fn eval_single(
                 .map(|b| blake3::hash(&b).to_hex()[..16].to_string())
                 .map_err(|e| hecnn_nn::NnError::io(run.model, e))?;
             let header = format!(
-                "model={} blake3={digest} data={data} mode=single log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={diagonals}",
+                "model={} blake3={digest} data={data} mode={} log_n={} log_qp={:.1} levels={} scale_bits={} diagonals={diagonals}",
                 c.name(),
+                if run.simulate { "single-simulated" } else { "single" },
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
@@ -343,6 +359,9 @@ fn eval_single(
             print_record(rec);
             return Ok(());
         }
+    }
+    if run.simulate {
+        return simulate_single(c, ds, run, &todo, record.as_mut());
     }
     let be = opts.backend()?;
     println!("hecnn: encrypted CNN inference, single-image mode");
@@ -425,6 +444,63 @@ fn eval_single(
         human_bytes(key_bytes),
         peak_memory()
     );
+    Ok(())
+}
+
+/// `eval --simulate`: the plan on the packed cleartext scheme, image by image, against the
+/// model.
+fn simulate_single(
+    c: &CompiledModel,
+    ds: &Dataset,
+    run: &SingleRun<'_>,
+    todo: &[usize],
+    mut record: Option<&mut AgreementRecord>,
+) -> Result<(), CliError> {
+    println!("hecnn: the single-image plan simulated without keys (packed cleartext scheme)");
+    println!("{}", c.report()?);
+    println!("data: {} ({} images)", run.data, ds.len());
+    let t = Instant::now();
+    let sim = c.simulator()?;
+    println!("transforms encoded in {:.1} s", t.elapsed().as_secs_f64());
+    let pb = ProgressBar::new(todo.len() as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message("simulating");
+    let mut agreement = Agreement::default();
+    let t = Instant::now();
+    for &i in todo {
+        let image = ds.image(i);
+        let out = sim.run(std::slice::from_ref(&image))?;
+        let got = out
+            .logits
+            .first()
+            .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
+        let want = exec::run(c.model(), &image)?;
+        let outcome = ImageOutcome::new(
+            run.offset + i,
+            usize::from(ds.labels()[i]),
+            got,
+            want.data(),
+        );
+        agreement.add(&outcome);
+        if let Some(rec) = record.as_deref_mut() {
+            rec.push(outcome)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    println!(
+        "\nresults over the {} images of this run (simulated, {:.2} s per image):",
+        todo.len(),
+        t.elapsed().as_secs_f64() / todo.len().max(1) as f64
+    );
+    agreement.print_as("simulated");
+    if let Some(rec) = record.as_deref() {
+        print_record(rec);
+    }
     Ok(())
 }
 

@@ -90,12 +90,17 @@ impl Agreement {
 
     /// Prints the accuracies, the agreement and the largest logit difference.
     pub fn print(&self) {
+        self.print_as("encrypted");
+    }
+
+    /// [`Agreement::print`], naming the compared run (`encrypted`, `simulated`).
+    pub fn print_as(&self, what: &str) {
         let n = self.images;
         let pct = |k: usize| 100.0 * k as f64 / n.max(1) as f64;
         let (plain, enc, agree) = (self.correct_plain, self.correct_enc, self.agree);
         println!("  cleartext accuracy   {:.2}% ({plain}/{n})", pct(plain));
-        println!("  encrypted accuracy   {:.2}% ({enc}/{n})", pct(enc));
+        println!("  {what:<9} accuracy   {:.2}% ({enc}/{n})", pct(enc));
         println!("  same prediction      {:.2}% ({agree}/{n})", pct(agree));
-        println!("  max |encrypted − cleartext logit| {:.3e}", self.max_diff);
+        println!("  max |{what} − cleartext logit| {:.3e}", self.max_diff);
     }
 }

@@ -246,6 +246,32 @@ fn a_model_too_deep_for_batch_packing_runs_in_single_image_packing() {
     let (ok, log) = hecnn(&["eval", &out, "--data", "sample:mnist", "--count", "2"]);
     assert!(ok, "{log}");
     assert!(log.contains("same prediction      100.00% (2/2)"), "{log}");
+    // The same plan simulated without keys, recorded image by image and resumed.
+    let record = tmp.join("sim.csv").to_str().unwrap().to_string();
+    let sim = |count: &str| {
+        hecnn(&[
+            "eval",
+            &out,
+            "--simulate",
+            "--data",
+            "sample:mnist",
+            "--count",
+            count,
+            "--record",
+            &record,
+        ])
+    };
+    let (ok, log) = sim("2");
+    assert!(ok, "{log}");
+    assert!(log.contains("simulated accuracy"), "{log}");
+    assert!(log.contains("same prediction      100.00% (2/2)"), "{log}");
+    let (ok, log) = sim("3");
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("2 images already recorded, 1 of the 3"),
+        "{log}"
+    );
+    assert!(log.contains("same prediction      100.00% (3/3)"), "{log}");
     // Batch packing cannot run the model at this degree: asking for it says so.
     let (ok, log) = hecnn(&[
         "eval",

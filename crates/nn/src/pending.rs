@@ -186,10 +186,48 @@ impl Act {
                 }
             }
         }
+        let shift = if deltas.iter().all(|&d| d == 0.0) {
+            Shift::Uniform(0.0)
+        } else {
+            Shift::PerNeuron(deltas)
+        };
         Ok(Applied {
             map: Map::PerNeuron(a2, g2),
-            shift: squares.then_some(Shift::PerNeuron(deltas)),
+            shift: squares.then_some(shift),
         })
+    }
+
+    /// The largest shift `|c1 / (2·c2)|` completing the square adds to a neuron of a value
+    /// with the identity map (0 when nothing is squared).
+    pub(crate) fn widest_shift(&self) -> f64 {
+        self.lists
+            .iter()
+            .filter_map(|c| {
+                let (c1, c2) = (c.get(1).copied().unwrap_or(0.0), c.get(2).copied()?);
+                (c2 != 0.0).then(|| (c1 / (2.0 * c2)).abs())
+            })
+            .fold(0.0, f64::max)
+    }
+
+    /// The activation without its linear term (`c0 + c2·x²`) and the linear coefficients
+    /// (`c1`) per channel: `c2·x² + c1·x + c0` evaluated as a square plus a scaled copy of
+    /// `x`, which needs no shift.
+    pub(crate) fn split_linear(&self) -> (Self, Vec<f64>) {
+        let at = |c: &[f64], i: usize| c.get(i).copied().unwrap_or(0.0);
+        let square = Self {
+            lists: self
+                .lists
+                .iter()
+                .map(|c| vec![at(c, 0), 0.0, at(c, 2)])
+                .collect(),
+            per: self.per,
+        };
+        (square, self.lists.iter().map(|c| at(c, 1)).collect())
+    }
+
+    /// Neurons per coefficient list.
+    pub(crate) fn per(&self) -> usize {
+        self.per
     }
 }
 

@@ -551,3 +551,46 @@ fn residual_networks_run_in_single_image_packing() {
         assert!(max_diff(got, want) < 1e-2, "encrypted: {got:?} vs {want:?}");
     }
 }
+
+#[test]
+fn a_nearly_linear_channel_is_squared_without_a_wide_shift() {
+    // Channel 1 is almost linear (x² coefficient 0.001 against 1.0: completing the square
+    // would shift its values by 500 and square them to 250 000). The activation is split
+    // into a square and a linear term the next stage reads again, at no extra level.
+    let nodes = vec![
+        node("input", Op::Input, vec![]),
+        node("conv1", conv(70, (2, 1, 3), 1, 1, 0.5), vec![0]),
+        node(
+            "act",
+            Op::ChannelPoly(vec![vec![0.1, 0.5, 0.25], vec![0.0, 1.0, 0.001]]),
+            vec![1],
+        ),
+        node("conv2", conv(71, (2, 2, 3), 2, 1, 0.5), vec![2]),
+        node("flat", Op::Flatten, vec![3]),
+        node(
+            "fc",
+            Op::Dense(Dense {
+                weight: Tensor::new(vec![3, 32], values(72, 96, 0.5)).unwrap(),
+                bias: values(73, 3, 0.1),
+            }),
+            vec![4],
+        ),
+    ];
+    let model = Model {
+        name: "nearly-linear".into(),
+        input_shape: [1, 8, 8],
+        output: nodes.len() - 1,
+        nodes,
+    };
+    let c = compile::compile(&model, &opts(PackingRequest::Single)).unwrap();
+    // conv1, the activation, then conv2 and the dense layer composed into one stage.
+    assert_eq!(c.plan().depth(), 3);
+    let imgs = images(2, 700);
+    let cal = c.calibrate(&imgs).unwrap();
+    assert!(cal.largest.unwrap() < 100.0, "{cal:?}");
+    let sim = c.simulate(&imgs).unwrap();
+    for (image, got) in imgs.iter().zip(&sim.logits) {
+        let want = exec::run(&model, image).unwrap();
+        assert!(max_diff(got, want.data()) < 1e-3, "{got:?} vs {want:?}");
+    }
+}

@@ -617,62 +617,25 @@ impl CompiledModel {
     /// # Errors
     /// Images of another shape; more images than a batch holds; plan errors.
     pub fn simulate(&self, images: &[Tensor]) -> Result<Simulation, NnError> {
-        let spec = self.client_spec();
-        spec.check_shapes(images)?;
+        self.simulator()?.run(images)
+    }
+
+    /// The packed cleartext scheme ready to run this plan ([`Self::simulate`]) on many
+    /// images: a single-image plan's transforms are encoded once, here.
+    ///
+    /// # Errors
+    /// Encoding errors of the plan.
+    pub fn simulator(&self) -> Result<Simulator<'_>, NnError> {
         let engine = crate::scheme::Packed::new(self.params.rlwe().q());
         let (top, scale) = (self.params.max_level(), self.params.default_scale());
-        let logits = match &*self.plan {
-            PackedPlan::Batch(plan) => {
-                if images.len() > self.params.max_slots() {
-                    return Err(NnError::Mismatch {
-                        what: "images in one batch",
-                        expected: format!("at most {}", self.params.max_slots()),
-                        found: images.len().to_string(),
-                    });
-                }
-                let columns: Vec<Vec<f64>> = (0..plan.inputs())
-                    .map(|p| {
-                        images
-                            .iter()
-                            .map(|im| im.data().get(p).copied().unwrap_or(0.0))
-                            .collect()
-                    })
-                    .collect();
-                let (out, map) =
-                    plan.run(&engine, engine.inputs(columns, top, scale), |_, _| {})?;
-                (0..images.len())
-                    .map(|i| {
-                        out.iter()
-                            .map(|o| map.a * o.slots.get(i).copied().unwrap_or(0.0) + map.gamma)
-                            .collect()
-                    })
-                    .collect()
-            }
-            PackedPlan::Single(plan) => {
-                let IoLayout::Single {
-                    slots,
-                    input,
-                    output,
-                } = spec.io()
-                else {
-                    return Err(NnError::Internal(
-                        "a single-image plan without its layout".into(),
-                    ));
-                };
-                let encoded = plan.encode(&engine, top, scale)?;
-                let mut logits = Vec::with_capacity(images.len());
-                for image in images {
-                    let cts = client::scatter(*slots, input, image)?;
-                    let (out, map) = plan.run(&engine, &encoded, engine.inputs(cts, top, scale))?;
-                    let decoded: Vec<Vec<f64>> = out.into_iter().map(|v| v.slots).collect();
-                    logits.push(client::gather(*slots, output, &decoded, map)?);
-                }
-                logits
-            }
+        let encoded = match &*self.plan {
+            PackedPlan::Batch(_) => None,
+            PackedPlan::Single(plan) => Some(plan.encode(&engine, top, scale)?),
         };
-        Ok(Simulation {
-            logits,
-            headroom_bits: engine.min_headroom_bits(),
+        Ok(Simulator {
+            model: self,
+            engine,
+            encoded,
         })
     }
 
@@ -738,6 +701,88 @@ pub struct Simulation {
     /// The smallest headroom, in bits, between any value (times its scale) and half the
     /// modulus at its level.
     pub headroom_bits: f64,
+}
+
+/// A compiled model's plan on the packed cleartext scheme, its transforms encoded
+/// ([`CompiledModel::simulator`]).
+pub struct Simulator<'a> {
+    model: &'a CompiledModel,
+    engine: crate::scheme::Packed,
+    encoded: Option<
+        crate::single::EncodedSingle<crate::scheme::PackedTransform, crate::scheme::PackedValue>,
+    >,
+}
+
+impl Simulator<'_> {
+    /// Runs the plan on `images` (one batch in batch packing, one at a time in single-image
+    /// packing): their logits, and the smallest headroom below the modulus of any value
+    /// since the simulator was made.
+    ///
+    /// # Errors
+    /// Images of another shape; more images than a batch holds; plan errors.
+    pub fn run(&self, images: &[Tensor]) -> Result<Simulation, NnError> {
+        let c = self.model;
+        let spec = c.client_spec();
+        spec.check_shapes(images)?;
+        let engine = &self.engine;
+        let (top, scale) = (c.params.max_level(), c.params.default_scale());
+        let logits = match (&*c.plan, &self.encoded) {
+            (PackedPlan::Batch(plan), _) => {
+                if images.len() > c.params.max_slots() {
+                    return Err(NnError::Mismatch {
+                        what: "images in one batch",
+                        expected: format!("at most {}", c.params.max_slots()),
+                        found: images.len().to_string(),
+                    });
+                }
+                let columns: Vec<Vec<f64>> = (0..plan.inputs())
+                    .map(|p| {
+                        images
+                            .iter()
+                            .map(|im| im.data().get(p).copied().unwrap_or(0.0))
+                            .collect()
+                    })
+                    .collect();
+                let (out, map) = plan.run(engine, engine.inputs(columns, top, scale), |_, _| {})?;
+                (0..images.len())
+                    .map(|i| {
+                        out.iter()
+                            .map(|o| map.a * o.slots.get(i).copied().unwrap_or(0.0) + map.gamma)
+                            .collect()
+                    })
+                    .collect()
+            }
+            (PackedPlan::Single(plan), Some(encoded)) => {
+                let IoLayout::Single {
+                    slots,
+                    input,
+                    output,
+                } = spec.io()
+                else {
+                    return Err(NnError::Internal(
+                        "a single-image plan without its layout".into(),
+                    ));
+                };
+                let mut logits = Vec::with_capacity(images.len());
+                for image in images {
+                    let cts = client::scatter(*slots, input, image)?;
+                    let (out, map) = plan.run(engine, encoded, engine.inputs(cts, top, scale))?;
+                    let decoded: Vec<Vec<f64>> = out.into_iter().map(|v| v.slots).collect();
+                    logits.push(client::gather(*slots, output, &decoded, map)?);
+                }
+                logits
+            }
+            (PackedPlan::Single(_), None) => {
+                return Err(NnError::Internal(
+                    "a single-image simulator without its transforms".into(),
+                ));
+            }
+        };
+        Ok(Simulation {
+            logits,
+            headroom_bits: engine.min_headroom_bits(),
+        })
+    }
 }
 
 /// Memory a plan needs at once on the server.

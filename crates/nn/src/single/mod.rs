@@ -580,16 +580,33 @@ impl SinglePlan {
                         packing: "single-image",
                         why: why.into(),
                     })?;
-                    if let Some(Shift::Uniform(delta)) = applied.shift {
+                    let Some(shift) = applied.shift else {
+                        continue;
+                    };
+                    if let Shift::Uniform(delta) = shift {
                         // Unused slots are shifted and squared too (per-neuron shifts leave
                         // them at zero).
                         see(delta * delta, &stage.name)?;
                     }
-                    if applied.shift.is_some() {
-                        for (j, &v) in out.data().iter().enumerate() {
-                            let (a, gamma) = applied.map.at(j);
-                            see((v - gamma) / a, &stage.name)?;
-                        }
+                    // The square's slots, from its input's: `(slot + δ)²` with
+                    // `slot = (value − γ) / a` (the stage may square only part of the
+                    // model's activation, whose value is not the slot's).
+                    let src = stage.sources.first().copied().unwrap_or(0);
+                    let input = match src.checked_sub(1) {
+                        None => Some(image),
+                        Some(k) => self.stages.get(k).and_then(|s| values.get(s.node)),
+                    }
+                    .ok_or_else(|| {
+                        NnError::Internal(format!("'{}' has no cleartext input", stage.name))
+                    })?;
+                    for (j, &v) in input.data().iter().enumerate() {
+                        let (a, gamma) = map.at(j);
+                        let delta = match &shift {
+                            Shift::Uniform(d) => *d,
+                            Shift::PerNeuron(d) => d.get(j).copied().unwrap_or(0.0),
+                        };
+                        let slot = (v - gamma) / a + delta;
+                        see(slot * slot, &stage.name)?;
                     }
                 }
             }

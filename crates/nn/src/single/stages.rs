@@ -69,6 +69,12 @@ enum Expr {
     Open(Open),
 }
 
+/// The largest shift `c1 / (2·c2)` an activation's completed square may add: past it,
+/// the activation is split into a square and a linear term (see [`stages`]). Slot values
+/// are kept below 2^13 ([`crate::single::VALUE_BOUND_BITS`]), and `(x + 64)²` alone is half
+/// of that.
+const MAX_SHIFT: f64 = 64.0;
+
 /// The stride of an operator's output grid over its input grid.
 fn op_stride(op: &Op) -> (usize, usize) {
     match op {
@@ -124,9 +130,11 @@ impl Cutter<'_> {
     /// over its evaluated value.
     fn linear_of(&mut self, id: usize) -> Result<Open, NnError> {
         if let Expr::Open(o) = self.expr(id)?
-            && self.consumers[id].len() <= 1
             && id != self.model.output
+            && (self.consumers[id].len() <= 1 || o.rows.iter().all(|r| r.terms.len() <= 2))
         {
+            // An expression of at most two terms a row (a split activation) is cheaper to
+            // compose into each reader than to evaluate at the cost of a level.
             return Ok(o.clone());
         }
         let v = self.materialize(id)?;
@@ -273,7 +281,23 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                         why: format!("degree {degree}: single-image packing evaluates degree ≤ 2"),
                     });
                 }
-                let v = c.materialize(input(0)?)?;
+                let u = input(0)?;
+                // A square right after a linear stage whose completed square would shift
+                // values far (`c2` small against `c1`: a nearly linear channel) is evaluated
+                // as `c2·x² + c0` plus `c1·x` read again by the next linear stage: no shift,
+                // the same levels, values as large as `x²`.
+                let v = c.materialize(u)?;
+                let identity_map = v
+                    .checked_sub(1)
+                    .is_none_or(|k| matches!(c.out[k].op, StageOp::Linear { .. }));
+                let split = identity_map && act.squares() && act.widest_shift() > MAX_SHIFT;
+                let (act, linear) = if split {
+                    let (square, linear) = act.split_linear();
+                    (square, Some(linear))
+                } else {
+                    (act, None)
+                };
+                let per = act.per();
                 c.neurons.push(c.neurons[v]);
                 c.out.push(Stage {
                     op: StageOp::Poly(act),
@@ -282,7 +306,26 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                     name: node.name.clone(),
                     node: id,
                 });
-                Expr::Value(c.out.len())
+                let square = c.out.len();
+                match linear {
+                    None => Expr::Value(square),
+                    Some(c1) => {
+                        let n = c.neurons[v];
+                        let coeff =
+                            |j: usize| c1.get(j / per).or(c1.last()).copied().unwrap_or(0.0);
+                        Expr::Open(Open {
+                            rows: (0..n)
+                                .map(|j| Row {
+                                    terms: vec![(j, 1.0), (n + j, coeff(j))],
+                                    bias: 0.0,
+                                })
+                                .collect(),
+                            sources: vec![square, v],
+                            strides: vec![(1, 1), (1, 1)],
+                            names: vec![node.name.clone()],
+                        })
+                    }
+                }
             }
             Op::Add => {
                 let a = c.linear_of(input(0)?)?;
