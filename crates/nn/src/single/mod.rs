@@ -18,7 +18,9 @@
 //! reference real neurons, so whatever the unused slots hold never reaches a result.
 //!
 //! The rotation keys the plan needs are known before key generation
-//! ([`SinglePlan::rotations`]). Residual additions are not implemented yet.
+//! ([`SinglePlan::rotations`]). Stages follow the graph: a residual addition is composed
+//! into the linear stage after it (a stage may read several values, aligned to the lowest
+//! one's level and scale), so it costs no level.
 
 pub(crate) mod layout;
 mod stages;
@@ -213,8 +215,9 @@ impl SinglePlan {
     /// rotations.
     ///
     /// # Errors
-    /// [`NnError::NotSupported`] for operators single-image mode cannot run yet (residual
-    /// additions, activations of degree above 2, non-polynomial operators);
+    /// [`NnError::NotSupported`] for operators single-image mode cannot run (activations of
+    /// degree above 2, non-polynomial operators, activations squaring some channels and not
+    /// others);
     /// [`NnError::Mismatch`] for a slot count that is not a power of two;
     /// [`NnError::TooFewSlots`] for an input channel larger than a ciphertext.
     pub fn new(model: &Model, slots: usize) -> Result<Self, NnError> {
