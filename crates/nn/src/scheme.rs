@@ -474,7 +474,9 @@ impl Scheme for Packed {
         Self::same_slots(a, b)?;
         // CKKS adds only values at the same scale (up to the rounding of scale products).
         if ((a.scale - b.scale) / a.scale).abs() > 1e-12 {
-            return Err(SchemeError::Operands("an addition of values at different scales"));
+            return Err(SchemeError::Operands(
+                "an addition of values at different scales",
+            ));
         }
         let slots = a.slots.iter().zip(&b.slots).map(|(x, y)| x + y).collect();
         self.done(PackedValue {
