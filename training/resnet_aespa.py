@@ -212,11 +212,25 @@ def fold(model, dtype=torch.float32):
     return FoldedResNet(model.eval(), dtype).eval()
 
 
+def blown_up(logits, bound=1e3):
+    """Images whose logits are not finite or beyond `bound`: a network of squares amplifies
+    a rare outlier input at every layer (ResNet-20 at epoch 55: 1 of 2,000 test images)."""
+    return ~torch.isfinite(logits).all(1) | (logits.abs().amax(1) > bound)
+
+
 def check_fold(model, x):
-    """Max |Δ logit| between the eval-mode model and its fold, in float32 and float64."""
+    """Max |Δ logit| between the eval-mode model and its fold, in float32 and float64, over
+    the images whose logits stay bounded (the others are reported, not compared: their
+    values are meaningless in either form)."""
     model.eval()
     folded = fold(model)
     with torch.no_grad():
+        out = model(x)
+        keep = ~blown_up(out)
+        if int((~keep).sum()) > 0:
+            print(f"fold check: {int((~keep).sum())} of {len(x)} images blow up (non-finite or "
+                  f"|logit| > 1e3); compared on the other {int(keep.sum())}", flush=True)
+        x = x[keep]
         d32 = (model(x) - folded(x)).abs().max().item()
         m64 = copy.deepcopy(model).double().eval()
         d64 = (m64(x.double()) - fold(m64, torch.float64)(x.double())).abs().max().item()
@@ -236,7 +250,11 @@ def onnx_export(folded, path, opset=17):
     torch.onnx.export(folded, dummy, tmp, opset_version=opset, input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, dynamo=False)
     m = onnx.load(tmp)
+    # The graph's name is the model's name in hecnn's reports (the exporter writes
+    # "main_graph").
+    m.graph.name = os.path.splitext(os.path.basename(path))[0]
     onnx.checker.check_model(m)
+    onnx.save(m, tmp)
     os.replace(tmp, path)
     return m
 
@@ -519,6 +537,7 @@ def verify_and_export(model, x, out, label):
           f"(max |logit| {scale:.2f}) → {'PASS' if ok else 'FAIL'}", flush=True)
     m = onnx_export(folded, out)
     with torch.no_grad():
+        x = x[~blown_up(folded(x))]
         d_onnx = (run_onnx(m, x) - folded(x)).abs().max().item()
     ops, counts = describe_onnx(m)
     print(f"wrote {out}: {len(ops)} nodes {counts}; ONNX graph vs folded model max |Δ| {d_onnx:.2e}")

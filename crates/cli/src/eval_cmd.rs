@@ -356,7 +356,14 @@ fn eval_single(
             ds.len()
         );
         if todo.is_empty() {
-            print_record(rec);
+            print_record(
+                rec,
+                if run.simulate {
+                    "simulated"
+                } else {
+                    "encrypted"
+                },
+            );
             return Ok(());
         }
     }
@@ -423,7 +430,7 @@ fn eval_single(
     );
     agreement.print();
     if let Some(rec) = &record {
-        print_record(rec);
+        print_record(rec, "encrypted");
     }
     println!("timings ({}), per image, median (mean):", be.name());
     let stat = |v: &mut Vec<f64>| {
@@ -499,19 +506,19 @@ fn simulate_single(
     );
     agreement.print_as("simulated");
     if let Some(rec) = record.as_deref() {
-        print_record(rec);
+        print_record(rec, "simulated");
     }
     Ok(())
 }
 
 /// Prints the summary over a whole record and its disagreements with their margins.
-fn print_record(rec: &AgreementRecord) {
+fn print_record(rec: &AgreementRecord, what: &str) {
     let agreement = rec.summary();
     println!("results over the whole record:");
-    agreement.print();
+    agreement.print_as(what);
     for o in rec.disagreements() {
         println!(
-            "  image {}: cleartext {} (margin {:.3}), encrypted {}, max |Δ logit| {:.3}",
+            "  image {}: cleartext {} (margin {:.3}), {what} {}, max |Δ logit| {:.3}",
             o.index, o.cleartext, o.cleartext_margin, o.encrypted, o.max_abs_diff
         );
     }
