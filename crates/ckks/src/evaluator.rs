@@ -255,6 +255,12 @@ impl<B: Backend> Evaluator<B> {
         let mut x = self.drop_to_level(ct, level + 1)?;
         let factor = scale * self.params.q_at(level + 1) / x.scale();
         let k = Self::round_to_i128(factor)?;
+        if k == 0 {
+            // The target scale is so far below the value's that the constant rounds to 0.
+            return Err(CkksError::InvalidArgument {
+                what: "a scale adjustment whose constant rounds to zero",
+            });
+        }
         self.mul_int_big_assign(&mut x, k)?;
         x.set_scale(scale * self.params.q_at(level + 1));
         self.rescale_assign(&mut x)?;

@@ -116,7 +116,8 @@ pub fn rewrite(model: &Model, opts: &RewriteOptions) -> Result<Model, NnError> {
                         && let Some(c) = outer.compose(&inner)
                     {
                         nodes[id].op = c.into_op();
-                        nodes[id].inputs = nodes[src].inputs.clone();
+                        nodes[id].inputs = std::mem::take(&mut nodes[src].inputs);
+                        // `src` is dead now: it no longer counts as a reader of its input.
                         changed = true;
                     }
                 }

@@ -631,7 +631,8 @@ impl Scheme for Packed {
         // The constant CKKS multiplies by is rounded to an integer: model its rounding.
         let factor = scale * self.q_at(level + 1) / a.scale;
         let k = factor.round();
-        if !k.is_finite() || k == 0.0 {
+        // CKKS multiplies by `k` as an i128 below 2^126 and refuses 0.
+        if !k.is_finite() || k == 0.0 || k.abs() >= 2f64.powi(126) {
             return Err(SchemeError::Operands("a scale adjustment out of range"));
         }
         let ratio = k / factor;

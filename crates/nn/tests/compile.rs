@@ -594,3 +594,47 @@ fn a_nearly_linear_channel_is_squared_without_a_wide_shift() {
         assert!(max_diff(got, want.data()) < 1e-3, "{got:?} vs {want:?}");
     }
 }
+
+#[test]
+fn refreshes_placed_in_a_residual_network_run_on_stages_with_several_inputs() {
+    use hecnn_nn::compile::levels::{self, RefreshSpec};
+    use hecnn_nn::scheme::{Packed, Scheme};
+    let c = compile::compile(&mini_resnet(), &opts(PackingRequest::Single)).unwrap();
+    let compile::PackedPlan::Single(plan) = c.plan() else {
+        panic!("single-image plan expected");
+    };
+    let top = 4;
+    let q: Vec<u64> = c.params().rlwe().q()[..=top].to_vec();
+    let qf: Vec<f64> = q.iter().map(|&p| p as f64).collect();
+    let scale = c.params().default_scale();
+    let lp = levels::assign(
+        &plan.level_stages(),
+        &qf,
+        top,
+        scale.log2(),
+        Some(RefreshSpec { level: top }),
+    )
+    .unwrap();
+    assert!(lp.refreshes().len() >= 2, "{}", lp.describe());
+    let refreshed = plan.clone().with_refreshes(&lp, top);
+    let engine = Packed::new(&q);
+    let encoded = refreshed.encode(&engine, top, scale).unwrap();
+    let slots = plan.slots();
+    for image in images(2, 800) {
+        let mut cts = vec![vec![0.0; slots]; plan.input_cts()];
+        for (&p, &v) in plan.input_positions().iter().zip(image.data()) {
+            cts[p / slots][p % slots] = v;
+        }
+        let (out, map) = refreshed
+            .run(&engine, &encoded, engine.inputs(cts, top, scale))
+            .unwrap();
+        assert!(out.iter().all(|ct| engine.level(ct) == lp.output_level()));
+        let got: Vec<f64> = plan
+            .output_positions()
+            .iter()
+            .map(|&p| map.a * out[p / slots].slots[p % slots] + map.gamma)
+            .collect();
+        let want = exec::run(c.model(), &image).unwrap();
+        assert!(max_diff(&got, want.data()) < 1e-3, "{got:?} vs {want:?}");
+    }
+}

@@ -10,9 +10,11 @@ use crate::{Model, NnError, Op, ir::Node};
 /// the model itself when it has none.
 ///
 /// # Errors
-/// [`NnError::NotSupported`] for a per-channel polynomial of degree above 2, or one that
-/// squares some channels and not others.
+/// The errors of [`Model::shapes`]; [`NnError::NotSupported`] for a per-channel polynomial
+/// of degree above 2, or one that squares some channels and not others.
 pub(super) fn channel_polys(model: &Model) -> Result<Model, NnError> {
+    // A malformed graph is refused before any node is indexed.
+    model.shapes()?;
     if !model
         .nodes
         .iter()

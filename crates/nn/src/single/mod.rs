@@ -2,7 +2,8 @@
 //! encrypted image is classified at once (batch mode needs thousands to pay off).
 //!
 //! The model is cut into stages (module `stages`): consecutive linear operators are composed into
-//! one matrix (one level), and every activation `a·x² + b·x + c` is one slot-wise square (as
+//! one matrix (one level), and every activation `a·x² + b·x + c` is one slot-wise square, its
+//! linear term read again by the next stage when completing the square would shift far (as
 //! in batch mode, the value carries a pending affine map `true = a·ct + γ` that the next
 //! linear stage folds into its weights and bias). A linear stage is a block matrix over the
 //! ciphertexts that hold its input, evaluated by the diagonal method with baby-step
@@ -826,10 +827,10 @@ impl SinglePlan {
             if l == level && sc != scale {
                 return Err(NnError::NotSupported {
                     node: stage.name.clone(),
-                    op: "Add",
+                    op: "linear stage",
                     packing: "single-image",
                     why: format!(
-                        "it adds values at the same level {level} with different scales \
+                        "it reads values at the same level {level} with different scales \
                          (2^{:.3} and 2^{:.3})",
                         scale.log2(),
                         sc.log2()
@@ -974,10 +975,9 @@ impl SinglePlan {
                 source,
             };
             let mut parts = Vec::with_capacity(stage.sources.len());
-            for &v in &stage.sources {
-                let cts = if last_read[v] == i
-                    && stage.sources.iter().filter(|&&u| u == v).count() == 1
-                {
+            for (k, &v) in stage.sources.iter().enumerate() {
+                // Taken at its last reading, cloned before.
+                let cts = if last_read[v] == i && !stage.sources[k + 1..].contains(&v) {
                     held.get_mut(v).and_then(Option::take)
                 } else {
                     held.get(v).and_then(Clone::clone)
@@ -986,16 +986,16 @@ impl SinglePlan {
                     NnError::Internal(format!("'{}' reads a value no longer held", stage.name))
                 })?);
             }
+            // Aligned first (the lowest source's level and scale, as `encode` assumes),
+            // then refreshed as one list.
+            let mut values = align(s, parts).map_err(err)?;
             if self.refreshes.0.contains(&i) {
-                for part in &mut parts {
-                    *part = part
-                        .iter()
-                        .map(|ct| s.refresh(ct))
-                        .collect::<Result<_, _>>()
-                        .map_err(err)?;
-                }
+                values = values
+                    .iter()
+                    .map(|ct| s.refresh(ct))
+                    .collect::<Result<_, _>>()
+                    .map_err(err)?;
             }
-            let values = align(s, parts).map_err(err)?;
             let out = match &stage.op {
                 StageOp::Linear { .. } => {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
@@ -1130,9 +1130,10 @@ fn concat_positions<'a>(
     out
 }
 
-/// The ciphertexts of a stage's sources as one list at one level and scale: the lowest
-/// source's; sources above it are brought down by [`Scheme::adjust`] (one rescale from
-/// their spare levels). A single source is returned as it is.
+/// The ciphertexts of a stage's sources as one list at one scale, the lowest source's:
+/// sources above it at another scale are brought down to its level by [`Scheme::adjust`]
+/// (one rescale from their spare levels); those at its scale are left for the transform
+/// to drop. A single source is returned as it is.
 fn align<S: Scheme>(s: &S, parts: Vec<Vec<S::Ct>>) -> Result<Vec<S::Ct>, SchemeError> {
     if parts.len() == 1 {
         return Ok(parts.into_iter().flatten().collect());

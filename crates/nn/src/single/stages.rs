@@ -75,6 +75,25 @@ enum Expr {
 /// of that.
 const MAX_SHIFT: f64 = 64.0;
 
+/// Whether an open expression is cheap enough to compose into each of several readers: at
+/// most two terms a row (a split activation, an affine map), where evaluating it on its
+/// own would cost a level.
+fn cheap(o: &Open) -> bool {
+    o.rows.iter().all(|r| r.terms.len() <= 2)
+}
+
+/// Whether every reader of node `id` composes it into a linear stage (linear operators and
+/// additions, looking through reshapes), so that an activation split into a square and a
+/// linear term costs no extra level; not so for the model's output or an activation reader.
+fn read_linearly(model: &Model, consumers: &[Vec<usize>], id: usize) -> bool {
+    id != model.output
+        && consumers[id].iter().all(|&k| match &model.nodes[k].op {
+            Op::Flatten => read_linearly(model, consumers, k),
+            Op::Poly(_) | Op::ChannelPoly(_) | Op::Relu | Op::MaxPool(_) | Op::Input => false,
+            _ => true,
+        })
+}
+
 /// The stride of an operator's output grid over its input grid.
 fn op_stride(op: &Op) -> (usize, usize) {
     match op {
@@ -126,15 +145,14 @@ impl Cutter<'_> {
     }
 
     /// Node `id` as a linear expression for one consumer: its open expression when that
-    /// consumer is its only reader (composed, it is evaluated once), otherwise the identity
-    /// over its evaluated value.
+    /// consumer is its only reader (composed, it is evaluated once) or when the expression
+    /// is cheap ([`cheap`]: composed into each reader instead of costing a level), and it
+    /// is not the model's output; otherwise the identity over its evaluated value.
     fn linear_of(&mut self, id: usize) -> Result<Open, NnError> {
         if let Expr::Open(o) = self.expr(id)?
             && id != self.model.output
-            && (self.consumers[id].len() <= 1 || o.rows.iter().all(|r| r.terms.len() <= 2))
+            && (self.consumers[id].len() <= 1 || cheap(o))
         {
-            // An expression of at most two terms a row (a split activation) is cheaper to
-            // compose into each reader than to evaluate at the cost of a level.
             return Ok(o.clone());
         }
         let v = self.materialize(id)?;
@@ -152,7 +170,8 @@ impl Cutter<'_> {
         })
     }
 
-    /// `a + b`, the sources of both concatenated (a source both read is read once).
+    /// `a + b`, the sources of both concatenated (a source both read at the same stride is
+    /// read once).
     fn sum(&self, a: Open, b: Open, name: &str) -> Result<Open, NnError> {
         if a.rows.len() != b.rows.len() {
             return Err(NnError::Internal(format!(
@@ -177,9 +196,13 @@ impl Cutter<'_> {
         let b_offsets = offsets(&b.sources);
         let mut b_to = Vec::with_capacity(b.sources.len());
         for (&v, &s) in b.sources.iter().zip(&b.strides) {
-            match sources.iter().position(|&u| u == v) {
-                Some(k) if strides[k] == s => b_to.push(k),
-                _ => {
+            match sources
+                .iter()
+                .zip(&strides)
+                .position(|(&u, &t)| u == v && t == s)
+            {
+                Some(k) => b_to.push(k),
+                None => {
                     sources.push(v);
                     strides.push(s);
                     b_to.push(sources.len() - 1);
@@ -252,7 +275,11 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
             Op::Flatten => {
                 let u = input(0)?;
                 // A reshape: the same neurons, read by the flatten's consumers.
-                if c.consumers[u].len() > 1 {
+                let shared = match c.expr(u)? {
+                    Expr::Open(o) => c.consumers[u].len() > 1 && !cheap(o),
+                    Expr::Value(_) => false,
+                };
+                if shared {
                     Expr::Value(c.materialize(u)?)
                 } else {
                     c.expr(u)?.clone()
@@ -290,7 +317,10 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                 let identity_map = v
                     .checked_sub(1)
                     .is_none_or(|k| matches!(c.out[k].op, StageOp::Linear { .. }));
-                let split = identity_map && act.squares() && act.widest_shift() > MAX_SHIFT;
+                let split = identity_map
+                    && act.squares()
+                    && act.widest_shift() > MAX_SHIFT
+                    && read_linearly(model, &c.consumers, id);
                 let (act, linear) = if split {
                     let (square, linear) = act.split_linear();
                     (square, Some(linear))
