@@ -387,13 +387,7 @@ fn eval_single(
     let server = Server::new(c.server_plan(), keys.evaluation, be.clone())?;
     let encode_s = t.elapsed().as_secs_f64();
 
-    let pb = ProgressBar::new(todo.len() as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message("classifying");
+    let pb = image_progress(todo.len(), "classifying");
     let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut agreement = Agreement::default();
     for &i in &todo {
@@ -407,20 +401,16 @@ fn eval_single(
         let t = Instant::now();
         let got = client.decrypt(&keys.secret, &out)?;
         dec_s.push(t.elapsed().as_secs_f64());
-        let got = got
-            .first()
-            .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
-        let want = exec::run(c.model(), &image)?;
-        let outcome = ImageOutcome::new(
-            run.offset + i,
-            usize::from(ds.labels()[i]),
-            got,
-            want.data(),
-        );
-        agreement.add(&outcome);
-        if let Some(rec) = &mut record {
-            rec.push(outcome)?;
-        }
+        compare(
+            c,
+            ds,
+            run,
+            i,
+            &image,
+            got.first(),
+            &mut agreement,
+            record.as_mut(),
+        )?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -469,33 +459,22 @@ fn simulate_single(
     let t = Instant::now();
     let sim = c.simulator()?;
     println!("transforms encoded in {:.1} s", t.elapsed().as_secs_f64());
-    let pb = ProgressBar::new(todo.len() as u64);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message("simulating");
+    let pb = image_progress(todo.len(), "simulating");
     let mut agreement = Agreement::default();
     let t = Instant::now();
     for &i in todo {
         let image = ds.image(i);
         let out = sim.run(std::slice::from_ref(&image))?;
-        let got = out
-            .logits
-            .first()
-            .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
-        let want = exec::run(c.model(), &image)?;
-        let outcome = ImageOutcome::new(
-            run.offset + i,
-            usize::from(ds.labels()[i]),
-            got,
-            want.data(),
-        );
-        agreement.add(&outcome);
-        if let Some(rec) = record.as_deref_mut() {
-            rec.push(outcome)?;
-        }
+        compare(
+            c,
+            ds,
+            run,
+            i,
+            &image,
+            out.logits.first(),
+            &mut agreement,
+            record.as_deref_mut(),
+        )?;
         pb.inc(1);
     }
     pb.finish_and_clear();
@@ -507,6 +486,46 @@ fn simulate_single(
     agreement.print_as("simulated");
     if let Some(rec) = record.as_deref() {
         print_record(rec, "simulated");
+    }
+    Ok(())
+}
+
+/// A progress bar over `n` images.
+fn image_progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} images {elapsed_precise} (eta {eta})",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Compares image `i`'s logits with the cleartext model's, adds the outcome to the tally
+/// and appends it to the record.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    c: &CompiledModel,
+    ds: &Dataset,
+    run: &SingleRun<'_>,
+    i: usize,
+    image: &hecnn_nn::Tensor,
+    got: Option<&Vec<f64>>,
+    agreement: &mut Agreement,
+    record: Option<&mut AgreementRecord>,
+) -> Result<(), CliError> {
+    let got = got.ok_or_else(|| CliError::Usage("no output for the image".into()))?;
+    let want = exec::run(c.model(), image)?;
+    let outcome = ImageOutcome::new(
+        run.offset + i,
+        usize::from(ds.labels()[i]),
+        got,
+        want.data(),
+    );
+    agreement.add(&outcome);
+    if let Some(rec) = record {
+        rec.push(outcome)?;
     }
     Ok(())
 }

@@ -248,7 +248,7 @@ fn the_client_spec_travels_alone_and_ciphertexts_are_bound_to_model_packing_and_
 #[test]
 fn the_level_pass_places_refreshes_that_the_single_image_runtime_executes() {
     use hecnn_nn::compile::levels::{self, RefreshSpec};
-    use hecnn_nn::scheme::{Packed, Scheme};
+    use hecnn_nn::scheme::Packed;
     let c = compile::compile(&model(), &opts(PackingRequest::Single)).unwrap();
     let compile::PackedPlan::Single(plan) = c.plan() else {
         panic!("single-image plan expected");
@@ -279,19 +279,33 @@ fn the_level_pass_places_refreshes_that_the_single_image_runtime_executes() {
         "{}",
         lp.describe()
     );
-    let refreshed = plan.clone().with_refreshes(&lp, 2);
-    let engine = Packed::new(&q);
-    let encoded = refreshed.encode(&engine, 2, scale).unwrap();
     // Without the refreshes the same two levels are not enough.
-    assert!(plan.encode(&engine, 2, scale).is_err());
+    assert!(plan.encode(&Packed::new(&q), 2, scale).is_err());
+    assert_refreshed_run_matches(&c, plan, &lp, &q, &images(3, 40));
+}
+
+/// Runs `plan` with the refreshes of `lp` (to `lp.top`) on the cleartext scheme over the
+/// primes `q` and checks every image's logits against the cleartext model.
+fn assert_refreshed_run_matches(
+    c: &CompiledModel,
+    plan: &hecnn_nn::single::SinglePlan,
+    lp: &hecnn_nn::compile::levels::LevelPlan,
+    q: &[u64],
+    images: &[Tensor],
+) {
+    use hecnn_nn::scheme::{Packed, Scheme};
+    let (top, scale) = (lp.top, c.params().default_scale());
+    let refreshed = plan.clone().with_refreshes(lp, top);
+    let engine = Packed::new(q);
+    let encoded = refreshed.encode(&engine, top, scale).unwrap();
     let slots = plan.slots();
-    for image in images(3, 40) {
+    for image in images {
         let mut cts = vec![vec![0.0; slots]; plan.input_cts()];
         for (&p, &v) in plan.input_positions().iter().zip(image.data()) {
             cts[p / slots][p % slots] = v;
         }
         let (out, map) = refreshed
-            .run(&engine, &encoded, engine.inputs(cts, 2, scale))
+            .run(&engine, &encoded, engine.inputs(cts, top, scale))
             .unwrap();
         assert!(out.iter().all(|ct| engine.level(ct) == lp.output_level()));
         let got: Vec<f64> = plan
@@ -299,7 +313,7 @@ fn the_level_pass_places_refreshes_that_the_single_image_runtime_executes() {
             .iter()
             .map(|&p| map.a * out[p / slots].slots[p % slots] + map.gamma)
             .collect();
-        let want = exec::run(c.model(), &image).unwrap();
+        let want = exec::run(c.model(), image).unwrap();
         assert!(max_diff(&got, want.data()) < 1e-3, "{got:?} vs {want:?}");
     }
 }
@@ -598,7 +612,6 @@ fn a_nearly_linear_channel_is_squared_without_a_wide_shift() {
 #[test]
 fn refreshes_placed_in_a_residual_network_run_on_stages_with_several_inputs() {
     use hecnn_nn::compile::levels::{self, RefreshSpec};
-    use hecnn_nn::scheme::{Packed, Scheme};
     let c = compile::compile(&mini_resnet(), &opts(PackingRequest::Single)).unwrap();
     let compile::PackedPlan::Single(plan) = c.plan() else {
         panic!("single-image plan expected");
@@ -616,25 +629,5 @@ fn refreshes_placed_in_a_residual_network_run_on_stages_with_several_inputs() {
     )
     .unwrap();
     assert!(lp.refreshes().len() >= 2, "{}", lp.describe());
-    let refreshed = plan.clone().with_refreshes(&lp, top);
-    let engine = Packed::new(&q);
-    let encoded = refreshed.encode(&engine, top, scale).unwrap();
-    let slots = plan.slots();
-    for image in images(2, 800) {
-        let mut cts = vec![vec![0.0; slots]; plan.input_cts()];
-        for (&p, &v) in plan.input_positions().iter().zip(image.data()) {
-            cts[p / slots][p % slots] = v;
-        }
-        let (out, map) = refreshed
-            .run(&engine, &encoded, engine.inputs(cts, top, scale))
-            .unwrap();
-        assert!(out.iter().all(|ct| engine.level(ct) == lp.output_level()));
-        let got: Vec<f64> = plan
-            .output_positions()
-            .iter()
-            .map(|&p| map.a * out[p / slots].slots[p % slots] + map.gamma)
-            .collect();
-        let want = exec::run(c.model(), &image).unwrap();
-        assert!(max_diff(&got, want.data()) < 1e-3, "{got:?} vs {want:?}");
-    }
+    assert_refreshed_run_matches(&c, plan, &lp, &q, &images(2, 800));
 }
