@@ -102,6 +102,18 @@ pub(crate) enum Shift {
 }
 
 impl Act {
+    /// The activation an element-wise polynomial operator computes on `neurons` neurons
+    /// (`None` for other operators).
+    pub(crate) fn of(op: &crate::Op, neurons: usize) -> Option<Self> {
+        match op {
+            crate::Op::Poly(c) => Some(Self::uniform(c.clone())),
+            crate::Op::ChannelPoly(cs) => {
+                Some(Self::per_channel(cs.clone(), neurons / cs.len().max(1)))
+            }
+            _ => None,
+        }
+    }
+
     /// One polynomial for every neuron.
     pub(crate) fn uniform(c: Vec<f64>) -> Self {
         Self {

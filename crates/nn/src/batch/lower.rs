@@ -43,11 +43,7 @@ pub(super) fn channel_polys(model: &Model) -> Result<Model, NnError> {
             why,
         };
         let coef = |c: &[f64], i: usize| c.get(i).copied().unwrap_or(0.0);
-        let degree = cs
-            .iter()
-            .map(|c| c.iter().rposition(|&v| v != 0.0).unwrap_or(0))
-            .max()
-            .unwrap_or(0);
+        let degree = crate::coeffs::Coeffs::PerChannel(cs.clone()).degree();
         if degree > 2 {
             return Err(refuse(format!(
                 "degree {degree}: batch packing evaluates degree ≤ 2"

@@ -285,20 +285,11 @@ pub(super) fn stages(model: &Model) -> Result<Vec<Stage>, NnError> {
                     c.expr(u)?.clone()
                 }
             }
-            Op::Poly(_) | Op::ChannelPoly(_) => {
-                let act = match &node.op {
-                    Op::ChannelPoly(cs) => {
-                        let neurons: usize = c.shapes[id].iter().product();
-                        Act::per_channel(cs.clone(), neurons / cs.len().max(1))
-                    }
-                    Op::Poly(p) => Act::uniform(p.clone()),
-                    other => {
-                        return Err(NnError::Internal(format!(
-                            "{} is not a polynomial",
-                            other.kind()
-                        )));
-                    }
-                };
+            op @ (Op::Poly(_) | Op::ChannelPoly(_)) => {
+                let neurons: usize = c.shapes[id].iter().product();
+                let act = Act::of(op, neurons).ok_or_else(|| {
+                    NnError::Internal(format!("{} is not a polynomial", op.kind()))
+                })?;
                 let degree = act.degree();
                 if degree > 2 {
                     return Err(NnError::NotSupported {
