@@ -10,7 +10,7 @@ use hecnn_ring::{Backend, Basis, Eval, RnsContext, RnsPoly, backend::Operand};
 use hecnn_rlwe::{EvaluationKeys, keyswitch};
 use num_complex::Complex64;
 
-use crate::{Ciphertext, CkksError, CkksParams, Encoder, Plaintext};
+use crate::{Ciphertext, CkksError, CkksParams, Encoder, Plaintext, bootstrap::Refresh};
 
 /// Relative scale difference below which two scales count as equal (floating-point
 /// rounding of scale products, far below CKKS noise).
@@ -22,6 +22,8 @@ pub struct Evaluator<B: Backend> {
     keys: Arc<EvaluationKeys<B>>,
     be: B,
     encoder: Encoder,
+    /// What refreshes ciphertexts' levels (bootstrapping), when one is installed.
+    refresh: Option<Arc<dyn Refresh<B> + Send + Sync>>,
 }
 
 impl<B: Backend> std::fmt::Debug for Evaluator<B> {
@@ -78,7 +80,33 @@ impl<B: Backend> Evaluator<B> {
             keys,
             be,
             encoder,
+            refresh: None,
         })
+    }
+
+    /// The evaluator with `refresh` bringing ciphertexts back to a high level
+    /// ([`Evaluator::refresh`]): a [`crate::Bootstrapper`] built for this evaluator, or in
+    /// tests the secret-key test double.
+    pub fn with_refresh(mut self, refresh: Arc<dyn Refresh<B> + Send + Sync>) -> Self {
+        self.refresh = Some(refresh);
+        self
+    }
+
+    /// Level of refreshed ciphertexts, when a refresh is installed.
+    pub fn refresh_level(&self) -> Option<usize> {
+        self.refresh.as_ref().map(|r| r.output_level())
+    }
+
+    /// Refreshes `ct`, whose slots are at most `bound` in magnitude, with the installed
+    /// refresh (see [`Refresh::refresh_bounded`]).
+    ///
+    /// # Errors
+    /// [`CkksError::InvalidArgument`] without a refresh; the refresh's errors.
+    pub fn refresh(&self, ct: &Ciphertext<B>, bound: f64) -> Result<Ciphertext<B>, CkksError> {
+        let r = self.refresh.as_ref().ok_or(CkksError::InvalidArgument {
+            what: "no bootstrapping is installed in this evaluator",
+        })?;
+        r.refresh_bounded(self, ct, bound)
     }
 
     /// The parameters.

@@ -9,8 +9,8 @@ use clap::Args;
 use hecnn_nn::{
     RewriteOptions,
     compile::{
-        Client, ClientSpec, CompileOptions, CompiledModel, EncryptedImages, ImagesKind,
-        PackingRequest, Server, human_bytes,
+        Bootstrapping, Client, ClientSpec, CompileOptions, CompiledModel, EncryptedImages,
+        ImagesKind, PackingRequest, Server, human_bytes,
     },
     data::Dataset,
     exec::argmax,
@@ -42,6 +42,29 @@ pub struct ModelOpts {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Bootstrapping inside the network (single-image packing): auto bootstraps only when
+    /// the plan does not fit without it.
+    #[arg(long, value_enum, default_value_t = Bootstrap::Auto)]
+    pub bootstrap: Bootstrap,
+    /// Levels between bootstrappings (default: as many as the security level allows).
+    #[arg(long)]
+    pub refresh_levels: Option<usize>,
+    /// log2 of the bound on values at bootstrapping (bootstrapping's error grows with it;
+    /// `compile --calibrate` shows the largest value).
+    #[arg(long, default_value_t = hecnn_nn::compile::params::REFRESH_BOUND_BITS)]
+    pub refresh_bound: u32,
+}
+
+/// `--bootstrap`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Only when the plan does not fit without it (no parameters, or keys and weights
+    /// above 16 GiB).
+    Auto,
+    /// Never: a plan deeper than one modulus chain is refused.
+    Never,
+    /// Always.
+    Always,
 }
 
 impl ModelOpts {
@@ -55,6 +78,12 @@ impl ModelOpts {
                 relu_replacement: (!self.relu_poly.is_empty()).then(|| self.relu_poly.clone()),
                 maxpool_as_avgpool: self.maxpool_as_avgpool,
             },
+            bootstrapping: match (self.bootstrap, self.refresh_levels) {
+                (Bootstrap::Never, _) => Bootstrapping::Never,
+                (Bootstrap::Auto, None) => Bootstrapping::Auto,
+                (_, levels) => Bootstrapping::Always(levels),
+            },
+            refresh_bound_bits: self.refresh_bound,
         })
     }
 
@@ -190,6 +219,17 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
                 .map(|k| format!(", predictions as the model's: {k}/{}", cal.images))
                 .unwrap_or_default()
         );
+        if let Some((largest, bound)) = cal.refreshed {
+            let suggest = (2.0 * largest).max(1.0).log2().ceil();
+            println!(
+                "refreshed values: largest {largest:.2}, bound {bound} (--refresh-bound {suggest} keeps a factor of two and the most precision)"
+            );
+            if largest > bound {
+                return Err(CliError::Refused(format!(
+                    "a refreshed value reaches {largest:.2}, above the bound {bound}: compile with --refresh-bound {suggest}"
+                )));
+            }
+        }
         if !cal.fits() {
             return Err(CliError::Refused(format!(
                 "values come within {:.1} bits of {} (at least {} needed): rescale the model's weights, or use the other packing",
@@ -249,6 +289,13 @@ pub struct KeygenArgs {
 /// I/O, key generation.
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let spec = load_spec(&a.model, &a.opts)?;
+    if spec.encapsulation_weight().is_some() {
+        return Err(CliError::Refused(
+            "this plan bootstraps, and bootstrapping's encapsulation keys have no file format \
+             yet: run it with `hecnn eval --mode single`, which keeps the keys in memory"
+                .into(),
+        ));
+    }
     let client = Client::new(spec, a.opts.backend()?)?;
     let t = Instant::now();
     let keys = client.keygen(&mut Prng::from_entropy()?)?;

@@ -287,6 +287,9 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
             relu_poly: vec![],
             maxpool_as_avgpool: false,
             threads,
+            bootstrap: crate::cnn_cmds::Bootstrap::Auto,
+            refresh_levels: None,
+            refresh_bound: hecnn_nn::compile::params::REFRESH_BOUND_BITS,
         },
     };
     eval(&args)
@@ -384,7 +387,12 @@ fn eval_single(
     let rotations = c.key_requirements().rotations.len();
     let keygen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let server = Server::new(c.server_plan(), keys.evaluation, be.clone())?;
+    let server = match keys.encapsulation {
+        Some(encaps) => {
+            Server::bootstrapping(c.server_plan(), keys.evaluation, encaps, be.clone())?
+        }
+        None => Server::new(c.server_plan(), keys.evaluation, be.clone())?,
+    };
     let encode_s = t.elapsed().as_secs_f64();
 
     let pb = image_progress(todo.len(), "classifying");

@@ -224,6 +224,20 @@ pub enum NnError {
         /// Why not, with what to try.
         reason: String,
     },
+    /// No placement of refreshes (bootstrapping) runs the plan: some part of it between two
+    /// points where one value holds everything later stages read needs more levels than a
+    /// refresh gives back.
+    #[error(
+        "'{stage}' (stage {index}) cannot be reached: refreshes give back {levels} level(s), and the stages from the last point where a refresh could run to this one need more (residual branches are refreshed only where they join)"
+    )]
+    RefreshPlacement {
+        /// The first stage no placement reaches.
+        stage: String,
+        /// Its index.
+        index: usize,
+        /// Levels a refresh gives back.
+        levels: usize,
+    },
     /// A plan deeper than its parameters' levels, with no refresh to bring values back up.
     #[error(
         "'{stage}' (stage {index}) runs out of levels: the plan consumes {depth}, the parameters have {levels}, and no refresh (bootstrapping) is available"

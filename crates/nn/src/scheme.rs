@@ -39,6 +39,14 @@ pub enum SchemeError {
         /// Levels left.
         have: usize,
     },
+    /// A value above the range an operation accepts (a refresh's bound).
+    #[error("a value of magnitude {value:.4e} exceeds the bound {bound:.4e}")]
+    Range {
+        /// The largest magnitude.
+        value: f64,
+        /// The bound.
+        bound: f64,
+    },
     /// Values of different slot counts.
     #[error("slot counts differ: {lhs} and {rhs}")]
     Slots {
@@ -174,12 +182,20 @@ pub trait Scheme: Sync {
     /// # Errors
     /// `a` not above `level`; overflow of the constant.
     fn adjust(&self, a: &Self::Ct, level: usize, scale: f64) -> Result<Self::Ct, SchemeError>;
-    /// Brings a value back to a high level (bootstrapping). The default refuses: no
-    /// runtime plan inserts a refresh unless its scheme provides one.
+    /// Level and scale of refreshed values ([`Scheme::refresh`] with a bound of 1), or
+    /// `None` when the scheme cannot refresh.
+    fn refresh_output(&self) -> Option<(usize, f64)> {
+        None
+    }
+    /// Brings a value whose slots are at most `bound` in magnitude back to a high level
+    /// (bootstrapping): the same values at [`Scheme::refresh_output`]'s level and its scale
+    /// divided by `bound` (the value is refreshed as `a / bound`, inside the range where
+    /// bootstrapping is accurate). The default refuses: no runtime plan inserts a refresh
+    /// unless its scheme provides one.
     ///
     /// # Errors
-    /// [`SchemeError::Unsupported`].
-    fn refresh(&self, _a: &Self::Ct) -> Result<Self::Ct, SchemeError> {
+    /// [`SchemeError::Unsupported`]; a value above its bound.
+    fn refresh(&self, _a: &Self::Ct, _bound: f64) -> Result<Self::Ct, SchemeError> {
         Err(SchemeError::Unsupported {
             op: "refresh (bootstrapping)",
             scheme: self.name(),
@@ -292,6 +308,13 @@ impl<B: Backend> Scheme for Evaluator<B> {
     ) -> Result<Ciphertext<B>, SchemeError> {
         Ok(Evaluator::adjust(self, a, level, scale)?)
     }
+    fn refresh_output(&self) -> Option<(usize, f64)> {
+        let scale = Evaluator::params(self).default_scale();
+        self.refresh_level().map(|level| (level, scale))
+    }
+    fn refresh(&self, a: &Ciphertext<B>, bound: f64) -> Result<Ciphertext<B>, SchemeError> {
+        Ok(Evaluator::refresh(self, a, bound)?)
+    }
     fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
         Evaluator::backend(self).par_map(items, f)
     }
@@ -329,6 +352,23 @@ pub struct PackedTransform {
 pub struct Packed {
     q: Vec<f64>,
     headroom: std::sync::Mutex<f64>,
+    refresh: Option<PackedRefresh>,
+}
+
+/// What the packed scheme's refresh models: the level and scale bootstrapping gives back and
+/// its error, uniform in `±bound · 2^-precision_bits` on every slot (deterministic: a fixed
+/// generator), so that a simulated plan shows what bootstrapping's precision does to the
+/// logits.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PackedRefresh {
+    /// Level of refreshed values.
+    pub level: usize,
+    /// Their scale (for a bound of 1).
+    pub scale: f64,
+    /// Bits of precision relative to the bound (`f64::INFINITY`: exact).
+    pub precision_bits: f64,
+    /// The largest scale times bound bootstrapping accepts (`q_0` over its message ratio).
+    pub max_scale: f64,
 }
 
 impl Packed {
@@ -337,7 +377,14 @@ impl Packed {
         Self {
             q: q.iter().map(|&v| v as f64).collect(),
             headroom: std::sync::Mutex::new(f64::INFINITY),
+            refresh: None,
         }
+    }
+
+    /// The engine with a refresh (what bootstrapping gives back, and its error).
+    pub fn with_refresh(mut self, refresh: PackedRefresh) -> Self {
+        self.refresh = Some(refresh);
+        self
     }
 
     /// The smallest headroom (bits) seen so far; negative means the value would wrap modulo Q.
@@ -643,10 +690,58 @@ impl Scheme for Packed {
             degree: a.degree,
         })
     }
-    fn refresh(&self, a: &PackedValue) -> Result<PackedValue, SchemeError> {
+    fn refresh_output(&self) -> Option<(usize, f64)> {
+        self.refresh.map(|r| (r.level, r.scale))
+    }
+    fn refresh(&self, a: &PackedValue, bound: f64) -> Result<PackedValue, SchemeError> {
+        let Some(r) = self.refresh else {
+            return Err(SchemeError::Unsupported {
+                op: "refresh (bootstrapping)",
+                scheme: self.name(),
+            });
+        };
+        if !(bound.is_finite() && bound >= 1.0) {
+            return Err(SchemeError::Operands("a refresh bound below 1"));
+        }
+        if a.scale * bound > r.max_scale {
+            return Err(SchemeError::Operands(
+                "a value's scale times its bound above what bootstrapping's message ratio accepts",
+            ));
+        }
+        let largest = a.slots.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        if largest > bound {
+            return Err(SchemeError::Range {
+                value: largest,
+                bound,
+            });
+        }
+        // Bootstrapping's error: a fixed-seed generator per refreshed value (its content),
+        // so that reruns agree.
+        let error = bound * (-r.precision_bits).exp2();
+        let mut state = a.slots.iter().fold(0x9e37_79b9_7f4a_7c15u64, |h, x| {
+            (h ^ x.to_bits()).wrapping_mul(0x0000_0100_0000_01b3)
+        }) | 1;
+        let slots = a
+            .slots
+            .iter()
+            .map(|x| {
+                if error == 0.0 {
+                    return *x;
+                }
+                // xorshift64*: uniform in [-1, 1).
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let u =
+                    (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64;
+                x + error * (2.0 * u - 1.0)
+            })
+            .collect();
         self.done(PackedValue {
-            level: self.q.len().saturating_sub(1),
-            ..a.clone()
+            slots,
+            level: r.level,
+            scale: r.scale / bound,
+            degree: 1,
         })
     }
     fn par_map<T: Send, R: Send>(&self, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {

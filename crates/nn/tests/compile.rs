@@ -293,10 +293,15 @@ fn assert_refreshed_run_matches(
     q: &[u64],
     images: &[Tensor],
 ) {
-    use hecnn_nn::scheme::{Packed, Scheme};
+    use hecnn_nn::scheme::{Packed, PackedRefresh, Scheme};
     let (top, scale) = (lp.top, c.params().default_scale());
-    let refreshed = plan.clone().with_refreshes(lp, top);
-    let engine = Packed::new(q);
+    let refreshed = plan.clone().with_refreshes(lp, 16.0);
+    let engine = Packed::new(q).with_refresh(PackedRefresh {
+        level: top,
+        scale,
+        precision_bits: f64::INFINITY,
+        max_scale: f64::MAX,
+    });
     let encoded = refreshed.encode(&engine, top, scale).unwrap();
     let slots = plan.slots();
     for image in images {
@@ -630,4 +635,145 @@ fn refreshes_placed_in_a_residual_network_run_on_stages_with_several_inputs() {
     .unwrap();
     assert!(lp.refreshes().len() >= 2, "{}", lp.describe());
     assert_refreshed_run_matches(&c, plan, &lp, &q, &images(2, 800));
+}
+
+/// The mini ResNet compiled with bootstrapping every five levels (toy ring, insecure).
+fn bootstrapped_resnet() -> CompiledModel {
+    let o = CompileOptions {
+        bootstrapping: compile::Bootstrapping::Always(Some(5)),
+        refresh_bound_bits: 4,
+        ..opts(PackingRequest::Single)
+    };
+    compile::compile(&mini_resnet(), &o).unwrap()
+}
+
+#[test]
+fn bootstrapping_is_placed_where_one_value_holds_what_later_stages_read() {
+    let c = bootstrapped_resnet();
+    let lp = c.levels();
+    // A block needs four of the five levels, so the stem's two cannot share them with the
+    // first block: the stem's output is refreshed (at level 4: the stages then run at the
+    // lowest levels, cheaper than refreshing after its activation at level 3). The first
+    // block's output (the only value later stages read) is refreshed before the second.
+    assert_eq!(c.input_level(), 5);
+    assert_eq!(lp.refresh_level, Some(5));
+    let names: Vec<&str> = lp
+        .refreshes()
+        .iter()
+        .map(|&i| lp.stages[i].name.as_str())
+        .collect();
+    assert_eq!(names.len(), 2, "{}", lp.describe());
+    assert_eq!(names, ["stem", "b1.act2"], "{}", lp.describe());
+    assert_eq!(lp.output_level(), 0);
+    // Bootstrapping's levels sit above the input level; its keys join the plan's.
+    let boot = c.refresh().unwrap().config();
+    assert_eq!(c.params().max_level(), 5 + boot.depth().unwrap());
+    let req = c.key_requirements();
+    assert!(req.conjugate && req.relin);
+    let boot_keys = boot.key_requirements(c.params()).unwrap();
+    assert!(boot_keys.rotations.is_subset(&req.rotations));
+    // The record round-trips, and the client spec carries the input level and the
+    // encapsulation weight.
+    let again = CompiledModel::from_bytes(&c.to_bytes().unwrap()).unwrap();
+    assert_eq!(again.levels(), c.levels());
+    assert_eq!(again.fingerprint(), c.fingerprint());
+    let spec = ClientSpec::from_bytes(&c.client_spec().to_bytes().unwrap()).unwrap();
+    assert_eq!(spec.input_level(), 5);
+    assert_eq!(spec.encapsulation_weight(), Some(boot.ephemeral_weight));
+    // Never bootstrapping: the same model takes a chain deep enough for all eleven levels.
+    let never = compile::compile(
+        &mini_resnet(),
+        &CompileOptions {
+            bootstrapping: compile::Bootstrapping::Never,
+            ..opts(PackingRequest::Single)
+        },
+    )
+    .unwrap();
+    assert!(never.refresh().is_none() && never.levels().refreshes().is_empty());
+}
+
+#[test]
+fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_double() {
+    use hecnn_ckks::bootstrap::test_double::SecretKeyBootstrapper;
+    use hecnn_rlwe::SecretKey;
+    let c = bootstrapped_resnet();
+    let model = mini_resnet();
+    let imgs = images(2, 900);
+    let want: Vec<Vec<f64>> = imgs
+        .iter()
+        .map(|im| exec::run(&model, im).unwrap().data().to_vec())
+        .collect();
+    // The refreshed values stay below the bound the plan was compiled for.
+    let cal = c.calibrate(&imgs).unwrap();
+    let (largest, bound) = cal.refreshed.unwrap();
+    assert!(
+        largest > 0.0 && largest <= bound && bound == 16.0,
+        "{cal:?}"
+    );
+    assert!(cal.fits());
+    // Simulated, bootstrapping's error modelled (2^-20 of the bound 2^4).
+    let sim = c.simulate(&imgs).unwrap();
+    for (got, want) in sim.logits.iter().zip(&want) {
+        assert!(max_diff(got, want) < 1e-3, "simulated: {got:?} vs {want:?}");
+    }
+    // Encrypted, bootstrapping replaced by decryption and re-encryption (tests only).
+    let be = CpuBackend::new(2).unwrap();
+    let client = Client::new(c.client_spec(), be.clone()).unwrap();
+    let mut rng = Prng::from_seed([21; 32]);
+    let keys = client.keygen(&mut rng).unwrap();
+    assert!(keys.encapsulation.is_some());
+    // A plan that bootstraps refuses a server without bootstrapping.
+    let other = client.keygen(&mut rng).unwrap();
+    let e = Server::new(c.server_plan(), other.evaluation, be.clone()).err();
+    assert!(matches!(e, Some(NnError::Mismatch { .. })), "{e:?}");
+    let sk =
+        SecretKey::from_secret_bytes(c.params().rlwe(), &keys.secret.to_secret_bytes()).unwrap();
+    let server = Server::with_refresh(c.server_plan(), keys.evaluation, be, |_| {
+        Ok(std::sync::Arc::new(
+            SecretKeyBootstrapper::insecure_for_tests(sk, 5, Prng::from_seed([22; 32])),
+        ))
+    })
+    .unwrap();
+    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+    let outputs = server.run(inputs, |_, _| {}).unwrap();
+    let got = client.decrypt(&keys.secret, &outputs).unwrap();
+    for (got, want) in got.iter().zip(&want) {
+        assert!(
+            max_diff(got, want) < 1e-2,
+            "test double: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
+fn a_bootstrapped_plan_runs_with_real_bootstrapping_at_a_toy_size() {
+    let c = bootstrapped_resnet();
+    // Eleven levels from inputs at level 5: it cannot finish without bootstrapping.
+    assert!(c.plan().depth() > c.input_level() + 5);
+    let model = mini_resnet();
+    let imgs = images(1, 950);
+    let be = CpuBackend::new(2).unwrap();
+    let client = Client::new(c.client_spec(), be.clone()).unwrap();
+    let mut rng = Prng::from_seed([23; 32]);
+    let keys = client.keygen(&mut rng).unwrap();
+    let server = Server::bootstrapping(
+        c.server_plan(),
+        keys.evaluation,
+        keys.encapsulation.unwrap(),
+        be,
+    )
+    .unwrap();
+    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+    let outputs = server.run(inputs, |_, _| {}).unwrap();
+    let got = client.decrypt(&keys.secret, &outputs).unwrap();
+    let want = exec::run(&model, &imgs[0]).unwrap();
+    // Two bootstrappings at N = 2^11 (about 15 bits of the bound 2^4 each).
+    let err = max_diff(&got[0], want.data());
+    eprintln!(
+        "bootstrapped mini ResNet at N = 2^11: max |Δ logit| {err:.2e}; {:?} vs {:?}",
+        got[0],
+        want.data()
+    );
+    assert!(err < 5e-2, "{:?} vs {:?}", got[0], want.data());
+    assert_eq!(exec::argmax(&got[0]), exec::argmax(want.data()));
 }

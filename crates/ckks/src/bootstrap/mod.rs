@@ -230,6 +230,35 @@ pub trait Refresh<B: Backend> {
     /// # Errors
     /// Implementation-specific (see [`Bootstrapper::bootstrap`]).
     fn refresh(&self, eval: &Evaluator<B>, ct: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError>;
+
+    /// Refreshes `ct` whose slots are at most `bound` in magnitude (a network's values are
+    /// far above the unit range bootstrapping's sine approximation is accurate on): `ct` is
+    /// read as `ct / bound` (its scale times `bound`, no operation), refreshed, and the
+    /// result read back at its scale divided by `bound`. The result holds the same values
+    /// at [`Refresh::output_level`]; bootstrapping's error, relative to `bound`, grows by
+    /// `bound` in absolute terms, so a tight bound keeps more precision.
+    ///
+    /// # Errors
+    /// A bound that is not finite or below 1; those of [`Refresh::refresh`] (a scale times
+    /// bound above what the message ratio allows).
+    fn refresh_bounded(
+        &self,
+        eval: &Evaluator<B>,
+        ct: &Ciphertext<B>,
+        bound: f64,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        if !(bound.is_finite() && bound >= 1.0) {
+            return Err(CkksError::InvalidArgument {
+                what: "a refresh bound must be finite and at least 1",
+            });
+        }
+        let mut read = ct.clone();
+        read.set_scale(ct.scale() * bound);
+        let mut out = self.refresh(eval, &read)?;
+        let scale = out.scale() / bound;
+        out.set_scale(scale);
+        Ok(out)
+    }
 }
 
 impl<B: Backend> Refresh<B> for Bootstrapper<B> {
@@ -578,8 +607,23 @@ pub fn bootstrap_literal(
     config: &BootstrapConfig,
     security: hecnn_rlwe::SecurityLevel,
 ) -> Result<hecnn_rlwe::ParamsLiteral, CkksError> {
+    bootstrap_literal_with(log_n, residual, 40, config, security)
+}
+
+/// As [`bootstrap_literal`], with residual levels of `log_residual` bits (the scale of the
+/// computation between bootstrappings; bootstrapping lands its output on it).
+///
+/// # Errors
+/// See [`EvalModPoly::new`].
+pub fn bootstrap_literal_with(
+    log_n: u32,
+    residual: usize,
+    log_residual: u32,
+    config: &BootstrapConfig,
+    security: hecnn_rlwe::SecurityLevel,
+) -> Result<hecnn_rlwe::ParamsLiteral, CkksError> {
     let mut log_q = vec![60];
-    log_q.extend(std::iter::repeat_n(40, residual));
+    log_q.extend(std::iter::repeat_n(log_residual, residual));
     log_q.extend(std::iter::repeat_n(50, config.stc_levels));
     log_q.extend(std::iter::repeat_n(60, config.eval_mod_poly()?.depth()));
     log_q.extend(std::iter::repeat_n(58, config.cts_levels));

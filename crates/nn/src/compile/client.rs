@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use hecnn_ckks::{Ciphertext, CkksParams, Decryptor, Evaluator, encrypt_pk};
 use hecnn_ring::{Backend, Prng};
-use hecnn_rlwe::{EvaluationKeys, KeyRequirements, ParamsLiteral, PublicKey, SecretKey};
+use hecnn_rlwe::{
+    EncapsulationKeys, EvaluationKeys, KeyRequirements, ParamsLiteral, PublicKey, SecretKey,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{CompiledModel, PackedPlan, PackingKind, envelope};
@@ -128,6 +130,9 @@ pub struct ClientSpec {
     input_shape: [usize; 3],
     io: IoLayout,
     keys: KeyRequirements,
+    input_level: usize,
+    /// Hamming weight of bootstrapping's ephemeral secret, when the plan bootstraps.
+    encapsulation: Option<usize>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -141,12 +146,15 @@ struct SpecBody {
     relin: bool,
     rotations: Vec<i64>,
     conjugate: bool,
+    input_level: usize,
+    encapsulation: Option<usize>,
 }
 
 const SPEC: envelope::Kind = envelope::Kind {
     what: "client spec",
     magic: *b"HCNC",
-    version: 1,
+    // 2: the input level and bootstrapping's encapsulation keys.
+    version: 2,
     remedy: "export the client spec of the compiled model again",
     limit: MAX_SPEC_BYTES,
 };
@@ -174,7 +182,20 @@ impl ClientSpec {
             input_shape: c.model().input_shape,
             io,
             keys: c.key_requirements(),
+            input_level: c.input_level(),
+            encapsulation: c.refresh().map(|r| r.config().ephemeral_weight),
         }
+    }
+
+    /// Level the inputs are encrypted at.
+    pub fn input_level(&self) -> usize {
+        self.input_level
+    }
+
+    /// Hamming weight of bootstrapping's ephemeral secret when the plan bootstraps: the
+    /// client then also makes encapsulation keys ([`KeySet::encapsulation`]).
+    pub fn encapsulation_weight(&self) -> Option<usize> {
+        self.encapsulation
     }
 
     /// The model's name.
@@ -252,6 +273,8 @@ impl ClientSpec {
                 relin: self.keys.relin,
                 rotations: self.keys.rotations.iter().copied().collect(),
                 conjugate: self.keys.conjugate,
+                input_level: self.input_level,
+                encapsulation: self.encapsulation,
             },
         )
     }
@@ -289,9 +312,25 @@ impl ClientSpec {
                 reason: format!("a rotation beyond the {slots} slots"),
             });
         }
+        if b.input_level > params.max_level()
+            || b.encapsulation.is_some_and(|h| h == 0 || h > params.n())
+        {
+            return Err(NnError::Format {
+                what: SPEC.what,
+                reason: format!(
+                    "input level {} of {} levels, ephemeral weight {:?} of {} coefficients",
+                    b.input_level,
+                    params.max_level(),
+                    b.encapsulation,
+                    params.n()
+                ),
+            });
+        }
         Ok(Self {
             name: b.name,
             model: b.model,
+            input_level: b.input_level,
+            encapsulation: b.encapsulation,
             params,
             input_shape: b.input_shape,
             io: b.io,
@@ -338,6 +377,9 @@ pub struct KeySet<B: Backend> {
     pub public: PublicKey<B>,
     /// The evaluation keys the plan needs, exactly.
     pub evaluation: EvaluationKeys<B>,
+    /// Bootstrapping's encapsulation keys (to and from a sparse ephemeral secret), when the
+    /// plan bootstraps; they go to the server with the evaluation keys.
+    pub encapsulation: Option<EncapsulationKeys<B>>,
 }
 
 /// The data owner: keys, encryption and decryption for one compiled model.
@@ -378,10 +420,15 @@ impl<B: Backend> Client<B> {
         let secret = SecretKey::generate(self.spec.params.rlwe(), rng)?;
         let public = secret.public_key(be, rng)?;
         let evaluation = secret.evaluation_keys(be, &self.spec.keys, rng)?;
+        let encapsulation = match self.spec.encapsulation {
+            Some(weight) => Some(secret.encapsulation_keys(be, weight, rng)?),
+            None => None,
+        };
         Ok(KeySet {
             secret,
             public,
             evaluation,
+            encapsulation,
         })
     }
 
@@ -400,7 +447,7 @@ impl<B: Backend> Client<B> {
         self.spec.check_images(images)?;
         check_params(pk.params().fingerprint(), &self.spec.params)?;
         let be = self.eval.backend();
-        let top = self.spec.params.max_level();
+        let top = self.spec.input_level;
         let cts = match &self.spec.io {
             IoLayout::Batch { .. } => {
                 crate::batch::encrypt_images(&self.eval, images, top, rng, |pt, r| {

@@ -125,7 +125,72 @@ pub struct CompileOptions {
     pub security: SecurityLevel,
     /// Rewrites of non-polynomial operators.
     pub rewrite: RewriteOptions,
+    /// Bootstrapping inside the network (single-image packing).
+    pub bootstrapping: Bootstrapping,
+    /// log2 of the bound on the values bootstrapping refreshes (they are refreshed divided by
+    /// it, so its error grows with it): default [`params::REFRESH_BOUND_BITS`], the bound
+    /// every single-image value stays below; a calibrated model can take less.
+    pub refresh_bound_bits: u32,
 }
+
+/// Bootstrapping inside the network, in single-image packing (batch packing never
+/// refreshes: its depth is the model's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Bootstrapping {
+    /// Never: a plan deeper than one modulus chain holds is refused.
+    Never,
+    /// Only when the plan does not fit without it: no secure parameters hold its depth, or
+    /// its keys and encoded weights would need more than [`AUTO_BOOTSTRAP_BYTES`] (ResNet-20
+    /// without bootstrapping: 39 levels at N = 2^16, 52.6 GiB of keys alone).
+    #[default]
+    Auto,
+    /// Always, with this many levels between refreshes (`None`: as many as the security
+    /// level allows).
+    Always(Option<usize>),
+}
+
+/// Above this memory estimate ([`CompiledModel::memory_estimate`]) auto mode bootstraps.
+pub const AUTO_BOOTSTRAP_BYTES: usize = 16 << 30;
+
+/// How a compiled single-image plan bootstraps: the circuit's slots and the bound on the
+/// values it refreshes (`2^bound_bits`). The parameters hold the circuit's levels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// Slots of the bootstrapping circuit (the plan's).
+    pub slots: usize,
+    /// log2 of the bound on refreshed values.
+    pub bound_bits: u32,
+}
+
+impl RefreshRecord {
+    /// The bootstrapping circuit.
+    pub fn config(&self) -> hecnn_ckks::BootstrapConfig {
+        hecnn_ckks::BootstrapConfig::new(self.slots)
+    }
+
+    /// Levels left between refreshes with `params`.
+    ///
+    /// # Errors
+    /// [`NnError::Mismatch`] when the parameters cannot hold the circuit.
+    pub fn levels(&self, params: &CkksParams) -> Result<usize, NnError> {
+        let depth = self.config().depth()?;
+        params
+            .max_level()
+            .checked_sub(depth)
+            .filter(|&l| l >= 1)
+            .ok_or_else(|| NnError::Mismatch {
+                what: "bootstrapping levels",
+                expected: format!("more than {depth} levels"),
+                found: params.max_level().to_string(),
+            })
+    }
+}
+
+/// Bits of precision the packed simulator gives a refresh, relative to its bound: its error
+/// is modelled as uniform in `±bound · 2^-20`, whose mean `bound · 2^-21` is what
+/// bootstrapping measured at N = 2^16 with 2^15 slots (mean precision 20.9 bits,
+/// bench/RESULTS.md §6c). The rare worse slots (down to 16.5 bits) are not modelled.
+pub const SIMULATED_REFRESH_PRECISION_BITS: f64 = 20.0;
 
 impl Default for CompileOptions {
     /// Batch packing at N = 2^14 (8,192 images per batch), 128-bit security, no rewrites of
@@ -136,6 +201,8 @@ impl Default for CompileOptions {
             log_n: 14,
             security: SecurityLevel::Bits128,
             rewrite: RewriteOptions::default(),
+            bootstrapping: Bootstrapping::Auto,
+            refresh_bound_bits: params::REFRESH_BOUND_BITS,
         }
     }
 }
@@ -195,6 +262,8 @@ pub struct CompiledModel {
     choice: Option<String>,
     /// The level pass's result.
     levels: levels::LevelPlan,
+    /// How the plan bootstraps (single-image packing only).
+    refresh: Option<RefreshRecord>,
     fingerprint: [u8; 32],
 }
 
@@ -218,10 +287,7 @@ fn plan_rewritten(model: Model, opts: &CompileOptions) -> Result<CompiledModel, 
             let (plan, params) = batch_candidate(&model, opts)?;
             (PackedPlan::Batch(plan), params, None)
         }
-        PackingRequest::Single => {
-            let (plan, params) = single_candidate(&model, opts.security)?;
-            (PackedPlan::Single(plan), params, None)
-        }
+        PackingRequest::Single => return single_compiled(model, opts),
         PackingRequest::Auto { images } => {
             let choice = cost::choose(
                 batch_candidate(&model, opts),
@@ -231,7 +297,86 @@ fn plan_rewritten(model: Model, opts: &CompileOptions) -> Result<CompiledModel, 
             (choice.plan, choice.params, Some(choice.why))
         }
     };
-    CompiledModel::new(name, plan, params, choice)
+    CompiledModel::new(name, plan, params, choice, None)
+}
+
+/// Single-image packing with or without bootstrapping, as `opts` asks.
+fn single_compiled(model: Model, opts: &CompileOptions) -> Result<CompiledModel, NnError> {
+    let name = model.name.clone();
+    let plain = || {
+        let (plan, params) = single_candidate(&model, opts.security)?;
+        CompiledModel::new(name.clone(), PackedPlan::Single(plan), params, None, None)
+    };
+    let refreshed = |levels| {
+        let (plan, params, mut record) = refreshed_candidate(&model, opts.security, levels)?;
+        record.bound_bits = opts.refresh_bound_bits;
+        CompiledModel::new(
+            name.clone(),
+            PackedPlan::Single(plan),
+            params,
+            None,
+            Some(record),
+        )
+    };
+    match opts.bootstrapping {
+        Bootstrapping::Never => plain(),
+        Bootstrapping::Always(levels) => refreshed(levels),
+        Bootstrapping::Auto => match plain() {
+            Ok(c) if c.memory_estimate().bytes <= AUTO_BOOTSTRAP_BYTES => Ok(c),
+            Ok(c) => Ok(refreshed(None).unwrap_or(c)),
+            Err(e @ (NnError::NoParameters { .. } | NnError::OutOfLevels { .. })) => {
+                refreshed(None).map_err(|_| e)
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// Single-image packing with bootstrapping: the smallest ring degree whose bootstrapped
+/// chain passes the security check and whose slots hold the layouts; bootstrapping runs on
+/// the plan's slot count (sparse below `N/2`).
+fn refreshed_candidate(
+    model: &Model,
+    security: SecurityLevel,
+    levels: Option<usize>,
+) -> Result<(SinglePlan, Arc<CkksParams>, RefreshRecord), NnError> {
+    let lo = if security == SecurityLevel::UncheckedForReproduction {
+        11
+    } else {
+        13
+    };
+    let mut last = String::from("no ring degree tried");
+    for log_n in lo..=16u32 {
+        let slots = 1usize << (log_n - 1);
+        let Some((lit, log_scale, _)) = params::bootstrapped(log_n, slots, levels, security) else {
+            last = format!("N = 2^{log_n} cannot hold bootstrapping and two levels");
+            continue;
+        };
+        let params = match CkksParams::from_literal(&lit, log_scale) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                last = format!("at N = 2^{log_n}: {e}");
+                continue;
+            }
+        };
+        match SinglePlan::new(model, params.max_slots()) {
+            Ok(plan) => {
+                let record = RefreshRecord {
+                    slots: plan.slots(),
+                    bound_bits: params::REFRESH_BOUND_BITS,
+                };
+                return Ok((plan, params, record));
+            }
+            Err(e @ NnError::TooFewSlots { .. }) => last = format!("at N = 2^{log_n}: {e}"),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(NnError::NoParameters {
+        chain: params::Chain::Single,
+        reason: format!(
+            "no ring degree from 2^{lo} to 2^16 holds bootstrapping at {security:?} ({last})"
+        ),
+    })
 }
 
 /// Batch packing's plan and parameters at the degree asked for.
@@ -275,21 +420,28 @@ fn single_candidate(
     Ok((plan, params))
 }
 
-/// The level pass over a plan with its parameters (no refresh: no scheme of hecnn
-/// bootstraps inside a network yet, so a plan deeper than its parameters is refused).
-fn level_plan(plan: &PackedPlan, params: &CkksParams) -> Result<levels::LevelPlan, NnError> {
+/// The level pass over a plan with its parameters: without a refresh the inputs start at
+/// the top level and a plan deeper than the parameters is refused; with one they start at
+/// the level bootstrapping gives back (the levels above are bootstrapping's), and the pass
+/// places the refreshes.
+fn level_plan(
+    plan: &PackedPlan,
+    params: &CkksParams,
+    refresh: Option<&RefreshRecord>,
+) -> Result<levels::LevelPlan, NnError> {
     let q: Vec<f64> = params.rlwe().q().iter().map(|&p| p as f64).collect();
     let stages = match plan {
         PackedPlan::Single(p) => p.level_stages(),
         PackedPlan::Batch(p) => return batch_levels(p, params),
     };
-    levels::assign(
-        &stages,
-        &q,
-        params.max_level(),
-        f64::from(params.log_scale()),
-        None,
-    )
+    let (top, spec) = match refresh {
+        None => (params.max_level(), None),
+        Some(r) => {
+            let level = r.levels(params)?;
+            (level, Some(levels::RefreshSpec { level }))
+        }
+    };
+    levels::assign(&stages, &q, top, f64::from(params.log_scale()), spec)
 }
 
 /// Batch packing's levels: every node's output at `top − depth` (the plan's depths follow
@@ -318,10 +470,11 @@ fn batch_levels(p: &BatchPlan, params: &CkksParams) -> Result<levels::LevelPlan,
         if depth > from {
             stages.push(levels::StageLevels {
                 name: node.name.clone(),
-                refresh_before: false,
                 level_in: top.saturating_sub(from),
                 level_out: top.saturating_sub(depth),
                 log_scale_out: log_scale,
+                refresh_after: false,
+                cts: nodes.get(i).map_or(0, |n| n.neurons),
             });
         }
     }
@@ -329,13 +482,18 @@ fn batch_levels(p: &BatchPlan, params: &CkksParams) -> Result<levels::LevelPlan,
     if top - p.depth() < last {
         stages.push(levels::StageLevels {
             name: "output".into(),
-            refresh_before: false,
             level_in: last,
             level_out: top - p.depth(),
             log_scale_out: log_scale,
+            refresh_after: false,
+            cts: p.outputs(),
         });
     }
-    Ok(levels::LevelPlan { top, stages })
+    Ok(levels::LevelPlan {
+        top,
+        refresh_level: None,
+        stages,
+    })
 }
 
 /// BLAKE3 of what determines the computation: the rewritten model, the plan record and the
@@ -355,7 +513,8 @@ const COMPILED: envelope::Kind = envelope::Kind {
     what: "compiled model",
     magic: *b"HCNM",
     // 3: checksummed envelope, the model stored exactly (f64), single-image layouts recorded.
-    version: 3,
+    // 4: bootstrapping (the refresh record).
+    version: 4,
     remedy: "compile the model again",
     limit: MAX_COMPILED_BYTES,
 };
@@ -378,6 +537,23 @@ struct CompiledBody {
     literal: ParamsLiteral,
     log_scale: u32,
     choice: Option<String>,
+    refresh: Option<RefreshRecord>,
+}
+
+/// The plan with the level pass's refreshes, and the pass's result.
+fn with_levels(
+    plan: PackedPlan,
+    params: &CkksParams,
+    refresh: Option<&RefreshRecord>,
+) -> Result<(PackedPlan, levels::LevelPlan), NnError> {
+    let levels = level_plan(&plan, params, refresh)?;
+    let plan = match (plan, refresh) {
+        (PackedPlan::Single(p), Some(r)) => {
+            PackedPlan::Single(p.with_refreshes(&levels, f64::from(r.bound_bits).exp2()))
+        }
+        (plan, _) => plan,
+    };
+    Ok((plan, levels))
 }
 
 impl CompiledModel {
@@ -386,14 +562,16 @@ impl CompiledModel {
         plan: PackedPlan,
         params: Arc<CkksParams>,
         choice: Option<String>,
+        refresh: Option<RefreshRecord>,
     ) -> Result<Self, NnError> {
-        let levels = level_plan(&plan, &params)?;
+        let (plan, levels) = with_levels(plan, &params, refresh.as_ref())?;
         let mut c = Self {
             name,
             plan: Arc::new(plan),
             params,
             choice,
             levels,
+            refresh,
             fingerprint: [0; 32],
         };
         c.fingerprint = fingerprint(&c.body())?;
@@ -411,6 +589,7 @@ impl CompiledModel {
             literal: self.params.rlwe().literal().clone(),
             log_scale: self.params.log_scale(),
             choice: self.choice.clone(),
+            refresh: self.refresh,
         }
     }
 
@@ -452,7 +631,23 @@ impl CompiledModel {
                 PackedPlan::Single(SinglePlan::with_layouts(&body.model, layouts)?)
             }
         };
-        if params.max_level() < plan.depth() {
+        if body.refresh.is_some() && plan.kind() != PackingKind::Single {
+            return Err(NnError::Mismatch {
+                what: "compiled model's bootstrapping",
+                expected: "single-image packing".into(),
+                found: plan.kind().to_string(),
+            });
+        }
+        if let (Some(r), PackedPlan::Single(p)) = (&body.refresh, &plan)
+            && (r.slots != p.slots() || r.bound_bits > 20)
+        {
+            return Err(NnError::Mismatch {
+                what: "compiled model's bootstrapping",
+                expected: format!("the plan's {} slots and a bound of at most 2^20", p.slots()),
+                found: format!("{} slots, bound 2^{}", r.slots, r.bound_bits),
+            });
+        }
+        if body.refresh.is_none() && params.max_level() < plan.depth() {
             return Err(NnError::Mismatch {
                 what: "compiled model's levels",
                 expected: format!("at least {} (the plan's depth)", plan.depth()),
@@ -468,7 +663,7 @@ impl CompiledModel {
                 found: params.max_slots().to_string(),
             });
         }
-        let levels = level_plan(&plan, &params)?;
+        let (plan, levels) = with_levels(plan, &params, body.refresh.as_ref())?;
         let fingerprint = fingerprint(&body)?;
         Ok(Self {
             name: body.name,
@@ -476,6 +671,7 @@ impl CompiledModel {
             params,
             choice: body.choice,
             levels,
+            refresh: body.refresh,
             fingerprint,
         })
     }
@@ -531,15 +727,36 @@ impl CompiledModel {
         &self.levels
     }
 
+    /// How the plan bootstraps, if it does.
+    pub fn refresh(&self) -> Option<&RefreshRecord> {
+        self.refresh.as_ref()
+    }
+
+    /// Level the inputs are encrypted at: the top level, or with bootstrapping the level it
+    /// gives back (the levels above are bootstrapping's own).
+    pub fn input_level(&self) -> usize {
+        self.levels.top
+    }
+
     /// BLAKE3 of the rewritten model, the plan record and the parameters: client specs,
     /// ciphertexts and server sessions name the model by it.
     pub fn fingerprint(&self) -> [u8; 32] {
         self.fingerprint
     }
 
-    /// The exact evaluation keys the server needs.
+    /// The exact evaluation keys the server needs: the plan's, and bootstrapping's (its
+    /// rotations shared with the plan's where they coincide).
     pub fn key_requirements(&self) -> KeyRequirements {
-        self.plan.key_requirements()
+        let mut req = self.plan.key_requirements();
+        if let Some(boot) = self
+            .refresh
+            .and_then(|r| r.config().key_requirements(&self.params).ok())
+        {
+            req.rotations.extend(boot.rotations);
+            req.conjugate |= boot.conjugate;
+            req.relin |= boot.relin;
+        }
+        req
     }
 
     /// What a data owner needs: parameters, layouts, key requirements.
@@ -568,6 +785,10 @@ impl CompiledModel {
             log_n,
             security,
             rewrite: RewriteOptions::default(),
+            bootstrapping: Bootstrapping::Auto,
+            refresh_bound_bits: self
+                .refresh
+                .map_or(params::REFRESH_BOUND_BITS, |r| r.bound_bits),
         };
         plan_rewritten(self.model().clone(), &opts)
     }
@@ -585,16 +806,34 @@ impl CompiledModel {
                 ),
             },
             PackedPlan::Single(p) => {
-                let rotations = p.rotations().len();
+                let galois = self.key_requirements().galois_elements(r).len();
+                // Every stage's diagonals at the level it runs at (their limbs).
+                let limbs: usize = p
+                    .layers()
+                    .iter()
+                    .map(|l| {
+                        let level = self
+                            .levels
+                            .stages
+                            .get(l.stage)
+                            .map_or(r.max_level(), |s| s.level_in);
+                        l.diagonals * (level + 1)
+                    })
+                    .sum();
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
                 // Expanded switching keys (twice their seed-compressed size) and the
                 // diagonal plaintexts.
-                let keys = (rotations + 1) * 2 * r.switching_key_bytes();
+                let keys = (galois + 1) * 2 * r.switching_key_bytes();
                 MemoryEstimate {
-                    bytes: keys + diagonals * (r.max_level() + 1) * r.n() * 8,
+                    bytes: keys + limbs * r.n() * 8,
                     what: format!(
-                        "keys and encoded diagonals ({rotations} rotation keys, {diagonals} diagonals at N = 2^{})",
-                        r.log_n()
+                        "keys and encoded diagonals ({galois} Galois keys, {diagonals} diagonals at N = 2^{}{})",
+                        r.log_n(),
+                        if self.refresh.is_some() {
+                            ", bootstrapping's transforms not counted"
+                        } else {
+                            ""
+                        }
                     ),
                 }
             }
@@ -626,8 +865,17 @@ impl CompiledModel {
     /// # Errors
     /// Encoding errors of the plan.
     pub fn simulator(&self) -> Result<Simulator<'_>, NnError> {
-        let engine = crate::scheme::Packed::new(self.params.rlwe().q());
-        let (top, scale) = (self.params.max_level(), self.params.default_scale());
+        let mut engine = crate::scheme::Packed::new(self.params.rlwe().q());
+        if let Some(r) = &self.refresh {
+            let ratio = r.config().log_message_ratio;
+            engine = engine.with_refresh(crate::scheme::PackedRefresh {
+                level: r.levels(&self.params)?,
+                scale: self.params.default_scale(),
+                precision_bits: SIMULATED_REFRESH_PRECISION_BITS,
+                max_scale: self.params.q_at(0) / f64::from(ratio).exp2(),
+            });
+        }
+        let (top, scale) = (self.input_level(), self.params.default_scale());
         let encoded = match &*self.plan {
             PackedPlan::Batch(_) => None,
             PackedPlan::Single(plan) => Some(plan.encode(&engine, top, scale)?),
@@ -672,12 +920,17 @@ impl CompiledModel {
                     min_headroom_bits: 10.0,
                     bound: "the modulus".into(),
                     largest: None,
+                    refreshed: None,
                 })
             }
             PackedPlan::Single(plan) => {
                 let mut max = 0.0f64;
+                let mut refreshed = 0.0f64;
                 for image in images {
                     max = max.max(plan.max_slot_magnitude(image)?);
+                    if self.refresh.is_some() {
+                        refreshed = refreshed.max(plan.refresh_magnitude(image)?);
+                    }
                 }
                 let bits = crate::single::VALUE_BOUND_BITS;
                 Ok(Calibration {
@@ -687,6 +940,9 @@ impl CompiledModel {
                     min_headroom_bits: 1.0,
                     bound: format!("2^{bits}"),
                     largest: Some(max),
+                    refreshed: self
+                        .refresh
+                        .map(|r| (refreshed, f64::from(r.bound_bits).exp2())),
                 })
             }
         }
@@ -725,7 +981,7 @@ impl Simulator<'_> {
         let spec = c.client_spec();
         spec.check_shapes(images)?;
         let engine = &self.engine;
-        let (top, scale) = (c.params.max_level(), c.params.default_scale());
+        let (top, scale) = (c.input_level(), c.params.default_scale());
         let logits = match (&*c.plan, &self.encoded) {
             (PackedPlan::Batch(plan), _) => {
                 if images.len() > c.params.max_slots() {
@@ -811,12 +1067,20 @@ pub struct Calibration {
     pub bound: String,
     /// The largest magnitude any slot took, where it is bounded rather than simulated.
     pub largest: Option<f64>,
+    /// With bootstrapping: the largest magnitude of a refreshed slot, and the bound
+    /// refreshes were compiled for (`--refresh-bound` sets its log2; the smallest power of
+    /// two above twice the largest keeps a margin and the most precision).
+    pub refreshed: Option<(f64, f64)>,
 }
 
 impl Calibration {
-    /// Whether the values keep the headroom the parameters need.
+    /// Whether the values keep the headroom the parameters need (and refreshed values stay
+    /// below their bound).
     pub fn fits(&self) -> bool {
         self.headroom_bits >= self.min_headroom_bits
+            && self
+                .refreshed
+                .is_none_or(|(largest, bound)| largest <= bound)
     }
 }
 

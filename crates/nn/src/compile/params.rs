@@ -132,6 +132,51 @@ pub fn from_record(lit: &ParamsLiteral, log_scale: u32) -> Result<CkksParams, Nn
     Ok(CkksParams::from_literal(lit, log_scale)?)
 }
 
+/// Scale bits of the levels between refreshes in a bootstrapped single-image chain. With
+/// bootstrapping's 60-bit base prime and its message ratio of 2^10, a value refreshed at
+/// this scale may be as large as 2^(60 − 10 − 36) = 2^14 > 2^[`VALUE_BOUND_BITS`]
+/// ([`REFRESH_BOUND_BITS`]); at 2^40 (the bootstrapping preset's) it could not exceed 2^10.
+pub const REFRESH_LOG_SCALE: u32 = 36;
+
+/// Values are refreshed as `value / 2^REFRESH_BOUND_BITS`: the bound every single-image
+/// value stays below ([`VALUE_BOUND_BITS`]). Bootstrapping's error, relative to the unit
+/// range, is multiplied by it.
+pub const REFRESH_BOUND_BITS: u32 = VALUE_BOUND_BITS;
+
+/// Levels between refreshes without a security level to size them (reproductions, toy
+/// tests).
+pub const UNCHECKED_REFRESH_LEVELS: usize = 6;
+
+/// A bootstrapped single-image chain at ring degree `2^log_n` for ciphertexts of `slots`
+/// slots: bootstrapping's levels ([`hecnn_ckks::bootstrap::bootstrap_literal_with`]) and
+/// `levels` levels of [`REFRESH_LOG_SCALE`] bits between refreshes, or as many as the
+/// security table allows (at N = 2^16 and 128 bits: 11). Returns the literal, the scale
+/// bits and the bootstrapping circuit; `None` when the ring cannot hold the circuit and at
+/// least two levels.
+pub fn bootstrapped(
+    log_n: u32,
+    slots: usize,
+    levels: Option<usize>,
+    security: SecurityLevel,
+) -> Option<(ParamsLiteral, u32, hecnn_ckks::BootstrapConfig)> {
+    use hecnn_ckks::bootstrap::bootstrap_literal_with;
+    let config = hecnn_ckks::BootstrapConfig::new(slots);
+    let lit = |r| bootstrap_literal_with(log_n, r, REFRESH_LOG_SCALE, &config, security).ok();
+    let bits = |l: &ParamsLiteral| l.log_q.iter().chain(&l.log_p).sum::<u32>();
+    let residual = match (levels, hecnn_rlwe::security::max_log_qp(log_n, security)) {
+        (Some(r), _) => r,
+        (None, None) => UNCHECKED_REFRESH_LEVELS,
+        (None, Some(budget)) => {
+            let base = bits(&lit(0)?);
+            (budget.checked_sub(base)? / REFRESH_LOG_SCALE) as usize
+        }
+    };
+    if residual < 2 {
+        return None;
+    }
+    Some((lit(residual)?, REFRESH_LOG_SCALE, config))
+}
+
 /// Scale bits of a protected model's parameters.
 pub const PROTECT_LOG_SCALE: u32 = 40;
 

@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use hecnn_rlwe::security;
 
-use super::{CompiledModel, PackedPlan};
+use super::{CompiledModel, PackedPlan, RefreshRecord};
 use crate::NnError;
 
 /// A byte count in KiB, MiB or GiB.
@@ -73,20 +73,78 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
                     l.rotations.2
                 );
             }
+            let req = c.key_requirements();
+            let galois = req.galois_elements(r).len();
             let _ = write!(
                 out,
-                "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {achieved} (checked)\n\
-                 keys: relinearization + {} rotations, {}",
+                "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {achieved} (checked on the whole modulus)\n\
+                 keys: relinearization + {galois} Galois keys ({} rotations of the plan{}), {} seed-compressed",
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
                 params.default_scale().log2(),
                 r.dnum(),
                 rotations.len(),
-                human_bytes((rotations.len() + 1) * r.switching_key_bytes()),
+                if req.conjugate {
+                    format!(
+                        ", {} of bootstrapping, shared where they coincide, and conjugation",
+                        req.rotations.len() - rotations.len()
+                    )
+                } else {
+                    String::new()
+                },
+                human_bytes((galois + 1) * r.switching_key_bytes()),
             );
+            if let Some(rec) = c.refresh() {
+                bootstrapping(&mut out, c, rec)?;
+            }
         }
     }
     let _ = write!(out, "\n{}", c.levels().describe());
     Ok(out)
+}
+
+/// Where and how the plan bootstraps.
+fn bootstrapping(out: &mut String, c: &CompiledModel, rec: &RefreshRecord) -> Result<(), NnError> {
+    let params = c.params();
+    let config = rec.config();
+    let poly = config.eval_mod_poly()?;
+    let lp = c.levels();
+    let level = rec.levels(params)?;
+    let _ = write!(
+        out,
+        "\nbootstrapping: {} slots ({}), CoeffToSlot {} + EvalMod {} + SlotToCoeff {} levels above the {level} between refreshes, \
+         ephemeral secret of weight {}, message ratio 2^{}; values refreshed divided by 2^{} (bootstrapping's error grows with it)\n\
+         refreshes: {} per image ({} ciphertext bootstrap(s)), each on a value that holds everything later stages read:",
+        config.slots,
+        if config.slots < params.max_slots() {
+            "sparse"
+        } else {
+            "full"
+        },
+        config.cts_levels,
+        poly.depth(),
+        config.stc_levels,
+        config.ephemeral_weight,
+        config.log_message_ratio,
+        rec.bound_bits,
+        lp.refreshes().len(),
+        lp.refreshed_cts(),
+    );
+    let refreshes: Vec<usize> = lp.refreshes().into_iter().collect();
+    for (k, &i) in refreshes.iter().enumerate() {
+        let s = &lp.stages[i];
+        // The stages the refreshed levels carry: up to the next refresh or the output.
+        let end = refreshes.get(k + 1).copied().unwrap_or(lp.stages.len() - 1);
+        let used = level - lp.stages[end].level_out;
+        let _ = write!(
+            out,
+            "\n  after '{}' at level {} ({} ct): the stages up to {} use {used} of the {level} levels it gives back",
+            s.name,
+            s.level_out,
+            s.cts,
+            lp.stages.get(end).map_or("the output", |e| e.name.as_str()),
+        );
+    }
+    Ok(())
 }

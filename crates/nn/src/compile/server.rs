@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use hecnn_ckks::{CkksParams, Evaluator, LinearTransform, Plaintext};
+use hecnn_ckks::bootstrap::Refresh;
+use hecnn_ckks::{Bootstrapper, CkksParams, Evaluator, LinearTransform, Plaintext};
 use hecnn_ring::Backend;
-use hecnn_rlwe::{EvaluationKeys, KeyRequirements};
+use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys, KeyRequirements};
 
 use super::client::{ClientSpec, EncryptedImages, ImagesKind, short};
-use super::{CompiledModel, PackedPlan, PackingKind};
+use super::{CompiledModel, PackedPlan, PackingKind, RefreshRecord};
 use crate::{NnError, single::EncodedSingle};
 
 /// What an inference server runs: the plan, its parameters and the keys it needs.
@@ -19,6 +20,7 @@ pub struct ServerPlan {
     params: Arc<CkksParams>,
     plan: Arc<PackedPlan>,
     spec: ClientSpec,
+    refresh: Option<RefreshRecord>,
 }
 
 impl ServerPlan {
@@ -28,7 +30,13 @@ impl ServerPlan {
             params: Arc::clone(c.params()),
             plan: Arc::clone(&c.plan),
             spec: c.client_spec(),
+            refresh: c.refresh().copied(),
         }
+    }
+
+    /// How the plan bootstraps, if it does.
+    pub fn refresh(&self) -> Option<&RefreshRecord> {
+        self.refresh.as_ref()
     }
 
     /// The fingerprint of the compiled model.
@@ -106,19 +114,97 @@ pub struct Server<B: Backend> {
 
 impl<B: Backend> Server<B> {
     /// Builds the server: checks the keys against the plan and lowers it (single-image
-    /// packing encodes its diagonals at the top level).
+    /// packing encodes its diagonals at their levels). A plan that bootstraps needs
+    /// [`Server::bootstrapping`].
     ///
     /// # Errors
-    /// Keys of other parameters or missing a key the plan needs; encoding errors.
+    /// Keys of other parameters or missing a key the plan needs; a plan that bootstraps;
+    /// encoding errors.
     pub fn new(plan: ServerPlan, keys: EvaluationKeys<B>, backend: B) -> Result<Self, NnError> {
+        if plan.refresh.is_some() {
+            return Err(NnError::Mismatch {
+                what: "server keys",
+                expected: "bootstrapping's encapsulation keys (the plan bootstraps)".into(),
+                found: "evaluation keys only".into(),
+            });
+        }
+        Self::build(plan, keys, backend, None)
+    }
+
+    /// Builds the server of a plan that bootstraps, from the client's evaluation and
+    /// encapsulation keys (the bootstrapping circuit is encoded here).
+    ///
+    /// # Errors
+    /// As [`Server::new`]; encapsulation keys of another key pair or weight; a plan that
+    /// does not bootstrap.
+    pub fn bootstrapping(
+        plan: ServerPlan,
+        keys: EvaluationKeys<B>,
+        encapsulation: EncapsulationKeys<B>,
+        backend: B,
+    ) -> Result<Self, NnError> {
+        let config = plan
+            .refresh
+            .ok_or_else(|| NnError::Mismatch {
+                what: "server keys",
+                expected: "evaluation keys only (the plan does not bootstrap)".into(),
+                found: "encapsulation keys too".into(),
+            })?
+            .config();
+        Self::with_refresh(plan, keys, backend, move |eval| {
+            Ok(Arc::new(Bootstrapper::new(eval, config, encapsulation)?))
+        })
+    }
+
+    /// Builds the server of a plan that bootstraps with the refresh `make` builds for its
+    /// evaluator: [`Server::bootstrapping`]'s circuit, or in tests the secret-key test
+    /// double (`hecnn_ckks::bootstrap::test_double`), which runs the same plan in
+    /// milliseconds.
+    ///
+    /// # Errors
+    /// As [`Server::new`]; those of `make`.
+    pub fn with_refresh(
+        plan: ServerPlan,
+        keys: EvaluationKeys<B>,
+        backend: B,
+        make: impl FnOnce(&Evaluator<B>) -> Result<Arc<dyn Refresh<B> + Send + Sync>, NnError>,
+    ) -> Result<Self, NnError> {
+        Self::build(plan, keys, backend, Some(Box::new(make)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(
+        plan: ServerPlan,
+        keys: EvaluationKeys<B>,
+        backend: B,
+        make: Option<
+            Box<
+                dyn FnOnce(&Evaluator<B>) -> Result<Arc<dyn Refresh<B> + Send + Sync>, NnError>
+                    + '_,
+            >,
+        >,
+    ) -> Result<Self, NnError> {
         plan.check_keys(&keys)?;
         let key_id = keys.key_id();
-        let eval = Evaluator::new(Arc::clone(&plan.params), Arc::new(keys), backend)?;
+        let mut eval = Evaluator::new(Arc::clone(&plan.params), Arc::new(keys), backend)?;
+        if let Some(make) = make {
+            let refresh = make(&eval)?;
+            if let Some(r) = &plan.refresh {
+                let want = r.levels(&plan.params)?;
+                if refresh.output_level() != want {
+                    return Err(NnError::Mismatch {
+                        what: "refresh's output level",
+                        expected: want.to_string(),
+                        found: refresh.output_level().to_string(),
+                    });
+                }
+            }
+            eval = eval.with_refresh(refresh);
+        }
+        let top = plan.spec.input_level();
         let encoded = match &*plan.plan {
             PackedPlan::Batch(_) => None,
-            PackedPlan::Single(p) => {
-                Some(p.encode(&eval, plan.params.max_level(), plan.params.default_scale())?)
-            }
+            PackedPlan::Single(p) => Some(p.encode(&eval, top, plan.params.default_scale())?),
         };
         Ok(Self {
             plan,

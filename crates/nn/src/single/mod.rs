@@ -66,6 +66,8 @@ impl LinearPlan {
 /// What the planner chose for one linear stage (for reports).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerReport {
+    /// The stage's index.
+    pub stage: usize,
     /// The operators composed into the stage.
     pub name: String,
     /// The output layout.
@@ -147,8 +149,9 @@ pub struct SinglePlan {
     cost: usize,
     /// The layouts the planner chose (what a compiled model records).
     layouts: Layouts,
-    /// Stages a refresh runs before, and the level it gives back (from the level pass).
-    refreshes: (BTreeSet<usize>, usize),
+    /// Stages whose output a refresh brings back up (from the level pass), with the bound
+    /// on that output's slots ([`Scheme::refresh`]).
+    refreshes: BTreeMap<usize, f64>,
 }
 
 /// Where the planner put one linear stage's output: what a compiled model records so that
@@ -428,7 +431,7 @@ impl SinglePlan {
                 input_frame,
                 stages: chosen,
             },
-            refreshes: (BTreeSet::new(), 0),
+            refreshes: BTreeMap::new(),
         };
         if fixed.is_some_and(|f| f.len() != plan.layouts.stages.len()) {
             return Err(NnError::LayoutMismatch {
@@ -444,9 +447,14 @@ impl SinglePlan {
         use crate::compile::levels::{Stage as LevelStage, StageKind};
         self.stages
             .iter()
-            .map(|s| LevelStage {
+            .enumerate()
+            .map(|(i, s)| LevelStage {
                 name: s.name.clone(),
                 inputs: s.sources.clone(),
+                cts: layout::cts_of(
+                    self.positions.get(i).map_or(&[][..], Vec::as_slice),
+                    self.slots,
+                ),
                 kind: match &s.op {
                     StageOp::Linear { .. } => StageKind::Linear,
                     op if op.squares() => StageKind::Square,
@@ -456,15 +464,21 @@ impl SinglePlan {
             .collect()
     }
 
-    /// The plan with a refresh (bootstrapping) before every stage of `levels.refreshes()`,
-    /// each giving back `level`: encoding and evaluation then follow those levels.
+    /// The plan with a refresh (bootstrapping) after every stage of `levels.refreshes()`,
+    /// whose slots are at most `bound` in magnitude: encoding and evaluation then follow
+    /// those levels, at the level the scheme's refresh gives back.
     pub fn with_refreshes(
         mut self,
         levels: &crate::compile::levels::LevelPlan,
-        level: usize,
+        bound: f64,
     ) -> Self {
-        self.refreshes = (levels.refreshes(), level);
+        self.refreshes = levels.refreshes().into_iter().map(|i| (i, bound)).collect();
         self
+    }
+
+    /// Stages whose output is refreshed, with the bound on its slots.
+    pub fn refreshes(&self) -> &BTreeMap<usize, f64> {
+        &self.refreshes
     }
 
     /// The layouts the planner chose: with the model, all [`SinglePlan::with_layouts`] needs.
@@ -540,9 +554,31 @@ impl SinglePlan {
     /// # Errors
     /// Wrong image shape; a value that is not finite.
     pub fn max_slot_magnitude(&self, image: &crate::Tensor) -> Result<f64, NnError> {
+        Ok(self.slot_magnitudes(image)?.0)
+    }
+
+    /// The largest magnitude of the slots refreshed while the plan runs on `image` (what
+    /// the refreshes' bound must hold; 0 without refreshes).
+    ///
+    /// # Errors
+    /// As [`SinglePlan::max_slot_magnitude`].
+    pub fn refresh_magnitude(&self, image: &crate::Tensor) -> Result<f64, NnError> {
+        let (_, per_value) = self.slot_magnitudes(image)?;
+        Ok(self
+            .refreshes
+            .keys()
+            .filter_map(|&i| per_value.get(i + 1))
+            .fold(0.0, |m: f64, &v| m.max(v)))
+    }
+
+    /// The largest slot magnitude over the whole run, and of every value's slots (0: the
+    /// input, `i + 1`: stage `i`'s output).
+    fn slot_magnitudes(&self, image: &crate::Tensor) -> Result<(f64, Vec<f64>), NnError> {
         let values = crate::exec::run_all(&self.model, image)?;
         let mut max = 0.0f64;
-        let mut see = |v: f64, what: &str| {
+        let mut stage_max = 0.0f64;
+        let mut per_value = Vec::with_capacity(self.stages.len() + 1);
+        let mut see = |v: f64, what: &str, stage_max: &mut f64| {
             if !v.is_finite() {
                 return Err(NnError::OutOfRange {
                     node: what.to_string(),
@@ -552,12 +588,15 @@ impl SinglePlan {
                 });
             }
             max = max.max(v.abs());
+            *stage_max = stage_max.max(v.abs());
             Ok(())
         };
         for &v in image.data() {
-            see(v, "input")?;
+            see(v, "input", &mut stage_max)?;
         }
+        per_value.push(stage_max);
         for (i, stage) in self.stages.iter().enumerate() {
+            stage_max = 0.0;
             let out = values.get(stage.node).ok_or_else(|| {
                 NnError::Internal(format!("'{}' has no cleartext value", stage.name))
             })?;
@@ -570,9 +609,9 @@ impl SinglePlan {
                         .get(&i)
                         .is_some_and(|p| matches!(p.target, Target::Summed { .. }));
                     for (row, &v) in rows.iter().zip(out.data()) {
-                        see(v, &stage.name)?;
+                        see(v, &stage.name, &mut stage_max)?;
                         if summed {
-                            see(v - folded_bias_map(row, map), &stage.name)?;
+                            see(v - folded_bias_map(row, map), &stage.name, &mut stage_max)?;
                         }
                     }
                 }
@@ -585,12 +624,15 @@ impl SinglePlan {
                         why: why.into(),
                     })?;
                     let Some(shift) = applied.shift else {
+                        // Not squared: the same slots as its input's.
+                        let src = stage.sources.first().copied().unwrap_or(0);
+                        per_value.push(per_value.get(src).copied().unwrap_or(0.0));
                         continue;
                     };
                     if let Shift::Uniform(delta) = shift {
                         // Unused slots are shifted and squared too (per-neuron shifts leave
                         // them at zero).
-                        see(delta * delta, &stage.name)?;
+                        see(delta * delta, &stage.name, &mut stage_max)?;
                     }
                     // The square's slots, from its input's: `(slot + δ)²` with
                     // `slot = (value − γ) / a` (the stage may square only part of the
@@ -610,12 +652,13 @@ impl SinglePlan {
                             Shift::PerNeuron(d) => d.get(j).copied().unwrap_or(0.0),
                         };
                         let slot = (v - gamma) / a + delta;
-                        see(slot * slot, &stage.name)?;
+                        see(slot * slot, &stage.name, &mut stage_max)?;
                     }
                 }
             }
+            per_value.push(stage_max);
         }
-        Ok(max)
+        Ok((max, per_value))
     }
 
     /// The rotation steps evaluation needs (request them at key generation).
@@ -637,6 +680,7 @@ impl SinglePlan {
             .map(|(&i, p)| {
                 let (babies, giants) = hecnn_ckks::block_rotation_counts(&p.indices, self.slots);
                 LayerReport {
+                    stage: i,
                     name: self.stages[i].name.clone(),
                     layout: p.layout.clone(),
                     cts: (p.in_cts, p.out_cts),
@@ -665,7 +709,7 @@ impl SinglePlan {
                 found: s.max_slots().to_string(),
             });
         }
-        if top_level < self.depth() && self.refreshes.0.is_empty() {
+        if top_level < self.depth() && self.refreshes.is_empty() {
             return Err(NnError::Levels {
                 what: "the model".into(),
                 needed: self.depth(),
@@ -790,6 +834,16 @@ impl SinglePlan {
                     transforms.insert(i, (lt, bias));
                 }
             }
+            if let Some(&bound) = self.refreshes.get(&i) {
+                // Refreshed: read at the refresh's level, at its scale over the bound.
+                let (l, sc) = s.refresh_output().ok_or_else(|| {
+                    err(SchemeError::Unsupported {
+                        op: "refresh (bootstrapping)",
+                        scheme: s.name(),
+                    })
+                })?;
+                (level, scale) = (l, sc / bound);
+            }
             at.push((level, scale));
         }
         Ok(EncodedSingle {
@@ -837,9 +891,6 @@ impl SinglePlan {
                     ),
                 });
             }
-        }
-        if self.refreshes.0.contains(&i) {
-            level = self.refreshes.1;
         }
         Ok((level, scale))
     }
@@ -986,16 +1037,8 @@ impl SinglePlan {
                     NnError::Internal(format!("'{}' reads a value no longer held", stage.name))
                 })?);
             }
-            // Aligned first (the lowest source's level and scale, as `encode` assumes),
-            // then refreshed as one list.
-            let mut values = align(s, parts).map_err(err)?;
-            if self.refreshes.0.contains(&i) {
-                values = values
-                    .iter()
-                    .map(|ct| s.refresh(ct))
-                    .collect::<Result<_, _>>()
-                    .map_err(err)?;
-            }
+            // Aligned to the lowest source's level and scale, as `encode` assumes.
+            let values = align(s, parts).map_err(err)?;
             let out = match &stage.op {
                 StageOp::Linear { .. } => {
                     let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
@@ -1056,6 +1099,14 @@ impl SinglePlan {
                             .map_err(err)?,
                     }
                 }
+            };
+            let out = match self.refreshes.get(&i) {
+                Some(&bound) => out
+                    .iter()
+                    .map(|ct| s.refresh(ct, bound))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(err)?,
+                None => out,
             };
             held.push(Some(out));
         }
