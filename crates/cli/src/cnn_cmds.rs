@@ -78,11 +78,12 @@ impl ModelOpts {
                 relu_replacement: (!self.relu_poly.is_empty()).then(|| self.relu_poly.clone()),
                 maxpool_as_avgpool: self.maxpool_as_avgpool,
             },
-            bootstrapping: match (self.bootstrap, self.refresh_levels) {
-                (Bootstrap::Never, _) => Bootstrapping::Never,
-                (Bootstrap::Auto, None) => Bootstrapping::Auto,
-                (_, levels) => Bootstrapping::Always(levels),
+            bootstrapping: match self.bootstrap {
+                Bootstrap::Never => Bootstrapping::Never,
+                Bootstrap::Auto => Bootstrapping::Auto,
+                Bootstrap::Always => Bootstrapping::Always,
             },
+            refresh_levels: self.refresh_levels,
             refresh_bound_bits: self.refresh_bound,
         })
     }

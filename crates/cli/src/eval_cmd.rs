@@ -12,6 +12,7 @@ use hecnn_nn::{
     },
     data::Dataset,
     exec::{self, argmax},
+    single::Lowering,
 };
 use hecnn_ring::{Backend, Prng};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -61,8 +62,22 @@ pub struct EvalArgs {
     /// Default: the compiled model's packing (batch for an `.onnx` file).
     #[arg(long, value_enum)]
     mode: Option<Mode>,
+    /// Single-image packing: encode the weights (diagonals) `once` before the first image,
+    /// or `on-the-fly`, one layer at a time as each image reaches it (less memory, more
+    /// time). Default: on the fly for a plan that bootstraps, once otherwise.
+    #[arg(long, value_enum)]
+    weights: Option<Weights>,
     #[command(flatten)]
     opts: ModelOpts,
+}
+
+/// `--weights`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// Encoded once, every layer held.
+    Once,
+    /// Encoded per image, one layer at a time.
+    OnTheFly,
 }
 
 /// `hecnn eval`: keys, encryption, evaluation and decryption of a whole data set in one
@@ -132,6 +147,10 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
                 offset: a.offset,
                 record: a.record.as_deref(),
                 simulate: a.simulate,
+                lowering: a.weights.map(|w| match w {
+                    Weights::Once => Lowering::Eager,
+                    Weights::OnTheFly => Lowering::OnTheFly,
+                }),
             };
             eval_single(&c, &ds, &run, &a.opts)
         }
@@ -281,6 +300,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         cleartext: false,
         simulate: false,
         mode: None,
+        weights: None,
         opts: ModelOpts {
             log_n: 14,
             security: 128,
@@ -307,6 +327,8 @@ struct SingleRun<'a> {
     record: Option<&'a Path>,
     /// Simulate the plan instead of encrypting.
     simulate: bool,
+    /// When the server encodes the weights (`None`: the plan's default).
+    lowering: Option<Lowering>,
 }
 
 /// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
@@ -387,11 +409,14 @@ fn eval_single(
     let rotations = c.key_requirements().rotations.len();
     let keygen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let plan = match run.lowering {
+        Some(l) => c.server_plan().with_lowering(l),
+        None => c.server_plan(),
+    };
+    let lowering = plan.lowering();
     let server = match keys.encapsulation {
-        Some(encaps) => {
-            Server::bootstrapping(c.server_plan(), keys.evaluation, encaps, be.clone())?
-        }
-        None => Server::new(c.server_plan(), keys.evaluation, be.clone())?,
+        Some(encaps) => Server::bootstrapping(plan, keys.evaluation, encaps, be.clone())?,
+        None => Server::new(plan, keys.evaluation, be.clone())?,
     };
     let encode_s = t.elapsed().as_secs_f64();
 
@@ -445,8 +470,12 @@ fn eval_single(
     println!("  decrypt  {}", stat(&mut dec_s));
     println!("  end to end {}", stat(&mut total));
     println!(
-        "setup: keygen {keygen_s:.2} s, evaluation keys {} (relinearization + {rotations} rotations), transforms encoded in {encode_s:.2} s; peak memory {}",
+        "setup: keygen {keygen_s:.2} s, evaluation keys {} (relinearization + {rotations} rotations), transforms {} in {encode_s:.2} s; peak memory {}",
         human_bytes(key_bytes),
+        match lowering {
+            Lowering::Eager => "encoded",
+            Lowering::OnTheFly => "lowered (diagonals encoded per image)",
+        },
         peak_memory()
     );
     Ok(())

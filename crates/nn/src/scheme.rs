@@ -182,16 +182,16 @@ pub trait Scheme: Sync {
     /// # Errors
     /// `a` not above `level`; overflow of the constant.
     fn adjust(&self, a: &Self::Ct, level: usize, scale: f64) -> Result<Self::Ct, SchemeError>;
-    /// Level and scale of refreshed values ([`Scheme::refresh`] with a bound of 1), or
-    /// `None` when the scheme cannot refresh.
+    /// Level and scale of refreshed values ([`Scheme::refresh`]), or `None` when the
+    /// scheme cannot refresh.
     fn refresh_output(&self) -> Option<(usize, f64)> {
         None
     }
-    /// Brings a value whose slots are at most `bound` in magnitude back to a high level
-    /// (bootstrapping): the same values at [`Scheme::refresh_output`]'s level and its scale
-    /// divided by `bound` (the value is refreshed as `a / bound`, inside the range where
-    /// bootstrapping is accurate). The default refuses: no runtime plan inserts a refresh
-    /// unless its scheme provides one.
+    /// Brings a value whose slots are at most `bound` (a power of two) in magnitude back to
+    /// a high level (bootstrapping): the same values at [`Scheme::refresh_output`]'s level
+    /// and scale (the value is refreshed as `a / bound`, inside the range where
+    /// bootstrapping is accurate, then multiplied back by the integer `bound`). The default
+    /// refuses: no runtime plan inserts a refresh unless its scheme provides one.
     ///
     /// # Errors
     /// [`SchemeError::Unsupported`]; a value above its bound.
@@ -345,10 +345,11 @@ pub struct PackedTransform {
 
 /// The cleartext scheme: runs a plan on packed `f64` slot vectors exactly as the encrypted
 /// scheme would (integer weights, scales, levels, lazy squares, rotations, diagonals),
-/// without noise, and simulates the modulus budget: it records the smallest headroom
-/// `log2(Q_level / 2) − log2(max |value · scale|)` over every intermediate value. Its
-/// refresh brings a value back to the top level (what bootstrapping does), so plans with
-/// refresh points can be checked without keys.
+/// without encryption noise or rescale rounding, and simulates the modulus budget: it
+/// records the smallest headroom `log2(Q_level / 2) − log2(max |value · scale|)` over every
+/// intermediate value. Its refresh ([`Packed::with_refresh`]) models bootstrapping: the
+/// level and scale it gives back, the bound and message ratio it accepts, and its error,
+/// so plans that bootstrap can be checked without keys.
 pub struct Packed {
     q: Vec<f64>,
     headroom: std::sync::Mutex<f64>,
@@ -700,8 +701,10 @@ impl Scheme for Packed {
                 scheme: self.name(),
             });
         };
-        if !(bound.is_finite() && bound >= 1.0) {
-            return Err(SchemeError::Operands("a refresh bound below 1"));
+        if !(bound >= 1.0 && bound <= f64::from(1u32 << 30) && bound.log2().fract() == 0.0) {
+            return Err(SchemeError::Operands(
+                "a refresh bound that is not a power of two from 1 to 2^30",
+            ));
         }
         if a.scale * bound > r.max_scale {
             return Err(SchemeError::Operands(
@@ -740,7 +743,7 @@ impl Scheme for Packed {
         self.done(PackedValue {
             slots,
             level: r.level,
-            scale: r.scale / bound,
+            scale: r.scale,
             degree: 1,
         })
     }

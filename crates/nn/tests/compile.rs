@@ -637,14 +637,20 @@ fn refreshes_placed_in_a_residual_network_run_on_stages_with_several_inputs() {
     assert_refreshed_run_matches(&c, plan, &lp, &q, &images(2, 800));
 }
 
-/// The mini ResNet compiled with bootstrapping every five levels (toy ring, insecure).
-fn bootstrapped_resnet() -> CompiledModel {
+/// The mini ResNet compiled with bootstrapping every five levels (toy ring, insecure),
+/// values refreshed below 2^`bound_bits`.
+fn bootstrapped_resnet_with(bound_bits: u32) -> Result<CompiledModel, NnError> {
     let o = CompileOptions {
-        bootstrapping: compile::Bootstrapping::Always(Some(5)),
-        refresh_bound_bits: 4,
+        bootstrapping: compile::Bootstrapping::Always,
+        refresh_levels: Some(5),
+        refresh_bound_bits: bound_bits,
         ..opts(PackingRequest::Single)
     };
-    compile::compile(&mini_resnet(), &o).unwrap()
+    compile::compile(&mini_resnet(), &o)
+}
+
+fn bootstrapped_resnet() -> CompiledModel {
+    bootstrapped_resnet_with(4).unwrap()
 }
 
 #[test]
@@ -690,6 +696,11 @@ fn bootstrapping_is_placed_where_one_value_holds_what_later_stages_read() {
     )
     .unwrap();
     assert!(never.refresh().is_none() && never.levels().refreshes().is_empty());
+    // A bound whose product with the refreshed value's scale exceeds what bootstrapping's
+    // message ratio accepts is refused at compile time (2^36 · 2^14 · 2^10 > q_0 < 2^60).
+    let e = bootstrapped_resnet_with(14).unwrap_err();
+    assert!(matches!(e, NnError::Mismatch { .. }), "{e}");
+    assert!(bootstrapped_resnet_with(13).is_ok());
 }
 
 #[test]
@@ -743,6 +754,35 @@ fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_d
             "test double: {got:?} vs {want:?}"
         );
     }
+    // At the widest bound (2^13) the refreshed stem output is squared next: the refresh
+    // must hand it back at the nominal scale (read back at scale / bound, the square would
+    // land near 2^10 and drown in rounding noise).
+    let wide = bootstrapped_resnet_with(13).unwrap();
+    let client = Client::new(wide.client_spec(), CpuBackend::new(2).unwrap()).unwrap();
+    let keys = client.keygen(&mut rng).unwrap();
+    let sk =
+        SecretKey::from_secret_bytes(wide.params().rlwe(), &keys.secret.to_secret_bytes()).unwrap();
+    let server = Server::with_refresh(
+        wide.server_plan(),
+        keys.evaluation,
+        CpuBackend::new(2).unwrap(),
+        |_| {
+            Ok(std::sync::Arc::new(
+                SecretKeyBootstrapper::insecure_for_tests(sk, 5, Prng::from_seed([24; 32])),
+            ))
+        },
+    )
+    .unwrap();
+    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+    let got = client
+        .decrypt(&keys.secret, &server.run(inputs, |_, _| {}).unwrap())
+        .unwrap();
+    for (got, want) in got.iter().zip(&want) {
+        assert!(
+            max_diff(got, want) < 1e-2,
+            "bound 2^13: {got:?} vs {want:?}"
+        );
+    }
 }
 
 #[test]
@@ -776,4 +816,30 @@ fn a_bootstrapped_plan_runs_with_real_bootstrapping_at_a_toy_size() {
     );
     assert!(err < 5e-2, "{:?} vs {:?}", got[0], want.data());
     assert_eq!(exec::argmax(&got[0]), exec::argmax(want.data()));
+}
+
+#[test]
+fn weights_encoded_on_the_fly_give_what_weights_encoded_once_give() {
+    use hecnn_nn::single::Lowering;
+    let c = compile::compile(&mini_resnet(), &opts(PackingRequest::Single)).unwrap();
+    assert_eq!(c.server_plan().lowering(), Lowering::Eager);
+    let imgs = images(1, 1000);
+    let be = CpuBackend::new(2).unwrap();
+    let client = Client::new(c.client_spec(), be.clone()).unwrap();
+    let mut rng = Prng::from_seed([31; 32]);
+    let keys = client.keygen(&mut rng).unwrap();
+    let plan = c.server_plan().with_lowering(Lowering::OnTheFly);
+    assert_eq!(plan.lowering(), Lowering::OnTheFly);
+    let server = Server::new(plan, keys.evaluation, be).unwrap();
+    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
+    let got = client
+        .decrypt(&keys.secret, &server.run(inputs, |_, _| {}).unwrap())
+        .unwrap();
+    let want = exec::run(c.model(), &imgs[0]).unwrap();
+    assert!(max_diff(&got[0], want.data()) < 1e-2, "{got:?} vs {want:?}");
+    // A plan that bootstraps encodes its weights on the fly by default.
+    assert_eq!(
+        bootstrapped_resnet().server_plan().lowering(),
+        Lowering::OnTheFly
+    );
 }

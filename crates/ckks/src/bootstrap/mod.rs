@@ -47,6 +47,11 @@ use crate::{
 /// measured 10.8 s against 11.9 s with equal weights (bench/RESULTS.md §7).
 pub const BOOTSTRAP_BABY_WEIGHT: f64 = 0.4;
 
+/// The default Hamming weight of bootstrapping's ephemeral sparse secret (the weight the
+/// preset's security argument covers; a client refuses to make encapsulation keys for
+/// another, since a low weight would let the server find the secret).
+pub const BOOTSTRAP_EPHEMERAL_WEIGHT: usize = 32;
+
 /// The shape of a bootstrapping circuit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BootstrapConfig {
@@ -83,7 +88,7 @@ impl BootstrapConfig {
             slots,
             cts_levels: 4,
             stc_levels: 3,
-            ephemeral_weight: 32,
+            ephemeral_weight: BOOTSTRAP_EPHEMERAL_WEIGHT,
             double_angles: 4,
             log_approx_error: 46,
             log_message_ratio: 10,
@@ -231,33 +236,35 @@ pub trait Refresh<B: Backend> {
     /// Implementation-specific (see [`Bootstrapper::bootstrap`]).
     fn refresh(&self, eval: &Evaluator<B>, ct: &Ciphertext<B>) -> Result<Ciphertext<B>, CkksError>;
 
-    /// Refreshes `ct` whose slots are at most `bound` in magnitude (a network's values are
-    /// far above the unit range bootstrapping's sine approximation is accurate on): `ct` is
-    /// read as `ct / bound` (its scale times `bound`, no operation), refreshed, and the
-    /// result read back at its scale divided by `bound`. The result holds the same values
-    /// at [`Refresh::output_level`]; bootstrapping's error, relative to `bound`, grows by
-    /// `bound` in absolute terms, so a tight bound keeps more precision.
+    /// Refreshes `ct` whose slots are at most `bound` (a power of two) in magnitude: a
+    /// network's values are far above the unit range bootstrapping's sine approximation is
+    /// accurate on. `ct` is read as `ct / bound` (its scale times `bound`, no operation),
+    /// refreshed, and multiplied back by the integer `bound` (no level), so the result
+    /// holds the same values at [`Refresh::output_level`] and the refresh's scale.
+    /// Bootstrapping's error, relative to the unit range, grows by `bound` in absolute
+    /// terms, so a tight bound keeps more precision.
     ///
     /// # Errors
-    /// A bound that is not finite or below 1; those of [`Refresh::refresh`] (a scale times
-    /// bound above what the message ratio allows).
+    /// A bound that is not a power of two of at most 2^30; those of [`Refresh::refresh`]
+    /// (a scale times bound above what the message ratio allows).
     fn refresh_bounded(
         &self,
         eval: &Evaluator<B>,
         ct: &Ciphertext<B>,
         bound: f64,
     ) -> Result<Ciphertext<B>, CkksError> {
-        if !(bound.is_finite() && bound >= 1.0) {
+        if !(bound >= 1.0 && bound <= f64::from(1u32 << 30) && bound.log2().fract() == 0.0) {
             return Err(CkksError::InvalidArgument {
-                what: "a refresh bound must be finite and at least 1",
+                what: "a refresh bound must be a power of two from 1 to 2^30",
             });
         }
         let mut read = ct.clone();
         read.set_scale(ct.scale() * bound);
-        let mut out = self.refresh(eval, &read)?;
-        let scale = out.scale() / bound;
-        out.set_scale(scale);
-        Ok(out)
+        let out = self.refresh(eval, &read)?;
+        if bound == 1.0 {
+            return Ok(out);
+        }
+        eval.mul_int(&out, bound as i64)
     }
 }
 

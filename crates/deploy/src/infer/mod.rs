@@ -561,6 +561,13 @@ pub async fn start<B: Backend + Clone>(
     model: &CompiledModel,
     be: B,
 ) -> Result<InferHandle, DeployError> {
+    if model.refresh().is_some() {
+        return Err(DeployError::Config(format!(
+            "'{}' bootstraps, and clients cannot upload bootstrapping's encapsulation keys yet: \
+             serve it compiled with --bootstrap never, or run it with `hecnn eval`",
+            model.name()
+        )));
+    }
     let store = Store::open(&config.state_dir)?;
     let admin = admin_hash(&store)?;
     let plan = model.server_plan();

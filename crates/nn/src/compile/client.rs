@@ -312,8 +312,11 @@ impl ClientSpec {
                 reason: format!("a rotation beyond the {slots} slots"),
             });
         }
+        // A server choosing a low ephemeral weight could recover the secret key from the
+        // encapsulation keys: only the weight hecnn's circuit is built for is accepted.
         if b.input_level > params.max_level()
-            || b.encapsulation.is_some_and(|h| h == 0 || h > params.n())
+            || b.encapsulation
+                .is_some_and(|h| h != hecnn_ckks::bootstrap::BOOTSTRAP_EPHEMERAL_WEIGHT)
         {
             return Err(NnError::Format {
                 what: SPEC.what,

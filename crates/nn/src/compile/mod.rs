@@ -127,6 +127,9 @@ pub struct CompileOptions {
     pub rewrite: RewriteOptions,
     /// Bootstrapping inside the network (single-image packing).
     pub bootstrapping: Bootstrapping,
+    /// Levels between refreshes when bootstrapping (`None`: as many as the security level
+    /// allows).
+    pub refresh_levels: Option<usize>,
     /// log2 of the bound on the values bootstrapping refreshes (they are refreshed divided by
     /// it, so its error grows with it): default [`params::REFRESH_BOUND_BITS`], the bound
     /// every single-image value stays below; a calibrated model can take less.
@@ -144,28 +147,91 @@ pub enum Bootstrapping {
     /// without bootstrapping: 39 levels at N = 2^16, 52.6 GiB of keys alone).
     #[default]
     Auto,
-    /// Always, with this many levels between refreshes (`None`: as many as the security
-    /// level allows).
-    Always(Option<usize>),
+    /// Always.
+    Always,
 }
 
 /// Above this memory estimate ([`CompiledModel::memory_estimate`]) auto mode bootstraps.
 pub const AUTO_BOOTSTRAP_BYTES: usize = 16 << 30;
 
-/// How a compiled single-image plan bootstraps: the circuit's slots and the bound on the
-/// values it refreshes (`2^bound_bits`). The parameters hold the circuit's levels.
+/// How a compiled single-image plan bootstraps: the circuit's slots, the bound on the
+/// values it refreshes (`2^bound_bits`), and the circuit's depth, ephemeral weight and
+/// message ratio as compiled (a build whose circuit differs refuses the record rather than
+/// run other levels under the same fingerprint). The parameters hold the circuit's levels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshRecord {
     /// Slots of the bootstrapping circuit (the plan's).
     pub slots: usize,
     /// log2 of the bound on refreshed values.
     pub bound_bits: u32,
+    /// Levels the circuit consumes.
+    pub depth: usize,
+    /// Hamming weight of its ephemeral secret.
+    pub ephemeral_weight: usize,
+    /// log2 of its message ratio.
+    pub log_message_ratio: u32,
 }
 
 impl RefreshRecord {
+    /// The record of this build's circuit for `slots` slots.
+    ///
+    /// # Errors
+    /// A circuit that cannot be built for `slots`.
+    pub fn new(slots: usize, bound_bits: u32) -> Result<Self, NnError> {
+        let config = hecnn_ckks::BootstrapConfig::new(slots);
+        Ok(Self {
+            slots,
+            bound_bits,
+            depth: config.depth()?,
+            ephemeral_weight: config.ephemeral_weight,
+            log_message_ratio: config.log_message_ratio,
+        })
+    }
+
     /// The bootstrapping circuit.
     pub fn config(&self) -> hecnn_ckks::BootstrapConfig {
         hecnn_ckks::BootstrapConfig::new(self.slots)
+    }
+
+    /// Checks the record against this build's circuit, `params` and the level plan: the
+    /// same circuit, its keys computable, and every refreshed value's scale times the bound
+    /// within the message ratio (`q_0 / 2^ratio`).
+    ///
+    /// # Errors
+    /// [`NnError::Mismatch`] naming what differs or the stage whose bound does not fit.
+    fn check(&self, params: &CkksParams, levels: &levels::LevelPlan) -> Result<(), NnError> {
+        let ours = Self::new(self.slots, self.bound_bits)?;
+        if ours != *self {
+            return Err(NnError::Mismatch {
+                what: "bootstrapping circuit (compile the model again with this build)",
+                expected: format!("{ours:?}"),
+                found: format!("{self:?}"),
+            });
+        }
+        self.config().key_requirements(params)?;
+        if self.bound_bits > 30 {
+            return Err(NnError::Mismatch {
+                what: "refresh bound",
+                expected: "at most 2^30".into(),
+                found: format!("2^{}", self.bound_bits),
+            });
+        }
+        let room = params.q_at(0).log2() - f64::from(self.log_message_ratio);
+        for s in levels.stages.iter().filter(|s| s.refresh_after) {
+            if s.log_scale_out + f64::from(self.bound_bits) > room {
+                return Err(NnError::Mismatch {
+                    what: "refresh bound (scale times bound above q_0 over the message ratio)",
+                    expected: format!(
+                        "at most 2^{} for '{}' at scale 2^{:.2}",
+                        (room - s.log_scale_out).floor(),
+                        s.name,
+                        s.log_scale_out
+                    ),
+                    found: format!("2^{}", self.bound_bits),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Levels left between refreshes with `params`.
@@ -202,6 +268,7 @@ impl Default for CompileOptions {
             security: SecurityLevel::Bits128,
             rewrite: RewriteOptions::default(),
             bootstrapping: Bootstrapping::Auto,
+            refresh_levels: None,
             refresh_bound_bits: params::REFRESH_BOUND_BITS,
         }
     }
@@ -288,12 +355,18 @@ fn plan_rewritten(model: Model, opts: &CompileOptions) -> Result<CompiledModel, 
             (PackedPlan::Batch(plan), params, None)
         }
         PackingRequest::Single => return single_compiled(model, opts),
+        // Bootstrapping runs in single-image packing only: asked for, or the only way the
+        // model runs, auto packing takes it.
+        PackingRequest::Auto { .. } if opts.bootstrapping == Bootstrapping::Always => {
+            return single_compiled(model, opts);
+        }
         PackingRequest::Auto { images } => {
-            let choice = cost::choose(
-                batch_candidate(&model, opts),
-                single_candidate(&model, opts.security),
-                images,
-            )?;
+            let batch = batch_candidate(&model, opts);
+            let single = single_candidate(&model, opts.security);
+            if batch.is_err() && single.is_err() && opts.bootstrapping == Bootstrapping::Auto {
+                return single_compiled(model, opts);
+            }
+            let choice = cost::choose(batch, single, images)?;
             (choice.plan, choice.params, Some(choice.why))
         }
     };
@@ -307,7 +380,8 @@ fn single_compiled(model: Model, opts: &CompileOptions) -> Result<CompiledModel,
         let (plan, params) = single_candidate(&model, opts.security)?;
         CompiledModel::new(name.clone(), PackedPlan::Single(plan), params, None, None)
     };
-    let refreshed = |levels| {
+    let refreshed = || {
+        let levels = opts.refresh_levels;
         let (plan, params, mut record) = refreshed_candidate(&model, opts.security, levels)?;
         record.bound_bits = opts.refresh_bound_bits;
         CompiledModel::new(
@@ -320,13 +394,15 @@ fn single_compiled(model: Model, opts: &CompileOptions) -> Result<CompiledModel,
     };
     match opts.bootstrapping {
         Bootstrapping::Never => plain(),
-        Bootstrapping::Always(levels) => refreshed(levels),
+        Bootstrapping::Always => refreshed(),
         Bootstrapping::Auto => match plain() {
             Ok(c) if c.memory_estimate().bytes <= AUTO_BOOTSTRAP_BYTES => Ok(c),
-            Ok(c) => Ok(refreshed(None).unwrap_or(c)),
-            Err(e @ (NnError::NoParameters { .. } | NnError::OutOfLevels { .. })) => {
-                refreshed(None).map_err(|_| e)
-            }
+            Ok(c) => Ok(refreshed().unwrap_or(c)),
+            Err(e @ (NnError::NoParameters { .. } | NnError::OutOfLevels { .. })) => refreshed()
+                .map_err(|boot| NnError::NoParameters {
+                    chain: params::Chain::Single,
+                    reason: format!("{e}; with bootstrapping: {boot}"),
+                }),
             Err(e) => Err(e),
         },
     }
@@ -361,10 +437,7 @@ fn refreshed_candidate(
         };
         match SinglePlan::new(model, params.max_slots()) {
             Ok(plan) => {
-                let record = RefreshRecord {
-                    slots: plan.slots(),
-                    bound_bits: params::REFRESH_BOUND_BITS,
-                };
+                let record = RefreshRecord::new(plan.slots(), params::REFRESH_BOUND_BITS)?;
                 return Ok((plan, params, record));
             }
             Err(e @ NnError::TooFewSlots { .. }) => last = format!("at N = 2^{log_n}: {e}"),
@@ -547,6 +620,9 @@ fn with_levels(
     refresh: Option<&RefreshRecord>,
 ) -> Result<(PackedPlan, levels::LevelPlan), NnError> {
     let levels = level_plan(&plan, params, refresh)?;
+    if let Some(r) = refresh {
+        r.check(params, &levels)?;
+    }
     let plan = match (plan, refresh) {
         (PackedPlan::Single(p), Some(r)) => {
             PackedPlan::Single(p.with_refreshes(&levels, f64::from(r.bound_bits).exp2()))
@@ -785,7 +861,15 @@ impl CompiledModel {
             log_n,
             security,
             rewrite: RewriteOptions::default(),
-            bootstrapping: Bootstrapping::Auto,
+            bootstrapping: if self.refresh.is_some() {
+                Bootstrapping::Always
+            } else {
+                Bootstrapping::Auto
+            },
+            refresh_levels: match &self.refresh {
+                Some(r) => Some(r.levels(&self.params)?),
+                None => None,
+            },
             refresh_bound_bits: self
                 .refresh
                 .map_or(params::REFRESH_BOUND_BITS, |r| r.bound_bits),
@@ -807,8 +891,9 @@ impl CompiledModel {
             },
             PackedPlan::Single(p) => {
                 let galois = self.key_requirements().galois_elements(r).len();
-                // Every stage's diagonals at the level it runs at (their limbs).
-                let limbs: usize = p
+                // Every stage's diagonals at the level it runs at (their limbs): all of
+                // them, or the largest stage's when they are encoded on the fly.
+                let per_stage: Vec<usize> = p
                     .layers()
                     .iter()
                     .map(|l| {
@@ -819,7 +904,14 @@ impl CompiledModel {
                             .map_or(r.max_level(), |s| s.level_in);
                         l.diagonals * (level + 1)
                     })
-                    .sum();
+                    .collect();
+                let lowering = self.default_lowering();
+                let limbs = match lowering {
+                    crate::single::Lowering::Eager => per_stage.iter().sum(),
+                    crate::single::Lowering::OnTheFly => {
+                        per_stage.iter().copied().max().unwrap_or(0)
+                    }
+                };
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
                 // Expanded switching keys (twice their seed-compressed size) and the
                 // diagonal plaintexts.
@@ -827,16 +919,32 @@ impl CompiledModel {
                 MemoryEstimate {
                     bytes: keys + limbs * r.n() * 8,
                     what: format!(
-                        "keys and encoded diagonals ({galois} Galois keys, {diagonals} diagonals at N = 2^{}{})",
+                        "keys and encoded diagonals ({galois} Galois keys, {diagonals} diagonals at N = 2^{}{}{})",
                         r.log_n(),
+                        if lowering == crate::single::Lowering::OnTheFly {
+                            ", one stage's encoded at a time"
+                        } else {
+                            ""
+                        },
                         if self.refresh.is_some() {
-                            ", bootstrapping's transforms not counted"
+                            "; bootstrapping's transforms not counted"
                         } else {
                             ""
                         }
                     ),
                 }
             }
+        }
+    }
+
+    /// When a server encodes this plan's single-image diagonals by default: on the fly when
+    /// the plan bootstraps (a network deep enough to need it has more diagonals than memory
+    /// holds: ResNet-20, 15,872 at N = 2^16), once otherwise.
+    pub fn default_lowering(&self) -> crate::single::Lowering {
+        if self.refresh.is_some() {
+            crate::single::Lowering::OnTheFly
+        } else {
+            crate::single::Lowering::Eager
         }
     }
 
@@ -850,7 +958,8 @@ impl CompiledModel {
 
     /// Runs the plan on `images` in the packed cleartext scheme ([`crate::scheme::Packed`]):
     /// the same plan code as the encrypted run, on `f64` slot vectors with the levels and
-    /// scales CKKS would have, no keys and no noise. Returns every image's logits and the
+    /// scales CKKS would have, no keys, no encryption noise (bootstrapping's error is
+    /// modelled, [`SIMULATED_REFRESH_PRECISION_BITS`]). Returns every image's logits and the
     /// smallest headroom below the modulus any value had.
     ///
     /// # Errors

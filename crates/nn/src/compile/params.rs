@@ -133,9 +133,10 @@ pub fn from_record(lit: &ParamsLiteral, log_scale: u32) -> Result<CkksParams, Nn
 }
 
 /// Scale bits of the levels between refreshes in a bootstrapped single-image chain. With
-/// bootstrapping's 60-bit base prime and its message ratio of 2^10, a value refreshed at
-/// this scale may be as large as 2^(60 − 10 − 36) = 2^14 > 2^[`VALUE_BOUND_BITS`]
-/// ([`REFRESH_BOUND_BITS`]); at 2^40 (the bootstrapping preset's) it could not exceed 2^10.
+/// bootstrapping's base prime (the largest 60-bit NTT prime, below 2^60) and its message
+/// ratio of 2^10, a value refreshed at this scale may be as large as 2^(59 − 10 − 36) =
+/// 2^[`VALUE_BOUND_BITS`] ([`REFRESH_BOUND_BITS`]); at 2^40 (the bootstrapping preset's)
+/// it could not exceed 2^9.
 pub const REFRESH_LOG_SCALE: u32 = 36;
 
 /// Values are refreshed as `value / 2^REFRESH_BOUND_BITS`: the bound every single-image

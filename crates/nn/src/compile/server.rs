@@ -11,7 +11,10 @@ use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys, KeyRequirements};
 
 use super::client::{ClientSpec, EncryptedImages, ImagesKind, short};
 use super::{CompiledModel, PackedPlan, PackingKind, RefreshRecord};
-use crate::{NnError, single::EncodedSingle};
+use crate::{
+    NnError,
+    single::{EncodedSingle, Lowering},
+};
 
 /// What an inference server runs: the plan, its parameters and the keys it needs.
 #[derive(Clone, Debug)]
@@ -21,6 +24,7 @@ pub struct ServerPlan {
     plan: Arc<PackedPlan>,
     spec: ClientSpec,
     refresh: Option<RefreshRecord>,
+    lowering: Lowering,
 }
 
 impl ServerPlan {
@@ -31,7 +35,21 @@ impl ServerPlan {
             plan: Arc::clone(&c.plan),
             spec: c.client_spec(),
             refresh: c.refresh().copied(),
+            lowering: c.default_lowering(),
         }
+    }
+
+    /// The plan with its single-image diagonals encoded as `lowering` says (default: on the
+    /// fly for a plan that bootstraps, whose diagonals do not fit in memory at once; once
+    /// otherwise).
+    pub fn with_lowering(mut self, lowering: Lowering) -> Self {
+        self.lowering = lowering;
+        self
+    }
+
+    /// When the server encodes the single-image diagonals.
+    pub fn lowering(&self) -> Lowering {
+        self.lowering
     }
 
     /// How the plan bootstraps, if it does.
@@ -204,7 +222,9 @@ impl<B: Backend> Server<B> {
         let top = plan.spec.input_level();
         let encoded = match &*plan.plan {
             PackedPlan::Batch(_) => None,
-            PackedPlan::Single(p) => Some(p.encode(&eval, top, plan.params.default_scale())?),
+            PackedPlan::Single(p) => {
+                Some(p.lower(&eval, top, plan.params.default_scale(), plan.lowering)?)
+            }
         };
         Ok(Self {
             plan,

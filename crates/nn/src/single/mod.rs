@@ -702,6 +702,23 @@ impl SinglePlan {
         top_level: usize,
         scale: f64,
     ) -> Result<EncodedSingle<S::Transform, S::Pt>, NnError> {
+        self.lower(s, top_level, scale, Lowering::Eager)
+    }
+
+    /// Lowers the plan for inputs at `top_level` and `scale`: the levels and scales of
+    /// every stage and the activations' shift plaintexts, with the linear stages' diagonals
+    /// encoded now ([`Lowering::Eager`], as [`SinglePlan::encode`]) or while each image
+    /// runs, one stage at a time ([`Lowering::OnTheFly`]).
+    ///
+    /// # Errors
+    /// As [`SinglePlan::encode`].
+    pub fn lower<S: Scheme>(
+        &self,
+        s: &S,
+        top_level: usize,
+        scale: f64,
+        lowering: Lowering,
+    ) -> Result<EncodedSingle<S::Transform, S::Pt>, NnError> {
         if self.slots > s.max_slots() {
             return Err(NnError::Mismatch {
                 what: "slots per ciphertext (use a larger ring degree)",
@@ -761,88 +778,27 @@ impl SinglePlan {
                         level -= 1;
                     }
                 }
-                StageOp::Linear { rows, .. } => {
-                    let plan = self.linear.get(&i).ok_or_else(|| {
-                        NnError::Internal(format!("'{}' was not planned", stage.name))
-                    })?;
-                    let map = self.stage_map(i);
-                    let map = map.as_ref();
-                    // The input's pending multipliers go into the weights: one for all, or
-                    // one per input neuron.
-                    let (a, folded);
-                    let weights = match map.uniform() {
-                        Some((u, _)) => {
-                            a = u;
-                            rows.as_slice()
+                StageOp::Linear { .. } => {
+                    let lowered = match lowering {
+                        Lowering::Eager => {
+                            let (lt, bias) = self.encode_linear(s, i, level, scale, input_scale)?;
+                            Lowered::Ready(lt, bias)
                         }
-                        None => {
-                            a = 1.0;
-                            folded = fold_multipliers(rows, map);
-                            folded.as_slice()
-                        }
+                        Lowering::OnTheFly => Lowered::OnTheFly { level, scale },
                     };
-                    let mut diagonals: BlockDiagonals = BTreeMap::new();
-                    plan.target
-                        .entries(weights, &self.input_of(i), slots, |v, u, k, at, w| {
-                            diagonals
-                                .entry((v, u))
-                                .or_default()
-                                .entry(k)
-                                .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[at]
-                                .re += w * a;
-                        });
-                    // An output ciphertext whose rows are all zero (pruned channels) still
-                    // gets a block, a zero diagonal, so the transform produces it.
-                    for v in 0..plan.out_cts {
-                        if !diagonals.keys().any(|&(w, _)| w == v) {
-                            diagonals.insert(
-                                (v, 0),
-                                BTreeMap::from([(0, vec![Complex64::new(0.0, 0.0); slots])]),
-                            );
-                        }
-                    }
-                    // Diagonals at `q_level · nominal / input scale`: the output comes back at
-                    // the nominal scale, whatever the squares before did to it (their
-                    // `scale² / q` drifts away from it, doubling its distance every square).
-                    let lt = s
-                        .encode_transform(
-                            &diagonals,
-                            (plan.out_cts, plan.in_cts),
-                            slots,
-                            level,
-                            s.q_at(level) * input_scale / scale,
-                        )
-                        .map_err(err)?;
-                    drop(diagonals);
+                    transforms.insert(i, lowered);
                     scale = input_scale;
                     level -= 1;
-                    let mut bias = vec![vec![0.0; slots]; plan.out_cts];
-                    for (row, &p) in rows.iter().zip(&self.positions[i]) {
-                        bias[p / slots][p % slots] = folded_bias_map(row, map);
-                    }
-                    let bias = bias
-                        .iter()
-                        .map(|b| {
-                            if b.iter().all(|&v| v == 0.0) {
-                                Ok(None)
-                            } else {
-                                s.encode(b, level, scale, slots).map(Some)
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(err)?;
-                    transforms.insert(i, (lt, bias));
                 }
             }
-            if let Some(&bound) = self.refreshes.get(&i) {
-                // Refreshed: read at the refresh's level, at its scale over the bound.
-                let (l, sc) = s.refresh_output().ok_or_else(|| {
+            if self.refreshes.contains_key(&i) {
+                // Refreshed: read at the refresh's level and scale.
+                (level, scale) = s.refresh_output().ok_or_else(|| {
                     err(SchemeError::Unsupported {
                         op: "refresh (bootstrapping)",
                         scheme: s.name(),
                     })
                 })?;
-                (level, scale) = (l, sc / bound);
             }
             at.push((level, scale));
         }
@@ -852,6 +808,103 @@ impl SinglePlan {
             top_level,
             scale: input_scale,
         })
+    }
+
+    /// Encodes linear stage `i`'s diagonals for an input at `level` and `scale` (its output
+    /// at `input_scale`, the nominal scale) and its biases.
+    fn encode_linear<S: Scheme>(
+        &self,
+        s: &S,
+        i: usize,
+        level: usize,
+        scale: f64,
+        input_scale: f64,
+    ) -> Result<EncodedStage<S::Transform, S::Pt>, NnError> {
+        let stage = &self.stages[i];
+        let StageOp::Linear { rows, .. } = &stage.op else {
+            return Err(NnError::Internal(format!("'{}' is not linear", stage.name)));
+        };
+        let slots = self.slots;
+        let err = |source| NnError::Encrypted {
+            node: stage.name.clone(),
+            source,
+        };
+        let plan = self
+            .linear
+            .get(&i)
+            .ok_or_else(|| NnError::Internal(format!("'{}' was not planned", stage.name)))?;
+        let map = self.stage_map(i);
+        let map = map.as_ref();
+        // The input's pending multipliers go into the weights: one for all, or
+        // one per input neuron.
+        let (a, folded);
+        let weights = match map.uniform() {
+            Some((u, _)) => {
+                a = u;
+                rows.as_slice()
+            }
+            None => {
+                a = 1.0;
+                folded = fold_multipliers(rows, map);
+                folded.as_slice()
+            }
+        };
+        let mut diagonals: BlockDiagonals = BTreeMap::new();
+        plan.target
+            .entries(weights, &self.input_of(i), slots, |v, u, k, at, w| {
+                diagonals
+                    .entry((v, u))
+                    .or_default()
+                    .entry(k)
+                    .or_insert_with(|| vec![Complex64::new(0.0, 0.0); slots])[at]
+                    .re += w * a;
+            });
+        // An output ciphertext whose rows are all zero (pruned channels) still
+        // gets a block, a zero diagonal, so the transform produces it.
+        for v in 0..plan.out_cts {
+            if !diagonals.keys().any(|&(w, _)| w == v) {
+                diagonals.insert(
+                    (v, 0),
+                    BTreeMap::from([(0, vec![Complex64::new(0.0, 0.0); slots])]),
+                );
+            }
+        }
+        // Diagonals at `q_level · nominal / input scale`: the output comes back at
+        // the nominal scale, whatever the squares before did to it (their
+        // `scale² / q` drifts away from it, doubling its distance every square).
+        let lt = s
+            .encode_transform(
+                &diagonals,
+                (plan.out_cts, plan.in_cts),
+                slots,
+                level,
+                s.q_at(level) * input_scale / scale,
+            )
+            .map_err(err)?;
+        drop(diagonals);
+        let level = level.checked_sub(1).ok_or_else(|| NnError::OutOfLevels {
+            stage: stage.name.clone(),
+            index: i,
+            depth: self.depth(),
+            levels: 0,
+        })?;
+        let scale = input_scale;
+        let mut bias = vec![vec![0.0; slots]; plan.out_cts];
+        for (row, &p) in rows.iter().zip(&self.positions[i]) {
+            bias[p / slots][p % slots] = folded_bias_map(row, map);
+        }
+        let bias = bias
+            .iter()
+            .map(|b| {
+                if b.iter().all(|&v| v == 0.0) {
+                    Ok(None)
+                } else {
+                    s.encode(b, level, scale, slots).map(Some)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        Ok((lt, bias))
     }
 
     /// Level and scale of stage `i`'s input, given every earlier value's (`at[v]`): its
@@ -1041,9 +1094,20 @@ impl SinglePlan {
             let values = align(s, parts).map_err(err)?;
             let out = match &stage.op {
                 StageOp::Linear { .. } => {
-                    let (lt, bias) = encoded.transforms.get(&i).ok_or_else(|| {
-                        NnError::Internal(format!("'{}' was not encoded", stage.name))
-                    })?;
+                    let now;
+                    let (lt, bias) = match encoded.transforms.get(&i) {
+                        Some(Lowered::Ready(lt, bias)) => (lt, bias),
+                        Some(&Lowered::OnTheFly { level, scale }) => {
+                            now = self.encode_linear(s, i, level, scale, encoded.scale)?;
+                            (&now.0, &now.1)
+                        }
+                        None => {
+                            return Err(NnError::Internal(format!(
+                                "'{}' was not lowered",
+                                stage.name
+                            )));
+                        }
+                    };
                     let mut out = s.transform(&values, lt).map_err(err)?;
                     if let Some(plan) = self.linear.get(&i) {
                         for step in plan.target.sum_steps(self.slots) {
@@ -1144,10 +1208,28 @@ impl SinglePlan {
 /// (`None` where every bias is zero).
 type EncodedStage<T, P> = (T, Vec<Option<P>>);
 
+/// When a single-image plan's diagonals are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lowering {
+    /// Once, before the first image: fastest per image, and every stage's diagonals held
+    /// (HCNN's CIFAR-10 network: 8 GB at N = 2^14).
+    #[default]
+    Eager,
+    /// Each linear stage's diagonals encoded when an image reaches it and dropped after:
+    /// memory for one stage at a time, at the cost of encoding them for every image.
+    OnTheFly,
+}
+
+/// A linear stage lowered: encoded, or what encoding it while an image runs needs.
+enum Lowered<T, P> {
+    Ready(T, Vec<Option<P>>),
+    OnTheFly { level: usize, scale: f64 },
+}
+
 /// A single-image plan's encoded transforms: the diagonals of every linear stage as
 /// plaintexts at their level, and the stages' biases (one plaintext per output ciphertext).
 pub struct EncodedSingle<T, P> {
-    transforms: BTreeMap<usize, EncodedStage<T, P>>,
+    transforms: BTreeMap<usize, Lowered<T, P>>,
     /// Per-neuron shifts of the squares of per-channel activations, by stage.
     shifts: BTreeMap<usize, Vec<P>>,
     top_level: usize,
