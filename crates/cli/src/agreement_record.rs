@@ -43,7 +43,22 @@ pub struct ImageOutcome {
     pub cleartext_margin: f64,
 }
 
+/// The `encrypted` class of an image the plan could not classify: a simulated value left
+/// the range its parameters or a refresh hold (written as `usize::MAX`, with an infinite
+/// logit difference).
+pub const OUT_OF_RANGE: usize = usize::MAX;
+
 impl ImageOutcome {
+    /// The outcome of an image the plan could not classify ([`OUT_OF_RANGE`]), against its
+    /// cleartext logits `want`.
+    pub fn out_of_range(index: usize, label: usize, want: &[f64]) -> Self {
+        Self {
+            encrypted: OUT_OF_RANGE,
+            max_abs_diff: f64::INFINITY,
+            ..Self::new(index, label, want, want)
+        }
+    }
+
     /// The outcome of one image from its decrypted logits `got` and cleartext logits `want`.
     pub fn new(index: usize, label: usize, got: &[f64], want: &[f64]) -> Self {
         let mut sorted = want.to_vec();
@@ -234,6 +249,12 @@ mod tests {
         assert!((o.max_abs_diff - 0.2).abs() < 1e-12);
         assert!((o.cleartext_margin - 0.1).abs() < 1e-12);
         assert_eq!(ImageOutcome::parse(&o.to_line()).map(|p| p.index), Some(7));
+        // An image the plan could not classify is a disagreement that survives a resume.
+        let o = ImageOutcome::out_of_range(9, 2, &[0.1, 1.0, 1.1]);
+        assert_eq!((o.cleartext, o.encrypted), (2, OUT_OF_RANGE));
+        let back = ImageOutcome::parse(&o.to_line()).unwrap();
+        assert_eq!(back.encrypted, OUT_OF_RANGE);
+        assert!(back.max_abs_diff.is_infinite());
     }
 
     #[test]

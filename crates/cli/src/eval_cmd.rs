@@ -499,9 +499,36 @@ fn simulate_single(
     let pb = image_progress(todo.len(), "simulating");
     let mut agreement = Agreement::default();
     let t = Instant::now();
+    let mut out_of_range = 0usize;
     for &i in todo {
         let image = ds.image(i);
-        let out = sim.run(std::slice::from_ref(&image))?;
+        let out = match sim.run(std::slice::from_ref(&image)) {
+            Ok(out) => out,
+            // A value beyond what the parameters or a refresh hold: encrypted, this image
+            // would decrypt to garbage. Recorded as a disagreement; the run goes on.
+            Err(
+                e @ hecnn_nn::NnError::Encrypted {
+                    source: hecnn_nn::scheme::SchemeError::Range { .. },
+                    ..
+                },
+            ) => {
+                pb.suspend(|| eprintln!("image {}: {e}", run.offset + i));
+                out_of_range += 1;
+                let want = exec::run(c.model(), &image)?;
+                let outcome = ImageOutcome::out_of_range(
+                    run.offset + i,
+                    usize::from(ds.labels()[i]),
+                    want.data(),
+                );
+                agreement.add(&outcome);
+                if let Some(rec) = record.as_deref_mut() {
+                    rec.push(outcome)?;
+                }
+                pb.inc(1);
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         compare(
             c,
             ds,
@@ -521,6 +548,11 @@ fn simulate_single(
         t.elapsed().as_secs_f64() / todo.len().max(1) as f64
     );
     agreement.print_as("simulated");
+    if out_of_range > 0 {
+        println!(
+            "  out of range         {out_of_range} image(s): a value left what the parameters or a refresh hold"
+        );
+    }
     if let Some(rec) = record.as_deref() {
         print_record(rec, "simulated");
     }
@@ -573,6 +605,13 @@ fn print_record(rec: &AgreementRecord, what: &str) {
     println!("results over the whole record:");
     agreement.print_as(what);
     for o in rec.disagreements() {
+        if o.encrypted == crate::agreement_record::OUT_OF_RANGE {
+            println!(
+                "  image {}: cleartext {} (margin {:.3}), {what}: out of range",
+                o.index, o.cleartext, o.cleartext_margin
+            );
+            continue;
+        }
         println!(
             "  image {}: cleartext {} (margin {:.3}), {what} {}, max |Δ logit| {:.3}",
             o.index, o.cleartext, o.cleartext_margin, o.encrypted, o.max_abs_diff
