@@ -96,7 +96,7 @@ pub fn model_from(
         if keep_packing {
             return Ok(c);
         }
-        return Ok(c.repack(opts.packing, opts.log_n, opts.security)?);
+        return Ok(c.repack(opts)?);
     }
     // An ONNX file: read through the path so external weight files resolve.
     let mut model = onnx::import_onnx_file(path)?;

@@ -14,6 +14,7 @@ use hecnn_nn::{
     },
     data::Dataset,
     exec::argmax,
+    single::Lowering,
 };
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{EvaluationKeys, PublicKey, SecretKey};
@@ -139,7 +140,12 @@ pub fn available_memory() -> Option<usize> {
 
 /// Refuses plans that cannot fit in this machine's memory.
 pub fn check_memory(c: &CompiledModel) -> Result<(), CliError> {
-    let need = c.memory_estimate();
+    check_memory_for(c, c.default_lowering())
+}
+
+/// [`check_memory`] with single-image weights encoded as `lowering` says.
+pub fn check_memory_for(c: &CompiledModel, lowering: Lowering) -> Result<(), CliError> {
+    let need = c.memory_estimate_for(lowering);
     if let Some(have) = available_memory()
         && need.bytes > have
     {

@@ -393,13 +393,24 @@ fn eval_single(
         }
     }
     if run.simulate {
+        if run.lowering.is_some() {
+            return Err(CliError::Usage(
+                "--weights chooses how an encrypted run encodes its weights; --simulate encodes them once"
+                    .into(),
+            ));
+        }
         return simulate_single(c, ds, run, &todo, record.as_mut());
     }
     let be = opts.backend()?;
     println!("hecnn: encrypted CNN inference, single-image mode");
     println!("{}", c.report()?);
     println!("data: {data} ({} images), backend {}", ds.len(), be.name());
-    check_memory(c)?;
+    let plan = match run.lowering {
+        Some(l) => c.server_plan().with_lowering(l),
+        None => c.server_plan(),
+    };
+    let lowering = plan.lowering();
+    crate::cnn_cmds::check_memory_for(c, lowering)?;
 
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
@@ -409,11 +420,6 @@ fn eval_single(
     let rotations = c.key_requirements().rotations.len();
     let keygen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let plan = match run.lowering {
-        Some(l) => c.server_plan().with_lowering(l),
-        None => c.server_plan(),
-    };
-    let lowering = plan.lowering();
     let server = match keys.encapsulation {
         Some(encaps) => Server::bootstrapping(plan, keys.evaluation, encaps, be.clone())?,
         None => Server::new(plan, keys.evaluation, be.clone())?,
@@ -499,21 +505,28 @@ fn simulate_single(
     let pb = image_progress(todo.len(), "simulating");
     let mut agreement = Agreement::default();
     let t = Instant::now();
-    let mut out_of_range = 0usize;
     for &i in todo {
         let image = ds.image(i);
-        let out = match sim.run(std::slice::from_ref(&image)) {
-            Ok(out) => out,
-            // A value beyond what the parameters or a refresh hold: encrypted, this image
-            // would decrypt to garbage. Recorded as a disagreement; the run goes on.
+        // A value beyond what a refresh holds, or one that wraps the modulus: encrypted,
+        // this image would decrypt to garbage. Recorded as a disagreement; the run goes on.
+        let why = match sim.run(std::slice::from_ref(&image)) {
+            Ok(out) if out.headroom_bits >= 0.0 => Ok(out),
+            Ok(out) => Err(format!(
+                "a value wraps the modulus ({:.1} bits of headroom)",
+                out.headroom_bits
+            )),
             Err(
                 e @ hecnn_nn::NnError::Encrypted {
                     source: hecnn_nn::scheme::SchemeError::Range { .. },
                     ..
                 },
-            ) => {
-                pb.suspend(|| eprintln!("image {}: {e}", run.offset + i));
-                out_of_range += 1;
+            ) => Err(e.to_string()),
+            Err(e) => return Err(e.into()),
+        };
+        let out = match why {
+            Ok(out) => out,
+            Err(why) => {
+                pb.suspend(|| eprintln!("image {}: out of range: {why}", run.offset + i));
                 let want = exec::run(c.model(), &image)?;
                 let outcome = ImageOutcome::out_of_range(
                     run.offset + i,
@@ -527,7 +540,6 @@ fn simulate_single(
                 pb.inc(1);
                 continue;
             }
-            Err(e) => return Err(e.into()),
         };
         compare(
             c,
@@ -548,11 +560,6 @@ fn simulate_single(
         t.elapsed().as_secs_f64() / todo.len().max(1) as f64
     );
     agreement.print_as("simulated");
-    if out_of_range > 0 {
-        println!(
-            "  out of range         {out_of_range} image(s): a value left what the parameters or a refresh hold"
-        );
-    }
     if let Some(rec) = record.as_deref() {
         print_record(rec, "simulated");
     }

@@ -65,6 +65,7 @@ pub struct Agreement {
     correct_enc: usize,
     agree: usize,
     max_diff: f64,
+    out_of_range: usize,
 }
 
 impl Agreement {
@@ -74,7 +75,11 @@ impl Agreement {
         self.correct_enc += usize::from(o.encrypted == o.label);
         self.correct_plain += usize::from(o.cleartext == o.label);
         self.agree += usize::from(o.encrypted == o.cleartext);
-        self.max_diff = self.max_diff.max(o.max_abs_diff);
+        if o.encrypted == crate::agreement_record::OUT_OF_RANGE {
+            self.out_of_range += 1;
+        } else if o.max_abs_diff.is_finite() {
+            self.max_diff = self.max_diff.max(o.max_abs_diff);
+        }
     }
 
     /// `(images, correct in the clear, correct encrypted, same prediction)`.
@@ -102,5 +107,11 @@ impl Agreement {
         println!("  {what:<9} accuracy   {:.2}% ({enc}/{n})", pct(enc));
         println!("  same prediction      {:.2}% ({agree}/{n})", pct(agree));
         println!("  max |{what} − cleartext logit| {:.3e}", self.max_diff);
+        if self.out_of_range > 0 {
+            println!(
+                "  out of range         {} image(s): a value left what the parameters or a refresh hold (counted as disagreeing, left out of the max)",
+                self.out_of_range
+            );
+        }
     }
 }

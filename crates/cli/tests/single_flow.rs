@@ -134,7 +134,7 @@ fn a_compiled_model_of_an_older_format_is_refused_clearly() {
     let (ok, log) = hecnn(&["keygen", old.to_str().unwrap(), "--out-dir", "/nonexistent"]);
     assert!(!ok);
     assert!(
-        log.contains("format version 1 (this build reads 4): compile the model again"),
+        log.contains("format version 1 (this build reads 5): compile the model again"),
         "{log}"
     );
     let _ = std::fs::remove_file(old);

@@ -393,10 +393,23 @@ impl Packed {
         self.headroom.lock().map_or(f64::NEG_INFINITY, |h| *h)
     }
 
+    /// Forgets the headroom seen so far (to measure one run at a time).
+    pub fn reset_headroom(&self) {
+        if let Ok(mut h) = self.headroom.lock() {
+            *h = f64::INFINITY;
+        }
+    }
+
     fn record(&self, v: &PackedValue) {
         let top = v.level.min(self.q.len().saturating_sub(1));
         let log_q: f64 = self.q.iter().take(top + 1).map(|q| q.log2()).sum();
-        let max = v.slots.iter().fold(0.0f64, |m, x| m.max(x.abs())) * v.scale;
+        let max = v.slots.iter().fold(0.0f64, |m, x| {
+            if x.is_finite() {
+                m.max(x.abs())
+            } else {
+                f64::INFINITY
+            }
+        }) * v.scale;
         let bits = log_q - 1.0 - max.max(1.0).log2();
         if let Ok(mut h) = self.headroom.lock() {
             *h = h.min(bits);
@@ -711,7 +724,13 @@ impl Scheme for Packed {
                 "a value's scale times its bound above what bootstrapping's message ratio accepts",
             ));
         }
-        let largest = a.slots.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let largest = a.slots.iter().fold(0.0f64, |m, x| {
+            if x.is_finite() {
+                m.max(x.abs())
+            } else {
+                f64::INFINITY
+            }
+        });
         if largest > bound {
             return Err(SchemeError::Range {
                 value: largest,

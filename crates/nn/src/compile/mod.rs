@@ -209,10 +209,10 @@ impl RefreshRecord {
             });
         }
         self.config().key_requirements(params)?;
-        if self.bound_bits > 30 {
+        if self.bound_bits > 20 {
             return Err(NnError::Mismatch {
                 what: "refresh bound",
-                expected: "at most 2^30".into(),
+                expected: "at most 2^20".into(),
                 found: format!("2^{}", self.bound_bits),
             });
         }
@@ -367,6 +367,15 @@ fn plan_rewritten(model: Model, opts: &CompileOptions) -> Result<CompiledModel, 
                 return single_compiled(model, opts);
             }
             let choice = cost::choose(batch, single, images)?;
+            if choice.plan.kind() == PackingKind::Single
+                && opts.bootstrapping == Bootstrapping::Auto
+            {
+                // The same rule as single-image packing asked for: bootstrap when the plan
+                // does not fit without it.
+                let mut c = single_compiled(model, opts)?;
+                c.choice = Some(choice.why);
+                return Ok(c);
+            }
             (choice.plan, choice.params, Some(choice.why))
         }
     };
@@ -397,7 +406,17 @@ fn single_compiled(model: Model, opts: &CompileOptions) -> Result<CompiledModel,
         Bootstrapping::Always => refreshed(),
         Bootstrapping::Auto => match plain() {
             Ok(c) if c.memory_estimate().bytes <= AUTO_BOOTSTRAP_BYTES => Ok(c),
-            Ok(c) => Ok(refreshed().unwrap_or(c)),
+            // Too large without bootstrapping: bootstrap, unless bootstrapping cannot run
+            // the plan either (then the large plan is what there is).
+            Ok(c) => match refreshed() {
+                Ok(r) => Ok(r),
+                Err(
+                    NnError::NoParameters { .. }
+                    | NnError::OutOfLevels { .. }
+                    | NnError::RefreshPlacement { .. },
+                ) => Ok(c),
+                Err(e) => Err(e),
+            },
             Err(e @ (NnError::NoParameters { .. } | NnError::OutOfLevels { .. })) => refreshed()
                 .map_err(|boot| NnError::NoParameters {
                     chain: params::Chain::Single,
@@ -573,11 +592,17 @@ fn batch_levels(p: &BatchPlan, params: &CkksParams) -> Result<levels::LevelPlan,
 /// parameters (not the name or the report of auto mode's choice, so a renamed copy of the
 /// same model serves the same ciphertexts).
 fn fingerprint(body: &CompiledBody) -> Result<[u8; 32], NnError> {
-    let bytes = postcard::to_allocvec(&(&body.model, &body.plan, &body.literal, body.log_scale))
-        .map_err(|e| NnError::Format {
-            what: COMPILED.what,
-            reason: format!("cannot serialize: {e}"),
-        })?;
+    let bytes = postcard::to_allocvec(&(
+        &body.model,
+        &body.plan,
+        &body.literal,
+        body.log_scale,
+        &body.refresh,
+    ))
+    .map_err(|e| NnError::Format {
+        what: COMPILED.what,
+        reason: format!("cannot serialize: {e}"),
+    })?;
     Ok(*blake3::hash(&bytes).as_bytes())
 }
 
@@ -586,8 +611,9 @@ const COMPILED: envelope::Kind = envelope::Kind {
     what: "compiled model",
     magic: *b"HCNM",
     // 3: checksummed envelope, the model stored exactly (f64), single-image layouts recorded.
-    // 4: bootstrapping (the refresh record).
-    version: 4,
+    // 4: bootstrapping (the refresh record); 5: the record carries the circuit's depth,
+    // weight and ratio, and the fingerprint covers it.
+    version: 5,
     remedy: "compile the model again",
     limit: MAX_COMPILED_BYTES,
 };
@@ -845,41 +871,25 @@ impl CompiledModel {
         ServerPlan::of(self)
     }
 
-    /// The same rewritten model in another packing (for a packing asked for at run time),
-    /// batch packing at ring degree `2^log_n`.
+    /// The same rewritten model in another packing (for a packing asked for at run time):
+    /// `opts` as for [`compile`] (its rewrite options aside: the model is rewritten
+    /// already).
     ///
     /// # Errors
     /// As [`compile`].
-    pub fn repack(
-        &self,
-        packing: PackingRequest,
-        log_n: u32,
-        security: SecurityLevel,
-    ) -> Result<Self, NnError> {
-        let opts = CompileOptions {
-            packing,
-            log_n,
-            security,
-            rewrite: RewriteOptions::default(),
-            bootstrapping: if self.refresh.is_some() {
-                Bootstrapping::Always
-            } else {
-                Bootstrapping::Auto
-            },
-            refresh_levels: match &self.refresh {
-                Some(r) => Some(r.levels(&self.params)?),
-                None => None,
-            },
-            refresh_bound_bits: self
-                .refresh
-                .map_or(params::REFRESH_BOUND_BITS, |r| r.bound_bits),
-        };
-        plan_rewritten(self.model().clone(), &opts)
+    pub fn repack(&self, opts: &CompileOptions) -> Result<Self, NnError> {
+        plan_rewritten(self.model().clone(), opts)
     }
 
     /// Memory the server needs at once: batch packing's live ciphertexts, or single-image
     /// packing's expanded keys and encoded diagonals.
     pub fn memory_estimate(&self) -> MemoryEstimate {
+        self.memory_estimate_for(self.default_lowering())
+    }
+
+    /// [`CompiledModel::memory_estimate`] with single-image diagonals encoded as
+    /// `lowering` says.
+    pub fn memory_estimate_for(&self, lowering: crate::single::Lowering) -> MemoryEstimate {
         let r = self.params.rlwe();
         match &*self.plan {
             PackedPlan::Batch(p) => MemoryEstimate {
@@ -905,7 +915,6 @@ impl CompiledModel {
                         l.diagonals * (level + 1)
                     })
                     .collect();
-                let lowering = self.default_lowering();
                 let limbs = match lowering {
                     crate::single::Lowering::Eager => per_stage.iter().sum(),
                     crate::single::Lowering::OnTheFly => {
@@ -1081,7 +1090,7 @@ pub struct Simulator<'a> {
 impl Simulator<'_> {
     /// Runs the plan on `images` (one batch in batch packing, one at a time in single-image
     /// packing): their logits, and the smallest headroom below the modulus of any value
-    /// since the simulator was made.
+    /// in this run.
     ///
     /// # Errors
     /// Images of another shape; more images than a batch holds; plan errors.
@@ -1090,6 +1099,7 @@ impl Simulator<'_> {
         let spec = c.client_spec();
         spec.check_shapes(images)?;
         let engine = &self.engine;
+        engine.reset_headroom();
         let (top, scale) = (c.input_level(), c.params.default_scale());
         let logits = match (&*c.plan, &self.encoded) {
             (PackedPlan::Batch(plan), _) => {

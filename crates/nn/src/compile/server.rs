@@ -122,7 +122,8 @@ impl ServerPlan {
 }
 
 /// A server for one client's key pair: the evaluator over its evaluation keys and, for
-/// single-image packing, the plan's transforms encoded once for every image.
+/// single-image packing, the plan's transforms encoded once for every image (or on the fly,
+/// [`ServerPlan::with_lowering`]).
 pub struct Server<B: Backend> {
     plan: ServerPlan,
     eval: Evaluator<B>,

@@ -1226,8 +1226,10 @@ enum Lowered<T, P> {
     OnTheFly { level: usize, scale: f64 },
 }
 
-/// A single-image plan's encoded transforms: the diagonals of every linear stage as
-/// plaintexts at their level, and the stages' biases (one plaintext per output ciphertext).
+/// A single-image plan lowered for a scheme: every linear stage's diagonals as plaintexts at
+/// their level and its biases (one plaintext per output ciphertext), or with
+/// [`Lowering::OnTheFly`] the level and scale to encode them at while an image runs; the
+/// activations' per-neuron shifts.
 pub struct EncodedSingle<T, P> {
     transforms: BTreeMap<usize, Lowered<T, P>>,
     /// Per-neuron shifts of the squares of per-channel activations, by stage.
