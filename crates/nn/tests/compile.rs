@@ -653,6 +653,33 @@ fn bootstrapped_resnet() -> CompiledModel {
     bootstrapped_resnet_with(4).unwrap()
 }
 
+/// Encrypts `imgs`, runs them on `server` and checks the decrypted logits against `want`
+/// within `tol`; returns the largest difference.
+#[allow(clippy::too_many_arguments)]
+fn assert_encrypted_close(
+    client: &Client<CpuBackend>,
+    pk: &hecnn_rlwe::PublicKey<CpuBackend>,
+    sk: &hecnn_rlwe::SecretKey,
+    server: &Server<CpuBackend>,
+    imgs: &[Tensor],
+    want: &[Vec<f64>],
+    tol: f64,
+    what: &str,
+) -> f64 {
+    let mut rng = Prng::from_seed([41; 32]);
+    let inputs = client.encrypt(pk, imgs, &mut rng).unwrap();
+    let got = client
+        .decrypt(sk, &server.run(inputs, |_, _| {}).unwrap())
+        .unwrap();
+    let mut worst = 0.0f64;
+    for (got, want) in got.iter().zip(want) {
+        let d = max_diff(got, want);
+        assert!(d < tol, "{what}: {got:?} vs {want:?}");
+        worst = worst.max(d);
+    }
+    worst
+}
+
 #[test]
 fn bootstrapping_is_placed_where_one_value_holds_what_later_stages_read() {
     let c = bootstrapped_resnet();
@@ -745,15 +772,16 @@ fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_d
         ))
     })
     .unwrap();
-    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
-    let outputs = server.run(inputs, |_, _| {}).unwrap();
-    let got = client.decrypt(&keys.secret, &outputs).unwrap();
-    for (got, want) in got.iter().zip(&want) {
-        assert!(
-            max_diff(got, want) < 1e-2,
-            "test double: {got:?} vs {want:?}"
-        );
-    }
+    assert_encrypted_close(
+        &client,
+        &keys.public,
+        &keys.secret,
+        &server,
+        &imgs,
+        &want,
+        1e-2,
+        "test double",
+    );
     // At the widest bound (2^13) the refreshed stem output is squared next: the refresh
     // must hand it back at the nominal scale (read back at scale / bound, the square would
     // land near 2^10 and drown in rounding noise).
@@ -773,16 +801,16 @@ fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_d
         },
     )
     .unwrap();
-    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
-    let got = client
-        .decrypt(&keys.secret, &server.run(inputs, |_, _| {}).unwrap())
-        .unwrap();
-    for (got, want) in got.iter().zip(&want) {
-        assert!(
-            max_diff(got, want) < 1e-2,
-            "bound 2^13: {got:?} vs {want:?}"
-        );
-    }
+    assert_encrypted_close(
+        &client,
+        &keys.public,
+        &keys.secret,
+        &server,
+        &imgs,
+        &want,
+        1e-2,
+        "bound 2^13",
+    );
 }
 
 #[test]
@@ -831,12 +859,17 @@ fn weights_encoded_on_the_fly_give_what_weights_encoded_once_give() {
     let plan = c.server_plan().with_lowering(Lowering::OnTheFly);
     assert_eq!(plan.lowering(), Lowering::OnTheFly);
     let server = Server::new(plan, keys.evaluation, be).unwrap();
-    let inputs = client.encrypt(&keys.public, &imgs, &mut rng).unwrap();
-    let got = client
-        .decrypt(&keys.secret, &server.run(inputs, |_, _| {}).unwrap())
-        .unwrap();
-    let want = exec::run(c.model(), &imgs[0]).unwrap();
-    assert!(max_diff(&got[0], want.data()) < 1e-2, "{got:?} vs {want:?}");
+    let want = vec![exec::run(c.model(), &imgs[0]).unwrap().data().to_vec()];
+    assert_encrypted_close(
+        &client,
+        &keys.public,
+        &keys.secret,
+        &server,
+        &imgs,
+        &want,
+        1e-2,
+        "on the fly",
+    );
     // A plan that bootstraps encodes its weights on the fly by default.
     assert_eq!(
         bootstrapped_resnet().server_plan().lowering(),

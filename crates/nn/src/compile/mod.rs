@@ -208,7 +208,6 @@ impl RefreshRecord {
                 found: format!("{self:?}"),
             });
         }
-        self.config().key_requirements(params)?;
         if self.bound_bits > 20 {
             return Err(NnError::Mismatch {
                 what: "refresh bound",
@@ -331,6 +330,9 @@ pub struct CompiledModel {
     levels: levels::LevelPlan,
     /// How the plan bootstraps (single-image packing only).
     refresh: Option<RefreshRecord>,
+    /// The evaluation keys the plan needs (bootstrapping's computed once: its transforms
+    /// are built to find them).
+    keys: KeyRequirements,
     fingerprint: [u8; 32],
 }
 
@@ -639,6 +641,26 @@ struct CompiledBody {
     refresh: Option<RefreshRecord>,
 }
 
+/// The evaluation keys `plan` needs: its own, and bootstrapping's (rotations shared where
+/// they coincide).
+///
+/// # Errors
+/// A bootstrapping circuit that cannot be built for the parameters.
+fn key_requirements(
+    plan: &PackedPlan,
+    params: &CkksParams,
+    refresh: Option<&RefreshRecord>,
+) -> Result<KeyRequirements, NnError> {
+    let mut req = plan.key_requirements();
+    if let Some(r) = refresh {
+        let boot = r.config().key_requirements(params)?;
+        req.rotations.extend(boot.rotations);
+        req.conjugate |= boot.conjugate;
+        req.relin |= boot.relin;
+    }
+    Ok(req)
+}
+
 /// The plan with the level pass's refreshes, and the pass's result.
 fn with_levels(
     plan: PackedPlan,
@@ -667,6 +689,7 @@ impl CompiledModel {
         refresh: Option<RefreshRecord>,
     ) -> Result<Self, NnError> {
         let (plan, levels) = with_levels(plan, &params, refresh.as_ref())?;
+        let keys = key_requirements(&plan, &params, refresh.as_ref())?;
         let mut c = Self {
             name,
             plan: Arc::new(plan),
@@ -674,6 +697,7 @@ impl CompiledModel {
             choice,
             levels,
             refresh,
+            keys,
             fingerprint: [0; 32],
         };
         c.fingerprint = fingerprint(&c.body())?;
@@ -766,6 +790,7 @@ impl CompiledModel {
             });
         }
         let (plan, levels) = with_levels(plan, &params, body.refresh.as_ref())?;
+        let keys = key_requirements(&plan, &params, body.refresh.as_ref())?;
         let fingerprint = fingerprint(&body)?;
         Ok(Self {
             name: body.name,
@@ -774,6 +799,7 @@ impl CompiledModel {
             choice: body.choice,
             levels,
             refresh: body.refresh,
+            keys,
             fingerprint,
         })
     }
@@ -849,16 +875,7 @@ impl CompiledModel {
     /// The exact evaluation keys the server needs: the plan's, and bootstrapping's (its
     /// rotations shared with the plan's where they coincide).
     pub fn key_requirements(&self) -> KeyRequirements {
-        let mut req = self.plan.key_requirements();
-        if let Some(boot) = self
-            .refresh
-            .and_then(|r| r.config().key_requirements(&self.params).ok())
-        {
-            req.rotations.extend(boot.rotations);
-            req.conjugate |= boot.conjugate;
-            req.relin |= boot.relin;
-        }
-        req
+        self.keys.clone()
     }
 
     /// What a data owner needs: parameters, layouts, key requirements.
