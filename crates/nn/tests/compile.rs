@@ -764,18 +764,28 @@ fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_d
     let other = client.keygen(&mut rng).unwrap();
     let e = Server::new(c.server_plan(), other.evaluation, be.clone()).err();
     assert!(matches!(e, Some(NnError::Mismatch { .. })), "{e:?}");
-    let sk =
-        SecretKey::from_secret_bytes(c.params().rlwe(), &keys.secret.to_secret_bytes()).unwrap();
-    let server = Server::with_refresh(c.server_plan(), keys.evaluation, be, |_| {
-        Ok(std::sync::Arc::new(
-            SecretKeyBootstrapper::insecure_for_tests(sk, 5, Prng::from_seed([22; 32])),
-        ))
-    })
-    .unwrap();
+    // Refreshes by decryption and re-encryption (tests only) back to level 5.
+    let double = |c: &CompiledModel, keys: hecnn_nn::compile::KeySet<CpuBackend>| {
+        let sk = SecretKey::from_secret_bytes(c.params().rlwe(), &keys.secret.to_secret_bytes())
+            .unwrap();
+        let server = Server::with_refresh(
+            c.server_plan(),
+            keys.evaluation,
+            CpuBackend::new(2).unwrap(),
+            |_| {
+                Ok(std::sync::Arc::new(
+                    SecretKeyBootstrapper::insecure_for_tests(sk, 5, Prng::from_seed([22; 32])),
+                ))
+            },
+        )
+        .unwrap();
+        (server, keys.public, keys.secret)
+    };
+    let (server, pk, sk) = double(&c, keys);
     assert_encrypted_close(
         &client,
-        &keys.public,
-        &keys.secret,
+        &pk,
+        &sk,
         &server,
         &imgs,
         &want,
@@ -787,30 +797,8 @@ fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_d
     // land near 2^10 and drown in rounding noise).
     let wide = bootstrapped_resnet_with(13).unwrap();
     let client = Client::new(wide.client_spec(), CpuBackend::new(2).unwrap()).unwrap();
-    let keys = client.keygen(&mut rng).unwrap();
-    let sk =
-        SecretKey::from_secret_bytes(wide.params().rlwe(), &keys.secret.to_secret_bytes()).unwrap();
-    let server = Server::with_refresh(
-        wide.server_plan(),
-        keys.evaluation,
-        CpuBackend::new(2).unwrap(),
-        |_| {
-            Ok(std::sync::Arc::new(
-                SecretKeyBootstrapper::insecure_for_tests(sk, 5, Prng::from_seed([24; 32])),
-            ))
-        },
-    )
-    .unwrap();
-    assert_encrypted_close(
-        &client,
-        &keys.public,
-        &keys.secret,
-        &server,
-        &imgs,
-        &want,
-        1e-2,
-        "bound 2^13",
-    );
+    let (server, pk, sk) = double(&wide, client.keygen(&mut rng).unwrap());
+    assert_encrypted_close(&client, &pk, &sk, &server, &imgs, &want, 1e-2, "bound 2^13");
 }
 
 #[test]
