@@ -309,29 +309,26 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Key-switching inner product and ModDown: returns
     /// `(⌊Σ_j σ(d_j)·b_j / P⌉, ⌊Σ_j σ(d_j)·a_j / P⌉)` over `Q_l`, where `σ` is the optional
-    /// evaluation-domain permutation and `(b_j, a_j)` are key digits over `Q ∪ P`.
+    /// evaluation-domain permutation and `(b_j, a_j)` are key digits over `key_basis`
+    /// (`Q_k ∪ P` with `k ≥ l`: a key restricted to the levels it is used at holds fewer
+    /// limbs and digits).
     ///
     /// # Errors
-    /// [`RingError::LengthMismatch`] if there are more digits than key components.
+    /// [`RingError::LengthMismatch`] if there are more digits than key components;
+    /// [`RingError::BasisMismatch`] if the key's basis does not cover `Q_l ∪ P`.
     fn key_switch_decomposed(
         &self,
         ctx: &RnsContext,
         q: usize,
         parts: &[Self::Buffer],
         key: &[(&Self::Buffer, &Self::Buffer)],
+        key_basis: Basis,
         perm: Option<&[u32]>,
     ) -> Result<(Self::Buffer, Self::Buffer), RingError> {
-        if parts.len() > key.len() {
-            return Err(RingError::LengthMismatch {
-                expected: key.len(),
-                found: parts.len(),
-            });
-        }
-        let ext = Basis::qp(q, ctx.p_count());
-        let full = ctx.full_basis();
+        let ext = check_key_switch(ctx, q, parts.len(), key.len(), key_basis)?;
         let a: Vec<Operand<'_, Self>> = parts.iter().map(|p| (p, ext)).collect();
-        let kb: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.0, full)).collect();
-        let ka: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.1, full)).collect();
+        let kb: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.0, key_basis)).collect();
+        let ka: Vec<Operand<'_, Self>> = key.iter().map(|k| (k.1, key_basis)).collect();
         let mut c0 = self.alloc(ext.len() * ctx.n())?;
         let mut c1 = self.alloc(ext.len() * ctx.n())?;
         self.mul_sum(ctx, ext, &mut c0, &a, &kb[..a.len()], perm, false);
@@ -340,4 +337,32 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
         self.mod_down(ctx, q, &mut c1);
         Ok((c0, c1))
     }
+}
+
+/// Checks a key-switching inner product's shapes: at least as many key digits as decomposed
+/// digits, and a key basis covering `Q_l ∪ P`. Returns the extended basis `Q_l ∪ P`.
+///
+/// # Errors
+/// [`RingError::LengthMismatch`], [`RingError::BasisMismatch`].
+pub(crate) fn check_key_switch(
+    ctx: &RnsContext,
+    q: usize,
+    digits: usize,
+    key_digits: usize,
+    key_basis: Basis,
+) -> Result<Basis, RingError> {
+    if digits > key_digits {
+        return Err(RingError::LengthMismatch {
+            expected: key_digits,
+            found: digits,
+        });
+    }
+    let ext = Basis::qp(q, ctx.p_count());
+    if key_basis.q < q || key_basis.p != ctx.p_count() || key_basis.q > ctx.q_count() {
+        return Err(RingError::BasisMismatch {
+            lhs: key_basis,
+            rhs: ext,
+        });
+    }
+    Ok(ext)
 }

@@ -463,15 +463,12 @@ impl Backend for CpuBackend {
         q: usize,
         parts: &[AlignedVec],
         key: &[(&AlignedVec, &AlignedVec)],
+        key_basis: Basis,
         perm: Option<&[u32]>,
     ) -> Result<(AlignedVec, AlignedVec), RingError> {
-        let key = key.get(..parts.len()).ok_or(RingError::LengthMismatch {
-            expected: key.len(),
-            found: parts.len(),
-        })?;
+        let ext = crate::backend::check_key_switch(ctx, q, parts.len(), key.len(), key_basis)?;
+        let key = &key[..parts.len()];
         let n = ctx.n();
-        let ext = Basis::qp(q, ctx.p_count());
-        let full = ctx.full_basis();
         let mut c0 = self.alloc(ext.len() * n)?;
         let mut c1 = self.alloc(ext.len() * n)?;
         // Both outputs per limb in one pass, so every digit is read once.
@@ -486,7 +483,7 @@ impl Backend for CpuBackend {
                         .iter()
                         .map(|x| limb(x, pos_of(ctx, &ext, g), n))
                         .collect();
-                    let kpos = pos_of(ctx, &full, g);
+                    let kpos = pos_of(ctx, &key_basis, g);
                     let b0: Vec<&[u64]> = key.iter().map(|k| limb(k.0, kpos, n)).collect();
                     let b1: Vec<&[u64]> = key.iter().map(|k| limb(k.1, kpos, n)).collect();
                     mul_sum_pair_limb(ctx, g, [d0, d1], &al, [&b0, &b1], perm, false);

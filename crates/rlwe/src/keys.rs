@@ -188,8 +188,9 @@ impl SecretKey {
         Ok((b, a))
     }
 
-    /// A key switching from `s'` to `t` (both in evaluation form over `Q ∪ P`): digits
-    /// `(-a_j·t + e_j + P·g_j·s', a_j)`.
+    /// A key switching from `s'` to `t`, both in evaluation form over the key's basis
+    /// `Q_k ∪ P` (all of `Q` or a prefix: a key for ciphertexts up to level `k − 1`): digits
+    /// `(-a_j·t + e_j + P·g_j·s', a_j)` for every digit that meets `Q_k`.
     pub(crate) fn switching_key<B: Backend>(
         &self,
         be: &B,
@@ -202,22 +203,30 @@ impl SecretKey {
         if params.p().is_empty() {
             return Err(RlweError::NoSpecialPrimes);
         }
-        let full = ctx.full_basis();
-        let p_mod_q: Vec<u64> = (0..ctx.q_count())
+        let basis = target.basis();
+        if s_prime.basis() != basis || basis.p != ctx.p_count() {
+            return Err(hecnn_ring::RingError::BasisMismatch {
+                lhs: basis,
+                rhs: s_prime.basis(),
+            }
+            .into());
+        }
+        let p_mod_q: Vec<u64> = (0..basis.q)
             .map(|i| {
                 let m = ctx.modulus(i);
                 params.p().iter().fold(1, |acc, &p| m.mul(acc, m.reduce(p)))
             })
             .collect();
+        let digits = params.digits().iter().filter(|d| d.start < basis.q);
         let mut parts = Vec::with_capacity(params.dnum());
         let mut seeds = Vec::with_capacity(params.dnum());
-        for digit in params.digits() {
+        for digit in digits {
             let seed = rng.seed();
             let (mut b, a) = self.rlwe_sample_under(be, target, &seed, rng)?;
             // + P·g_j·s' where [g_j]_{q_i} = 1 for q_i in the digit, 0 elsewhere (and mod P).
-            let scalars: Vec<u64> = (0..full.len())
+            let scalars: Vec<u64> = (0..basis.len())
                 .map(|pos| {
-                    if digit.contains(&pos) {
+                    if pos < basis.q && digit.contains(&pos) {
                         p_mod_q[pos]
                     } else {
                         0
@@ -230,7 +239,11 @@ impl SecretKey {
             parts.push((b, a));
             seeds.push(seed);
         }
-        Ok(SwitchingKey { parts, seeds })
+        Ok(SwitchingKey {
+            parts,
+            seeds,
+            basis,
+        })
     }
 
     /// The relinearization key (switches `s²` to `s`).
@@ -245,7 +258,7 @@ impl SecretKey {
         Ok(RelinKey(self.switching_key(be, &s2, &s, rng)?))
     }
 
-    /// The Galois key for `σ: X ↦ X^galois`.
+    /// The Galois key for `σ: X ↦ X^galois`, for ciphertexts at every level.
     ///
     /// It is stored *pre-permuted*: a switching key from `s` to `σ⁻¹(s)`. Switching `c_1`
     /// with it gives `(v_0, v_1)` with `v_0 + v_1·σ⁻¹(s) ≈ c_1·s`, and applying `σ` afterwards
@@ -260,9 +273,27 @@ impl SecretKey {
         galois: usize,
         rng: &mut Prng,
     ) -> Result<GaloisKey<B>, RlweError> {
+        self.galois_key_at(be, galois, self.params.max_level(), rng)
+    }
+
+    /// The Galois key for `σ: X ↦ X^galois` restricted to ciphertexts at `level` or below:
+    /// it holds the limbs of `Q_level ∪ P` and the digits that meet `Q_level` only, so a key
+    /// used low in the modulus chain is several times smaller than a full one (and its
+    /// modulus, smaller, is more secure).
+    ///
+    /// # Errors
+    /// Invalid Galois element or level, no P primes, backend failures.
+    pub fn galois_key_at<B: Backend>(
+        &self,
+        be: &B,
+        galois: usize,
+        level: usize,
+        rng: &mut Prng,
+    ) -> Result<GaloisKey<B>, RlweError> {
         let ctx = self.params.ctx();
         ctx.check_galois(galois)?;
-        let s = self.eval_poly(be, ctx.full_basis())?;
+        let basis = Basis::qp(level + 1, ctx.p_count());
+        let s = self.eval_poly(be, basis)?;
         // σ⁻¹ = X ↦ X^(g⁻¹ mod 2n); the group (Z/2n)^* has order n, so g⁻¹ = g^(n-1).
         let two_n = 2 * ctx.n() as u64;
         let mut inv = 1u64;
@@ -292,8 +323,8 @@ impl SecretKey {
             None
         };
         let mut galois = BTreeMap::new();
-        for g in req.galois_elements(&self.params) {
-            galois.insert(g, self.galois_key(be, g, rng)?);
+        for (g, level) in req.galois_levels(&self.params) {
+            galois.insert(g, self.galois_key_at(be, g, level, rng)?);
         }
         Ok(EvaluationKeys {
             params: Arc::clone(&self.params),
@@ -355,16 +386,22 @@ pub struct PublicKey<B: Backend> {
     pub(crate) seed: [u8; 32],
 }
 
-/// Digits `(b_j, a_j)` of a hybrid key-switching key over `Q ∪ P`, with the seeds of `a_j`.
+/// Digits `(b_j, a_j)` of a hybrid key-switching key over `Q_k ∪ P` (all of `Q`, or the
+/// prefix the key is restricted to), with the seeds of `a_j`.
 pub struct SwitchingKey<B: Backend> {
     pub(crate) parts: Vec<(RnsPoly<B, Eval>, RnsPoly<B, Eval>)>,
     pub(crate) seeds: Vec<[u8; 32]>,
+    pub(crate) basis: Basis,
 }
 
 impl<B: Backend> SwitchingKey<B> {
     /// Number of digits.
     pub fn dnum(&self) -> usize {
         self.parts.len()
+    }
+    /// Highest ciphertext level the key switches.
+    pub fn max_level(&self) -> usize {
+        self.basis.q - 1
     }
     pub(crate) fn buffers(&self) -> Vec<(&B::Buffer, &B::Buffer)> {
         self.parts
@@ -388,6 +425,10 @@ impl<B: Backend> GaloisKey<B> {
     pub fn galois(&self) -> usize {
         self.galois
     }
+    /// Highest ciphertext level the key rotates.
+    pub fn max_level(&self) -> usize {
+        self.key.max_level()
+    }
 }
 
 /// Which evaluation keys a computation needs (computed from a circuit or plan).
@@ -399,6 +440,9 @@ pub struct KeyRequirements {
     pub rotations: BTreeSet<i64>,
     /// Complex conjugation.
     pub conjugate: bool,
+    /// The highest ciphertext level some rotations are applied at: their keys are restricted
+    /// to it ([`SecretKey::galois_key_at`]). Rotations not listed get keys for every level.
+    pub rotation_levels: BTreeMap<i64, usize>,
 }
 
 impl KeyRequirements {
@@ -410,9 +454,25 @@ impl KeyRequirements {
         }
     }
 
-    /// Adds rotation steps.
+    /// Adds rotation steps, for ciphertexts at every level.
     pub fn with_rotations(mut self, steps: impl IntoIterator<Item = i64>) -> Self {
-        self.rotations.extend(steps);
+        for step in steps {
+            self.rotations.insert(step);
+            self.rotation_levels.remove(&step);
+        }
+        self
+    }
+
+    /// Adds rotation steps applied to ciphertexts at `level` or below. A step already
+    /// required keeps the higher of its two levels.
+    pub fn with_rotations_at(mut self, steps: impl IntoIterator<Item = i64>, level: usize) -> Self {
+        for step in steps {
+            if self.rotations.insert(step) {
+                self.rotation_levels.insert(step, level);
+            } else if let Some(l) = self.rotation_levels.get_mut(&step) {
+                *l = (*l).max(level);
+            }
+        }
         self
     }
 
@@ -422,25 +482,71 @@ impl KeyRequirements {
         self
     }
 
+    /// Everything `self` or `other` requires, each rotation at the higher of its levels.
+    pub fn union(mut self, other: &Self) -> Self {
+        self.relin |= other.relin;
+        self.conjugate |= other.conjugate;
+        for &step in &other.rotations {
+            match other.rotation_levels.get(&step) {
+                Some(&level) => self = self.with_rotations_at([step], level),
+                None => self = self.with_rotations([step]),
+            }
+        }
+        self
+    }
+
     /// The distinct Galois elements these requirements translate to.
     pub fn galois_elements(&self, params: &Params) -> BTreeSet<usize> {
+        self.galois_levels(params).into_keys().collect()
+    }
+
+    /// The distinct Galois elements with the highest level each is used at (steps that
+    /// coincide as automorphisms share one key, at the higher level).
+    pub fn galois_levels(&self, params: &Params) -> BTreeMap<usize, usize> {
         let ctx = params.ctx();
-        let mut out: BTreeSet<usize> = self
-            .rotations
-            .iter()
-            .map(|&k| ctx.galois_element(k))
-            .filter(|&g| g != 1)
-            .collect();
+        let top = params.max_level();
+        let mut out = BTreeMap::new();
+        let mut add = |g: usize, level: usize| {
+            let l = out.entry(g).or_insert(0);
+            *l = (*l).max(level.min(top));
+        };
+        for &k in &self.rotations {
+            let g = ctx.galois_element(k);
+            if g != 1 {
+                add(g, self.rotation_levels.get(&k).copied().unwrap_or(top));
+            }
+        }
         if self.conjugate {
-            out.insert(ctx.galois_conjugate());
+            add(ctx.galois_conjugate(), top);
         }
         out
     }
 
+    /// Number of switching keys these requirements produce.
+    pub fn key_count(&self, params: &Params) -> usize {
+        self.galois_levels(params).len() + usize::from(self.relin)
+    }
+
     /// Size in bytes of the seed-compressed keys these requirements produce.
     pub fn key_bytes(&self, params: &Params) -> usize {
-        let count = self.galois_elements(params).len() + usize::from(self.relin);
-        count * params.switching_key_bytes()
+        let galois: usize = self
+            .galois_levels(params)
+            .values()
+            .map(|&l| params.switching_key_bytes_at(l))
+            .sum();
+        galois + usize::from(self.relin) * params.switching_key_bytes()
+    }
+
+    /// Size in bytes of these keys expanded in memory (the uniform halves regenerated from
+    /// their seeds): about twice [`KeyRequirements::key_bytes`].
+    pub fn expanded_key_bytes(&self, params: &Params) -> usize {
+        let galois: usize = self
+            .galois_levels(params)
+            .values()
+            .map(|&l| params.expanded_switching_key_bytes_at(l))
+            .sum();
+        galois
+            + usize::from(self.relin) * params.expanded_switching_key_bytes_at(params.max_level())
     }
 }
 
@@ -502,7 +608,12 @@ impl<B: Backend> EvaluationKeys<B> {
     }
     /// Size in bytes of these keys in seed-compressed serialized form.
     pub fn size_bytes(&self) -> usize {
-        let count = self.galois.len() + usize::from(self.relin.is_some());
-        count * self.params.switching_key_bytes()
+        let params = &self.params;
+        let galois: usize = self
+            .galois
+            .values()
+            .map(|k| params.switching_key_bytes_at(k.max_level()))
+            .sum();
+        galois + usize::from(self.relin.is_some()) * params.switching_key_bytes()
     }
 }

@@ -40,7 +40,8 @@ pub fn decompose<B: Backend>(
 /// automorphism: returns `(k_0, k_1)` over `Q_l` with `k_0 + k_1·s ≈ σ(d)·s'`.
 ///
 /// # Errors
-/// Backend failures.
+/// [`RlweError::KeyLevel`] for a key restricted below the decomposition's level; backend
+/// failures.
 pub fn switch_decomposed<B: Backend>(
     be: &B,
     params: &Params,
@@ -49,12 +50,19 @@ pub fn switch_decomposed<B: Backend>(
     galois: Option<usize>,
 ) -> Result<PolyPair<B>, RlweError> {
     let ctx = params.ctx();
+    if dec.level() > key.max_level() {
+        return Err(RlweError::KeyLevel {
+            level: dec.level(),
+            key_level: key.max_level(),
+        });
+    }
     let perm = galois.map(|g| ctx.eval_permutation(g)).transpose()?;
     let (k0, k1) = be.key_switch_decomposed(
         ctx,
         dec.q,
         &dec.parts,
         &key.buffers(),
+        key.basis,
         perm.as_deref().map(|p| p.as_slice()),
     )?;
     let basis = Basis::q(dec.q);

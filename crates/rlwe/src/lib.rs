@@ -88,6 +88,17 @@ pub enum RlweError {
     /// No relinearization key was generated.
     #[error("no relinearization key")]
     MissingRelinKey,
+    /// A key-switching key restricted to lower levels than the ciphertext it is applied to.
+    #[error(
+        "a key for ciphertexts up to level {key_level} applied at level {level} (generate the \
+         keys from the plan that runs them)"
+    )]
+    KeyLevel {
+        /// The ciphertext's level.
+        level: usize,
+        /// The highest level the key serves.
+        key_level: usize,
+    },
     /// No key for a Galois element.
     #[error("no Galois key for element {galois}")]
     MissingGaloisKey {

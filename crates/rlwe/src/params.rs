@@ -324,9 +324,26 @@ impl Params {
     pub fn poly_bytes(&self, level: usize) -> usize {
         (level + 1) * self.n() * 8
     }
-    /// Size in bytes of one seed-compressed key-switching key.
+    /// Size in bytes of one seed-compressed key-switching key (every level).
     pub fn switching_key_bytes(&self) -> usize {
-        self.dnum() * (self.q.len() + self.p.len()) * self.n() * 8 + self.dnum() * 32
+        self.switching_key_bytes_at(self.max_level())
+    }
+    /// Digits of a key-switching key restricted to ciphertexts at `level` or below.
+    pub fn digits_at(&self, level: usize) -> usize {
+        self.digits.iter().filter(|d| d.start <= level).count()
+    }
+    /// Size in bytes of one seed-compressed key-switching key restricted to ciphertexts at
+    /// `level` or below: its digits hold the limbs of `Q_level ∪ P`.
+    pub fn switching_key_bytes_at(&self, level: usize) -> usize {
+        let level = level.min(self.max_level());
+        let digits = self.digits_at(level);
+        digits * (level + 1 + self.p.len()) * self.n() * 8 + digits * 32
+    }
+    /// Size in bytes of one key-switching key restricted to `level`, in memory (both halves
+    /// of every digit).
+    pub fn expanded_switching_key_bytes_at(&self, level: usize) -> usize {
+        let level = level.min(self.max_level());
+        2 * self.digits_at(level) * (level + 1 + self.p.len()) * self.n() * 8
     }
 }
 

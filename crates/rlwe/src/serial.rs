@@ -427,23 +427,34 @@ impl<B: Backend> SwitchingKey<B> {
         })
     }
 
+    /// Loads a key over all of `Q ∪ P` or restricted to a prefix `Q_k ∪ P`: every digit's
+    /// `b` over the same basis, one digit per gadget digit meeting `Q_k`.
     fn from_wire(be: &B, params: &Params, wire: &SwitchingKeyWire) -> Result<Self, RlweError> {
         check_expansion(wire.expansion)?;
-        if wire.b.len() != params.dnum() || wire.seeds.len() != params.dnum() {
+        let ctx = params.ctx();
+        let q = wire.b.first().map_or(0, |b| b.q as usize);
+        if q == 0 || q > ctx.q_count() {
+            return Err(RlweError::Malformed {
+                what: "switching-key limb count",
+            });
+        }
+        let basis = Basis::qp(q, ctx.p_count());
+        let digits = params.digits_at(q - 1);
+        if wire.b.len() != digits || wire.seeds.len() != digits {
             return Err(RlweError::Malformed {
                 what: "switching-key digit count",
             });
         }
-        let full = params.ctx().full_basis();
         let mut parts = Vec::with_capacity(wire.b.len());
         for (b, seed) in wire.b.iter().zip(&wire.seeds) {
-            let b = b.unpack(be, params, Some(full))?;
-            let a = uniform_eval(be, params, full, seed)?;
+            let b = b.unpack(be, params, Some(basis))?;
+            let a = uniform_eval(be, params, basis, seed)?;
             parts.push((b, a));
         }
         Ok(Self {
             parts,
             seeds: wire.seeds.clone(),
+            basis,
         })
     }
 }

@@ -148,13 +148,16 @@ struct SpecBody {
     conjugate: bool,
     input_level: usize,
     encapsulation: Option<usize>,
+    /// `(step, level)`: rotations whose keys are restricted to `level` and below.
+    rotation_levels: Vec<(i64, usize)>,
 }
 
 const SPEC: envelope::Kind = envelope::Kind {
     what: "client spec",
     magic: *b"HCNC",
     // 2: the input level and bootstrapping's encapsulation keys.
-    version: 2,
+    // 3: rotation keys restricted to the levels they are used at.
+    version: 3,
     remedy: "export the client spec of the compiled model again",
     limit: MAX_SPEC_BYTES,
 };
@@ -275,6 +278,12 @@ impl ClientSpec {
                 conjugate: self.keys.conjugate,
                 input_level: self.input_level,
                 encapsulation: self.encapsulation,
+                rotation_levels: self
+                    .keys
+                    .rotation_levels
+                    .iter()
+                    .map(|(&k, &l)| (k, l))
+                    .collect(),
             },
         )
     }
@@ -286,12 +295,13 @@ impl ClientSpec {
     /// [`NnError::Checksum`], [`NnError::Version`], [`NnError::Format`]; parameter errors.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
         let b: SpecBody = envelope::open(SPEC, bytes)?;
-        if b.rotations.len() > MAX_ROTATIONS {
+        if b.rotations.len() > MAX_ROTATIONS || b.rotation_levels.len() > b.rotations.len() {
             return Err(NnError::Format {
                 what: SPEC.what,
                 reason: format!(
-                    "{} rotation keys, more than the {MAX_ROTATIONS} accepted",
-                    b.rotations.len()
+                    "{} rotation keys ({} with levels), more than the {MAX_ROTATIONS} accepted",
+                    b.rotations.len(),
+                    b.rotation_levels.len()
                 ),
             });
         }
@@ -314,6 +324,20 @@ impl ClientSpec {
         }
         // A server choosing a low ephemeral weight could recover the secret key from the
         // encapsulation keys: only the weight hecnn's circuit is built for is accepted.
+        if let Some((step, level)) = b
+            .rotation_levels
+            .iter()
+            .find(|(k, l)| !b.rotations.contains(k) || *l > params.max_level())
+        {
+            return Err(NnError::Format {
+                what: SPEC.what,
+                reason: format!(
+                    "rotation {step} at level {level}: not a rotation of the spec, or above \
+                     level {}",
+                    params.max_level()
+                ),
+            });
+        }
         if b.input_level > params.max_level()
             || b.encapsulation
                 .is_some_and(|h| h != hecnn_ckks::bootstrap::BOOTSTRAP_EPHEMERAL_WEIGHT)
@@ -341,6 +365,7 @@ impl ClientSpec {
                 relin: b.relin,
                 rotations: b.rotations.into_iter().collect(),
                 conjugate: b.conjugate,
+                rotation_levels: b.rotation_levels.into_iter().collect(),
             },
         })
     }

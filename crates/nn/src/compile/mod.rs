@@ -641,22 +641,33 @@ struct CompiledBody {
     refresh: Option<RefreshRecord>,
 }
 
-/// The evaluation keys `plan` needs: its own, and bootstrapping's (rotations shared where
-/// they coincide).
+/// The evaluation keys `plan` needs: its own, each rotation restricted to the highest level
+/// a stage applies it at (`levels`), and bootstrapping's (at every level; shared with the
+/// plan's where they coincide).
 ///
 /// # Errors
 /// A bootstrapping circuit that cannot be built for the parameters.
 fn key_requirements(
     plan: &PackedPlan,
     params: &CkksParams,
+    levels: &levels::LevelPlan,
     refresh: Option<&RefreshRecord>,
 ) -> Result<KeyRequirements, NnError> {
-    let mut req = plan.key_requirements();
+    let mut req = match plan {
+        PackedPlan::Single(p) => p.rotations_by_stage().into_iter().fold(
+            KeyRequirements::relin(),
+            |req, (stage, steps)| {
+                let level = levels
+                    .stages
+                    .get(stage)
+                    .map_or(params.max_level(), |s| s.level_in);
+                req.with_rotations_at(steps, level)
+            },
+        ),
+        PackedPlan::Batch(_) => plan.key_requirements(),
+    };
     if let Some(r) = refresh {
-        let boot = r.config().key_requirements(params)?;
-        req.rotations.extend(boot.rotations);
-        req.conjugate |= boot.conjugate;
-        req.relin |= boot.relin;
+        req = req.union(&r.config().key_requirements(params)?);
     }
     Ok(req)
 }
@@ -689,7 +700,7 @@ impl CompiledModel {
         refresh: Option<RefreshRecord>,
     ) -> Result<Self, NnError> {
         let (plan, levels) = with_levels(plan, &params, refresh.as_ref())?;
-        let keys = key_requirements(&plan, &params, refresh.as_ref())?;
+        let keys = key_requirements(&plan, &params, &levels, refresh.as_ref())?;
         let mut c = Self {
             name,
             plan: Arc::new(plan),
@@ -790,7 +801,7 @@ impl CompiledModel {
             });
         }
         let (plan, levels) = with_levels(plan, &params, body.refresh.as_ref())?;
-        let keys = key_requirements(&plan, &params, body.refresh.as_ref())?;
+        let keys = key_requirements(&plan, &params, &levels, body.refresh.as_ref())?;
         let fingerprint = fingerprint(&body)?;
         Ok(Self {
             name: body.name,
@@ -939,9 +950,9 @@ impl CompiledModel {
                     }
                 };
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
-                // Expanded switching keys (twice their seed-compressed size) and the
-                // diagonal plaintexts.
-                let keys = (galois + 1) * 2 * r.switching_key_bytes();
+                // Expanded switching keys (each over the limbs of the levels it serves) and
+                // the diagonal plaintexts.
+                let keys = self.keys.expanded_key_bytes(r);
                 MemoryEstimate {
                     bytes: keys + limbs * r.n() * 8,
                     what: format!(

@@ -663,12 +663,18 @@ impl SinglePlan {
 
     /// The rotation steps evaluation needs (request them at key generation).
     pub fn rotations(&self) -> BTreeSet<i64> {
+        self.rotations_by_stage().into_values().flatten().collect()
+    }
+
+    /// The rotation steps of every linear stage, by stage index: keys restricted to the
+    /// level a stage runs at serve it.
+    pub fn rotations_by_stage(&self) -> BTreeMap<usize, BTreeSet<i64>> {
         self.linear
-            .values()
-            .flat_map(|p| {
+            .iter()
+            .map(|(&i, p)| {
                 let mut r = hecnn_ckks::block_rotations(&p.indices, self.slots);
                 r.extend(p.target.sum_steps(self.slots));
-                r
+                (i, r)
             })
             .collect()
     }
