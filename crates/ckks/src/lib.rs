@@ -41,8 +41,8 @@ pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encr
 pub use encoder::Encoder;
 pub use evaluator::{Evaluator, inner_sum_rotations};
 pub use linear::{
-    BlockDiagonals, DEFAULT_BABY_WEIGHT, LinearTransform, block_rotation_counts, block_rotations,
-    block_rotations_weighted, bsgs_rotations, diagonals_of,
+    BlockDiagonals, DEFAULT_BABY_WEIGHT, DEFERRED_CHUNK_BYTES, LinearTransform,
+    block_rotation_counts, block_rotations, block_rotations_weighted, bsgs_rotations, diagonals_of,
 };
 pub use num_complex::Complex64;
 pub use params::{CkksParams, Preset};

@@ -22,16 +22,31 @@ use crate::{Ciphertext, CkksError, Evaluator, Plaintext};
 pub type BlockDiagonals = BTreeMap<(usize, usize), BTreeMap<i64, Vec<Complex64>>>;
 
 /// The diagonals one giant step multiplies: `(input block, baby step, pre-rotated diagonal)`.
-type Group<B> = Vec<(usize, i64, Plaintext<B>)>;
+type Group<B> = Vec<(usize, i64, Diagonal<B>)>;
 
-/// A linear transform encoded for one level: the pre-rotated diagonals grouped by output
-/// block and giant step.
+/// A pre-rotated diagonal: encoded once ([`LinearTransform::blocks`]), or kept as its slot
+/// values and encoded each time the transform runs ([`LinearTransform::deferred`]).
+enum Diagonal<B: Backend> {
+    Encoded(Plaintext<B>),
+    Real(Vec<f64>),
+    Complex(Vec<Complex64>),
+}
+
+/// Bytes of deferred diagonals encoded at once while a deferred transform runs (the
+/// plaintexts of a few giant steps): large enough to keep every thread busy encoding,
+/// small beside the keys.
+pub const DEFERRED_CHUNK_BYTES: usize = 256 << 20;
+
+/// A linear transform for one level: the pre-rotated diagonals grouped by output block and
+/// giant step, encoded or deferred.
 pub struct LinearTransform<B: Backend> {
     slots: usize,
     level: usize,
     n1: usize,
     scale: f64,
     inputs: usize,
+    /// Bytes of deferred diagonals encoded at once.
+    chunk_bytes: usize,
     /// Per output block: giant step → [(input block, baby step, pre-rotated diagonal)].
     groups: Vec<BTreeMap<i64, Group<B>>>,
 }
@@ -244,44 +259,7 @@ impl<B: Backend> LinearTransform<B> {
         scale: f64,
         baby_weight: f64,
     ) -> Result<Self, CkksError> {
-        let (outputs, inputs) = shape;
-        if !(scale.is_finite() && scale >= 1.0) {
-            return Err(CkksError::InvalidScale { scale });
-        }
-        if !(baby_weight.is_finite() && baby_weight > 0.0) {
-            return Err(CkksError::InvalidArgument {
-                what: "the baby-step weight must be positive and finite",
-            });
-        }
-        if level == 0 {
-            return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
-        }
-        if outputs == 0 || inputs == 0 {
-            return Err(CkksError::InvalidArgument {
-                what: "a block transform needs at least one input and one output ciphertext",
-            });
-        }
-        let bad_index = diagonals.values().any(|m| {
-            m.iter()
-                .any(|(&k, d)| k < 0 || k >= slots as i64 || d.len() != slots)
-        });
-        if bad_index {
-            return Err(CkksError::InvalidArgument {
-                what: "diagonal index outside [0, slots) or diagonal of the wrong length",
-            });
-        }
-        if diagonals.keys().any(|&(v, u)| v >= outputs || u >= inputs)
-            || (0..outputs).any(|v| !diagonals.keys().any(|&(w, _)| w == v))
-        {
-            return Err(CkksError::InvalidArgument {
-                what: "block outside the transform's shape, or an output block without diagonals",
-            });
-        }
-        let indices: BTreeMap<(usize, usize), BTreeSet<i64>> = diagonals
-            .iter()
-            .map(|(&vu, m)| (vu, m.keys().copied().collect()))
-            .collect();
-        let n1 = choose_n1(&indices, slots, baby_weight);
+        let n1 = check_blocks(diagonals, shape, slots, level, scale, baby_weight)?;
         // The diagonals are encoded independently, in parallel (the embedding's FFT and the
         // reduction into the limbs are sequential per plaintext); the results are collected
         // in order, so the transform is the same whatever the thread count.
@@ -300,17 +278,72 @@ impl<B: Backend> LinearTransform<B> {
                 .map(|pt| (v, u, g, b, pt))
         });
         let mut groups: Vec<BTreeMap<i64, Group<B>>> =
-            (0..outputs).map(|_| BTreeMap::new()).collect();
+            (0..shape.0).map(|_| BTreeMap::new()).collect();
         for item in encoded {
             let (v, u, g, b, pt) = item?;
-            groups[v].entry(g).or_default().push((u, b, pt));
+            groups[v]
+                .entry(g)
+                .or_default()
+                .push((u, b, Diagonal::Encoded(pt)));
         }
         Ok(Self {
             slots,
             level,
             n1,
             scale,
-            inputs,
+            inputs: shape.1,
+            chunk_bytes: DEFERRED_CHUNK_BYTES,
+            groups,
+        })
+    }
+
+    /// As [`LinearTransform::blocks`], with the diagonals kept as slot values (real ones as
+    /// `f64`: a sixteenth of a plaintext's limbs at a network's levels) and encoded a few
+    /// giant steps at a time each time the transform runs ([`DEFERRED_CHUNK_BYTES`]). For
+    /// transforms too large to hold encoded (a ResNet's convolutions at N = 2^16: 1,575
+    /// diagonals of 11 limbs, 8.5 GiB, in one layer); evaluation pays the encoding.
+    ///
+    /// # Errors
+    /// See [`LinearTransform::blocks`].
+    pub fn deferred(
+        eval: &Evaluator<B>,
+        diagonals: BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self, CkksError> {
+        let n1 = check_blocks(&diagonals, shape, slots, level, scale, DEFAULT_BABY_WEIGHT)?;
+        // Only the evaluator's parameters are needed to encode later; the evaluator itself is
+        // asked for so that a transform is always built against the parameters it runs with.
+        if slots > eval.params().max_slots() {
+            return Err(CkksError::InvalidArgument {
+                what: "more slots than the parameters have",
+            });
+        }
+        let mut groups: Vec<BTreeMap<i64, Group<B>>> =
+            (0..shape.0).map(|_| BTreeMap::new()).collect();
+        for ((v, u), block) in diagonals {
+            for (k, mut d) in block {
+                let b = k % n1 as i64;
+                let g = k - b;
+                // rot_{-g}(d)[i] = d[(i - g) mod slots]
+                d.rotate_right(g.rem_euclid(slots as i64) as usize);
+                let diagonal = if d.iter().all(|z| z.im == 0.0) {
+                    Diagonal::Real(d.iter().map(|z| z.re).collect())
+                } else {
+                    Diagonal::Complex(d)
+                };
+                groups[v].entry(g).or_default().push((u, b, diagonal));
+            }
+        }
+        Ok(Self {
+            slots,
+            level,
+            n1,
+            scale,
+            inputs: shape.1,
+            chunk_bytes: DEFERRED_CHUNK_BYTES,
             groups,
         })
     }
@@ -366,7 +399,7 @@ impl<B: Backend> LinearTransform<B> {
         (self.groups.len(), self.inputs)
     }
 
-    /// Number of encoded diagonals (plaintext products per evaluation).
+    /// Number of diagonals (plaintext products per evaluation).
     pub fn diagonal_count(&self) -> usize {
         self.groups
             .iter()
@@ -374,6 +407,72 @@ impl<B: Backend> LinearTransform<B> {
             .map(Vec::len)
             .sum()
     }
+
+    /// The same transform encoding at most about `bytes` of deferred diagonals at once (at
+    /// least one giant step's): less memory, less parallel encoding.
+    pub fn with_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.chunk_bytes = bytes;
+        self
+    }
+
+    /// Whether the diagonals are encoded while the transform runs
+    /// ([`LinearTransform::deferred`]).
+    pub fn is_deferred(&self) -> bool {
+        self.groups
+            .iter()
+            .flat_map(BTreeMap::values)
+            .flatten()
+            .any(|(_, _, d)| !matches!(d, Diagonal::Encoded(_)))
+    }
+}
+
+/// Checks a block transform's arguments; returns the baby-step count.
+fn check_blocks(
+    diagonals: &BlockDiagonals,
+    shape: (usize, usize),
+    slots: usize,
+    level: usize,
+    scale: f64,
+    baby_weight: f64,
+) -> Result<usize, CkksError> {
+    let (outputs, inputs) = shape;
+    if !(scale.is_finite() && scale >= 1.0) {
+        return Err(CkksError::InvalidScale { scale });
+    }
+    if !(baby_weight.is_finite() && baby_weight > 0.0) {
+        return Err(CkksError::InvalidArgument {
+            what: "the baby-step weight must be positive and finite",
+        });
+    }
+    if level == 0 {
+        return Err(CkksError::LevelTooLow { needed: 1, have: 0 });
+    }
+    if outputs == 0 || inputs == 0 {
+        return Err(CkksError::InvalidArgument {
+            what: "a block transform needs at least one input and one output ciphertext",
+        });
+    }
+    let bad_index = diagonals.values().any(|m| {
+        m.iter()
+            .any(|(&k, d)| k < 0 || k >= slots as i64 || d.len() != slots)
+    });
+    if bad_index {
+        return Err(CkksError::InvalidArgument {
+            what: "diagonal index outside [0, slots) or diagonal of the wrong length",
+        });
+    }
+    if diagonals.keys().any(|&(v, u)| v >= outputs || u >= inputs)
+        || (0..outputs).any(|v| !diagonals.keys().any(|&(w, _)| w == v))
+    {
+        return Err(CkksError::InvalidArgument {
+            what: "block outside the transform's shape, or an output block without diagonals",
+        });
+    }
+    let indices: BTreeMap<(usize, usize), BTreeSet<i64>> = diagonals
+        .iter()
+        .map(|(&vu, m)| (vu, m.keys().copied().collect()))
+        .collect();
+    Ok(choose_n1(&indices, slots, baby_weight))
 }
 
 impl<B: Backend> Evaluator<B> {
@@ -467,52 +566,34 @@ impl<B: Backend> Evaluator<B> {
             };
             baby_parts.push([(c0.buffer(), c0.basis()), (c1.buffer(), c1.basis())]);
         }
-        let (be, ctx) = (self.backend(), self.ctx());
+        let ctx = self.ctx();
         let basis = Basis::q(lt.level + 1);
         let scale = cts[0].scale() * lt.scale;
+        // Deferred diagonals are encoded a chunk of giant steps at a time.
+        let per_chunk = (lt.chunk_bytes / (basis.len() * ctx.n() * 8)).max(1);
         let mut outputs = Vec::with_capacity(lt.groups.len());
         for groups in &lt.groups {
-            let mut row_ptr = vec![0usize];
-            let (mut cols, mut weights) = (Vec::new(), Vec::new());
-            for items in groups.values() {
-                for (u, b, pt) in items {
-                    cols.push(*index.get(&(*u, *b)).ok_or(CkksError::InvalidArgument {
-                        what: "missing baby-step rotation",
-                    })?);
-                    weights.push((pt.poly().buffer(), pt.poly().basis()));
-                }
-                row_ptr.push(cols.len());
-            }
-            // The plaintext products of every giant step in one coefficient-blocked pass
-            // (each diagonal read once for both ciphertext parts), then the giant-step
-            // rotations in parallel: they are independent, and at small ring degrees a
-            // single key switch is too short to split well across threads.
-            let words = basis.len() * ctx.n();
-            let mut sums = Vec::with_capacity(groups.len());
-            for _ in 0..groups.len() {
-                sums.push([be.alloc(words)?, be.alloc(words)?]);
-            }
-            let rows = PolyRows {
-                row_ptr: &row_ptr,
-                cols: &cols,
-                weights: &weights,
-            };
-            be.mul_sums_pair(ctx, basis, &baby_parts, rows, &mut sums);
-            let jobs: Vec<(i64, [B::Buffer; 2])> = groups.keys().copied().zip(sums).collect();
-            let rotated = be.par_map(jobs, |(g, [c0, c1])| -> Result<Ciphertext<B>, CkksError> {
-                let inner = hecnn_rlwe::Ciphertext::from_parts(vec![
-                    RnsPoly::<B, Eval>::from_buffer(c0, basis),
-                    RnsPoly::<B, Eval>::from_buffer(c1, basis),
-                ])?;
-                self.rotate(&Ciphertext::new(inner, scale, lt.slots), g)
-            });
+            let giants: Vec<(&i64, &Group<B>)> = groups.iter().collect();
             let mut total: Option<Ciphertext<B>> = None;
-            for group in rotated {
-                let group = group?;
+            let mut start = 0;
+            while start < giants.len() {
+                let mut end = start;
+                let mut deferred = 0;
+                while end < giants.len() && (end == start || deferred < per_chunk) {
+                    deferred += giants[end]
+                        .1
+                        .iter()
+                        .filter(|(_, _, d)| !matches!(d, Diagonal::Encoded(_)))
+                        .count();
+                    end += 1;
+                }
+                let chunk = &giants[start..end];
+                start = end;
+                let sum = self.giant_steps(chunk, lt, &index, &baby_parts, scale)?;
                 total = Some(match total {
-                    None => group,
+                    None => sum,
                     Some(mut t) => {
-                        self.add_assign(&mut t, &group)?;
+                        self.add_assign(&mut t, &sum)?;
                         t
                     }
                 });
@@ -524,6 +605,88 @@ impl<B: Backend> Evaluator<B> {
             outputs.push(out);
         }
         Ok(outputs)
+    }
+
+    /// `Σ_g rot_g(Σ_b d_{g,b} ⊙ rot_b(v))` over the giant steps of `chunk` (not rescaled),
+    /// its deferred diagonals encoded first, in parallel.
+    fn giant_steps(
+        &self,
+        chunk: &[(&i64, &Group<B>)],
+        lt: &LinearTransform<B>,
+        index: &BTreeMap<(usize, i64), u32>,
+        baby_parts: &[[Operand<'_, B>; 2]],
+        scale: f64,
+    ) -> Result<Ciphertext<B>, CkksError> {
+        let (be, ctx) = (self.backend(), self.ctx());
+        let basis = Basis::q(lt.level + 1);
+        let jobs: Vec<&Diagonal<B>> = chunk
+            .iter()
+            .flat_map(|(_, items)| items.iter().map(|(_, _, d)| d))
+            .filter(|d| !matches!(d, Diagonal::Encoded(_)))
+            .collect();
+        let fresh = be.par_map(jobs, |d| match d {
+            Diagonal::Real(x) => self.encode_real(x, lt.level, lt.scale, lt.slots),
+            Diagonal::Complex(z) => self.encode(z, lt.level, lt.scale, lt.slots),
+            Diagonal::Encoded(_) => Err(CkksError::InvalidArgument {
+                what: "an encoded diagonal among the deferred ones",
+            }),
+        });
+        let fresh: Vec<Plaintext<B>> = fresh.into_iter().collect::<Result<_, _>>()?;
+        let mut fresh = fresh.iter();
+        let mut row_ptr = vec![0usize];
+        let (mut cols, mut weights) = (Vec::new(), Vec::new());
+        for (_, items) in chunk {
+            for (u, b, d) in items.iter() {
+                cols.push(*index.get(&(*u, *b)).ok_or(CkksError::InvalidArgument {
+                    what: "missing baby-step rotation",
+                })?);
+                let pt = match d {
+                    Diagonal::Encoded(pt) => pt,
+                    _ => fresh.next().ok_or(CkksError::InvalidArgument {
+                        what: "a deferred diagonal left unencoded",
+                    })?,
+                };
+                weights.push((pt.poly().buffer(), pt.poly().basis()));
+            }
+            row_ptr.push(cols.len());
+        }
+        // The plaintext products of every giant step in one coefficient-blocked pass (each
+        // diagonal read once for both ciphertext parts), then the giant-step rotations in
+        // parallel: they are independent, and at small ring degrees a single key switch is
+        // too short to split well across threads.
+        let words = basis.len() * ctx.n();
+        let mut sums = Vec::with_capacity(chunk.len());
+        for _ in 0..chunk.len() {
+            sums.push([be.alloc(words)?, be.alloc(words)?]);
+        }
+        let rows = PolyRows {
+            row_ptr: &row_ptr,
+            cols: &cols,
+            weights: &weights,
+        };
+        be.mul_sums_pair(ctx, basis, baby_parts, rows, &mut sums);
+        let jobs: Vec<(i64, [B::Buffer; 2])> = chunk.iter().map(|(g, _)| **g).zip(sums).collect();
+        let rotated = be.par_map(jobs, |(g, [c0, c1])| -> Result<Ciphertext<B>, CkksError> {
+            let inner = hecnn_rlwe::Ciphertext::from_parts(vec![
+                RnsPoly::<B, Eval>::from_buffer(c0, basis),
+                RnsPoly::<B, Eval>::from_buffer(c1, basis),
+            ])?;
+            self.rotate(&Ciphertext::new(inner, scale, lt.slots), g)
+        });
+        let mut total: Option<Ciphertext<B>> = None;
+        for group in rotated {
+            let group = group?;
+            total = Some(match total {
+                None => group,
+                Some(mut t) => {
+                    self.add_assign(&mut t, &group)?;
+                    t
+                }
+            });
+        }
+        total.ok_or(CkksError::InvalidArgument {
+            what: "linear transform without diagonals",
+        })
     }
 }
 

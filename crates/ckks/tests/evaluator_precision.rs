@@ -289,6 +289,35 @@ fn bsgs_matrix_vector() {
             19.0,
             22.0,
         );
+        // Deferred diagonals (encoded while the transform runs, in one chunk or one giant
+        // step at a time) give the very same ciphertext: the sums are exact modular ones.
+        // One diagonal complex, the rest kept as reals.
+        let mut cdiags = diags.clone();
+        if let Some(d) = cdiags.values_mut().nth(3) {
+            d.iter_mut().for_each(|z| *z *= Complex64::new(0.0, 1.0));
+        }
+        let blocks = hecnn_ckks::BlockDiagonals::from([((0, 0), cdiags)]);
+        let scale = c.params.q_at(2);
+        let eager = LinearTransform::blocks(&c.eval, &blocks, (1, 1), n, 2, scale).unwrap();
+        let want = c.eval.linear_transform(&cx, &eager).unwrap();
+        let want = hecnn_ckks::decrypt(&c.sk, &c.be, &want).unwrap();
+        let want = c.eval.encoder().decode(&c.be, &c.params, &want).unwrap();
+        assert!(!eager.is_deferred());
+        for chunk in [None, Some(1)] {
+            let mut lt =
+                LinearTransform::deferred(&c.eval, blocks.clone(), (1, 1), n, 2, scale).unwrap();
+            if let Some(bytes) = chunk {
+                lt = lt.with_chunk_bytes(bytes);
+            }
+            assert!(lt.is_deferred());
+            assert_eq!(lt.rotations(), eager.rotations());
+            assert_eq!(lt.diagonal_count(), eager.diagonal_count());
+            let got = c.eval.linear_transform(&cx, &lt).unwrap();
+            let got = hecnn_ckks::decrypt(&c.sk, &c.be, &got).unwrap();
+            let got = c.eval.encoder().decode(&c.be, &c.params, &got).unwrap();
+            assert_eq!(got, want, "deferred, chunk {chunk:?}, logN={log_n}");
+        }
+
         // A block transform without inputs or outputs is refused, not run on nothing.
         let empty = hecnn_ckks::BlockDiagonals::new();
         for shape in [(0, 0), (1, 0), (0, 1)] {

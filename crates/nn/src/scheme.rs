@@ -106,6 +106,22 @@ pub trait Scheme: Sync {
         level: usize,
         scale: f64,
     ) -> Result<Self::Transform, SchemeError>;
+    /// As [`Scheme::encode_transform`], for a transform used once: a scheme may keep the
+    /// diagonals as values and encode them a few at a time while the transform runs
+    /// (bounded memory for layers too large to hold encoded). By default, encodes now.
+    ///
+    /// # Errors
+    /// As [`Scheme::encode_transform`].
+    fn defer_transform(
+        &self,
+        diagonals: BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+        scale: f64,
+    ) -> Result<Self::Transform, SchemeError> {
+        self.encode_transform(&diagonals, shape, slots, level, scale)
+    }
     /// `a + b`.
     ///
     /// # Errors
@@ -238,6 +254,18 @@ impl<B: Backend> Scheme for Evaluator<B> {
         scale: f64,
     ) -> Result<LinearTransform<B>, SchemeError> {
         Ok(LinearTransform::blocks(
+            self, diagonals, shape, slots, level, scale,
+        )?)
+    }
+    fn defer_transform(
+        &self,
+        diagonals: BlockDiagonals,
+        shape: (usize, usize),
+        slots: usize,
+        level: usize,
+        scale: f64,
+    ) -> Result<LinearTransform<B>, SchemeError> {
+        Ok(LinearTransform::deferred(
             self, diagonals, shape, slots, level, scale,
         )?)
     }

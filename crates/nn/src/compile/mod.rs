@@ -929,24 +929,25 @@ impl CompiledModel {
             },
             PackedPlan::Single(p) => {
                 let galois = self.key_requirements().galois_elements(r).len();
-                // Every stage's diagonals at the level it runs at (their limbs): all of
-                // them, or the largest stage's when they are encoded on the fly.
-                let per_stage: Vec<usize> = p
-                    .layers()
-                    .iter()
-                    .map(|l| {
-                        let level = self
-                            .levels
-                            .stages
-                            .get(l.stage)
-                            .map_or(r.max_level(), |s| s.level_in);
-                        l.diagonals * (level + 1)
-                    })
-                    .collect();
-                let limbs = match lowering {
-                    crate::single::Lowering::Eager => per_stage.iter().sum(),
+                // Every stage's diagonals encoded at the level it runs at (their limbs); on
+                // the fly, the largest stage's as complex slot values while they are
+                // gathered, and one chunk of them encoded.
+                let diagonal_bytes = match lowering {
+                    crate::single::Lowering::Eager => p
+                        .layers()
+                        .iter()
+                        .map(|l| {
+                            let level = self
+                                .levels
+                                .stages
+                                .get(l.stage)
+                                .map_or(r.max_level(), |s| s.level_in);
+                            l.diagonals * (level + 1) * r.n() * 8
+                        })
+                        .sum(),
                     crate::single::Lowering::OnTheFly => {
-                        per_stage.iter().copied().max().unwrap_or(0)
+                        let largest = p.layers().iter().map(|l| l.diagonals).max().unwrap_or(0);
+                        largest * p.slots() * 16 + hecnn_ckks::DEFERRED_CHUNK_BYTES
                     }
                 };
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
@@ -954,12 +955,12 @@ impl CompiledModel {
                 // the diagonal plaintexts.
                 let keys = self.keys.expanded_key_bytes(r);
                 MemoryEstimate {
-                    bytes: keys + limbs * r.n() * 8,
+                    bytes: keys + diagonal_bytes,
                     what: format!(
                         "keys and encoded diagonals ({galois} Galois keys, {diagonals} diagonals at N = 2^{}{}{})",
                         r.log_n(),
                         if lowering == crate::single::Lowering::OnTheFly {
-                            ", one stage's encoded at a time"
+                            ", encoded a chunk at a time as each stage runs"
                         } else {
                             ""
                         },

@@ -787,7 +787,8 @@ impl SinglePlan {
                 StageOp::Linear { .. } => {
                     let lowered = match lowering {
                         Lowering::Eager => {
-                            let (lt, bias) = self.encode_linear(s, i, level, scale, input_scale)?;
+                            let (lt, bias) =
+                                self.encode_linear(s, i, level, scale, input_scale, false)?;
                             Lowered::Ready(lt, bias)
                         }
                         Lowering::OnTheFly => Lowered::OnTheFly { level, scale },
@@ -817,7 +818,8 @@ impl SinglePlan {
     }
 
     /// Encodes linear stage `i`'s diagonals for an input at `level` and `scale` (its output
-    /// at `input_scale`, the nominal scale) and its biases.
+    /// at `input_scale`, the nominal scale) and its biases; `deferred` for a transform used
+    /// once ([`Scheme::defer_transform`]: encoded a few diagonals at a time as it runs).
     fn encode_linear<S: Scheme>(
         &self,
         s: &S,
@@ -825,6 +827,7 @@ impl SinglePlan {
         level: usize,
         scale: f64,
         input_scale: f64,
+        deferred: bool,
     ) -> Result<EncodedStage<S::Transform, S::Pt>, NnError> {
         let stage = &self.stages[i];
         let StageOp::Linear { rows, .. } = &stage.op else {
@@ -878,16 +881,16 @@ impl SinglePlan {
         // Diagonals at `q_level · nominal / input scale`: the output comes back at
         // the nominal scale, whatever the squares before did to it (their
         // `scale² / q` drifts away from it, doubling its distance every square).
-        let lt = s
-            .encode_transform(
-                &diagonals,
-                (plan.out_cts, plan.in_cts),
-                slots,
-                level,
-                s.q_at(level) * input_scale / scale,
-            )
-            .map_err(err)?;
-        drop(diagonals);
+        let (shape, diagonal_scale) = (
+            (plan.out_cts, plan.in_cts),
+            s.q_at(level) * input_scale / scale,
+        );
+        let lt = if deferred {
+            s.defer_transform(diagonals, shape, slots, level, diagonal_scale)
+        } else {
+            s.encode_transform(&diagonals, shape, slots, level, diagonal_scale)
+        }
+        .map_err(err)?;
         let level = level.checked_sub(1).ok_or_else(|| NnError::OutOfLevels {
             stage: stage.name.clone(),
             index: i,
@@ -1104,7 +1107,7 @@ impl SinglePlan {
                     let (lt, bias) = match encoded.transforms.get(&i) {
                         Some(Lowered::Ready(lt, bias)) => (lt, bias),
                         Some(&Lowered::OnTheFly { level, scale }) => {
-                            now = self.encode_linear(s, i, level, scale, encoded.scale)?;
+                            now = self.encode_linear(s, i, level, scale, encoded.scale, true)?;
                             (&now.0, &now.1)
                         }
                         None => {
@@ -1221,8 +1224,10 @@ pub enum Lowering {
     /// (HCNN's CIFAR-10 network: 8 GB at N = 2^14).
     #[default]
     Eager,
-    /// Each linear stage's diagonals encoded when an image reaches it and dropped after:
-    /// memory for one stage at a time, at the cost of encoding them for every image.
+    /// Each linear stage's diagonals encoded when an image reaches it, a few giant steps at
+    /// a time (under CKKS: [`hecnn_ckks::DEFERRED_CHUNK_BYTES`]), and dropped after: memory
+    /// for one stage's diagonals as slot values, at the cost of encoding them for every
+    /// image.
     OnTheFly,
 }
 
