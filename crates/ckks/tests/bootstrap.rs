@@ -102,8 +102,14 @@ fn refuses_too_few_levels_and_foreign_keys() {
     let be = CpuBackend::new(1).unwrap();
     let mut rng = Prng::from_seed([9; 32]);
     let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    // The key requirements already name the missing levels.
+    let err = config.key_requirements(&params).unwrap_err();
+    assert!(
+        matches!(err, hecnn_ckks::CkksError::LevelTooLow { .. }),
+        "{err}"
+    );
     let keys = sk
-        .evaluation_keys(&be, &config.key_requirements(&params).unwrap(), &mut rng)
+        .evaluation_keys(&be, &hecnn_rlwe::KeyRequirements::relin(), &mut rng)
         .unwrap();
     let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
     let encaps = sk.encapsulation_keys(&be, 32, &mut rng).unwrap();

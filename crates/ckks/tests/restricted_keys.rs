@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use hecnn_ckks::{CkksError, CkksParams, Evaluator, encrypt_sk};
 use hecnn_ring::{CpuBackend, Prng};
-use hecnn_rlwe::{EvaluationKeys, KeyRequirements, RlweError, SecretKey};
+use hecnn_rlwe::{EvaluationKeys, KeyRequirements, KeyStorage, RlweError, SecretKey};
 use hecnn_testkit::{PrecisionStats, uniform_values};
 
 #[test]
@@ -119,5 +119,68 @@ fn restricted_keys_rotate_below_their_level_and_refuse_above() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn compact_keys_switch_exactly_as_expanded_ones_in_half_the_memory() {
+    let params =
+        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(11, 4), 40).unwrap());
+    let be = CpuBackend::new(2).unwrap();
+    let sk = SecretKey::generate(params.rlwe(), &mut Prng::from_seed([1; 32])).unwrap();
+    let req = KeyRequirements::relin()
+        .with_rotations_at([1, 3], 2)
+        .with_rotations([5]);
+    // The same generator state: the same keys, held two ways.
+    let expanded = sk
+        .evaluation_keys_with(&be, &req, KeyStorage::Expanded, &mut Prng::from_seed([2; 32]))
+        .unwrap();
+    let compact = sk
+        .evaluation_keys_with(&be, &req, KeyStorage::Compact, &mut Prng::from_seed([2; 32]))
+        .unwrap();
+    assert_eq!(2 * compact.memory_bytes(), expanded.memory_bytes());
+    assert_eq!(compact.to_bytes(&be).unwrap(), expanded.to_bytes(&be).unwrap());
+    let loaded = EvaluationKeys::from_bytes_with(
+        &be,
+        params.rlwe(),
+        &expanded.to_bytes(&be).unwrap(),
+        8,
+        KeyStorage::Compact,
+    )
+    .unwrap();
+    assert_eq!(loaded.memory_bytes(), compact.memory_bytes());
+    let mut compacted = EvaluationKeys::from_bytes(
+        &be,
+        params.rlwe(),
+        &expanded.to_bytes(&be).unwrap(),
+        8,
+    )
+    .unwrap();
+    compacted.compact();
+    assert_eq!(compacted.memory_bytes(), compact.memory_bytes());
+
+    let evals: Vec<Evaluator<CpuBackend>> = [expanded, compact, loaded]
+        .into_iter()
+        .map(|k| Evaluator::new(Arc::clone(&params), Arc::new(k), be.clone()).unwrap())
+        .collect();
+    let slots = params.max_slots();
+    let x = uniform_values(4, slots);
+    let pt = evals[0]
+        .encode_real(&x, params.max_level(), params.default_scale(), slots)
+        .unwrap();
+    let ct = encrypt_sk(&sk, &be, &pt, &mut Prng::from_seed([3; 32])).unwrap();
+    let at2 = evals[0].drop_to_level(&ct, 2).unwrap();
+    let run = |e: &Evaluator<CpuBackend>| {
+        let r = e.rotate(&at2, 1).unwrap();
+        let h = e.rotate_hoisted(&at2, &[3, 1]).unwrap();
+        let m = e.rescale(&e.mul_relin(&ct, &e.rotate(&ct, 5).unwrap()).unwrap()).unwrap();
+        [r, h[0].clone(), h[1].clone(), m]
+            .iter()
+            .map(|c| c.to_bytes(&be, &params).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let want = run(&evals[0]);
+    for e in &evals[1..] {
+        assert_eq!(run(e), want, "compact keys switch to the very same ciphertexts");
     }
 }

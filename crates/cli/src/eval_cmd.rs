@@ -415,8 +415,10 @@ fn eval_single(
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
     let client = Client::new(c.client_spec(), be.clone())?;
-    let keys = client.keygen(&mut rng)?;
+    let plan_storage = plan.key_storage();
+    let keys = client.keygen_with(&mut rng, plan_storage)?;
     let key_bytes = keys.evaluation.size_bytes();
+    let key_memory = keys.evaluation.memory_bytes();
     let rotations = c.key_requirements().rotations.len();
     let keygen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
@@ -476,8 +478,13 @@ fn eval_single(
     println!("  decrypt  {}", stat(&mut dec_s));
     println!("  end to end {}", stat(&mut total));
     println!(
-        "setup: keygen {keygen_s:.2} s, evaluation keys {} (relinearization + {rotations} rotations), transforms {} in {encode_s:.2} s; peak memory {}",
+        "setup: keygen {keygen_s:.2} s, evaluation keys {} serialized, {} held {} (relinearization + {rotations} rotations), transforms {} in {encode_s:.2} s; peak memory {}",
         human_bytes(key_bytes),
+        human_bytes(key_memory),
+        match plan_storage {
+            hecnn_rlwe::KeyStorage::Expanded => "expanded",
+            hecnn_rlwe::KeyStorage::Compact => "compact",
+        },
         match lowering {
             Lowering::Eager => "encoded",
             Lowering::OnTheFly => "lowered (diagonals encoded per image)",

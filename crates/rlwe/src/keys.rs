@@ -236,7 +236,7 @@ impl SecretKey {
             let mut t = s_prime.clone();
             t.mul_scalar_assign(be, ctx, &scalars)?;
             b.add_assign(be, ctx, &t)?;
-            parts.push((b, a));
+            parts.push((b, Some(a)));
             seeds.push(seed);
         }
         Ok(SwitchingKey {
@@ -317,14 +317,42 @@ impl SecretKey {
         req: &KeyRequirements,
         rng: &mut Prng,
     ) -> Result<EvaluationKeys<B>, RlweError> {
+        self.evaluation_keys_with(be, req, KeyStorage::Expanded, rng)
+    }
+
+    /// As [`SecretKey::evaluation_keys`], each key held as `storage` says from the moment it
+    /// is made (compact keys never exist expanded all at once).
+    ///
+    /// # Errors
+    /// See [`SecretKey::evaluation_keys`].
+    pub fn evaluation_keys_with<B: Backend>(
+        &self,
+        be: &B,
+        req: &KeyRequirements,
+        storage: KeyStorage,
+        rng: &mut Prng,
+    ) -> Result<EvaluationKeys<B>, RlweError> {
+        let store = |mut key: SwitchingKey<B>| {
+            if storage == KeyStorage::Compact {
+                key.compact();
+            }
+            key
+        };
         let relin = if req.relin {
-            Some(self.relin_key(be, rng)?)
+            Some(RelinKey(store(self.relin_key(be, rng)?.0)))
         } else {
             None
         };
         let mut galois = BTreeMap::new();
         for (g, level) in req.galois_levels(&self.params) {
-            galois.insert(g, self.galois_key_at(be, g, level, rng)?);
+            let key = self.galois_key_at(be, g, level, rng)?;
+            galois.insert(
+                g,
+                GaloisKey {
+                    galois: key.galois,
+                    key: store(key.key),
+                },
+            );
         }
         Ok(EvaluationKeys {
             params: Arc::clone(&self.params),
@@ -386,10 +414,22 @@ pub struct PublicKey<B: Backend> {
     pub(crate) seed: [u8; 32],
 }
 
+/// How a server holds its switching keys in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyStorage {
+    /// Both halves of every digit: fastest.
+    #[default]
+    Expanded,
+    /// Only `b_j` and the seed of `a_j`, which is expanded again (in a few milliseconds per
+    /// key at N = 2^16) each time the key is used: half the memory.
+    Compact,
+}
+
 /// Digits `(b_j, a_j)` of a hybrid key-switching key over `Q_k ∪ P` (all of `Q`, or the
-/// prefix the key is restricted to), with the seeds of `a_j`.
+/// prefix the key is restricted to), with the seeds of `a_j`; `a_j` is absent when the key
+/// is held compact ([`KeyStorage::Compact`]).
 pub struct SwitchingKey<B: Backend> {
-    pub(crate) parts: Vec<(RnsPoly<B, Eval>, RnsPoly<B, Eval>)>,
+    pub(crate) parts: Vec<(RnsPoly<B, Eval>, Option<RnsPoly<B, Eval>>)>,
     pub(crate) seeds: Vec<[u8; 32]>,
     pub(crate) basis: Basis,
 }
@@ -403,10 +443,51 @@ impl<B: Backend> SwitchingKey<B> {
     pub fn max_level(&self) -> usize {
         self.basis.q - 1
     }
-    pub(crate) fn buffers(&self) -> Vec<(&B::Buffer, &B::Buffer)> {
-        self.parts
+    /// Bytes the key holds in memory.
+    pub fn memory_bytes(&self, n: usize) -> usize {
+        let halves: usize = self
+            .parts
             .iter()
-            .map(|(b, a)| (b.buffer(), a.buffer()))
+            .map(|(_, a)| 1 + usize::from(a.is_some()))
+            .sum();
+        halves * self.basis.len() * n * 8
+    }
+    /// Drops the expanded `a_j` (kept as seeds).
+    pub(crate) fn compact(&mut self) {
+        for (_, a) in &mut self.parts {
+            *a = None;
+        }
+    }
+    /// The buffers of the first `digits` digits, with `a_j` expanded from its seed where the
+    /// key is compact (`fresh` holds those expansions while the caller uses them).
+    pub(crate) fn digit_buffers<'a>(
+        &'a self,
+        params: &Params,
+        be: &B,
+        digits: usize,
+        fresh: &'a mut Vec<RnsPoly<B, Eval>>,
+    ) -> Result<Vec<(&'a B::Buffer, &'a B::Buffer)>, RlweError> {
+        let parts = self.parts.get(..digits).ok_or(RlweError::Malformed {
+            what: "a switching key with fewer digits than the ciphertext's decomposition",
+        })?;
+        fresh.clear();
+        for ((_, a), seed) in parts.iter().zip(&self.seeds) {
+            if a.is_none() {
+                fresh.push(uniform_eval(be, params, self.basis, seed)?);
+            }
+        }
+        let mut fresh = fresh.iter();
+        parts
+            .iter()
+            .map(|(b, a)| {
+                let a = match a {
+                    Some(a) => a,
+                    None => fresh.next().ok_or(RlweError::Malformed {
+                        what: "switching-key digit",
+                    })?,
+                };
+                Ok((b.buffer(), a.buffer()))
+            })
             .collect()
     }
 }
@@ -606,6 +687,27 @@ impl<B: Backend> EvaluationKeys<B> {
     pub(crate) fn insert_galois(&mut self, key: GaloisKey<B>) {
         self.galois.insert(key.galois, key);
     }
+    /// Holds every key compact ([`KeyStorage::Compact`]): half the memory.
+    pub fn compact(&mut self) {
+        if let Some(r) = &mut self.relin {
+            r.0.compact();
+        }
+        for k in self.galois.values_mut() {
+            k.key.compact();
+        }
+    }
+
+    /// Bytes these keys hold in memory.
+    pub fn memory_bytes(&self) -> usize {
+        let n = self.params.n();
+        self.relin.iter().map(|r| r.0.memory_bytes(n)).sum::<usize>()
+            + self
+                .galois
+                .values()
+                .map(|k| k.key.memory_bytes(n))
+                .sum::<usize>()
+    }
+
     /// Size in bytes of these keys in seed-compressed serialized form.
     pub fn size_bytes(&self) -> usize {
         let params = &self.params;

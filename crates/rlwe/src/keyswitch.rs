@@ -57,11 +57,13 @@ pub fn switch_decomposed<B: Backend>(
         });
     }
     let perm = galois.map(|g| ctx.eval_permutation(g)).transpose()?;
+    let mut fresh = Vec::new();
+    let buffers = key.digit_buffers(params, be, dec.parts.len(), &mut fresh)?;
     let (k0, k1) = be.key_switch_decomposed(
         ctx,
         dec.q,
         &dec.parts,
-        &key.buffers(),
+        &buffers,
         key.basis,
         perm.as_deref().map(|p| p.as_slice()),
     )?;

@@ -31,7 +31,8 @@ pub mod serial;
 pub use ciphertext::{Ciphertext, Decryptor};
 pub use encapsulation::EncapsulationKeys;
 pub use keys::{
-    EvaluationKeys, GaloisKey, KeyRequirements, PublicKey, RelinKey, SecretKey, SwitchingKey,
+    EvaluationKeys, GaloisKey, KeyRequirements, KeyStorage, PublicKey, RelinKey, SecretKey,
+    SwitchingKey,
 };
 pub use params::{Params, ParamsLiteral, SecretDistribution};
 pub use security::SecurityLevel;

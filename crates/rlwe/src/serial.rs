@@ -12,8 +12,8 @@ use hecnn_ring::{Backend, Basis, Eval, RnsPoly, sampler::UNIFORM_EXPANSION_ID};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    Ciphertext, EvaluationKeys, GaloisKey, Params, ParamsLiteral, PublicKey, RelinKey, RlweError,
-    SwitchingKey, keys::uniform_eval,
+    Ciphertext, EvaluationKeys, GaloisKey, KeyStorage, Params, ParamsLiteral, PublicKey, RelinKey,
+    RlweError, SwitchingKey, keys::uniform_eval,
 };
 
 /// Magic bytes at the start of every hecnn object.
@@ -429,7 +429,12 @@ impl<B: Backend> SwitchingKey<B> {
 
     /// Loads a key over all of `Q ∪ P` or restricted to a prefix `Q_k ∪ P`: every digit's
     /// `b` over the same basis, one digit per gadget digit meeting `Q_k`.
-    fn from_wire(be: &B, params: &Params, wire: &SwitchingKeyWire) -> Result<Self, RlweError> {
+    fn from_wire(
+        be: &B,
+        params: &Params,
+        wire: &SwitchingKeyWire,
+        storage: KeyStorage,
+    ) -> Result<Self, RlweError> {
         check_expansion(wire.expansion)?;
         let ctx = params.ctx();
         let q = wire.b.first().map_or(0, |b| b.q as usize);
@@ -448,7 +453,10 @@ impl<B: Backend> SwitchingKey<B> {
         let mut parts = Vec::with_capacity(wire.b.len());
         for (b, seed) in wire.b.iter().zip(&wire.seeds) {
             let b = b.unpack(be, params, Some(basis))?;
-            let a = uniform_eval(be, params, basis, seed)?;
+            let a = match storage {
+                KeyStorage::Expanded => Some(uniform_eval(be, params, basis, seed)?),
+                KeyStorage::Compact => None,
+            };
             parts.push((b, a));
         }
         Ok(Self {
@@ -492,12 +500,26 @@ impl<B: Backend> EvaluationKeys<B> {
         bytes: &[u8],
         max_keys: usize,
     ) -> Result<Self, RlweError> {
+        Self::from_bytes_with(be, params, bytes, max_keys, KeyStorage::Expanded)
+    }
+
+    /// As [`EvaluationKeys::from_bytes`], each key held as `storage` says.
+    ///
+    /// # Errors
+    /// Size, format, fingerprint and content errors.
+    pub fn from_bytes_with(
+        be: &B,
+        params: &Arc<Params>,
+        bytes: &[u8],
+        max_keys: usize,
+        storage: KeyStorage,
+    ) -> Result<Self, RlweError> {
         let limit = max_keys.saturating_mul(params.switching_key_bytes() + 4096);
         let wire: EvaluationKeysWire = decode(Kind::EvaluationKeys, params, bytes, limit)?;
         let relin = wire
             .relin
             .as_ref()
-            .map(|w| SwitchingKey::from_wire(be, params, w).map(RelinKey))
+            .map(|w| SwitchingKey::from_wire(be, params, w, storage).map(RelinKey))
             .transpose()?;
         let mut keys = EvaluationKeys {
             params: Arc::clone(params),
@@ -512,7 +534,7 @@ impl<B: Backend> EvaluationKeys<B> {
             params.ctx().check_galois(g)?;
             keys.insert_galois(GaloisKey {
                 galois: g,
-                key: SwitchingKey::from_wire(be, params, w)?,
+                key: SwitchingKey::from_wire(be, params, w, storage)?,
             });
         }
         Ok(keys)

@@ -201,27 +201,44 @@ impl BootstrapConfig {
     /// Invalid slot counts or levels.
     pub fn key_requirements(&self, params: &CkksParams) -> Result<KeyRequirements, CkksError> {
         self.check(params)?;
-        let mut rot = BTreeSet::new();
-        for m in self
-            .cts_matrices(params)
-            .iter()
-            .chain(&self.stc_matrices(params))
-        {
-            let idx: BTreeSet<i64> = m.diagonals().keys().map(|&k| k as i64).collect();
-            rot.extend(block_rotations_weighted(
-                &BTreeMap::from([((0, 0), idx)]),
-                m.slots(),
-                self.baby_step_weight,
-            ));
-        }
+        let rotations = |matrices: &[DiagMatrix]| -> BTreeSet<i64> {
+            matrices
+                .iter()
+                .flat_map(|m| {
+                    let idx: BTreeSet<i64> = m.diagonals().keys().map(|&k| k as i64).collect();
+                    block_rotations_weighted(
+                        &BTreeMap::from([((0, 0), idx)]),
+                        m.slots(),
+                        self.baby_step_weight,
+                    )
+                })
+                .collect()
+        };
+        let mut subsum = BTreeSet::new();
         let mut step = self.slots;
         while step < params.max_slots() {
-            rot.insert(step as i64);
+            subsum.insert(step as i64);
             step *= 2;
         }
+        // CoeffToSlot and SubSum run at the top levels; SlotToCoeff below EvalMod, so its
+        // keys are restricted to the level it starts at.
         Ok(KeyRequirements::relin()
-            .with_rotations(rot)
+            .with_rotations_at(rotations(&self.stc_matrices(params)), self.stc_top(params)?)
+            .with_rotations(rotations(&self.cts_matrices(params)))
+            .with_rotations(subsum)
             .with_conjugate())
+    }
+
+    /// The level SlotToCoeff starts at: below CoeffToSlot's levels and EvalMod's.
+    fn stc_top(&self, params: &CkksParams) -> Result<usize, CkksError> {
+        let depth = self.cts_matrices(params).len() + self.eval_mod_poly()?.depth();
+        params
+            .max_level()
+            .checked_sub(depth)
+            .ok_or(CkksError::LevelTooLow {
+                needed: depth,
+                have: params.max_level(),
+            })
     }
 }
 
@@ -394,6 +411,7 @@ impl<B: Backend> Bootstrapper<B> {
 
         let stc_m = config.stc_matrices(params);
         let stc_top = em_in_level - poly.depth();
+        debug_assert_eq!(Ok(stc_top), config.stc_top(params).map_err(|_| ()));
         let stc_levels: Vec<usize> = (0..stc_m.len()).map(|i| stc_top - i).collect();
         let stc_in = 2f64.powi(config.log_stc_scale as i32);
         let stc_pt = chain_scales(params, &stc_levels, stc_in, params.default_scale());

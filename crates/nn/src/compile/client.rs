@@ -8,7 +8,8 @@ use std::sync::Arc;
 use hecnn_ckks::{Ciphertext, CkksParams, Decryptor, Evaluator, encrypt_pk};
 use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{
-    EncapsulationKeys, EvaluationKeys, KeyRequirements, ParamsLiteral, PublicKey, SecretKey,
+    EncapsulationKeys, EvaluationKeys, KeyRequirements, KeyStorage, ParamsLiteral, PublicKey,
+    SecretKey,
 };
 use serde::{Deserialize, Serialize};
 
@@ -444,10 +445,21 @@ impl<B: Backend> Client<B> {
     /// # Errors
     /// Key generation failures.
     pub fn keygen(&self, rng: &mut Prng) -> Result<KeySet<B>, NnError> {
+        self.keygen_with(rng, KeyStorage::Expanded)
+    }
+
+    /// As [`Client::keygen`], the evaluation keys held as `storage` says from the moment
+    /// each is made: for a server in the same process that holds them compact
+    /// ([`crate::compile::ServerPlan::key_storage`]), so that they never exist expanded
+    /// all at once.
+    ///
+    /// # Errors
+    /// As [`Client::keygen`].
+    pub fn keygen_with(&self, rng: &mut Prng, storage: KeyStorage) -> Result<KeySet<B>, NnError> {
         let be = self.eval.backend();
         let secret = SecretKey::generate(self.spec.params.rlwe(), rng)?;
         let public = secret.public_key(be, rng)?;
-        let evaluation = secret.evaluation_keys(be, &self.spec.keys, rng)?;
+        let evaluation = secret.evaluation_keys_with(be, &self.spec.keys, storage, rng)?;
         let encapsulation = match self.spec.encapsulation {
             Some(weight) => Some(secret.encapsulation_keys(be, weight, rng)?),
             None => None,

@@ -951,9 +951,12 @@ impl CompiledModel {
                     }
                 };
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
-                // Expanded switching keys (each over the limbs of the levels it serves) and
-                // the diagonal plaintexts.
-                let keys = self.keys.expanded_key_bytes(r);
+                // Switching keys (each over the limbs of the levels it serves; compact ones
+                // are the size of their serialized form) and the diagonal plaintexts.
+                let keys = match self.default_key_storage() {
+                    hecnn_rlwe::KeyStorage::Expanded => self.keys.expanded_key_bytes(r),
+                    hecnn_rlwe::KeyStorage::Compact => self.keys.key_bytes(r),
+                };
                 MemoryEstimate {
                     bytes: keys + diagonal_bytes,
                     what: format!(
@@ -972,6 +975,18 @@ impl CompiledModel {
                     ),
                 }
             }
+        }
+    }
+
+    /// How a server holds this plan's evaluation keys by default: compact when the plan
+    /// bootstraps (ResNet-20's keys: 6 GiB compact, 12 GiB expanded at N = 2^16; a key
+    /// switch then expands its key's uniform half again, a few milliseconds), expanded
+    /// otherwise.
+    pub fn default_key_storage(&self) -> hecnn_rlwe::KeyStorage {
+        if self.refresh.is_some() {
+            hecnn_rlwe::KeyStorage::Compact
+        } else {
+            hecnn_rlwe::KeyStorage::Expanded
         }
     }
 

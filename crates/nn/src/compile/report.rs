@@ -78,7 +78,7 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
             let _ = write!(
                 out,
                 "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {achieved} (checked on the whole modulus)\n\
-                 keys: relinearization + {galois} Galois keys ({} rotations of the plan{}), {} seed-compressed",
+                 keys: relinearization + {galois} Galois keys ({} rotations of the plan{}), {} seed-compressed, {} in memory ({} restricted to the levels they rotate at)",
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
@@ -93,7 +93,12 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
                 } else {
                     String::new()
                 },
-                human_bytes((galois + 1) * r.switching_key_bytes()),
+                human_bytes(req.key_bytes(r)),
+                human_bytes(req.expanded_key_bytes(r)),
+                req.galois_levels(r)
+                    .values()
+                    .filter(|&&l| l < r.max_level())
+                    .count(),
             );
             if let Some(rec) = c.refresh() {
                 bootstrapping(&mut out, c, rec)?;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hecnn_ckks::bootstrap::Refresh;
 use hecnn_ckks::{Bootstrapper, CkksParams, Evaluator, LinearTransform, Plaintext};
 use hecnn_ring::Backend;
-use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys, KeyRequirements};
+use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys, KeyRequirements, KeyStorage};
 
 use super::client::{ClientSpec, EncryptedImages, ImagesKind, short};
 use super::{CompiledModel, PackedPlan, PackingKind, RefreshRecord};
@@ -25,6 +25,7 @@ pub struct ServerPlan {
     spec: ClientSpec,
     refresh: Option<RefreshRecord>,
     lowering: Lowering,
+    key_storage: KeyStorage,
 }
 
 impl ServerPlan {
@@ -36,7 +37,23 @@ impl ServerPlan {
             spec: c.client_spec(),
             refresh: c.refresh().copied(),
             lowering: c.default_lowering(),
+            key_storage: c.default_key_storage(),
         }
+    }
+
+    /// The plan with the evaluation keys held as `storage` says (default: compact for a
+    /// plan that bootstraps, whose keys at N = 2^16 take most of the memory; expanded
+    /// otherwise). The server compacts keys handed to it expanded; a client making keys
+    /// for it in the same process makes them compact from the start
+    /// ([`crate::compile::Client::keygen_with`]).
+    pub fn with_key_storage(mut self, storage: KeyStorage) -> Self {
+        self.key_storage = storage;
+        self
+    }
+
+    /// How the server holds its evaluation keys.
+    pub fn key_storage(&self) -> KeyStorage {
+        self.key_storage
     }
 
     /// The plan with its single-image diagonals encoded as `lowering` says (default: on the
@@ -109,13 +126,25 @@ impl ServerPlan {
                 found: "none".into(),
             });
         }
-        let needed = req.galois_elements(self.params.rlwe());
-        if let Some(g) = needed.iter().find(|&&g| !keys.has_galois(g)) {
-            return Err(NnError::Mismatch {
-                what: "evaluation keys",
-                expected: format!("{} rotation keys", needed.len()),
-                found: format!("none for Galois element {g}"),
-            });
+        let needed = req.galois_levels(self.params.rlwe());
+        for (&g, &level) in &needed {
+            match keys.galois(g) {
+                Err(_) => {
+                    return Err(NnError::Mismatch {
+                        what: "evaluation keys",
+                        expected: format!("{} rotation keys", needed.len()),
+                        found: format!("none for Galois element {g}"),
+                    });
+                }
+                Ok(k) if k.max_level() < level => {
+                    return Err(NnError::Mismatch {
+                        what: "evaluation keys",
+                        expected: format!("the key of Galois element {g} up to level {level}"),
+                        found: format!("one up to level {}", k.max_level()),
+                    });
+                }
+                Ok(_) => {}
+            }
         }
         Ok(())
     }
@@ -205,6 +234,10 @@ impl<B: Backend> Server<B> {
     ) -> Result<Self, NnError> {
         plan.check_keys(&keys)?;
         let key_id = keys.key_id();
+        let mut keys = keys;
+        if plan.key_storage == KeyStorage::Compact {
+            keys.compact();
+        }
         let mut eval = Evaluator::new(Arc::clone(&plan.params), Arc::new(keys), backend)?;
         if let Some(make) = make {
             let refresh = make(&eval)?;
