@@ -5,6 +5,7 @@
 //! per-call state, so one instance can be shared across threads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hecnn_ring::{Backend, Basis, Eval, RnsContext, RnsPoly, backend::Operand};
 use hecnn_rlwe::{EvaluationKeys, keyswitch};
@@ -24,6 +25,57 @@ pub struct Evaluator<B: Backend> {
     encoder: Encoder,
     /// What refreshes ciphertexts' levels (bootstrapping), when one is installed.
     refresh: Option<Arc<dyn Refresh<B> + Send + Sync>>,
+    /// What this evaluator has done, for breakdowns.
+    counters: Arc<Counters>,
+}
+
+/// Counts of the costly operations an [`Evaluator`] has run since it was made (bootstrapping's
+/// own included): read them before and after a computation for its breakdown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Relinearizations (key switches by the relinearization key).
+    pub relinearizations: u64,
+    /// Rotations and conjugations, one key switch each (hoisted ones included).
+    pub rotations: u64,
+    /// Refreshes (bootstrappings).
+    pub refreshes: u64,
+    /// Diagonals of deferred linear transforms encoded while they ran.
+    pub deferred_encodings: u64,
+    /// Wall-clock time spent encoding them, in nanoseconds (threads overlapping).
+    pub deferred_encoding_ns: u64,
+}
+
+impl OpCounts {
+    /// Key switches: relinearizations and rotations.
+    pub fn key_switches(&self) -> u64 {
+        self.relinearizations + self.rotations
+    }
+
+    /// What happened between `earlier` and `self`.
+    pub fn since(&self, earlier: &OpCounts) -> OpCounts {
+        OpCounts {
+            relinearizations: self.relinearizations - earlier.relinearizations,
+            rotations: self.rotations - earlier.rotations,
+            refreshes: self.refreshes - earlier.refreshes,
+            deferred_encodings: self.deferred_encodings - earlier.deferred_encodings,
+            deferred_encoding_ns: self.deferred_encoding_ns - earlier.deferred_encoding_ns,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    relinearizations: AtomicU64,
+    rotations: AtomicU64,
+    refreshes: AtomicU64,
+    pub(crate) deferred_encodings: AtomicU64,
+    pub(crate) deferred_encoding_ns: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 impl<B: Backend> std::fmt::Debug for Evaluator<B> {
@@ -81,7 +133,24 @@ impl<B: Backend> Evaluator<B> {
             be,
             encoder,
             refresh: None,
+            counters: Arc::default(),
         })
+    }
+
+    /// The operations this evaluator has run so far.
+    pub fn op_counts(&self) -> OpCounts {
+        let c = &self.counters;
+        OpCounts {
+            relinearizations: c.relinearizations.load(Ordering::Relaxed),
+            rotations: c.rotations.load(Ordering::Relaxed),
+            refreshes: c.refreshes.load(Ordering::Relaxed),
+            deferred_encodings: c.deferred_encodings.load(Ordering::Relaxed),
+            deferred_encoding_ns: c.deferred_encoding_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// The evaluator with `refresh` bringing ciphertexts back to a high level
@@ -106,6 +175,7 @@ impl<B: Backend> Evaluator<B> {
         let r = self.refresh.as_ref().ok_or(CkksError::InvalidArgument {
             what: "no bootstrapping is installed in this evaluator",
         })?;
+        Counters::add(&self.counters.refreshes, 1);
         r.refresh_bounded(self, ct, bound)
     }
 
@@ -662,6 +732,7 @@ impl<B: Backend> Evaluator<B> {
     pub fn relinearize(&self, ct: Ciphertext<B>) -> Result<Ciphertext<B>, CkksError> {
         let (scale, slots) = (ct.scale(), ct.slots());
         let rlk = self.keys.relin()?;
+        Counters::add(&self.counters.relinearizations, 1);
         let inner = keyswitch::relinearize(&self.be, self.params.rlwe(), ct.into_inner(), rlk)?;
         Ok(Ciphertext::new(inner, scale, slots))
     }
@@ -722,6 +793,7 @@ impl<B: Backend> Evaluator<B> {
 
     fn apply_galois(&self, ct: &Ciphertext<B>, g: usize) -> Result<Ciphertext<B>, CkksError> {
         let gk = self.keys.galois(g)?;
+        Counters::add(&self.counters.rotations, 1);
         let inner = keyswitch::apply_galois(&self.be, self.params.rlwe(), ct.inner(), gk)?;
         Ok(Ciphertext::new(inner, ct.scale(), ct.slots()))
     }
@@ -793,6 +865,7 @@ impl<B: Backend> Evaluator<B> {
                 None => Ok(ct.clone()),
                 Some(g) => {
                     let gk = self.keys.galois(g)?;
+                    Counters::add(&self.counters.rotations, 1);
                     let inner =
                         keyswitch::apply_galois_hoisted(&self.be, params, ct.inner(), &dec, gk)?;
                     Ok(Ciphertext::new(inner, ct.scale(), ct.slots()))

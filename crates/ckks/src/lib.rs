@@ -39,7 +39,7 @@ mod poly_eval;
 pub use bootstrap::{BootstrapConfig, BootstrapPhases, Bootstrapper};
 pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
-pub use evaluator::{Evaluator, inner_sum_rotations};
+pub use evaluator::{Evaluator, OpCounts, inner_sum_rotations};
 pub use linear::{
     BlockDiagonals, DEFAULT_BABY_WEIGHT, DEFERRED_CHUNK_BYTES, LinearTransform,
     block_rotation_counts, block_rotations, block_rotations_weighted, bsgs_rotations, diagonals_of,

@@ -624,6 +624,8 @@ impl<B: Backend> Evaluator<B> {
             .flat_map(|(_, items)| items.iter().map(|(_, _, d)| d))
             .filter(|d| !matches!(d, Diagonal::Encoded(_)))
             .collect();
+        let clock = std::time::Instant::now();
+        let count = jobs.len() as u64;
         let fresh = be.par_map(jobs, |d| match d {
             Diagonal::Real(x) => self.encode_real(x, lt.level, lt.scale, lt.slots),
             Diagonal::Complex(z) => self.encode(z, lt.level, lt.scale, lt.slots),
@@ -632,6 +634,12 @@ impl<B: Backend> Evaluator<B> {
             }),
         });
         let fresh: Vec<Plaintext<B>> = fresh.into_iter().collect::<Result<_, _>>()?;
+        if count > 0 {
+            let c = self.counters();
+            crate::evaluator::Counters::add(&c.deferred_encodings, count);
+            let ns = u64::try_from(clock.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            crate::evaluator::Counters::add(&c.deferred_encoding_ns, ns);
+        }
         let mut fresh = fresh.iter();
         let mut row_ptr = vec![0usize];
         let (mut cols, mut weights) = (Vec::new(), Vec::new());

@@ -133,13 +133,26 @@ fn compact_keys_switch_exactly_as_expanded_ones_in_half_the_memory() {
         .with_rotations([5]);
     // The same generator state: the same keys, held two ways.
     let expanded = sk
-        .evaluation_keys_with(&be, &req, KeyStorage::Expanded, &mut Prng::from_seed([2; 32]))
+        .evaluation_keys_with(
+            &be,
+            &req,
+            KeyStorage::Expanded,
+            &mut Prng::from_seed([2; 32]),
+        )
         .unwrap();
     let compact = sk
-        .evaluation_keys_with(&be, &req, KeyStorage::Compact, &mut Prng::from_seed([2; 32]))
+        .evaluation_keys_with(
+            &be,
+            &req,
+            KeyStorage::Compact,
+            &mut Prng::from_seed([2; 32]),
+        )
         .unwrap();
     assert_eq!(2 * compact.memory_bytes(), expanded.memory_bytes());
-    assert_eq!(compact.to_bytes(&be).unwrap(), expanded.to_bytes(&be).unwrap());
+    assert_eq!(
+        compact.to_bytes(&be).unwrap(),
+        expanded.to_bytes(&be).unwrap()
+    );
     let loaded = EvaluationKeys::from_bytes_with(
         &be,
         params.rlwe(),
@@ -149,13 +162,9 @@ fn compact_keys_switch_exactly_as_expanded_ones_in_half_the_memory() {
     )
     .unwrap();
     assert_eq!(loaded.memory_bytes(), compact.memory_bytes());
-    let mut compacted = EvaluationKeys::from_bytes(
-        &be,
-        params.rlwe(),
-        &expanded.to_bytes(&be).unwrap(),
-        8,
-    )
-    .unwrap();
+    let mut compacted =
+        EvaluationKeys::from_bytes(&be, params.rlwe(), &expanded.to_bytes(&be).unwrap(), 8)
+            .unwrap();
     compacted.compact();
     assert_eq!(compacted.memory_bytes(), compact.memory_bytes());
 
@@ -173,7 +182,9 @@ fn compact_keys_switch_exactly_as_expanded_ones_in_half_the_memory() {
     let run = |e: &Evaluator<CpuBackend>| {
         let r = e.rotate(&at2, 1).unwrap();
         let h = e.rotate_hoisted(&at2, &[3, 1]).unwrap();
-        let m = e.rescale(&e.mul_relin(&ct, &e.rotate(&ct, 5).unwrap()).unwrap()).unwrap();
+        let m = e
+            .rescale(&e.mul_relin(&ct, &e.rotate(&ct, 5).unwrap()).unwrap())
+            .unwrap();
         [r, h[0].clone(), h[1].clone(), m]
             .iter()
             .map(|c| c.to_bytes(&be, &params).unwrap())
@@ -181,6 +192,10 @@ fn compact_keys_switch_exactly_as_expanded_ones_in_half_the_memory() {
     };
     let want = run(&evals[0]);
     for e in &evals[1..] {
-        assert_eq!(run(e), want, "compact keys switch to the very same ciphertexts");
+        assert_eq!(
+            run(e),
+            want,
+            "compact keys switch to the very same ciphertexts"
+        );
     }
 }

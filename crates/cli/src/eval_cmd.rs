@@ -151,6 +151,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
                     Weights::Once => Lowering::Eager,
                     Weights::OnTheFly => Lowering::OnTheFly,
                 }),
+                verbose: a.verbose,
             };
             eval_single(&c, &ds, &run, &a.opts)
         }
@@ -329,6 +330,8 @@ struct SingleRun<'a> {
     simulate: bool,
     /// When the server encodes the weights (`None`: the plan's default).
     lowering: Option<Lowering>,
+    /// Print every stage's time for the first image.
+    verbose: bool,
 }
 
 /// Encrypts, evaluates and decrypts every image of `ds` on its own; compares with the
@@ -431,14 +434,27 @@ fn eval_single(
     let pb = image_progress(todo.len(), "classifying");
     let (mut enc_s, mut run_s, mut dec_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut agreement = Agreement::default();
+    let mut breakdown = None;
     for &i in &todo {
         let image = ds.image(i);
         let t = Instant::now();
         let inputs = client.encrypt(&keys.public, std::slice::from_ref(&image), &mut rng)?;
         enc_s.push(t.elapsed().as_secs_f64());
         let t = Instant::now();
-        let out = server.run(inputs, |_, _| {})?;
+        let mut stages = Vec::new();
+        let out = server.run_profiled(
+            inputs,
+            |_, _| {},
+            |_, time, ops| {
+                if breakdown.is_none() {
+                    stages.push((time, ops));
+                }
+            },
+        )?;
         run_s.push(t.elapsed().as_secs_f64());
+        if breakdown.is_none() {
+            breakdown = Some(stages);
+        }
         let t = Instant::now();
         let got = client.decrypt(&keys.secret, &out)?;
         dec_s.push(t.elapsed().as_secs_f64());
@@ -477,6 +493,9 @@ fn eval_single(
     println!("  evaluate {}", stat(&mut run_s));
     println!("  decrypt  {}", stat(&mut dec_s));
     println!("  end to end {}", stat(&mut total));
+    if let Some(stages) = &breakdown {
+        print_breakdown(stages, run.verbose);
+    }
     println!(
         "setup: keygen {keygen_s:.2} s, evaluation keys {} serialized, {} held {} (relinearization + {rotations} rotations), transforms {} in {encode_s:.2} s; peak memory {}",
         human_bytes(key_bytes),
@@ -631,4 +650,62 @@ fn print_record(rec: &AgreementRecord, what: &str) {
             o.index, o.cleartext, o.cleartext_margin, o.encrypted, o.max_abs_diff
         );
     }
+}
+
+/// Where the first image's evaluation spent its time: by kind of stage (and with
+/// `verbose`, stage by stage), with the key switches and on-the-fly encodings each ran.
+fn print_breakdown(stages: &[(hecnn_nn::single::StageTime, hecnn_ckks::OpCounts)], verbose: bool) {
+    use hecnn_ckks::OpCounts;
+    use hecnn_nn::single::StageTimeKind;
+    #[derive(Default)]
+    struct Sum {
+        seconds: f64,
+        cts: usize,
+        ops: OpCounts,
+    }
+    let mut sums: [Sum; 3] = Default::default();
+    if verbose {
+        println!(
+            "stages of the first image (seconds; key switches; diagonals encoded on the fly):"
+        );
+    }
+    for (t, ops) in stages {
+        let k = match t.kind {
+            StageTimeKind::Linear => 0,
+            StageTimeKind::Activation => 1,
+            StageTimeKind::Refresh => 2,
+        };
+        let sum = &mut sums[k];
+        sum.seconds += t.seconds;
+        sum.cts += t.cts;
+        sum.ops.relinearizations += ops.relinearizations;
+        sum.ops.rotations += ops.rotations;
+        sum.ops.deferred_encodings += ops.deferred_encodings;
+        sum.ops.deferred_encoding_ns += ops.deferred_encoding_ns;
+        if verbose {
+            println!(
+                "  {:>3} {:<10} {:<60} {:>8.2} s {:>5} ks {:>5} enc",
+                t.stage,
+                format!("{:?}", t.kind).to_lowercase(),
+                t.name,
+                t.seconds,
+                ops.key_switches(),
+                ops.deferred_encodings,
+            );
+        }
+    }
+    let [linear, act, refresh] = &sums;
+    let total: f64 = sums.iter().map(|s| s.seconds).sum();
+    println!(
+        "breakdown of the first image ({total:.1} s): linear stages {:.1} s ({} rotations; {} diagonals encoded on the fly, {:.1} s of it), activations {:.1} s ({} relinearizations), {} bootstrap(s) {:.1} s ({} key switches)",
+        linear.seconds,
+        linear.ops.rotations,
+        linear.ops.deferred_encodings,
+        linear.ops.deferred_encoding_ns as f64 * 1e-9,
+        act.seconds,
+        act.ops.relinearizations,
+        refresh.cts,
+        refresh.seconds,
+        refresh.ops.key_switches(),
+    );
 }

@@ -425,11 +425,17 @@ pub enum KeyStorage {
     Compact,
 }
 
+/// One digit of a switching key: `b_j`, and `a_j` unless the key is compact.
+type Digit<B> = (RnsPoly<B, Eval>, Option<RnsPoly<B, Eval>>);
+
+/// The `(b_j, a_j)` buffers of a key's digits, as the backend's key switch reads them.
+type DigitBuffers<'a, B> = Vec<(&'a <B as Backend>::Buffer, &'a <B as Backend>::Buffer)>;
+
 /// Digits `(b_j, a_j)` of a hybrid key-switching key over `Q_k ∪ P` (all of `Q`, or the
 /// prefix the key is restricted to), with the seeds of `a_j`; `a_j` is absent when the key
 /// is held compact ([`KeyStorage::Compact`]).
 pub struct SwitchingKey<B: Backend> {
-    pub(crate) parts: Vec<(RnsPoly<B, Eval>, Option<RnsPoly<B, Eval>>)>,
+    pub(crate) parts: Vec<Digit<B>>,
     pub(crate) seeds: Vec<[u8; 32]>,
     pub(crate) basis: Basis,
 }
@@ -466,7 +472,7 @@ impl<B: Backend> SwitchingKey<B> {
         be: &B,
         digits: usize,
         fresh: &'a mut Vec<RnsPoly<B, Eval>>,
-    ) -> Result<Vec<(&'a B::Buffer, &'a B::Buffer)>, RlweError> {
+    ) -> Result<DigitBuffers<'a, B>, RlweError> {
         let parts = self.parts.get(..digits).ok_or(RlweError::Malformed {
             what: "a switching key with fewer digits than the ciphertext's decomposition",
         })?;
@@ -700,7 +706,10 @@ impl<B: Backend> EvaluationKeys<B> {
     /// Bytes these keys hold in memory.
     pub fn memory_bytes(&self) -> usize {
         let n = self.params.n();
-        self.relin.iter().map(|r| r.0.memory_bytes(n)).sum::<usize>()
+        self.relin
+            .iter()
+            .map(|r| r.0.memory_bytes(n))
+            .sum::<usize>()
             + self
                 .galois
                 .values()

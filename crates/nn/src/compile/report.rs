@@ -78,7 +78,7 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
             let _ = write!(
                 out,
                 "parameters: N = 2^{}, log QP = {:.1}, {} levels, scale 2^{}, dnum {}, security {achieved} (checked on the whole modulus)\n\
-                 keys: relinearization + {galois} Galois keys ({} rotations of the plan{}), {} seed-compressed, {} in memory ({} restricted to the levels they rotate at)",
+                 keys: relinearization + {galois} Galois keys ({} rotations of the plan{}), {} seed-compressed, {} expanded ({} restricted to the levels they rotate at){}",
                 r.log_n(),
                 r.log_qp(),
                 r.max_level(),
@@ -99,6 +99,11 @@ pub(super) fn report(c: &CompiledModel) -> Result<String, NnError> {
                     .values()
                     .filter(|&&l| l < r.max_level())
                     .count(),
+                if c.default_key_storage() == hecnn_rlwe::KeyStorage::Compact {
+                    "; the server holds them compact, at the seed-compressed size"
+                } else {
+                    ""
+                },
             );
             if let Some(rec) = c.refresh() {
                 bootstrapping(&mut out, c, rec)?;

@@ -287,7 +287,22 @@ impl<B: Backend> Server<B> {
     pub fn run(
         &self,
         inputs: EncryptedImages<B>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<EncryptedImages<B>, NnError> {
+        self.run_profiled(inputs, progress, |_, _, _| {})
+    }
+
+    /// As [`Server::run`], calling `on_stage(image, time, ops)` after every stage of a
+    /// single-image plan with the stage's time and the operations it ran (its refresh's
+    /// included), for breakdowns.
+    ///
+    /// # Errors
+    /// As [`Server::run`].
+    pub fn run_profiled(
+        &self,
+        inputs: EncryptedImages<B>,
         mut progress: impl FnMut(usize, usize),
+        mut on_stage: impl FnMut(usize, crate::single::StageTime, hecnn_ckks::OpCounts) + Send,
     ) -> Result<EncryptedImages<B>, NnError> {
         inputs.check(
             ImagesKind::Inputs,
@@ -320,7 +335,14 @@ impl<B: Backend> Server<B> {
                     let image: Vec<_> = cts.by_ref().take(per).collect();
                     // Inside the backend's pool, the many small parallel sections of one
                     // image start without a cross-thread handoff each.
-                    let (o, m) = be.install(|| plan.run(&self.eval, encoded, image))?;
+                    let mut last = self.eval.op_counts();
+                    let mut observe = |t: crate::single::StageTime| {
+                        let now = self.eval.op_counts();
+                        on_stage(i, t, now.since(&last));
+                        last = now;
+                    };
+                    let (o, m) =
+                        be.install(|| plan.run_observed(&self.eval, encoded, image, &mut observe))?;
                     out.extend(o);
                     map = m;
                     progress(i + 1, images);

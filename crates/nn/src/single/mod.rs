@@ -1049,6 +1049,20 @@ impl SinglePlan {
         encoded: &EncodedSingle<S::Transform, S::Pt>,
         input: Vec<S::Ct>,
     ) -> Result<(Vec<S::Ct>, OutputMap), NnError> {
+        self.run_observed(s, encoded, input, &mut |_| {})
+    }
+
+    /// As [`SinglePlan::run`], calling `observe` after every stage with the time it took.
+    ///
+    /// # Errors
+    /// As [`SinglePlan::run`].
+    pub fn run_observed<S: Scheme>(
+        &self,
+        s: &S,
+        encoded: &EncodedSingle<S::Transform, S::Pt>,
+        input: Vec<S::Ct>,
+        observe: &mut (dyn FnMut(StageTime) + Send),
+    ) -> Result<(Vec<S::Ct>, OutputMap), NnError> {
         if input.len() != self.input_cts()
             || input.iter().any(|c| {
                 s.level(c) != encoded.top_level
@@ -1099,6 +1113,7 @@ impl SinglePlan {
                     NnError::Internal(format!("'{}' reads a value no longer held", stage.name))
                 })?);
             }
+            let clock = std::time::Instant::now();
             // Aligned to the lowest source's level and scale, as `encode` assumes.
             let values = align(s, parts).map_err(err)?;
             let out = match &stage.op {
@@ -1173,12 +1188,32 @@ impl SinglePlan {
                     }
                 }
             };
+            let time = |kind, cts, clock: std::time::Instant| StageTime {
+                stage: i,
+                name: stage.name.clone(),
+                kind,
+                cts,
+                seconds: clock.elapsed().as_secs_f64(),
+            };
+            observe(time(
+                match stage.op {
+                    StageOp::Linear { .. } => StageTimeKind::Linear,
+                    StageOp::Poly(_) => StageTimeKind::Activation,
+                },
+                out.len(),
+                clock,
+            ));
             let out = match self.refreshes.get(&i) {
-                Some(&bound) => out
-                    .iter()
-                    .map(|ct| s.refresh(ct, bound))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(err)?,
+                Some(&bound) => {
+                    let clock = std::time::Instant::now();
+                    let out = out
+                        .iter()
+                        .map(|ct| s.refresh(ct, bound))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(err)?;
+                    observe(time(StageTimeKind::Refresh, out.len(), clock));
+                    out
+                }
                 None => out,
             };
             held.push(Some(out));
@@ -1216,6 +1251,34 @@ impl SinglePlan {
 /// One linear stage encoded: its transform and one bias plaintext per output ciphertext
 /// (`None` where every bias is zero).
 type EncodedStage<T, P> = (T, Vec<Option<P>>);
+
+/// Where one image's evaluation spent its time: one stage, or the refresh after it
+/// ([`SinglePlan::run_observed`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageTime {
+    /// Stage index.
+    pub stage: usize,
+    /// Stage name (the model's nodes it covers).
+    pub name: String,
+    /// What ran.
+    pub kind: StageTimeKind,
+    /// Ciphertexts the stage produced (and a refresh refreshed).
+    pub cts: usize,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+/// What a [`StageTime`] measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageTimeKind {
+    /// A linear stage (convolution, dense, pooling), its diagonals encoded on the fly
+    /// included.
+    Linear,
+    /// An activation.
+    Activation,
+    /// The refresh (bootstrapping) of a stage's output.
+    Refresh,
+}
 
 /// When a single-image plan's diagonals are encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
