@@ -105,8 +105,8 @@ pub enum CliError {
 /// Keeps freed memory committed for reuse. An encrypted evaluation allocates and frees
 /// gigabytes of large polynomial buffers; returning them to the OS makes every reuse
 /// page-fault and be zeroed by the kernel again (measured: MNIST batch 8.4 → 5.7 s on two
-/// threads). Option ids follow mimalloc 2's `mi_option_e` (purge_delay = 15,
-/// arena_eager_commit = 4), which is the version `libmimalloc-sys` builds.
+/// threads). Option ids follow `mi_option_e` (purge_delay = 15, arena_eager_commit = 4),
+/// the same in mimalloc 2 and in mimalloc 3, which `libmimalloc-sys` builds.
 fn tune_allocator() {
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
