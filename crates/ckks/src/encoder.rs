@@ -171,8 +171,7 @@ impl Encoder {
         }
         let coeffs = self.embed_inverse(values, slots)?;
         let basis = Basis::q(level + 1);
-        let host = scaled_to_rns(ctx, basis, &coeffs, scale)?;
-        let poly = RnsPoly::<B, Coeff>::from_host(be, ctx, basis, &host)?.into_eval(be, ctx);
+        let poly = scaled_to_rns(be, ctx, basis, &coeffs, scale)?.into_eval(be, ctx);
         Ok(Plaintext::new(poly, scale, slots))
     }
 
@@ -229,36 +228,57 @@ impl Encoder {
 }
 
 /// `round(scale·x)` for every coefficient, reduced into each limb of `basis`.
-pub(crate) fn scaled_to_rns(
+pub(crate) fn scaled_to_rns<B: Backend>(
+    be: &B,
     ctx: &hecnn_ring::RnsContext,
     basis: Basis,
     coeffs: &[f64],
     scale: f64,
-) -> Result<Vec<u64>, CkksError> {
+) -> Result<RnsPoly<B, Coeff>, CkksError> {
     let n = ctx.n();
-    let ints: Vec<i128> = coeffs
-        .iter()
-        .map(|&c| {
-            let v = (c * scale).round();
-            if v.abs() >= 2f64.powi(126) {
-                Err(CkksError::Overflow { value: c, scale })
-            } else {
-                Ok(v as i128)
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    let mut out = vec![0u64; basis.len() * n];
-    for (pos, limb) in out.chunks_exact_mut(n).enumerate() {
-        let m = ctx.limb_modulus(&basis, pos);
-        for (o, &v) in limb.iter_mut().zip(&ints) {
-            *o = if let Ok(small) = i64::try_from(v) {
-                m.reduce_i64(small)
-            } else {
-                m.reduce_i128(v)
-            };
-        }
+    let too_big = |c: f64| {
+        let v = (c * scale).round().abs();
+        v.is_nan() || v >= 2f64.powi(126)
+    };
+    if let Some(&worst) = coeffs.iter().find(|&&c| too_big(c)) {
+        return Err(CkksError::Overflow {
+            value: worst,
+            scale,
+        });
     }
-    Ok(out)
+    let max = coeffs
+        .iter()
+        .fold(0f64, |m, &c| m.max((c * scale).round().abs()));
+    // Below 2^63 (every network weight at a CKKS scale) the rounded coefficients are
+    // reduced from i64; wider ones (bootstrapping's transforms at 60-bit scales times large
+    // entries) from i128.
+    let fill: &mut dyn FnMut(&mut [u64]) = if max < 2f64.powi(63) {
+        let ints: Vec<i64> = coeffs.iter().map(|&c| (c * scale).round() as i64).collect();
+        &mut move |out: &mut [u64]| {
+            for (pos, limb) in out.chunks_exact_mut(n).enumerate() {
+                let m = ctx.limb_modulus(&basis, pos);
+                for (o, &v) in limb.iter_mut().zip(&ints) {
+                    *o = m.reduce_i64(v);
+                }
+            }
+        }
+    } else {
+        let ints: Vec<i128> = coeffs
+            .iter()
+            .map(|&c| (c * scale).round() as i128)
+            .collect();
+        &mut move |out: &mut [u64]| {
+            for (pos, limb) in out.chunks_exact_mut(n).enumerate() {
+                let m = ctx.limb_modulus(&basis, pos);
+                for (o, &v) in limb.iter_mut().zip(&ints) {
+                    *o = m.reduce_i128(v);
+                }
+            }
+        }
+    };
+    // Reduced by construction: no need to validate again.
+    let buf = be.fill_buffer(basis.len() * n, fill)?;
+    Ok(RnsPoly::from_buffer(buf, basis))
 }
 
 #[cfg(test)]

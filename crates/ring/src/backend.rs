@@ -82,6 +82,22 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// [`RingError::Backend`] on transfer failure.
     fn upload(&self, host: &[u64]) -> Result<Self::Buffer, RingError>;
 
+    /// A buffer of `words` words written by `fill`, which must leave reduced limbs. The
+    /// default fills a host vector and uploads it; a host backend fills its buffer in place
+    /// (one large allocation instead of two and a copy).
+    ///
+    /// # Errors
+    /// [`RingError::Backend`] on allocation or transfer failure.
+    fn fill_buffer(
+        &self,
+        words: usize,
+        fill: &mut dyn FnMut(&mut [u64]),
+    ) -> Result<Self::Buffer, RingError> {
+        let mut host = vec![0u64; words];
+        fill(&mut host);
+        self.upload(&host)
+    }
+
     /// Copies the first `words` words of a buffer to the host.
     ///
     /// # Errors

@@ -344,6 +344,16 @@ impl Backend for CpuBackend {
         Ok(AlignedVec::from_slice(host))
     }
 
+    fn fill_buffer(
+        &self,
+        words: usize,
+        fill: &mut dyn FnMut(&mut [u64]),
+    ) -> Result<AlignedVec, RingError> {
+        let mut buf = self.alloc(words)?;
+        fill(&mut buf.as_mut_slice()[..words]);
+        Ok(buf)
+    }
+
     fn download(&self, buf: &AlignedVec, words: usize) -> Result<Vec<u64>, RingError> {
         buf.as_slice()
             .get(..words)
