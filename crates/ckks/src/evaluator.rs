@@ -54,11 +54,17 @@ impl OpCounts {
     /// What happened between `earlier` and `self`.
     pub fn since(&self, earlier: &OpCounts) -> OpCounts {
         OpCounts {
-            relinearizations: self.relinearizations - earlier.relinearizations,
-            rotations: self.rotations - earlier.rotations,
-            refreshes: self.refreshes - earlier.refreshes,
-            deferred_encodings: self.deferred_encodings - earlier.deferred_encodings,
-            deferred_encoding_ns: self.deferred_encoding_ns - earlier.deferred_encoding_ns,
+            relinearizations: self
+                .relinearizations
+                .saturating_sub(earlier.relinearizations),
+            rotations: self.rotations.saturating_sub(earlier.rotations),
+            refreshes: self.refreshes.saturating_sub(earlier.refreshes),
+            deferred_encodings: self
+                .deferred_encodings
+                .saturating_sub(earlier.deferred_encodings),
+            deferred_encoding_ns: self
+                .deferred_encoding_ns
+                .saturating_sub(earlier.deferred_encoding_ns),
         }
     }
 }

@@ -180,6 +180,35 @@ fn the_client_spec_travels_alone_and_ciphertexts_are_bound_to_model_packing_and_
     let client = Client::new(spec, be.clone()).unwrap();
     let keys = client.keygen(&mut rng).unwrap();
     let other = client.keygen(&mut rng).unwrap();
+    // Keys restricted below the levels the plan rotates at, or without relinearization, are
+    // refused before anything runs.
+    let plan = single.server_plan();
+    assert!(plan.check_keys(&keys.evaluation).is_ok());
+    let steps: Vec<i64> = single.key_requirements().rotations.into_iter().collect();
+    let too_low = keys
+        .secret
+        .evaluation_keys(
+            &be,
+            &hecnn_rlwe::KeyRequirements::relin().with_rotations_at(steps.clone(), 0),
+            &mut rng,
+        )
+        .unwrap();
+    let no_relin = keys
+        .secret
+        .evaluation_keys(
+            &be,
+            &hecnn_rlwe::KeyRequirements::default().with_rotations(steps),
+            &mut rng,
+        )
+        .unwrap();
+    for (keys, why) in [(too_low, "up to level"), (no_relin, "relinearization")] {
+        match plan.check_keys(&keys) {
+            Err(NnError::Mismatch { expected, .. }) => {
+                assert!(expected.contains(why), "{expected}")
+            }
+            other => panic!("{why}: {:?}", other.map(|_| ())),
+        }
+    }
     let inputs = client
         .encrypt(&keys.public, &images(2, 5), &mut rng)
         .unwrap();

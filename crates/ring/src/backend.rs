@@ -356,11 +356,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 }
 
 /// Checks a key-switching inner product's shapes: at least as many key digits as decomposed
-/// digits, and a key basis covering `Q_l ∪ P`. Returns the extended basis `Q_l ∪ P`.
+/// digits, and a key basis covering `Q_l ∪ P` (`q` live Q limbs). Returns the extended basis
+/// `Q_l ∪ P`. For backends overriding [`Backend::key_switch_decomposed`].
 ///
 /// # Errors
 /// [`RingError::LengthMismatch`], [`RingError::BasisMismatch`].
-pub(crate) fn check_key_switch(
+pub fn check_key_switch(
     ctx: &RnsContext,
     q: usize,
     digits: usize,

@@ -292,6 +292,12 @@ impl SecretKey {
     ) -> Result<GaloisKey<B>, RlweError> {
         let ctx = self.params.ctx();
         ctx.check_galois(galois)?;
+        if level > self.params.max_level() {
+            return Err(RlweError::KeyLevel {
+                level,
+                key_level: self.params.max_level(),
+            });
+        }
         let basis = Basis::qp(level + 1, ctx.p_count());
         let s = self.eval_poly(be, basis)?;
         // σ⁻¹ = X ↦ X^(g⁻¹ mod 2n); the group (Z/2n)^* has order n, so g⁻¹ = g^(n-1).
@@ -500,6 +506,13 @@ impl<B: Backend> SwitchingKey<B> {
 
 /// Relinearization key.
 pub struct RelinKey<B: Backend>(pub(crate) SwitchingKey<B>);
+
+impl<B: Backend> RelinKey<B> {
+    /// Highest ciphertext level the key relinearizes (a server needs every level).
+    pub fn max_level(&self) -> usize {
+        self.0.max_level()
+    }
+}
 
 /// Galois (rotation / conjugation) key for one Galois element.
 pub struct GaloisKey<B: Backend> {

@@ -297,10 +297,12 @@ impl ClientSpec {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NnError> {
         let b: SpecBody = envelope::open(SPEC, bytes)?;
         if b.rotations.len() > MAX_ROTATIONS || b.rotation_levels.len() > b.rotations.len() {
+            // Every level names a rotation of the spec: more levels than rotations is as
+            // malformed as too many rotations.
             return Err(NnError::Format {
                 what: SPEC.what,
                 reason: format!(
-                    "{} rotation keys ({} with levels), more than the {MAX_ROTATIONS} accepted",
+                    "{} rotation keys and {} rotation levels: at most {MAX_ROTATIONS} keys, a level per key",
                     b.rotations.len(),
                     b.rotation_levels.len()
                 ),
@@ -323,8 +325,6 @@ impl ClientSpec {
                 reason: format!("a rotation beyond the {slots} slots"),
             });
         }
-        // A server choosing a low ephemeral weight could recover the secret key from the
-        // encapsulation keys: only the weight hecnn's circuit is built for is accepted.
         if let Some((step, level)) = b
             .rotation_levels
             .iter()
@@ -339,6 +339,8 @@ impl ClientSpec {
                 ),
             });
         }
+        // A server choosing a low ephemeral weight could recover the secret key from the
+        // encapsulation keys: only the weight hecnn's circuit is built for is accepted.
         if b.input_level > params.max_level()
             || b.encapsulation
                 .is_some_and(|h| h != hecnn_ckks::bootstrap::BOOTSTRAP_EPHEMERAL_WEIGHT)

@@ -910,7 +910,8 @@ impl CompiledModel {
     }
 
     /// Memory the server needs at once: batch packing's live ciphertexts, or single-image
-    /// packing's expanded keys and encoded diagonals.
+    /// packing's keys (as the server holds them: [`CompiledModel::default_key_storage`])
+    /// and diagonals.
     pub fn memory_estimate(&self) -> MemoryEstimate {
         self.memory_estimate_for(self.default_lowering())
     }

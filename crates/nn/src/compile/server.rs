@@ -119,12 +119,25 @@ impl ServerPlan {
             });
         }
         let req = self.key_requirements();
-        if req.relin && keys.relin().is_err() {
-            return Err(NnError::Mismatch {
-                what: "evaluation keys",
-                expected: "a relinearization key".into(),
-                found: "none".into(),
-            });
+        if req.relin {
+            let top = self.params.max_level();
+            match keys.relin() {
+                Err(_) => {
+                    return Err(NnError::Mismatch {
+                        what: "evaluation keys",
+                        expected: "a relinearization key".into(),
+                        found: "none".into(),
+                    });
+                }
+                Ok(k) if k.max_level() < top => {
+                    return Err(NnError::Mismatch {
+                        what: "evaluation keys",
+                        expected: format!("a relinearization key up to level {top}"),
+                        found: format!("one up to level {}", k.max_level()),
+                    });
+                }
+                Ok(_) => {}
+            }
         }
         let needed = req.galois_levels(self.params.rlwe());
         for (&g, &level) in &needed {
@@ -293,8 +306,8 @@ impl<B: Backend> Server<B> {
     }
 
     /// As [`Server::run`], calling `on_stage(image, time, ops)` after every stage of a
-    /// single-image plan with the stage's time and the operations it ran (its refresh's
-    /// included), for breakdowns.
+    /// single-image plan, and after every refresh, with its time and the operations it ran,
+    /// for breakdowns.
     ///
     /// # Errors
     /// As [`Server::run`].

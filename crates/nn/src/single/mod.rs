@@ -1052,7 +1052,8 @@ impl SinglePlan {
         self.run_observed(s, encoded, input, &mut |_| {})
     }
 
-    /// As [`SinglePlan::run`], calling `observe` after every stage with the time it took.
+    /// As [`SinglePlan::run`], calling `observe` after every stage, and after every
+    /// refresh, with the time it took.
     ///
     /// # Errors
     /// As [`SinglePlan::run`].
