@@ -75,10 +75,17 @@ impl Prng {
 /// so expanding the same seed over a smaller basis gives the matching limbs. The output is
 /// uniform in any domain; callers treat it as evaluation-domain data.
 pub fn expand_uniform(seed: &[u8; 32], ctx: &RnsContext, basis: Basis) -> Vec<u64> {
+    let mut out = vec![0u64; basis.len() * ctx.n()];
+    expand_uniform_into(seed, ctx, basis, &mut out);
+    out
+}
+
+/// As [`expand_uniform`], into `out` (its first `basis.len() · n` words; limbs in parallel).
+pub fn expand_uniform_into(seed: &[u8; 32], ctx: &RnsContext, basis: Basis, out: &mut [u64]) {
     use rayon::prelude::*;
     let n = ctx.n();
-    let mut out = vec![0u64; basis.len() * n];
-    out.par_chunks_mut(n).enumerate().for_each(|(pos, limb)| {
+    let words = (basis.len() * n).min(out.len());
+    out[..words].par_chunks_mut(n).enumerate().for_each(|(pos, limb)| {
         let g = basis.global(ctx, pos);
         let q = ctx.modulus(g).value();
         let mut h = blake3::Hasher::new_keyed(seed);
@@ -105,7 +112,6 @@ pub fn expand_uniform(seed: &[u8; 32], ctx: &RnsContext, basis: Basis) -> Vec<u6
             }
         }
     });
-    out
 }
 
 /// Uniform ternary vector in `{-1, 0, 1}^n`.

@@ -59,8 +59,21 @@ pub(crate) fn uniform_eval<B: Backend>(
     basis: Basis,
     seed: &[u8; 32],
 ) -> Result<RnsPoly<B, Eval>, RlweError> {
-    let host = sampler::expand_uniform(seed, params.ctx(), basis);
-    Ok(RnsPoly::from_host(be, params.ctx(), basis, &host)?)
+    let ctx = params.ctx();
+    if basis.q > ctx.q_count() || basis.p > ctx.p_count() {
+        return Err(hecnn_ring::RingError::BasisOutOfRange {
+            basis,
+            q: ctx.q_count(),
+            p: ctx.p_count(),
+        }
+        .into());
+    }
+    // Reduced by construction (rejection sampling below each prime): written straight
+    // into the backend's buffer, no validation pass (compact keys expand on every use).
+    let buf = be.fill_buffer(basis.len() * ctx.n(), &mut |out| {
+        sampler::expand_uniform_into(seed, ctx, basis, out)
+    })?;
+    Ok(RnsPoly::from_buffer(buf, basis))
 }
 
 impl SecretKey {
