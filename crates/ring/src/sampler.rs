@@ -85,33 +85,36 @@ pub fn expand_uniform_into(seed: &[u8; 32], ctx: &RnsContext, basis: Basis, out:
     use rayon::prelude::*;
     let n = ctx.n();
     let words = (basis.len() * n).min(out.len());
-    out[..words].par_chunks_mut(n).enumerate().for_each(|(pos, limb)| {
-        let g = basis.global(ctx, pos);
-        let q = ctx.modulus(g).value();
-        let mut h = blake3::Hasher::new_keyed(seed);
-        h.update(b"hecnn/uniform/v1");
-        h.update(&(g as u32).to_le_bytes());
-        h.update(&q.to_le_bytes());
-        let mut xof = h.finalize_xof();
-        let mask = u64::MAX >> q.leading_zeros();
-        let mut block = [0u8; 1024];
-        let mut filled = 0;
-        while filled < n {
-            xof.fill(&mut block);
-            for w in block.chunks_exact(8) {
-                let mut b8 = [0u8; 8];
-                b8.copy_from_slice(w);
-                let x = u64::from_le_bytes(b8) & mask;
-                if x < q {
-                    limb[filled] = x;
-                    filled += 1;
-                    if filled == n {
-                        break;
+    out[..words]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(pos, limb)| {
+            let g = basis.global(ctx, pos);
+            let q = ctx.modulus(g).value();
+            let mut h = blake3::Hasher::new_keyed(seed);
+            h.update(b"hecnn/uniform/v1");
+            h.update(&(g as u32).to_le_bytes());
+            h.update(&q.to_le_bytes());
+            let mut xof = h.finalize_xof();
+            let mask = u64::MAX >> q.leading_zeros();
+            let mut block = [0u8; 1024];
+            let mut filled = 0;
+            while filled < n {
+                xof.fill(&mut block);
+                for w in block.chunks_exact(8) {
+                    let mut b8 = [0u8; 8];
+                    b8.copy_from_slice(w);
+                    let x = u64::from_le_bytes(b8) & mask;
+                    if x < q {
+                        limb[filled] = x;
+                        filled += 1;
+                        if filled == n {
+                            break;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
 }
 
 /// Uniform ternary vector in `{-1, 0, 1}^n`.
