@@ -234,6 +234,21 @@ impl RnsContext {
         Ok(perm)
     }
 
+    /// Checks that `basis` holds no more limbs than this context has.
+    ///
+    /// # Errors
+    /// [`RingError::BasisOutOfRange`].
+    pub fn check_basis(&self, basis: Basis) -> Result<(), RingError> {
+        if basis.q > self.q_count() || basis.p > self.p_count() {
+            return Err(RingError::BasisOutOfRange {
+                basis,
+                q: self.q_count(),
+                p: self.p_count(),
+            });
+        }
+        Ok(())
+    }
+
     /// Checks that `galois` is a valid Galois element (odd, in `[1, 2n)`).
     ///
     /// # Errors

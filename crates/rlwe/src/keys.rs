@@ -60,14 +60,7 @@ pub(crate) fn uniform_eval<B: Backend>(
     seed: &[u8; 32],
 ) -> Result<RnsPoly<B, Eval>, RlweError> {
     let ctx = params.ctx();
-    if basis.q > ctx.q_count() || basis.p > ctx.p_count() {
-        return Err(hecnn_ring::RingError::BasisOutOfRange {
-            basis,
-            q: ctx.q_count(),
-            p: ctx.p_count(),
-        }
-        .into());
-    }
+    ctx.check_basis(basis)?;
     // Reduced by construction (rejection sampling below each prime): written straight
     // into the backend's buffer, no validation pass (compact keys expand on every use).
     let buf = be.fill_buffer(basis.len() * ctx.n(), &mut |out| {
@@ -133,14 +126,7 @@ impl SecretKey {
     ) -> Result<RnsPoly<B, Eval>, RlweError> {
         let ctx = self.params.ctx();
         let n = self.params.n();
-        if basis.q > ctx.q_count() || basis.p > ctx.p_count() {
-            return Err(hecnn_ring::RingError::BasisOutOfRange {
-                basis,
-                q: ctx.q_count(),
-                p: ctx.p_count(),
-            }
-            .into());
-        }
+        ctx.check_basis(basis)?;
         let mut host = Zeroizing::new(Vec::with_capacity(basis.len() * n));
         for pos in 0..basis.len() {
             let g = basis.global(ctx, pos);
