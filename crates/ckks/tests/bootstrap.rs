@@ -139,3 +139,72 @@ fn full_size_n16_precision() {
     assert!(r.level >= 9);
     r.stats.assert_at_least("full-size bootstrap", 15.0, 20.0);
 }
+
+/// Encapsulation keys written and read back (expanded and compact) bootstrap to the very
+/// same ciphertext; truncated, foreign and mislabelled files are refused.
+#[test]
+fn encapsulation_keys_round_trip_through_bytes() {
+    use hecnn_rlwe::{EncapsulationKeys, KeyStorage, RlweError};
+    let mut config = BootstrapConfig::new(1 << 4);
+    config.cts_levels = 2;
+    config.stc_levels = 2;
+    let lit = bootstrap_literal(11, 1, &config, SecurityLevel::UncheckedForReproduction).unwrap();
+    let params = Arc::new(CkksParams::from_literal(&lit, 40).unwrap());
+    let be = CpuBackend::new(2).unwrap();
+    let mut rng = Prng::from_seed([21; 32]);
+    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    let req = config.key_requirements(&params).unwrap();
+    let keys = Arc::new(sk.evaluation_keys(&be, &req, &mut rng).unwrap());
+    let encaps = sk
+        .encapsulation_keys(&be, config.ephemeral_weight, &mut rng)
+        .unwrap();
+    let bytes = encaps.to_bytes(&be).unwrap();
+    let eval = Evaluator::new(Arc::clone(&params), Arc::clone(&keys), be.clone()).unwrap();
+
+    let z: Vec<Complex64> = uniform_values(3, config.slots)
+        .into_iter()
+        .map(|v| Complex64::new(v, -v))
+        .collect();
+    let pt = eval
+        .encode(&z, 0, params.default_scale(), config.slots)
+        .unwrap();
+    let ct = encrypt_sk(&sk, &be, &pt, &mut rng).unwrap();
+    let boot = |e: EncapsulationKeys<CpuBackend>| {
+        let b = Bootstrapper::new(&eval, config.clone(), e).unwrap();
+        b.bootstrap(&eval, &ct)
+            .unwrap()
+            .to_bytes(&be, &params)
+            .unwrap()
+    };
+    let want = boot(encaps);
+    for storage in [KeyStorage::Expanded, KeyStorage::Compact] {
+        let loaded =
+            EncapsulationKeys::from_bytes_with(&be, params.rlwe(), &bytes, storage).unwrap();
+        assert_eq!(loaded.weight(), config.ephemeral_weight);
+        assert_eq!(loaded.key_id(), sk.key_id());
+        assert_eq!(boot(loaded), want, "{storage:?}");
+    }
+
+    let load = |b: &[u8]| {
+        EncapsulationKeys::<CpuBackend>::from_bytes_with(
+            &be,
+            params.rlwe(),
+            b,
+            KeyStorage::Expanded,
+        )
+    };
+    assert!(load(&bytes[..bytes.len() - 1]).is_err());
+    assert!(load(&bytes[..10]).is_err());
+    let err = load(&ct.to_bytes(&be, &params).unwrap()).unwrap_err();
+    assert!(matches!(err, RlweError::WrongKind { .. }), "{err}");
+    let other =
+        Arc::new(CkksParams::from_literal(&hecnn_testkit::toy_literal(11, 16), 40).unwrap());
+    let err = EncapsulationKeys::<CpuBackend>::from_bytes_with(
+        &be,
+        other.rlwe(),
+        &bytes,
+        KeyStorage::Expanded,
+    )
+    .unwrap_err();
+    assert!(matches!(err, RlweError::ParamsMismatch), "{err}");
+}

@@ -42,6 +42,11 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     data::write_atomic(path, bytes).map_err(CliError::from)
 }
 
+/// Writes a secret atomically, readable by its owner only from the first byte (0600).
+pub fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    data::write_atomic_private(path, bytes).map_err(CliError::from)
+}
+
 /// Refuses parameters that were not checked against a security level: the command line
 /// never writes them, so a file that has them was made elsewhere.
 pub fn refuse_unchecked(path: &Path, params: &hecnn_ckks::CkksParams) -> Result<(), CliError> {
@@ -114,6 +119,8 @@ pub struct KeyPaths {
     pub public: PathBuf,
     /// Evaluation keys (server).
     pub eval: PathBuf,
+    /// Bootstrapping's encapsulation keys (server, for plans that bootstrap).
+    pub bootstrap: PathBuf,
 }
 
 impl KeyPaths {
@@ -123,6 +130,7 @@ impl KeyPaths {
             secret: dir.join("secret.key"),
             public: dir.join("public.key"),
             eval: dir.join("eval.keys"),
+            bootstrap: dir.join("bootstrap.keys"),
         }
     }
 }

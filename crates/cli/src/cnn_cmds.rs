@@ -17,7 +17,7 @@ use hecnn_nn::{
     single::Lowering,
 };
 use hecnn_ring::{CpuBackend, Prng};
-use hecnn_rlwe::{EvaluationKeys, PublicKey, SecretKey};
+use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys, KeyStorage, PublicKey, SecretKey};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::{
@@ -296,32 +296,44 @@ pub struct KeygenArgs {
 /// I/O, key generation.
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let spec = load_spec(&a.model, &a.opts)?;
-    if spec.encapsulation_weight().is_some() {
-        return Err(CliError::Refused(
-            "this plan bootstraps, and bootstrapping's encapsulation keys have no file format \
-             yet: run it with `hecnn eval --mode single`, which keeps the keys in memory"
-                .into(),
-        ));
-    }
+    let bootstraps = spec.encapsulation_weight().is_some();
     let client = Client::new(spec, a.opts.backend()?)?;
     let t = Instant::now();
-    let keys = client.keygen(&mut Prng::from_entropy()?)?;
+    // A bootstrapping plan's keys are many GB expanded; they are written seed-compressed
+    // either way, so they are made compact and never exist expanded all at once.
+    let storage = if bootstraps {
+        KeyStorage::Compact
+    } else {
+        KeyStorage::Expanded
+    };
+    let keys = client.keygen_with(&mut Prng::from_entropy()?, storage)?;
     let be = client.backend();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| hecnn_nn::NnError::io(&a.out_dir, e))?;
     let paths = KeyPaths::in_dir(&a.out_dir);
     let sk_bytes = keys.secret.to_secret_bytes();
-    cnn::write_file(&paths.secret, &sk_bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&paths.secret, std::fs::Permissions::from_mode(0o600));
-    }
+    cnn::write_secret(&paths.secret, &sk_bytes)?;
     let pk_bytes = keys.public.to_bytes(be)?;
     cnn::write_file(&paths.public, &pk_bytes)?;
     let ev_bytes = keys.evaluation.to_bytes(be)?;
     cnn::write_file(&paths.eval, &ev_bytes)?;
+    let bootstrap = match &keys.encapsulation {
+        Some(encaps) => {
+            let bytes = encaps.to_bytes(be)?;
+            cnn::write_file(&paths.bootstrap, &bytes)?;
+            format!(", bootstrap.keys {}", human_bytes(bytes.len()))
+        }
+        None => {
+            // Keys of another plan must not be mistaken for this one's.
+            match std::fs::remove_file(&paths.bootstrap) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(hecnn_nn::NnError::io(&paths.bootstrap, e).into());
+                }
+                _ => String::new(),
+            }
+        }
+    };
     println!(
-        "keys in {} ({:.0} ms): secret.key {} (keep it private), public.key {}, eval.keys {}",
+        "keys in {} ({:.0} ms): secret.key {} (keep it private), public.key {}, eval.keys {}{bootstrap}",
         a.out_dir.display(),
         t.elapsed().as_secs_f64() * 1e3,
         human_bytes(sk_bytes.len()),
@@ -395,6 +407,9 @@ pub struct RunArgs {
     /// Evaluation keys file.
     #[arg(long, default_value = "keys/eval.keys")]
     eval_keys: PathBuf,
+    /// Bootstrapping's encapsulation keys (read only for a plan that bootstraps).
+    #[arg(long, default_value = "keys/bootstrap.keys")]
+    bootstrap_keys: PathBuf,
     /// Encrypted inputs.
     #[arg(long = "in", default_value = "inputs.ct")]
     input: PathBuf,
@@ -426,13 +441,15 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     check_memory(&c)?;
     let be = a.opts.backend()?;
     let plan = c.server_plan();
-    // The keys the plan asks for and no more: relinearization and the plan's rotations.
-    let max_keys = 1 + plan.key_requirements().rotations.len();
-    let evk = EvaluationKeys::from_bytes(
+    // The keys the plan asks for and no more, held as the plan holds them (compact when it
+    // bootstraps).
+    let params = c.params().rlwe();
+    let evk = EvaluationKeys::from_bytes_with(
         &be,
-        c.params().rlwe(),
+        params,
         &cnn::read_file(&a.eval_keys)?,
-        max_keys,
+        plan.key_requirements().key_count(params),
+        plan.key_storage(),
     )?;
     let inputs = EncryptedImages::from_bytes(
         &be,
@@ -441,7 +458,17 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
         &cnn::read_file(&a.input)?,
     )?;
     let images = inputs.images();
-    let server = Server::new(plan, evk, be.clone())?;
+    let server = if plan.refresh().is_some() {
+        let encaps = EncapsulationKeys::from_bytes_with(
+            &be,
+            params,
+            &cnn::read_file(&a.bootstrap_keys)?,
+            plan.key_storage(),
+        )?;
+        Server::bootstrapping(plan, evk, encaps, be.clone())?
+    } else {
+        Server::new(plan, evk, be.clone())?
+    };
     let t = Instant::now();
     let (total, unit) = match c.plan() {
         hecnn_nn::compile::PackedPlan::Batch(p) => (p.model().nodes.len(), "layers"),

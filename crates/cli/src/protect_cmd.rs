@@ -88,12 +88,7 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&a.out_dir)
         .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
     let paths = KeyPaths::in_dir(&a.out_dir);
-    cnn::write_file(&paths.secret, &sk.to_secret_bytes())?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&paths.secret, std::fs::Permissions::from_mode(0o600));
-    }
+    cnn::write_secret(&paths.secret, &sk.to_secret_bytes())?;
     let model_bytes = protected.to_bytes(&be)?;
     cnn::write_file(&a.out_dir.join(PROTECTED_FILE), &model_bytes)?;
     let pk_bytes = pk.to_bytes(&be)?;

@@ -38,6 +38,16 @@ fn compiled_single_model_runs_client_and_server_apart() {
     let (ok, log) = hecnn(&["keygen", &single, "--out-dir", &p("keys")]);
     assert!(ok, "{log}");
     assert!(log.contains("eval.keys"), "{log}");
+    assert!(!log.contains("bootstrap.keys"), "{log}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p("keys/secret.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "secret.key mode {mode:o}");
+    }
 
     let count = 3;
     let (ok, log) = hecnn(&[
@@ -123,6 +133,107 @@ fn compiled_single_model_runs_client_and_server_apart() {
     ]);
     assert_eq!(sample.len(), 300);
     assert!(!ok && log.contains("one file holds"), "{log}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A plan that bootstraps, through the same client and server commands: `keygen` writes
+/// bootstrapping's encapsulation keys beside the evaluation keys, `run` reads them, and the
+/// predictions are the cleartext model's. N = 2^16 (bootstrapping's 128-bit parameters):
+/// a few GB and a minute or two on two cores, so it runs explicitly:
+/// `cargo test --release -p hecnn --test single_flow -- --ignored --nocapture`.
+#[test]
+#[ignore = "N = 2^16 bootstrapping: a few GB and minutes; run explicitly"]
+fn a_bootstrapped_plan_runs_client_and_server_apart() {
+    let tmp = std::env::temp_dir().join(format!("hecnn-boot-flow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let p = |f: &str| tmp.join(f).to_str().unwrap().to_string();
+    let model = p("boot.hecnn");
+    let (ok, log) = hecnn(&[
+        "compile",
+        MODEL,
+        "--mode",
+        "single",
+        "--bootstrap",
+        "always",
+        "-o",
+        &model,
+    ]);
+    assert!(ok, "{log}");
+    assert!(log.contains("bootstrap"), "{log}");
+    let (ok, log) = hecnn(&["keygen", &model, "--out-dir", &p("keys")]);
+    assert!(ok, "{log}");
+    assert!(log.contains("bootstrap.keys"), "{log}");
+    let count = 2;
+    let (ok, log) = hecnn(&[
+        "encrypt",
+        &model,
+        "--public-key",
+        &p("keys/public.key"),
+        "--data",
+        "sample:mnist",
+        "--count",
+        &count.to_string(),
+        "-o",
+        &p("in.ct"),
+    ]);
+    assert!(ok, "{log}");
+    // Without the encapsulation keys the server refuses, naming the file.
+    let (ok, log) = hecnn(&[
+        "run",
+        &model,
+        "--eval-keys",
+        &p("keys/eval.keys"),
+        "--bootstrap-keys",
+        &p("keys/missing.keys"),
+        "--in",
+        &p("in.ct"),
+    ]);
+    assert!(!ok && log.contains("missing.keys"), "{log}");
+    let (ok, log) = hecnn(&[
+        "run",
+        &model,
+        "--eval-keys",
+        &p("keys/eval.keys"),
+        "--bootstrap-keys",
+        &p("keys/bootstrap.keys"),
+        "--in",
+        &p("in.ct"),
+        "-o",
+        &p("out.ct"),
+    ]);
+    assert!(ok, "{log}");
+    eprintln!("{log}");
+    let (ok, log) = hecnn(&[
+        "decrypt",
+        &model,
+        "--secret-key",
+        &p("keys/secret.key"),
+        "--in",
+        &p("out.ct"),
+    ]);
+    assert!(ok, "{log}");
+    let got: Vec<usize> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("predictions: "))
+        .unwrap_or_else(|| panic!("{log}"))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let cleartext = rewrite(
+        &onnx::import_onnx_file(&repo().join(MODEL)).unwrap(),
+        &RewriteOptions::default(),
+    )
+    .unwrap();
+    let sample = hecnn_nn::data::load_idx(
+        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
+        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
+    )
+    .unwrap();
+    let want: Vec<usize> = (0..count)
+        .map(|i| exec::argmax(exec::run(&cleartext, &sample.image(i)).unwrap().data()))
+        .collect();
+    assert_eq!(got, want);
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

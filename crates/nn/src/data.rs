@@ -294,20 +294,50 @@ pub fn save_cifar_binary(ds: &Dataset, path: &Path) -> Result<(), NnError> {
 }
 
 /// Writes through a temporary file and a rename, so a crash or a full disk never leaves a
-/// half-written file under the final name.
+/// half-written file under the final name (the temporary file is removed on failure).
 ///
 /// # Errors
 /// [`NnError::Data`] with the I/O error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
-    let io = |e: std::io::Error| NnError::Data(format!("{}: {e}", path.display()));
+    write_with_mode(path, bytes, false)
+}
+
+/// [`write_atomic`] for a file only its owner may read: on Unix the file is created with
+/// mode 0600, so a secret is never readable by others, not even while it is written.
+///
+/// # Errors
+/// [`NnError::Data`] with the I/O error.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
+    write_with_mode(path, bytes, true)
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], private: bool) -> Result<(), NnError> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp-hecnn");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+    let result = (|| {
+        // A stale temporary file (a crash earlier) may have other permissions: start afresh.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        let mut f = opts.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    result.map_err(|e| NnError::Data(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -331,6 +361,25 @@ mod tests {
         std::fs::write(dir.join("bad.bin"), [0u8; 100]).unwrap();
         assert!(load_cifar_binary(&dir.join("bad.bin")).is_err());
         assert!(load_idx(&dir.join("l"), &dir.join("i")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_files_are_owner_only_and_failures_leave_no_temporary() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("hecnn-private-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret.key");
+        write_atomic_private(&path, b"secret").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        // A directory in the way: the write fails, the temporary file is gone.
+        let blocked = dir.join("blocked");
+        std::fs::create_dir_all(blocked.join("inner")).unwrap();
+        assert!(write_atomic(&blocked, b"x").is_err());
+        assert!(!blocked.with_extension("tmp-hecnn").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,12 +25,12 @@ use crate::{Ciphertext, Params, RlweError, SecretDistribution, SwitchingKey, key
 /// The two switching keys of sparse-secret encapsulation. Public: the server holds them
 /// with its other evaluation keys.
 pub struct EncapsulationKeys<B: Backend> {
-    params: Arc<Params>,
-    small: Arc<Params>,
-    id: [u8; 32],
-    weight: usize,
-    to_sparse: SwitchingKey<B>,
-    to_dense: SwitchingKey<B>,
+    pub(crate) params: Arc<Params>,
+    pub(crate) small: Arc<Params>,
+    pub(crate) id: [u8; 32],
+    pub(crate) weight: usize,
+    pub(crate) to_sparse: SwitchingKey<B>,
+    pub(crate) to_dense: SwitchingKey<B>,
 }
 
 impl<B: Backend> std::fmt::Debug for EncapsulationKeys<B> {
@@ -61,7 +61,7 @@ impl SecretKey {
         }
         let n = params.n();
         let sparse = Zeroizing::new(sampler::sample_sparse_ternary(rng, n, h)?);
-        let small = Arc::new(params.restricted(1, 1, SecretDistribution::SparseTernary { h })?);
+        let small = small_params(params, h)?;
 
         // s → s' modulo q_0·p_0, as an RLWE sample under s'.
         let small_dense = SecretKey::from_coeffs(&small, self.coeffs_copy(), self.key_id())?;
@@ -144,6 +144,23 @@ impl<B: Backend> EncapsulationKeys<B> {
     pub fn to_dense(&self, be: &B, ct: &Ciphertext<B>) -> Result<Ciphertext<B>, RlweError> {
         switch(be, &self.params, ct, &self.to_dense)
     }
+}
+
+/// The restricted ring `q_0·p_0` the sparse-secret key lives in, for a weight-`h` secret.
+pub(crate) fn small_params(params: &Params, h: usize) -> Result<Arc<Params>, RlweError> {
+    if h == 0 || h > params.n() {
+        return Err(RlweError::InvalidParams {
+            reason: format!(
+                "an ephemeral secret of Hamming weight {h} in a ring of degree {}",
+                params.n()
+            ),
+        });
+    }
+    Ok(Arc::new(params.restricted(
+        1,
+        1,
+        SecretDistribution::SparseTernary { h },
+    )?))
 }
 
 /// `(c_0 + k_0, k_1)` with `k_0 + k_1·t ≈ c_1·s'` for a key switching `s'` to `t`.

@@ -12,8 +12,8 @@ use hecnn_ring::{Backend, Basis, Eval, RnsPoly, sampler::UNIFORM_EXPANSION_ID};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
-    Ciphertext, EvaluationKeys, GaloisKey, KeyStorage, Params, ParamsLiteral, PublicKey, RelinKey,
-    RlweError, SwitchingKey, keys::uniform_eval,
+    Ciphertext, EncapsulationKeys, EvaluationKeys, GaloisKey, KeyStorage, Params, ParamsLiteral,
+    PublicKey, RelinKey, RlweError, SwitchingKey, keys::uniform_eval,
 };
 
 /// Magic bytes at the start of every hecnn object.
@@ -37,6 +37,8 @@ pub enum Kind {
     Ciphertext,
     /// Scheme-level payload (e.g. a CKKS ciphertext with its scale).
     Scheme,
+    /// Bootstrapping's sparse-secret encapsulation keys.
+    EncapsulationKeys,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -213,6 +215,16 @@ struct EvaluationKeysWire {
     key_id: [u8; 32],
     relin: Option<SwitchingKeyWire>,
     galois: Vec<SwitchingKeyWire>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncapsulationKeysWire {
+    key_id: [u8; 32],
+    weight: u64,
+    /// `s → s'`, in the restricted ring `q_0·p_0`.
+    to_sparse: SwitchingKeyWire,
+    /// `s' → s`, over all of `Q ∪ P`.
+    to_dense: SwitchingKeyWire,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -538,5 +550,67 @@ impl<B: Backend> EvaluationKeys<B> {
             });
         }
         Ok(keys)
+    }
+}
+
+impl<B: Backend> EncapsulationKeys<B> {
+    /// Serializes both keys (seed-compressed). The restricted ring of the sparse-secret key
+    /// follows from the parameters and the weight, so only the weight is written.
+    ///
+    /// # Errors
+    /// Backend transfer failures.
+    pub fn to_bytes(&self, be: &B) -> Result<Vec<u8>, RlweError> {
+        let wire = EncapsulationKeysWire {
+            key_id: self.id,
+            weight: self.weight as u64,
+            to_sparse: self.to_sparse.to_wire(be, &self.small, None)?,
+            to_dense: self.to_dense.to_wire(be, &self.params, None)?,
+        };
+        Ok(encode(Kind::EncapsulationKeys, &self.params, &wire))
+    }
+
+    /// Loads encapsulation keys made for `params`, the dense key held as `storage` says
+    /// (the sparse-secret key is two limbs and always expanded).
+    ///
+    /// # Errors
+    /// Size, format, fingerprint and content errors; a weight outside `1..=N`; a key that
+    /// does not span its whole ring (encapsulation keys are never restricted to a level).
+    pub fn from_bytes_with(
+        be: &B,
+        params: &Arc<Params>,
+        bytes: &[u8],
+        storage: KeyStorage,
+    ) -> Result<Self, RlweError> {
+        // The dense key plus the two-limb one, with room for the envelope.
+        let limit = params
+            .switching_key_bytes()
+            .saturating_mul(2)
+            .saturating_add(8192);
+        let wire: EncapsulationKeysWire = decode(Kind::EncapsulationKeys, params, bytes, limit)?;
+        if wire.to_sparse.galois.is_some() || wire.to_dense.galois.is_some() {
+            return Err(RlweError::Malformed {
+                what: "encapsulation key with a Galois element",
+            });
+        }
+        let weight = usize::try_from(wire.weight).map_err(|_| RlweError::Malformed {
+            what: "encapsulation weight",
+        })?;
+        let small = crate::encapsulation::small_params(params, weight)?;
+        let to_sparse = SwitchingKey::from_wire(be, &small, &wire.to_sparse, KeyStorage::Expanded)?;
+        let to_dense = SwitchingKey::from_wire(be, params, &wire.to_dense, storage)?;
+        let full = |k: &SwitchingKey<B>, p: &Params| k.basis.q == p.ctx().q_count();
+        if !full(&to_sparse, &small) || !full(&to_dense, params) {
+            return Err(RlweError::Malformed {
+                what: "encapsulation key restricted to a level",
+            });
+        }
+        Ok(Self {
+            params: Arc::clone(params),
+            small,
+            id: wire.key_id,
+            weight,
+            to_sparse,
+            to_dense,
+        })
     }
 }

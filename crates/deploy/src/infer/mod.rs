@@ -564,7 +564,8 @@ pub async fn start<B: Backend + Clone>(
     if model.refresh().is_some() {
         return Err(DeployError::Config(format!(
             "'{}' bootstraps, and clients cannot upload bootstrapping's encapsulation keys yet: \
-             serve it compiled with --bootstrap never, or run it with `hecnn eval`",
+             serve it compiled with --bootstrap never, or run it with `hecnn keygen` and `hecnn run` \
+             or `hecnn eval`",
             model.name()
         )));
     }
