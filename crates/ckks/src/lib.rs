@@ -30,6 +30,7 @@
 
 pub mod bootstrap;
 mod ciphertext;
+pub mod cost;
 mod encoder;
 mod evaluator;
 mod linear;

@@ -140,10 +140,17 @@ pub fn block_rotation_counts(
     indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
     slots: usize,
 ) -> (usize, usize) {
-    let (babies, giants) = split_steps(
-        indices,
-        choose_n1(indices, slots, DEFAULT_BABY_WEIGHT) as i64,
-    );
+    block_rotation_counts_weighted(indices, slots, DEFAULT_BABY_WEIGHT)
+}
+
+/// As [`block_rotation_counts`], for a transform encoded with
+/// [`LinearTransform::blocks_weighted`] and this `baby_weight`.
+pub(crate) fn block_rotation_counts_weighted(
+    indices: &BTreeMap<(usize, usize), BTreeSet<i64>>,
+    slots: usize,
+    baby_weight: f64,
+) -> (usize, usize) {
+    let (babies, giants) = split_steps(indices, choose_n1(indices, slots, baby_weight) as i64);
     let nonzero = |m: &BTreeMap<usize, BTreeSet<i64>>| -> usize {
         m.values()
             .map(|s| s.iter().filter(|&&k| k != 0).count())

@@ -118,6 +118,11 @@ impl ChebyshevPoly {
         self.a != -1.0 || self.b != 1.0
     }
 
+    /// Ciphertext products (relinearizations) the homomorphic evaluation performs.
+    pub fn products(&self) -> usize {
+        plan_products(&self.coeffs, best_leaf(&self.coeffs))
+    }
+
     /// Levels the homomorphic evaluation consumes.
     pub fn depth(&self) -> usize {
         let d = plan_depth(&self.coeffs, best_leaf(&self.coeffs));

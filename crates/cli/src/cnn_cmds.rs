@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use hecnn_ckks::cost::UnitCosts;
 use hecnn_nn::{
     RewriteOptions,
     compile::{
@@ -252,15 +253,42 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         eprintln!("warning: {e}");
     }
     c.save(&out)?;
+    println!("{}", c.report()?);
+    print_estimate(&c, &a.opts)?;
     println!(
-        "{}\nwrote {} ({} packing: keygen, encrypt, run, decrypt and eval follow it)",
-        c.report()?,
+        "wrote {} ({} packing: keygen, encrypt, run, decrypt and eval follow it)",
         out.display(),
         c.packing()
     );
     if let Some(path) = &a.client_spec {
         cnn::write_file(path, &c.client_spec().to_bytes()?)?;
         println!("wrote the client spec to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Prints the estimated time of one image (single-image packing) on this machine, its unit
+/// costs measured now with the threads the other commands would use.
+fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
+    if c.packing() != hecnn_nn::compile::PackingKind::Single {
+        return Ok(());
+    }
+    let be = opts.backend()?;
+    let units = UnitCosts::calibrate(&be, c.params())?;
+    if let Some(e) = c.time_estimate(&units)? {
+        println!(
+            "estimated time per image on this machine ({} threads): {:.1} s: linear {:.1} s (encoding weights {:.1} s), activations {:.1} s, {} bootstrap(s) × {:.1} s; {:.0} key switches (measured now: limb NTT {:.1} µs, limb product {:.1} µs)",
+            be.threads(),
+            e.total_s(),
+            e.linear_s,
+            e.encode_s,
+            e.activation_s,
+            e.bootstraps,
+            e.bootstrap_s,
+            e.key_switches,
+            units.ntt_s * 1e6,
+            units.product_s * 1e6,
+        );
     }
     Ok(())
 }

@@ -893,3 +893,35 @@ fn weights_encoded_on_the_fly_give_what_weights_encoded_once_give() {
         Lowering::OnTheFly
     );
 }
+
+/// The time estimate counts what the plan runs: every refresh a bootstrap, the key
+/// switches of the linear stages and bootstrapping, and scales with the unit costs.
+#[test]
+fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
+    use hecnn_ckks::cost::UnitCosts;
+    let c = bootstrapped_resnet();
+    let units = UnitCosts {
+        ntt_s: 1e-6,
+        product_s: 2e-7,
+    };
+    let e = c.time_estimate(&units).unwrap().unwrap();
+    assert_eq!(e.bootstraps, c.levels().refreshed_cts());
+    assert!(e.bootstraps > 0 && e.bootstrap_s > 0.0);
+    assert!(e.linear_s > e.encode_s && e.encode_s > 0.0, "{e:?}");
+    assert!(e.activation_s > 0.0);
+    let total = e.linear_s + e.activation_s + e.bootstraps as f64 * e.bootstrap_s;
+    assert!((e.total_s() - total).abs() < 1e-12);
+    // A bootstrap alone switches keys more often than once per level it consumes.
+    let boot = c.refresh().unwrap().config().op_tally(c.params()).unwrap();
+    assert!(boot.key_switches() > c.refresh().unwrap().depth as f64);
+    // Twice the unit costs, twice the time.
+    let double = UnitCosts {
+        ntt_s: 2e-6,
+        product_s: 4e-7,
+    };
+    let e2 = c.time_estimate(&double).unwrap().unwrap();
+    assert!((e2.total_s() / e.total_s() - 2.0).abs() < 1e-9);
+    // Batch packing has no estimate (yet).
+    let batch = compile::compile(&model(), &opts(PackingRequest::Batch)).unwrap();
+    assert!(batch.time_estimate(&units).unwrap().is_none());
+}

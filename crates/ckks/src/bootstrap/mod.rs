@@ -38,7 +38,7 @@ pub use eval_mod::EvalModPoly;
 
 use crate::{
     Ciphertext, CkksError, CkksParams, Evaluator, LinearTransform, Plaintext,
-    block_rotations_weighted,
+    block_rotations_weighted, cost::OpTally,
 };
 
 /// The default [`BootstrapConfig::baby_step_weight`]. At N = 2^16 with five key-switching
@@ -227,6 +227,65 @@ impl BootstrapConfig {
             .with_rotations(rotations(&self.cts_matrices(params)))
             .with_rotations(subsum)
             .with_conjugate())
+    }
+
+    /// The operations of one bootstrap by level, for time estimates
+    /// ([`crate::cost`]): the encapsulation switch back to the dense secret and SubSum at
+    /// the top, CoeffToSlot's and SlotToCoeff's BSGS transforms at their levels, the
+    /// conjugation, and EvalMod (twice for full slots) with its products averaged over
+    /// the levels it spans.
+    ///
+    /// # Errors
+    /// Invalid configuration; too few levels.
+    pub fn op_tally(&self, params: &CkksParams) -> Result<OpTally, CkksError> {
+        self.check(params)?;
+        let top = params.max_level();
+        let poly = self.eval_mod_poly()?;
+        let stc_top = self.stc_top(params)?;
+        let mut t = OpTally::new();
+        let mut subsum = 0.0;
+        let mut step = self.slots;
+        while step < params.max_slots() {
+            subsum += 1.0;
+            step *= 2;
+        }
+        t.at(top).key_switches += 1.0 + subsum;
+        let transform = |t: &mut OpTally, m: &DiagMatrix, level: usize| {
+            let idx: BTreeSet<i64> = m.diagonals().keys().map(|&k| k as i64).collect();
+            let (babies, giants) = crate::linear::block_rotation_counts_weighted(
+                &BTreeMap::from([((0, 0), idx)]),
+                m.slots(),
+                self.baby_step_weight,
+            );
+            let o = t.at(level);
+            o.decompositions += 1.0;
+            o.hoisted += babies as f64;
+            o.key_switches += giants as f64;
+            o.products += m.diagonals().len() as f64;
+            o.rescales += 1.0;
+        };
+        let cts = self.cts_matrices(params);
+        for (i, m) in cts.iter().enumerate() {
+            transform(&mut t, m, top - i);
+        }
+        let em_in = top - cts.len();
+        t.at(em_in).key_switches += 1.0;
+        // EvalMod: its products spread evenly over the levels it consumes.
+        let runs = if self.is_sparse(params) { 1.0 } else { 2.0 };
+        let depth = poly.depth().max(1);
+        let products = (poly.cheb.products() + poly.double_angles) as f64 * runs;
+        for d in 0..depth {
+            let o = t.at(em_in - d);
+            let share = products / depth as f64;
+            o.tensors += share;
+            o.key_switches += share;
+            o.rescales += share;
+            o.products += runs;
+        }
+        for (i, m) in self.stc_matrices(params).iter().enumerate() {
+            transform(&mut t, m, stc_top - i);
+        }
+        Ok(t)
     }
 
     /// The level SlotToCoeff starts at: below CoeffToSlot's levels and EvalMod's.

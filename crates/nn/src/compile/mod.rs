@@ -54,6 +54,7 @@
 pub(crate) mod client;
 pub mod cost;
 mod envelope;
+pub mod estimate;
 pub mod levels;
 pub mod params;
 mod report;

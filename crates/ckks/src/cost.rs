@@ -1,0 +1,256 @@
+//! Time estimates before any key exists.
+//!
+//! A computation is tallied as operations by level ([`OpTally`]): key switches, rotations
+//! hoisted over a shared decomposition, plaintext products, plaintexts encoded on the fly,
+//! ciphertext tensor products and rescales. The shape of hybrid key switching turns each
+//! into limb NTTs and limb products ([`Work`]) at the level's limb count, and a short
+//! calibration on the backend ([`UnitCosts::calibrate`]) prices those two units on the
+//! machine at hand. The model ignores memory traffic and allocation, so it is an estimate:
+//! RESULTS records how close it comes on measured networks.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use hecnn_ring::{Backend, Basis, RnsPoly};
+
+use crate::{CkksError, CkksParams};
+
+/// Operations at one level (counts may be fractional, e.g. averaged).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LevelOps {
+    /// Full key switches (rotations, relinearizations, conjugations): decomposition,
+    /// inner product with the key, division by `P`.
+    pub key_switches: f64,
+    /// Decompositions shared by hoisted rotations.
+    pub decompositions: f64,
+    /// Hoisted rotations (inner product and division by `P` over a shared decomposition).
+    pub hoisted: f64,
+    /// Ciphertext × plaintext products (with the accumulation).
+    pub products: f64,
+    /// Plaintexts encoded while the computation runs.
+    pub encodes: f64,
+    /// Ciphertext × ciphertext tensor products (before relinearization).
+    pub tensors: f64,
+    /// Rescales of a degree-1 ciphertext.
+    pub rescales: f64,
+}
+
+impl LevelOps {
+    fn add(&mut self, o: &Self, times: f64) {
+        self.key_switches += o.key_switches * times;
+        self.decompositions += o.decompositions * times;
+        self.hoisted += o.hoisted * times;
+        self.products += o.products * times;
+        self.encodes += o.encodes * times;
+        self.tensors += o.tensors * times;
+        self.rescales += o.rescales * times;
+    }
+}
+
+/// Operations by level.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpTally {
+    levels: BTreeMap<usize, LevelOps>,
+}
+
+impl OpTally {
+    /// An empty tally.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The operations at `level`, to add to.
+    pub fn at(&mut self, level: usize) -> &mut LevelOps {
+        self.levels.entry(level).or_default()
+    }
+
+    /// Adds `other` `times` times.
+    pub fn add(&mut self, other: &Self, times: f64) {
+        for (&l, o) in &other.levels {
+            self.at(l).add(o, times);
+        }
+    }
+
+    /// The operations by level.
+    pub fn levels(&self) -> &BTreeMap<usize, LevelOps> {
+        &self.levels
+    }
+
+    /// Key switches of every kind (full and hoisted).
+    pub fn key_switches(&self) -> f64 {
+        self.levels
+            .values()
+            .map(|o| o.key_switches + o.hoisted)
+            .sum()
+    }
+
+    /// The limb NTTs and limb products of these operations at `params`, with keys held
+    /// compact (their uniform halves expanded at every switch) or not.
+    pub fn work(&self, params: &CkksParams, compact_keys: bool) -> Work {
+        let r = params.rlwe();
+        let k = r.p().len() as f64;
+        let alpha = r.digits().first().map_or(1, |d| d.len()) as f64;
+        let mut w = Work::default();
+        for (&level, o) in &self.levels {
+            let l = (level + 1) as f64;
+            let d = r.digits_at(level) as f64;
+            let ext = l + k;
+            // Decomposition: c_1 to coefficients, each digit extended to Q_l ∪ P and back
+            // to evaluation form.
+            let dec = Work {
+                ntts: l + d * ext,
+                products: d * alpha * ext,
+            };
+            // Inner product with the key (two parts), the automorphism, division by P
+            // (P limbs to coefficients, converted, back to evaluation form) of both parts.
+            let expand = if compact_keys { 1.5 * d * ext } else { 0.0 };
+            let tail = Work {
+                ntts: 2.0 * (k + l),
+                products: 2.0 * d * ext + 2.0 * ext + 2.0 * k * l + expand,
+            };
+            w.add(&dec, o.key_switches + o.decompositions);
+            w.add(&tail, o.key_switches + o.hoisted);
+            w.add(
+                &Work {
+                    ntts: 0.0,
+                    products: 2.0 * l,
+                },
+                o.products,
+            );
+            // An encoding: the inverse FFT (about two limb NTTs) and one NTT per limb.
+            w.add(
+                &Work {
+                    ntts: l + 2.0,
+                    products: l,
+                },
+                o.encodes,
+            );
+            w.add(
+                &Work {
+                    ntts: 0.0,
+                    products: 4.0 * l,
+                },
+                o.tensors,
+            );
+            w.add(
+                &Work {
+                    ntts: 2.0 * l,
+                    products: 2.0 * l,
+                },
+                o.rescales,
+            );
+        }
+        w
+    }
+}
+
+/// Limb-sized units of work: NTTs of one limb and pointwise products of one limb.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    /// Forward or inverse NTTs of one limb.
+    pub ntts: f64,
+    /// Pointwise modular products (with an addition) over one limb.
+    pub products: f64,
+}
+
+impl Work {
+    fn add(&mut self, o: &Self, times: f64) {
+        self.ntts += o.ntts * times;
+        self.products += o.products * times;
+    }
+}
+
+/// The measured time of the two units of [`Work`] on one backend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct UnitCosts {
+    /// Seconds per limb NTT.
+    pub ntt_s: f64,
+    /// Seconds per limb product.
+    pub product_s: f64,
+}
+
+impl UnitCosts {
+    /// Times both units on `be` at `params`' ring degree, over as many limbs as the middle
+    /// level has (so the backend's threads share the work as they do in the computation).
+    /// About 0.1 s at N = 2^16.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub fn calibrate<B: Backend>(be: &B, params: &CkksParams) -> Result<Self, CkksError> {
+        let ctx = params.rlwe().ctx();
+        let limbs = (params.max_level() / 2 + 1).clamp(1, ctx.q_count());
+        let basis = Basis::q(limbs);
+        let n = params.n();
+        let host: Vec<u64> = (0..limbs * n)
+            .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40)
+            .collect();
+        let mut p = RnsPoly::from_host(be, ctx, basis, &host)?.into_eval(be, ctx);
+        let q = p.clone();
+        // Enough repetitions for about 2^22 words each way; the first warmed the tables.
+        let reps = (1 << 22) / (n * limbs) + 2;
+        let t = Instant::now();
+        for _ in 0..reps {
+            p = p.into_coeff(be, ctx).into_eval(be, ctx);
+        }
+        let ntt_s = t.elapsed().as_secs_f64() / (2 * reps * limbs) as f64;
+        let t = Instant::now();
+        for _ in 0..reps {
+            p.mul_acc(be, ctx, &q, &q)?;
+        }
+        let product_s = t.elapsed().as_secs_f64() / (reps * limbs) as f64;
+        Ok(Self { ntt_s, product_s })
+    }
+
+    /// Seconds for `w`.
+    pub fn seconds(&self, w: &Work) -> f64 {
+        w.ntts * self.ntt_s + w.products * self.product_s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hecnn_ring::CpuBackend;
+
+    fn params() -> CkksParams {
+        CkksParams::from_literal(&hecnn_testkit::toy_literal(11, 8), 40).unwrap()
+    }
+
+    #[test]
+    fn work_grows_with_the_level_and_hoisting_saves_the_decomposition() {
+        let p = params();
+        let one = |level: usize, f: fn(&mut LevelOps)| {
+            let mut t = OpTally::new();
+            f(t.at(level));
+            t.work(&p, false)
+        };
+        let ks = |o: &mut LevelOps| o.key_switches = 1.0;
+        let hoisted = |o: &mut LevelOps| o.hoisted = 1.0;
+        let (low, high) = (one(1, ks), one(7, ks));
+        assert!(high.ntts > low.ntts && high.products > low.products);
+        let h = one(7, hoisted);
+        assert!(h.ntts < high.ntts && h.products < high.products);
+        // Compact keys add the expansion of the keys' uniform halves.
+        let mut t = OpTally::new();
+        t.at(7).key_switches = 1.0;
+        assert!(t.work(&p, true).products > t.work(&p, false).products);
+        // Adding a tally twice doubles the work.
+        let mut twice = OpTally::new();
+        twice.add(&t, 2.0);
+        assert_eq!(twice.work(&p, false).ntts, 2.0 * high.ntts);
+        assert_eq!(twice.key_switches(), 2.0);
+    }
+
+    #[test]
+    fn calibration_measures_positive_finite_costs() {
+        let p = params();
+        let u = UnitCosts::calibrate(&CpuBackend::new(1).unwrap(), &p).unwrap();
+        assert!(u.ntt_s > 0.0 && u.ntt_s.is_finite());
+        assert!(u.product_s > 0.0 && u.product_s.is_finite());
+        let w = Work {
+            ntts: 10.0,
+            products: 0.0,
+        };
+        assert!((u.seconds(&w) - 10.0 * u.ntt_s).abs() < 1e-15);
+    }
+}
