@@ -614,3 +614,76 @@ impl<B: Backend> EncapsulationKeys<B> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SecretDistribution, SecretKey, SecurityLevel};
+    use hecnn_ring::{CpuBackend, Prng};
+
+    fn params() -> Arc<Params> {
+        let lit = ParamsLiteral {
+            log_n: 10,
+            log_q: vec![55, 40, 40, 40],
+            log_p: vec![55, 55],
+            dnum: Some(2),
+            secret: SecretDistribution::Ternary,
+            security: SecurityLevel::UncheckedForReproduction,
+        };
+        Arc::new(lit.build().unwrap())
+    }
+
+    /// A restricted key's digits must all share one basis, and a key needs at least one
+    /// digit: wires that break either are refused, not loaded or indexed out of bounds.
+    #[test]
+    fn switching_key_wires_with_mixed_bases_or_no_digits_are_refused() {
+        let params = params();
+        let be = CpuBackend::new(1).unwrap();
+        let mut rng = Prng::from_seed([5; 32]);
+        let sk = SecretKey::generate(&params, &mut rng).unwrap();
+        let full = sk.galois_key_at(&be, 5, 3, &mut rng).unwrap();
+        let low = sk.galois_key_at(&be, 5, 1, &mut rng).unwrap();
+        let full = full.key.to_wire(&be, &params, Some(5)).unwrap();
+        let low = low.key.to_wire(&be, &params, Some(5)).unwrap();
+        assert_eq!(full.b.len(), 2);
+        assert_eq!(low.b.len(), 1);
+        for storage in [KeyStorage::Expanded, KeyStorage::Compact] {
+            let load = |w: &SwitchingKeyWire| {
+                SwitchingKey::<CpuBackend>::from_wire(&be, &params, w, storage)
+            };
+            assert!(load(&full).is_ok());
+            assert!(load(&low).is_ok());
+            // The right digit count, but the second digit over the low key's basis.
+            let mixed = SwitchingKeyWire {
+                galois: Some(5),
+                b: vec![clone_poly(&full.b[0]), clone_poly(&low.b[0])],
+                seeds: full.seeds.clone(),
+                expansion: full.expansion,
+            };
+            assert!(load(&mixed).is_err());
+            let empty = SwitchingKeyWire {
+                galois: Some(5),
+                b: vec![],
+                seeds: vec![],
+                expansion: full.expansion,
+            };
+            assert!(matches!(load(&empty), Err(RlweError::Malformed { .. })));
+            // Digits without their seeds.
+            let unseeded = SwitchingKeyWire {
+                galois: Some(5),
+                b: full.b.iter().map(clone_poly).collect(),
+                seeds: vec![full.seeds[0]],
+                expansion: full.expansion,
+            };
+            assert!(matches!(load(&unseeded), Err(RlweError::Malformed { .. })));
+        }
+    }
+
+    fn clone_poly(p: &PolyWire) -> PolyWire {
+        PolyWire {
+            q: p.q,
+            p: p.p,
+            words: p.words.clone(),
+        }
+    }
+}

@@ -941,3 +941,42 @@ impl<B: Backend> EncryptedImages<B> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{CompileOptions, PackingRequest, compile};
+    use hecnn_rlwe::SecurityLevel;
+
+    fn spec() -> ClientSpec {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/hcnn-mnist.onnx");
+        let model = crate::onnx::import_onnx_file(&path).unwrap();
+        let opts = CompileOptions {
+            packing: PackingRequest::Single,
+            log_n: 12,
+            security: SecurityLevel::UncheckedForReproduction,
+            ..CompileOptions::default()
+        };
+        compile(&model, &opts).unwrap().client_spec()
+    }
+
+    #[test]
+    fn rotation_levels_that_name_no_rotation_or_no_level_are_refused() {
+        let good = spec();
+        let again = ClientSpec::from_bytes(&good.to_bytes().unwrap()).unwrap();
+        assert_eq!(again.keys.rotation_levels, good.keys.rotation_levels);
+        let top = good.params.max_level();
+        let step = *good.keys.rotations.iter().next().unwrap();
+        let absent = (1..).find(|k| !good.keys.rotations.contains(k)).unwrap();
+        for (k, l) in [(absent, 0), (step, top + 1)] {
+            let mut bad = good.clone();
+            bad.keys.rotation_levels.insert(k, l);
+            let err = ClientSpec::from_bytes(&bad.to_bytes().unwrap()).unwrap_err();
+            assert!(
+                matches!(&err, NnError::Format { reason, .. } if reason.contains("rotation")),
+                "{err}"
+            );
+        }
+    }
+}
