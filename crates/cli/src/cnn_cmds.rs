@@ -267,9 +267,16 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Prints the estimated time of one image (single-image packing) on this machine, its unit
-/// costs measured now with the threads the other commands would use.
+/// Prints the estimated memory, and the estimated time of one image (single-image packing)
+/// on this machine, its unit costs measured now with the threads the other commands would
+/// use.
 fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
+    let memory = c.memory_estimate();
+    println!(
+        "estimated memory: {} ({})",
+        human_bytes(memory.bytes),
+        memory.what
+    );
     if c.packing() != hecnn_nn::compile::PackingKind::Single {
         return Ok(());
     }

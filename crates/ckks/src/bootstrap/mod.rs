@@ -288,6 +288,31 @@ impl BootstrapConfig {
         Ok(t)
     }
 
+    /// Bytes of the circuit [`Bootstrapper::new`] encodes for `params`: CoeffToSlot's and
+    /// SlotToCoeff's diagonals, each over the limbs of its level, and the two `i`
+    /// plaintexts (the keys not included).
+    ///
+    /// # Errors
+    /// Invalid configuration; too few levels.
+    pub fn encoded_bytes(&self, params: &CkksParams) -> Result<usize, CkksError> {
+        self.check(params)?;
+        let top = params.max_level();
+        let stc_top = self.stc_top(params)?;
+        let poly_bytes = |level: usize| (level + 1) * params.n() * 8;
+        let matrices = |m: &[DiagMatrix], start: usize| -> usize {
+            m.iter()
+                .enumerate()
+                .map(|(i, m)| m.diagonals().len() * poly_bytes(start - i))
+                .sum()
+        };
+        let cts = self.cts_matrices(params);
+        let em_in = top - cts.len();
+        Ok(matrices(&cts, top)
+            + matrices(&self.stc_matrices(params), stc_top)
+            + poly_bytes(em_in)
+            + poly_bytes(stc_top))
+    }
+
     /// The level SlotToCoeff starts at: below CoeffToSlot's levels and EvalMod's.
     fn stc_top(&self, params: &CkksParams) -> Result<usize, CkksError> {
         let depth = self.cts_matrices(params).len() + self.eval_mod_poly()?.depth();

@@ -955,12 +955,25 @@ impl CompiledModel {
                 let diagonals: usize = p.layers().iter().map(|l| l.diagonals).sum();
                 // Switching keys (each over the limbs of the levels it serves; compact ones
                 // are the size of their serialized form) and the diagonal plaintexts.
-                let keys = match self.default_key_storage() {
-                    hecnn_rlwe::KeyStorage::Expanded => self.keys.expanded_key_bytes(r),
-                    hecnn_rlwe::KeyStorage::Compact => self.keys.key_bytes(r),
+                let compact = self.default_key_storage() == hecnn_rlwe::KeyStorage::Compact;
+                let keys = if compact {
+                    self.keys.key_bytes(r)
+                } else {
+                    self.keys.expanded_key_bytes(r)
                 };
+                // Bootstrapping's encoded transforms and its encapsulation keys (the dense
+                // one over all of Q ∪ P, the sparse one two limbs).
+                let bootstrapping = self.refresh.as_ref().map_or(0, |rec| {
+                    let transforms = rec.config().encoded_bytes(&self.params).unwrap_or(0);
+                    let dense = if compact {
+                        r.switching_key_bytes()
+                    } else {
+                        r.expanded_switching_key_bytes_at(r.max_level())
+                    };
+                    transforms + dense
+                });
                 MemoryEstimate {
-                    bytes: keys + diagonal_bytes,
+                    bytes: keys + diagonal_bytes + bootstrapping,
                     what: format!(
                         "keys and encoded diagonals ({galois} Galois keys, {diagonals} diagonals at N = 2^{}{}{})",
                         r.log_n(),
@@ -970,7 +983,7 @@ impl CompiledModel {
                             ""
                         },
                         if self.refresh.is_some() {
-                            "; bootstrapping's transforms not counted"
+                            "; bootstrapping's transforms and encapsulation keys"
                         } else {
                             ""
                         }
