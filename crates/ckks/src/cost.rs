@@ -3,15 +3,15 @@
 //! A computation is tallied as operations by level ([`OpTally`]): key switches, rotations
 //! hoisted over a shared decomposition, plaintext products, plaintexts encoded on the fly,
 //! ciphertext tensor products and rescales. The shape of hybrid key switching turns each
-//! into limb NTTs and limb products ([`Work`]) at the level's limb count, and a short
-//! calibration on the backend ([`UnitCosts::calibrate`]) prices those two units on the
-//! machine at hand. The model ignores memory traffic and allocation, so it is an estimate:
+//! into limb NTTs, limb products and (for compact keys) key limbs expanded from seeds
+//! ([`Work`]) at the level's limb count, and a short calibration on the backend
+//! ([`UnitCosts::calibrate`]) prices those units on the machine at hand. The model ignores memory traffic and allocation, so it is an estimate:
 //! RESULTS records how close it comes on measured networks.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use hecnn_ring::{Backend, Basis, RnsPoly};
+use hecnn_ring::{Backend, Basis, RnsPoly, sampler};
 
 use crate::{CkksError, CkksParams};
 
@@ -51,6 +51,9 @@ impl LevelOps {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct OpTally {
     levels: BTreeMap<usize, LevelOps>,
+    /// Key switches by the level their key serves up to: a compact key expands its
+    /// uniform halves over its own basis at every switch.
+    key_levels: BTreeMap<usize, f64>,
 }
 
 impl OpTally {
@@ -64,10 +67,19 @@ impl OpTally {
         self.levels.entry(level).or_default()
     }
 
+    /// Records `switches` key switches (of any kind, already counted at their levels) made
+    /// with keys serving up to `key_level`: what compact keys expand.
+    pub fn keys_at(&mut self, key_level: usize, switches: f64) {
+        *self.key_levels.entry(key_level).or_default() += switches;
+    }
+
     /// Adds `other` `times` times.
     pub fn add(&mut self, other: &Self, times: f64) {
         for (&l, o) in &other.levels {
             self.at(l).add(o, times);
+        }
+        for (&l, &c) in &other.key_levels {
+            self.keys_at(l, c * times);
         }
     }
 
@@ -84,93 +96,113 @@ impl OpTally {
             .sum()
     }
 
-    /// The limb NTTs and limb products of these operations at `params`, with keys held
-    /// compact (their uniform halves expanded at every switch) or not.
+    /// The limb NTTs, limb products and key limbs expanded of these operations at
+    /// `params`, with keys held compact (their uniform halves expanded at every switch,
+    /// over the key's own basis) or expanded once.
     pub fn work(&self, params: &CkksParams, compact_keys: bool) -> Work {
         let r = params.rlwe();
         let k = r.p().len() as f64;
-        let alpha = r.digits().first().map_or(1, |d| d.len()) as f64;
         let mut w = Work::default();
         for (&level, o) in &self.levels {
             let l = (level + 1) as f64;
             let d = r.digits_at(level) as f64;
             let ext = l + k;
-            // Decomposition: c_1 to coefficients, each digit extended to Q_l ∪ P and back
-            // to evaluation form.
+            // Decomposition: each digit's own limbs are copied; the other limbs of Q_l ∪ P
+            // are converted from the digit (|D|·(ext − |D|) products) and taken to
+            // evaluation form, which with c_1's inverse NTT makes d·ext NTTs.
+            let conversion: f64 = r
+                .digits()
+                .iter()
+                .filter(|dg| dg.start <= level)
+                .map(|dg| {
+                    let size = (dg.end.min(level + 1) - dg.start) as f64;
+                    size * (ext - size)
+                })
+                .sum();
             let dec = Work {
-                ntts: l + d * ext,
-                products: d * alpha * ext,
+                ntts: d * ext,
+                products: conversion,
+                expansions: 0.0,
             };
             // Inner product with the key (two parts), the automorphism, division by P
             // (P limbs to coefficients, converted, back to evaluation form) of both parts.
-            let expand = if compact_keys { 1.5 * d * ext } else { 0.0 };
             let tail = Work {
                 ntts: 2.0 * (k + l),
-                products: 2.0 * d * ext + 2.0 * ext + 2.0 * k * l + expand,
+                products: 2.0 * d * ext + 2.0 * ext + 2.0 * k * l,
+                expansions: 0.0,
             };
             w.add(&dec, o.key_switches + o.decompositions);
             w.add(&tail, o.key_switches + o.hoisted);
-            w.add(
-                &Work {
-                    ntts: 0.0,
-                    products: 2.0 * l,
-                },
-                o.products,
-            );
+            w.add(&Work::products(2.0 * l), o.products);
             // An encoding: the inverse FFT (about two limb NTTs) and one NTT per limb.
             w.add(
                 &Work {
                     ntts: l + 2.0,
                     products: l,
+                    expansions: 0.0,
                 },
                 o.encodes,
             );
-            w.add(
-                &Work {
-                    ntts: 0.0,
-                    products: 4.0 * l,
-                },
-                o.tensors,
-            );
+            w.add(&Work::products(4.0 * l), o.tensors);
             w.add(
                 &Work {
                     ntts: 2.0 * l,
                     products: 2.0 * l,
+                    expansions: 0.0,
                 },
                 o.rescales,
             );
+        }
+        if compact_keys {
+            for (&key_level, &switches) in &self.key_levels {
+                let limbs = (r.digits_at(key_level) * (key_level + 1 + r.p().len())) as f64;
+                w.expansions += switches * limbs;
+            }
         }
         w
     }
 }
 
-/// Limb-sized units of work: NTTs of one limb and pointwise products of one limb.
+/// Limb-sized units of work.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Work {
     /// Forward or inverse NTTs of one limb.
     pub ntts: f64,
     /// Pointwise modular products (with an addition) over one limb.
     pub products: f64,
+    /// Limbs of a compact key's uniform polynomial expanded from its seed.
+    pub expansions: f64,
 }
 
 impl Work {
+    fn products(products: f64) -> Self {
+        Self {
+            ntts: 0.0,
+            products,
+            expansions: 0.0,
+        }
+    }
+
     fn add(&mut self, o: &Self, times: f64) {
         self.ntts += o.ntts * times;
         self.products += o.products * times;
+        self.expansions += o.expansions * times;
     }
 }
 
-/// The measured time of the two units of [`Work`] on one backend.
+/// The measured time of the units of [`Work`] on one backend.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct UnitCosts {
     /// Seconds per limb NTT.
     pub ntt_s: f64,
     /// Seconds per limb product.
     pub product_s: f64,
+    /// Seconds per limb of a uniform polynomial expanded from a seed.
+    pub expand_s: f64,
 }
 
 impl UnitCosts {
-    /// Times both units on `be` at `params`' ring degree, over as many limbs as the middle
+    /// Times the units on `be` at `params`' ring degree, over as many limbs as the middle
     /// level has (so the backend's threads share the work as they do in the computation).
     /// About 0.1 s at N = 2^16.
     ///
@@ -198,12 +230,23 @@ impl UnitCosts {
             p.mul_acc(be, ctx, &q, &q)?;
         }
         let product_s = t.elapsed().as_secs_f64() / (reps * limbs) as f64;
-        Ok(Self { ntt_s, product_s })
+        let mut out = vec![0u64; limbs * n];
+        let t = Instant::now();
+        for i in 0..reps {
+            let seed = [i as u8; 32];
+            be.install(|| sampler::expand_uniform_into(&seed, ctx, basis, &mut out));
+        }
+        let expand_s = t.elapsed().as_secs_f64() / (reps * limbs) as f64;
+        Ok(Self {
+            ntt_s,
+            product_s,
+            expand_s,
+        })
     }
 
     /// Seconds for `w`.
     pub fn seconds(&self, w: &Work) -> f64 {
-        w.ntts * self.ntt_s + w.products * self.product_s
+        w.ntts * self.ntt_s + w.products * self.product_s + w.expansions * self.expand_s
     }
 }
 
@@ -230,10 +273,16 @@ mod tests {
         assert!(high.ntts > low.ntts && high.products > low.products);
         let h = one(7, hoisted);
         assert!(h.ntts < high.ntts && h.products < high.products);
-        // Compact keys add the expansion of the keys' uniform halves.
+        // Compact keys add the expansion of the keys' uniform halves, over the key's basis.
         let mut t = OpTally::new();
         t.at(7).key_switches = 1.0;
-        assert!(t.work(&p, true).products > t.work(&p, false).products);
+        assert_eq!(t.work(&p, true).expansions, 0.0);
+        t.keys_at(7, 1.0);
+        let at7 = t.work(&p, true).expansions;
+        assert!(at7 > 0.0 && t.work(&p, false).expansions == 0.0);
+        let mut low_key = OpTally::new();
+        low_key.keys_at(3, 1.0);
+        assert!(low_key.work(&p, true).expansions < at7);
         // Adding a tally twice doubles the work.
         let mut twice = OpTally::new();
         twice.add(&t, 2.0);
@@ -247,9 +296,11 @@ mod tests {
         let u = UnitCosts::calibrate(&CpuBackend::new(1).unwrap(), &p).unwrap();
         assert!(u.ntt_s > 0.0 && u.ntt_s.is_finite());
         assert!(u.product_s > 0.0 && u.product_s.is_finite());
+        assert!(u.expand_s > 0.0 && u.expand_s.is_finite());
         let w = Work {
             ntts: 10.0,
             products: 0.0,
+            expansions: 0.0,
         };
         assert!((u.seconds(&w) - 10.0 * u.ntt_s).abs() < 1e-15);
     }

@@ -40,8 +40,14 @@ fn run(log_n: u32, config: BootstrapConfig, residual: usize, security: SecurityL
         .collect();
     let pt = eval.encode(&z, 0, params.default_scale(), slots).unwrap();
     let ct = encrypt_sk(&sk, &be, &pt, &mut rng).unwrap();
+    let before = eval.op_counts();
     let out = boot.bootstrap(&eval, &ct).unwrap();
     assert_eq!(out.scale(), params.default_scale());
+    // The time estimate's tally counts the key switches this bootstrap ran (and the switch
+    // back to the dense secret, which the evaluator does not count).
+    let ran = eval.op_counts().since(&before).key_switches() as f64;
+    let tallied = boot.config().op_tally(&params).unwrap().key_switches() - 1.0;
+    assert!((tallied - ran).abs() <= 0.1 * ran, "ran {ran}, tallied {tallied}");
     let got = eval
         .encoder()
         .decode(&be, &params, &hecnn_ckks::decrypt(&sk, &be, &out).unwrap())
@@ -176,7 +182,21 @@ fn encapsulation_keys_round_trip_through_bytes() {
             .to_bytes(&be, &params)
             .unwrap()
     };
+    let before = eval.op_counts();
     let want = boot(encaps);
+    // The time estimate's tally of one bootstrap against the key switches it ran (the
+    // switch back to the dense secret goes through the encapsulation keys, which the
+    // evaluator does not count).
+    let ran = eval.op_counts().since(&before).key_switches() as f64;
+    let tallied = config.op_tally(&params).unwrap().key_switches() - 1.0;
+    eprintln!("bootstrap key switches: ran {ran}, tallied {tallied}");
+    assert!(
+        (tallied - ran).abs() <= 0.1 * ran,
+        "ran {ran}, tallied {tallied}"
+    );
+    // Keys made for another ephemeral weight are refused.
+    let other = sk.encapsulation_keys(&be, 16, &mut rng).unwrap();
+    assert!(Bootstrapper::new(&eval, config.clone(), other).is_err());
     for storage in [KeyStorage::Expanded, KeyStorage::Compact] {
         let loaded =
             EncapsulationKeys::from_bytes_with(&be, params.rlwe(), &bytes, storage).unwrap();

@@ -253,15 +253,20 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         eprintln!("warning: {e}");
     }
     c.save(&out)?;
+    if let Some(path) = &a.client_spec {
+        cnn::write_file(path, &c.client_spec().to_bytes()?)?;
+    }
     println!("{}", c.report()?);
-    print_estimate(&c, &a.opts)?;
+    // The estimates are advice: a failure to make them does not fail the compilation.
+    if let Err(e) = print_estimate(&c, &a.opts) {
+        eprintln!("warning: no time estimate: {e}");
+    }
     println!(
         "wrote {} ({} packing: keygen, encrypt, run, decrypt and eval follow it)",
         out.display(),
         c.packing()
     );
     if let Some(path) = &a.client_spec {
-        cnn::write_file(path, &c.client_spec().to_bytes()?)?;
         println!("wrote the client spec to {}", path.display());
     }
     Ok(())
@@ -479,11 +484,13 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     // The keys the plan asks for and no more, held as the plan holds them (compact when it
     // bootstraps).
     let params = c.params().rlwe();
+    let max_keys = plan.key_requirements().key_count(params);
+    let limit = max_keys.saturating_mul(params.switching_key_bytes() + 4096);
     let evk = EvaluationKeys::from_bytes_with(
         &be,
         params,
-        &cnn::read_file(&a.eval_keys)?,
-        plan.key_requirements().key_count(params),
+        &hecnn_nn::compile::read_bounded(&a.eval_keys, limit as u64)?,
+        max_keys,
         plan.key_storage(),
     )?;
     let inputs = EncryptedImages::from_bytes(
@@ -494,12 +501,10 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     )?;
     let images = inputs.images();
     let server = if plan.refresh().is_some() {
-        let encaps = EncapsulationKeys::from_bytes_with(
-            &be,
-            params,
-            &cnn::read_file(&a.bootstrap_keys)?,
-            plan.key_storage(),
-        )?;
+        // Both keys and the envelope at most: a larger file is refused before it is read.
+        let limit = params.switching_key_bytes().saturating_mul(2) + 8192;
+        let bytes = hecnn_nn::compile::read_bounded(&a.bootstrap_keys, limit as u64)?;
+        let encaps = EncapsulationKeys::from_bytes_with(&be, params, &bytes, plan.key_storage())?;
         Server::bootstrapping(plan, evk, encaps, be.clone())?
     } else {
         Server::new(plan, evk, be.clone())?

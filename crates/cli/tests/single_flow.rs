@@ -35,10 +35,15 @@ fn compiled_single_model_runs_client_and_server_apart() {
     assert!(ok, "{log}");
     assert!(log.contains("single-image packing"), "{log}");
     assert!(log.contains("below 2^13 by"), "{log}");
+    // Encapsulation keys of an earlier plan must not outlive a keygen for one that does
+    // not bootstrap.
+    std::fs::create_dir_all(p("keys")).unwrap();
+    std::fs::write(p("keys/bootstrap.keys"), b"stale").unwrap();
     let (ok, log) = hecnn(&["keygen", &single, "--out-dir", &p("keys")]);
     assert!(ok, "{log}");
     assert!(log.contains("eval.keys"), "{log}");
     assert!(!log.contains("bootstrap.keys"), "{log}");
+    assert!(!std::path::Path::new(&p("keys/bootstrap.keys")).exists());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -311,16 +311,25 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
     write_with_mode(path, bytes, true)
 }
 
+/// A temporary name beside `path` that no other writer uses: the file name with this
+/// process's id and a counter appended (`secret.key.1234-0.tmp-hecnn`).
+fn temp_name(path: &Path) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = path
+        .file_name()
+        .map(|f| f.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".{}-{n}.tmp-hecnn", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn write_with_mode(path: &Path, bytes: &[u8], private: bool) -> Result<(), NnError> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp-hecnn");
+    let tmp = temp_name(path);
     let result = (|| {
-        // A stale temporary file (a crash earlier) may have other permissions: start afresh.
-        match std::fs::remove_file(&tmp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
         let mut opts = std::fs::OpenOptions::new();
+        // A new file (never one left by someone else): its mode holds from the first byte.
         opts.write(true).create_new(true);
         #[cfg(unix)]
         if private {
@@ -332,12 +341,23 @@ fn write_with_mode(path: &Path, bytes: &[u8], private: bool) -> Result<(), NnErr
         let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        // The rename itself durable: the directory entry flushed.
+        #[cfg(unix)]
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(|e| NnError::Data(format!("{}: {e}", path.display())))
+    result.map_err(|e: std::io::Error| NnError::Data(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -379,7 +399,12 @@ mod tests {
         let blocked = dir.join("blocked");
         std::fs::create_dir_all(blocked.join("inner")).unwrap();
         assert!(write_atomic(&blocked, b"x").is_err());
-        assert!(!blocked.with_extension("tmp-hecnn").exists());
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp-hecnn"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

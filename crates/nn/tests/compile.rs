@@ -903,6 +903,7 @@ fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
     let units = UnitCosts {
         ntt_s: 1e-6,
         product_s: 2e-7,
+        expand_s: 3e-7,
     };
     let e = c.time_estimate(&units).unwrap().unwrap();
     assert_eq!(e.bootstraps, c.levels().refreshed_cts());
@@ -918,6 +919,7 @@ fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
     let double = UnitCosts {
         ntt_s: 2e-6,
         product_s: 4e-7,
+        expand_s: 6e-7,
     };
     let e2 = c.time_estimate(&double).unwrap().unwrap();
     assert!((e2.total_s() / e.total_s() - 2.0).abs() < 1e-9);

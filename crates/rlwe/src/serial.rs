@@ -679,6 +679,48 @@ mod tests {
         }
     }
 
+    /// Encapsulation-key files with a Galois element, an impossible weight, a key
+    /// restricted to a level or too many bytes are refused.
+    #[test]
+    fn malformed_encapsulation_keys_are_refused() {
+        let params = params();
+        let be = CpuBackend::new(1).unwrap();
+        let mut rng = Prng::from_seed([6; 32]);
+        let sk = SecretKey::generate(&params, &mut rng).unwrap();
+        let keys = sk.encapsulation_keys(&be, 8, &mut rng).unwrap();
+        let bytes = keys.to_bytes(&be).unwrap();
+        let load = |b: &[u8]| {
+            EncapsulationKeys::<CpuBackend>::from_bytes_with(&be, &params, b, KeyStorage::Expanded)
+        };
+        assert_eq!(load(&bytes).unwrap().weight(), 8);
+        let wire = || -> EncapsulationKeysWire {
+            decode(Kind::EncapsulationKeys, &params, &bytes, usize::MAX).unwrap()
+        };
+        let reencode = |w: &EncapsulationKeysWire| encode(Kind::EncapsulationKeys, &params, w);
+
+        let mut w = wire();
+        w.to_dense.galois = Some(5);
+        assert!(matches!(
+            load(&reencode(&w)),
+            Err(RlweError::Malformed { .. })
+        ));
+        for weight in [0, params.n() as u64 + 1, u64::MAX] {
+            let mut w = wire();
+            w.weight = weight;
+            assert!(load(&reencode(&w)).is_err(), "weight {weight}");
+        }
+        let restricted = sk.galois_key_at(&be, 5, 1, &mut rng).unwrap();
+        let mut w = wire();
+        w.to_dense = restricted.key.to_wire(&be, &params, None).unwrap();
+        assert!(matches!(
+            load(&reencode(&w)),
+            Err(RlweError::Malformed { .. })
+        ));
+        let mut padded = bytes.clone();
+        padded.resize(2 * params.switching_key_bytes() + 8193, 0);
+        assert!(matches!(load(&padded), Err(RlweError::TooLarge { .. })));
+    }
+
     fn clone_poly(p: &PolyWire) -> PolyWire {
         PolyWire {
             q: p.q,

@@ -249,8 +249,12 @@ impl BootstrapConfig {
             subsum += 1.0;
             step *= 2;
         }
-        t.at(top).key_switches += 1.0 + subsum;
-        let transform = |t: &mut OpTally, m: &DiagMatrix, level: usize| {
+        // ModRaise (about a rescale's NTTs), the switch back to the dense secret, SubSum.
+        let o = t.at(top);
+        o.rescales += 1.0;
+        o.key_switches += 1.0 + subsum;
+        t.keys_at(top, 1.0 + subsum);
+        let transform = |t: &mut OpTally, m: &DiagMatrix, level: usize, key_level: usize| {
             let idx: BTreeSet<i64> = m.diagonals().keys().map(|&k| k as i64).collect();
             let (babies, giants) = crate::linear::block_rotation_counts_weighted(
                 &BTreeMap::from([((0, 0), idx)]),
@@ -263,15 +267,20 @@ impl BootstrapConfig {
             o.key_switches += giants as f64;
             o.products += m.diagonals().len() as f64;
             o.rescales += 1.0;
+            t.keys_at(key_level, (babies + giants) as f64);
         };
         let cts = self.cts_matrices(params);
         for (i, m) in cts.iter().enumerate() {
-            transform(&mut t, m, top - i);
+            transform(&mut t, m, top - i, top);
         }
         let em_in = top - cts.len();
-        t.at(em_in).key_switches += 1.0;
-        // EvalMod: its products spread evenly over the levels it consumes.
-        let runs = if self.is_sparse(params) { 1.0 } else { 2.0 };
+        t.at(em_in).key_switches += 1.0; // conjugation
+        t.keys_at(top, 1.0);
+        // EvalMod (twice for full slots: real and imaginary parts, the latter times i
+        // before and after): its ciphertext products spread evenly over the levels it
+        // consumes. Constant multiplications and leaf rescales are not counted.
+        let sparse = self.is_sparse(params);
+        let runs = if sparse { 1.0 } else { 2.0 };
         let depth = poly.depth().max(1);
         let products = (poly.cheb.products() + poly.double_angles) as f64 * runs;
         for d in 0..depth {
@@ -280,10 +289,14 @@ impl BootstrapConfig {
             o.tensors += share;
             o.key_switches += share;
             o.rescales += share;
-            o.products += runs;
+        }
+        t.keys_at(top, products);
+        if !sparse {
+            t.at(em_in).products += 1.0;
+            t.at(stc_top).products += 1.0;
         }
         for (i, m) in self.stc_matrices(params).iter().enumerate() {
-            transform(&mut t, m, stc_top - i);
+            transform(&mut t, m, stc_top - i, stc_top);
         }
         Ok(t)
     }
@@ -314,15 +327,18 @@ impl BootstrapConfig {
     }
 
     /// The level SlotToCoeff starts at: below CoeffToSlot's levels and EvalMod's.
+    /// Refuses parameters with fewer levels than the whole circuit consumes (SlotToCoeff's
+    /// included), as [`Bootstrapper::new`] does.
     fn stc_top(&self, params: &CkksParams) -> Result<usize, CkksError> {
-        let depth = self.cts_matrices(params).len() + self.eval_mod_poly()?.depth();
-        params
-            .max_level()
-            .checked_sub(depth)
-            .ok_or(CkksError::LevelTooLow {
-                needed: depth,
+        let above = self.cts_matrices(params).len() + self.eval_mod_poly()?.depth();
+        let needed = above + self.stc_matrices(params).len();
+        if params.max_level() < needed {
+            return Err(CkksError::LevelTooLow {
+                needed,
                 have: params.max_level(),
-            })
+            });
+        }
+        Ok(params.max_level() - above)
     }
 }
 

@@ -969,12 +969,23 @@ mod tests {
         let top = good.params.max_level();
         let step = *good.keys.rotations.iter().next().unwrap();
         let absent = (1..).find(|k| !good.keys.rotations.contains(k)).unwrap();
-        for (k, l) in [(absent, 0), (step, top + 1)] {
-            let mut bad = good.clone();
-            bad.keys.rotation_levels.insert(k, l);
+        // As many levels as rotations, one of them for a rotation the spec lacks; then a
+        // level above the top; then more levels than rotations.
+        let mut swapped = good.clone();
+        swapped.keys.rotation_levels.remove(&step);
+        swapped.keys.rotation_levels.insert(absent, 0);
+        let mut above = good.clone();
+        above.keys.rotation_levels.insert(step, top + 1);
+        let mut extra = good.clone();
+        extra.keys.rotation_levels.insert(absent, 0);
+        for (bad, says) in [
+            (swapped, "not a rotation of the spec"),
+            (above, "not a rotation of the spec"),
+            (extra, "a level per key"),
+        ] {
             let err = ClientSpec::from_bytes(&bad.to_bytes().unwrap()).unwrap_err();
             assert!(
-                matches!(&err, NnError::Format { reason, .. } if reason.contains("rotation")),
+                matches!(&err, NnError::Format { reason, .. } if reason.contains(says)),
                 "{err}"
             );
         }

@@ -44,29 +44,36 @@ fn tallies(c: &CompiledModel) -> Result<Option<[OpTally; 4]>, NnError> {
     let (mut linear, mut encode, mut act) = (OpTally::new(), OpTally::new(), OpTally::new());
     let layers: std::collections::BTreeMap<usize, _> =
         plan.layers().into_iter().map(|l| (l.stage, l)).collect();
+    let top = c.params().max_level();
     for (i, s) in lp.stages.iter().enumerate() {
         if let Some(l) = layers.get(&i) {
-            let o = linear.at(s.level_in);
+            // BSGS at the input's level (rotation keys restricted to it), the rescale, then
+            // the partial sums of every output ciphertext one level lower.
             let (babies, giants, sums) = l.rotations;
+            let o = linear.at(s.level_in);
             if babies > 0 {
                 o.decompositions += l.cts.0 as f64;
             }
             o.hoisted += babies as f64;
-            o.key_switches += (giants + sums) as f64;
+            o.key_switches += giants as f64;
             o.products += l.diagonals as f64;
             o.rescales += l.cts.1 as f64;
+            let summed = (sums * l.cts.1) as f64;
+            linear.at(s.level_in.saturating_sub(1)).key_switches += summed;
+            linear.keys_at(s.level_in, (babies + giants) as f64 + summed);
             if on_the_fly {
                 encode.at(s.level_in).encodes += l.diagonals as f64;
             }
         } else if s.level_out < s.level_in {
-            // A quadratic activation per ciphertext: square, relinearize, the linear and
-            // constant terms, rescale.
+            // A quadratic activation per ciphertext, (x + d)² after the folding: the shift,
+            // the square, its relinearization (the relinearization key serves every
+            // level), the rescale.
             let o = act.at(s.level_in);
             let cts = s.cts as f64;
             o.tensors += cts;
             o.key_switches += cts;
-            o.products += 2.0 * cts;
             o.rescales += cts;
+            act.keys_at(top, cts);
         }
     }
     let boot = match c.refresh() {

@@ -961,8 +961,10 @@ impl CompiledModel {
                 } else {
                     self.keys.expanded_key_bytes(r)
                 };
-                // Bootstrapping's encoded transforms and its encapsulation keys (the dense
-                // one over all of Q ∪ P, the sparse one two limbs).
+                // Bootstrapping's encoded transforms and its dense encapsulation key (over
+                // all of Q ∪ P; the sparse one, two limbs, is negligible). The record was
+                // checked against the parameters when the model was compiled or loaded,
+                // so its circuit fits them.
                 let bootstrapping = self.refresh.as_ref().map_or(0, |rec| {
                     let transforms = rec.config().encoded_bytes(&self.params).unwrap_or(0);
                     let dense = if compact {
