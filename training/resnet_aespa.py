@@ -345,6 +345,18 @@ def evaluate(model, x, y, batch=500):
     return float(correct) / len(x)
 
 
+def blown_up_indices(model, x, batch=500):
+    """Indices of the images whose logits `blown_up` flags (encryption would refuse them:
+    their values leave every bound the compiled plan holds)."""
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            flags = blown_up(model(torch.from_numpy(x[i:i + batch])))
+            out.extend(int(i + j) for j in torch.nonzero(flags).flatten().tolist())
+    return out
+
+
 def lr_lambda_factory(total_steps, warmup_steps):
     def f(step):
         if step < warmup_steps:
@@ -555,6 +567,8 @@ def cmd_export(args):
     ok, folded = verify_and_export(model, x, out, f"ResNet-{args.depth}")
     if not args.quick:
         print(f"test accuracy: model {evaluate(model, xte, yte):.4f}, folded {evaluate(folded, xte, yte):.4f}")
+        bad = blown_up_indices(folded, xte)
+        print(f"test images with non-finite or > 1e3 logits (folded model): {len(bad)} {bad[:20]}")
     sys.exit(0 if ok else 1)
 
 
