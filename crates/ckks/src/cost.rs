@@ -3,10 +3,12 @@
 //! A computation is tallied as operations by level ([`OpTally`]): key switches, rotations
 //! hoisted over a shared decomposition, plaintext products, plaintexts encoded on the fly,
 //! ciphertext tensor products and rescales. The shape of hybrid key switching turns each
-//! into limb NTTs, limb products and (for compact keys) key limbs expanded from seeds
-//! ([`Work`]) at the level's limb count, and a short calibration on the backend
-//! ([`UnitCosts::calibrate`]) prices those units on the machine at hand. The model ignores memory traffic and allocation, so it is an estimate:
-//! RESULTS records how close it comes on measured networks.
+//! into limb NTTs, limb products, key limbs expanded from seeds (compact keys) and
+//! encodings ([`Work`]) at the level's limb count, and a short calibration on the backend
+//! ([`UnitCosts::calibrate`]) prices those units on the machine at hand: products streamed
+//! through more memory than the caches hold, encodings run in parallel as a deferred
+//! transform runs them. Allocation and the rest of the memory traffic are not modelled,
+//! so it is an estimate: RESULTS records how close it comes on measured networks.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -122,33 +124,26 @@ impl OpTally {
             let dec = Work {
                 ntts: d * ext,
                 products: conversion,
-                expansions: 0.0,
+                ..Work::default()
             };
             // Inner product with the key (two parts), the automorphism, division by P
             // (P limbs to coefficients, converted, back to evaluation form) of both parts.
             let tail = Work {
                 ntts: 2.0 * (k + l),
                 products: 2.0 * d * ext + 2.0 * ext + 2.0 * k * l,
-                expansions: 0.0,
+                ..Work::default()
             };
             w.add(&dec, o.key_switches + o.decompositions);
             w.add(&tail, o.key_switches + o.hoisted);
             w.add(&Work::products(2.0 * l), o.products);
-            // An encoding: the inverse FFT (about two limb NTTs) and one NTT per limb.
-            w.add(
-                &Work {
-                    ntts: l + 2.0,
-                    products: l,
-                    expansions: 0.0,
-                },
-                o.encodes,
-            );
+            w.encodes += o.encodes;
+            w.encode_limbs += o.encodes * l;
             w.add(&Work::products(4.0 * l), o.tensors);
             w.add(
                 &Work {
                     ntts: 2.0 * l,
                     products: 2.0 * l,
-                    expansions: 0.0,
+                    ..Work::default()
                 },
                 o.rescales,
             );
@@ -172,14 +167,17 @@ pub struct Work {
     pub products: f64,
     /// Limbs of a compact key's uniform polynomial expanded from its seed.
     pub expansions: f64,
+    /// Plaintexts encoded (the special FFT and the rounding, whatever the level).
+    pub encodes: f64,
+    /// Limbs of the plaintexts encoded (reduction and NTT of each limb).
+    pub encode_limbs: f64,
 }
 
 impl Work {
     fn products(products: f64) -> Self {
         Self {
-            ntts: 0.0,
             products,
-            expansions: 0.0,
+            ..Self::default()
         }
     }
 
@@ -187,6 +185,8 @@ impl Work {
         self.ntts += o.ntts * times;
         self.products += o.products * times;
         self.expansions += o.expansions * times;
+        self.encodes += o.encodes * times;
+        self.encode_limbs += o.encode_limbs * times;
     }
 }
 
@@ -199,12 +199,16 @@ pub struct UnitCosts {
     pub product_s: f64,
     /// Seconds per limb of a uniform polynomial expanded from a seed.
     pub expand_s: f64,
+    /// Seconds per encoding, whatever its level (the special FFT, the rounding).
+    pub encode_s: f64,
+    /// Seconds per limb of an encoding (the reduction into the limb, its NTT).
+    pub encode_limb_s: f64,
 }
 
 impl UnitCosts {
     /// Times the units on `be` at `params`' ring degree, over as many limbs as the middle
     /// level has (so the backend's threads share the work as they do in the computation).
-    /// About 0.1 s at N = 2^16.
+    /// About half a second at N = 2^16.
     ///
     /// # Errors
     /// Backend failures.
@@ -213,11 +217,9 @@ impl UnitCosts {
         let limbs = (params.max_level() / 2 + 1).clamp(1, ctx.q_count());
         let basis = Basis::q(limbs);
         let n = params.n();
-        let host: Vec<u64> = (0..limbs * n)
-            .map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40)
-            .collect();
+        let word = |i: usize| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+        let host: Vec<u64> = (0..limbs * n).map(word).collect();
         let mut p = RnsPoly::from_host(be, ctx, basis, &host)?.into_eval(be, ctx);
-        let q = p.clone();
         // Enough repetitions for about 2^22 words each way; the first warmed the tables.
         let reps = (1 << 22) / (n * limbs) + 2;
         let t = Instant::now();
@@ -225,11 +227,25 @@ impl UnitCosts {
             p = p.into_coeff(be, ctx).into_eval(be, ctx);
         }
         let ntt_s = t.elapsed().as_secs_f64() / (2 * reps * limbs) as f64;
+
+        // Products stream their operands from memory, as a transform's diagonals and the
+        // keys do: operands cycled over more bytes than the caches hold (64 MiB).
+        let count = ((64 << 20) / (limbs * n * 8)).clamp(2, 64);
+        let operands: Vec<_> = (0..count)
+            .map(|k| {
+                let h: Vec<u64> = (0..limbs * n).map(|i| word(i + k)).collect();
+                RnsPoly::from_host(be, ctx, basis, &h).map(|q| q.into_eval(be, ctx))
+            })
+            .collect::<Result<_, _>>()?;
+        let steps = reps.max(count);
         let t = Instant::now();
-        for _ in 0..reps {
-            p.mul_acc(be, ctx, &q, &q)?;
+        for k in 0..steps {
+            let q = &operands[k % count];
+            p.mul_acc(be, ctx, q, q)?;
         }
-        let product_s = t.elapsed().as_secs_f64() / (reps * limbs) as f64;
+        let product_s = t.elapsed().as_secs_f64() / (steps * limbs) as f64;
+        drop(operands);
+
         let mut out = vec![0u64; limbs * n];
         let t = Instant::now();
         for i in 0..reps {
@@ -237,16 +253,51 @@ impl UnitCosts {
             be.install(|| sampler::expand_uniform_into(&seed, ctx, basis, &mut out));
         }
         let expand_s = t.elapsed().as_secs_f64() / (reps * limbs) as f64;
+
+        // Encodings as a deferred transform runs them: a batch in parallel, at one limb and
+        // at `limbs` limbs, fitted to a fixed part and a part per limb.
+        let encoder = crate::Encoder::new(n);
+        let slots = params.max_slots();
+        let values: Vec<f64> = (0..slots).map(|i| (word(i) % 1000) as f64 / 1000.0).collect();
+        let batch = 2 * be.parallelism().max(1);
+        let per_encode = |level: usize| -> Result<f64, CkksError> {
+            let run = || {
+                be.par_map((0..batch).collect(), |_| {
+                    encoder.encode_real(be, params, &values, level, params.default_scale(), slots)
+                })
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+            };
+            run()?; // warm the FFT tables and the allocator
+            let t = Instant::now();
+            for _ in 0..2 {
+                run()?;
+            }
+            Ok(t.elapsed().as_secs_f64() / (2 * batch) as f64)
+        };
+        let (one, many) = (per_encode(0)?, per_encode(limbs - 1)?);
+        let encode_limb_s = if limbs > 1 {
+            ((many - one) / (limbs - 1) as f64).max(0.0)
+        } else {
+            0.0
+        };
+        let encode_s = (one - encode_limb_s).max(0.0);
         Ok(Self {
             ntt_s,
             product_s,
             expand_s,
+            encode_s,
+            encode_limb_s,
         })
     }
 
     /// Seconds for `w`.
     pub fn seconds(&self, w: &Work) -> f64 {
-        w.ntts * self.ntt_s + w.products * self.product_s + w.expansions * self.expand_s
+        w.ntts * self.ntt_s
+            + w.products * self.product_s
+            + w.expansions * self.expand_s
+            + w.encodes * self.encode_s
+            + w.encode_limbs * self.encode_limb_s
     }
 }
 
@@ -297,10 +348,10 @@ mod tests {
         assert!(u.ntt_s > 0.0 && u.ntt_s.is_finite());
         assert!(u.product_s > 0.0 && u.product_s.is_finite());
         assert!(u.expand_s > 0.0 && u.expand_s.is_finite());
+        assert!(u.encode_s + u.encode_limb_s > 0.0 && u.encode_s.is_finite());
         let w = Work {
             ntts: 10.0,
-            products: 0.0,
-            expansions: 0.0,
+            ..Work::default()
         };
         assert!((u.seconds(&w) - 10.0 * u.ntt_s).abs() < 1e-15);
     }

@@ -289,7 +289,7 @@ fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
     let units = UnitCosts::calibrate(&be, c.params())?;
     if let Some(e) = c.time_estimate(&units)? {
         println!(
-            "estimated time per image on this machine ({} threads): {:.1} s: linear {:.1} s (encoding weights {:.1} s), activations {:.1} s, {} bootstrap(s) × {:.1} s; {:.0} key switches (measured now: limb NTT {:.1} µs, limb product {:.1} µs)",
+            "estimated time per image on this machine ({} threads): {:.1} s: linear {:.1} s (encoding weights {:.1} s), activations {:.1} s, {} bootstrap(s) × {:.1} s; {:.0} key switches (measured now: limb NTT {:.1} µs, limb product {:.1} µs, encoding {:.2} ms + {:.2} ms per limb)",
             be.threads(),
             e.total_s(),
             e.linear_s,
@@ -300,6 +300,8 @@ fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
             e.key_switches,
             units.ntt_s * 1e6,
             units.product_s * 1e6,
+            units.encode_s * 1e3,
+            units.encode_limb_s * 1e3,
         );
     }
     Ok(())

@@ -904,6 +904,8 @@ fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
         ntt_s: 1e-6,
         product_s: 2e-7,
         expand_s: 3e-7,
+        encode_s: 1e-5,
+        encode_limb_s: 1e-6,
     };
     let e = c.time_estimate(&units).unwrap().unwrap();
     assert_eq!(e.bootstraps, c.levels().refreshed_cts());
@@ -920,6 +922,8 @@ fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
         ntt_s: 2e-6,
         product_s: 4e-7,
         expand_s: 6e-7,
+        encode_s: 2e-5,
+        encode_limb_s: 2e-6,
     };
     let e2 = c.time_estimate(&double).unwrap().unwrap();
     assert!((e2.total_s() / e.total_s() - 2.0).abs() < 1e-9);
