@@ -258,7 +258,9 @@ impl UnitCosts {
         // at `limbs` limbs, fitted to a fixed part and a part per limb.
         let encoder = crate::Encoder::new(n);
         let slots = params.max_slots();
-        let values: Vec<f64> = (0..slots).map(|i| (word(i) % 1000) as f64 / 1000.0).collect();
+        let values: Vec<f64> = (0..slots)
+            .map(|i| (word(i) % 1000) as f64 / 1000.0)
+            .collect();
         let batch = 2 * be.parallelism().max(1);
         let per_encode = |level: usize| -> Result<f64, CkksError> {
             let run = || {

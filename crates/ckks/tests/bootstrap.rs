@@ -47,7 +47,10 @@ fn run(log_n: u32, config: BootstrapConfig, residual: usize, security: SecurityL
     // back to the dense secret, which the evaluator does not count).
     let ran = eval.op_counts().since(&before).key_switches() as f64;
     let tallied = boot.config().op_tally(&params).unwrap().key_switches() - 1.0;
-    assert!((tallied - ran).abs() <= 0.1 * ran, "ran {ran}, tallied {tallied}");
+    assert!(
+        (tallied - ran).abs() <= 0.1 * ran,
+        "ran {ran}, tallied {tallied}"
+    );
     let got = eval
         .encoder()
         .decode(&be, &params, &hecnn_ckks::decrypt(&sk, &be, &out).unwrap())
