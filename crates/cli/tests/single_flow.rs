@@ -12,6 +12,38 @@ use hecnn_nn::{Model, Op, RewriteOptions, Tensor, exec, ir::Dense, ir::Node, onn
 
 const MODEL: &str = "models/hcnn-mnist.onnx";
 
+/// The predictions `hecnn decrypt` printed.
+fn printed_predictions(log: &str) -> Vec<usize> {
+    log.lines()
+        .find_map(|l| l.strip_prefix("predictions: "))
+        .unwrap_or_else(|| panic!("{log}"))
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+/// The bundled MNIST sample (300 test digits).
+fn mnist_sample() -> hecnn_nn::data::Dataset {
+    hecnn_nn::data::load_idx(
+        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
+        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
+    )
+    .unwrap()
+}
+
+/// The cleartext model's predictions on the sample's first `count` digits.
+fn cleartext_predictions(count: usize) -> Vec<usize> {
+    let model = rewrite(
+        &onnx::import_onnx_file(&repo().join(MODEL)).unwrap(),
+        &RewriteOptions::default(),
+    )
+    .unwrap();
+    let sample = mnist_sample();
+    (0..count)
+        .map(|i| exec::argmax(exec::run(&model, &sample.image(i)).unwrap().data()))
+        .collect()
+}
+
 #[test]
 fn compiled_single_model_runs_client_and_server_apart() {
     let tmp = std::env::temp_dir().join(format!("hecnn-single-flow-{}", std::process::id()));
@@ -90,27 +122,9 @@ fn compiled_single_model_runs_client_and_server_apart() {
         &p("out.ct"),
     ]);
     assert!(ok, "{log}");
-    let got: Vec<usize> = log
-        .lines()
-        .find_map(|l| l.strip_prefix("predictions: "))
-        .unwrap_or_else(|| panic!("{log}"))
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    let model = rewrite(
-        &onnx::import_onnx_file(&repo().join(MODEL)).unwrap(),
-        &RewriteOptions::default(),
-    )
-    .unwrap();
-    let sample = hecnn_nn::data::load_idx(
-        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
-        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
-    )
-    .unwrap();
-    let want: Vec<usize> = (0..count)
-        .map(|i| exec::argmax(exec::run(&model, &sample.image(i)).unwrap().data()))
-        .collect();
-    assert_eq!(got, want);
+    let got = printed_predictions(&log);
+    assert_eq!(got, cleartext_predictions(count));
+    let sample = mnist_sample();
 
     // Files of the other packing are refused with an error, not a panic or wrong output.
     let (ok, log) = hecnn(&["compile", MODEL, "-o", &batch]);
@@ -218,27 +232,8 @@ fn a_bootstrapped_plan_runs_client_and_server_apart() {
         &p("out.ct"),
     ]);
     assert!(ok, "{log}");
-    let got: Vec<usize> = log
-        .lines()
-        .find_map(|l| l.strip_prefix("predictions: "))
-        .unwrap_or_else(|| panic!("{log}"))
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    let cleartext = rewrite(
-        &onnx::import_onnx_file(&repo().join(MODEL)).unwrap(),
-        &RewriteOptions::default(),
-    )
-    .unwrap();
-    let sample = hecnn_nn::data::load_idx(
-        &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
-        &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
-    )
-    .unwrap();
-    let want: Vec<usize> = (0..count)
-        .map(|i| exec::argmax(exec::run(&cleartext, &sample.image(i)).unwrap().data()))
-        .collect();
-    assert_eq!(got, want);
+    let got = printed_predictions(&log);
+    assert_eq!(got, cleartext_predictions(count));
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
