@@ -8,7 +8,8 @@ use std::time::Instant;
 use clap::Args;
 use hecnn_nn::{
     compile::{
-        Client, CompiledModel, PackedPlan, PackingKind, PackingRequest, Server, human_bytes,
+        Client, CompiledModel, PackedPlan, PackingKind, PackingRequest, Server, Simulator,
+        human_bytes,
     },
     data::Dataset,
     exec::{self, argmax},
@@ -402,7 +403,7 @@ fn eval_single(
                     .into(),
             ));
         }
-        return simulate_single(c, ds, run, &todo, record.as_mut());
+        return simulate_single(c, ds, run, opts, &todo, record.as_mut());
     }
     let be = opts.backend()?;
     println!("hecnn: encrypted CNN inference, single-image mode");
@@ -513,83 +514,102 @@ fn eval_single(
     Ok(())
 }
 
-/// `eval --simulate`: the plan on the packed cleartext scheme, image by image, against the
-/// model.
+/// `eval --simulate`: the plan on the packed cleartext scheme against the model, images
+/// on every worker thread at once (they share the encoded transforms), outcomes recorded
+/// in the order of the images.
 fn simulate_single(
     c: &CompiledModel,
     ds: &Dataset,
     run: &SingleRun<'_>,
+    opts: &ModelOpts,
     todo: &[usize],
     mut record: Option<&mut AgreementRecord>,
 ) -> Result<(), CliError> {
     println!("hecnn: the single-image plan simulated without keys (packed cleartext scheme)");
     println!("{}", c.report()?);
-    println!("data: {} ({} images)", run.data, ds.len());
+    let be = opts.backend()?;
+    println!(
+        "data: {} ({} images), {} thread(s)",
+        run.data,
+        ds.len(),
+        be.threads()
+    );
     let t = Instant::now();
     let sim = c.simulator()?;
     println!("transforms encoded in {:.1} s", t.elapsed().as_secs_f64());
     let pb = image_progress(todo.len(), "simulating");
     let mut agreement = Agreement::default();
     let t = Instant::now();
-    for &i in todo {
-        let image = ds.image(i);
-        // A value beyond what a refresh holds, or one that wraps the modulus: encrypted,
-        // this image would decrypt to garbage. Recorded as a disagreement; the run goes on.
-        let why = match sim.run(std::slice::from_ref(&image)) {
-            Ok(out) if out.headroom_bits >= 0.0 => Ok(out),
-            Ok(out) => Err(format!(
-                "a value wraps the modulus ({:.1} bits of headroom)",
-                out.headroom_bits
-            )),
-            Err(
-                e @ hecnn_nn::NnError::Encrypted {
-                    source: hecnn_nn::scheme::SchemeError::Range { .. },
-                    ..
-                },
-            ) => Err(e.to_string()),
-            Err(e) => return Err(e.into()),
-        };
-        let out = match why {
-            Ok(out) => out,
-            Err(why) => {
-                pb.suspend(|| eprintln!("image {}: out of range: {why}", run.offset + i));
-                let want = exec::run(c.model(), &image)?;
-                let outcome = ImageOutcome::out_of_range(
-                    run.offset + i,
-                    usize::from(ds.labels()[i]),
-                    want.data(),
-                );
-                agreement.add(&outcome);
-                if let Some(rec) = record.as_deref_mut() {
-                    rec.push(outcome)?;
-                }
-                pb.inc(1);
-                continue;
+    // A few images per thread between record writes: a stopped run loses at most these.
+    for chunk in todo.chunks(4 * be.threads()) {
+        let outcomes = be.par_map(chunk.to_vec(), |i| simulate_image(c, ds, run, &sim, i));
+        for outcome in outcomes {
+            let (outcome, why) = outcome?;
+            if let Some(why) = why {
+                pb.suspend(|| eprintln!("image {}: out of range: {why}", outcome.index));
             }
-        };
-        compare(
-            c,
-            ds,
-            run,
-            i,
-            &image,
-            out.logits.first(),
-            &mut agreement,
-            record.as_deref_mut(),
-        )?;
-        pb.inc(1);
+            agreement.add(&outcome);
+            if let Some(rec) = record.as_deref_mut() {
+                rec.push(outcome)?;
+            }
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
     println!(
-        "\nresults over the {} images of this run (simulated, {:.2} s per image):",
+        "\nresults over the {} images of this run (simulated, {:.3} s per image on {} thread(s)):",
         todo.len(),
-        t.elapsed().as_secs_f64() / todo.len().max(1) as f64
+        t.elapsed().as_secs_f64() / todo.len().max(1) as f64,
+        be.threads()
     );
     agreement.print_as("simulated");
     if let Some(rec) = record.as_deref() {
         print_record(rec, "simulated");
     }
     Ok(())
+}
+
+/// One simulated image's outcome against the cleartext model, and why it is out of range
+/// if it is.
+fn simulate_image(
+    c: &CompiledModel,
+    ds: &Dataset,
+    run: &SingleRun<'_>,
+    sim: &Simulator<'_>,
+    i: usize,
+) -> Result<(ImageOutcome, Option<String>), CliError> {
+    let image = ds.image(i);
+    let want = exec::run(c.model(), &image)?;
+    let label = usize::from(ds.labels()[i]);
+    // A value beyond what a refresh holds, or one that wraps the modulus: encrypted, this
+    // image would decrypt to garbage. Recorded as a disagreement; the run goes on.
+    let why = match sim.run(std::slice::from_ref(&image)) {
+        Ok(out) if out.headroom_bits >= 0.0 => {
+            let got = out
+                .logits
+                .first()
+                .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
+            return Ok((
+                ImageOutcome::new(run.offset + i, label, got, want.data()),
+                None,
+            ));
+        }
+        Ok(out) => format!(
+            "a value wraps the modulus ({:.1} bits of headroom)",
+            out.headroom_bits
+        ),
+        Err(
+            e @ hecnn_nn::NnError::Encrypted {
+                source: hecnn_nn::scheme::SchemeError::Range { .. },
+                ..
+            },
+        ) => e.to_string(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok((
+        ImageOutcome::out_of_range(run.offset + i, label, want.data()),
+        Some(why),
+    ))
 }
 
 /// A progress bar over `n` images.

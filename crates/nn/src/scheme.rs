@@ -416,6 +416,16 @@ impl Packed {
         self
     }
 
+    /// The same engine (primes and refresh) with a headroom record of its own, so that runs
+    /// on several threads each measure their own.
+    pub fn fresh(&self) -> Self {
+        Self {
+            q: self.q.clone(),
+            headroom: std::sync::Mutex::new(f64::INFINITY),
+            refresh: self.refresh,
+        }
+    }
+
     /// The smallest headroom (bits) seen so far; negative means the value would wrap modulo Q.
     pub fn min_headroom_bits(&self) -> f64 {
         self.headroom.lock().map_or(f64::NEG_INFINITY, |h| *h)
@@ -688,9 +698,17 @@ impl Scheme for Packed {
                 continue;
             };
             for (&k, d) in diags {
+                // out[i] += d[i] · x[(i + k) mod n], as two contiguous runs (no division per
+                // slot, so the loops vectorise); the sums are the same, in the same order.
                 let k = k.rem_euclid(n as i64) as usize;
-                for (i, (o, &w)) in o.iter_mut().zip(d).enumerate() {
-                    *o += w * x.slots[(i + k) % n];
+                let (o_head, o_tail) = o.split_at_mut(n - k);
+                let (d_head, d_tail) = d.split_at(n - k);
+                let (x_tail, x_head) = x.slots.split_at(k);
+                for ((o, &w), &v) in o_head.iter_mut().zip(d_head).zip(x_head) {
+                    *o += w * v;
+                }
+                for ((o, &w), &v) in o_tail.iter_mut().zip(d_tail).zip(x_tail) {
+                    *o += w * v;
                 }
             }
         }

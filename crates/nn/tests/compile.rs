@@ -931,3 +931,80 @@ fn the_time_estimate_counts_the_plan_and_its_bootstraps() {
     let batch = compile::compile(&model(), &opts(PackingRequest::Batch)).unwrap();
     assert!(batch.time_estimate(&units).unwrap().is_none());
 }
+
+#[test]
+fn the_packed_transform_rotates_every_diagonal_like_a_naive_product() {
+    use hecnn_ckks::Complex64;
+    use hecnn_nn::scheme::{Packed, Scheme};
+    use std::collections::BTreeMap;
+    // Every rotation from −n to n, on two input and two output blocks; integer values so
+    // the sums are exact whatever their order.
+    let n = 16usize;
+    let mut diagonals = BTreeMap::new();
+    for (v, u) in [(0, 0), (0, 1), (1, 1)] {
+        let block: BTreeMap<i64, Vec<Complex64>> = (-(n as i64)..=n as i64)
+            .map(|k| {
+                let d = (0..n)
+                    .map(|i| {
+                        Complex64::new(((i as i64 * 7 + k * 3 + v as i64) % 5 - 2) as f64, 0.0)
+                    })
+                    .collect();
+                (k, d)
+            })
+            .collect();
+        diagonals.insert((v, u), block);
+    }
+    let engine = Packed::new(&[1 << 30, 1 << 30, 1 << 30]);
+    let t = engine
+        .encode_transform(&diagonals, (2, 2), n, 2, 1.0)
+        .unwrap();
+    let x: Vec<Vec<f64>> = (0..2)
+        .map(|u| {
+            (0..n)
+                .map(|i| (i * 3 + u * 11) as f64 % 13.0 - 6.0)
+                .collect()
+        })
+        .collect();
+    let out = engine
+        .transform(&engine.inputs(x.clone(), 2, 1.0), &t)
+        .unwrap();
+    for (v, o) in out.iter().enumerate() {
+        for (i, &got) in o.slots.iter().enumerate() {
+            let mut want = 0.0;
+            for ((bv, u), block) in &diagonals {
+                if *bv != v {
+                    continue;
+                }
+                for (&k, d) in block {
+                    want += d[i].re * x[*u][(i as i64 + k).rem_euclid(n as i64) as usize];
+                }
+            }
+            assert_eq!(got, want, "output {v}, slot {i}");
+        }
+    }
+}
+
+#[test]
+fn simulator_runs_on_several_threads_at_once_each_with_its_own_headroom() {
+    let c = bootstrapped_resnet();
+    let sim = c.simulator().unwrap();
+    // One ordinary image, one scaled far past what a refresh holds.
+    let imgs = images(2, 950);
+    let loud = Tensor::new(
+        imgs[1].shape().to_vec(),
+        imgs[1].data().iter().map(|v| v * 1e6).collect(),
+    )
+    .unwrap();
+    let alone = sim.run(std::slice::from_ref(&imgs[0])).unwrap();
+    let (quiet, loud) = std::thread::scope(|s| {
+        let quiet = s.spawn(|| sim.run(std::slice::from_ref(&imgs[0])));
+        let loud = s.spawn(|| sim.run(std::slice::from_ref(&loud)));
+        (quiet.join().unwrap(), loud.join().unwrap())
+    });
+    let quiet = quiet.unwrap();
+    assert_eq!(quiet.logits, alone.logits);
+    assert_eq!(quiet.headroom_bits, alone.headroom_bits);
+    assert!(alone.headroom_bits > 0.0);
+    // The loud image fails on its own thread without touching the quiet one's record.
+    assert!(loud.is_err() || loud.is_ok_and(|s| s.headroom_bits < 0.0));
+}

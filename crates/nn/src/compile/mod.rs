@@ -1159,8 +1159,8 @@ impl Simulator<'_> {
         let c = self.model;
         let spec = c.client_spec();
         spec.check_shapes(images)?;
-        let engine = &self.engine;
-        engine.reset_headroom();
+        // A headroom record per run: runs on several threads share the encoded transforms.
+        let engine = &self.engine.fresh();
         let (top, scale) = (c.input_level(), c.params.default_scale());
         let logits = match (&*c.plan, &self.encoded) {
             (PackedPlan::Batch(plan), _) => {
