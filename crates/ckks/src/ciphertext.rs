@@ -33,6 +33,10 @@ impl<B: Backend> Plaintext<B> {
     pub fn poly(&self) -> &RnsPoly<B, Eval> {
         &self.poly
     }
+
+    pub(crate) fn poly_mut(&mut self) -> &mut RnsPoly<B, Eval> {
+        &mut self.poly
+    }
     /// The scale.
     pub fn scale(&self) -> f64 {
         self.scale
@@ -217,6 +221,10 @@ impl<'a, B: Backend> Decryptor<'a, B> {
     /// Backend failures.
     pub fn new(sk: &'a SecretKey, be: &'a B) -> Result<Self, CkksError> {
         Ok(Self(sk.decryptor(be)?))
+    }
+
+    pub(crate) fn inner(&self) -> &hecnn_rlwe::Decryptor<'a, B> {
+        &self.0
     }
 
     /// Decrypts to a plaintext.

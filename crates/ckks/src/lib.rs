@@ -33,6 +33,7 @@ mod ciphertext;
 pub mod cost;
 mod encoder;
 mod evaluator;
+pub mod flooding;
 mod linear;
 mod params;
 mod poly_eval;
@@ -41,6 +42,7 @@ pub use bootstrap::{BootstrapConfig, BootstrapPhases, Bootstrapper};
 pub use ciphertext::{Ciphertext, Decryptor, Plaintext, decrypt, encrypt_pk, encrypt_sk};
 pub use encoder::Encoder;
 pub use evaluator::{Evaluator, OpCounts, inner_sum_rotations};
+pub use flooding::Flooding;
 pub use linear::{
     BlockDiagonals, DEFAULT_BABY_WEIGHT, DEFERRED_CHUNK_BYTES, LinearTransform,
     block_rotation_counts, block_rotations, block_rotations_weighted, bsgs_rotations, diagonals_of,

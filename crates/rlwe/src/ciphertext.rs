@@ -178,6 +178,16 @@ impl<B: Backend> Decryptor<'_, B> {
     pub fn decrypt(&self, ct: &Ciphertext<B>) -> Result<RnsPoly<B, Eval>, RlweError> {
         decrypt_with(self.be, self.sk.params(), &self.s, ct)
     }
+
+    /// The parameters of the key.
+    pub fn params(&self) -> &Arc<Params> {
+        self.sk.params()
+    }
+
+    /// The backend the key lives on.
+    pub fn backend(&self) -> &B {
+        self.be
+    }
 }
 
 impl<B: Backend> Drop for Decryptor<'_, B> {
