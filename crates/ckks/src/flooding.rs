@@ -24,7 +24,7 @@
 
 use hecnn_ring::{Backend, Basis, Coeff, Prng, RnsPoly, sampler};
 
-use crate::{Ciphertext, CkksError, Decryptor, Plaintext};
+use crate::{Ciphertext, CkksError, CkksParams, Complex64, Decryptor, Encoder, Plaintext};
 
 /// Statistical security of the flooding by default (bits): an adversary's advantage is at
 /// most `2^-30` (the level OpenFHE recommends as the least).
@@ -145,6 +145,28 @@ impl Flooding {
     pub fn slot_std(&self, n: usize, scale: f64) -> f64 {
         self.sigma_log2().exp2() * (n as f64 / 2.0).sqrt() / scale
     }
+}
+
+/// `log2` of the largest noise coefficient of a decrypted plaintext whose exact slots are
+/// real, estimated from its imaginary parts (the heuristic of Costache et al., which
+/// OpenFHE's noise-estimation mode uses): the slots `i·Im(z_j)` are the embedding of the
+/// noise's antisymmetric half `(e − conj(e))/2`, whose largest coefficient, doubled,
+/// estimates `‖e‖_∞`. Measure it with a key of its own on representative inputs, never on
+/// the ciphertexts being released (the estimate is a function of their noise).
+///
+/// # Errors
+/// Backend failures.
+pub fn estimate_noise_log2<B: Backend>(
+    encoder: &Encoder,
+    be: &B,
+    params: &CkksParams,
+    pt: &Plaintext<B>,
+) -> Result<f64, CkksError> {
+    let slots = encoder.decode(be, params, pt)?;
+    let anti: Vec<Complex64> = slots.iter().map(|z| Complex64::new(0.0, z.im)).collect();
+    let coeffs = encoder.embed_inverse(&anti, pt.slots())?;
+    let largest = coeffs.iter().fold(0.0f64, |m, c| m.max(c.abs())) * pt.scale();
+    Ok((2.0 * largest).max(1.0).log2())
 }
 
 /// Independent rounded Gaussians of standard deviation `2^sigma_log2` (Box–Muller on 53-bit

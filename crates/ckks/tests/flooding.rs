@@ -296,3 +296,39 @@ fn flooded_decryptions_decode_within_the_stated_error() {
         }
     );
 }
+
+#[test]
+fn the_noise_estimate_from_imaginary_parts_tracks_the_true_noise() {
+    let mut s = setup();
+    let ctx = s.params.rlwe().ctx();
+    let slots = s.params.max_slots();
+    let scale = s.params.default_scale();
+    let dec = Decryptor::new(&s.sk, &s.be).unwrap();
+    for seed in 0..4 {
+        let values = hecnn_testkit::uniform_values(seed, slots);
+        let pt = s
+            .encoder
+            .encode_real(&s.be, &s.params, &values, 0, scale, slots)
+            .unwrap();
+        let ct = encrypt_pk(&s.pk, &s.be, &pt, &mut s.rng).unwrap();
+        let got = dec.decrypt(&ct).unwrap();
+        // The exact noise: the decryption minus the encoding, coefficient by coefficient.
+        let mut e = got.poly().clone();
+        e.sub_assign(&s.be, ctx, pt.poly()).unwrap();
+        let e = e.into_coeff(&s.be, ctx);
+        let host = e.to_host(&s.be, ctx).unwrap();
+        let q = ctx.modulus(0).value();
+        let largest = host
+            .iter()
+            .map(|&v| if v > q / 2 { q - v } else { v })
+            .max()
+            .unwrap() as f64;
+        let estimate =
+            hecnn_ckks::flooding::estimate_noise_log2(&s.encoder, &s.be, &s.params, &got).unwrap();
+        assert!(
+            (estimate - largest.log2()).abs() < 1.5,
+            "estimate 2^{estimate:.2} against 2^{:.2}",
+            largest.log2()
+        );
+    }
+}

@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use hecnn_ckks::{CkksParams, Decryptor, Evaluator};
+use hecnn_ckks::{CkksParams, Decryptor, Encoder, Evaluator, Flooding, flooding};
 use hecnn_nn::{
     data::Dataset,
     exec::{self, argmax},
     onnx,
-    protect::{self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output},
+    protect::{
+        self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output, decrypt_output_with,
+    },
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::SecretKey;
@@ -209,6 +211,18 @@ struct Row {
     decrypt_mem: usize,
     agree: usize,
     total: usize,
+    /// The largest output noise (log2, coefficient domain, estimated from the imaginary
+    /// parts) over the images.
+    noise_log2: f64,
+    /// The flooding at the default security and query count for that noise (`None`: wider
+    /// than the modulus or the sampler allows).
+    flooding: Option<Flooding>,
+    /// `-log2` of the largest logit error once flooded.
+    flooded_precision_bits: f64,
+    /// Images whose flooded prediction is the unprotected model's.
+    flooded_agree: usize,
+    /// Standard deviation the flooding adds to each logit.
+    flooded_std: f64,
 }
 
 struct Setup<'a> {
@@ -238,6 +252,8 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
     let (mut feat_t, mut enc_t, mut proc_t, mut dec_t) = (vec![], vec![], vec![], vec![]);
     let (mut process_mem, mut decrypt_mem, mut levels_left) = (0, 0, usize::MAX);
     let (mut worst, mut agree) = (0.0f64, 0);
+    let mut outputs = Vec::with_capacity(ds.len());
+    let mut noise_log2 = 0.0f64;
     for i in 0..ds.len() {
         let image = ds.image(i);
         let want = exec::run(s.model, &image)?;
@@ -267,6 +283,48 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
             worst = worst.max((a - b).abs());
         }
         agree += usize::from(argmax(&logits) == argmax(want.data()));
+        // The noise the flooding must hide, measured here with the test's own key.
+        let encoder = Encoder::new(s.params.n());
+        for ct in out.ciphertexts() {
+            let pt = dec.decrypt(ct)?;
+            noise_log2 = noise_log2.max(flooding::estimate_noise_log2(
+                &encoder, s.be, &s.params, &pt,
+            )?);
+        }
+        outputs.push((out, want));
+    }
+    // Flooding sized on the largest noise seen (one bit of margin), as the owner's would
+    // be: the same for every result.
+    let flooding = Flooding::with_defaults(noise_log2 + 1.0).ok();
+    let (mut flooded_worst, mut flooded_agree) = (0.0f64, 0);
+    let out_scale = outputs
+        .first()
+        .and_then(|(out, _)| out.ciphertexts().first())
+        .map_or(1.0, |ct| ct.scale());
+    let flooded_std = flooding
+        .as_ref()
+        .map_or(f64::NAN, |f| f.slot_std(s.params.n(), out_scale));
+    if let Some(f) = &flooding {
+        for (out, want) in &outputs {
+            let logits = decrypt_output_with(edge.spec(), &s.params, s.be, out, |ct| {
+                dec.decrypt_flooded(ct, f, &mut rng)
+            });
+            match logits {
+                Ok(logits) => {
+                    for (a, b) in logits.iter().zip(want.data()) {
+                        // A refusal (NaN) stays one.
+                        flooded_worst = if flooded_worst.is_nan() {
+                            f64::NAN
+                        } else {
+                            flooded_worst.max((a - b).abs())
+                        };
+                    }
+                    flooded_agree += usize::from(argmax(&logits) == argmax(want.data()));
+                }
+                // Wider than the modulus left at the output: refused.
+                Err(_) => flooded_worst = f64::NAN,
+            }
+        }
     }
     Ok(Row {
         protect_ms,
@@ -282,6 +340,15 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
         decrypt_mem,
         agree,
         total: ds.len(),
+        noise_log2,
+        flooding,
+        flooded_precision_bits: if flooded_worst.is_nan() {
+            f64::NAN
+        } else {
+            -flooded_worst.max(f64::MIN_POSITIVE).log2()
+        },
+        flooded_agree,
+        flooded_std,
     })
 }
 
@@ -346,6 +413,7 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
     );
     println!("|{}", "---|".repeat(17));
     let mut accuracy_lines = Vec::new();
+    let mut flooding_lines = Vec::new();
     for &data in &a.data {
         let name = match data {
             BenchData::Mnist => "mnist",
@@ -423,12 +491,52 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
                         r.agree,
                         r.total
                     );
+                    flooding_lines.push(format!(
+                        "| {name} | {label} | {} | {bits} | 2^{} | 2^{:.1} | {} | {} | {}/{} |",
+                        if encrypted { "encrypted" } else { "plain" },
+                        s.params.rlwe().log_n(),
+                        r.noise_log2,
+                        r.flooding.map_or("beyond 2^48".into(), |f| format!(
+                            "2^{:.1} ({:.1} bits)",
+                            f.sigma_log2(),
+                            f.cost_bits()
+                        )),
+                        match r.flooding {
+                            None => "–".to_string(),
+                            Some(_) if r.flooded_precision_bits.is_nan() => format!(
+                                "refused: σ·2^8 above the output modulus (it would add ±{:.1e} \
+                                 to each logit)",
+                                r.flooded_std
+                            ),
+                            Some(_) => format!(
+                                "{:.1} bits (±{:.1e} per logit)",
+                                r.flooded_precision_bits, r.flooded_std
+                            ),
+                        },
+                        r.flooded_agree,
+                        r.total
+                    ));
                 }
             }
         }
     }
     println!();
     for l in accuracy_lines {
+        println!("{l}");
+    }
+    println!(
+        "\nIND-CPA-D: the same results decrypted with noise flooding at {}-bit statistical \
+         security over 2^{} decryptions (σ = √(12τ)·2^(s/2)·E, E the largest output noise \
+         measured, doubled):\n",
+        flooding::DEFAULT_STATISTICAL_BITS,
+        flooding::DEFAULT_QUERIES_LOG2
+    );
+    println!(
+        "| data | variant | features | security | N | output noise E | flooding σ (cost) | \
+         precision flooded | same as unprotected |"
+    );
+    println!("|{}", "---|".repeat(9));
+    for l in flooding_lines {
         println!("{l}");
     }
     Ok(())

@@ -614,6 +614,21 @@ pub fn decrypt_output<B: Backend>(
     be: &B,
     out: &ProtectedOutput<B>,
 ) -> Result<Vec<f64>, NnError> {
+    decrypt_output_with(spec, params, be, out, |ct| decryptor.decrypt(ct))
+}
+
+/// [`decrypt_output`] with the owner's own decryption of each ciphertext (for instance
+/// [`Decryptor::decrypt_flooded`], for results that leave the owner).
+///
+/// # Errors
+/// As [`decrypt_output`], and the errors of `decrypt`.
+pub fn decrypt_output_with<B: Backend>(
+    spec: &ProtectedSpec,
+    params: &CkksParams,
+    be: &B,
+    out: &ProtectedOutput<B>,
+    mut decrypt: impl FnMut(&Ciphertext<B>) -> Result<Plaintext<B>, CkksError>,
+) -> Result<Vec<f64>, NnError> {
     let layout = spec.layout(params.max_slots())?;
     let (expected, _, _) = output_shape(params, spec, &layout);
     if out.cts.len() != expected {
@@ -631,7 +646,7 @@ pub fn decrypt_output<B: Backend>(
     let encoder = Encoder::new(params.n());
     let mut values = Vec::with_capacity(spec.outputs());
     for ct in &out.cts {
-        let pt = decryptor.decrypt(ct).map_err(he("decrypt"))?;
+        let pt = decrypt(ct).map_err(he("decrypt"))?;
         let slots = encoder
             .decode_real(be, params, &pt)
             .map_err(he("decrypt"))?;
