@@ -59,6 +59,11 @@ pub struct OwnerServeArgs {
     /// Worker threads for protection and decryption (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Release the logits, rounded to this many fractional bits (at most 20), beside the
+    /// class. By default only the class leaves the owner: full logits would let an edge
+    /// that colludes with a consumer recover the secret key (docs/services.md, Security).
+    #[arg(long, value_name = "BITS")]
+    release_logits: Option<u32>,
 }
 
 /// `hecnn edge serve`.
@@ -125,6 +130,16 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
     config.tls = a.tls.files();
     config.master_key = a.master_key.clone();
     config.edge_ca = a.edge_ca.clone();
+    config.release = match a.release_logits {
+        None => owner::Release::Class,
+        Some(bits) if bits <= owner::Release::MAX_BITS => owner::Release::RoundedLogits { bits },
+        Some(bits) => {
+            return Err(CliError::Usage(format!(
+                "--release-logits {bits}: at most {} fractional bits leave the owner",
+                owner::Release::MAX_BITS
+            )));
+        }
+    };
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     runtime()?.block_on(async {
         let handle = owner::start(config, be).await?;

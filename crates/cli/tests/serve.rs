@@ -185,6 +185,11 @@ fn owner_and_two_edges_classify_streamed_digits() {
             .bearer_auth(&consumer),
     );
     assert_eq!((st, v["results"].as_array().unwrap().len()), (200, 36));
+    // Only the class leaves the owner by default: full-precision logits are a decryption
+    // oracle for the secret key (IND-CPA-D).
+    for r in v["results"].as_array().unwrap() {
+        assert!(r["class"].is_u64() && r["logits"].is_null(), "{r}");
+    }
     let (st, _) = call(
         http.get(format!("{}/v1/results", owner.url))
             .bearer_auth(token(&dir.join("a.token"))),

@@ -53,6 +53,71 @@ pub struct OwnerConfig {
     pub max_model_bytes: usize,
     /// Largest result envelope, in bytes.
     pub max_result_bytes: usize,
+    /// What of a decrypted result leaves the owner.
+    pub release: Release,
+}
+
+/// What of a decrypted result the owner stores and serves to consumers.
+///
+/// A CKKS decryption is `m + e` with the noise `e` a function of the secret key, and an edge
+/// node knows the ciphertexts it sends: full-precision logits let it (or a consumer it
+/// colludes with) solve for the key (Li and Micciancio; `hecnn_ckks::flooding`). Noise
+/// flooding at 30-bit statistical security costs about 27 bits of precision, more than the
+/// protected parameters' outputs carry (`hecnn bench protected` measures both), so until
+/// they do, the owner releases the class alone by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Release {
+    /// The predicted class only (the default).
+    #[default]
+    Class,
+    /// The class and the logits rounded to multiples of `2^-bits`. Rounding drops the
+    /// low-order bits where the noise lives, but it is no proof against adaptive queries:
+    /// release logits only to consumers the owner trusts not to collude with an edge.
+    RoundedLogits {
+        /// Fractional bits kept (at most 20).
+        bits: u32,
+    },
+}
+
+impl Release {
+    /// The most fractional bits [`Release::RoundedLogits`] keeps: the protected outputs'
+    /// noise sits near `2^-21` (bench/RESULTS.md), and keeping it would hand it out.
+    pub const MAX_BITS: u32 = 20;
+
+    /// What leaves the owner of a decryption's `logits`: the class, and the rounded logits
+    /// when released.
+    ///
+    /// # Errors
+    /// [`DeployError::Config`] for more fractional bits than [`Release::MAX_BITS`].
+    pub fn apply(self, logits: &[f64]) -> Result<Prediction, DeployError> {
+        let class = hecnn_nn::exec::argmax(logits) as u32;
+        match self {
+            Self::Class => Ok(Prediction {
+                class,
+                logits: None,
+            }),
+            Self::RoundedLogits { bits } if bits <= Self::MAX_BITS => {
+                let unit = f64::from(bits).exp2();
+                Ok(Prediction {
+                    class,
+                    logits: Some(logits.iter().map(|l| (l * unit).round() / unit).collect()),
+                })
+            }
+            Self::RoundedLogits { bits } => Err(DeployError::Config(format!(
+                "logits rounded to 2^-{bits}: at most {} fractional bits leave the owner",
+                Self::MAX_BITS
+            ))),
+        }
+    }
+}
+
+/// A decrypted result as it leaves the owner ([`Release::apply`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    /// The predicted class (the largest logit, decided before any rounding).
+    pub class: u32,
+    /// The rounded logits, when the owner releases them.
+    pub logits: Option<Vec<f64>>,
 }
 
 impl OwnerConfig {
@@ -67,6 +132,7 @@ impl OwnerConfig {
             edge_ca: None,
             max_model_bytes: 256 << 20,
             max_result_bytes: 16 << 20,
+            release: Release::Class,
         }
     }
 }
@@ -406,8 +472,8 @@ async fn decryption_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
                 o.be.par_map(batch, |r| (r.seq, o.decrypt(r.model_id, &r.output)));
             let mut outcomes = Vec::with_capacity(results.len());
             for (seq, logits) in results {
-                match logits {
-                    Ok(l) => outcomes.push((seq, Ok(l))),
+                match logits.and_then(|l| o.config.release.apply(&l)) {
+                    Ok(p) => outcomes.push((seq, Ok(p))),
                     // A result that does not decode or decrypt never will: record why.
                     Err(
                         e @ (DeployError::Nn(_)
@@ -433,5 +499,33 @@ async fn decryption_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
             eprintln!("decryption agent: {e}");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Prediction, Release};
+
+    #[test]
+    fn only_the_class_leaves_by_default_and_logits_are_rounded_when_asked() {
+        let logits = [0.1, 2.000_001_234, 1.999_999_9, -3.25];
+        assert_eq!(
+            Release::default().apply(&logits).unwrap(),
+            Prediction {
+                class: 1,
+                logits: None
+            }
+        );
+        let p = Release::RoundedLogits { bits: 4 }.apply(&logits).unwrap();
+        // The class is decided before rounding (two logits round to the same 2.0).
+        assert_eq!(p.class, 1);
+        assert_eq!(p.logits, Some(vec![0.125, 2.0, 2.0, -3.25]));
+        let p = Release::RoundedLogits { bits: 20 }.apply(&logits).unwrap();
+        let kept = p.logits.unwrap();
+        assert!(
+            kept.iter()
+                .all(|l| (l * f64::from(1u32 << 20)).fract() == 0.0)
+        );
+        assert!(Release::RoundedLogits { bits: 21 }.apply(&logits).is_err());
     }
 }

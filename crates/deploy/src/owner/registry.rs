@@ -166,7 +166,8 @@ pub struct ResultRow {
     pub received: i64,
     /// The predicted class (absent until decrypted).
     pub class: Option<u32>,
-    /// The logits (absent until decrypted).
+    /// The logits, rounded (absent until decrypted, and unless the owner releases them:
+    /// [`super::Release`]).
     pub logits: Option<Vec<f64>>,
     /// Why the result could not be decrypted, if it could not.
     pub error: Option<String>,
@@ -554,27 +555,30 @@ impl Registry {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Stores a batch of decryption outcomes in one transaction: a prediction (class and
-    /// logits) or the reason it failed. Batches go in sequence order, so the decrypted
+    /// Stores a batch of decryption outcomes in one transaction: a prediction (the class,
+    /// and the logits where the owner releases them) or the reason it failed. Batches go in sequence order, so the decrypted
     /// results are always a prefix of the sequence and `after` paging never skips one.
     ///
     /// # Errors
     /// Database errors.
     pub fn store_decrypted(
         &mut self,
-        batch: &[(u64, Result<Vec<f64>, String>)],
+        batch: &[(u64, Result<super::Prediction, String>)],
     ) -> Result<(), DeployError> {
         let tx = self.conn.transaction()?;
         let t = now();
         for (seq, outcome) in batch {
             match outcome {
-                Ok(logits) => {
-                    let class = hecnn_nn::exec::argmax(logits) as u32;
-                    let json = serde_json::to_string(logits)
+                Ok(p) => {
+                    let json = p
+                        .logits
+                        .as_ref()
+                        .map(serde_json::to_string)
+                        .transpose()
                         .map_err(|e| DeployError::Wire(e.to_string()))?;
                     tx.execute(
                         "UPDATE results SET class = ?2, logits = ?3, decrypted = ?4 WHERE seq = ?1",
-                        params![*seq as i64, class, json, t],
+                        params![*seq as i64, p.class, json, t],
                     )?;
                 }
                 Err(e) => {
