@@ -461,3 +461,55 @@ fn external_data_must_stay_in_the_model_directory() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn hostile_graphs_are_refused_in_bounded_time() {
+    // A chain of 40 Mul(x, x) would be a polynomial of degree 2^40: refused where the degree
+    // passes the cap, at once, and listed as unsupported.
+    let mut nodes = vec![];
+    let mut prev = "x".to_string();
+    for i in 0..40 {
+        let out = format!("m{i}");
+        nodes.push(pnode("Mul", &format!("square{i}"), &[&prev, &prev], &out));
+        prev = out;
+    }
+    let t = std::time::Instant::now();
+    let err = onnx::import_onnx(&raw_model(nodes, vec![])).unwrap_err();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    let NnError::Unsupported(list) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(
+        list[0].0, "square6",
+        "degree 128 is the first above the cap: {err}"
+    );
+    assert!(err.to_string().contains("degree 128"), "{err}");
+
+    // More nodes than the limit: refused before any is converted.
+    let many: Vec<_> = (0..=onnx::MAX_ONNX_NODES)
+        .map(|i| pnode("Identity", &format!("id{i}"), &["x"], &format!("y{i}")))
+        .collect();
+    let err = onnx::import_onnx(&raw_model(many, vec![])).unwrap_err();
+    assert!(
+        matches!(&err, NnError::Onnx(m) if m.contains("nodes exceed")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_model_file_is_read_through_a_bounded_reader() {
+    // /dev/zero reports a length of 0: the reader stops at the limit instead of growing.
+    if std::path::Path::new("/dev/zero").exists() {
+        let t = std::time::Instant::now();
+        let err = onnx::import_onnx_file(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(&err, NnError::Onnx(m) if m.contains("limit")),
+            "{err}"
+        );
+        assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    }
+}

@@ -15,6 +15,35 @@ use crate::{
 /// Largest ONNX file accepted (bytes).
 pub const MAX_ONNX_BYTES: usize = 512 << 20;
 
+/// Most nodes a graph may have (ResNet-44 has about 300): bounds the import's time and
+/// memory on hostile files.
+pub const MAX_ONNX_NODES: usize = 1 << 16;
+
+/// Highest polynomial degree the importer builds from products of activations. Every
+/// packing evaluates degree ≤ 2; beyond this the product is reported unsupported instead of
+/// being expanded (a chain of `Mul(x, x)` doubles the degree at each node).
+pub const MAX_POLY_DEGREE: usize = 64;
+
+/// Reads at most `limit` bytes of `path`, refusing a longer file. The size is not taken
+/// from the file's metadata: devices and pipes report 0.
+fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, NnError> {
+    use std::io::Read;
+    let io = |e: std::io::Error| NnError::Onnx(format!("{}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > limit {
+        return Err(NnError::Onnx(format!(
+            "{}: more than the limit of {} MiB",
+            path.display(),
+            limit >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
 /// Supported opset range of the default domain.
 pub const OPSET_RANGE: std::ops::RangeInclusive<i64> = 7..=22;
 
@@ -66,15 +95,7 @@ pub fn import_onnx(bytes: &[u8]) -> Result<Model, NnError> {
 /// See [`import_onnx`]; also I/O errors and external-data locations that leave the model's
 /// directory or exceed the size limit.
 pub fn import_onnx_file(path: &Path) -> Result<Model, NnError> {
-    let io = |e: std::io::Error| NnError::Onnx(format!("{}: {e}", path.display()));
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > MAX_ONNX_BYTES as u64 {
-        return Err(NnError::Onnx(format!(
-            "{}: {len} bytes exceeds the {MAX_ONNX_BYTES}-byte limit",
-            path.display()
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(io)?;
+    let bytes = read_limited(path, MAX_ONNX_BYTES)?;
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     import_with(
         &bytes,
@@ -140,14 +161,9 @@ impl ExternalData {
         let (offset, length) = (parse("offset")?.unwrap_or(0), parse("length")?);
         if !self.files.contains_key(location) {
             let path = dir.join(rel);
-            let data = std::fs::read(&path)
-                .map_err(|e| NnError::Onnx(format!("{}: {e}", path.display())))?;
+            // The external files share the model's byte budget.
+            let data = read_limited(&path, MAX_ONNX_BYTES.saturating_sub(self.total))?;
             self.total += data.len();
-            if self.total > MAX_ONNX_BYTES {
-                return Err(NnError::Onnx(format!(
-                    "external data exceeds the {MAX_ONNX_BYTES}-byte limit"
-                )));
-            }
             self.files.insert(location.to_string(), data);
         }
         let data = &self.files[location];
@@ -190,6 +206,12 @@ fn import_with(bytes: &[u8], external: &mut ExternalData) -> Result<Model, NnErr
     let graph = proto
         .graph
         .ok_or_else(|| NnError::Onnx("model without a graph".into()))?;
+    if graph.node.len() > MAX_ONNX_NODES {
+        return Err(NnError::Onnx(format!(
+            "{} nodes exceed the limit of {MAX_ONNX_NODES}",
+            graph.node.len()
+        )));
+    }
 
     let mut values: HashMap<String, Value> = HashMap::new();
     for init in &graph.initializer {
@@ -633,6 +655,13 @@ fn binary(
                 let ((xa, pa), (xb, pb)) = (as_poly(a), as_poly(b));
                 if xa != xb {
                     return Ok(Unsupported("Mul of two different activations".into()));
+                }
+                let degree = pa.len() + pb.len() - 2;
+                if degree > MAX_POLY_DEGREE {
+                    return Ok(Unsupported(format!(
+                        "Mul raising an activation to degree {degree} (above \
+                         {MAX_POLY_DEGREE}; the packings evaluate degree ≤ 2)"
+                    )));
                 }
                 let mut prod = vec![0.0; pa.len() + pb.len() - 1];
                 for (i, u) in pa.iter().enumerate() {

@@ -5,4 +5,7 @@ mod import;
 pub mod proto;
 
 pub use export::export_onnx;
-pub use import::{MAX_ONNX_BYTES, OPSET_RANGE, SUPPORTED, import_onnx, import_onnx_file};
+pub use import::{
+    MAX_ONNX_BYTES, MAX_ONNX_NODES, MAX_POLY_DEGREE, OPSET_RANGE, SUPPORTED, import_onnx,
+    import_onnx_file,
+};
