@@ -110,7 +110,7 @@ fn literal(a: &PrimitivesArgs) -> Result<ParamsLiteral, CliError> {
 fn primitives(a: &PrimitivesArgs) -> Result<(), CliError> {
     let params = Arc::new(CkksParams::from_literal(&literal(a)?, 40)?);
     let r = params.rlwe();
-    let be = CpuBackend::new(a.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     let mut rng = Prng::from_entropy()?;
     let sk = SecretKey::generate(r, &mut rng)?;
     let pk = sk.public_key(&be, &mut rng)?;

@@ -97,7 +97,7 @@ pub fn run(a: &BootstrapArgs) -> Result<(), CliError> {
         config.log_message_ratio
     );
 
-    let be = CpuBackend::new(a.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     let mut rng = Prng::from_entropy()?;
     let sk = SecretKey::generate(r, &mut rng)?;
     let req = config.key_requirements(&params)?;

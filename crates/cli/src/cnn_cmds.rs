@@ -106,6 +106,9 @@ impl ModelOpts {
 /// capped at the cores (extra threads only contend).
 pub fn threads(asked: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if asked > cores {
+        eprintln!("--threads {asked}: capped at the {cores} cores of this machine");
+    }
     if asked == 0 { cores } else { asked.min(cores) }
 }
 

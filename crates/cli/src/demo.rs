@@ -60,7 +60,7 @@ pub fn run(args: &DemoArgs) -> Result<(), CliError> {
         )));
     }
     let r = params.rlwe();
-    let be = CpuBackend::new(args.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(args.threads))?;
     println!("hecnn demo: encrypted vector computation with CKKS");
     println!(
         "  parameters {}: N = 2^{}, log QP = {:.1}, {} levels, dnum = {}, scale 2^{}, security: {} (checked)",

@@ -76,7 +76,7 @@ pub fn run(args: &ParamsArgs) -> Result<(), CliError> {
 type Bits = (f64, f64);
 
 fn measure(params: &Arc<hecnn_ckks::CkksParams>, threads: usize) -> Result<(Bits, Bits), CliError> {
-    let be = CpuBackend::new(threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(threads))?;
     let mut rng = Prng::from_entropy()?;
     let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
     let keys = sk.evaluation_keys(&be, &KeyRequirements::relin(), &mut rng)?;

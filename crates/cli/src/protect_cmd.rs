@@ -79,7 +79,7 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let model = import(&a.model)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
     let params = protect::parameters(plan.spec(), cnn::security_level(a.security)?)?;
-    let be = CpuBackend::new(a.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     let mut rng = Prng::from_entropy()?;
     let t = Instant::now();
     let sk = SecretKey::generate(params.rlwe(), &mut rng)?;
@@ -405,7 +405,7 @@ fn variant(v: &str, data: &str) -> Result<(&'static str, Scope, String), CliErro
 }
 
 pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
-    let be = CpuBackend::new(a.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     println!(
         "| data | variant | features | security | N | model enc. | model size | enc. mem | \
          features (clear) | feature enc. | processing | proc. mem | levels left | precision | \
@@ -628,7 +628,7 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
             paths.secret.display()
         )));
     }
-    let be = CpuBackend::new(a.threads)?;
+    let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     let model =
         ProtectedModel::from_bytes(&be, &cnn::read_file(&a.deployment.join(PROTECTED_FILE))?)?;
     let params = Arc::clone(model.params());

@@ -1,0 +1,128 @@
+//! What a hostile or careless command line meets (issue 24): bounded work and clear words.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod binary;
+
+use binary::hecnn;
+
+#[test]
+fn threads_beyond_the_cores_are_capped_and_said_so() {
+    let t = std::time::Instant::now();
+    let (ok, log) = hecnn(&[
+        "bench",
+        "bootstrap",
+        "--log-n",
+        "11",
+        "--insecure",
+        "--reps",
+        "1",
+        "--threads",
+        "100000",
+    ]);
+    assert!(ok, "{log}");
+    assert!(log.contains("--threads 100000: capped at the"), "{log}");
+    // 100,000 worker threads took minutes to start.
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(120),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn a_hostile_onnx_chain_is_refused_at_once() {
+    // 40 nested squares: the importer refuses the product past degree 64 instead of
+    // expanding a polynomial of degree 2^40.
+    let dir = std::env::temp_dir().join(format!("hecnn-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chain.onnx");
+    std::fs::write(&path, squares_chain(40)).unwrap();
+    let t = std::time::Instant::now();
+    let out = dir.join("chain.hecnn");
+    let (ok, log) = hecnn(&[
+        "compile",
+        path.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && log.contains("degree 128"), "{log}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An ONNX model: Flatten, then `n` nodes `Mul(x, x)`, then a dense layer.
+fn squares_chain(n: usize) -> Vec<u8> {
+    use hecnn_nn::onnx::proto;
+    use prost::Message;
+    let node = |op: &str, name: String, inputs: Vec<String>, output: String| proto::NodeProto {
+        op_type: op.into(),
+        name,
+        input: inputs,
+        output: vec![output],
+        ..Default::default()
+    };
+    let mut nodes = vec![node("Flatten", "flat".into(), vec!["x".into()], "f".into())];
+    let mut prev = "f".to_string();
+    for i in 0..n {
+        nodes.push(node(
+            "Mul",
+            format!("sq{i}"),
+            vec![prev.clone(), prev.clone()],
+            format!("m{i}"),
+        ));
+        prev = format!("m{i}");
+    }
+    nodes.push(node(
+        "MatMul",
+        "fc".into(),
+        vec![prev, "w".into()],
+        "y".into(),
+    ));
+    let w = proto::TensorProto {
+        name: "w".into(),
+        dims: vec![784, 10],
+        data_type: 1,
+        float_data: vec![0.01; 7840],
+        ..Default::default()
+    };
+    let dim = |v: i64| proto::Dimension {
+        dim_value: Some(v),
+        dim_param: None,
+    };
+    let input = proto::ValueInfoProto {
+        name: "x".into(),
+        r#type: Some(proto::TypeProto {
+            tensor_type: Some(proto::TypeProtoTensor {
+                elem_type: 1,
+                shape: Some(proto::TensorShapeProto {
+                    dim: vec![dim(1), dim(1), dim(28), dim(28)],
+                }),
+            }),
+        }),
+        doc_string: String::new(),
+    };
+    proto::ModelProto {
+        ir_version: 8,
+        opset_import: vec![proto::OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        graph: Some(proto::GraphProto {
+            node: nodes,
+            initializer: vec![w],
+            input: vec![input],
+            output: vec![proto::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
