@@ -111,6 +111,22 @@ pub fn model_from(
     Ok(compile::compile(&model, opts)?)
 }
 
+/// Refuses to replace an existing secret key unless `force`: it may be the only key that
+/// decrypts data encrypted under it, and a new one would silently orphan that data.
+///
+/// # Errors
+/// [`CliError::Usage`] naming the file and `--force`.
+pub fn refuse_secret_overwrite(path: &Path, force: bool) -> Result<(), CliError> {
+    if !force && std::fs::symlink_metadata(path).is_ok() {
+        return Err(CliError::Usage(format!(
+            "{} exists: replacing it would lose what only it decrypts; choose another \
+             directory, or pass --force to replace it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Paths of the three key files in a key directory.
 pub struct KeyPaths {
     /// Secret key (client only).

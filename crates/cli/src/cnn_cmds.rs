@@ -330,6 +330,9 @@ pub struct KeygenArgs {
     /// Directory for secret.key, public.key and eval.keys.
     #[arg(long, default_value = "keys")]
     out_dir: PathBuf,
+    /// Replace an existing secret.key (whatever it encrypted becomes unreadable).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -340,6 +343,8 @@ pub struct KeygenArgs {
 /// # Errors
 /// I/O, key generation.
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
+    let paths = KeyPaths::in_dir(&a.out_dir);
+    cnn::refuse_secret_overwrite(&paths.secret, a.force)?;
     let spec = load_spec(&a.model, &a.opts)?;
     let bootstraps = spec.encapsulation_weight().is_some();
     let client = Client::new(spec, a.opts.backend()?)?;
@@ -354,7 +359,6 @@ pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     let keys = client.keygen_with(&mut Prng::from_entropy()?, storage)?;
     let be = client.backend();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| hecnn_nn::NnError::io(&a.out_dir, e))?;
-    let paths = KeyPaths::in_dir(&a.out_dir);
     let sk_bytes = keys.secret.to_secret_bytes();
     cnn::write_secret(&paths.secret, &sk_bytes)?;
     let pk_bytes = keys.public.to_bytes(be)?;

@@ -66,6 +66,10 @@ pub struct ProtectArgs {
     /// edge receives.
     #[arg(short, long, default_value = "protected")]
     out_dir: PathBuf,
+    /// Replace an existing owner secret key in the output directory (results encrypted
+    /// under it become unreadable).
+    #[arg(long)]
+    force: bool,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -76,6 +80,7 @@ fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
 }
 
 pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
+    cnn::refuse_secret_overwrite(&KeyPaths::in_dir(&a.out_dir).secret, a.force)?;
     let model = import(&a.model)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
     let params = protect::parameters(plan.spec(), cnn::security_level(a.security)?)?;

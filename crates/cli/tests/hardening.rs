@@ -126,3 +126,49 @@ fn squares_chain(n: usize) -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+#[test]
+fn an_existing_secret_key_is_not_replaced_without_force() {
+    let dir = std::env::temp_dir().join(format!("hecnn-force-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let keys = dir.join("keys");
+    let keys = keys.to_str().unwrap();
+    let (ok, log) = hecnn(&["keygen", "models/hcnn-mnist.onnx", "--out-dir", keys]);
+    assert!(ok, "{log}");
+    let secret = dir.join("keys/secret.key");
+    let first = std::fs::read(&secret).unwrap();
+    let (ok, log) = hecnn(&["keygen", "models/hcnn-mnist.onnx", "--out-dir", keys]);
+    assert!(!ok && log.contains("--force"), "{log}");
+    assert_eq!(
+        std::fs::read(&secret).unwrap(),
+        first,
+        "the key was touched"
+    );
+    let (ok, log) = hecnn(&[
+        "keygen",
+        "models/hcnn-mnist.onnx",
+        "--out-dir",
+        keys,
+        "--force",
+    ]);
+    assert!(ok, "{log}");
+    assert_ne!(std::fs::read(&secret).unwrap(), first);
+    // The owner's key of a protected model likewise.
+    let out = dir.join("protected");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("secret.key"), b"the owner's only key").unwrap();
+    let (ok, log) = hecnn(&[
+        "protect",
+        "models/protect-mnist-relu.onnx",
+        "--layers",
+        "last",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && log.contains("--force"), "{log}");
+    assert_eq!(
+        std::fs::read(out.join("secret.key")).unwrap(),
+        b"the owner's only key"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
