@@ -292,6 +292,46 @@ impl OwnerHandle {
     }
 }
 
+/// What the state's master-key check seals.
+const MASTER_CHECK: &[u8] = b"hecnn owner state";
+const MASTER_CHECK_AAD: &str = "master-check";
+
+/// The state's master key: created with a new state, and otherwise required to exist and to
+/// be the one the state was sealed with. A missing or other key would leave every
+/// registered model undecryptable, so the owner refuses to start instead.
+fn open_master(registry: &Registry, path: &std::path::Path) -> Result<MasterKey, DeployError> {
+    let master = if registry.has_sealed_state()? {
+        MasterKey::load(path).map_err(|_| {
+            DeployError::Config(format!(
+                "{}: no master key, and the state holds secrets sealed with one; give \
+                 --master-key the file it was started with (a new key would make every \
+                 registered model undecryptable)",
+                path.display()
+            ))
+        })?
+    } else {
+        MasterKey::load_or_create(path)?
+    };
+    match registry.master_check()? {
+        Some(sealed) => {
+            let opened = master.open(MASTER_CHECK_AAD, &sealed).map_err(|_| {
+                DeployError::Config(format!(
+                    "{}: not the master key this state was sealed with",
+                    path.display()
+                ))
+            })?;
+            if opened.as_slice() != MASTER_CHECK {
+                return Err(DeployError::Config(format!(
+                    "{}: not the master key this state was sealed with",
+                    path.display()
+                )));
+            }
+        }
+        None => registry.set_master_check(&master.seal(MASTER_CHECK_AAD, MASTER_CHECK)?)?,
+    }
+    Ok(master)
+}
+
 /// Opens the state, starts the deployment and decryption agents, and serves the API.
 /// Protection and decryption run on `be` (the binary passes a CPU backend sized by
 /// `--threads`).
@@ -308,8 +348,8 @@ pub async fn start<B: Backend + Clone>(
         .master_key
         .clone()
         .unwrap_or_else(|| config.state_dir.join("master.key"));
-    let master = MasterKey::load_or_create(&master_path)?;
     let registry = Registry::open(&config.state_dir.join("registry.sqlite"))?;
+    let master = open_master(&registry, &master_path)?;
     let admin_token_file = config.state_dir.join("admin.token");
     if !registry.has_admin()? {
         let token = Token::generate()?;
@@ -504,7 +544,34 @@ async fn decryption_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Prediction, Release};
+    use super::{MasterKey, Prediction, Registry, Release, open_master};
+
+    #[test]
+    fn an_existing_state_refuses_a_missing_or_other_master_key() {
+        let dir = std::env::temp_dir().join(format!("hecnn-master-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let registry = Registry::open(&dir.join("registry.sqlite")).unwrap();
+        let key = dir.join("master.key");
+        // A new state creates its key; the same key opens it again.
+        open_master(&registry, &key).unwrap();
+        open_master(&registry, &key).unwrap();
+        // Missing: refused, and no new key is made in its place.
+        let saved = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        let e = open_master(&registry, &key).err().unwrap().to_string();
+        assert!(e.contains("--master-key"), "{e}");
+        assert!(!key.exists());
+        // Another key: refused.
+        let other = dir.join("other.key");
+        MasterKey::load_or_create(&other).unwrap();
+        let e = open_master(&registry, &other).err().unwrap().to_string();
+        assert!(e.contains("not the master key"), "{e}");
+        // The right one, back in place: accepted.
+        std::fs::write(&key, saved).unwrap();
+        open_master(&registry, &key).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_the_class_leaves_by_default_and_logits_are_rounded_when_asked() {

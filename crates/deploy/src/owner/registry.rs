@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS results (
     UNIQUE (deployment_id, input_id)
 );
 CREATE INDEX IF NOT EXISTS results_pending ON results (seq) WHERE decrypted IS NULL;
+CREATE TABLE IF NOT EXISTS master_check (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed BLOB NOT NULL
+);
 ";
 
 fn now() -> i64 {
@@ -215,6 +219,48 @@ impl Registry {
         Ok(self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Whether the state holds anything sealed with the master key (models or nodes), or
+    /// its record of which key that is.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn has_sealed_state(&self) -> Result<bool, DeployError> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT count(*) FROM models) + (SELECT count(*) FROM nodes) \
+             + (SELECT count(*) FROM master_check)",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    }
+
+    /// The constant sealed with the state's master key when it was created (absent in
+    /// states made before the check existed).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn master_check(&self) -> Result<Option<Vec<u8>>, DeployError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT sealed FROM master_check WHERE id = 1")?;
+        let mut rows = st.query([])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    }
+
+    /// Records the sealed constant that identifies the state's master key.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn set_master_check(&self, sealed: &[u8]) -> Result<(), DeployError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO master_check (id, sealed) VALUES (1, ?1)",
+            params![sealed],
+        )?;
+        Ok(())
     }
 
     /// Whether an administrator token exists.
