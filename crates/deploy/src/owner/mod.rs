@@ -327,7 +327,22 @@ fn open_master(registry: &Registry, path: &std::path::Path) -> Result<MasterKey,
                 )));
             }
         }
-        None => registry.set_master_check(&master.seal(MASTER_CHECK_AAD, MASTER_CHECK)?)?,
+        None => {
+            // A state from before the check: the key must open what it already sealed.
+            if let Some((by, sealed)) = registry.first_sealed()? {
+                let aad = match by {
+                    registry::SealedBy::Model(key_id) => secret_aad(&key_id),
+                    registry::SealedBy::Node(name) => node_token_aad(&name),
+                };
+                master.open(&aad, &sealed).map_err(|_| {
+                    DeployError::Config(format!(
+                        "{}: not the master key this state was sealed with",
+                        path.display()
+                    ))
+                })?;
+            }
+            registry.set_master_check(&master.seal(MASTER_CHECK_AAD, MASTER_CHECK)?)?;
+        }
     }
     Ok(master)
 }
@@ -570,6 +585,30 @@ mod tests {
         // The right one, back in place: accepted.
         std::fs::write(&key, saved).unwrap();
         open_master(&registry, &key).unwrap();
+
+        // A state from before the check, with a node sealed under its key: another key is
+        // refused by that record, and the right one is accepted and recorded.
+        let legacy = Registry::open(&dir.join("legacy.sqlite")).unwrap();
+        let right = MasterKey::load(&key).unwrap();
+        let sealed = right
+            .seal(&super::node_token_aad("edge1"), b"token")
+            .unwrap();
+        legacy
+            .insert_node(
+                "edge1",
+                "http://127.0.0.1:1",
+                crate::auth::TokenHash([7; 32]),
+                &sealed,
+            )
+            .unwrap();
+        let e = open_master(&legacy, &other).err().unwrap().to_string();
+        assert!(e.contains("not the master key"), "{e}");
+        assert!(
+            legacy.master_check().unwrap().is_none(),
+            "a wrong key left a record"
+        );
+        open_master(&legacy, &key).unwrap();
+        assert!(legacy.master_check().unwrap().is_some());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

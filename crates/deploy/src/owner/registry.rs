@@ -157,6 +157,14 @@ pub struct DeploymentRow {
     pub last_error: Option<String>,
 }
 
+/// Whose record [`Registry::first_sealed`] returned.
+pub enum SealedBy {
+    /// A model's secret key, by its key id.
+    Model([u8; 32]),
+    /// A node's token, by the node's name.
+    Node(String),
+}
+
 /// A result ready for consumers.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ResultRow {
@@ -249,6 +257,35 @@ impl Registry {
             Some(r) => Some(r.get(0)?),
             None => None,
         })
+    }
+
+    /// One record sealed with the master key, for states made before the master check:
+    /// the first model's secret (by key id) or else the first node's token (by name).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn first_sealed(&self) -> Result<Option<(SealedBy, Vec<u8>)>, DeployError> {
+        let model = self
+            .conn
+            .prepare("SELECT key_id, sealed_secret FROM models ORDER BY id LIMIT 1")?
+            .query_row([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?;
+        if let Some((key_id, sealed)) = model {
+            let key_id: [u8; 32] = key_id.as_slice().try_into().map_err(|_| {
+                DeployError::Config("registry: a model key id that is not 32 bytes".into())
+            })?;
+            return Ok(Some((SealedBy::Model(key_id), sealed)));
+        }
+        let node = self
+            .conn
+            .prepare("SELECT name, sealed_token FROM nodes ORDER BY id LIMIT 1")?
+            .query_row([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .optional()?;
+        Ok(node.map(|(name, sealed)| (SealedBy::Node(name), sealed)))
     }
 
     /// Records the sealed constant that identifies the state's master key.
