@@ -151,7 +151,56 @@ pub struct Model {
     pub output: NodeId,
 }
 
+impl Op {
+    /// Every number the operator holds (weights, biases, statistics, coefficients).
+    fn numbers(&self) -> Vec<&[f64]> {
+        match self {
+            Self::Conv2d(c) => vec![c.weight.data(), &c.bias],
+            Self::Dense(d) => vec![d.weight.data(), &d.bias],
+            Self::BatchNorm(b) => vec![
+                &b.scale,
+                &b.bias,
+                &b.mean,
+                &b.var,
+                std::slice::from_ref(&b.epsilon),
+            ],
+            Self::ChannelAffine { scale, shift } => vec![scale, shift],
+            Self::Poly(c) => vec![c],
+            Self::ChannelPoly(cs) => cs.iter().map(Vec::as_slice).collect(),
+            Self::Input
+            | Self::AvgPool(_)
+            | Self::GlobalAvgPool
+            | Self::Flatten
+            | Self::Add
+            | Self::Relu
+            | Self::MaxPool(_) => vec![],
+        }
+    }
+}
+
 impl Model {
+    /// Refuses a model holding a NaN or infinite number: it would compile, encrypt and
+    /// run, and every prediction would be garbage.
+    ///
+    /// # Errors
+    /// [`NnError::Graph`] naming the first such node.
+    pub fn check_finite(&self) -> Result<(), NnError> {
+        for node in &self.nodes {
+            let numbers = node.op.numbers();
+            if let Some(v) = numbers
+                .iter()
+                .flat_map(|s| s.iter())
+                .find(|v| !v.is_finite())
+            {
+                return Err(NnError::Graph {
+                    node: node.name.clone(),
+                    detail: format!("{} holds a non-finite number ({v})", node.op.kind()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The nodes that read each node's value (each reader once).
     pub fn consumers(&self) -> Vec<Vec<usize>> {
         let mut c = vec![Vec::new(); self.nodes.len()];

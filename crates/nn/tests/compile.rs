@@ -1008,3 +1008,27 @@ fn simulator_runs_on_several_threads_at_once_each_with_its_own_headroom() {
     // The loud image fails on its own thread without touching the quiet one's record.
     assert!(loud.is_err() || loud.is_ok_and(|s| s.headroom_bits < 0.0));
 }
+
+#[test]
+fn a_model_holding_nan_or_infinity_is_refused() {
+    for (at, value) in [
+        (1usize, f64::NAN),
+        (2, f64::INFINITY),
+        (7, f64::NEG_INFINITY),
+    ] {
+        let mut m = model();
+        match &mut m.nodes[at].op {
+            Op::Conv2d(c) => c.bias[0] = value,
+            Op::Poly(c) => c[1] = value,
+            Op::Dense(d) => d.weight.data_mut()[3] = value,
+            other => panic!("{other:?}"),
+        }
+        let e = compile::compile(&m, &opts(PackingRequest::Batch)).err();
+        assert!(
+            matches!(&e, Some(NnError::Graph { node, .. }) if *node == m.nodes[at].name),
+            "{e:?}"
+        );
+        let e = hecnn_nn::protect::ProtectPlan::new(&m, hecnn_nn::protect::Scope::Network).err();
+        assert!(matches!(e, Some(NnError::Graph { .. })), "{e:?}");
+    }
+}

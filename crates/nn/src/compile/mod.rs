@@ -345,6 +345,7 @@ pub struct CompiledModel {
 /// shapes that do not fit, [`NnError::NoParameters`] when no secure parameters run the plan
 /// in the packing asked for (for auto: in either).
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, NnError> {
+    model.check_finite()?;
     let rewritten = crate::rewrite(model, &opts.rewrite)?;
     plan_rewritten(rewritten, opts)
 }

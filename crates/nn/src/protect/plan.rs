@@ -493,6 +493,7 @@ impl ProtectPlan {
     /// nor such a polynomial; for an activation directly after another; when a layer is too
     /// large ([`MAX_LAYER_WEIGHTS`]).
     pub fn new(model: &Model, scope: Scope) -> Result<Self, NnError> {
+        model.check_finite()?;
         let shapes = model.shapes()?;
         // Readers that reach the output (an importer may leave dead nodes behind, such as
         // the `x + 2` of `x·(x + 2)` once the product became one polynomial).
