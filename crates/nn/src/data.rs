@@ -404,8 +404,8 @@ mod tests {
         let labels: Vec<u8> = test.labels().to_vec();
         assert_eq!(&labels[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
         assert_eq!(&labels[10..], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 6, 7, 8, 9]);
-        for i in 0..test.len() {
-            let want = f32::from(labels[i]) / 10.0;
+        for (i, &label) in labels.iter().enumerate() {
+            let want = f32::from(label) / 10.0;
             assert!(test.pixels(i).iter().all(|&p| (p - want).abs() < 1e-6));
         }
         // Train: every prefix of ten holds each class once while all last.
