@@ -29,12 +29,14 @@ use crate::{
 /// Model and parameter options shared by the commands.
 #[derive(Args, Debug, Clone)]
 pub struct ModelOpts {
-    /// log2 of the ring degree; one batch holds 2^(log_n − 1) images.
-    #[arg(long, default_value_t = 14)]
-    pub log_n: u32,
-    /// Security level checked on the parameters: 128, 192 or 256.
-    #[arg(long, default_value_t = 128)]
-    pub security: u32,
+    /// log2 of the ring degree for an ONNX model [default: 14]; one batch holds
+    /// 2^(log_n − 1) images. A compiled model keeps its own, and a different one is refused.
+    #[arg(long)]
+    pub log_n: Option<u32>,
+    /// Security level checked on the parameters: 128, 192 or 256 [default: 128]. A compiled
+    /// model below the level asked is refused.
+    #[arg(long)]
+    pub security: Option<u32>,
     /// Replace ReLU by this polynomial (comma-separated coefficients c0,c1,c2, e.g. 0,0,1).
     #[arg(long, value_delimiter = ',')]
     pub relu_poly: Vec<f64>,
@@ -74,8 +76,8 @@ impl ModelOpts {
     pub fn compile_options(&self, packing: PackingRequest) -> Result<CompileOptions, CliError> {
         Ok(CompileOptions {
             packing,
-            log_n: self.log_n,
-            security: cnn::security_level(self.security)?,
+            log_n: self.log_n.unwrap_or(14),
+            security: cnn::security_level(self.security.unwrap_or(128))?,
             rewrite: RewriteOptions {
                 relu_replacement: (!self.relu_poly.is_empty()).then(|| self.relu_poly.clone()),
                 maxpool_as_avgpool: self.maxpool_as_avgpool,
@@ -93,7 +95,44 @@ impl ModelOpts {
     /// The model at `path` in the packing it was compiled with (an ONNX file: batch
     /// packing).
     pub fn load(&self, path: &Path) -> Result<CompiledModel, CliError> {
-        cnn::load_model(path, &self.compile_options(PackingRequest::Batch)?, true)
+        let c = cnn::load_model(path, &self.compile_options(PackingRequest::Batch)?, true)?;
+        self.check_compiled(path, c.params())?;
+        Ok(c)
+    }
+
+    /// Refuses `--log-n` or `--security` given with a model compiled otherwise: the keys
+    /// or ciphertexts would silently follow the model, not the request.
+    ///
+    /// # Errors
+    /// [`CliError::Usage`] naming what the file was compiled for.
+    pub fn check_compiled(
+        &self,
+        path: &Path,
+        params: &hecnn_ckks::CkksParams,
+    ) -> Result<(), CliError> {
+        let r = params.rlwe();
+        if let Some(n) = self.log_n.filter(|&n| n != r.log_n()) {
+            return Err(CliError::Usage(format!(
+                "{} was compiled for N = 2^{}; --log-n {n} asks for another ring: compile \
+                 the ONNX model again with it, or leave --log-n out",
+                path.display(),
+                r.log_n()
+            )));
+        }
+        if let Some(bits) = self.security {
+            cnn::security_level(bits)?;
+            let has = hecnn_rlwe::security::achieved_level(r.log_n(), r.log_qp())
+                .and_then(hecnn_rlwe::SecurityLevel::bits);
+            if has.is_none_or(|h| h < bits) {
+                return Err(CliError::Usage(format!(
+                    "{} was compiled for {} security; --security {bits} asks for more: \
+                     compile the ONNX model again with it",
+                    path.display(),
+                    has.map_or("unchecked".into(), |h| format!("{h}-bit"))
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The worker pool.
@@ -316,10 +355,15 @@ fn load_spec(path: &Path, opts: &ModelOpts) -> Result<ClientSpec, CliError> {
     if ClientSpec::is_spec(&bytes) {
         let spec = ClientSpec::from_bytes(&bytes)?;
         cnn::refuse_unchecked(path, spec.params())?;
+        opts.check_compiled(path, spec.params())?;
         return Ok(spec);
     }
     let batch = opts.compile_options(PackingRequest::Batch)?;
-    Ok(cnn::model_from(path, &bytes, &batch, true)?.client_spec())
+    let c = cnn::model_from(path, &bytes, &batch, true)?;
+    if CompiledModel::is_compiled(&bytes) {
+        opts.check_compiled(path, c.params())?;
+    }
+    Ok(c.client_spec())
 }
 
 /// `hecnn keygen`.

@@ -304,8 +304,8 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         mode: None,
         weights: None,
         opts: ModelOpts {
-            log_n: 14,
-            security: 128,
+            log_n: None,
+            security: None,
             relu_poly: vec![],
             maxpool_as_avgpool: false,
             threads,

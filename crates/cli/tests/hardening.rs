@@ -172,3 +172,47 @@ fn an_existing_secret_key_is_not_replaced_without_force() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
+    let dir = std::env::temp_dir().join(format!("hecnn-conflict-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.hecnn");
+    let model = model.to_str().unwrap();
+    let (ok, log) = hecnn(&[
+        "compile",
+        "models/hcnn-mnist.onnx",
+        "--mode",
+        "single",
+        "-o",
+        model,
+    ]);
+    assert!(ok && log.contains("N = 2^13"), "{log}");
+    let keys = dir.join("keys");
+    let keys = keys.to_str().unwrap();
+    for (flag, value, says) in [
+        ("--log-n", "15", "compiled for N = 2^13"),
+        ("--security", "256", "compiled for 128-bit security"),
+    ] {
+        let (ok, log) = hecnn(&["keygen", model, "--out-dir", keys, flag, value]);
+        assert!(!ok && log.contains(says), "{flag} {value}: {log}");
+        assert!(
+            !dir.join("keys/secret.key").exists(),
+            "{flag}: keys written"
+        );
+    }
+    // What the model already satisfies is accepted.
+    let (ok, log) = hecnn(&[
+        "keygen",
+        model,
+        "--out-dir",
+        keys,
+        "--log-n",
+        "13",
+        "--security",
+        "128",
+    ]);
+    assert!(ok, "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
