@@ -216,3 +216,21 @@ fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
     assert!(ok, "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn what_compile_writes_keygen_reads_for_the_pytorch_residual_fixtures() {
+    let dir = std::env::temp_dir().join(format!("hecnn-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for fixture in ["torch-residual-opset13.onnx", "torch-residual-dynamo.onnx"] {
+        let onnx = format!("crates/nn/tests/fixtures/{fixture}");
+        let model = dir.join(format!("{fixture}.hecnn"));
+        let model = model.to_str().unwrap();
+        let (ok, log) = hecnn(&["compile", &onnx, "-o", model]);
+        assert!(ok, "{fixture}: {log}");
+        let keys = dir.join(format!("{fixture}.keys"));
+        let (ok, log) = hecnn(&["keygen", model, "--out-dir", keys.to_str().unwrap()]);
+        assert!(ok && log.contains("eval.keys"), "{fixture}: {log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
