@@ -115,20 +115,131 @@ pub fn sweep_temporaries(dir: &Path) -> Result<usize, DeployError> {
 /// # Errors
 /// [`DeployError::Io`].
 pub fn list(dir: &Path, ext: &str) -> Result<Vec<PathBuf>, DeployError> {
+    Ok(entries(dir, ext)?
+        .into_iter()
+        .filter_map(|(path, kind)| (kind == Entry::File).then_some(path))
+        .collect())
+}
+
+/// What a directory entry is, without following links.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Entry {
+    /// A regular file.
+    File,
+    /// A symbolic link (whatever it points to).
+    Link,
+    /// A directory or anything else.
+    Other,
+}
+
+/// The entries of `dir` with extension `ext` and what each is (links are not followed),
+/// sorted by name.
+///
+/// # Errors
+/// I/O errors reading the directory.
+pub fn entries(dir: &Path, ext: &str) -> Result<Vec<(PathBuf, Entry)>, DeployError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| DeployError::io(dir, e))? {
-        let path = entry.map_err(|e| DeployError::io(dir, e))?.path();
-        if path.is_file() && path.extension().is_some_and(|e| e == ext) {
-            out.push(path);
+        let entry = entry.map_err(|e| DeployError::io(dir, e))?;
+        let path = entry.path();
+        if !path.extension().is_some_and(|e| e == ext) {
+            continue;
         }
+        let kind = entry.file_type().map_err(|e| DeployError::io(&path, e))?;
+        let kind = if kind.is_symlink() {
+            Entry::Link
+        } else if kind.is_file() {
+            Entry::File
+        } else {
+            Entry::Other
+        };
+        out.push((path, kind));
     }
     out.sort();
     Ok(out)
 }
 
+/// Reads a regular file of at most `limit` bytes, refusing links: the file opened must be
+/// the entry checked (same device and inode), so a file swapped for a link between the
+/// check and the open is refused too.
+///
+/// # Errors
+/// [`DeployError::Config`] for a link, a non-regular file or one above `limit`; I/O errors.
+pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, DeployError> {
+    use std::io::Read;
+    let io = |e| DeployError::io(path, e);
+    let before = std::fs::symlink_metadata(path).map_err(io)?;
+    if !before.file_type().is_file() {
+        return Err(DeployError::Config(format!(
+            "{}: not a regular file (links are refused)",
+            path.display()
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(io)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let opened = file.metadata().map_err(io)?;
+        if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+            return Err(DeployError::Config(format!(
+                "{}: replaced while being opened",
+                path.display()
+            )));
+        }
+    }
+    let mut bytes = Vec::new();
+    file.take(limit as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() > limit {
+        return Err(DeployError::Config(format!(
+            "{}: larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_listed_as_links_and_never_read() {
+        let dir = std::env::temp_dir().join(format!("hecnn-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        ensure_dir(&dir).unwrap();
+        let secret = dir.join("secret.txt");
+        std::fs::write(&secret, b"not for the edge").unwrap();
+        std::fs::write(dir.join("a.png"), b"pixels").unwrap();
+        std::os::unix::fs::symlink(&secret, dir.join("b.png")).unwrap();
+        std::fs::create_dir(dir.join("c.png")).unwrap();
+        let got: Vec<(String, Entry)> = entries(&dir, "png")
+            .unwrap()
+            .into_iter()
+            .map(|(p, k)| (p.file_name().unwrap().to_string_lossy().into_owned(), k))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a.png".into(), Entry::File),
+                ("b.png".into(), Entry::Link),
+                ("c.png".into(), Entry::Other)
+            ]
+        );
+        assert_eq!(list(&dir, "png").unwrap(), vec![dir.join("a.png")]);
+        assert_eq!(read_regular(&dir.join("a.png"), 6).unwrap(), b"pixels");
+        let e = read_regular(&dir.join("b.png"), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("links are refused"), "{e}");
+        assert!(
+            read_regular(&dir.join("a.png"), 5).is_err(),
+            "over the limit"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files_and_sweep_leftovers() {

@@ -309,24 +309,55 @@ fn move_to(path: &Path, dir: &Path) {
     }
 }
 
+/// How long a watched file must have been left unmodified before it is read: a writer
+/// still appending to it under its final name is not raced (the documented way is to write
+/// elsewhere, or under another extension, and rename into the directory).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Largest watched input file (bytes): far above any image the models take.
+const MAX_INPUT_FILE: usize = 64 << 20;
+
+/// Whether `path` was last modified at least [`SETTLE`] ago (a file whose time cannot be
+/// read counts as settled: reading it then reports the real error).
+fn settled(path: &Path) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_none_or(|age| age >= SETTLE)
+}
+
 /// Polls `dir` for images (`.png`, `.u8`), queues them, and moves each to `done/` once its
-/// result is in the outbox (or to `failed/` with the reason logged). A crash before the
-/// move re-queues the file at the next start; the owner ignores the duplicate result.
+/// result is in the outbox (or to `failed/` with the reason logged). Links are moved to
+/// `failed/` unread; files modified in the last second wait for the next poll. A crash
+/// before the move re-queues the file at the next start; the owner ignores the duplicate
+/// result.
 fn watch<B: Backend + Clone>(edge: &Arc<Edge<B>>, dir: &Path) {
     let (done, failed) = (dir.join("done"), dir.join("failed"));
     loop {
         let mut waiting = Vec::new();
         if let Some(dep) = edge.current() {
-            let mut found = files::list(dir, "png").unwrap_or_default();
-            found.extend(files::list(dir, "u8").unwrap_or_default());
+            let mut found = files::entries(dir, "png").unwrap_or_default();
+            found.extend(files::entries(dir, "u8").unwrap_or_default());
             found.sort();
-            for path in found.into_iter().take(64) {
+            let mut inputs = Vec::new();
+            for (path, kind) in found {
+                match kind {
+                    files::Entry::File if settled(&path) => inputs.push(path),
+                    files::Entry::File | files::Entry::Other => {}
+                    files::Entry::Link => {
+                        eprintln!("watch: {}: a link, not read", path.display());
+                        move_to(&path, &failed);
+                    }
+                }
+            }
+            for path in inputs.into_iter().take(64) {
                 let name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 let pixels = check_input_id(&name).and_then(|()| {
-                    let bytes = std::fs::read(&path).map_err(|e| DeployError::io(&path, e))?;
+                    let bytes = files::read_regular(&path, MAX_INPUT_FILE)?;
                     decode_image(&name, &bytes, dep.shape())
                 });
                 match pixels {
