@@ -142,7 +142,7 @@ pub fn entries(dir: &Path, ext: &str) -> Result<Vec<(PathBuf, Entry)>, DeployErr
     for entry in std::fs::read_dir(dir).map_err(|e| DeployError::io(dir, e))? {
         let entry = entry.map_err(|e| DeployError::io(dir, e))?;
         let path = entry.path();
-        if !path.extension().is_some_and(|e| e == ext) {
+        if path.extension().is_none_or(|e| e != ext) {
             continue;
         }
         let kind = entry.file_type().map_err(|e| DeployError::io(&path, e))?;
