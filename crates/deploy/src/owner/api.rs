@@ -19,7 +19,11 @@ use hecnn_rlwe::{SecretKey, SecurityLevel};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Owner, node_token_aad, registry::NewModel, secret_aad};
+use super::{
+    Owner, node_token_aad,
+    registry::{NewModel, Stored},
+    secret_aad,
+};
 use crate::auth::{Token, bearer};
 use crate::body::read_body;
 use crate::wire::{ResultEnvelope, check_input_id};
@@ -365,7 +369,8 @@ async fn post_result<B: Backend + Clone>(
     let o = Arc::clone(&owner);
     let output = env.output;
     let input_id = env.header.input_id;
-    let stored = tokio::task::spawn_blocking(move || -> Result<bool, ApiError> {
+    let id_for_message = input_id.clone();
+    let stored = tokio::task::spawn_blocking(move || -> Result<Stored, ApiError> {
         o.check_output(model.id, &output).map_err(|e| match e {
             DeployError::Nn(e) => ApiError::invalid(e.to_string()),
             DeployError::Wire(m) => ApiError::invalid(m),
@@ -378,8 +383,22 @@ async fn post_result<B: Backend + Clone>(
     })
     .await
     .map_err(ApiError::internal)??;
-    owner.decrypt_wake.notify_one();
-    Ok(Json(json!({ "stored": true, "duplicate": !stored })))
+    match stored {
+        Stored::New | Stored::Again => {
+            owner.decrypt_wake.notify_one();
+            Ok(Json(
+                json!({ "stored": true, "duplicate": stored == Stored::Again }),
+            ))
+        }
+        Stored::OtherForSameId => Err(ApiError::conflict(
+            "duplicate_input",
+            format!(
+                "input id {id_for_message:?} of deployment {} already has another result: \
+                 give each input its own id",
+                dep.id
+            ),
+        )),
+    }
 }
 
 #[derive(Deserialize)]

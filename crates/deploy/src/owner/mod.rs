@@ -613,6 +613,51 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_input_id_is_told_apart_from_a_retry() {
+        use super::registry::{NewModel, Stored};
+        let dir = std::env::temp_dir().join(format!("hecnn-reuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut db = Registry::open(&dir.join("registry.sqlite")).unwrap();
+        let model = db
+            .insert_model(&NewModel {
+                name: "m",
+                scope: "classifier",
+                security: 128,
+                encrypt_features: false,
+                key_id: [1; 32],
+                protected: b"p",
+                public_key: b"k",
+                eval_keys: b"e",
+                sealed_secret: b"s",
+            })
+            .unwrap();
+        let node = db
+            .insert_node(
+                "edge1",
+                "http://127.0.0.1:1",
+                crate::auth::TokenHash([2; 32]),
+                b"t",
+            )
+            .unwrap();
+        let dep = db.insert_deployment(model.id, node).unwrap();
+        assert_eq!(
+            db.insert_result(dep, "img1", b"first").unwrap(),
+            Stored::New
+        );
+        assert_eq!(
+            db.insert_result(dep, "img1", b"first").unwrap(),
+            Stored::Again
+        );
+        assert_eq!(
+            db.insert_result(dep, "img1", b"second").unwrap(),
+            Stored::OtherForSameId
+        );
+        assert_eq!(db.undecrypted(10).unwrap()[0].output, b"first");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn only_the_class_leaves_by_default_and_logits_are_rounded_when_asked() {
         let logits = [0.1, 2.000_001_234, 1.999_999_9, -3.25];
         assert_eq!(

@@ -157,6 +157,17 @@ pub struct DeploymentRow {
     pub last_error: Option<String>,
 }
 
+/// What [`Registry::insert_result`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A new result, stored.
+    New,
+    /// The stored result again (a retry): nothing changed.
+    Again,
+    /// Another result for an input id that already has one: refused, nothing changed.
+    OtherForSameId,
+}
+
 /// Whose record [`Registry::first_sealed`] returned.
 pub enum SealedBy {
     /// A model's secret key, by its key id.
@@ -600,8 +611,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Stores an encrypted result; `false` when this input's result is already stored
-    /// (a retry after a lost acknowledgement).
+    /// Stores an encrypted result, unless this input's result is already stored: the same
+    /// bytes again are a retry after a lost acknowledgement, other bytes a reused input id.
     ///
     /// # Errors
     /// Database errors.
@@ -610,13 +621,25 @@ impl Registry {
         dep_id: u64,
         input_id: &str,
         output: &[u8],
-    ) -> Result<bool, DeployError> {
+    ) -> Result<Stored, DeployError> {
         let n = self.conn.execute(
             "INSERT INTO results (deployment_id, input_id, output, received) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (deployment_id, input_id) DO NOTHING",
             params![dep_id as i64, input_id, output, now()],
         )?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(Stored::New);
+        }
+        let existing: Vec<u8> = self.conn.query_row(
+            "SELECT output FROM results WHERE deployment_id = ?1 AND input_id = ?2",
+            params![dep_id as i64, input_id],
+            |r| r.get(0),
+        )?;
+        Ok(if existing == output {
+            Stored::Again
+        } else {
+            Stored::OtherForSameId
+        })
     }
 
     /// Up to `limit` results waiting for decryption, oldest first.
