@@ -194,7 +194,7 @@ fn owner_and_two_edges_classify_streamed_digits() {
         http.get(format!("{}/v1/results", owner.url))
             .bearer_auth(token(&dir.join("a.token"))),
     );
-    assert_eq!(st, 401);
+    assert_eq!(st, 403, "a node's valid token on a consumer route");
 
     // Neither edge's files nor memory hold its model's secret key or a protected weight;
     // the scanner finds the secret key in the owner's memory (it decrypts) and the weights
@@ -508,10 +508,21 @@ fn bad_requests_get_clear_4xx_answers() {
     );
     expect(
         call(http.get(o("/v1/models")).bearer_auth(&node_token)),
-        401,
-        "unauthorized",
+        403,
+        "forbidden",
     );
     expect(call(http.get(o("/nope"))), 404, "no_route");
+    // A route with another method: 405 with the JSON error body, like every refusal.
+    expect(
+        call(http.delete(o("/v1/models")).bearer_auth(&admin.token)),
+        405,
+        "method_not_allowed",
+    );
+    expect(
+        call(http.get(o("/v1/results?limit=0")).bearer_auth(&admin.token)),
+        400,
+        "bad_request",
+    );
 
     // The edge, before any deployment.
     let edge = Service::start(
@@ -629,8 +640,8 @@ fn bad_requests_get_clear_4xx_answers() {
                 .bearer_auth(&admin.token)
                 .body(envelope(dep, 1, vec![])),
         ),
-        401,
-        "unauthorized",
+        403,
+        "forbidden",
     );
 
     // Both services are still up, and a good stream goes through.

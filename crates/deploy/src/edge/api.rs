@@ -39,6 +39,7 @@ pub(crate) fn router<B: Backend + Clone>(edge: Arc<Edge<B>>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(edge)
 }
 

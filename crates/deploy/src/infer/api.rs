@@ -45,6 +45,7 @@ pub(crate) fn router<B: Backend + Clone>(infer: Arc<Infer<B>>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(infer)
         .layer(axum::middleware::from_fn_with_state(m, metrics::count))
 }

@@ -46,6 +46,7 @@ pub(crate) fn router<B: Backend + Clone>(owner: Arc<Owner<B>>) -> Router {
         .fallback(|| async {
             ApiError::not_found("no_route", "no such route (the API is under /v1)")
         })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(owner)
 }
 
@@ -64,16 +65,25 @@ async fn require_role<B: Backend + Clone>(
     roles: &'static [&'static str],
 ) -> Api<()> {
     let token = bearer(headers)?;
-    let role = owner.db(move |db| db.token_role(token.hash())).await?;
+    let hash = token.hash();
+    let (role, node) = owner
+        .db(move |db| Ok((db.token_role(hash)?, db.node_by_token(hash)?.is_some())))
+        .await?;
     match role {
         Some(r) if roles.contains(&r.as_str()) => Ok(()),
-        Some(_) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token may not use this route",
-        )),
+        // A valid token of another role (a node's included): 403, not 401.
+        Some(_) => Err(forbidden()),
+        None if node => Err(forbidden()),
         None => Err(ApiError::unauthorized()),
     }
+}
+
+fn forbidden() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        "this token may not use this route",
+    )
 }
 
 #[derive(Deserialize)]
@@ -326,10 +336,16 @@ async fn post_result<B: Backend + Clone>(
     body: Body,
 ) -> Api<impl IntoResponse> {
     let token = bearer(&headers)?;
-    let node = owner
-        .db(move |db| db.node_by_token(token.hash()))
-        .await?
-        .ok_or_else(ApiError::unauthorized)?;
+    let hash = token.hash();
+    let (node, role) = owner
+        .db(move |db| Ok((db.node_by_token(hash)?, db.token_role(hash)?)))
+        .await?;
+    let node = match (node, role) {
+        (Some(node), _) => node,
+        // An administrator's or consumer's token on the nodes' route.
+        (None, Some(_)) => return Err(forbidden()),
+        (None, None) => return Err(ApiError::unauthorized()),
+    };
     let bytes = read_body(&headers, body, owner.config.max_result_bytes).await?;
     let env =
         ResultEnvelope::from_bytes(&bytes).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -420,7 +436,13 @@ async fn get_results<B: Backend + Clone>(
 ) -> Api<impl IntoResponse> {
     require_role(&owner, &headers, &["admin", "consumer"]).await?;
     let q: ResultsQuery = query(raw)?;
-    let limit = q.limit.clamp(1, 10_000);
+    if !(1..=10_000).contains(&q.limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit={}: give 1 to 10000",
+            q.limit
+        )));
+    }
+    let limit = q.limit;
     let rows = owner
         .db(move |db| db.results(q.after, q.deployment, limit))
         .await?;
