@@ -63,9 +63,30 @@ pub enum DeployError {
         /// The deployment running.
         current: u64,
     },
-    /// Another service could not be reached.
-    #[error("{0}")]
+    /// Another service could not be reached (the message names the cause: refused,
+    /// timed out, TLS, …).
+    #[error("{}", describe_http(.0))]
     Http(#[from] reqwest::Error),
+}
+
+/// A request error with its causes: reqwest's own message is only "error sending request
+/// for url (…)"; the cause (connection refused, certificate unknown, timeout) is in its
+/// source chain.
+fn describe_http(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    if e.is_timeout() {
+        out.push_str(": timed out");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 impl DeployError {
@@ -174,5 +195,31 @@ impl IntoResponse for ApiError {
             axum::Json(serde_json::json!({ "error": self.code, "message": self.message })),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod http_tests {
+    #[test]
+    fn a_refused_connection_names_its_cause() {
+        // A port nothing listens on: bind one, then close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(
+                reqwest::Client::new()
+                    .get(format!("http://127.0.0.1:{port}/"))
+                    .send(),
+            )
+            .unwrap_err();
+        let msg = super::DeployError::from(e).to_string();
+        assert!(msg.to_lowercase().contains("refused"), "{msg}");
     }
 }
