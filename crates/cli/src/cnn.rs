@@ -172,11 +172,18 @@ pub fn load_data(spec: &str) -> Result<Dataset, CliError> {
             }
             Dataset::new(train.shape(), pixels, labels)?
         }
-        "sample:mnist" => data::load_idx(
-            &sample.join("mnist-test-images.idx3-ubyte"),
-            &sample.join("mnist-test-labels.idx1-ubyte"),
-        )?,
-        "sample:cifar10" => data::load_cifar_binary(&sample.join("cifar10-test.bin"))?,
+        // The samples are built into the binary; `$HECNN_SAMPLES` points at others.
+        "sample:mnist" => match &sample {
+            Some(dir) => data::load_idx(
+                &dir.join("mnist-test-images.idx3-ubyte"),
+                &dir.join("mnist-test-labels.idx1-ubyte"),
+            )?,
+            None => data::parse_idx(bundled::MNIST_IMAGES, bundled::MNIST_LABELS)?,
+        },
+        "sample:cifar10" => match &sample {
+            Some(dir) => data::load_cifar_binary(&dir.join("cifar10-test.bin"))?,
+            None => data::parse_cifar_binary(bundled::CIFAR10)?,
+        },
         other => {
             if let Some(rest) = other.strip_prefix("idx:") {
                 let (i, l) = rest
@@ -218,11 +225,54 @@ pub fn load_split_pair(name: &str) -> Result<(Dataset, Dataset), CliError> {
     })
 }
 
-/// The bundled sample directory (`data/sample` in the repository, or `$HECNN_SAMPLES`).
-pub fn sample_dir() -> PathBuf {
-    std::env::var_os("HECNN_SAMPLES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_path("data/sample"))
+/// A sample directory given by `$HECNN_SAMPLES` (`None`: the samples built into the
+/// binary).
+pub fn sample_dir() -> Option<PathBuf> {
+    std::env::var_os("HECNN_SAMPLES").map(PathBuf::from)
+}
+
+/// What the binary carries, so that an installed copy runs the demo wherever its source
+/// tree went: the demo's model and the MNIST and CIFAR-10 samples of `data/sample`.
+pub mod bundled {
+    /// `models/hcnn-mnist.onnx`.
+    pub const HCNN_MNIST: &[u8] = include_bytes!("../../../models/hcnn-mnist.onnx");
+    /// `data/sample/mnist-test-images.idx3-ubyte`.
+    pub const MNIST_IMAGES: &[u8] =
+        include_bytes!("../../../data/sample/mnist-test-images.idx3-ubyte");
+    /// `data/sample/mnist-test-labels.idx1-ubyte`.
+    pub const MNIST_LABELS: &[u8] =
+        include_bytes!("../../../data/sample/mnist-test-labels.idx1-ubyte");
+    /// `data/sample/cifar10-test.bin`.
+    pub const CIFAR10: &[u8] = include_bytes!("../../../data/sample/cifar10-test.bin");
+}
+
+/// The model at `rel` (a path relative to the repository, e.g. `models/hcnn-mnist.onnx`):
+/// in the current directory; else, for the demo's model, the copy built into the binary,
+/// written once to the user's cache (`~/.cache/hecnn/bundled`) and said where; else in the
+/// source tree the binary was built from.
+///
+/// # Errors
+/// I/O errors writing the cached copy.
+pub fn model_path(rel: &Path) -> Result<PathBuf, CliError> {
+    if rel.exists() {
+        return Ok(rel.to_path_buf());
+    }
+    if rel != Path::new("models/hcnn-mnist.onnx") {
+        return Ok(repo_path(&rel.to_string_lossy()));
+    }
+    let dir = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/hecnn/bundled"))
+        .unwrap_or_else(|| std::env::temp_dir().join("hecnn-bundled"));
+    let path = dir.join("hcnn-mnist.onnx");
+    if std::fs::read(&path).ok().as_deref() != Some(bundled::HCNN_MNIST) {
+        std::fs::create_dir_all(&dir).map_err(|e| hecnn_nn::NnError::io(&dir, e))?;
+        data::write_atomic(&path, bundled::HCNN_MNIST)?;
+        eprintln!(
+            "using the demo model built into the binary: {}",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// A path inside the repository (relative to the current directory, else to the source tree

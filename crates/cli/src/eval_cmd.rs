@@ -88,11 +88,7 @@ pub enum Weights {
 /// # Errors
 /// Models or data that do not fit each other, memory, I/O.
 pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
-    let model = if a.model.exists() {
-        a.model.clone()
-    } else {
-        cnn::repo_path(&a.model.to_string_lossy())
-    };
+    let model = cnn::model_path(&a.model)?;
     let all = cnn::load_data(&a.data)?;
     let ds = select(&all, a.offset, a.count, usize::MAX)?;
     if a.record.is_some() && (a.cleartext || a.mode == Some(Mode::Batch)) {

@@ -234,3 +234,40 @@ fn what_compile_writes_keygen_reads_for_the_pytorch_residual_fixtures() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_demo_model_and_samples_come_from_the_binary_outside_the_source_tree() {
+    // Run from an empty directory with its own HOME: no models/ or data/ to find.
+    let dir = std::env::temp_dir().join(format!("hecnn-bundled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hecnn"))
+        .args([
+            "eval",
+            "--mode",
+            "single",
+            "--data",
+            "sample:mnist",
+            "--count",
+            "2",
+        ])
+        .current_dir(&dir)
+        .env("HOME", dir.join("home"))
+        .env_remove("HECNN_SAMPLES")
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("built into the binary"), "{log}");
+    assert!(log.contains("same prediction"), "{log}");
+    let cached = dir.join("home/.cache/hecnn/bundled/hcnn-mnist.onnx");
+    assert_eq!(
+        std::fs::read(cached).unwrap(),
+        std::fs::read(binary::repo().join("models/hcnn-mnist.onnx")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

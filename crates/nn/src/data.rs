@@ -225,20 +225,30 @@ fn cifar_pngs(dir: &Path, files: &[String], labels: &str) -> Result<Dataset, NnE
 /// # Errors
 /// [`NnError::Data`] for bad magic numbers or sizes.
 pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset, NnError> {
-    let img = read(images)?;
-    let lab = read(labels)?;
+    parse_idx(&read(images)?, &read(labels)?)
+}
+
+/// Parses MNIST's IDX format from the bytes of the images and labels files.
+///
+/// # Errors
+/// [`NnError::Data`] for bad magic numbers or sizes.
+pub fn parse_idx(img: &[u8], lab: &[u8]) -> Result<Dataset, NnError> {
     let be32 = |b: &[u8], at: usize| -> Result<usize, NnError> {
         b.get(at..at + 4)
             .map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]) as usize)
             .ok_or_else(|| NnError::Data("truncated IDX header".into()))
     };
-    if be32(&img, 0)? != 0x0803 || be32(&lab, 0)? != 0x0801 {
+    if be32(img, 0)? != 0x0803 || be32(lab, 0)? != 0x0801 {
         return Err(NnError::Data(
             "bad IDX magic numbers (expected 0x803 images, 0x801 labels)".into(),
         ));
     }
-    let (n, rows, cols) = (be32(&img, 4)?, be32(&img, 8)?, be32(&img, 12)?);
-    if be32(&lab, 4)? != n || img.len() != 16 + n * rows * cols || lab.len() != 8 + n {
+    let (n, rows, cols) = (be32(img, 4)?, be32(img, 8)?, be32(img, 12)?);
+    let size = n
+        .checked_mul(rows)
+        .and_then(|v| v.checked_mul(cols))
+        .and_then(|v| v.checked_add(16));
+    if be32(lab, 4)? != n || Some(img.len()) != size || lab.len() != 8 + n {
         return Err(NnError::Data("IDX sizes do not match their headers".into()));
     }
     let pixels = img[16..].iter().map(|&p| f32::from(p) / 255.0).collect();
@@ -278,11 +288,20 @@ pub fn save_idx(ds: &Dataset, images: &Path, labels: &Path) -> Result<(), NnErro
 /// # Errors
 /// [`NnError::Data`] if the size is not a multiple of 3,073 bytes.
 pub fn load_cifar_binary(path: &Path) -> Result<Dataset, NnError> {
-    let bytes = read(path)?;
+    parse_cifar_binary(&read(path)?).map_err(|e| match e {
+        NnError::Data(m) => NnError::Data(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// Parses the CIFAR-10 binary format from its bytes.
+///
+/// # Errors
+/// [`NnError::Data`] if the size is not a positive multiple of 3,073 bytes.
+pub fn parse_cifar_binary(bytes: &[u8]) -> Result<Dataset, NnError> {
     if bytes.is_empty() || bytes.len() % 3073 != 0 {
         return Err(NnError::Data(format!(
-            "{}: size {} is not a multiple of 3073",
-            path.display(),
+            "size {} is not a multiple of 3073",
             bytes.len()
         )));
     }
