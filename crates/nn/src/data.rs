@@ -299,7 +299,7 @@ pub fn load_cifar_binary(path: &Path) -> Result<Dataset, NnError> {
 /// # Errors
 /// [`NnError::Data`] if the size is not a positive multiple of 3,073 bytes.
 pub fn parse_cifar_binary(bytes: &[u8]) -> Result<Dataset, NnError> {
-    if bytes.is_empty() || bytes.len() % 3073 != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(3073) {
         return Err(NnError::Data(format!(
             "size {} is not a multiple of 3073",
             bytes.len()
