@@ -170,6 +170,38 @@ fn serialization_roundtrips_and_rejects_corruption() {
             ..
         }))
     ));
+    // One flipped bit anywhere, even one that leaves every word below its modulus, is
+    // caught by the checksum.
+    let mut bad = bytes.clone();
+    bad[8] ^= 0x01; // in the header: refused by what it names (kind, fingerprint)
+    assert!(Ciphertext::from_bytes(&be, &params, &bad).is_err());
+    for at in [
+        bytes.len() / 3,
+        bytes.len() / 2,
+        bytes.len() - 40,
+        bytes.len() - 1,
+    ] {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0x01;
+        assert!(
+            matches!(
+                Ciphertext::from_bytes(&be, &params, &bad),
+                Err(CkksError::Rlwe(RlweError::Malformed { .. }))
+            ),
+            "a flip at byte {at} of {}",
+            bytes.len()
+        );
+    }
+    // A version-1 object (no checksum) is still read; a version-2 one relabelled as
+    // version 1 is not (its checksum would be trailing bytes).
+    assert_eq!(bytes[4], 2, "the version varint");
+    let mut v1 = bytes[..bytes.len() - 32].to_vec();
+    v1[4] = 1;
+    let old = Ciphertext::from_bytes(&be, &params, &v1).unwrap();
+    assert_eq!(c.decrypt(&old), c.decrypt(&ct));
+    let mut relabelled = bytes.clone();
+    relabelled[4] = 1;
+    assert!(Ciphertext::from_bytes(&be, &params, &relabelled).is_err());
     let mut bad = bytes.clone();
     let mid = bad.len() / 2;
     bad[mid..mid + 16].fill(0xff); // covers a whole word, which becomes ≥ its modulus

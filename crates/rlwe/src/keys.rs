@@ -389,7 +389,7 @@ impl SecretKey {
             crate::serial::Kind::SecretKey,
             params,
             bytes,
-            params.n() + 96,
+            params.n() + 128,
         )?;
         let body = Zeroizing::new(body);
         if body.len() != params.n() + 32 {

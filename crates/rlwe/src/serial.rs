@@ -18,8 +18,13 @@ use crate::{
 
 /// Magic bytes at the start of every hecnn object.
 pub const MAGIC: [u8; 4] = *b"HECN";
-/// Current format version.
-pub const FORMAT_VERSION: u16 = 1;
+/// Current format version: 2 appends a BLAKE3 checksum of everything before it, so a
+/// flipped bit anywhere (a key word that stays below its prime included) is refused.
+/// Version 1 objects (no checksum) are still read.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// Bytes of the checksum that ends a version-2 object.
+const CHECKSUM: usize = 32;
 
 /// What an envelope holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +73,42 @@ pub fn encode<T: Serialize>(kind: Kind, params: &Params, body: &T) -> Vec<u8> {
         body,
     };
     // Serializing plain structs into a Vec cannot fail.
-    postcard::to_allocvec(&env).unwrap_or_default()
+    let mut out = postcard::to_allocvec(&env).unwrap_or_default();
+    let sum = blake3::hash(&out);
+    out.extend_from_slice(sum.as_bytes());
+    out
+}
+
+/// The envelope's bytes without its checksum, once verified (version 2), or whole
+/// (version 1).
+fn verified(bytes: &[u8], version: u16) -> Result<&[u8], RlweError> {
+    if version < 2 {
+        return Ok(bytes);
+    }
+    let split = bytes
+        .len()
+        .checked_sub(CHECKSUM)
+        .ok_or(RlweError::Malformed {
+            what: "object shorter than its checksum",
+        })?;
+    let (body, sum) = bytes.split_at(split);
+    if blake3::hash(body).as_bytes()[..] != sum[..] {
+        return Err(RlweError::Malformed {
+            what: "checksum (the object was damaged)",
+        });
+    }
+    Ok(body)
+}
+
+/// Decodes a whole envelope: trailing bytes are refused (so that a version-2 object
+/// relabelled as version 1 does not skip its checksum).
+fn whole<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, RlweError> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|_| RlweError::Malformed { what })?;
+    if !rest.is_empty() {
+        return Err(RlweError::Malformed { what });
+    }
+    Ok(value)
 }
 
 /// Decodes and checks an envelope; `limit` bounds the input size in bytes.
@@ -82,19 +122,19 @@ pub fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<T, RlweError> {
-    check_head(kind, Some(params), bytes, limit)?;
-    let env: Envelope<T> = postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed {
-        what: "object body",
-    })?;
+    let version = check_head(kind, Some(params), bytes, limit)?;
+    let env: Envelope<T> = whole(verified(bytes, version)?, "object body")?;
     Ok(env.body)
 }
 
+/// Checks the size, magic, version, kind and (when given) parameters of an envelope; its
+/// format version.
 fn check_head(
     kind: Kind,
     params: Option<&Params>,
     bytes: &[u8],
     limit: usize,
-) -> Result<(), RlweError> {
+) -> Result<u16, RlweError> {
     if bytes.len() > limit {
         return Err(RlweError::TooLarge {
             size: bytes.len(),
@@ -110,7 +150,7 @@ fn check_head(
             what: "magic bytes (not a hecnn object)",
         });
     }
-    if head.version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&head.version) {
         return Err(RlweError::UnsupportedVersion {
             found: head.version,
             supported: FORMAT_VERSION,
@@ -127,7 +167,7 @@ fn check_head(
     {
         return Err(RlweError::ParamsMismatch);
     }
-    Ok(())
+    Ok(head.version)
 }
 
 /// A polynomial on the wire: live limb counts and raw little-endian words.
@@ -272,9 +312,8 @@ impl Params {
     /// # Errors
     /// Malformed data, a failed security check, or mismatching primes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Arc<Self>, RlweError> {
-        check_head(Kind::Params, None, bytes, 1 << 20)?;
-        let env: Envelope<ParamsWire> =
-            postcard::from_bytes(bytes).map_err(|_| RlweError::Malformed { what: "parameters" })?;
+        let version = check_head(Kind::Params, None, bytes, 1 << 20)?;
+        let env: Envelope<ParamsWire> = whole(verified(bytes, version)?, "parameters")?;
         let params = env.body.literal.build()?;
         if params.q() != env.body.q.as_slice()
             || params.p() != env.body.p.as_slice()
