@@ -33,11 +33,17 @@ fn secret_coeffs(owner_state: &Path, model_id: u64) -> Vec<u8> {
         model_id,
     )
     .unwrap();
-    // The serialized key ends with its N ternary coefficients (one byte each) and its
-    // 32-byte id (`SecretKey::to_secret_bytes`).
+    // The serialized key ends with its N ternary coefficients (one byte each), its 32-byte
+    // id (`SecretKey::to_secret_bytes`) and the envelope's 32-byte checksum.
     let n = sk.params().n();
     let bytes = sk.to_secret_bytes();
-    bytes[bytes.len() - 32 - n..bytes.len() - 32].to_vec()
+    let end = bytes.len() - 32 - 32;
+    let coeffs = bytes[end - n..end].to_vec();
+    assert!(
+        coeffs.iter().all(|&c| matches!(c, 0 | 1 | 255)),
+        "not the coefficients"
+    );
+    coeffs
 }
 
 fn stream(
