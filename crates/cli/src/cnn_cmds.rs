@@ -465,6 +465,7 @@ pub struct EncryptArgs {
 /// # Errors
 /// Keys or data that do not fit the model, I/O.
 pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
+    let start = Instant::now();
     let spec = load_spec(&a.model, &a.opts)?;
     let client = Client::new(spec, a.opts.backend()?)?;
     let spec = client.spec();
@@ -483,13 +484,27 @@ pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
     let bytes = inputs.to_bytes(be, spec.params())?;
     cnn::write_file(&a.out, &bytes)?;
     println!(
-        "encrypted {} images into {} ciphertexts in {ms:.0} ms: {} ({})",
+        "encrypted {} images into {} ciphertexts in {ms:.0} ms: {} ({}); {} in all, reading \
+         and writing included",
         ds.len(),
         inputs.ciphertexts().len(),
         a.out.display(),
-        human_bytes(bytes.len())
+        human_bytes(bytes.len()),
+        human_secs(start.elapsed().as_secs_f64())
     );
     Ok(())
+}
+
+/// Seconds for a person: `850 ms`, `37.5 s`, `2 min 05 s`.
+pub fn human_secs(secs: f64) -> String {
+    if secs < 1.0 {
+        format!("{:.0} ms", secs * 1e3)
+    } else if secs < 120.0 {
+        format!("{secs:.1} s")
+    } else {
+        let whole = secs.round() as u64;
+        format!("{} min {:02} s", whole / 60, whole % 60)
+    }
 }
 
 /// `hecnn run`: the server side. It holds evaluation keys only.
@@ -530,6 +545,7 @@ fn progress_bar(total: usize, unit: &str) -> ProgressBar {
 /// # Errors
 /// Keys or ciphertexts that do not fit the model or each other, memory, I/O.
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
+    let start = Instant::now();
     let c = a.opts.load(&a.model)?;
     check_memory(&c)?;
     let be = a.opts.backend()?;
@@ -575,11 +591,13 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let bytes = out.to_bytes(&be, c.params())?;
     cnn::write_file(&a.out, &bytes)?;
     println!(
-        "evaluated {images} images in {secs:.2} s ({:.2} ms per image) on {}: {} ({})",
+        "evaluated {images} images in {secs:.2} s ({:.2} ms per image) on {}: {} ({}); {} in \
+         all, reading the keys and inputs and writing the outputs included",
         secs * 1e3 / images.max(1) as f64,
         hecnn_ring::Backend::name(&be),
         a.out.display(),
-        human_bytes(bytes.len())
+        human_bytes(bytes.len()),
+        human_secs(start.elapsed().as_secs_f64())
     );
     Ok(())
 }
@@ -700,4 +718,14 @@ pub fn peak_rss() -> Option<usize> {
 /// Peak resident memory of this process (Linux), for reports.
 pub fn peak_memory() -> String {
     peak_rss().map_or_else(|| "n/a".into(), |b| format!("{} kB", b / 1024))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn seconds_read_as_people_write_them() {
+        assert_eq!(super::human_secs(0.8504), "850 ms");
+        assert_eq!(super::human_secs(37.52), "37.5 s");
+        assert_eq!(super::human_secs(125.4), "2 min 05 s");
+    }
 }
