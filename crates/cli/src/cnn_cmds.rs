@@ -717,7 +717,7 @@ pub fn peak_rss() -> Option<usize> {
 
 /// Peak resident memory of this process (Linux), for reports.
 pub fn peak_memory() -> String {
-    peak_rss().map_or_else(|| "n/a".into(), |b| format!("{} kB", b / 1024))
+    peak_rss().map_or_else(|| "n/a".into(), human_bytes)
 }
 
 #[cfg(test)]
