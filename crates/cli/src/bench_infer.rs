@@ -136,7 +136,7 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
         config.workers = a.workers;
         config.max_loaded_sessions = a.clients;
         config.max_job_images = a.per_job;
-        let server = infer::start(config, &model, CpuBackend::new(crate::cnn_cmds::threads(threads))?).await?;
+        let server = infer::start(config, &model, CpuBackend::new(threads)?).await?;
         let admin = Token::read(&server.admin_token_file)?;
         let http = reqwest::Client::new();
         let spec_bytes = http
@@ -148,7 +148,7 @@ pub fn run(a: &BenchInferArgs) -> Result<(), CliError> {
             .await
             .map_err(err)?;
         let spec = ClientSpec::from_bytes(&spec_bytes)?;
-        let be = CpuBackend::new(crate::cnn_cmds::threads(threads))?;
+        let be = CpuBackend::new(threads)?;
         let client = Arc::new(Client::new(spec, be.clone())?);
 
         // Keys, sessions and encrypted jobs, before the clock starts.

@@ -175,14 +175,31 @@ pub fn read_regular(path: &Path, limit: usize) -> Result<Vec<u8>, DeployError> {
             path.display()
         )));
     }
-    let file = std::fs::File::open(path).map_err(io)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    // A link is not followed, and a file swapped for a FIFO does not block the open.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    let file = opts.open(path).map_err(io)?;
+    let opened = file.metadata().map_err(io)?;
+    if !opened.file_type().is_file() {
+        return Err(DeployError::Config(format!(
+            "{}: not a regular file (replaced while being opened)",
+            path.display()
+        )));
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
-        let opened = file.metadata().map_err(io)?;
         if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
             return Err(DeployError::Config(format!(
                 "{}: replaced while being opened",
+                path.display()
+            )));
+        }
+        if opened.nlink() != 1 {
+            return Err(DeployError::Config(format!(
+                "{}: a file with other hard links (links are refused)",
                 path.display()
             )));
         }
@@ -238,6 +255,12 @@ mod tests {
             read_regular(&dir.join("a.png"), 5).is_err(),
             "over the limit"
         );
+        // A file with another hard link is a link too.
+        std::fs::hard_link(dir.join("a.png"), dir.join("d.bin")).unwrap();
+        let e = read_regular(&dir.join("a.png"), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hard links"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

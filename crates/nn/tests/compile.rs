@@ -995,6 +995,9 @@ fn simulator_runs_on_several_threads_at_once_each_with_its_own_headroom() {
         imgs[1].data().iter().map(|v| v * 1e6).collect(),
     )
     .unwrap();
+    // Each run keeps its own record: a fresh engine starts with none.
+    let engine = hecnn_nn::scheme::Packed::new(&[1 << 40, 1 << 40]);
+    assert_eq!(engine.fresh().min_headroom_bits(), f64::INFINITY);
     let alone = sim.run(std::slice::from_ref(&imgs[0])).unwrap();
     let (quiet, loud) = std::thread::scope(|s| {
         let quiet = s.spawn(|| sim.run(std::slice::from_ref(&imgs[0])));

@@ -12,7 +12,9 @@
 //! Inputs also come from a watched directory (PNG or raw `.u8` files; moved to `done/` or
 //! `failed/`). Each encrypted result is written to `outbox/` before it is acknowledged,
 //! and the forwarder sends the outbox to the owner until the owner has stored each result,
-//! so a crash of either side loses no completed result (the owner ignores duplicates).
+//! so a crash of either side loses no completed result (the owner acknowledges a result it
+//! already has; a different one under the same input id, such as a re-run with encrypted
+//! features after a crash, is refused with 409 and kept in `rejected/`).
 //!
 //! State directory: `deployment.hcnd` (the current bundle), `input.token`, `outbox/`,
 //! `rejected/` (results the owner refused, with the reason).
@@ -317,21 +319,21 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// Largest watched input file (bytes): far above any image the models take.
 const MAX_INPUT_FILE: usize = 64 << 20;
 
-/// Whether `path` was last modified at least [`SETTLE`] ago (a file whose time cannot be
-/// read counts as settled: reading it then reports the real error).
+/// Whether `path` was last modified at least [`SETTLE`] ago. A modification time in the
+/// future (a skewed clock on a shared file system) is not settled; a file whose time cannot
+/// be read counts as settled, and reading it then reports the real error.
 fn settled(path: &Path) -> bool {
-    std::fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_none_or(|age| age >= SETTLE)
+    match std::fs::symlink_metadata(path).and_then(|m| m.modified()) {
+        Ok(t) => t.elapsed().is_ok_and(|age| age >= SETTLE),
+        Err(_) => true,
+    }
 }
 
 /// Polls `dir` for images (`.png`, `.u8`), queues them, and moves each to `done/` once its
 /// result is in the outbox (or to `failed/` with the reason logged). Links are moved to
 /// `failed/` unread; files modified in the last second wait for the next poll. A crash
-/// before the move re-queues the file at the next start; the owner ignores the duplicate
-/// result.
+/// before the move re-queues the file at the next start; the owner acknowledges the same
+/// result again, or refuses a re-encrypted one (kept in `rejected/`), so none is lost.
 fn watch<B: Backend + Clone>(edge: &Arc<Edge<B>>, dir: &Path) {
     let (done, failed) = (dir.join("done"), dir.join("failed"));
     loop {
@@ -479,5 +481,26 @@ async fn forwarder<B: Backend + Clone>(edge: Arc<Edge<B>>) {
             () = edge.outbox_wake.notified(), if !stalled => {}
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_file_is_settled_a_second_after_its_last_write_and_never_from_the_future() {
+        let dir = std::env::temp_dir().join(format!("hecnn-settle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.png");
+        std::fs::write(&path, b"x").unwrap();
+        assert!(!super::settled(&path), "just written");
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        let now = std::time::SystemTime::now();
+        file.set_modified(now - std::time::Duration::from_secs(5))
+            .unwrap();
+        assert!(super::settled(&path));
+        file.set_modified(now + std::time::Duration::from_secs(3600))
+            .unwrap();
+        assert!(!super::settled(&path), "a time in the future");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

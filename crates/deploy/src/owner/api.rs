@@ -409,8 +409,9 @@ async fn post_result<B: Backend + Clone>(
         Stored::OtherForSameId => Err(ApiError::conflict(
             "duplicate_input",
             format!(
-                "input id {id_for_message:?} of deployment {} already has another result: \
-                 give each input its own id",
+                "input id {id_for_message:?} of deployment {} already has another result \
+                 (a reused id, or a re-run after a crash that drew new randomness): this one \
+                 is not stored; give each input its own id",
                 dep.id
             ),
         )),
@@ -443,8 +444,17 @@ async fn get_results<B: Backend + Clone>(
         )));
     }
     let limit = q.limit;
-    let rows = owner
+    let mut rows = owner
         .db(move |db| db.results(q.after, q.deployment, limit))
         .await?;
+    // Rows stored under an earlier, more generous policy leave under the current one.
+    for r in &mut rows {
+        r.logits = match (r.logits.take(), owner.config.release) {
+            (Some(l), release @ super::Release::RoundedLogits { .. }) => {
+                release.apply(&l).ok().and_then(|p| p.logits)
+            }
+            _ => None,
+        };
+    }
     Ok(Json(json!({ "results": rows })))
 }

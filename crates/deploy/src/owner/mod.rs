@@ -301,14 +301,15 @@ const MASTER_CHECK_AAD: &str = "master-check";
 /// registered model undecryptable, so the owner refuses to start instead.
 fn open_master(registry: &Registry, path: &std::path::Path) -> Result<MasterKey, DeployError> {
     let master = if registry.has_sealed_state()? {
-        MasterKey::load(path).map_err(|_| {
-            DeployError::Config(format!(
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(DeployError::Config(format!(
                 "{}: no master key, and the state holds secrets sealed with one; give \
                  --master-key the file it was started with (a new key would make every \
                  registered model undecryptable)",
                 path.display()
-            ))
-        })?
+            )));
+        }
+        MasterKey::load(path)?
     } else {
         MasterKey::load_or_create(path)?
     };
@@ -357,6 +358,8 @@ pub async fn start<B: Backend + Clone>(
     config: OwnerConfig,
     be: B,
 ) -> Result<OwnerHandle, DeployError> {
+    // A release the decryption agent would refuse on every result is refused here.
+    config.release.apply(&[0.0])?;
     files::ensure_dir(&config.state_dir)?;
     files::sweep_temporaries(&config.state_dir)?;
     let master_path = config
@@ -582,6 +585,10 @@ mod tests {
         MasterKey::load_or_create(&other).unwrap();
         let e = open_master(&registry, &other).err().unwrap().to_string();
         assert!(e.contains("not the master key"), "{e}");
+        // A damaged key file is reported as what it is, not as a missing one.
+        std::fs::write(&key, b"short").unwrap();
+        let e = open_master(&registry, &key).err().unwrap().to_string();
+        assert!(e.contains("32 bytes"), "{e}");
         // The right one, back in place: accepted.
         std::fs::write(&key, saved).unwrap();
         open_master(&registry, &key).unwrap();

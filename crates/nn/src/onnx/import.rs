@@ -24,24 +24,16 @@ pub const MAX_ONNX_NODES: usize = 1 << 16;
 /// being expanded (a chain of `Mul(x, x)` doubles the degree at each node).
 pub const MAX_POLY_DEGREE: usize = 64;
 
-/// Reads at most `limit` bytes of `path`, refusing a longer file. The size is not taken
-/// from the file's metadata: devices and pipes report 0.
+/// Reads at most `limit` bytes of the regular file `path` (devices, pipes and directories
+/// are refused: their reported size means nothing).
 fn read_limited(path: &Path, limit: usize) -> Result<Vec<u8>, NnError> {
-    use std::io::Read;
-    let io = |e: std::io::Error| NnError::Onnx(format!("{}: {e}", path.display()));
-    let file = std::fs::File::open(path).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.take(limit as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io)?;
-    if bytes.len() > limit {
-        return Err(NnError::Onnx(format!(
-            "{}: more than the limit of {} MiB",
-            path.display(),
-            limit >> 20
-        )));
-    }
-    Ok(bytes)
+    crate::compile::read_bounded(path, limit as u64).map_err(|e| match e {
+        NnError::TooLarge { size, .. } => NnError::Onnx(format!(
+            "{}: {size} bytes, above the {limit}-byte budget of a model and its external data",
+            path.display()
+        )),
+        other => other,
+    })
 }
 
 /// Supported opset range of the default domain.
@@ -681,6 +673,9 @@ fn binary(
             affine(op, name, x, &c, true, matches!(op, "Add" | "Mul"), nodes)
         }
         (Some(Value::Const(a)), Some(Value::Const(b))) => {
+            if a.is_empty() || b.is_empty() {
+                return Ok(Unsupported(format!("{op} of an empty constant")));
+            }
             if a.shape() != b.shape() && a.len() != 1 && b.len() != 1 {
                 return Ok(Unsupported(format!(
                     "{op} of constants with different shapes"
