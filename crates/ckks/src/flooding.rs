@@ -192,7 +192,7 @@ impl<B: Backend> Decryptor<'_, B> {
     /// of the flooding's standard deviation in every coefficient.
     ///
     /// # Errors
-    /// [`CkksError::InvalidArgument`] when the flooding's tail would wrap the modulus at the
+    /// [`CkksError::FloodingTooWide`] when the flooding's tail would wrap the modulus at the
     /// ciphertext's level; backend failures.
     pub fn decrypt_flooded(
         &self,
@@ -208,8 +208,9 @@ impl<B: Backend> Decryptor<'_, B> {
             .map(|pos| (ctx.limb_modulus(&basis, pos).value() as f64).log2())
             .sum();
         if flooding.sigma_log2() + WRAP_MARGIN_BITS > log_q - 1.0 {
-            return Err(CkksError::InvalidArgument {
-                what: "flooding wider than the modulus left at the ciphertext's level",
+            return Err(CkksError::FloodingTooWide {
+                sigma_log2: flooding.sigma_log2(),
+                log_q,
             });
         }
         let mut pt = self.decrypt(ct)?;

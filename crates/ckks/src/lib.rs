@@ -140,6 +140,19 @@ pub enum CkksError {
         /// The step.
         step: i64,
     },
+    /// Noise flooding whose tail would wrap the modulus left at the ciphertext's level: the
+    /// decryption is refused rather than returned wrong.
+    #[error(
+        "flooding of σ = 2^{sigma_log2:.1} is wider than the modulus left at the \
+         ciphertext's level (2^{log_q:.1}): decrypt at a higher level, or with more \
+         precision at the output"
+    )]
+    FloodingTooWide {
+        /// log2 of the flooding's standard deviation.
+        sigma_log2: f64,
+        /// log2 of the modulus at the ciphertext's level.
+        log_q: f64,
+    },
     /// Any other invalid argument.
     #[error("invalid argument: {what}")]
     InvalidArgument {

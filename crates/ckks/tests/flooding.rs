@@ -4,7 +4,7 @@
 //! noise.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use hecnn_ckks::{CkksParams, Complex64, Decryptor, Encoder, Flooding, encrypt_pk};
+use hecnn_ckks::{CkksError, CkksParams, Complex64, Decryptor, Encoder, Flooding, encrypt_pk};
 use hecnn_ring::{Basis, CpuBackend, Prng, RnsContext, RnsPoly};
 use hecnn_rlwe::{PublicKey, SecretKey};
 
@@ -290,7 +290,10 @@ fn flooded_decryptions_decode_within_the_stated_error() {
     // modulus left at level 0 is refused by the decryption.
     let wide = Flooding::new(30, 0, 30.0).unwrap();
     let dec = Decryptor::new(&s.sk, &s.be).unwrap();
-    assert!(dec.decrypt_flooded(&ct, &wide, &mut s.rng).is_err());
+    assert!(matches!(
+        dec.decrypt_flooded(&ct, &wide, &mut s.rng),
+        Err(CkksError::FloodingTooWide { .. })
+    ));
 }
 
 #[test]

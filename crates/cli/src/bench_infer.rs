@@ -91,7 +91,6 @@ fn load_model(a: &BenchInferArgs) -> Result<CompiledModel, CliError> {
             packing: PackingRequest::Single,
             ..CompileOptions::default()
         },
-        false,
     )
 }
 

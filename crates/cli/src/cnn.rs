@@ -76,16 +76,12 @@ pub fn load_rewritten(path: &Path, opts: &CompileOptions) -> Result<hecnn_nn::Mo
     )?)
 }
 
-/// Loads a compiled model (`.hecnn`), or compiles an ONNX file with `opts` (named after the
-/// file). A compiled model keeps its packing with `keep_packing`, and is planned again in
-/// `opts.packing` without. A compiled model whose parameters were not checked against a
-/// security level is refused: the command line never writes one.
-pub fn load_model(
-    path: &Path,
-    opts: &CompileOptions,
-    keep_packing: bool,
-) -> Result<CompiledModel, CliError> {
-    model_from(path, &read_file(path)?, opts, keep_packing)
+/// Loads a compiled model (`.hecnn`) as it was compiled, or compiles an ONNX file with
+/// `opts` (named after the file). A compiled model whose parameters were not checked
+/// against a security level is refused: the command line never writes one. (Planning a
+/// compiled model again: [`crate::cnn_cmds::ModelOpts::plan`].)
+pub fn load_model(path: &Path, opts: &CompileOptions) -> Result<CompiledModel, CliError> {
+    model_from(path, &read_file(path)?, opts)
 }
 
 /// As [`load_model`], for the file's bytes already read.
@@ -93,15 +89,11 @@ pub fn model_from(
     path: &Path,
     bytes: &[u8],
     opts: &CompileOptions,
-    keep_packing: bool,
 ) -> Result<CompiledModel, CliError> {
     if CompiledModel::is_compiled(bytes) {
         let c = CompiledModel::from_bytes(bytes)?;
         refuse_unchecked(path, c.params())?;
-        if keep_packing {
-            return Ok(c);
-        }
-        return Ok(c.repack(opts)?);
+        return Ok(c);
     }
     // An ONNX file: read through the path so external weight files resolve.
     let mut model = onnx::import_onnx_file(path)?;

@@ -11,7 +11,7 @@ use hecnn_nn::{
     RewriteOptions,
     compile::{
         Bootstrapping, Client, ClientSpec, CompileOptions, CompiledModel, EncryptedImages,
-        ImagesKind, PackingRequest, Server, human_bytes,
+        ImagesKind, PackingKind, PackingRequest, Server, human_bytes,
     },
     data::Dataset,
     exec::argmax,
@@ -54,9 +54,9 @@ pub struct ModelOpts {
     #[arg(long)]
     pub refresh_levels: Option<usize>,
     /// log2 of the bound on values at bootstrapping (bootstrapping's error grows with it;
-    /// `compile --calibrate` shows the largest value).
-    #[arg(long, default_value_t = hecnn_nn::compile::params::REFRESH_BOUND_BITS)]
-    pub refresh_bound: u32,
+    /// `compile --calibrate` shows the largest value) [default: 13, or a compiled model's].
+    #[arg(long)]
+    pub refresh_bound: Option<u32>,
 }
 
 /// `--bootstrap`.
@@ -88,14 +88,56 @@ impl ModelOpts {
                 Bootstrap::Always => Bootstrapping::Always,
             },
             refresh_levels: self.refresh_levels,
-            refresh_bound_bits: self.refresh_bound,
+            refresh_bound_bits: self
+                .refresh_bound
+                .unwrap_or(hecnn_nn::compile::params::REFRESH_BOUND_BITS),
         })
+    }
+
+    /// The library's options for planning the compiled model `c` again in `packing`: what
+    /// the command line leaves out comes from the file (its security level, its ring when
+    /// it was batch-packed, its refresh bound), so planning again never silently lowers
+    /// what the model was compiled for. What the command line gives is honoured: it is a
+    /// new compilation.
+    pub fn replan_options(
+        &self,
+        c: &CompiledModel,
+        packing: PackingRequest,
+    ) -> Result<CompileOptions, CliError> {
+        let mut o = self.compile_options(packing)?;
+        let r = c.params().rlwe();
+        if self.security.is_none() {
+            o.security = r.security();
+        }
+        if self.log_n.is_none() && c.packing() == PackingKind::Batch {
+            o.log_n = r.log_n();
+        }
+        if let (None, Some(refresh)) = (self.refresh_bound, c.refresh()) {
+            o.refresh_bound_bits = refresh.bound_bits;
+        }
+        Ok(o)
+    }
+
+    /// The model at `path` planned in `packing`: an ONNX file compiled with these options,
+    /// a compiled model planned again from its rewritten model with
+    /// [`ModelOpts::replan_options`].
+    ///
+    /// # Errors
+    /// As [`cnn::model_from`], and plans that cannot run.
+    pub fn plan(&self, path: &Path, packing: PackingRequest) -> Result<CompiledModel, CliError> {
+        let bytes = cnn::read_file(path)?;
+        if CompiledModel::is_compiled(&bytes) {
+            let c = CompiledModel::from_bytes(&bytes)?;
+            cnn::refuse_unchecked(path, c.params())?;
+            return Ok(c.repack(&self.replan_options(&c, packing)?)?);
+        }
+        cnn::model_from(path, &bytes, &self.compile_options(packing)?)
     }
 
     /// The model at `path` in the packing it was compiled with (an ONNX file: batch
     /// packing).
     pub fn load(&self, path: &Path) -> Result<CompiledModel, CliError> {
-        let c = cnn::load_model(path, &self.compile_options(PackingRequest::Batch)?, true)?;
+        let c = cnn::load_model(path, &self.compile_options(PackingRequest::Batch)?)?;
         self.check_compiled(path, c.params())?;
         Ok(c)
     }
@@ -198,7 +240,7 @@ pub fn check_memory_for(c: &CompiledModel, lowering: Lowering) -> Result<(), Cli
             human_bytes(need.bytes),
             need.what,
             human_bytes(have),
-            if c.plan().kind() == hecnn_nn::compile::PackingKind::Batch {
+            if c.plan().kind() == PackingKind::Batch {
                 " or a smaller ring degree (--log-n)"
             } else {
                 ""
@@ -246,8 +288,7 @@ pub struct CompileArgs {
 /// # Errors
 /// Models or packings that cannot run, calibration that finds values too large, I/O.
 pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
-    let opts = a.opts.compile_options(a.mode.request(a.images))?;
-    let c = cnn::load_model(&a.model, &opts, false)?;
+    let c = a.opts.plan(&a.model, a.mode.request(a.images))?;
     if let Some(why) = c.choice() {
         println!("{why}");
     }
@@ -269,14 +310,46 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
                 .map(|k| format!(", predictions as the model's: {k}/{}", cal.images))
                 .unwrap_or_default()
         );
-        if let Some((largest, bound)) = cal.refreshed {
-            let suggest = (2.0 * largest).max(1.0).log2().ceil();
+        if !cal.diverged.is_empty() {
+            let shown: Vec<String> = cal
+                .diverged
+                .iter()
+                .take(12)
+                .map(|(k, m)| format!("{k} ({m:.1e})"))
+                .collect();
             println!(
-                "refreshed values: largest {largest:.2}, bound {bound} (--refresh-bound {suggest} keeps a factor of two and the most precision)"
+                "the cleartext model diverges on {} of the {} images (values above 2^{:.0} or \
+                 not finite), left out of the figures here: {}{}; encrypted results on such \
+                 inputs are meaningless",
+                cal.diverged.len(),
+                cal.images,
+                (f64::from(1u32 << hecnn_nn::single::VALUE_BOUND_BITS)
+                    * hecnn_nn::compile::DIVERGENCE_FACTOR)
+                    .log2(),
+                shown.join(", "),
+                if cal.diverged.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
             );
+        }
+        if let Some((largest, bound)) = cal.refreshed {
+            let widest = hecnn_nn::compile::params::REFRESH_BOUND_BITS;
+            let suggest = (2.0 * largest).max(1.0).log2().ceil();
+            let advice = if suggest <= f64::from(widest) {
+                format!("--refresh-bound {suggest} keeps a factor of two and the most precision")
+            } else {
+                format!(
+                    "the widest bound, --refresh-bound {widest}, keeps less than a factor of two"
+                )
+            };
+            println!("refreshed values: largest {largest:.2}, bound {bound} ({advice})");
             if largest > bound {
                 return Err(CliError::Refused(format!(
-                    "a refreshed value reaches {largest:.2}, above the bound {bound}: compile with --refresh-bound {suggest}"
+                    "a refreshed value reaches {largest:.2}, above the bound {bound}: compile with \
+                     --refresh-bound {}",
+                    suggest.min(f64::from(widest))
                 )));
             }
         }
@@ -324,7 +397,7 @@ fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
         human_bytes(memory.bytes),
         memory.what
     );
-    if c.packing() != hecnn_nn::compile::PackingKind::Single {
+    if c.packing() != PackingKind::Single {
         return Ok(());
     }
     let be = opts.backend()?;
@@ -359,7 +432,7 @@ fn load_spec(path: &Path, opts: &ModelOpts) -> Result<ClientSpec, CliError> {
         return Ok(spec);
     }
     let batch = opts.compile_options(PackingRequest::Batch)?;
-    let c = cnn::model_from(path, &bytes, &batch, true)?;
+    let c = cnn::model_from(path, &bytes, &batch)?;
     if CompiledModel::is_compiled(&bytes) {
         opts.check_compiled(path, c.params())?;
     }

@@ -127,8 +127,7 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
     let c = match a.mode {
         None => a.opts.load(&model)?,
         Some(mode) => {
-            let opts = a.opts.compile_options(mode.request(ds.len()))?;
-            let c = cnn::load_model(&model, &opts, false)?;
+            let c = a.opts.plan(&model, mode.request(ds.len()))?;
             if let Some(why) = c.choice() {
                 println!("{why}");
             }
@@ -307,7 +306,7 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
             threads,
             bootstrap: crate::cnn_cmds::Bootstrap::Auto,
             refresh_levels: None,
-            refresh_bound: hecnn_nn::compile::params::REFRESH_BOUND_BITS,
+            refresh_bound: None,
         },
     };
     eval(&args)

@@ -87,7 +87,7 @@ pub fn serve(a: &ServeArgs) -> Result<(), CliError> {
     config.max_loaded_sessions = a.max_loaded_sessions;
     config.max_sessions_per_client = a.max_sessions_per_client;
     let be = hecnn_ring::CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
-    crate::serve_cmd::runtime()?.block_on(async {
+    crate::serve_cmd::run_service(async {
         let handle = infer::start(config, &model, be).await?;
         println!(
             "serving '{}' ({} packing, {} evaluation keys per session)",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use hecnn_ckks::{CkksParams, Decryptor, Encoder, Evaluator, Flooding, flooding};
+use hecnn_ckks::{CkksError, CkksParams, Decryptor, Encoder, Evaluator, Flooding, flooding};
 use hecnn_nn::{
     data::Dataset,
     exec::{self, argmax},
@@ -326,8 +326,11 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
                     }
                     flooded_agree += usize::from(argmax(&logits) == argmax(want.data()));
                 }
-                // Wider than the modulus left at the output: refused.
-                Err(_) => flooded_worst = f64::NAN,
+                // Wider than the modulus left at the output: refused (reported as such).
+                Err(hecnn_nn::NnError::Ckks(CkksError::FloodingTooWide { .. })) => {
+                    flooded_worst = f64::NAN;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

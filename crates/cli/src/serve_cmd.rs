@@ -106,6 +106,25 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::Usage(format!("async runtime: {e}")))
 }
 
+/// How long a stopping service waits for work under way (a registry transaction, an image
+/// being evaluated, a model being compiled) before the process exits anyway. Nothing is
+/// lost by the cut: every service commits its state before it answers, and work not
+/// committed is redone from the stored state at the next start (the `kill -9` tests).
+pub(crate) const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs a service's `main` on [`runtime`] until it returns (its handle finished, or a
+/// signal), then gives blocking work still under way [`SHUTDOWN_GRACE`] and returns. (A
+/// runtime dropped instead waits for every blocking task however long it runs: SIGTERM
+/// then did not stop a busy service.)
+pub(crate) fn run_service(
+    main: impl std::future::Future<Output = Result<(), CliError>>,
+) -> Result<(), CliError> {
+    let rt = runtime()?;
+    let result = rt.block_on(main);
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    result
+}
+
 /// Returns at SIGINT or SIGTERM.
 pub(crate) async fn until_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -141,7 +160,7 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
         }
     };
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
-    runtime()?.block_on(async {
+    run_service(async {
         let handle = owner::start(config, be).await?;
         println!("listening on {}", handle.url);
         println!(
@@ -165,7 +184,7 @@ pub fn edge_serve(a: &EdgeServeArgs) -> Result<(), CliError> {
     config.watch = a.watch.clone();
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     config.queue = a.queue;
-    runtime()?.block_on(async {
+    run_service(async {
         let handle = edge::start(config, be).await?;
         println!("listening on {}", handle.url);
         println!("input token in {}", handle.input_token_file.display());
@@ -175,4 +194,26 @@ pub fn edge_serve(a: &EdgeServeArgs) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopping_service_waits_for_busy_work_only_as_long_as_the_grace() {
+        let t = std::time::Instant::now();
+        let r = run_service(async {
+            // Work that outlives the service's main future, as a busy evaluation does.
+            tokio::task::spawn_blocking(|| std::thread::sleep(std::time::Duration::from_secs(30)));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Ok(())
+        });
+        assert!(r.is_ok());
+        assert!(
+            t.elapsed() < SHUTDOWN_GRACE + std::time::Duration::from_secs(3),
+            "{:?}",
+            t.elapsed()
+        );
+    }
 }

@@ -218,6 +218,50 @@ fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
 }
 
 #[test]
+fn planning_a_compiled_model_again_keeps_what_it_was_compiled_for() {
+    let dir = std::env::temp_dir().join(format!("hecnn-replan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("m.hecnn");
+    let model = model.to_str().unwrap();
+    let (ok, log) = hecnn(&[
+        "compile",
+        "models/hcnn-mnist.onnx",
+        "--mode",
+        "single",
+        "--security",
+        "192",
+        "-o",
+        model,
+    ]);
+    assert!(ok && log.contains("security 192-bit"), "{log}");
+    // Planned again without --security: the file's level, not the 128-bit default.
+    let again = dir.join("again.hecnn");
+    let (ok, log) = hecnn(&[
+        "compile",
+        model,
+        "--mode",
+        "single",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok && log.contains("security 192-bit"), "{log}");
+    // An explicit request is a new compilation, and honoured.
+    let (ok, log) = hecnn(&[
+        "compile",
+        model,
+        "--mode",
+        "single",
+        "--security",
+        "128",
+        "-o",
+        again.to_str().unwrap(),
+    ]);
+    assert!(ok && log.contains("security 128-bit"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn what_compile_writes_keygen_reads_for_the_pytorch_residual_fixtures() {
     let dir = std::env::temp_dir().join(format!("hecnn-reload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

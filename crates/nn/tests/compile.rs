@@ -760,6 +760,28 @@ fn bootstrapping_is_placed_where_one_value_holds_what_later_stages_read() {
 }
 
 #[test]
+fn calibration_leaves_out_and_names_the_images_the_model_diverges_on() {
+    let c = bootstrapped_resnet();
+    let tame = images(2, 900);
+    let alone = c.calibrate(&tame).unwrap();
+    assert!(alone.diverged.is_empty(), "{alone:?}");
+    // An input far out of range: the squares take it beyond any bound (or to ∞).
+    let wild = Tensor::new(vec![1, 8, 8], vec![1e40; 64]).unwrap();
+    let mixed = [tame[0].clone(), wild.clone(), tame[1].clone()];
+    let cal = c.calibrate(&mixed).unwrap();
+    assert_eq!(cal.diverged.len(), 1, "{cal:?}");
+    assert_eq!(cal.diverged[0].0, 1);
+    assert!(cal.diverged[0].1 > 1e20, "{cal:?}");
+    // The others' figures are what they are without it.
+    assert_eq!(cal.largest, alone.largest);
+    assert_eq!(cal.refreshed, alone.refreshed);
+    assert!(cal.fits());
+    // Nothing left to calibrate on: refused, not a vacuous fit.
+    let e = c.calibrate(std::slice::from_ref(&wild)).unwrap_err();
+    assert!(matches!(e, NnError::Mismatch { .. }), "{e}");
+}
+
+#[test]
 fn a_bootstrapped_plan_matches_the_cleartext_model_simulated_and_with_the_test_double() {
     use hecnn_ckks::bootstrap::test_double::SecretKeyBootstrapper;
     use hecnn_rlwe::SecretKey;

@@ -370,14 +370,11 @@ impl SecretKey {
     /// Serializes the secret key (ternary coefficients, 2 bits of information each, stored as
     /// bytes). Store the result only where the key owner controls it.
     pub fn to_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
-        let mut body: Zeroizing<Vec<u8>> =
-            Zeroizing::new(self.coeffs.iter().map(|&c| c as u8).collect());
+        // Sized once: growing it would leave the coefficients in the freed buffer.
+        let mut body = Zeroizing::new(Vec::with_capacity(self.coeffs.len() + self.id.len()));
+        body.extend(self.coeffs.iter().map(|&c| c as u8));
         body.extend_from_slice(&self.id);
-        Zeroizing::new(crate::serial::encode(
-            crate::serial::Kind::SecretKey,
-            &self.params,
-            &body.as_slice(),
-        ))
+        crate::serial::encode_secret(crate::serial::Kind::SecretKey, &self.params, &body)
     }
 
     /// Loads a secret key written by [`SecretKey::to_secret_bytes`].

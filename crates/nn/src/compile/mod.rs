@@ -1094,6 +1094,7 @@ impl CompiledModel {
                     }
                 }
                 Ok(Calibration {
+                    diverged: Vec::new(),
                     images: images.len(),
                     agree: Some(agree),
                     headroom_bits: sim.headroom_bits,
@@ -1104,16 +1105,35 @@ impl CompiledModel {
                 })
             }
             PackedPlan::Single(plan) => {
-                let mut max = 0.0f64;
-                let mut refreshed = 0.0f64;
-                for image in images {
-                    max = max.max(plan.max_slot_magnitude(image)?);
-                    if self.refresh.is_some() {
-                        refreshed = refreshed.max(plan.refresh_magnitude(image)?);
+                let bits = crate::single::VALUE_BOUND_BITS;
+                let diverges_above = f64::from(1u32 << bits) * DIVERGENCE_FACTOR;
+                let (mut max, mut refreshed) = (0.0f64, 0.0f64);
+                let mut diverged = Vec::new();
+                for (k, image) in images.iter().enumerate() {
+                    match plan.magnitudes(image) {
+                        Ok((m, _)) if m > diverges_above => diverged.push((k, m)),
+                        Ok((m, r)) => {
+                            max = max.max(m);
+                            refreshed = refreshed.max(r);
+                        }
+                        Err(NnError::OutOfRange { value, .. }) if !value.is_finite() => {
+                            diverged.push((k, f64::INFINITY));
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
-                let bits = crate::single::VALUE_BOUND_BITS;
+                if diverged.len() == images.len() {
+                    return Err(NnError::Mismatch {
+                        what: "calibration images",
+                        expected: "at least one on which the model stays finite".into(),
+                        found: format!(
+                            "the cleartext model diverges on all {} (values above {diverges_above:e})",
+                            images.len()
+                        ),
+                    });
+                }
                 Ok(Calibration {
+                    diverged,
                     images: images.len(),
                     agree: None,
                     headroom_bits: (f64::from(1u32 << bits) / max).log2(),
@@ -1252,7 +1272,18 @@ pub struct Calibration {
     /// refreshes were compiled for (`--refresh-bound` sets its log2; the smallest power of
     /// two above twice the largest keeps a margin and the most precision).
     pub refreshed: Option<(f64, f64)>,
+    /// Images on which the cleartext model itself diverges (single-image packing): their
+    /// index among the images given and their largest magnitude (∞ when not finite),
+    /// above [`DIVERGENCE_FACTOR`] times the bound. They are left out of the figures above:
+    /// no plan computes what the model does not, and one such input must not hide how
+    /// the others fit. A briefly trained network of squares has a few in a thousand.
+    pub diverged: Vec<(usize, f64)>,
 }
+
+/// How far above single-image packing's value bound a calibration image's values must go
+/// to count as the model diverging rather than the plan's scale being too tight (2^10:
+/// such an input is beyond any rescaling of the weights).
+pub const DIVERGENCE_FACTOR: f64 = 1024.0;
 
 impl Calibration {
     /// Whether the values keep the headroom the parameters need (and refreshed values stay

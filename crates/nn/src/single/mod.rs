@@ -563,12 +563,22 @@ impl SinglePlan {
     /// # Errors
     /// As [`SinglePlan::max_slot_magnitude`].
     pub fn refresh_magnitude(&self, image: &crate::Tensor) -> Result<f64, NnError> {
-        let (_, per_value) = self.slot_magnitudes(image)?;
-        Ok(self
+        Ok(self.magnitudes(image)?.1)
+    }
+
+    /// [`SinglePlan::max_slot_magnitude`] and [`SinglePlan::refresh_magnitude`] from one
+    /// cleartext run.
+    ///
+    /// # Errors
+    /// As [`SinglePlan::max_slot_magnitude`].
+    pub fn magnitudes(&self, image: &crate::Tensor) -> Result<(f64, f64), NnError> {
+        let (max, per_value) = self.slot_magnitudes(image)?;
+        let refreshed = self
             .refreshes
             .keys()
             .filter_map(|&i| per_value.get(i + 1))
-            .fold(0.0, |m: f64, &v| m.max(v)))
+            .fold(0.0, |m: f64, &v| m.max(v));
+        Ok((max, refreshed))
     }
 
     /// The largest slot magnitude over the whole run, and of every value's slots (0: the
