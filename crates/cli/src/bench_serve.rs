@@ -99,7 +99,8 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
         )
         .await?;
         let token = Token::parse(node["token"].as_str().unwrap_or_default())?;
-        let mut ec = EdgeConfig::new(dir.join("edge"), owner.url.clone(), token);
+        let owner_key = hecnn_deploy::signing::OwnerKey::read(&owner.owner_key_file)?;
+        let mut ec = EdgeConfig::new(dir.join("edge"), owner.url.clone(), token, owner_key);
         ec.listen = format!("127.0.0.1:{port}");
         let edge = edge::start(ec, CpuBackend::new(crate::cnn_cmds::threads(a.threads))?).await?;
         let input = Token::read(&edge.input_token_file)?;

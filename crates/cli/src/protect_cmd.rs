@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use clap::{Args, ValueEnum};
 use hecnn_ckks::{CkksError, CkksParams, Decryptor, Encoder, Evaluator, Flooding, flooding};
+use hecnn_deploy::signing::{self, OwnerKey, SigningKey};
 use hecnn_nn::{
     data::Dataset,
     exec::{self, argmax},
@@ -70,9 +71,46 @@ pub struct ProtectArgs {
     /// under it become unreadable).
     #[arg(long)]
     force: bool,
+    /// The owner's signing key (Ed25519), made on first use and kept for every model the
+    /// owner publishes [default: OUT_DIR/owner-signing.key]. Its public half goes to
+    /// OUT_DIR/owner.pub, which the edge must receive out of band.
+    #[arg(long)]
+    signing_key: Option<PathBuf>,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+}
+
+/// The owner's public signing key, next to the protected model (`hecnn protect`).
+pub const OWNER_KEY_FILE: &str = "owner.pub";
+/// The owner's signing key's default name (`hecnn protect`).
+pub const SIGNING_KEY_FILE: &str = "owner-signing.key";
+
+/// Loads the owner's signing key at `path`, or makes one there (written 0600) when there is
+/// none; returns it and whether it was made.
+fn signing_key(path: &Path) -> Result<(SigningKey, bool), CliError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        let bytes = zeroize::Zeroizing::new(cnn::read_file(path)?);
+        let key = SigningKey::from_pkcs8(&bytes)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+        return Ok((key, false));
+    }
+    let key = SigningKey::generate()?;
+    cnn::write_secret(path, key.to_pkcs8())?;
+    Ok((key, true))
+}
+
+/// The protected model at `path` once its signature by `owner_key` (a key file) holds.
+fn read_signed(
+    be: &CpuBackend,
+    path: &Path,
+    owner_key: &Path,
+) -> Result<ProtectedModel<CpuBackend>, CliError> {
+    let key = OwnerKey::read(owner_key)?;
+    let signed = cnn::read_file(path)?;
+    let model = signing::verify_model(&signed, &key)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    Ok(ProtectedModel::from_bytes(be, model)?)
 }
 
 fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
@@ -82,6 +120,13 @@ fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
 pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     cnn::refuse_secret_overwrite(&KeyPaths::in_dir(&a.out_dir).secret, a.force)?;
     let model = import(&a.model)?;
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let signing_path = a
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| a.out_dir.join(SIGNING_KEY_FILE));
+    let (signer, made) = signing_key(&signing_path)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
     let params = protect::parameters(plan.spec(), cnn::security_level(a.security)?)?;
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
@@ -92,12 +137,14 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let protect_ms = t.elapsed().as_secs_f64() * 1e3;
     let pk = sk.public_key(&be, &mut rng)?;
     let evk = sk.evaluation_keys(&be, &protected.key_requirements(), &mut rng)?;
-    std::fs::create_dir_all(&a.out_dir)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
     let paths = KeyPaths::in_dir(&a.out_dir);
     cnn::write_secret(&paths.secret, &sk.to_secret_bytes())?;
-    let model_bytes = protected.to_bytes(&be)?;
+    let model_bytes = signer.sign_model(&protected.to_bytes(&be)?);
     cnn::write_file(&a.out_dir.join(PROTECTED_FILE), &model_bytes)?;
+    cnn::write_file(
+        &a.out_dir.join(OWNER_KEY_FILE),
+        signer.owner_key().to_text().as_bytes(),
+    )?;
     let pk_bytes = pk.to_bytes(&be)?;
     cnn::write_file(&paths.public, &pk_bytes)?;
     let ev_bytes = evk.to_bytes(&be)?;
@@ -126,6 +173,13 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
         human_bytes(model_bytes.len()),
         human_bytes(pk_bytes.len()),
         human_bytes(ev_bytes.len())
+    );
+    println!(
+        "  signed by {} ({} {}); give the edge {OWNER_KEY_FILE} out of band, not with the \
+         model: `hecnn edge run --owner-key` refuses a model that it does not verify",
+        signer.owner_key(),
+        if made { "made in" } else { "from" },
+        signing_path.display()
     );
     Ok(())
 }
@@ -578,6 +632,10 @@ pub struct EdgeRunArgs {
     /// The deployment: a directory with model.hecnnp, public.key and eval.keys.
     #[arg(long, default_value = "edge")]
     deployment: PathBuf,
+    /// The owner's public signing key (`owner.pub` from `hecnn protect`), received out of
+    /// band: the model runs only if the owner signed it.
+    #[arg(long)]
+    owner_key: PathBuf,
     /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
     #[arg(long, default_value = "sample:mnist")]
     data: String,
@@ -601,7 +659,7 @@ pub struct EdgeRunArgs {
 /// `hecnn owner decrypt`.
 #[derive(Args, Debug)]
 pub struct OwnerDecryptArgs {
-    /// The owner's directory from `hecnn protect` (model.hecnnp and secret.key).
+    /// The owner's directory from `hecnn protect` (model.hecnnp, owner.pub and secret.key).
     #[arg(long, default_value = "protected")]
     owner: PathBuf,
     /// Directory of result files from `hecnn edge run`.
@@ -629,16 +687,20 @@ pub fn owner(cmd: &OwnerCommand) -> Result<(), CliError> {
 
 fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
     let paths = KeyPaths::in_dir(&a.deployment);
-    if paths.secret.exists() {
-        return Err(CliError::Usage(format!(
-            "{} holds a secret key: the owner's secret key must never be deployed to an edge \
-             node; move it away and deploy only {PROTECTED_FILE}, public.key and eval.keys",
-            paths.secret.display()
-        )));
+    for (secret, what) in [
+        (paths.secret.clone(), "secret key"),
+        (a.deployment.join(SIGNING_KEY_FILE), "signing key"),
+    ] {
+        if std::fs::symlink_metadata(&secret).is_ok() {
+            return Err(CliError::Usage(format!(
+                "{} holds the owner's {what}: it must never be deployed to an edge node; move \
+                 it away and deploy only {PROTECTED_FILE}, public.key and eval.keys",
+                secret.display()
+            )));
+        }
     }
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
-    let model =
-        ProtectedModel::from_bytes(&be, &cnn::read_file(&a.deployment.join(PROTECTED_FILE))?)?;
+    let model = read_signed(&be, &a.deployment.join(PROTECTED_FILE), &a.owner_key)?;
     let params = Arc::clone(model.params());
     let evk = hecnn_rlwe::EvaluationKeys::from_bytes(
         &be,
@@ -708,7 +770,12 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
 
 fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
     let be = CpuBackend::new(1)?;
-    let model = ProtectedModel::from_bytes(&be, &cnn::read_file(&a.owner.join(PROTECTED_FILE))?)?;
+    // The owner's own files: the model as the owner's key signed it.
+    let model = read_signed(
+        &be,
+        &a.owner.join(PROTECTED_FILE),
+        &a.owner.join(OWNER_KEY_FILE),
+    )?;
     let params = Arc::clone(model.params());
     let sk = SecretKey::from_secret_bytes(
         params.rlwe(),

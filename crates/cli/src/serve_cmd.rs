@@ -83,6 +83,10 @@ pub struct EdgeServeArgs {
     /// File holding this node's token (from the owner's POST /v1/nodes).
     #[arg(long)]
     token_file: PathBuf,
+    /// The owner's public signing key (`owner.pub` in the owner's state directory),
+    /// received out of band: deployments whose model it did not sign are refused.
+    #[arg(long)]
+    owner_key: PathBuf,
     /// Certificate authorities (PEM) trusted for an https owner.
     #[arg(long)]
     owner_ca: Option<PathBuf>,
@@ -167,6 +171,10 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
             "administrator token in {}",
             handle.admin_token_file.display()
         );
+        println!(
+            "owner signing key in {} (give it to the edges: --owner-key)",
+            handle.owner_key_file.display()
+        );
         tokio::select! {
             () = handle.wait() => {}
             () = until_signal() => eprintln!("owner: stopping"),
@@ -177,7 +185,8 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
 
 pub fn edge_serve(a: &EdgeServeArgs) -> Result<(), CliError> {
     let token = Token::read(&a.token_file)?;
-    let mut config = EdgeConfig::new(a.state.clone(), a.owner.clone(), token);
+    let owner_key = hecnn_deploy::signing::OwnerKey::read(&a.owner_key)?;
+    let mut config = EdgeConfig::new(a.state.clone(), a.owner.clone(), token, owner_key);
     config.listen = a.listen.clone();
     config.tls = a.tls.files();
     config.owner_ca = a.owner_ca.clone();

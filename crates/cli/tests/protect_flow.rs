@@ -98,6 +98,9 @@ fn flow(model: &str, layers: &str, count: usize) {
         );
     }
 
+    // The owner's public signing key reaches the edge out of band (here: the owner's
+    // directory); the model runs only under it.
+    let owner_key = s(&owner.join("owner.pub"));
     let sample = hecnn_nn::data::load_idx(
         &repo().join("data/sample/mnist-test-images.idx3-ubyte"),
         &repo().join("data/sample/mnist-test-labels.idx1-ubyte"),
@@ -110,6 +113,8 @@ fn flow(model: &str, layers: &str, count: usize) {
             "run",
             "--deployment",
             &s(&edge),
+            "--owner-key",
+            &owner_key,
             "--data",
             "sample:mnist",
             "--count",
@@ -142,9 +147,63 @@ fn flow(model: &str, layers: &str, count: usize) {
         }
     }
 
+    // A model changed after signing, or signed by someone else, is refused before it is
+    // read; so is a model whose owner key the edge was not given.
+    let run_edge = |dir: &Path| {
+        hecnn(&[
+            "edge",
+            "run",
+            "--deployment",
+            &s(dir),
+            "--owner-key",
+            &owner_key,
+            "--count",
+            "1",
+            "-o",
+            &s(&results),
+        ])
+    };
+    let signed = std::fs::read(edge.join("model.hecnnp")).unwrap();
+    let mut flipped = signed.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x10;
+    std::fs::write(edge.join("model.hecnnp"), &flipped).unwrap();
+    let (ok, log) = run_edge(&edge);
+    assert!(!ok && log.contains("changed after it was signed"), "{log}");
+    let mallory = tmp.join("mallory");
+    let (ok, log) = hecnn(&[
+        "protect",
+        model,
+        "--layers",
+        layers,
+        "--out-dir",
+        &s(&mallory),
+    ]);
+    assert!(ok, "{log}");
+    // The edge refuses a directory with an owner's signing key in it, as with a secret key.
+    let (ok, log) = run_edge(&mallory);
+    assert!(!ok && log.contains("must never be deployed"), "{log}");
+    std::fs::remove_file(mallory.join("secret.key")).unwrap();
+    std::fs::remove_file(mallory.join("owner-signing.key")).unwrap();
+    let (ok, log) = run_edge(&mallory);
+    assert!(!ok && log.contains("not by the expected"), "{log}");
+    std::fs::write(edge.join("model.hecnnp"), &signed).unwrap();
+    let (ok, log) = hecnn(&["edge", "run", "--deployment", &s(&edge), "--count", "1"]);
+    assert!(!ok && log.contains("--owner-key"), "{log}");
+    // The signing key is the owner's secret: written 0600, and reused by the next model.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(owner.join("owner-signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
     // A deployment with the owner's secret key in it is refused.
     std::fs::copy(owner.join("secret.key"), edge.join("secret.key")).unwrap();
-    let (ok, log) = hecnn(&["edge", "run", "--deployment", &s(&edge), "--count", "1"]);
+    let (ok, log) = run_edge(&edge);
     assert!(!ok && log.contains("must never be deployed"), "{log}");
     let _ = std::fs::remove_dir_all(&tmp);
 }

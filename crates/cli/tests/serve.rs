@@ -120,6 +120,7 @@ fn owner_and_two_edges_classify_streamed_digits() {
             pa,
             &owner.url,
             &dir.join("a.token"),
+            &owner_state.join("owner.pub"),
             &a_extra,
         ),
         &dir.join("edge-a.log"),
@@ -130,6 +131,7 @@ fn owner_and_two_edges_classify_streamed_digits() {
             pb,
             &owner.url,
             &dir.join("b.token"),
+            &owner_state.join("owner.pub"),
             &b_extra,
         ),
         &dir.join("edge-b.log"),
@@ -291,7 +293,14 @@ fn kill_9_mid_deployment_and_mid_stream_loses_no_result() {
     let owner_url = owner.url.clone();
     let start_edge = || {
         Service::start(
-            &edge_args(&edge_state, pe, &owner_url, &dir.join("edge.token"), &[]),
+            &edge_args(
+                &edge_state,
+                pe,
+                &owner_url,
+                &dir.join("edge.token"),
+                &owner_state.join("owner.pub"),
+                &[],
+            ),
             &log("edge"),
         )
     };
@@ -532,7 +541,14 @@ fn bad_requests_get_clear_4xx_answers() {
 
     // The edge, before any deployment.
     let edge = Service::start(
-        &edge_args(&edge_state, pe, &owner.url, &dir.join("edge.token"), &[]),
+        &edge_args(
+            &edge_state,
+            pe,
+            &owner.url,
+            &dir.join("edge.token"),
+            &owner_state.join("owner.pub"),
+            &[],
+        ),
         &dir.join("edge.log"),
     );
     let e = |p: &str| format!("{}{p}", edge.url);
@@ -574,6 +590,41 @@ fn bad_requests_get_clear_4xx_answers() {
 
     let dep = admin.deploy(model_id, "edge");
     admin.wait_active(dep, Duration::from_secs(60));
+    // Bundles whose model the owner did not sign are refused, even with the owner's node
+    // token (as one that leaked would carry): a changed model, one signed by another key,
+    // one not signed at all.
+    let installed =
+        DeploymentBundle::from_bytes(&std::fs::read(edge_state.join("deployment.hcnd")).unwrap())
+            .unwrap();
+    let payload = hecnn_deploy::signing::verify_model(
+        &installed.protected,
+        &hecnn_deploy::signing::OwnerKey::read(&owner_state.join("owner.pub")).unwrap(),
+    )
+    .unwrap()
+    .to_vec();
+    let mut flipped = installed.protected.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 1;
+    let stranger = hecnn_deploy::signing::SigningKey::generate().unwrap();
+    for (what, protected) in [
+        ("changed", flipped),
+        ("another signer", stranger.sign_model(&payload)),
+        ("unsigned", payload.clone()),
+    ] {
+        let mut forged = installed.clone();
+        forged.header.deployment_id += 1;
+        forged.protected = protected;
+        let (st, v) = call(
+            http.put(e("/v1/deployment"))
+                .bearer_auth(&node_token)
+                .body(forged.to_bytes().unwrap()),
+        );
+        assert_eq!(
+            (st, v["error"].as_str()),
+            (422, Some("bad_signature")),
+            "{what}: {v}"
+        );
+    }
     expect(
         call(
             http.post(e("/v1/stream"))

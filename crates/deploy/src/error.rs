@@ -33,6 +33,9 @@ pub enum DeployError {
     /// Bad configuration (addresses, certificates, tokens).
     #[error("configuration: {0}")]
     Config(String),
+    /// A protected model's owner signature is missing, of another owner, or broken.
+    #[error("signature: {0}")]
+    Signature(String),
     /// Malformed or mismatched data in a wire format.
     #[error("wire format: {0}")]
     Wire(String),
@@ -179,6 +182,9 @@ impl From<DeployError> for ApiError {
             e @ DeployError::DuplicateInput(_) => Self::conflict("duplicate_input", e.to_string()),
             e @ DeployError::StaleDeployment { .. } => {
                 Self::conflict("stale_deployment", e.to_string())
+            }
+            DeployError::Signature(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_signature", m)
             }
             DeployError::Nn(e) => Self::invalid(e.to_string()),
             DeployError::Rlwe(e) => Self::invalid(e.to_string()),

@@ -28,6 +28,7 @@ mod body;
 mod error;
 pub mod files;
 pub mod net;
+pub mod signing;
 pub mod vault;
 pub mod wire;
 

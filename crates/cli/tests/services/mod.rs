@@ -122,6 +122,7 @@ pub fn edge_args(
     port: u16,
     owner: &str,
     token: &Path,
+    owner_key: &Path,
     extra: &[String],
 ) -> Vec<String> {
     let mut a = vec![
@@ -135,6 +136,8 @@ pub fn edge_args(
         owner.into(),
         "--token-file".into(),
         s(token),
+        "--owner-key".into(),
+        s(owner_key),
         "--threads".into(),
         "1".into(),
     ];

@@ -82,7 +82,7 @@ async fn put_deployment<B: Backend + Clone>(
         .map_err(ApiError::internal)?
         .map_err(|e| match e {
             DeployError::Wire(m) => ApiError::bad_request(m),
-            e @ DeployError::StaleDeployment { .. } => e.into(),
+            e @ (DeployError::StaleDeployment { .. } | DeployError::Signature(_)) => e.into(),
             DeployError::Nn(_) | DeployError::Rlwe(_) | DeployError::Ckks(_) => {
                 ApiError::invalid(e.to_string())
             }

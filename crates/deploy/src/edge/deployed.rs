@@ -23,14 +23,21 @@ pub struct Deployed<B: Backend> {
 }
 
 impl<B: Backend + Clone> Deployed<B> {
-    /// Checks and loads a bundle: the protected model, keys of the same owner key and
-    /// parameters as the header says.
+    /// Checks and loads a bundle: the protected model signed by `owner` (checked before
+    /// anything of it is parsed), keys of the same owner key and parameters as the header
+    /// says.
     ///
     /// # Errors
-    /// Malformed or mismatched payloads.
-    pub fn load(be: &B, bundle: &DeploymentBundle) -> Result<Self, DeployError> {
+    /// [`DeployError::Signature`] for a model `owner` did not sign; malformed or mismatched
+    /// payloads.
+    pub fn load(
+        be: &B,
+        bundle: &DeploymentBundle,
+        owner: &crate::signing::OwnerKey,
+    ) -> Result<Self, DeployError> {
         let h = &bundle.header;
-        let model = ProtectedModel::from_bytes(be, &bundle.protected)?;
+        let model = crate::signing::verify_model(&bundle.protected, owner)?;
+        let model = ProtectedModel::from_bytes(be, model)?;
         let params = Arc::clone(model.params());
         let evk = EvaluationKeys::from_bytes(be, params.rlwe(), &bundle.eval_keys, MAX_EDGE_KEYS)?;
         let pk = PublicKey::from_bytes(be, params.rlwe(), &bundle.public_key)?;

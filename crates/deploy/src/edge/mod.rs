@@ -34,6 +34,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::auth::{Token, TokenHash};
 use crate::net::{self, Server, TlsFiles};
+use crate::signing::OwnerKey;
 use crate::wire::{DeploymentBundle, check_input_id};
 use crate::{DeployError, files};
 
@@ -50,6 +51,9 @@ pub struct EdgeConfig {
     pub owner_url: String,
     /// This node's token, issued by the owner (`POST /v1/nodes`).
     pub node_token: Token,
+    /// The owner's public signing key (its `owner.pub`), received out of band: a
+    /// deployment whose model it did not sign is refused.
+    pub owner_key: OwnerKey,
     /// Certificate authorities trusted for an `https` owner.
     pub owner_ca: Option<PathBuf>,
     /// A directory to take images from.
@@ -62,13 +66,19 @@ pub struct EdgeConfig {
 
 impl EdgeConfig {
     /// Defaults: loopback, an ephemeral port, 1 GiB bundles, a queue of 64 inputs.
-    pub fn new(state_dir: PathBuf, owner_url: String, node_token: Token) -> Self {
+    pub fn new(
+        state_dir: PathBuf,
+        owner_url: String,
+        node_token: Token,
+        owner_key: OwnerKey,
+    ) -> Self {
         Self {
             state_dir,
             listen: "127.0.0.1:0".into(),
             tls: None,
             owner_url,
             node_token,
+            owner_key,
             owner_ca: None,
             watch: None,
             max_bundle_bytes: 1 << 30,
@@ -135,7 +145,7 @@ impl<B: Backend + Clone> Edge<B> {
                 });
             }
         }
-        let deployed = Arc::new(Deployed::load(&self.be, &bundle)?);
+        let deployed = Arc::new(Deployed::load(&self.be, &bundle, &self.config.owner_key)?);
         files::write_atomic(&self.config.state_dir.join(BUNDLE_FILE), bytes)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&deployed));
         let h = deployed.header();

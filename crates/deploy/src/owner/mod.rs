@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use hecnn_ckks::Decryptor;
 use hecnn_nn::protect::{ProtectedModel, ProtectedOutput, decrypt_output};
+
+use crate::signing::SigningKey;
 use hecnn_ring::Backend;
 use hecnn_rlwe::SecretKey;
 use tokio::sync::Notify;
@@ -148,6 +150,8 @@ pub(crate) struct Owner<B: Backend> {
     config: OwnerConfig,
     db: Mutex<Registry>,
     master: MasterKey,
+    /// Signs what is deployed (its public half: `owner.pub` in the state directory).
+    signer: SigningKey,
     be: B,
     client: reqwest::Client,
     loaded: Mutex<HashMap<u64, Arc<Loaded<B>>>>,
@@ -282,6 +286,8 @@ pub struct OwnerHandle {
     pub url: String,
     /// Where the administrator token is (written at the first start, mode 0600).
     pub admin_token_file: PathBuf,
+    /// The owner's public signing key (`owner.pub`), for the edges' `--owner-key`.
+    pub owner_key_file: PathBuf,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -348,6 +354,35 @@ fn open_master(registry: &Registry, path: &std::path::Path) -> Result<MasterKey,
     Ok(master)
 }
 
+/// The owner's public signing key in the state directory.
+pub const OWNER_KEY_FILE: &str = "owner.pub";
+/// The signing key, sealed with the master key.
+const SIGNING_KEY_FILE: &str = "signing.key.sealed";
+const SIGNING_KEY_AAD: &str = "owner-signing-key";
+
+/// The owner's signing key: made with a new state (sealed with the master key, written
+/// 0600), opened otherwise.
+fn open_signer(state_dir: &std::path::Path, master: &MasterKey) -> Result<SigningKey, DeployError> {
+    let path = state_dir.join(SIGNING_KEY_FILE);
+    match std::fs::read(&path) {
+        Ok(sealed) => {
+            let pkcs8 = master.open(SIGNING_KEY_AAD, &sealed).map_err(|_| {
+                DeployError::Config(format!(
+                    "{}: cannot be opened with this master key (tampered, or another state's)",
+                    path.display()
+                ))
+            })?;
+            SigningKey::from_pkcs8(&pkcs8)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::generate()?;
+            files::write_private(&path, &master.seal(SIGNING_KEY_AAD, key.to_pkcs8())?)?;
+            Ok(key)
+        }
+        Err(source) => Err(DeployError::io(&path, source)),
+    }
+}
+
 /// Opens the state, starts the deployment and decryption agents, and serves the API.
 /// Protection and decryption run on `be` (the binary passes a CPU backend sized by
 /// `--threads`).
@@ -368,6 +403,9 @@ pub async fn start<B: Backend + Clone>(
         .unwrap_or_else(|| config.state_dir.join("master.key"));
     let registry = Registry::open(&config.state_dir.join("registry.sqlite"))?;
     let master = open_master(&registry, &master_path)?;
+    let signer = open_signer(&config.state_dir, &master)?;
+    let owner_key_file = config.state_dir.join(OWNER_KEY_FILE);
+    files::write_atomic(&owner_key_file, signer.owner_key().to_text().as_bytes())?;
     let admin_token_file = config.state_dir.join("admin.token");
     if !registry.has_admin()? {
         let token = Token::generate()?;
@@ -384,6 +422,7 @@ pub async fn start<B: Backend + Clone>(
         config,
         db: Mutex::new(registry),
         master,
+        signer,
         be,
         client,
         loaded: Mutex::new(HashMap::new()),
@@ -397,12 +436,13 @@ pub async fn start<B: Backend + Clone>(
     Ok(OwnerHandle {
         url,
         admin_token_file,
+        owner_key_file,
         task,
     })
 }
 
 /// Builds the bundle of a deployment from the registry.
-fn bundle(db: &Registry, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
+fn bundle(db: &Registry, dep: &DeploymentRow, signer: &SigningKey) -> Result<Vec<u8>, DeployError> {
     let model = db.model(dep.model_id)?.ok_or_else(|| {
         DeployError::Config(format!("deployment {}: no model {}", dep.id, dep.model_id))
     })?;
@@ -418,7 +458,8 @@ fn bundle(db: &Registry, dep: &DeploymentRow) -> Result<Vec<u8>, DeployError> {
             key_id: blobs.key_id,
             encrypt_features: model.encrypt_features,
         },
-        protected: blobs.protected,
+        // Signed: the edge runs only what this owner's key signed (`signing`).
+        protected: signer.sign_model(&blobs.protected),
         public_key: blobs.public_key,
         eval_keys: blobs.eval_keys,
     }
@@ -430,12 +471,13 @@ async fn push<B: Backend + Clone>(
     dep: &DeploymentRow,
 ) -> Result<(), DeployError> {
     let d = dep.clone();
+    let me = Arc::clone(owner);
     let (node, body) = owner
         .db(move |db| {
             let node = db
                 .node(d.node_id)?
                 .ok_or_else(|| DeployError::Config(format!("no node {}", d.node_id)))?;
-            Ok((node, bundle(db, &d)?))
+            Ok((node, bundle(db, &d, &me.signer)?))
         })
         .await?;
     let token = owner
