@@ -710,6 +710,90 @@ fn bad_requests_get_clear_4xx_answers() {
     let got = admin.wait_results(&["g00000".to_string()], Duration::from_secs(60));
     let model = load_model("models/protect-mnist-relu.onnx");
     assert_eq!(got["g00000"], predict(&model, MNIST_SHAPE, &digits[0]));
+
+    // Nodes and consumers are listed and revoked; a revoked token is refused at once.
+    let (st, v) = call(
+        http.post(o("/v1/consumers"))
+            .bearer_auth(&admin.token)
+            .json(&json!({ "name": "reader" })),
+    );
+    assert_eq!(st, 201, "{v}");
+    let reader = v["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        call(http.get(o("/v1/results?after=0")).bearer_auth(&reader)).0,
+        200
+    );
+    let (st, v) = call(http.get(o("/v1/consumers")).bearer_auth(&admin.token));
+    assert_eq!((st, &v["consumers"]), (200, &json!(["reader"])), "{v}");
+    let (st, v) = call(http.get(o("/v1/nodes")).bearer_auth(&admin.token));
+    assert_eq!(
+        (st, &v["nodes"][0]["name"], &v["nodes"][0]["revoked"]),
+        (200, &json!("edge"), &json!(false)),
+        "{v}"
+    );
+    expect(
+        call(http.get(o("/v1/nodes")).bearer_auth(&reader)),
+        403,
+        "forbidden",
+    );
+    let (st, v) = call(
+        http.delete(o("/v1/consumers/reader"))
+            .bearer_auth(&admin.token),
+    );
+    assert_eq!((st, &v["tokens"]), (200, &json!(1)), "{v}");
+    expect(
+        call(http.get(o("/v1/results?after=0")).bearer_auth(&reader)),
+        401,
+        "unauthorized",
+    );
+    expect(
+        call(
+            http.delete(o("/v1/consumers/reader"))
+                .bearer_auth(&admin.token),
+        ),
+        404,
+        "unknown_consumer",
+    );
+    let (st, v) = call(http.delete(o("/v1/nodes/edge")).bearer_auth(&admin.token));
+    assert_eq!((st, &v["already"]), (200, &json!(false)), "{v}");
+    let (st, v) = call(http.delete(o("/v1/nodes/edge")).bearer_auth(&admin.token));
+    assert_eq!((st, &v["already"]), (200, &json!(true)), "{v}");
+    expect(
+        call(http.delete(o("/v1/nodes/nope")).bearer_auth(&admin.token)),
+        404,
+        "unknown_node",
+    );
+    let (_, v) = call(http.get(o("/v1/nodes")).bearer_auth(&admin.token));
+    assert_eq!(v["nodes"][0]["revoked"], json!(true), "{v}");
+    // The revoked node's results are refused, nothing more is deployed to it, and its name
+    // is not given to another node.
+    expect(
+        call(
+            http.post(o("/v1/results"))
+                .bearer_auth(&node_token)
+                .body(envelope(dep, 1, vec![])),
+        ),
+        401,
+        "unauthorized",
+    );
+    expect(
+        call(
+            http.post(o("/v1/deployments"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "model_id": model_id, "node": "edge" })),
+        ),
+        409,
+        "node_revoked",
+    );
+    expect(
+        call(
+            http.post(o("/v1/nodes"))
+                .bearer_auth(&admin.token)
+                .json(&json!({ "name": "edge", "url": "http://x:1" })),
+        ),
+        409,
+        "node_exists",
+    );
     drop((owner, edge));
     let _ = std::fs::remove_dir_all(&dir);
 }

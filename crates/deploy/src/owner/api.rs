@@ -8,7 +8,7 @@ use axum::{
     extract::{Path, RawQuery, State},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
-    routing::{get, post},
+    routing::{delete, get, post},
 };
 use hecnn_nn::{
     onnx,
@@ -38,8 +38,13 @@ pub(crate) fn router<B: Backend + Clone>(owner: Arc<Owner<B>>) -> Router {
             get(|| async { Json(json!({ "service": "hecnn-owner", "api": 1 })) }),
         )
         .route("/v1/models", post(add_model::<B>).get(list_models::<B>))
-        .route("/v1/nodes", post(add_node::<B>))
-        .route("/v1/consumers", post(add_consumer::<B>))
+        .route("/v1/nodes", post(add_node::<B>).get(list_nodes::<B>))
+        .route("/v1/nodes/{name}", delete(revoke_node::<B>))
+        .route(
+            "/v1/consumers",
+            post(add_consumer::<B>).get(list_consumers::<B>),
+        )
+        .route("/v1/consumers/{name}", delete(revoke_consumer::<B>))
         .route("/v1/deployments", post(add_deployment::<B>))
         .route("/v1/deployments/{id}", get(get_deployment::<B>))
         .route("/v1/results", post(post_result::<B>).get(get_results::<B>))
@@ -252,6 +257,60 @@ async fn add_node<B: Backend + Clone>(
     ))
 }
 
+async fn list_nodes<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
+    headers: HeaderMap,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let nodes = owner.db(|db| db.nodes()).await?;
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|n| json!({ "node_id": n.id, "name": n.name, "url": n.url, "revoked": n.revoked }))
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn revoke_node<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let n = name.clone();
+    match owner.db(move |db| db.revoke_node(&n)).await? {
+        None => Err(ApiError::not_found(
+            "unknown_node",
+            format!("no node named {name:?}"),
+        )),
+        Some(now) => Ok(Json(json!({ "revoked": name, "already": !now }))),
+    }
+}
+
+async fn list_consumers<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
+    headers: HeaderMap,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let names = owner.db(|db| db.consumers()).await?;
+    Ok(Json(json!({ "consumers": names })))
+}
+
+async fn revoke_consumer<B: Backend + Clone>(
+    State(owner): State<Arc<Owner<B>>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Api<impl IntoResponse> {
+    require_role(&owner, &headers, &["admin"]).await?;
+    let n = name.clone();
+    match owner.db(move |db| db.revoke_consumer(&n)).await? {
+        0 => Err(ApiError::not_found(
+            "unknown_consumer",
+            format!("no consumer named {name:?}"),
+        )),
+        tokens => Ok(Json(json!({ "revoked": name, "tokens": tokens }))),
+    }
+}
+
 #[derive(Deserialize)]
 struct NewConsumer {
     name: String,
@@ -304,6 +363,12 @@ async fn add_deployment<B: Backend + Clone>(
                     format!("no node named {node:?}"),
                 )));
             };
+            if n.revoked {
+                return Ok(Err(ApiError::conflict(
+                    "node_revoked",
+                    format!("node {node:?} was revoked: nothing is deployed to it"),
+                )));
+            }
             db.insert_deployment(model_id, n.id).map(Ok)
         })
         .await??;

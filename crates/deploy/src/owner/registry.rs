@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     name TEXT NOT NULL UNIQUE,
     url TEXT NOT NULL,
     token_hash BLOB NOT NULL UNIQUE,
-    sealed_token BLOB NOT NULL
+    sealed_token BLOB NOT NULL,
+    revoked INTEGER
 );
 CREATE TABLE IF NOT EXISTS tokens (
     hash BLOB PRIMARY KEY,
@@ -138,6 +139,8 @@ pub struct NodeRow {
     pub url: String,
     /// Its token, sealed.
     pub sealed_token: Vec<u8>,
+    /// Revoked (its token refused, nothing deployed to it); its name is not reused.
+    pub revoked: bool,
 }
 
 /// A deployment.
@@ -215,6 +218,18 @@ fn id(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+const NODE_COLUMNS: &str = "id, name, url, sealed_token, revoked";
+
+fn node_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NodeRow> {
+    Ok(NodeRow {
+        id: id(r.get(0)?),
+        name: r.get(1)?,
+        url: r.get(2)?,
+        sealed_token: r.get(3)?,
+        revoked: r.get::<_, Option<i64>>(4)?.is_some(),
+    })
+}
+
 impl Registry {
     /// Opens (or creates) the registry at `path`.
     ///
@@ -227,6 +242,15 @@ impl Registry {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(SCHEMA)?;
+        // Registries from before revocation: the column is added once, empty.
+        let has_revoked: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('nodes') WHERE name = 'revoked'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_revoked {
+            conn.execute_batch("ALTER TABLE nodes ADD COLUMN revoked INTEGER")?;
+        }
         Ok(Self { conn })
     }
 
@@ -477,26 +501,89 @@ impl Registry {
         Ok(self
             .conn
             .query_row(
-                &format!("SELECT id, name, url, sealed_token FROM nodes WHERE {clause}"),
+                &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE {clause}"),
                 [arg],
-                |r| {
-                    Ok(NodeRow {
-                        id: id(r.get(0)?),
-                        name: r.get(1)?,
-                        url: r.get(2)?,
-                        sealed_token: r.get(3)?,
-                    })
-                },
+                node_row,
             )
             .optional()?)
     }
 
-    /// The node a token belongs to.
+    /// The node a token belongs to, unless it was revoked.
     ///
     /// # Errors
     /// Database errors.
     pub fn node_by_token(&self, hash: TokenHash) -> Result<Option<NodeRow>, DeployError> {
-        self.node_where("token_hash = ?1", &hash.0.as_slice())
+        self.node_where("token_hash = ?1 AND revoked IS NULL", &hash.0.as_slice())
+    }
+
+    /// Every node, revoked ones included, by id.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn nodes(&self) -> Result<Vec<NodeRow>, DeployError> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))?;
+        let rows = st.query_map([], node_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes the node `name` in one transaction: its token stops working and its
+    /// deployments not yet delivered fail. `None` for no such node, `Some(false)` when it
+    /// was revoked already.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn revoke_node(&mut self, name: &str) -> Result<Option<bool>, DeployError> {
+        let tx = self.conn.transaction()?;
+        let revoked: Option<Option<i64>> = tx
+            .query_row("SELECT revoked FROM nodes WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let out = match revoked {
+            None => None,
+            Some(Some(_)) => Some(false),
+            Some(None) => {
+                let t = now();
+                tx.execute(
+                    "UPDATE nodes SET revoked = ?2 WHERE name = ?1",
+                    params![name, t],
+                )?;
+                tx.execute(
+                    "UPDATE deployments SET state = 'failed', last_error = 'node revoked', \
+                     updated = ?2 WHERE state = 'pending' AND node_id = \
+                     (SELECT id FROM nodes WHERE name = ?1)",
+                    params![name, t],
+                )?;
+                Some(true)
+            }
+        };
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Consumer names, one per token (a name given twice has two tokens), sorted.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn consumers(&self) -> Result<Vec<String>, DeployError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT name FROM tokens WHERE role = 'consumer' ORDER BY name")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Revokes every consumer token of `name`; how many there were.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn revoke_consumer(&self, name: &str) -> Result<usize, DeployError> {
+        Ok(self.conn.execute(
+            "DELETE FROM tokens WHERE role = 'consumer' AND name = ?1",
+            [name],
+        )?)
     }
 
     /// A node by name.
@@ -731,5 +818,44 @@ impl Registry {
             },
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registry written before nodes could be revoked opens, gains the column empty, and
+    /// its nodes keep working until revoked.
+    #[test]
+    fn a_registry_from_before_revocation_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("hecnn-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE nodes (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, \
+                 url TEXT NOT NULL, token_hash BLOB NOT NULL UNIQUE, sealed_token BLOB NOT NULL);
+                 INSERT INTO nodes (name, url, token_hash, sealed_token) \
+                 VALUES ('edge', 'http://x:1', x'01', x'02');",
+            )
+            .unwrap();
+        }
+        let mut reg = Registry::open(&path).unwrap();
+        let nodes = reg.nodes().unwrap();
+        assert_eq!(nodes.len(), 1);
+        assert!(!nodes[0].revoked);
+        let hash = TokenHash([1; 32]);
+        assert!(reg.node_by_token(hash).unwrap().is_none(), "another hash");
+        assert_eq!(reg.revoke_node("edge").unwrap(), Some(true));
+        assert_eq!(reg.revoke_node("edge").unwrap(), Some(false));
+        assert_eq!(reg.revoke_node("nope").unwrap(), None);
+        assert!(reg.nodes().unwrap()[0].revoked);
+        drop(reg);
+        // Opening again does not add the column twice.
+        assert!(Registry::open(&path).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
