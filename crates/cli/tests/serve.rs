@@ -797,3 +797,102 @@ fn bad_requests_get_clear_4xx_answers() {
     drop((owner, edge));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_watched_directory_takes_whole_files_and_never_follows_links() {
+    let dir = temp_dir("serve-watch");
+    let (owner_state, edge_state) = (dir.join("owner"), dir.join("edge"));
+    let incoming = dir.join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    let owner = Service::start(
+        &owner_args(&owner_state, free_port(), &[]),
+        &dir.join("owner.log"),
+    );
+    let http = client(None);
+    let admin = Admin {
+        http: &http,
+        owner: owner.url.clone(),
+        token: token(&owner_state.join("admin.token")),
+    };
+    let path = "models/protect-mnist-relu.onnx";
+    let model_id = admin.add_model(path, "name=mnist&layers=last&features=plain");
+    let pe = free_port();
+    admin.add_node(
+        "edge",
+        &format!("http://127.0.0.1:{pe}"),
+        &dir.join("edge.token"),
+    );
+    let edge = Service::start(
+        &edge_args(
+            &edge_state,
+            pe,
+            &owner.url,
+            &dir.join("edge.token"),
+            &owner_state.join("owner.pub"),
+            &["--watch".to_string(), s(&incoming)],
+        ),
+        &dir.join("edge.log"),
+    );
+    let dep = admin.deploy(model_id, "edge");
+    admin.wait_active(dep, Duration::from_secs(60));
+    let digits = mnist_sample();
+
+    // Two inputs written elsewhere and renamed in (the documented convention).
+    for i in 0..2 {
+        let part = incoming.join(format!("w{i}.u8.part"));
+        std::fs::write(&part, &digits[i]).unwrap();
+        std::fs::rename(&part, incoming.join(format!("w{i}.u8"))).unwrap();
+    }
+    // One written in place, slowly: a piece every 0.3 s for 2.4 s. It must not be read
+    // before it is whole (a truncated image would land in failed/).
+    let slow = incoming.join("w2.u8");
+    let mut f = std::fs::File::create(&slow).unwrap();
+    for chunk in digits[2].chunks(98) {
+        use std::io::Write;
+        f.write_all(chunk).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop(f);
+    // A link to a readable image: moved aside unread, never followed.
+    let target = dir.join("elsewhere.u8");
+    std::fs::write(&target, &digits[3]).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&target, incoming.join("link.u8")).unwrap();
+
+    let ids: Vec<String> = (0..3).map(|i| format!("w{i}.u8")).collect();
+    let got = admin.wait_results(&ids, Duration::from_secs(120));
+    let model = load_model(path);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(got[id], predict(&model, MNIST_SHAPE, &digits[i]), "{id}");
+        assert!(incoming.join("done").join(id).exists(), "{id} not in done/");
+    }
+    #[cfg(unix)]
+    {
+        let moved = incoming.join("failed").join("link.u8");
+        let t = Instant::now();
+        while std::fs::symlink_metadata(&moved).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "the link was not moved aside"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            std::fs::symlink_metadata(&moved)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(!got.contains_key("link.u8"), "a link was read");
+    }
+    assert!(
+        std::fs::read_dir(incoming.join("failed"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            <= 1,
+        "an input failed"
+    );
+    drop((owner, edge));
+    let _ = std::fs::remove_dir_all(&dir);
+}
