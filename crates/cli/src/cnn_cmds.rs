@@ -297,7 +297,9 @@ pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
         check_shape(&c, &ds)?;
         let n = a.calibrate_count.min(ds.len());
         let images: Vec<_> = (0..n).map(|i| ds.image(i)).collect();
+        let step = crate::progress::step(format!("simulating {n} images of {spec}"));
         let cal = c.calibrate(&images)?;
+        drop(step);
         println!(
             "simulation on {} images of {spec}: {}below {} by {:.1} bits{}",
             cal.images,
@@ -401,7 +403,9 @@ fn print_estimate(c: &CompiledModel, opts: &ModelOpts) -> Result<(), CliError> {
         return Ok(());
     }
     let be = opts.backend()?;
+    let step = crate::progress::step("measuring this machine's unit costs for the estimate");
     let units = UnitCosts::calibrate(&be, c.params())?;
+    drop(step);
     if let Some(e) = c.time_estimate(&units)? {
         println!(
             "estimated time per image on this machine ({} threads): {:.1} s: linear {:.1} s (encoding weights {:.1} s), activations {:.1} s, {} bootstrap(s) × {:.1} s; {:.0} key switches (measured now: limb NTT {:.1} µs, limb product {:.1} µs, encoding {:.2} ms + {:.2} ms per limb)",
@@ -473,7 +477,10 @@ pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
     } else {
         KeyStorage::Expanded
     };
+    let step = crate::progress::step("generating keys");
     let keys = client.keygen_with(&mut Prng::from_entropy()?, storage)?;
+    drop(step);
+    let writing = crate::progress::step(format!("writing keys to {}", a.out_dir.display()));
     let be = client.backend();
     std::fs::create_dir_all(&a.out_dir).map_err(|e| hecnn_nn::NnError::io(&a.out_dir, e))?;
     let sk_bytes = keys.secret.to_secret_bytes();
@@ -498,6 +505,7 @@ pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
             }
         }
     };
+    drop(writing);
     println!(
         "keys in {} ({:.0} ms): secret.key {} (keep it private), public.key {}, eval.keys {}{bootstrap}",
         a.out_dir.display(),
@@ -628,6 +636,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     let params = c.params().rlwe();
     let max_keys = plan.key_requirements().key_count(params);
     let limit = max_keys.saturating_mul(params.switching_key_bytes() + 4096);
+    let setup = crate::progress::step("loading the keys and setting up the server");
     let evk = EvaluationKeys::from_bytes_with(
         &be,
         params,
@@ -651,6 +660,7 @@ pub fn run(a: &RunArgs) -> Result<(), CliError> {
     } else {
         Server::new(plan, evk, be.clone())?
     };
+    drop(setup);
     let t = Instant::now();
     let (total, unit) = match c.plan() {
         hecnn_nn::compile::PackedPlan::Batch(p) => (p.model().nodes.len(), "layers"),

@@ -180,9 +180,11 @@ fn eval_batch(c: &CompiledModel, ds: &Dataset, a: &EvalArgs) -> Result<(), CliEr
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
     let client = Client::new(c.client_spec(), be.clone())?;
+    let step = crate::progress::step("generating keys");
     let keys = client.keygen(&mut rng)?;
     let key_bytes = keys.evaluation.size_bytes();
     let keygen_ms = t.elapsed().as_secs_f64() * 1e3;
+    drop(step);
     let server = Server::new(c.server_plan(), keys.evaluation, be.clone())?;
 
     let batch_size = params.max_slots();
@@ -415,16 +417,25 @@ fn eval_single(
     let mut rng = Prng::from_entropy()?;
     let client = Client::new(c.client_spec(), be.clone())?;
     let plan_storage = plan.key_storage();
+    let step = crate::progress::step(format!(
+        "generating keys ({} Galois keys)",
+        c.key_requirements()
+            .galois_elements(c.params().rlwe())
+            .len()
+    ));
     let keys = client.keygen_with(&mut rng, plan_storage)?;
+    drop(step);
     let key_bytes = keys.evaluation.size_bytes();
     let key_memory = keys.evaluation.memory_bytes();
     let rotations = c.key_requirements().rotations.len();
     let keygen_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
+    let step = crate::progress::step("setting up the server (transforms, keys)");
     let server = match keys.encapsulation {
         Some(encaps) => Server::bootstrapping(plan, keys.evaluation, encaps, be.clone())?,
         None => Server::new(plan, keys.evaluation, be.clone())?,
     };
+    drop(step);
     let encode_s = t.elapsed().as_secs_f64();
 
     let pb = image_progress(todo.len(), "classifying");

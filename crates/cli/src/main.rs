@@ -12,6 +12,7 @@ mod demo;
 mod eval_cmd;
 mod infer_cmd;
 mod params_cmd;
+mod progress;
 mod protect_cmd;
 mod serve_cmd;
 mod stats;

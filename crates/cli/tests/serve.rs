@@ -838,9 +838,9 @@ fn the_watched_directory_takes_whole_files_and_never_follows_links() {
     let digits = mnist_sample();
 
     // Two inputs written elsewhere and renamed in (the documented convention).
-    for i in 0..2 {
+    for (i, digit) in digits.iter().take(2).enumerate() {
         let part = incoming.join(format!("w{i}.u8.part"));
-        std::fs::write(&part, &digits[i]).unwrap();
+        std::fs::write(&part, digit).unwrap();
         std::fs::rename(&part, incoming.join(format!("w{i}.u8"))).unwrap();
     }
     // One written in place, slowly: a piece every 0.3 s for 2.4 s. It must not be read
