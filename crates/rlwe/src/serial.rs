@@ -64,15 +64,22 @@ struct EnvelopeHead {
     fingerprint: [u8; 32],
 }
 
+impl<T> Envelope<T> {
+    /// The current version's envelope of `body` for `params`.
+    fn current(kind: Kind, params: &Params, body: T) -> Self {
+        Self {
+            magic: MAGIC,
+            version: FORMAT_VERSION,
+            kind,
+            fingerprint: params.fingerprint(),
+            body,
+        }
+    }
+}
+
 /// Encodes `body` in an envelope for `params`.
 pub fn encode<T: Serialize>(kind: Kind, params: &Params, body: &T) -> Vec<u8> {
-    let env = Envelope {
-        magic: MAGIC,
-        version: FORMAT_VERSION,
-        kind,
-        fingerprint: params.fingerprint(),
-        body,
-    };
+    let env = Envelope::current(kind, params, body);
     // Serializing plain structs into a Vec cannot fail.
     let mut out = postcard::to_allocvec(&env).unwrap_or_default();
     let sum = blake3::hash(&out);
@@ -84,13 +91,7 @@ pub fn encode<T: Serialize>(kind: Kind, params: &Params, body: &T) -> Vec<u8> {
 /// copied once into the result, both zeroed when dropped. (A `Vec` that grows while it is
 /// written leaves the secret in the freed buffers it outgrew.)
 pub fn encode_secret(kind: Kind, params: &Params, body: &[u8]) -> Zeroizing<Vec<u8>> {
-    let env = Envelope {
-        magic: MAGIC,
-        version: FORMAT_VERSION,
-        kind,
-        fingerprint: params.fingerprint(),
-        body,
-    };
+    let env = Envelope::current(kind, params, body);
     // Magic, version, kind and fingerprint take at most 44 bytes, the body's length at most
     // 10: 64 leaves room to spare.
     let mut scratch = Zeroizing::new(vec![0u8; body.len() + 64]);
