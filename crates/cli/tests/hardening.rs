@@ -173,21 +173,25 @@ fn an_existing_secret_key_is_not_replaced_without_force() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
-    let dir = std::env::temp_dir().join(format!("hecnn-conflict-{}", std::process::id()));
+/// HCNN's MNIST network compiled in single-image packing (with `extra` options) into a
+/// fresh directory named after `name`: the directory, the model's path, and the command's
+/// outcome.
+fn compiled_mnist(name: &str, extra: &[&str]) -> (std::path::PathBuf, String, bool, String) {
+    let dir = std::env::temp_dir().join(format!("hecnn-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("m.hecnn");
-    let model = model.to_str().unwrap();
-    let (ok, log) = hecnn(&[
-        "compile",
-        "models/hcnn-mnist.onnx",
-        "--mode",
-        "single",
-        "-o",
-        model,
-    ]);
+    let model = dir.join("m.hecnn").to_str().unwrap().to_string();
+    let mut args = vec!["compile", "models/hcnn-mnist.onnx", "--mode", "single"];
+    args.extend_from_slice(extra);
+    args.extend(["-o", model.as_str()]);
+    let (ok, log) = hecnn(&args);
+    (dir, model, ok, log)
+}
+
+#[test]
+fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
+    let (dir, model, ok, log) = compiled_mnist("conflict", &[]);
+    let model = model.as_str();
     assert!(ok && log.contains("N = 2^13"), "{log}");
     let keys = dir.join("keys");
     let keys = keys.to_str().unwrap();
@@ -219,21 +223,8 @@ fn ring_and_security_asked_against_a_compiled_model_are_honoured_or_refused() {
 
 #[test]
 fn planning_a_compiled_model_again_keeps_what_it_was_compiled_for() {
-    let dir = std::env::temp_dir().join(format!("hecnn-replan-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let model = dir.join("m.hecnn");
-    let model = model.to_str().unwrap();
-    let (ok, log) = hecnn(&[
-        "compile",
-        "models/hcnn-mnist.onnx",
-        "--mode",
-        "single",
-        "--security",
-        "192",
-        "-o",
-        model,
-    ]);
+    let (dir, model, ok, log) = compiled_mnist("replan", &["--security", "192"]);
+    let model = model.as_str();
     assert!(ok && log.contains("security 192-bit"), "{log}");
     // Planned again without --security: the file's level, not the 128-bit default.
     let again = dir.join("again.hecnn");

@@ -39,14 +39,8 @@ fn flow(model: &str, layers: &str, count: usize) {
     let (owner, edge, results) = (tmp.join("owner"), tmp.join("edge"), tmp.join("results"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
-    let (ok, log) = hecnn(&[
-        "protect",
-        model,
-        "--layers",
-        layers,
-        "--out-dir",
-        &s(&owner),
-    ]);
+    let protect = |out: &Path| hecnn(&["protect", model, "--layers", layers, "--out-dir", &s(out)]);
+    let (ok, log) = protect(&owner);
     assert!(ok, "{log}");
     // Deploy what the edge may hold, and nothing else.
     std::fs::create_dir_all(&edge).unwrap();
@@ -171,14 +165,7 @@ fn flow(model: &str, layers: &str, count: usize) {
     let (ok, log) = run_edge(&edge);
     assert!(!ok && log.contains("changed after it was signed"), "{log}");
     let mallory = tmp.join("mallory");
-    let (ok, log) = hecnn(&[
-        "protect",
-        model,
-        "--layers",
-        layers,
-        "--out-dir",
-        &s(&mallory),
-    ]);
+    let (ok, log) = protect(&mallory);
     assert!(ok, "{log}");
     // The edge refuses a directory with an owner's signing key in it, as with a secret key.
     let (ok, log) = run_edge(&mallory);
