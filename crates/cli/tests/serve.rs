@@ -896,3 +896,55 @@ fn the_watched_directory_takes_whole_files_and_never_follows_links() {
     drop((owner, edge));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An upload whose client goes away stops at the next stage of its work (the owner does not
+/// keep both cores busy for nobody) and registers nothing; the same upload, waited for, does
+/// the work and registers the model.
+#[test]
+fn a_dropped_upload_stops_its_work_and_registers_nothing() {
+    let dir = temp_dir("serve-dropped-upload");
+    let owner_state = dir.join("owner");
+    let owner = Service::start(
+        &owner_args(&owner_state, free_port(), &[]),
+        &dir.join("owner.log"),
+    );
+    let token = token(&owner_state.join("admin.token"));
+    let model = std::fs::read(repo().join("models/protect-cifar10-poly.onnx")).unwrap();
+    // The whole classifier with encrypted features: about a second of work on an idle core
+    // (76 MB of weight ciphertexts), ten times the client's patience.
+    let url = format!(
+        "{}/v1/models?name=dropped&layers=classifier&features=encrypted",
+        owner.url
+    );
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(&url)
+        .bearer_auth(&token)
+        .body(model.clone())
+        .send();
+    assert!(
+        sent.is_err_and(|e| e.is_timeout()),
+        "the upload was not cut short"
+    );
+    let log = || std::fs::read_to_string(&owner.log).unwrap_or_default();
+    wait_for(
+        "the cancelled upload's log line",
+        Duration::from_secs(120),
+        || log().contains("model upload \"dropped\": the client went away; stopped at"),
+    );
+    assert!(!log().contains("registered: dropped"), "{}", log());
+    let http = client(None);
+    let (st, v) = call(
+        http.get(format!("{}/v1/models", owner.url))
+            .bearer_auth(&token),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["models"].as_array().map(Vec::len), Some(0), "{v}");
+
+    let (st, v) = call(http.post(&url).bearer_auth(&token).body(model));
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(v["name"], "dropped", "{v}");
+}

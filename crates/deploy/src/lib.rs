@@ -25,6 +25,7 @@
 
 pub mod auth;
 mod body;
+mod cancel;
 mod error;
 pub mod files;
 pub mod net;

@@ -118,6 +118,9 @@ pub enum NnError {
         /// Why, and what to do.
         why: String,
     },
+    /// Work stopped on request (its caller went away) before it finished.
+    #[error("{0}: cancelled")]
+    Cancelled(String),
     /// Values with fewer levels than the plan needs.
     #[error("{what} needs {needed} levels, {have} left")]
     Levels {

@@ -170,6 +170,24 @@ fn many_column_groups_span_several_weight_ciphertexts() {
 }
 
 #[test]
+fn protection_stops_once_cancelled() {
+    let plan = ProtectPlan::new(&model(Some(Op::Relu)), Scope::LastLayer).unwrap();
+    let mut o = owner(10, plan.spec().depth(), 1);
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    // Cancelled after the first question: the first weight ciphertext may be made, no more.
+    let cancelled = || calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+    match plan.protect_unless(&o.params, &o.sk, &o.be, &mut o.rng, &cancelled) {
+        Err(NnError::Cancelled(stage)) => assert!(stage.contains("layer 1"), "{stage}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("protection went on after cancellation"),
+    }
+    assert!(
+        plan.protect_unless(&o.params, &o.sk, &o.be, &mut o.rng, &|| false)
+            .is_ok()
+    );
+}
+
+#[test]
 fn protection_refuses_what_it_cannot_run() {
     let relu_head = model(Some(Op::Relu));
     let err = ProtectPlan::new(&relu_head, Scope::Classifier).unwrap_err();

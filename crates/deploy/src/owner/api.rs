@@ -26,6 +26,7 @@ use super::{
 };
 use crate::auth::{Token, bearer};
 use crate::body::read_body;
+use crate::cancel;
 use crate::wire::{ResultEnvelope, check_input_id};
 use crate::{ApiError, DeployError};
 
@@ -147,21 +148,34 @@ async fn add_model<B: Backend + Clone>(
     };
     let onnx_bytes = read_body(&headers, body, owner.config.max_model_bytes).await?;
     let o = Arc::clone(&owner);
+    // Dropped with this future when the client goes away: the work below then stops at its
+    // next stage and registers nothing.
+    let (_request, cancel) = cancel::request_scope();
     let row = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         let invalid = |e: hecnn_nn::NnError| ApiError::invalid(e.to_string());
+        let work = format!("model upload {:?}", q.name);
+        let check = |stage: &str| cancel.check(&work, stage);
         let model = onnx::import_onnx(&onnx_bytes).map_err(invalid)?;
+        check("the imported model")?;
         let plan = ProtectPlan::new(&model, scope).map_err(invalid)?;
         let params = protect::parameters(plan.spec(), level).map_err(invalid)?;
+        check("the chosen parameters")?;
         let be = &o.be;
         let mut rng = Prng::from_entropy().map_err(ApiError::internal)?;
         let sk = SecretKey::generate(params.rlwe(), &mut rng).map_err(ApiError::internal)?;
         let protected = be
-            .install(|| plan.protect(&params, &sk, be, &mut rng))
-            .map_err(ApiError::internal)?;
+            .install(|| plan.protect_unless(&params, &sk, be, &mut rng, &|| cancel.is_set()))
+            .map_err(|e| match e {
+                hecnn_nn::NnError::Cancelled(stage) => cancel::cancelled(&work, &stage),
+                other => ApiError::internal(other),
+            })?;
+        check("the public key")?;
         let pk = sk.public_key(be, &mut rng).map_err(ApiError::internal)?;
+        check("the evaluation keys")?;
         let evk = sk
             .evaluation_keys(be, &protected.key_requirements(), &mut rng)
             .map_err(ApiError::internal)?;
+        check("registering the model")?;
         let key_id = sk.key_id();
         let sealed = o.master.seal(&secret_aad(&key_id), &sk.to_secret_bytes())?;
         let protected_bytes = protected.to_bytes(be).map_err(ApiError::internal)?;

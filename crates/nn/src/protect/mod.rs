@@ -250,6 +250,22 @@ impl ProtectPlan {
         be: &B,
         rng: &mut Prng,
     ) -> Result<ProtectedModel<B>, NnError> {
+        self.protect_unless(params, sk, be, rng, &|| false)
+    }
+
+    /// [`Self::protect`], asking `cancelled` before each ciphertext and stopping with
+    /// [`NnError::Cancelled`] once it says so (a service whose client went away).
+    ///
+    /// # Errors
+    /// Those of [`Self::protect`]; [`NnError::Cancelled`].
+    pub fn protect_unless<B: Backend>(
+        &self,
+        params: &Arc<CkksParams>,
+        sk: &SecretKey,
+        be: &B,
+        rng: &mut Prng,
+        cancelled: &(dyn Fn() -> bool + Sync),
+    ) -> Result<ProtectedModel<B>, NnError> {
         let spec = self.spec().clone();
         if params.max_level() < spec.depth() {
             return Err(NnError::Levels {
@@ -269,12 +285,16 @@ impl ProtectPlan {
             let mut encrypt = |vs: &[Vec<f64>], level: usize, scale: f64, what| {
                 let jobs: Vec<(&Vec<f64>, [u8; 32])> = vs.iter().map(|v| (v, rng.seed())).collect();
                 be.par_map(jobs, |(v, seed)| {
+                    if cancelled() {
+                        return Ok(None);
+                    }
                     let pt = encoder.encode_real(be, params, v, level, scale, layout.slots)?;
-                    encrypt_sk(sk, be, &pt, &mut Prng::from_seed(seed))
+                    encrypt_sk(sk, be, &pt, &mut Prng::from_seed(seed)).map(Some)
                 })
                 .into_iter()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(he(what))
+                .collect::<Result<Option<Vec<_>>, _>>()
+                .map_err(he(what))?
+                .ok_or_else(|| NnError::Cancelled(format!("{what} of layer {}", at + 1)))
             };
             let weights = encrypt(
                 &weight_slots,
