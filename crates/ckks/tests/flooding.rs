@@ -46,7 +46,15 @@ struct Zq<'a> {
     q: u64,
 }
 
-impl Zq<'_> {
+impl<'a> Zq<'a> {
+    /// Level 0's prime of `ctx`.
+    fn level0(ctx: &'a RnsContext, be: &'a CpuBackend) -> Self {
+        Self {
+            ctx,
+            be,
+            q: ctx.modulus(0).value(),
+        }
+    }
     fn mul(&self, a: u64, b: u64) -> u64 {
         ((u128::from(a) * u128::from(b)) % u128::from(self.q)) as u64
     }
@@ -131,11 +139,7 @@ fn oracle(
 fn recover_key(s: &mut Setup, flooding: Option<&Flooding>) -> Vec<i64> {
     let (params, be) = (std::sync::Arc::clone(&s.params), s.be.clone());
     let ctx = params.rlwe().ctx();
-    let zq = Zq {
-        ctx,
-        be: &be,
-        q: ctx.modulus(0).value(),
-    };
+    let zq = Zq::level0(ctx, &be);
     let slots = s.params.max_slots();
     let scale = s.params.default_scale();
     let mut eqs = Vec::new();
@@ -176,11 +180,7 @@ fn recover_key(s: &mut Setup, flooding: Option<&Flooding>) -> Vec<i64> {
 fn decrypt_with_candidate(s: &mut Setup, candidate: &[i64], values: &[f64]) -> f64 {
     let (params, be) = (std::sync::Arc::clone(&s.params), s.be.clone());
     let ctx = params.rlwe().ctx();
-    let zq = Zq {
-        ctx,
-        be: &be,
-        q: ctx.modulus(0).value(),
-    };
+    let zq = Zq::level0(ctx, &be);
     let slots = s.params.max_slots();
     let scale = s.params.default_scale();
     let pt = s

@@ -585,20 +585,11 @@ fn simulate_image(
     i: usize,
 ) -> Result<(ImageOutcome, Option<String>), CliError> {
     let image = ds.image(i);
-    let want = exec::run(c.model(), &image)?;
-    let label = usize::from(ds.labels()[i]);
     // A value beyond what a refresh holds, or one that wraps the modulus: encrypted, this
     // image would decrypt to garbage. Recorded as a disagreement; the run goes on.
     let why = match sim.run(std::slice::from_ref(&image)) {
         Ok(out) if out.headroom_bits >= 0.0 => {
-            let got = out
-                .logits
-                .first()
-                .ok_or_else(|| CliError::Usage("no output for the image".into()))?;
-            return Ok((
-                ImageOutcome::new(run.offset + i, label, got, want.data()),
-                None,
-            ));
+            return Ok((outcome(c, ds, run, i, &image, out.logits.first())?, None));
         }
         Ok(out) => format!(
             "a value wraps the modulus ({:.1} bits of headroom)",
@@ -612,9 +603,30 @@ fn simulate_image(
         ) => e.to_string(),
         Err(e) => return Err(e.into()),
     };
+    let want = exec::run(c.model(), &image)?;
+    let label = usize::from(ds.labels()[i]);
     Ok((
         ImageOutcome::out_of_range(run.offset + i, label, want.data()),
         Some(why),
+    ))
+}
+
+/// Image `i`'s outcome: its logits `got` against the cleartext model's.
+fn outcome(
+    c: &CompiledModel,
+    ds: &Dataset,
+    run: &SingleRun<'_>,
+    i: usize,
+    image: &hecnn_nn::Tensor,
+    got: Option<&Vec<f64>>,
+) -> Result<ImageOutcome, CliError> {
+    let got = got.ok_or_else(|| CliError::Usage("no output for the image".into()))?;
+    let want = exec::run(c.model(), image)?;
+    Ok(ImageOutcome::new(
+        run.offset + i,
+        usize::from(ds.labels()[i]),
+        got,
+        want.data(),
     ))
 }
 
@@ -643,14 +655,7 @@ fn compare(
     agreement: &mut Agreement,
     record: Option<&mut AgreementRecord>,
 ) -> Result<(), CliError> {
-    let got = got.ok_or_else(|| CliError::Usage("no output for the image".into()))?;
-    let want = exec::run(c.model(), image)?;
-    let outcome = ImageOutcome::new(
-        run.offset + i,
-        usize::from(ds.labels()[i]),
-        got,
-        want.data(),
-    );
+    let outcome = outcome(c, ds, run, i, image, got)?;
     agreement.add(&outcome);
     if let Some(rec) = record {
         rec.push(outcome)?;

@@ -58,7 +58,6 @@ fn a_hostile_onnx_chain_is_refused_at_once() {
 /// An ONNX model: Flatten, then `n` nodes `Mul(x, x)`, then a dense layer.
 fn squares_chain(n: usize) -> Vec<u8> {
     use hecnn_nn::onnx::proto;
-    use prost::Message;
     let node = |op: &str, name: String, inputs: Vec<String>, output: String| proto::NodeProto {
         op_type: op.into(),
         name,
@@ -90,41 +89,7 @@ fn squares_chain(n: usize) -> Vec<u8> {
         float_data: vec![0.01; 7840],
         ..Default::default()
     };
-    let dim = |v: i64| proto::Dimension {
-        dim_value: Some(v),
-        dim_param: None,
-    };
-    let input = proto::ValueInfoProto {
-        name: "x".into(),
-        r#type: Some(proto::TypeProto {
-            tensor_type: Some(proto::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(proto::TensorShapeProto {
-                    dim: vec![dim(1), dim(1), dim(28), dim(28)],
-                }),
-            }),
-        }),
-        doc_string: String::new(),
-    };
-    proto::ModelProto {
-        ir_version: 8,
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(proto::GraphProto {
-            node: nodes,
-            initializer: vec![w],
-            input: vec![input],
-            output: vec![proto::ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    hecnn_nn::onnx::graph_to_onnx(&[1, 1, 28, 28], nodes, vec![w])
 }
 
 #[test]

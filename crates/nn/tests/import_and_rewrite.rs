@@ -8,7 +8,6 @@ use hecnn_nn::{
     onnx::{self, proto},
     rewrite,
 };
-use prost::Message;
 
 fn values(seed: u64, n: usize, scale: f64) -> Vec<f64> {
     // Multiples of 2^-12: exactly representable in f32, so export is lossless.
@@ -261,45 +260,7 @@ fn onnx_round_trip_matches_cleartext() {
 }
 
 fn raw_model(nodes: Vec<proto::NodeProto>, initializers: Vec<proto::TensorProto>) -> Vec<u8> {
-    let dim = |v: i64| proto::Dimension {
-        dim_value: Some(v),
-        dim_param: None,
-    };
-    let input = proto::ValueInfoProto {
-        name: "x".into(),
-        r#type: Some(proto::TypeProto {
-            tensor_type: Some(proto::TypeProtoTensor {
-                elem_type: 1,
-                shape: Some(proto::TensorShapeProto {
-                    dim: vec![dim(1), dim(1), dim(4), dim(4)],
-                }),
-            }),
-        }),
-        doc_string: String::new(),
-    };
-    let out_name = nodes
-        .last()
-        .map(|n| n.output[0].clone())
-        .unwrap_or_default();
-    proto::ModelProto {
-        ir_version: 8,
-        opset_import: vec![proto::OperatorSetIdProto {
-            domain: String::new(),
-            version: 13,
-        }],
-        graph: Some(proto::GraphProto {
-            node: nodes,
-            initializer: initializers,
-            input: vec![input],
-            output: vec![proto::ValueInfoProto {
-                name: out_name,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    onnx::graph_to_onnx(&[1, 1, 4, 4], nodes, initializers)
 }
 
 fn pnode(op: &str, name: &str, inputs: &[&str], output: &str) -> proto::NodeProto {

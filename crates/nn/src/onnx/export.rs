@@ -245,6 +245,43 @@ pub fn export_onnx(model: &Model) -> Result<Vec<u8>, NnError> {
     Ok(proto.encode_to_vec())
 }
 
+/// The smallest well-formed ONNX model around hand-built nodes: one float input `x` of shape
+/// `input`, the last node's first output as the model's output, opset 13. For graphs the
+/// exporter does not write (tests of the importer's refusals, fuzzing seeds).
+pub fn graph_to_onnx(
+    input: &[usize],
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+) -> Vec<u8> {
+    let output = nodes
+        .last()
+        .and_then(|n| n.output.first())
+        .cloned()
+        .unwrap_or_default();
+    let dims: Vec<Option<usize>> = input.iter().copied().map(Some).collect();
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 13,
+        }],
+        producer_name: "hecnn".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        graph: Some(GraphProto {
+            node: nodes,
+            initializer: initializers,
+            input: vec![value_info("x", &dims)],
+            output: vec![ValueInfoProto {
+                name: output,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
 /// `Σ c_i x^i` as ONNX nodes (Horner's rule; `x·x` for the square term).
 /// `Σ_i K_i·x^i` with per-channel coefficient tensors `K_i` of shape `bshape`, written in
 /// the monomial form PyTorch exports (`x·x·A + x·B + C`), which the importer and the
