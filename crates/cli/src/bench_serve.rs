@@ -1,6 +1,8 @@
 //! `hecnn bench serve`: a load test of the protected-model services. An owner and an edge
 //! run in this process on loopback; concurrent streams of real images go to the edge, and
-//! the clock stops when the owner has decrypted every result.
+//! the clock stops when the owner has decrypted every result. With `--duration` it is a soak
+//! test: the streams go on for that long while the process's memory is sampled, and every
+//! image sent must come back decrypted exactly once.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +42,14 @@ pub struct BenchServeArgs {
     /// Inference threads of the edge (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Soak test: keep the streams going for this many seconds (each request carries
+    /// `--images / --streams` frames, new ids every round), sampling memory; 0 runs the
+    /// `--images` once and times them.
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    /// Seconds between the soak test's samples.
+    #[arg(long, default_value_t = 30)]
+    sample: u64,
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -131,24 +141,26 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
         }
         let deploy_s = t.elapsed().as_secs_f64();
 
+        println!(
+            "{} (layers={}, features={}): protected in {protect_s:.2} s, deployed in {deploy_s:.2} s",
+            a.model.display(),
+            a.layers,
+            a.features
+        );
+        if a.duration > 0 {
+            let soak = Soak {
+                http: &http,
+                owner_url: &owner.url,
+                admin: &admin,
+                edge_url: &edge.url,
+                input: &input,
+                state: &dir,
+            };
+            return soak.run(a, &ds).await;
+        }
         // The streams' bodies, built before the clock starts.
         let bodies: Vec<Vec<u8>> = (0..a.streams)
-            .map(|s| {
-                let mut body = Vec::new();
-                for i in (s..a.images).step_by(a.streams) {
-                    let px: Vec<u8> = ds
-                        .pixels(i % ds.len())
-                        .iter()
-                        .map(|&p| (p * 255.0).round().clamp(0.0, 255.0) as u8)
-                        .collect();
-                    let id = format!("s{s}-{i:06}");
-                    body.extend_from_slice(&(id.len() as u16).to_le_bytes());
-                    body.extend_from_slice(id.as_bytes());
-                    body.extend_from_slice(&(px.len() as u32).to_le_bytes());
-                    body.extend_from_slice(&px);
-                }
-                body
-            })
+            .map(|s| stream_body(&ds, (s..a.images).step_by(a.streams), &|i| format!("s{s}-{i:06}")))
             .collect();
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -171,30 +183,14 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
             processed += v["processed"].as_u64().unwrap_or(0);
         }
         let edge_s = t.elapsed().as_secs_f64();
-        let mut done = 0;
-        while done < a.images {
-            let v = json_of(
-                http.get(format!("{}/v1/results?limit=10000", owner.url))
-                    .bearer_auth(admin.expose())
-                    .send()
-                    .await
-                    .map_err(err)?,
-            )
-            .await?;
-            done = v["results"]
-                .as_array()
-                .map_or(0, |r| r.iter().filter(|x| !x["class"].is_null()).count());
-            if done < a.images {
+        let mut results = Results::default();
+        while results.decrypted < a.images {
+            results.page(&http, &owner.url, &admin).await?;
+            if results.decrypted < a.images {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let total_s = t.elapsed().as_secs_f64();
-        println!(
-            "{} (layers={}, features={}): protected in {protect_s:.2} s, deployed in {deploy_s:.2} s",
-            a.model.display(),
-            a.layers,
-            a.features
-        );
         println!(
             "{} images in {} concurrent streams: the edge processed {processed} in {edge_s:.2} s \
              ({:.1} images/s); all decrypted by the owner after {total_s:.2} s ({:.1} images/s end to end)",
@@ -208,4 +204,224 @@ pub fn run(a: &BenchServeArgs) -> Result<(), CliError> {
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// The frames of `images` (indices into `ds`, wrapping), each under the id `id(i)`: the
+/// edge's stream format (id length u16, id, pixel count u32, pixels).
+fn stream_body(
+    ds: &hecnn_nn::data::Dataset,
+    images: impl Iterator<Item = usize>,
+    id: &dyn Fn(usize) -> String,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    for i in images {
+        let px: Vec<u8> = ds
+            .pixels(i % ds.len())
+            .iter()
+            .map(|&p| (p * 255.0).round().clamp(0.0, 255.0) as u8)
+            .collect();
+        let id = id(i);
+        body.extend_from_slice(&(id.len() as u16).to_le_bytes());
+        body.extend_from_slice(id.as_bytes());
+        body.extend_from_slice(&(px.len() as u32).to_le_bytes());
+        body.extend_from_slice(&px);
+    }
+    body
+}
+
+/// The owner's decrypted results, read page by page in arrival order: each id counted
+/// once it is decrypted, pages resumed after the last decrypted row.
+#[derive(Default)]
+struct Results {
+    /// Rows read up to here (the next page starts after it).
+    after: u64,
+    /// Decrypted results.
+    decrypted: usize,
+    /// Results whose decryption failed.
+    failed: usize,
+    /// How often each input id came back.
+    seen: std::collections::HashMap<String, u32>,
+}
+
+impl Results {
+    /// Reads every page available now; stops at the first row not yet decrypted.
+    async fn page(
+        &mut self,
+        http: &reqwest::Client,
+        owner: &str,
+        admin: &Token,
+    ) -> Result<(), CliError> {
+        loop {
+            let v = json_of(
+                http.get(format!(
+                    "{owner}/v1/results?after={}&limit=10000",
+                    self.after
+                ))
+                .bearer_auth(admin.expose())
+                .send()
+                .await
+                .map_err(err)?,
+            )
+            .await?;
+            let rows = v["results"].as_array().cloned().unwrap_or_default();
+            let full = rows.len() == 10_000;
+            for r in &rows {
+                let done = !r["class"].is_null();
+                if !done && r["error"].is_null() {
+                    return Ok(());
+                }
+                if done {
+                    self.decrypted += 1;
+                } else {
+                    self.failed += 1;
+                }
+                let id = r["input_id"].as_str().unwrap_or_default().to_string();
+                *self.seen.entry(id).or_insert(0) += 1;
+                self.after = r["seq"].as_u64().unwrap_or(self.after);
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The soak test's view of the running services.
+struct Soak<'a> {
+    http: &'a reqwest::Client,
+    owner_url: &'a str,
+    admin: &'a Token,
+    edge_url: &'a str,
+    input: &'a Token,
+    /// The services' state directories (owner and edge), whose size is sampled.
+    state: &'a std::path::Path,
+}
+
+impl Soak<'_> {
+    /// Streams for `a.duration` seconds, samples memory every `a.sample` seconds, then waits
+    /// for the owner to decrypt everything and checks that each id came back exactly once.
+    async fn run(&self, a: &BenchServeArgs, ds: &hecnn_nn::data::Dataset) -> Result<(), CliError> {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let per_request = a.images.div_ceil(a.streams).max(1);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(a.duration);
+        let mut tasks = Vec::new();
+        for s in 0..a.streams {
+            let (http, url, input) = (
+                self.http.clone(),
+                self.edge_url.to_string(),
+                self.input.clone(),
+            );
+            let (sent, ds, streams) = (Arc::clone(&sent), ds.clone(), a.streams);
+            tasks.push(tokio::spawn(async move {
+                let mut round = 0usize;
+                while Instant::now() < deadline {
+                    let first = (s + round * streams) * per_request;
+                    let body = stream_body(&ds, first..first + per_request, &|i| {
+                        format!("s{s}-r{round}-{i:07}")
+                    });
+                    let v = json_of(
+                        http.post(format!("{url}/v1/stream"))
+                            .bearer_auth(input.expose())
+                            .body(body)
+                            .send()
+                            .await
+                            .map_err(err)?,
+                    )
+                    .await?;
+                    let processed = v["processed"].as_u64().unwrap_or(0) as usize;
+                    if processed != per_request {
+                        return Err(err(format!(
+                            "stream {s} round {round}: the edge took {processed} of {per_request} frames: {v}"
+                        )));
+                    }
+                    sent.fetch_add(processed, Ordering::Relaxed);
+                    round += 1;
+                }
+                Ok::<usize, CliError>(round)
+            }));
+        }
+        let mut results = Results::default();
+        let mut samples: Vec<(f64, usize)> = Vec::new();
+        println!(
+            "soak: {} streams of {per_request} frames per request for {} s, a sample every {} s",
+            a.streams, a.duration, a.sample
+        );
+        println!(
+            "{:>8}  {:>10}  {:>10}  {:>10}  {:>10}",
+            "elapsed", "accepted", "decrypted", "resident", "state"
+        );
+        let mut next = start;
+        while Instant::now() < deadline {
+            next += Duration::from_secs(a.sample.max(1));
+            tokio::time::sleep_until(next.min(deadline).into()).await;
+            results.page(self.http, self.owner_url, self.admin).await?;
+            let rss = crate::cnn_cmds::current_rss().unwrap_or(0);
+            let t = start.elapsed().as_secs_f64();
+            samples.push((t, rss));
+            println!(
+                "{:>7.0}s  {:>10}  {:>10}  {:>10}  {:>10}",
+                t,
+                sent.load(Ordering::Relaxed),
+                results.decrypted,
+                hecnn_nn::compile::human_bytes(rss),
+                hecnn_nn::compile::human_bytes(dir_size(self.state))
+            );
+        }
+        for task in tasks {
+            task.await.map_err(err)??;
+        }
+        let sent = sent.load(Ordering::Relaxed);
+        let stop = Instant::now();
+        while results.decrypted + results.failed < sent && stop.elapsed() < Duration::from_secs(300)
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            results.page(self.http, self.owner_url, self.admin).await?;
+        }
+        let lost = sent.saturating_sub(results.seen.len());
+        let repeated = results.seen.values().filter(|&&n| n > 1).count();
+        let (first, last) = (
+            samples.first().map_or(0, |s| s.1),
+            samples.last().map_or(0, |s| s.1),
+        );
+        let peak = samples.iter().map(|s| s.1).max().unwrap_or(0);
+        println!(
+            "{sent} images in {:.0} s ({:.1} images/s): {} decrypted, {} failed, {lost} lost, \
+             {repeated} ids more than once; resident memory {} at the first sample, {} at the \
+             last, {} at most (peak of the process {}); state {}",
+            start.elapsed().as_secs_f64(),
+            sent as f64 / a.duration as f64,
+            results.decrypted,
+            results.failed,
+            hecnn_nn::compile::human_bytes(first),
+            hecnn_nn::compile::human_bytes(last),
+            hecnn_nn::compile::human_bytes(peak),
+            crate::cnn_cmds::peak_memory(),
+            hecnn_nn::compile::human_bytes(dir_size(self.state))
+        );
+        if lost > 0 || repeated > 0 || results.failed > 0 || results.decrypted != sent {
+            return Err(err(format!(
+                "soak: {lost} images lost, {repeated} repeated, {} failed of {sent}",
+                results.failed
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes of the regular files under `dir` (0 for what cannot be read).
+fn dir_size(dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len() as usize),
+            _ => 0,
+        })
+        .sum()
 }

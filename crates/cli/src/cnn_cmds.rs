@@ -789,12 +789,19 @@ pub fn check_shape(c: &CompiledModel, ds: &Dataset) -> Result<(), CliError> {
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss() -> Option<usize> {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Resident memory of this process now, in bytes (Linux `VmRSS`), if known.
+pub fn current_rss() -> Option<usize> {
+    proc_status_bytes("VmRSS:")
+}
+
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn proc_status_bytes(field: &str) -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB");
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb = line.trim_start_matches(field).trim().trim_end_matches("kB");
     kb.trim().parse::<usize>().ok().map(|kb| kb * 1024)
 }
 
