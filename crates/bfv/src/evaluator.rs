@@ -14,6 +14,51 @@ use hecnn_rlwe::{EvaluationKeys, keyswitch};
 use crate::ciphertext::{centered_poly, delta_poly};
 use crate::{BfvError, BfvParams, Ciphertext, Plaintext};
 
+/// A plaintext prepared for repeated multiplications ([`Evaluator::prepare_plain`]): its
+/// centered coefficients in the evaluation domain over `Q_level`, usable with ciphertexts at
+/// `level` and below.
+pub struct PlaintextOperand<B: Backend> {
+    poly: RnsPoly<B, Eval>,
+    level: usize,
+    norm_sq: f64,
+    fingerprint: [u8; 32],
+}
+
+impl<B: Backend> Clone for PlaintextOperand<B> {
+    fn clone(&self) -> Self {
+        Self {
+            poly: self.poly.clone(),
+            level: self.level,
+            norm_sq: self.norm_sq,
+            fingerprint: self.fingerprint,
+        }
+    }
+}
+
+impl<B: Backend> std::fmt::Debug for PlaintextOperand<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlaintextOperand")
+            .field("level", &self.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Backend> PlaintextOperand<B> {
+    /// The highest ciphertext level it multiplies.
+    pub fn level(&self) -> usize {
+        self.level
+    }
+    /// `Σ p_i²` over the centered coefficients, for
+    /// [`crate::NoiseEstimate::mul_plain_norm`].
+    pub fn norm_sq(&self) -> f64 {
+        self.norm_sq
+    }
+    /// Fingerprint of the parameters it belongs to.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+}
+
 /// Evaluates BFV operations with a fixed set of evaluation keys on one backend.
 pub struct Evaluator<B: Backend> {
     params: Arc<BfvParams>,
@@ -258,10 +303,78 @@ impl<B: Backend> Evaluator<B> {
     /// See [`Evaluator::mul_plain`].
     pub fn mul_plain_assign(&self, a: &mut Ciphertext<B>, pt: &Plaintext) -> Result<(), BfvError> {
         self.check(a)?;
-        let m = centered_poly(&self.params, &self.be, pt, a.level())?;
+        let op = self.prepare_plain(pt, a.level())?;
+        self.mul_plain_operand_assign(a, &op)
+    }
+
+    /// Prepares `pt` once as the operand of plaintext multiplications at `level` and below
+    /// (its centered coefficients over `Q_level`, in the evaluation domain): what
+    /// [`Evaluator::mul_plain`] computes on every call, to reuse across calls (weights of a
+    /// layer applied to many ciphertexts). An operand prepared at the top level serves every
+    /// level, at the memory cost of all the limbs.
+    ///
+    /// # Errors
+    /// [`BfvError::ParamsMismatch`]; [`BfvError::InvalidArgument`] for a level above the
+    /// parameters' maximum; backend failures.
+    pub fn prepare_plain(
+        &self,
+        pt: &Plaintext,
+        level: usize,
+    ) -> Result<PlaintextOperand<B>, BfvError> {
+        let poly = centered_poly(&self.params, &self.be, pt, level)?;
+        let norm_sq = pt
+            .coeffs()
+            .iter()
+            .map(|&c| {
+                let x = self.params.center(c) as f64;
+                x * x
+            })
+            .sum();
+        Ok(PlaintextOperand {
+            poly,
+            level,
+            norm_sq,
+            fingerprint: self.params.fingerprint(),
+        })
+    }
+
+    /// `a · op` for a prepared plaintext (bit for bit what [`Evaluator::mul_plain`] gives
+    /// with the plaintext `op` was prepared from).
+    ///
+    /// # Errors
+    /// [`BfvError::ParamsMismatch`]; [`BfvError::LevelTooLow`] if `a` is above the operand's
+    /// level.
+    pub fn mul_plain_operand(
+        &self,
+        a: &Ciphertext<B>,
+        op: &PlaintextOperand<B>,
+    ) -> Result<Ciphertext<B>, BfvError> {
+        let mut out = a.clone();
+        self.mul_plain_operand_assign(&mut out, op)?;
+        Ok(out)
+    }
+
+    /// `a *= op` (see [`Evaluator::mul_plain_operand`]).
+    ///
+    /// # Errors
+    /// See [`Evaluator::mul_plain_operand`].
+    pub fn mul_plain_operand_assign(
+        &self,
+        a: &mut Ciphertext<B>,
+        op: &PlaintextOperand<B>,
+    ) -> Result<(), BfvError> {
+        self.check(a)?;
+        self.params.check(&op.fingerprint)?;
+        if a.level() > op.level {
+            return Err(BfvError::LevelTooLow {
+                needed: a.level(),
+                have: op.level,
+            });
+        }
         let ctx = self.params.rlwe().ctx();
         for p in a.inner_mut().parts_mut() {
-            p.mul_assign(&self.be, ctx, &m)?;
+            // The operand's basis contains the ciphertext's: its first limbs are used.
+            p.mul_assign(&self.be, ctx, &op.poly)?;
         }
         Ok(())
     }

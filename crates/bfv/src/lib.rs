@@ -13,7 +13,12 @@
 //!   ([`noise_budget_bits`]);
 //! - an [`Evaluator`]: addition, subtraction, negation, plaintext addition and multiplication,
 //!   ciphertext multiplication in RNS after Halevi–Polyakov–Shoup (see [`rns`]),
-//!   relinearization, row rotations and the row swap, modulus switching.
+//!   relinearization, row rotations and the row swap, modulus switching, and plaintext
+//!   operands prepared once for repeated multiplications ([`PlaintextOperand`]);
+//! - [`serial`]: parameters, ciphertexts and plaintexts in the RLWE layer's checksummed
+//!   envelopes, bound to `t` as well as to the RLWE parameters;
+//! - [`noise`]: the noise budget estimated from the parameters alone ([`NoiseModel`],
+//!   [`NoiseEstimate`]), for planning before any key exists.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -41,12 +46,15 @@
 mod ciphertext;
 mod encoder;
 mod evaluator;
+pub mod noise;
 mod params;
 pub mod rns;
+pub mod serial;
 
 pub use ciphertext::{Ciphertext, decrypt, encrypt_pk, encrypt_sk, noise_budget_bits};
 pub use encoder::{BatchEncoder, Plaintext};
-pub use evaluator::Evaluator;
+pub use evaluator::{Evaluator, PlaintextOperand};
+pub use noise::{NoiseEstimate, NoiseModel};
 pub use params::{BfvParams, Preset};
 
 use hecnn_ring::RingError;
@@ -96,6 +104,16 @@ pub enum BfvError {
     /// An object made for other BFV parameters (other primes or another `t`).
     #[error("BFV parameter mismatch: the object was made for other parameters")]
     ParamsMismatch,
+    /// An object made for the same RLWE parameters but another plaintext modulus.
+    #[error(
+        "plaintext modulus mismatch: the parameters have t = {expected}, the object t = {found}"
+    )]
+    PlainModulusMismatch {
+        /// The parameters' `t`.
+        expected: u64,
+        /// The object's `t`.
+        found: u64,
+    },
     /// Operands at different levels (BFV levels are aligned by modulus switching, which
     /// the evaluator does not do behind the caller's back).
     #[error("level mismatch: {lhs} vs {rhs} (modulus-switch the higher one first)")]

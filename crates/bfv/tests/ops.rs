@@ -306,3 +306,63 @@ fn integer_encoding_without_batching() {
     let c3 = Plaintext::constant_signed(&params, -3).unwrap();
     assert_eq!(dec(&eval.mul_plain(&cx, &c3).unwrap()), (t - 3) * x % t);
 }
+
+#[test]
+fn prepared_plaintext_operands_match_the_uncached_path() {
+    for log_n in hecnn_testkit::test_log_ns() {
+        let mut c = setup(log_n, 3, &[]);
+        let n = c.n();
+        let (a, b, p) = (values(60, n, T), values(61, n, T), values(62, n, T));
+        let pt = c.enc.encode(&p).unwrap();
+        let top = c.params.max_level();
+        let op = c.eval.prepare_plain(&pt, top).unwrap();
+        assert_eq!(op.level(), top);
+        let ca = c.encrypt(&a);
+        let cb = c.encrypt(&b);
+        let prod = c.eval.mul_relin(&ca, &cb).unwrap();
+        let bytes = |ct: &hecnn_bfv::Ciphertext<hecnn_ring::CpuBackend>| {
+            ct.to_bytes(&c.be, &c.params).unwrap()
+        };
+        for ct in [&ca, &prod] {
+            // One operand prepared at the top level, reused at every level.
+            for level in (0..=top).rev() {
+                let x = c.eval.mod_switch_to_level(ct, level).unwrap();
+                let cached = c.eval.mul_plain_operand(&x, &op).unwrap();
+                let uncached = c.eval.mul_plain(&x, &pt).unwrap();
+                assert_eq!(
+                    bytes(&cached),
+                    bytes(&uncached),
+                    "logN={log_n} level {level}"
+                );
+                assert_eq!(c.decrypt(&cached), mul(&c.decrypt(&x), &p));
+                // An operand prepared at exactly this level gives the same bits.
+                let exact = c.eval.prepare_plain(&pt, level).unwrap();
+                let y = c.eval.mul_plain_operand(&x, &exact).unwrap();
+                assert_eq!(bytes(&y), bytes(&uncached));
+            }
+        }
+        // A degree-2 ciphertext.
+        let d = c.eval.mul(&ca, &ca).unwrap();
+        assert_eq!(
+            bytes(&c.eval.mul_plain_operand(&d, &op).unwrap()),
+            bytes(&c.eval.mul_plain(&d, &pt).unwrap())
+        );
+        // Refusals: an operand below the ciphertext's level, another t.
+        let low = c.eval.prepare_plain(&pt, 0).unwrap();
+        assert!(matches!(
+            c.eval.mul_plain_operand(&ca, &low),
+            Err(hecnn_bfv::BfvError::LevelTooLow { needed, have: 0 }) if needed == top
+        ));
+        assert!(c.eval.prepare_plain(&pt, top + 1).is_err());
+        let other =
+            hecnn_bfv::BfvParams::new(std::sync::Arc::clone(c.params.rlwe()), 786_433).unwrap();
+        let other_pt = Plaintext::constant(&other, 3).unwrap();
+        assert!(c.eval.prepare_plain(&other_pt, top).is_err());
+        // The operand's norm feeds the noise estimate exactly like the plaintext.
+        let est = hecnn_bfv::NoiseModel::new(&c.params).fresh_sk();
+        assert_eq!(
+            est.mul_plain_norm(op.norm_sq()).budget_bits(),
+            est.mul_plain(&pt).unwrap().budget_bits()
+        );
+    }
+}
