@@ -3,10 +3,13 @@
 #   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/tenseal   (tenseal, pinned)
 #   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/orion     (orion-fhe, pinned)
 #   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/desilo    (desilofhe, pinned)
+#   ${HECNN_PEERS_DIR:-$HOME/.cache/hecnn/peers}/openfhe   (openfhe, pinned; BFV
+#                     peer; needs a Python 3.10 interpreter, see PYTHON_OPENFHE)
 # Idempotent: a venv whose stamp matches its requirements file and whose
 # import check passes is left alone. Uses PyPI through pip only.
 #
-# Usage: setup.sh [PEER...]   (PEER in tenseal, orion, desilo; default all)
+# Usage: setup.sh [PEER...]   (PEER in tenseal, orion, desilo, openfhe;
+#                              default tenseal orion desilo)
 #
 # Environment:
 #   HECNN_PEERS_DIR   where the venvs live (default ~/.cache/hecnn/peers)
@@ -14,6 +17,11 @@
 #                     tenseal 0.3.18 needs >= 3.11, orion-fhe needs < 3.13)
 #   ORION_FULL_DEPS=1 also install orion-fhe's declared dependencies (torch,
 #                     torchvision, ...; several GB). Not needed by orion_ops.py.
+#   PYTHON_OPENFHE    interpreter for the openfhe venv (default python3.10: the
+#                     pinned openfhe wheel ships a CPython 3.10 extension only).
+#                     If unset and python3.10 does not run, a pyenv 3.10.x
+#                     is used when there is one. Without one, `setup.sh openfhe`
+#                     says so and exits 3.
 #   FORCE=1           rebuild the venvs even if they look up to date.
 set -euo pipefail
 
@@ -68,6 +76,11 @@ install_tenseal() {
         -r "$here/requirements-tenseal.txt"
 }
 
+install_openfhe() {
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r "$here/requirements-openfhe.txt"
+}
+
 install_desilo() {
     "$1/bin/python" -m pip install --quiet --disable-pip-version-check \
         -r "$here/requirements-desilo.txt"
@@ -102,6 +115,9 @@ ctypes.CDLL(os.path.join(root, "backend", "lattigo", "lattigo-linux.so"))'
 desilo_check='import importlib.metadata, desilofhe, numpy
 print(importlib.metadata.version("desilofhe"))'
 
+openfhe_check='import importlib.metadata, openfhe
+print(importlib.metadata.version("openfhe"))'
+
 peers=("$@")
 [[ ${#peers[@]} -gt 0 ]] || peers=(tenseal orion desilo)
 for peer in "${peers[@]}"; do
@@ -110,10 +126,28 @@ for peer in "${peers[@]}"; do
     orion) ensure_venv orion "$orion_check" install_orion \
         "$here/requirements-orion.txt" "$here/requirements-orion-deps.txt" ;;
     desilo) ensure_venv desilo "$desilo_check" install_desilo "$here/requirements-desilo.txt" ;;
-    *) log "unknown peer '$peer' (known: tenseal orion desilo)"; exit 2 ;;
+    openfhe)
+        # The only current openfhe wheel on PyPI carries a CPython 3.10 extension.
+        py310="${PYTHON_OPENFHE:-python3.10}"
+        if [[ -z "${PYTHON_OPENFHE:-}" ]] && ! python3.10 -V >/dev/null 2>&1 \
+            && command -v pyenv >/dev/null 2>&1; then
+            # pyenv installs (e.g. 3.10.13) that are not the active version
+            for cand in "$(pyenv root)"/versions/3.10*/bin/python3.10; do
+                [[ -x "$cand" ]] && py310="$cand"
+            done
+        fi
+        if ! command -v "$py310" >/dev/null 2>&1 \
+            || [[ "$("$py310" -c 'import sys; print(sys.version_info[:2])')" != "(3, 10)" ]]; then
+            log "openfhe: skipped: openfhe==1.6.1.0.22.4 needs Python 3.10 and '$py310' is not one" \
+                "(set PYTHON_OPENFHE to a python3.10)"
+            exit 3
+        fi
+        python="$py310" ensure_venv openfhe "$openfhe_check" install_openfhe "$here/requirements-openfhe.txt"
+        ;;
+    *) log "unknown peer '$peer' (known: tenseal orion desilo openfhe)"; exit 2 ;;
     esac
 done
 
 log "done: venvs in $peers_dir"
-printf 'TENSEAL_PY=%s\nORION_PY=%s\nDESILO_PY=%s\n' "$peers_dir/tenseal/bin/python" \
-    "$peers_dir/orion/bin/python" "$peers_dir/desilo/bin/python"
+printf 'TENSEAL_PY=%s\nORION_PY=%s\nDESILO_PY=%s\nOPENFHE_PY=%s\n' "$peers_dir/tenseal/bin/python" \
+    "$peers_dir/orion/bin/python" "$peers_dir/desilo/bin/python" "$peers_dir/openfhe/bin/python"
