@@ -34,7 +34,7 @@ pub use keys::{
     EvaluationKeys, GaloisKey, KeyRequirements, KeyStorage, PublicKey, RelinKey, SecretKey,
     SwitchingKey,
 };
-pub use params::{Params, ParamsLiteral, SecretDistribution};
+pub use params::{MAX_P_PRIMES, MAX_Q_PRIMES, Params, ParamsLiteral, SecretDistribution};
 pub use security::SecurityLevel;
 
 use hecnn_ring::{Eval, RingError, RnsPoly};

@@ -69,12 +69,20 @@ struct Canonical<'a> {
     security: SecurityLevel,
 }
 
+/// Most ciphertext primes a literal may ask for. hecnn's deepest chains (bootstrapping
+/// included) use fewer than 64; the bound keeps a literal read from a file (parameters,
+/// protected models) from asking for thousands of primes, each with its NTT tables.
+pub const MAX_Q_PRIMES: usize = 128;
+/// Most special primes a literal may ask for.
+pub const MAX_P_PRIMES: usize = 32;
+
 impl ParamsLiteral {
     /// Generates primes and checks everything, using the fastest NTT.
     ///
     /// # Errors
     /// [`RlweError::Insecure`] if `log2(QP)` exceeds the table bound, and
-    /// [`RlweError::InvalidParams`] for inconsistent sizes.
+    /// [`RlweError::InvalidParams`] for inconsistent sizes (more than [`MAX_Q_PRIMES`]
+    /// ciphertext or [`MAX_P_PRIMES`] special primes included).
     pub fn build(&self) -> Result<Params, RlweError> {
         self.build_with(NttKind::Fast)
     }
@@ -92,6 +100,15 @@ impl ParamsLiteral {
             return Err(invalid(format!(
                 "log_n = {} outside the supported range 3..=17",
                 self.log_n
+            )));
+        }
+        // Bounded before any prime is generated: a literal read from untrusted bytes could
+        // otherwise ask for thousands of primes (and gigabytes of NTT tables).
+        if self.log_q.len() > MAX_Q_PRIMES || self.log_p.len() > MAX_P_PRIMES {
+            return Err(invalid(format!(
+                "{} ciphertext and {} special primes (at most {MAX_Q_PRIMES} and {MAX_P_PRIMES})",
+                self.log_q.len(),
+                self.log_p.len()
             )));
         }
         let mut q = prime::ntt_primes(self.log_q[0], self.log_n, 1)?;

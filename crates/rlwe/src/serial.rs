@@ -713,6 +713,50 @@ mod tests {
         }
     }
 
+    /// Parameters read from bytes are bounded before any prime is generated: a small file
+    /// asking for thousands of primes at N = 2^17 (found by `fuzz/`, target `rlwe_serial`:
+    /// gigabytes of NTT tables) is refused at once, as is one just past the bound.
+    #[test]
+    fn parameters_asking_for_too_many_primes_are_refused_before_generation() {
+        let params = params();
+        // The huge one last: without the bound the small ones fail first (a mismatch of
+        // primes instead of the bound), before the huge one exhausts memory.
+        for (log_n, q_count, p_count) in [
+            (4, crate::MAX_Q_PRIMES + 1, 1),
+            (4, 2, crate::MAX_P_PRIMES + 1),
+            (17, 20_000, 1),
+        ] {
+            let wire = ParamsWire {
+                literal: ParamsLiteral {
+                    log_n,
+                    log_q: vec![40; q_count],
+                    log_p: vec![55; p_count],
+                    dnum: None,
+                    secret: SecretDistribution::Ternary,
+                    security: SecurityLevel::UncheckedForReproduction,
+                },
+                q: vec![],
+                p: vec![],
+            };
+            let bytes = encode(Kind::Params, &params, &wire);
+            // The bound's message: refused before generation, not for a mismatch after it.
+            let err = Params::from_bytes(&bytes).unwrap_err();
+            assert!(
+                matches!(&err, RlweError::InvalidParams { reason } if reason.contains("at most")),
+                "{q_count} Q and {p_count} P primes: {err}"
+            );
+        }
+        // The bound leaves room for every chain hecnn builds (at most 64 primes).
+        let mut lit = params.literal().clone();
+        lit.log_q = vec![40; 64];
+        lit.log_n = 4;
+        let built = lit.build();
+        assert!(
+            !matches!(&built, Err(RlweError::InvalidParams { reason }) if reason.contains("at most")),
+            "64 primes refused by the bound"
+        );
+    }
+
     /// A restricted key's digits must all share one basis, and a key needs at least one
     /// digit: wires that break either are refused, not loaded or indexed out of bounds.
     #[test]
