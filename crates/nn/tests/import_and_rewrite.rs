@@ -222,6 +222,52 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f64) {
     }
 }
 
+/// Every activation polynomial the exporter writes (Horner's form, `(x·a + b)·x + c`) reads
+/// back as one activation of the same input: `x² + 2x` (Gomez et al.'s activation) used to
+/// come back as "Mul of two different activations".
+#[test]
+fn exported_activation_polynomials_import_as_one_activation() {
+    for c in [
+        vec![0.0, 2.0, 1.0],
+        vec![0.5, -1.0, 0.25],
+        vec![1.0, 0.0, 1.0],
+        vec![0.0, 0.0, 1.0],
+        vec![0.25, 0.5],
+    ] {
+        let dense = |seed: u64, o: usize, i: usize| {
+            Op::Dense(hecnn_nn::ir::Dense {
+                weight: tensor(seed, vec![o, i], 0.5),
+                bias: values(seed + 1, o, 0.1),
+            })
+        };
+        let model = Model {
+            name: "poly".into(),
+            input_shape: [1, 2, 2],
+            nodes: vec![
+                node("x", Op::Input, vec![]),
+                node("flat", Op::Flatten, vec![0]),
+                node("fc1", dense(30, 3, 4), vec![1]),
+                node("act", Op::Poly(c.clone()), vec![2]),
+                node("fc2", dense(32, 2, 3), vec![3]),
+            ],
+            output: 4,
+        };
+        let x = tensor(33, vec![1, 2, 2], 1.0);
+        let want = exec::run(&model, &x).unwrap();
+        let imported = onnx::import_onnx(&onnx::export_onnx(&model).unwrap())
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        let rewritten = rewrite(&imported, &RewriteOptions::default()).unwrap();
+        assert_close(&exec::run(&rewritten, &x).unwrap(), &want, 1e-12);
+        let polys: Vec<&Op> = rewritten
+            .nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Poly(_)))
+            .map(|n| &n.op)
+            .collect();
+        assert_eq!(polys, vec![&Op::Poly(c.clone())], "{c:?}");
+    }
+}
+
 #[test]
 fn onnx_round_trip_matches_cleartext() {
     for (model, seed) in [(hcnn_mnist(), 20u64), (residual_model(), 21)] {

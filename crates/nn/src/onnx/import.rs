@@ -741,12 +741,20 @@ fn affine(
         }
     };
     if c.len() == 1 {
-        return Ok(V(push(
-            nodes,
-            name,
-            Op::Poly(vec![shift[0], scale[0]]),
-            vec![x],
-        )));
+        // A scalar affine map of a polynomial of `y` is a polynomial of `y` of the same
+        // degree: composed here, so that Horner's form `(x·a + b)·x` (what the exporter
+        // writes) reads back as one activation of `x`.
+        let (input, coeffs) = match &nodes[x].op {
+            Op::Poly(q) if nodes[x].inputs.len() == 1 => {
+                let mut p: Vec<f64> = q.iter().map(|v| v * scale[0]).collect();
+                if let Some(c0) = p.first_mut() {
+                    *c0 += shift[0];
+                }
+                (nodes[x].inputs[0], p)
+            }
+            _ => (x, vec![shift[0], scale[0]]),
+        };
+        return Ok(V(push(nodes, name, Op::Poly(coeffs), vec![input])));
     }
     // Per-channel constants, as ONNX broadcasting writes them: [C], [C,1,1] or [1,C,1,1].
     let dims: Vec<usize> = c.shape().iter().copied().filter(|&d| d != 1).collect();
