@@ -231,6 +231,10 @@ pub struct BenchProtectedArgs {
     /// Skip encrypted features.
     #[arg(long)]
     plain_only: bool,
+    /// The bundled sample images (`sample:<data>`) instead of the test split: a smoke run
+    /// that needs no fetched data set.
+    #[arg(long)]
+    sample: bool,
     /// Model directory.
     #[arg(long, default_value = "models")]
     models: PathBuf,
@@ -381,7 +385,10 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
                     flooded_agree += usize::from(argmax(&logits) == argmax(want.data()));
                 }
                 // Wider than the modulus left at the output: refused (reported as such).
-                Err(hecnn_nn::NnError::Ckks(CkksError::FloodingTooWide { .. })) => {
+                Err(hecnn_nn::NnError::Encrypted {
+                    source: hecnn_nn::scheme::SchemeError::Ckks(CkksError::FloodingTooWide { .. }),
+                    ..
+                }) => {
                     flooded_worst = f64::NAN;
                 }
                 Err(e) => return Err(e.into()),
@@ -481,7 +488,11 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
             BenchData::Mnist => "mnist",
             BenchData::Cifar10 => "cifar10",
         };
-        let all = cnn::load_data(name)?;
+        let all = if a.sample {
+            cnn::load_data(&format!("sample:{name}"))?
+        } else {
+            cnn::load_data(name)?
+        };
         let timed = all.take(a.images.min(all.len()));
         for v in &a.variants {
             let (label, scope, file) = variant(v, name)?;

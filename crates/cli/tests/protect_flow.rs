@@ -28,6 +28,37 @@ fn whole_network_protected_through_the_cli() {
     flow("models/hcnn-mnist.onnx", "network", 2);
 }
 
+/// `bench protected` runs every row and its flooding table: a flooding too wide for the
+/// output modulus is reported as refused, not an error that ends the benchmark (it ended
+/// it, unnoticed, because no test ran the command).
+#[test]
+fn bench_protected_reports_refused_flooding_and_finishes() {
+    let (ok, log) = hecnn(&[
+        "bench",
+        "protected",
+        "--data",
+        "mnist",
+        "--variants",
+        "relu,poly",
+        "--security",
+        "128",
+        "--images",
+        "2",
+        "--sample",
+        "--threads",
+        "1",
+    ]);
+    assert!(ok, "{log}");
+    for row in [
+        "| mnist | last layer | plain | 128",
+        "| mnist | classifier, x²+2x | encrypted | 128",
+    ] {
+        assert!(log.contains(row), "no row {row:?}: {log}");
+    }
+    assert!(log.contains("IND-CPA-D"), "{log}");
+    assert!(log.contains("refused"), "{log}");
+}
+
 /// Protects `model` (`--layers layers`), classifies `count` sample digits at the edge with
 /// plain and with encrypted features, and decrypts at the owner.
 fn flow(model: &str, layers: &str, count: usize) {
