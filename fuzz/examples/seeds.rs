@@ -16,7 +16,9 @@
 use std::path::{Path, PathBuf};
 
 use hecnn_ckks::{Encoder, encrypt_pk, encrypt_sk};
-use hecnn_deploy::wire::{DeploymentBundle, DeploymentHeader, ResultEnvelope, ResultHeader};
+use hecnn_deploy::wire::{
+    DeploymentBundle, DeploymentHeader, ResultEnvelope, ResultHeader, push_frame,
+};
 use hecnn_fuzz::{
     backend, compile_options, compiled, protected, rlwe_toy, tiny_compile_model,
     tiny_protect_model, toy_key_requirements,
@@ -237,6 +239,23 @@ fn protected_seeds(root: &Path) {
         output,
     };
     put_with_variants(root, target, "result", &env.to_bytes().unwrap());
+    // Edge stream bodies: frames of 4 and of 784 pixels, and a frame with a bad id.
+    let mut stream = Vec::new();
+    for (id, px) in [
+        ("a", [1u8, 2, 3, 4]),
+        ("b.png", [5, 6, 7, 8]),
+        ("c-1_x", [0, 0, 0, 255]),
+    ] {
+        push_frame(&mut stream, id, &px);
+    }
+    put(root, target, "stream-4px", &stream);
+    let digit: Vec<u8> = (0..784u32).map(|i| (i % 256) as u8).collect();
+    let mut stream = Vec::new();
+    push_frame(&mut stream, "digit-0", &digit);
+    put(root, target, "stream-784px", &stream);
+    let mut stream = Vec::new();
+    push_frame(&mut stream, "../x", &[1, 2, 3, 4]);
+    put(root, target, "stream-bad-id", &stream);
 }
 
 /// A PNG of `w×h` pixels of `color` at `depth` bits.

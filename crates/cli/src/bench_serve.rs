@@ -220,11 +220,7 @@ fn stream_body(
             .iter()
             .map(|&p| (p * 255.0).round().clamp(0.0, 255.0) as u8)
             .collect();
-        let id = id(i);
-        body.extend_from_slice(&(id.len() as u16).to_le_bytes());
-        body.extend_from_slice(id.as_bytes());
-        body.extend_from_slice(&(px.len() as u32).to_le_bytes());
-        body.extend_from_slice(&px);
+        hecnn_deploy::wire::push_frame(&mut body, &id(i), &px);
     }
     body
 }

@@ -8,7 +8,12 @@
 //! Layout: 4-byte magic, `u16` version, `u32` header length, the header (postcard), then the
 //! payloads as (`u64` length, bytes). Decoding rejects other magics and versions, lengths past
 //! the end, oversized headers and trailing bytes.
+//!
+//! - **Stream frames** (a client → the edge's `/v1/stream`): `u16` id length, the id (UTF-8,
+//!   [`check_input_id`]), `u32` pixel count, the pixels; frames follow one another in the
+//!   body and may be split anywhere across its chunks ([`next_frame`], [`push_frame`]).
 
+use bytes::{Buf, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::DeployError;
@@ -23,6 +28,61 @@ pub const VERSION: u16 = 1;
 const MAX_HEADER: usize = 4096;
 /// Longest input identifier.
 pub const MAX_INPUT_ID: usize = 128;
+
+/// Parses one stream frame from the front of `buf` if it is whole (`Ok(None)`: more bytes
+/// are needed), checking its id and that it carries `pixels` pixels before waiting for them,
+/// so a hostile length is refused without buffering it.
+///
+/// # Errors
+/// [`DeployError::Wire`]: an id of 0 or more than [`MAX_INPUT_ID`] bytes, not UTF-8 or not a
+/// valid input id; a pixel count other than `pixels`.
+pub fn next_frame(
+    buf: &mut BytesMut,
+    pixels: usize,
+) -> Result<Option<(String, Vec<u8>)>, DeployError> {
+    if buf.len() < 2 {
+        return Ok(None);
+    }
+    let id_len = usize::from(u16::from_le_bytes([buf[0], buf[1]]));
+    if id_len == 0 || id_len > MAX_INPUT_ID {
+        return Err(DeployError::Wire(format!(
+            "frame: id of {id_len} bytes (1 to {MAX_INPUT_ID})"
+        )));
+    }
+    if buf.len() < 6 + id_len {
+        return Ok(None);
+    }
+    let n = u32::from_le_bytes([
+        buf[2 + id_len],
+        buf[3 + id_len],
+        buf[4 + id_len],
+        buf[5 + id_len],
+    ]) as usize;
+    let id = std::str::from_utf8(&buf[2..2 + id_len])
+        .map_err(|_| DeployError::Wire("frame: the id is not UTF-8".into()))?
+        .to_string();
+    check_input_id(&id)?;
+    if n != pixels {
+        return Err(DeployError::Wire(format!(
+            "frame {id}: {n} pixels, the deployed model takes {pixels}"
+        )));
+    }
+    if buf.len() < 6 + id_len + n {
+        return Ok(None);
+    }
+    buf.advance(6 + id_len);
+    let px = buf.split_to(n).to_vec();
+    Ok(Some((id, px)))
+}
+
+/// Appends one stream frame (see [`next_frame`]) to `out`. The caller keeps `id` valid
+/// ([`check_input_id`]) and short enough for the `u16` length; the edge refuses it otherwise.
+pub fn push_frame(out: &mut Vec<u8>, id: &str, pixels: &[u8]) {
+    out.extend_from_slice(&(id.len() as u16).to_le_bytes());
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(&(pixels.len() as u32).to_le_bytes());
+    out.extend_from_slice(pixels);
+}
 
 /// What a deployment is: which model version, under which owner key, and how the edge
 /// supplies the features.
@@ -252,6 +312,41 @@ impl ResultEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn frame(id: &str, px: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        push_frame(&mut f, id, px);
+        f
+    }
+
+    #[test]
+    fn frames_parse_across_chunk_boundaries_and_refuse_bad_ones() {
+        let mut all = frame("a", &[1, 2, 3]);
+        all.extend(frame("b.png", &[4, 5, 6]));
+        let mut buf = BytesMut::new();
+        let mut got = vec![];
+        for byte in all {
+            buf.extend_from_slice(&[byte]);
+            while let Some(f) = next_frame(&mut buf, 3).unwrap() {
+                got.push(f);
+            }
+        }
+        assert_eq!(
+            got,
+            vec![("a".into(), vec![1, 2, 3]), ("b.png".into(), vec![4, 5, 6])]
+        );
+        assert!(buf.is_empty());
+        let mut bad = BytesMut::from(&frame("a", &[1, 2])[..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+        let mut bad = BytesMut::from(&frame("../x", &[1, 2, 3])[..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+        let mut bad = BytesMut::from(&[0u8, 0, 1][..]);
+        assert!(next_frame(&mut bad, 3).is_err());
+        // A hostile pixel count is refused from the frame's header, before its pixels.
+        let mut big = BytesMut::from(&frame("a", &[])[..]);
+        big[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(next_frame(&mut big, 3).is_err());
+    }
 
     fn bundle() -> DeploymentBundle {
         DeploymentBundle {

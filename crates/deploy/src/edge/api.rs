@@ -12,7 +12,7 @@ use axum::{
     response::IntoResponse,
     routing::{get, post, put},
 };
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -22,7 +22,6 @@ use hecnn_ring::Backend;
 use super::{Edge, Job};
 use crate::auth::bearer;
 use crate::body::read_body;
-use crate::wire::check_input_id;
 use crate::{ApiError, DeployError};
 
 type Api<T> = Result<T, ApiError>;
@@ -108,46 +107,6 @@ async fn status<B: Backend + Clone>(
     })))
 }
 
-/// Longest frame header: `u16` id length, 128-byte id, `u32` pixel count.
-const MAX_ID: usize = crate::wire::MAX_INPUT_ID;
-
-/// Parses one frame from the front of `buf`, if whole.
-fn next_frame(buf: &mut BytesMut, pixels: usize) -> Api<Option<(String, Vec<u8>)>> {
-    if buf.len() < 2 {
-        return Ok(None);
-    }
-    let id_len = usize::from(u16::from_le_bytes([buf[0], buf[1]]));
-    if id_len == 0 || id_len > MAX_ID {
-        return Err(ApiError::bad_request(format!(
-            "frame: id of {id_len} bytes (1 to {MAX_ID})"
-        )));
-    }
-    if buf.len() < 2 + id_len + 4 {
-        return Ok(None);
-    }
-    let n = u32::from_le_bytes([
-        buf[2 + id_len],
-        buf[3 + id_len],
-        buf[4 + id_len],
-        buf[5 + id_len],
-    ]) as usize;
-    let id = std::str::from_utf8(&buf[2..2 + id_len])
-        .map_err(|_| ApiError::bad_request("frame: the id is not UTF-8"))?
-        .to_string();
-    check_input_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    if n != pixels {
-        return Err(ApiError::bad_request(format!(
-            "frame {id}: {n} pixels, the deployed model takes {pixels}"
-        )));
-    }
-    if buf.len() < 6 + id_len + n {
-        return Ok(None);
-    }
-    buf.advance(6 + id_len);
-    let px = buf.split_to(n).to_vec();
-    Ok(Some((id, px)))
-}
-
 /// Most failures listed in a stream's answer (the count is always complete).
 const MAX_LISTED_FAILURES: usize = 100;
 
@@ -223,7 +182,7 @@ async fn stream<B: Backend + Clone>(
         };
         buf.extend_from_slice(&chunk);
         loop {
-            match next_frame(&mut buf, pixels) {
+            match crate::wire::next_frame(&mut buf, pixels).map_err(ApiError::from) {
                 Ok(Some((input_id, px))) => {
                     let (tx, rx) = oneshot::channel();
                     let job = Job {
@@ -266,42 +225,4 @@ async fn stream<B: Backend + Clone>(
         "processed": processed,
         "failed": failed,
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(id: &str, px: &[u8]) -> Vec<u8> {
-        let mut f = (id.len() as u16).to_le_bytes().to_vec();
-        f.extend_from_slice(id.as_bytes());
-        f.extend_from_slice(&(px.len() as u32).to_le_bytes());
-        f.extend_from_slice(px);
-        f
-    }
-
-    #[test]
-    fn frames_parse_across_chunk_boundaries_and_refuse_bad_ones() {
-        let mut all = frame("a", &[1, 2, 3]);
-        all.extend(frame("b.png", &[4, 5, 6]));
-        let mut buf = BytesMut::new();
-        let mut got = vec![];
-        for byte in all {
-            buf.extend_from_slice(&[byte]);
-            while let Some(f) = next_frame(&mut buf, 3).unwrap() {
-                got.push(f);
-            }
-        }
-        assert_eq!(
-            got,
-            vec![("a".into(), vec![1, 2, 3]), ("b.png".into(), vec![4, 5, 6])]
-        );
-        assert!(buf.is_empty());
-        let mut bad = BytesMut::from(&frame("a", &[1, 2])[..]);
-        assert!(next_frame(&mut bad, 3).is_err());
-        let mut bad = BytesMut::from(&frame("../x", &[1, 2, 3])[..]);
-        assert!(next_frame(&mut bad, 3).is_err());
-        let mut bad = BytesMut::from(&[0u8, 0, 1][..]);
-        assert!(next_frame(&mut bad, 3).is_err());
-    }
 }
