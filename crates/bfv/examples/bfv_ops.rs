@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use hecnn_bfv::{BatchEncoder, Evaluator, Preset, decrypt, encrypt_pk, encrypt_sk};
+use hecnn_bfv::{BatchEncoder, Decryptor, Evaluator, Preset, encrypt_pk, encrypt_sk};
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey};
 
@@ -129,8 +129,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
             };
             let xy: Vec<u64> = x.iter().zip(&y).map(|(a, b)| a * b % t).collect();
+            let dec = Decryptor::new(&params, &sk, &be).unwrap();
             let check = |what: &str, c: &hecnn_bfv::Ciphertext<CpuBackend>, want: &[u64]| {
-                let got = enc.decode(&decrypt(&params, &sk, &be, c).unwrap()).unwrap();
+                let got = enc.decode(&dec.decrypt(c).unwrap()).unwrap();
                 assert_eq!(got, want, "{what}: wrong result");
             };
             emit(
@@ -142,8 +143,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
             emit(
                 "decrypt",
-                "no decode",
-                samples_ms(reps, || drop(decrypt(&params, &sk, &be, &ct).unwrap())),
+                "no decode, key prepared",
+                samples_ms(reps, || drop(dec.decrypt(&ct).unwrap())),
             );
             let op = eval.prepare_plain(&pt_y, params.max_level())?;
             emit(
@@ -185,6 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             params.aux_primes().len(),
             opts.threads
         );
+        let dec = Decryptor::new(&params, &sk, &be).unwrap();
         let rows: [(&str, f64); 9] = [
             ("encode", median_ms(reps, || drop(enc.encode(&x).unwrap()))),
             (
@@ -201,7 +203,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ),
             (
                 "decrypt",
-                median_ms(reps, || drop(decrypt(&params, &sk, &be, &ct).unwrap())),
+                median_ms(reps, || drop(dec.decrypt(&ct).unwrap())),
             ),
             (
                 "add",

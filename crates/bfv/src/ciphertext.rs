@@ -166,27 +166,75 @@ pub fn encrypt_pk<B: Backend>(
     ))
 }
 
-/// `c_0 + c_1·s (+ c_2·s²)` in the coefficient domain, scaled exactly.
-fn scaled<B: Backend>(
-    params: &BfvParams,
-    sk: &SecretKey,
-    be: &B,
-    ct: &Ciphertext<B>,
-) -> Result<Vec<crate::rns::Scaled>, BfvError> {
-    params.check(&ct.fingerprint)?;
-    params.check_rlwe(sk.params())?;
-    let ctx = params.rlwe().ctx();
-    let level = params.level(ct.level())?;
-    let x = sk
-        .decrypt(be, &ct.inner)?
-        .into_coeff(be, ctx)
-        .to_host(be, ctx)?;
-    let n = params.n();
-    Ok(be.install(|| level.exact.scale(n, &x))?)
+/// Decrypts with the secret key held on the backend in the evaluation domain (converted
+/// once, zeroized on drop): what a key owner that decrypts many results uses. The free
+/// functions [`decrypt`] and [`noise_budget_bits`] convert the key on every call.
+pub struct Decryptor<'a, B: Backend> {
+    params: &'a BfvParams,
+    inner: hecnn_rlwe::Decryptor<'a, B>,
+}
+
+impl<'a, B: Backend> Decryptor<'a, B> {
+    /// A decryptor for `sk` under `params`.
+    ///
+    /// # Errors
+    /// [`BfvError::ParamsMismatch`] for a key of other parameters; backend failures.
+    pub fn new(params: &'a BfvParams, sk: &'a SecretKey, be: &'a B) -> Result<Self, BfvError> {
+        params.check_rlwe(sk.params())?;
+        Ok(Self {
+            params,
+            inner: sk.decryptor(be)?,
+        })
+    }
+
+    /// `c_0 + c_1·s (+ c_2·s²)` in the coefficient domain (host, limb-major) and the level's
+    /// constants.
+    fn phase(
+        &self,
+        ct: &Ciphertext<B>,
+    ) -> Result<(Vec<u64>, &crate::params::LevelConsts), BfvError> {
+        self.params.check(&ct.fingerprint)?;
+        let (be, ctx) = (self.inner.backend(), self.params.rlwe().ctx());
+        let level = self.params.level(ct.level())?;
+        let x = self
+            .inner
+            .decrypt(&ct.inner)?
+            .into_coeff(be, ctx)
+            .to_host(be, ctx)?;
+        Ok((x, level))
+    }
+
+    /// Decrypts exactly: `⌊(t/Q_l)·(c_0 + c_1·s + …)⌉ mod t`.
+    ///
+    /// # Errors
+    /// [`BfvError::ParamsMismatch`] for a ciphertext of other parameters; backend failures.
+    pub fn decrypt(&self, ct: &Ciphertext<B>) -> Result<Plaintext, BfvError> {
+        let (x, level) = self.phase(ct)?;
+        let n = self.params.n();
+        let messages = self
+            .inner
+            .backend()
+            .install(|| level.exact.messages(n, &x))?;
+        Ok(Plaintext::new(self.params, messages))
+    }
+
+    /// The invariant noise budget in bits (see [`noise_budget_bits`]).
+    ///
+    /// # Errors
+    /// See [`Self::decrypt`].
+    pub fn noise_budget_bits(&self, ct: &Ciphertext<B>) -> Result<f64, BfvError> {
+        let (x, level) = self.phase(ct)?;
+        let n = self.params.n();
+        let s = self.inner.backend().install(|| level.exact.scale(n, &x))?;
+        let max = s.iter().map(|c| c.noise_abs).fold(0.0f64, f64::max);
+        let log_q = self.params.log_q_at(ct.level());
+        Ok((log_q - max.max(1.0).log2() - 1.0).max(0.0))
+    }
 }
 
 /// Decrypts exactly: `⌊(t/Q_l)·(c_0 + c_1·s + …)⌉ mod t` by Garner's mixed-radix conversion
-/// (integer arithmetic only).
+/// (integer arithmetic only). Converts the key for this one call: use a [`Decryptor`] for
+/// many.
 ///
 /// # Errors
 /// [`BfvError::ParamsMismatch`] for a key or ciphertext of other parameters; backend failures.
@@ -196,11 +244,7 @@ pub fn decrypt<B: Backend>(
     be: &B,
     ct: &Ciphertext<B>,
 ) -> Result<Plaintext, BfvError> {
-    let s = scaled(params, sk, be, ct)?;
-    Ok(Plaintext::new(
-        params,
-        s.into_iter().map(|c| c.message).collect(),
-    ))
+    Decryptor::new(params, sk, be)?.decrypt(ct)
 }
 
 /// The invariant noise budget in bits (SEAL's definition, see the module documentation):
@@ -215,8 +259,5 @@ pub fn noise_budget_bits<B: Backend>(
     be: &B,
     ct: &Ciphertext<B>,
 ) -> Result<f64, BfvError> {
-    let s = scaled(params, sk, be, ct)?;
-    let max = s.iter().map(|c| c.noise_abs).fold(0.0f64, f64::max);
-    let log_q = params.log_q_at(ct.level());
-    Ok((log_q - max.max(1.0).log2() - 1.0).max(0.0))
+    Decryptor::new(params, sk, be)?.noise_budget_bits(ct)
 }

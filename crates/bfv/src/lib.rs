@@ -51,7 +51,7 @@ mod params;
 pub mod rns;
 pub mod serial;
 
-pub use ciphertext::{Ciphertext, decrypt, encrypt_pk, encrypt_sk, noise_budget_bits};
+pub use ciphertext::{Ciphertext, Decryptor, decrypt, encrypt_pk, encrypt_sk, noise_budget_bits};
 pub use encoder::{BatchEncoder, Plaintext};
 pub use evaluator::{Evaluator, PlaintextOperand};
 pub use noise::{NoiseEstimate, NoiseModel};

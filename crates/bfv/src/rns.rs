@@ -328,8 +328,11 @@ pub struct ExactScaler {
     inv: Vec<Vec<u64>>,
     /// Mixed-radix digits of `(Q − 1)/2`.
     half: Vec<u64>,
-    /// `[q_i]_t`.
-    q_mod_t: Vec<u64>,
+    /// `[Π_{j<i} q_j]_t`: the mixed-radix weights modulo `t`.
+    radix_mod_t: Vec<u64>,
+    /// `t` as a [`Modulus`] (Barrett reduction, no division) when it is one: odd, at least
+    /// 3; otherwise the reductions divide.
+    t_mod: Option<Modulus>,
     /// `[Q]_t`.
     big_q_mod_t: u64,
     /// `[Q^{-1}]_t`.
@@ -369,13 +372,22 @@ impl ExactScaler {
         let q_mod_t: Vec<u64> = q.iter().map(|m| m.value() % t).collect();
         let big_q_mod_t = q_mod_t.iter().fold(1 % t, |acc, &v| mul_mod(acc, v, t));
         let big_q_inv_mod_t = inv_mod(big_q_mod_t, t).ok_or(not_inv)?;
+        let radix_mod_t: Vec<u64> = q_mod_t
+            .iter()
+            .scan(1 % t, |acc, &v| {
+                let w = *acc;
+                *acc = mul_mod(*acc, v, t);
+                Some(w)
+            })
+            .collect();
         let mut out = Self {
             t_mod_q: q.iter().map(|m| m.reduce(t)).collect(),
             q: q.to_vec(),
             t,
             inv,
             half: vec![0; l],
-            q_mod_t,
+            radix_mod_t,
+            t_mod: Modulus::new(t).ok(),
             big_q_mod_t,
             big_q_inv_mod_t,
         };
@@ -401,7 +413,72 @@ impl ExactScaler {
         }
     }
 
-    /// Scales every coefficient of `x` (limb-major over `Q`, coefficient domain).
+    /// The message of one coefficient from the mixed-radix digits `v` of `w = [t·x]_Q`
+    /// (in `[0, Q)`), and whether `w` stands for a negative value (`w > (Q − 1)/2`).
+    fn message(&self, v: &[u64]) -> (u64, bool) {
+        let t = self.t;
+        let negative = v
+            .iter()
+            .rev()
+            .zip(self.half.iter().rev())
+            .find(|(a, b)| a != b)
+            .is_some_and(|(a, b)| a > b);
+        // w mod t = Σ v_i·[Π_{j<i} q_j]_t: products below 2^121 (v_i < 2^61, t < 2^60),
+        // reduced every LAZY_TERMS / 4 terms.
+        let reduce = |x: u128| match &self.t_mod {
+            Some(m) => m.reduce_u128_any(x),
+            None => (x % u128::from(t)) as u64,
+        };
+        let mut w_mod_t = 0u64;
+        for (d, r) in v
+            .chunks(LAZY_TERMS / 4)
+            .zip(self.radix_mod_t.chunks(LAZY_TERMS / 4))
+        {
+            let sum = d.iter().zip(r).fold(u128::from(w_mod_t), |acc, (&d, &r)| {
+                acc + u128::from(d) * u128::from(r)
+            });
+            w_mod_t = reduce(sum);
+        }
+        // z = w − Q when negative; message = −z · Q^{-1} mod t (all operands below t).
+        let z_mod_t = if negative {
+            let (w, q) = (w_mod_t, self.big_q_mod_t);
+            if w >= q { w - q } else { w + (t - q) }
+        } else {
+            w_mod_t
+        };
+        let minus_z = if z_mod_t == 0 { 0 } else { t - z_mod_t };
+        let message = reduce(u128::from(minus_z) * u128::from(self.big_q_inv_mod_t));
+        (message, negative)
+    }
+
+    /// The mixed-radix digits of `[t·x]_Q` for coefficient `c` of `x` (limb-major, `n` per
+    /// limb).
+    fn digits_of(&self, x: &[u64], n: usize, c: usize, v: &mut [u64]) {
+        self.digits(&|i| self.q[i].mul(x[i * n + c], self.t_mod_q[i]), v);
+    }
+
+    /// `⌊t·x/Q⌉ mod t` for every coefficient of `x` (limb-major over `Q`, coefficient
+    /// domain): decryption's scaling, without the noise [`Self::scale`] also measures.
+    ///
+    /// # Errors
+    /// [`RingError::LengthMismatch`].
+    pub fn messages(&self, n: usize, x: &[u64]) -> Result<Vec<u64>, RingError> {
+        let l = self.q.len();
+        check_len(l * n, x.len())?;
+        Ok((0..n)
+            .into_par_iter()
+            .map_init(
+                || vec![0u64; l],
+                |v, c| {
+                    self.digits_of(x, n, c, v);
+                    self.message(v).0
+                },
+            )
+            .collect())
+    }
+
+    /// Scales every coefficient of `x` (limb-major over `Q`, coefficient domain) and
+    /// measures its invariant noise.
     ///
     /// # Errors
     /// [`RingError::LengthMismatch`].
@@ -410,46 +487,27 @@ impl ExactScaler {
         check_len(l * n, x.len())?;
         Ok((0..n)
             .into_par_iter()
-            .map(|c| {
-                let mut v = vec![0u64; l];
-                // w = t·x mod Q, in mixed radix.
-                self.digits(&|i| self.q[i].mul(x[i * n + c], self.t_mod_q[i]), &mut v);
-                let negative = v
-                    .iter()
-                    .rev()
-                    .zip(self.half.iter().rev())
-                    .find(|(a, b)| a != b)
-                    .is_some_and(|(a, b)| a > b);
-                // w mod t, then z = w − Q when w > (Q−1)/2.
-                let w_mod_t = v
-                    .iter()
-                    .zip(&self.q_mod_t)
-                    .rev()
-                    .fold(0u64, |acc, (&d, &q)| {
-                        (mul_mod(acc, q, self.t) + d % self.t) % self.t
-                    });
-                let z_mod_t = if negative {
-                    (w_mod_t + self.t - self.big_q_mod_t) % self.t
-                } else {
-                    w_mod_t
-                };
-                // message = −z · Q^{-1} mod t
-                let message = mul_mod((self.t - z_mod_t) % self.t, self.big_q_inv_mod_t, self.t);
-                if negative {
-                    // |z| = Q − w: digits of (Q − 1 − w) + 1.
-                    let mut carry = 1u64;
-                    for (d, m) in v.iter_mut().zip(&self.q) {
-                        let s = m.value() - 1 - *d + carry;
-                        (*d, carry) = if s == m.value() { (0, 1) } else { (s, 0) };
+            .map_init(
+                || vec![0u64; l],
+                |v, c| {
+                    self.digits_of(x, n, c, v);
+                    let (message, negative) = self.message(v);
+                    if negative {
+                        // |z| = Q − w: digits of (Q − 1 − w) + 1.
+                        let mut carry = 1u64;
+                        for (d, m) in v.iter_mut().zip(&self.q) {
+                            let s = m.value() - 1 - *d + carry;
+                            (*d, carry) = if s == m.value() { (0, 1) } else { (s, 0) };
+                        }
                     }
-                }
-                let noise_abs = v
-                    .iter()
-                    .zip(&self.q)
-                    .rev()
-                    .fold(0.0f64, |acc, (&d, m)| acc * m.value() as f64 + d as f64);
-                Scaled { message, noise_abs }
-            })
+                    let noise_abs = v
+                        .iter()
+                        .zip(&self.q)
+                        .rev()
+                        .fold(0.0f64, |acc, (&d, m)| acc * m.value() as f64 + d as f64);
+                    Scaled { message, noise_abs }
+                },
+            )
             .collect())
     }
 }
