@@ -595,6 +595,37 @@ mod tests {
         }
     }
 
+    /// Ten limbs (the mod-t sum spans two of its lazy chunks), an odd and an even `t`:
+    /// `messages` and `scale` against big-integer arithmetic.
+    #[test]
+    fn exact_scaler_over_many_limbs_and_even_t() {
+        use num_bigint::BigInt;
+        use num_traits::Euclid;
+        let q = moduli(&prime::ntt_primes(20, 4, 10).unwrap());
+        let big_q: BigInt = q.iter().map(|m| BigInt::from(m.value())).product();
+        for t in [65537u64, 1 << 16, 3] {
+            let s = ExactScaler::new(&q, t).unwrap();
+            let delta = &big_q / BigInt::from(t);
+            let cases: Vec<(u64, i64)> =
+                vec![(0, 0), (1, -5), (t - 1, 12345), (t / 2, -999), (7 % t, 1)];
+            let n = cases.len();
+            let mut x = vec![0u64; q.len() * n];
+            for (c, &(m, e)) in cases.iter().enumerate() {
+                let v = (&delta * BigInt::from(m) + BigInt::from(e)).rem_euclid(&big_q);
+                for (i, qi) in q.iter().enumerate() {
+                    let r = (&v % BigInt::from(qi.value())).to_u64_digits().1;
+                    x[i * n + c] = r.first().copied().unwrap_or(0);
+                }
+            }
+            let messages = s.messages(n, &x).unwrap();
+            let scaled = s.scale(n, &x).unwrap();
+            for (c, &(m, _)) in cases.iter().enumerate() {
+                assert_eq!(messages[c], m, "t = {t}, case {c}");
+                assert_eq!(scaled[c].message, m, "t = {t}, case {c}");
+            }
+        }
+    }
+
     #[test]
     fn hps_scaler_matches_integer_rounding() {
         let q = moduli(&prime::ntt_primes(30, 4, 2).unwrap());

@@ -75,13 +75,21 @@ pub fn next_frame(
     Ok(Some((id, px)))
 }
 
-/// Appends one stream frame (see [`next_frame`]) to `out`. The caller keeps `id` valid
-/// ([`check_input_id`]) and short enough for the `u16` length; the edge refuses it otherwise.
-pub fn push_frame(out: &mut Vec<u8>, id: &str, pixels: &[u8]) {
+/// Appends one stream frame (see [`next_frame`]) to `out`.
+///
+/// # Errors
+/// [`DeployError::Wire`]: an id the edge would refuse ([`check_input_id`]) or more than
+/// `u32::MAX` pixels; `out` is left as it was.
+pub fn push_frame(out: &mut Vec<u8>, id: &str, pixels: &[u8]) -> Result<(), DeployError> {
+    check_input_id(id)?;
+    let count = u32::try_from(pixels.len())
+        .map_err(|_| DeployError::Wire(format!("frame {id}: {} pixels", pixels.len())))?;
+    // check_input_id bounds the id to MAX_INPUT_ID bytes, which fits the u16 length.
     out.extend_from_slice(&(id.len() as u16).to_le_bytes());
     out.extend_from_slice(id.as_bytes());
-    out.extend_from_slice(&(pixels.len() as u32).to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
     out.extend_from_slice(pixels);
+    Ok(())
 }
 
 /// What a deployment is: which model version, under which owner key, and how the edge
@@ -313,9 +321,12 @@ impl ResultEnvelope {
 mod tests {
     use super::*;
 
+    /// A frame written by hand (`push_frame` refuses the bad ids these tests need).
     fn frame(id: &str, px: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        push_frame(&mut f, id, px);
+        let mut f = (id.len() as u16).to_le_bytes().to_vec();
+        f.extend_from_slice(id.as_bytes());
+        f.extend_from_slice(&(px.len() as u32).to_le_bytes());
+        f.extend_from_slice(px);
         f
     }
 
@@ -346,6 +357,12 @@ mod tests {
         let mut big = BytesMut::from(&frame("a", &[])[..]);
         big[3..7].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(next_frame(&mut big, 3).is_err());
+        // The writer refuses what the reader would, and writes what it reads.
+        let mut out = Vec::new();
+        assert!(push_frame(&mut out, "../x", &[1, 2, 3]).is_err());
+        assert!(out.is_empty());
+        push_frame(&mut out, "a", &[1, 2, 3]).unwrap();
+        assert_eq!(out, frame("a", &[1, 2, 3]));
     }
 
     fn bundle() -> DeploymentBundle {
