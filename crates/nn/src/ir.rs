@@ -178,6 +178,9 @@ impl Op {
     }
 }
 
+/// Most values a model's input may have (2^24: ImageNet's 3 × 224 × 224 is 150,528).
+pub const MAX_INPUT_VALUES: usize = 1 << 24;
+
 impl Model {
     /// Refuses a model holding a NaN or infinite number: it would compile, encrypt and
     /// run, and every prediction would be garbage.
@@ -275,7 +278,22 @@ impl Model {
                 detail,
             };
             let shape = match &node.op {
-                Op::Input => self.input_shape.to_vec(),
+                Op::Input => {
+                    // Every later shape derives from this one: bounded here, the sizes the
+                    // nodes compute cannot overflow (a model read from a file is untrusted).
+                    let values = self
+                        .input_shape
+                        .iter()
+                        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                        .filter(|&v| v > 0 && v <= MAX_INPUT_VALUES);
+                    if values.is_none() {
+                        return Err(misfit(format!(
+                            "input shape {:?}: 1 to {MAX_INPUT_VALUES} values",
+                            self.input_shape
+                        )));
+                    }
+                    self.input_shape.to_vec()
+                }
                 Op::Conv2d(c) => {
                     let s = chw(&input(0), &node.name)?;
                     let w = c.weight.shape();
@@ -339,7 +357,12 @@ impl Model {
                     }
                     s
                 }
-                Op::Flatten => vec![input(0).iter().product()],
+                Op::Flatten => vec![
+                    input(0)
+                        .iter()
+                        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                        .ok_or_else(|| misfit("more values than an index holds".into()))?,
+                ],
                 Op::Add => {
                     let (a, b) = (input(0), input(1));
                     if a != b {

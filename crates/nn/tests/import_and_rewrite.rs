@@ -268,6 +268,33 @@ fn exported_activation_polynomials_import_as_one_activation() {
     }
 }
 
+/// A model read from a file is untrusted: an input shape whose size overflows (found by the
+/// CI's fuzz smoke run on a compiled model) or is empty is refused, not multiplied.
+#[test]
+fn hostile_input_shapes_are_refused_not_overflowed() {
+    let model = |input_shape: [usize; 3]| Model {
+        name: "shape".into(),
+        input_shape,
+        nodes: vec![
+            node("x", Op::Input, vec![]),
+            node("flat", Op::Flatten, vec![0]),
+        ],
+        output: 1,
+    };
+    for bad in [[1 << 40, 1 << 40, 1], [0, 28, 28], [1, 1 << 13, 1 << 12]] {
+        match model(bad).shapes() {
+            Err(NnError::NodeShape { detail, .. }) => {
+                assert!(detail.contains("values"), "{detail}")
+            }
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert_eq!(
+        model([3, 224, 224]).shapes().unwrap()[1],
+        vec![3 * 224 * 224]
+    );
+}
+
 #[test]
 fn onnx_round_trip_matches_cleartext() {
     for (model, seed) in [(hcnn_mnist(), 20u64), (residual_model(), 21)] {
