@@ -6,6 +6,8 @@
 //! same level: BFV levels are aligned by modulus switching (a scaling, not a truncation),
 //! which the evaluator never does implicitly.
 
+mod linear;
+
 use std::sync::Arc;
 
 use hecnn_ring::{Backend, Basis, Coeff, Eval, RnsPoly};
@@ -349,9 +351,24 @@ impl<B: Backend> Evaluator<B> {
         a: &Ciphertext<B>,
         op: &PlaintextOperand<B>,
     ) -> Result<Ciphertext<B>, BfvError> {
-        let mut out = a.clone();
-        self.mul_plain_operand_assign(&mut out, op)?;
-        Ok(out)
+        self.check(a)?;
+        self.params.check(&op.fingerprint)?;
+        if a.level() > op.level {
+            return Err(BfvError::LevelTooLow {
+                needed: a.level(),
+                have: op.level,
+            });
+        }
+        let ctx = self.params.rlwe().ctx();
+        // One pass per component into a new polynomial (the operand's basis contains the
+        // ciphertext's: its first limbs are used).
+        let parts = a
+            .inner()
+            .parts()
+            .iter()
+            .map(|p| RnsPoly::product(&self.be, ctx, p.basis(), p, &op.poly))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.wrap(hecnn_rlwe::Ciphertext::from_parts(parts)?))
     }
 
     /// `a *= op` (see [`Evaluator::mul_plain_operand`]).

@@ -157,8 +157,15 @@ pub struct NoiseModel {
 impl NoiseModel {
     /// The model of `params` (see the [module documentation](self) for the formulas).
     pub fn new(params: &BfvParams) -> Self {
-        let rlwe = params.rlwe();
-        let n = params.n();
+        Self::for_modulus(params.rlwe(), params.t())
+    }
+
+    /// The model of the BFV parameters that `rlwe` and the plaintext modulus `t` would make,
+    /// without building them (no auxiliary basis, no precomputed tables): a planner can try
+    /// many `t` cheaply. Estimates compare equal to those of [`NoiseModel::new`] for the
+    /// same parameters.
+    pub fn for_modulus(rlwe: &hecnn_rlwe::Params, t: u64) -> Self {
+        let n = rlwe.n();
         let nf = n as f64;
         let var_s = match rlwe.secret() {
             SecretDistribution::Ternary => 2.0 / 3.0,
@@ -167,7 +174,7 @@ impl NoiseModel {
         let sigma2 = SIGMA * SIGMA;
         let lin = 1.0 + nf * var_s;
         let quad = lin + nf * nf * var_s * var_s;
-        let log_t = (params.t() as f64).log2();
+        let log_t = (t as f64).log2();
 
         // Key switching: digits of Q_l, special modulus P with k primes.
         let log_p: f64 = rlwe.p().iter().map(|&p| (p as f64).log2()).sum();
@@ -200,11 +207,15 @@ impl NoiseModel {
             (2.0 * (2.0 * nf).ln() - 2.0 * LOG2_TAIL_PROBABILITY * std::f64::consts::LN_2).sqrt();
         Self {
             consts: Arc::new(Consts {
-                fingerprint: params.fingerprint(),
+                fingerprint: crate::params::fingerprint_for(rlwe, t),
                 n,
-                t: params.t(),
-                log_q: (0..=params.max_level())
-                    .map(|l| params.log_q_at(l))
+                t,
+                log_q: q
+                    .iter()
+                    .scan(0.0, |acc, &p| {
+                        *acc += (p as f64).log2();
+                        Some(*acc)
+                    })
                     .collect(),
                 log_ks,
                 ks_power: nf * var_s / lin,

@@ -121,12 +121,8 @@ impl BfvParams {
                 log_q: q.iter().map(|m| (m.value() as f64).log2()).sum(),
             });
         }
-        let mut h = blake3::Hasher::new();
-        h.update(b"hecnn/bfv/params/v1");
-        h.update(&rlwe.fingerprint());
-        h.update(&t.to_le_bytes());
         Ok(Self {
-            fingerprint: *h.finalize().as_bytes(),
+            fingerprint: fingerprint_for(&rlwe, t),
             rlwe,
             t,
             batching,
@@ -217,6 +213,15 @@ impl BfvParams {
             v as i64
         }
     }
+}
+
+/// The fingerprint of BFV parameters: the RLWE parameters' and `t`.
+pub(crate) fn fingerprint_for(rlwe: &Params, t: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"hecnn/bfv/params/v1");
+    h.update(&rlwe.fingerprint());
+    h.update(&t.to_le_bytes());
+    *h.finalize().as_bytes()
 }
 
 /// A named BFV preset. Names carry `N` (as `log2 N`), the total `log2(QP)` of the generated

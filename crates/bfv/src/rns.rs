@@ -43,8 +43,33 @@
 //! [`hecnn_ring::Backend::install`]). Moving them behind `ring::Backend` as primitives is
 //! what a device backend needs to run BFV multiplication without transfers.
 
-use hecnn_ring::{Modulus, RingError};
+use hecnn_ring::{
+    Modulus, RingError,
+    simd::{IfmaModulus, WideModulus},
+};
 use rayon::prelude::*;
+
+/// The vector kernel of one target prime's multiply-accumulate: IFMA for primes below
+/// `2^50`, the wide IFMA kernel for `2^50..2^61`, or none (the scalar loop: no AVX-512 IFMA,
+/// or `HECNN_NO_SIMD`).
+#[derive(Clone, Copy, Debug)]
+enum Kernel {
+    Ifma(IfmaModulus),
+    Wide(WideModulus),
+    Scalar,
+}
+
+impl Kernel {
+    fn new(m: &Modulus) -> Self {
+        if let Some(c) = IfmaModulus::new(m) {
+            Self::Ifma(c)
+        } else if let Some(c) = WideModulus::new(m) {
+            Self::Wide(c)
+        } else {
+            Self::Scalar
+        }
+    }
+}
 
 /// Products of two words summed in a `u128` before a reduction: 32 terms below `2^122` each
 /// stay below `2^127`.
@@ -90,6 +115,14 @@ pub struct Converter {
     hat_mod: Vec<Vec<u64>>,
     /// `[-S]_{t_j}`.
     neg_s_mod: Vec<u64>,
+    /// Row `j`: `hat_mod[j]` followed by `neg_s_mod[j]` (the constants of one target's dot
+    /// product over the `y_i` and `v`).
+    consts: Vec<Vec<u64>>,
+    /// Vector kernels of the source primes (for `y_i`) and of the target primes.
+    src_kernels: Vec<Kernel>,
+    dst_kernels: Vec<Kernel>,
+    /// Some source residue may exceed `2^52` (IFMA splits such words).
+    wide_sources: bool,
 }
 
 impl Converter {
@@ -115,7 +148,7 @@ impl Converter {
                 Ok((inv, m.shoup(inv)))
             })
             .collect::<Result<Vec<_>, RingError>>()?;
-        let hat_mod = dst
+        let hat_mod: Vec<Vec<u64>> = dst
             .iter()
             .map(|t| (0..src.len()).map(|i| product_mod(&others(i), t)).collect())
             .collect();
@@ -133,7 +166,16 @@ impl Converter {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let consts = hat_mod
+            .iter()
+            .zip(&neg_s_mod)
+            .map(|(h, &ns)| h.iter().copied().chain([ns]).collect())
+            .collect();
         Ok(Self {
+            consts,
+            src_kernels: src.iter().map(Kernel::new).collect(),
+            dst_kernels: dst.iter().map(Kernel::new).collect(),
+            wide_sources: src.iter().any(|m| m.value() >= 1 << 52),
             inv_f: src.iter().map(|m| 1.0 / m.value() as f64).collect(),
             src: src.to_vec(),
             dst: dst.to_vec(),
@@ -162,13 +204,22 @@ impl Converter {
         check_len(self.src.len() * n, src.len())?;
         check_len(self.dst.len() * n, dst.len())?;
         // y_i = [x_i · (S/s_i)^{-1}]_{s_i}
-        let mut y = vec![0u64; src.len()];
+        let mut y = src.to_vec();
         y.par_chunks_mut(n)
-            .zip(src.par_chunks(n))
-            .zip(self.src.par_iter().zip(&self.hat_inv))
-            .for_each(|((y, x), (m, &(w, ws)))| {
-                for (y, &x) in y.iter_mut().zip(x) {
-                    *y = m.mul_shoup(x, w, ws);
+            .zip(
+                self.src
+                    .par_iter()
+                    .zip(&self.hat_inv)
+                    .zip(&self.src_kernels),
+            )
+            .for_each(|(y, ((m, &(w, ws)), k))| {
+                if let Kernel::Ifma(c) = k
+                    && c.mul_shoup_assign(y, w, c.shoup(w))
+                {
+                    return;
+                }
+                for y in y.iter_mut() {
+                    *y = m.mul_shoup(*y, w, ws);
                 }
             });
         // v = ⌊Σ y_i / s_i⌉ (the number of times S was overshot).
@@ -191,9 +242,20 @@ impl Converter {
 
     /// `dst_j = Σ_i y_i·[S/s_i]_{t_j} + v·[−S]_{t_j}` for every target limb.
     fn accumulate(&self, n: usize, y: &[u64], v: &[u64], dst: &mut [u64]) {
+        let mut sources: Vec<&[u64]> = y.chunks_exact(n).collect();
+        sources.push(v);
         dst.par_chunks_mut(n)
             .zip(self.dst.par_iter().zip(&self.hat_mod).zip(&self.neg_s_mod))
-            .for_each(|(out, ((t, hat), &neg_s))| {
+            .zip(self.consts.par_iter().zip(&self.dst_kernels))
+            .for_each(|((out, ((t, hat), &neg_s)), (consts, k))| {
+                let vectorized = match k {
+                    Kernel::Ifma(c) => c.dot_const(out, &sources, consts, self.wide_sources),
+                    Kernel::Wide(c) => c.dot_const(out, &sources, consts),
+                    Kernel::Scalar => false,
+                };
+                if vectorized {
+                    return;
+                }
                 let mut acc = vec![0u128; n];
                 for (k, (limb, &h)) in y.chunks_exact(n).zip(hat).enumerate() {
                     for (a, &yv) in acc.iter_mut().zip(limb) {
@@ -231,10 +293,11 @@ pub struct HpsScaler {
     from_r: Converter,
     /// `[t]_{q_i}` with Shoup factors.
     t_mod_q: Vec<(u64, u64)>,
-    /// `[t]_{r_j}`.
-    t_mod_r: Vec<u64>,
-    /// `[Q_l^{-1}]_{r_j}`.
-    q_inv_mod_r: Vec<u64>,
+    /// `([t·Q_l^{-1}]_{r_j}, [−Q_l^{-1}]_{r_j})`: `y = t·x·Q^{-1} − z·Q^{-1}` over `R`.
+    r_consts: Vec<[u64; 2]>,
+    /// Vector kernels of the `Q_l` and `R` primes.
+    q_kernels: Vec<Kernel>,
+    r_kernels: Vec<Kernel>,
 }
 
 impl HpsScaler {
@@ -259,8 +322,13 @@ impl HpsScaler {
                     (tm, m.shoup(tm))
                 })
                 .collect(),
-            t_mod_r: r.iter().map(|m| m.reduce(t)).collect(),
-            q_inv_mod_r,
+            r_consts: r
+                .iter()
+                .zip(&q_inv_mod_r)
+                .map(|(m, &qi)| [m.mul(m.reduce(t), qi), m.neg(qi)])
+                .collect(),
+            q_kernels: q.iter().map(Kernel::new).collect(),
+            r_kernels: r.iter().map(Kernel::new).collect(),
             q: q.to_vec(),
             r: r.to_vec(),
         })
@@ -291,28 +359,42 @@ impl HpsScaler {
         check_len(ql, out.len())?;
         let (xq, xr) = x.split_at(ql);
         // w = [t·x]_{Q_l}
-        let mut w = vec![0u64; ql];
+        let mut w = xq.to_vec();
         w.par_chunks_mut(n)
-            .zip(xq.par_chunks(n))
-            .zip(self.q.par_iter().zip(&self.t_mod_q))
-            .for_each(|((w, x), (m, &(tq, ts)))| {
-                for (w, &x) in w.iter_mut().zip(x) {
-                    *w = m.mul_shoup(x, tq, ts);
+            .zip(self.q.par_iter().zip(&self.t_mod_q).zip(&self.q_kernels))
+            .for_each(|(w, ((m, &(tq, ts)), k))| {
+                if let Kernel::Ifma(c) = k
+                    && c.mul_shoup_assign(w, tq, c.shoup(tq))
+                {
+                    return;
+                }
+                for w in w.iter_mut() {
+                    *w = m.mul_shoup(*w, tq, ts);
                 }
             });
         // z = the centered [t·x]_Q, over R
         let mut z = vec![0u64; self.r.len() * n];
         self.to_r.convert(n, &w, &mut z)?;
-        // y = (t·x − z) · Q^{-1} over R
-        z.par_chunks_mut(n)
-            .zip(xr.par_chunks(n))
-            .zip(self.r.par_iter().zip(&self.t_mod_r).zip(&self.q_inv_mod_r))
-            .for_each(|((z, x), ((m, &tr), &qi))| {
-                for (z, &x) in z.iter_mut().zip(x) {
-                    *z = m.mul(m.sub(m.mul(x, tr), *z), qi);
+        // y = (t·x − z) · Q^{-1} = x·[t·Q^{-1}] + z·[−Q^{-1}] over R, written over x's limbs.
+        let mut y = vec![0u64; self.r.len() * n];
+        y.par_chunks_mut(n)
+            .zip(xr.par_chunks(n).zip(z.par_chunks(n)))
+            .zip(self.r.par_iter().zip(&self.r_consts).zip(&self.r_kernels))
+            .for_each(|((y, (x, z)), ((m, c), k))| {
+                let vectorized = match k {
+                    Kernel::Ifma(v) => v.dot_const(y, &[x, z], c, false),
+                    Kernel::Wide(v) => v.dot_const(y, &[x, z], c),
+                    Kernel::Scalar => false,
+                };
+                if vectorized {
+                    return;
+                }
+                let cs = [m.shoup(c[0]), m.shoup(c[1])];
+                for ((y, &x), &z) in y.iter_mut().zip(x).zip(z) {
+                    *y = m.add(m.mul_shoup(x, c[0], cs[0]), m.mul_shoup(z, c[1], cs[1]));
                 }
             });
-        self.from_r.convert(n, &z, out)
+        self.from_r.convert(n, &y, out)
     }
 }
 
@@ -526,6 +608,25 @@ mod tests {
         m.iter().map(|m| m.reduce_i128(x)).collect()
     }
 
+    /// Converts the residues over `q` of `vals` (limb-major) and checks every result
+    /// against the residues over `r` of the same integers.
+    fn assert_converts(conv: &Converter, q: &[Modulus], r: &[Modulus], vals: &[i128], what: &str) {
+        let n = vals.len();
+        let mut src = vec![0u64; q.len() * n];
+        for (c, &v) in vals.iter().enumerate() {
+            for (i, x) in residues(q, v).into_iter().enumerate() {
+                src[i * n + c] = x;
+            }
+        }
+        let mut dst = vec![0u64; r.len() * n];
+        conv.convert(n, &src, &mut dst).unwrap();
+        for (c, &v) in vals.iter().enumerate() {
+            for (j, x) in residues(r, v).into_iter().enumerate() {
+                assert_eq!(dst[j * n + c], x, "{what}value {v}, limb {j}");
+            }
+        }
+    }
+
     #[test]
     fn inverse_mod_composite() {
         assert_eq!(inv_mod(3, 16), Some(11));
@@ -549,20 +650,7 @@ mod tests {
             big_q / 2 - big_q / 1000,
             -987654321,
         ];
-        let n = vals.len();
-        let mut src = vec![0u64; 2 * n];
-        for (c, &v) in vals.iter().enumerate() {
-            for (i, x) in residues(&q, v).into_iter().enumerate() {
-                src[i * n + c] = x;
-            }
-        }
-        let mut dst = vec![0u64; 2 * n];
-        conv.convert(n, &src, &mut dst).unwrap();
-        for (c, &v) in vals.iter().enumerate() {
-            for (j, x) in residues(&r, v).into_iter().enumerate() {
-                assert_eq!(dst[j * n + c], x, "value {v}, limb {j}");
-            }
-        }
+        assert_converts(&conv, &q, &r, &vals, "");
     }
 
     #[test]
@@ -623,6 +711,47 @@ mod tests {
                 assert_eq!(messages[c], m, "t = {t}, case {c}");
                 assert_eq!(scaled[c].message, m, "t = {t}, case {c}");
             }
+        }
+    }
+
+    /// The vector kernels (IFMA sources and targets, wide targets, wide sources) against
+    /// exact residues, over lengths they accept (multiples of 8), on random values of the
+    /// whole centered range.
+    #[test]
+    fn conversion_kernels_are_exact_across_prime_sizes() {
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        for (sb, db) in [(49, 60), (60, 49), (43, 43), (60, 60), (30, 52)] {
+            let q = moduli(&prime::ntt_primes(sb, 4, 2).unwrap());
+            let r = moduli(
+                &prime::ntt_primes_excluding(db, 4, 2, &[q[0].value(), q[1].value()]).unwrap(),
+            );
+            let conv = Converter::new(&q, &r).unwrap();
+            // On a CPU with IFMA (unless HECNN_NO_SIMD), the vector kernels are what runs.
+            if hecnn_ring::simd::ifma_available() {
+                assert!(
+                    conv.dst_kernels
+                        .iter()
+                        .all(|k| !matches!(k, Kernel::Scalar)),
+                    "{db}-bit targets fell back to the scalar loop"
+                );
+            }
+            let big_q = q[0].value() as i128 * q[1].value() as i128;
+            let n = 64;
+            // Values well inside (−Q/2, Q/2): the correction is exact there.
+            let vals: Vec<i128> = (0..n)
+                .map(|_| {
+                    let u = ((next() as u128) << 64 | next() as u128) % (big_q as u128 * 9 / 10);
+                    u as i128 - big_q * 9 / 20
+                })
+                .collect();
+            assert_converts(&conv, &q, &r, &vals, &format!("{sb} → {db} bits: "));
         }
     }
 

@@ -1022,27 +1022,8 @@ impl<B: Backend> Evaluator<B> {
         let level = cts.iter().map(|c| c.level()).min().unwrap_or(0);
         let basis = Basis::q(level + 1);
         let (be, ctx) = (&self.be, self.ctx());
-        let mut row_ptr = Vec::with_capacity(rows.len() + 1);
-        let mut cols = Vec::new();
-        row_ptr.push(0);
-        for r in rows {
-            cols.extend(r.iter().map(|&(j, _)| j as u32));
-            row_ptr.push(cols.len());
-        }
-        let weights: Vec<Vec<u64>> = (0..basis.len())
-            .map(|pos| {
-                let m = ctx.limb_modulus(&basis, pos);
-                rows.iter()
-                    .flatten()
-                    .map(|&(_, w)| m.reduce_i128(w))
-                    .collect()
-            })
-            .collect();
-        let sparse = hecnn_ring::backend::SparseRows {
-            row_ptr: &row_ptr,
-            cols: &cols,
-            weights: &weights,
-        };
+        let sparse = hecnn_ring::backend::SparseRowsOwned::new(ctx, basis, rows, cts.len())?;
+        let sparse = sparse.view();
         let mut comps: Vec<Vec<B::Buffer>> = Vec::with_capacity(degree + 1);
         for comp in 0..=degree {
             let inputs = Self::component(cts, comp);

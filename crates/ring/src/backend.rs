@@ -26,6 +26,67 @@ pub struct SparseRows<'a> {
     pub weights: &'a [Vec<u64>],
 }
 
+/// The owned storage behind a [`SparseRows`]: integer rows `(input, weight)` laid out in
+/// compressed-row form, every weight reduced into every limb of `basis`. Batch-mode linear
+/// layers of every scheme build their weighted sums from it.
+#[derive(Clone, Debug, Default)]
+pub struct SparseRowsOwned {
+    row_ptr: Vec<usize>,
+    cols: Vec<u32>,
+    weights: Vec<Vec<u64>>,
+}
+
+impl SparseRowsOwned {
+    /// Lays out `rows` (each a list of `(input index, weight)`) for the limbs of `basis`.
+    ///
+    /// # Errors
+    /// [`RingError::IndexOutOfRange`] for an input index of `inputs` or more, or one above
+    /// `u32::MAX`.
+    pub fn new<W: Copy + Into<i128>>(
+        ctx: &RnsContext,
+        basis: Basis,
+        rows: &[Vec<(usize, W)>],
+        inputs: usize,
+    ) -> Result<Self, RingError> {
+        let mut row_ptr = Vec::with_capacity(rows.len() + 1);
+        let mut cols = Vec::with_capacity(rows.iter().map(Vec::len).sum());
+        row_ptr.push(0);
+        for r in rows {
+            for &(j, _) in r {
+                let col = u32::try_from(j).ok().filter(|_| j < inputs);
+                cols.push(col.ok_or(RingError::IndexOutOfRange {
+                    index: j,
+                    len: inputs.min(u32::MAX as usize + 1),
+                })?);
+            }
+            row_ptr.push(cols.len());
+        }
+        let weights = (0..basis.len())
+            .map(|pos| {
+                let m = ctx.limb_modulus(&basis, pos);
+                rows.iter()
+                    .flatten()
+                    .map(|&(_, w)| m.reduce_i128(w.into()))
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            row_ptr,
+            cols,
+            weights,
+        })
+    }
+
+    /// The borrowed view the backends take.
+    pub fn view(&self) -> SparseRows<'_> {
+        SparseRows {
+            row_ptr: &self.row_ptr,
+            cols: &self.cols,
+            weights: &self.weights,
+        }
+    }
+}
+
 /// A sparse matrix whose terms are polynomials, in compressed-row form: row `k` has terms
 /// `row_ptr[k]..row_ptr[k+1]`, each an input index `cols[t]` and a weight polynomial
 /// `weights[t]` (evaluation domain). The plaintext diagonals of a BSGS linear transform,

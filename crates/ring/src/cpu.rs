@@ -442,6 +442,15 @@ impl Backend for CpuBackend {
             if ctx.ifma(g).is_some_and(|c| c.mul_assign(d, s)) {
                 return;
             }
+            // 50–61-bit primes: the wide IFMA product (one term of the multiply-sum) into a
+            // scratch limb, then copied back.
+            if let Some(w) = ctx.wide(g) {
+                let mut out = vec![0u64; d.len()];
+                if w.mul_sum(&mut out, &[d], &[s], false) {
+                    d.copy_from_slice(&out);
+                    return;
+                }
+            }
             let m = ctx.modulus(g);
             for (x, &y) in d.iter_mut().zip(s) {
                 *x = m.mul(*x, y);

@@ -126,6 +126,14 @@ pub enum RingError {
         /// Found length.
         found: usize,
     },
+    /// An index past the end of what it indexes (a sparse row's input, for example).
+    #[error("index {index} out of range for {len} items")]
+    IndexOutOfRange {
+        /// The index.
+        index: usize,
+        /// How many items there are.
+        len: usize,
+    },
     /// Input words are not reduced modulo their prime.
     #[error("limb {limb} holds a value not reduced modulo its prime")]
     UnreducedInput {

@@ -270,6 +270,34 @@ impl<B: Backend> RnsPoly<B, Eval> {
         Ok(())
     }
 
+    /// `a ⊙ b` over `basis` into a new polynomial, written in one pass (no copy of `a`
+    /// first, as `a.clone()` then [`RnsPoly::mul_assign`] would make).
+    ///
+    /// # Errors
+    /// [`RingError::BasisMismatch`] unless both operands' bases contain `basis`; allocation
+    /// failure.
+    pub fn product(
+        be: &B,
+        ctx: &RnsContext,
+        basis: Basis,
+        a: &Self,
+        b: &Self,
+    ) -> Result<Self, RingError> {
+        let mut out = Self::zero(be, ctx, basis)?;
+        out.check_operand(&a.basis)?;
+        out.check_operand(&b.basis)?;
+        be.mul_sum(
+            ctx,
+            basis,
+            &mut out.buf,
+            &[(&a.buf, a.basis)],
+            &[(&b.buf, b.basis)],
+            None,
+            false,
+        );
+        Ok(out)
+    }
+
     /// `self += a ⊙ b`.
     ///
     /// # Errors
