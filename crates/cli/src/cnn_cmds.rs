@@ -277,6 +277,16 @@ pub struct CompileArgs {
     /// For `--mode auto`: how many images will be sent together.
     #[arg(long, default_value_t = 1)]
     images: usize,
+    /// Scheme: `ckks`, or `bfv` (the model quantized to integers and run exactly in batch
+    /// packing; writes a BFV plan, default name MODEL.bfv.hecnn).
+    #[arg(long, value_enum, default_value_t = crate::eval_cmd::SchemeArg::Ckks)]
+    scheme: crate::eval_cmd::SchemeArg,
+    /// `--scheme bfv`: bits of the quantized input pixels.
+    #[arg(long, default_value_t = 4)]
+    input_bits: u32,
+    /// `--scheme bfv`: bits of the quantized weights (per output neuron).
+    #[arg(long, default_value_t = 6)]
+    weight_bits: u32,
     #[command(flatten)]
     opts: ModelOpts,
 }
@@ -288,6 +298,21 @@ pub struct CompileArgs {
 /// # Errors
 /// Models or packings that cannot run, calibration that finds values too large, I/O.
 pub fn compile(a: &CompileArgs) -> Result<(), CliError> {
+    if a.scheme == crate::eval_cmd::SchemeArg::Bfv {
+        if a.calibrate.is_some() || a.client_spec.is_some() || a.mode != Mode::Batch {
+            return Err(CliError::Usage(
+                "--scheme bfv plans batch packing from worst-case bounds: --calibrate, \
+                 --client-spec and --mode belong to CKKS"
+                    .into(),
+            ));
+        }
+        let spec = hecnn_nn::quant::QuantSpec {
+            input_bits: a.input_bits,
+            weight_bits: a.weight_bits,
+            ..Default::default()
+        };
+        return crate::bfv_cmds::compile(&a.model, a.out.as_deref(), &a.opts, &spec);
+    }
     let c = a.opts.plan(&a.model, a.mode.request(a.images))?;
     if let Some(why) = c.choice() {
         println!("{why}");
@@ -464,6 +489,9 @@ pub struct KeygenArgs {
 /// # Errors
 /// I/O, key generation.
 pub fn keygen(a: &KeygenArgs) -> Result<(), CliError> {
+    if crate::bfv_cmds::is_plan(&a.model) {
+        return crate::bfv_cmds::keygen(&a.model, &a.out_dir, a.force, &a.opts);
+    }
     let paths = KeyPaths::in_dir(&a.out_dir);
     cnn::refuse_secret_overwrite(&paths.secret, a.force)?;
     let spec = load_spec(&a.model, &a.opts)?;
@@ -525,6 +553,9 @@ pub struct EncryptArgs {
     /// Public key file.
     #[arg(long, default_value = "keys/public.key")]
     public_key: PathBuf,
+    /// Secret key file (a BFV plan's inputs are encrypted with the secret key).
+    #[arg(long, default_value = "keys/secret.key")]
+    secret_key: PathBuf,
     /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
     #[arg(long, default_value = "sample:mnist")]
     data: String,
@@ -546,6 +577,14 @@ pub struct EncryptArgs {
 /// # Errors
 /// Keys or data that do not fit the model, I/O.
 pub fn encrypt(a: &EncryptArgs) -> Result<(), CliError> {
+    if crate::bfv_cmds::is_plan(&a.model) {
+        let sel = crate::bfv_cmds::Selection {
+            data: &a.data,
+            offset: a.offset,
+            count: a.count,
+        };
+        return crate::bfv_cmds::encrypt(&a.model, &a.secret_key, &sel, &a.out, &a.opts);
+    }
     let start = Instant::now();
     let spec = load_spec(&a.model, &a.opts)?;
     let client = Client::new(spec, a.opts.backend()?)?;
@@ -626,6 +665,9 @@ fn progress_bar(total: usize, unit: &str) -> ProgressBar {
 /// # Errors
 /// Keys or ciphertexts that do not fit the model or each other, memory, I/O.
 pub fn run(a: &RunArgs) -> Result<(), CliError> {
+    if crate::bfv_cmds::is_plan(&a.model) {
+        return crate::bfv_cmds::run(&a.model, &a.eval_keys, &a.input, &a.out, &a.opts);
+    }
     let start = Instant::now();
     let c = a.opts.load(&a.model)?;
     check_memory(&c)?;
@@ -712,6 +754,10 @@ pub struct DecryptArgs {
 /// # Errors
 /// A key that does not fit the ciphertexts, malformed files, I/O.
 pub fn decrypt(a: &DecryptArgs) -> Result<(), CliError> {
+    if crate::bfv_cmds::is_plan(&a.model) {
+        let data = a.data.as_deref().map(|d| (d, a.offset));
+        return crate::bfv_cmds::decrypt(&a.model, &a.secret_key, &a.input, data, &a.opts);
+    }
     let spec = load_spec(&a.model, &a.opts)?;
     let client = Client::new(spec, a.opts.backend()?)?;
     let spec = client.spec();

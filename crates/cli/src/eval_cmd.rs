@@ -68,8 +68,28 @@ pub struct EvalArgs {
     /// time). Default: on the fly for a plan that bootstraps, once otherwise.
     #[arg(long, value_enum)]
     weights: Option<Weights>,
+    /// Scheme: `ckks` (approximate real arithmetic, the model as trained) or `bfv` (the
+    /// model quantized to integers and run exactly, batch packing; every decrypted output
+    /// is checked against the integer executor).
+    #[arg(long, value_enum, default_value_t = SchemeArg::Ckks)]
+    scheme: SchemeArg,
+    /// `--scheme bfv`: bits of the quantized input pixels.
+    #[arg(long, default_value_t = 4)]
+    input_bits: u32,
+    /// `--scheme bfv`: bits of the quantized weights (per output neuron).
+    #[arg(long, default_value_t = 6)]
+    weight_bits: u32,
     #[command(flatten)]
     opts: ModelOpts,
+}
+
+/// `--scheme`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemeArg {
+    /// CKKS.
+    Ckks,
+    /// BFV, quantized.
+    Bfv,
 }
 
 /// `--weights`.
@@ -95,6 +115,28 @@ pub fn eval(a: &EvalArgs) -> Result<(), CliError> {
         return Err(CliError::Usage(
             "--record keeps image-by-image outcomes of --mode single (or auto choosing it)".into(),
         ));
+    }
+    if a.scheme == SchemeArg::Bfv {
+        if a.cleartext || a.simulate || a.record.is_some() || a.weights.is_some() {
+            return Err(CliError::Usage(
+                "--scheme bfv runs encrypted batches: --cleartext, --simulate, --record and \
+                 --weights belong to CKKS"
+                    .into(),
+            ));
+        }
+        if matches!(a.mode, Some(Mode::Single)) {
+            return Err(CliError::Usage(
+                "--scheme bfv runs batch packing (one image per slot); --mode single is CKKS's"
+                    .into(),
+            ));
+        }
+        let run = crate::eval_bfv::BfvEval {
+            data: &a.data,
+            input_bits: a.input_bits,
+            weight_bits: a.weight_bits,
+            verbose: a.verbose,
+        };
+        return crate::eval_bfv::eval_bfv(&model, &ds, &a.opts, &run);
     }
     if a.cleartext {
         // In the clear the model needs no plan: a model too deep for any packing still runs.
@@ -300,6 +342,9 @@ pub fn demo(threads: usize) -> Result<(), CliError> {
         simulate: false,
         mode: None,
         weights: None,
+        scheme: SchemeArg::Ckks,
+        input_bits: 4,
+        weight_bits: 6,
         opts: ModelOpts {
             log_n: None,
             security: None,

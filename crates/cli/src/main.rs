@@ -5,10 +5,12 @@ mod bench;
 mod bench_bootstrap;
 mod bench_infer;
 mod bench_serve;
+mod bfv_cmds;
 mod cnn;
 mod cnn_cmds;
 mod data_cmd;
 mod demo;
+mod eval_bfv;
 mod eval_cmd;
 mod infer_cmd;
 mod params_cmd;
@@ -177,7 +179,9 @@ impl CliError {
                 | NnError::Graph { .. }
                 | NnError::NotSupported { .. }
                 | NnError::Unprotectable { .. }
-                | NnError::NoParameters { .. },
+                | NnError::NoParameters { .. }
+                | NnError::NoBfvParameters { .. }
+                | NnError::Quantization(_),
             ) => 65,
             _ => 1,
         }

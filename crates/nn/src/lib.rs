@@ -27,6 +27,7 @@
 //! ```
 
 pub mod batch;
+pub mod bfv_batch;
 mod coeffs;
 pub mod compile;
 pub mod data;
@@ -36,6 +37,7 @@ pub mod linear;
 pub mod onnx;
 mod pending;
 pub mod protect;
+pub mod quant;
 pub mod rewrite;
 pub mod scheme;
 pub mod single;
@@ -118,6 +120,9 @@ pub enum NnError {
         /// Why, and what to do.
         why: String,
     },
+    /// A model or spec that does not quantize to integers.
+    #[error("quantization: {0}")]
+    Quantization(String),
     /// Work stopped on request (its caller went away) before it finished.
     #[error("{0}: cancelled")]
     Cancelled(String),
@@ -225,6 +230,18 @@ pub enum NnError {
         /// The parameter chain asked for.
         chain: compile::params::Chain,
         /// Why not, with what to try.
+        reason: String,
+    },
+    /// No secure BFV parameters hold an integer network's outputs with its noise.
+    #[error(
+        "no BFV parameters at {security}: the outputs need {need_bits:.1} bits of plaintext (worst case); {reason}"
+    )]
+    NoBfvParameters {
+        /// The security level asked for.
+        security: hecnn_rlwe::SecurityLevel,
+        /// Bits of plaintext the outputs need.
+        need_bits: f64,
+        /// Why nothing fits, and what to try.
         reason: String,
     },
     /// No placement of refreshes (bootstrapping) runs the plan: some part of it between two

@@ -20,6 +20,9 @@ pub enum SchemeError {
     /// From CKKS.
     #[error(transparent)]
     Ckks(#[from] CkksError),
+    /// From BFV.
+    #[error(transparent)]
+    Bfv(#[from] hecnn_bfv::BfvError),
     /// An operation this scheme (or this build) does not provide.
     #[error("{op} is not available in {scheme}")]
     Unsupported {

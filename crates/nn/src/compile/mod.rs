@@ -53,7 +53,7 @@
 
 pub(crate) mod client;
 pub mod cost;
-mod envelope;
+pub(crate) mod envelope;
 pub mod estimate;
 pub mod levels;
 pub mod params;
@@ -337,6 +337,10 @@ pub struct CompiledModel {
     fingerprint: [u8; 32],
 }
 
+/// Most levels between refreshes a compilation accepts (the RLWE layer takes at most 128
+/// ciphertext primes, and bootstrapping needs its own).
+pub const MAX_REFRESH_LEVELS: usize = 64;
+
 /// Compiles `model`: rewrite, plan in the packing asked for, parameters. The model is not
 /// changed; the compiled model is named after it.
 ///
@@ -345,6 +349,17 @@ pub struct CompiledModel {
 /// shapes that do not fit, [`NnError::NoParameters`] when no secure parameters run the plan
 /// in the packing asked for (for auto: in either).
 pub fn compile(model: &Model, opts: &CompileOptions) -> Result<CompiledModel, NnError> {
+    if let Some(r) = opts.refresh_levels
+        && !(2..=MAX_REFRESH_LEVELS).contains(&r)
+    {
+        // Refused before any parameter is made: a huge count would size prime lists by it.
+        return Err(NnError::OutOfRange {
+            node: "refresh_levels".into(),
+            value: r as f64,
+            bound: MAX_REFRESH_LEVELS as f64,
+            what: "levels between refreshes (at least 2)",
+        });
+    }
     model.check_finite()?;
     let rewritten = crate::rewrite(model, &opts.rewrite)?;
     plan_rewritten(rewritten, opts)
