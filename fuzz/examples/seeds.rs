@@ -441,6 +441,15 @@ fn data_seeds(root: &Path) {
     put(root, target, "cifar.truncated", &cifar[..3000]);
 }
 
+/// The BFV files: a plan, a batch of one image, one ciphertext.
+fn bfv_seeds(root: &Path) {
+    let toy = hecnn_fuzz::bfv_toy();
+    let target = "bfv_files";
+    put_with_variants(root, target, "plan", &toy.plan_bytes);
+    put_with_variants(root, target, "batch", &toy.batch);
+    put_with_variants(root, target, "ciphertext", &toy.ciphertext);
+}
+
 fn main() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = fuzz.join("seeds");
@@ -450,5 +459,6 @@ fn main() {
     image_seeds(&root);
     onnx_seeds(&root, fuzz.parent().expect("repository root"));
     data_seeds(&root);
+    bfv_seeds(&root);
     println!("seeds written to {}", root.display());
 }

@@ -367,3 +367,65 @@ pub fn resign(key: &SigningKey, data: &[u8]) -> Vec<u8> {
     let model = reseal_protected(model).unwrap_or_else(|| model.to_vec());
     key.sign_model(&model)
 }
+
+/// A toy BFV plan (insecure ring `N = 2^5`, checks off) and the pieces a reader needs: its
+/// instances' parameters and an encrypted batch, for the BFV file parsers.
+pub struct BfvToy {
+    /// The plan.
+    pub plan: hecnn_nn::bfv_batch::BfvPlan,
+    /// Its bytes.
+    pub plan_bytes: Vec<u8>,
+    /// Parameters of every instance.
+    pub params: Vec<std::sync::Arc<hecnn_bfv::BfvParams>>,
+    /// An encrypted batch of one image, as `hecnn encrypt` writes it.
+    pub batch: Vec<u8>,
+    /// One BFV ciphertext as `hecnn_bfv::Ciphertext::to_bytes` writes it.
+    pub ciphertext: Vec<u8>,
+}
+
+/// The toy BFV plan, built once.
+pub fn bfv_toy() -> &'static BfvToy {
+    static TOY: OnceLock<BfvToy> = OnceLock::new();
+    TOY.get_or_init(|| {
+        use hecnn_nn::{
+            bfv_batch::{self, BfvClient, BfvOptions},
+            quant::{QuantModel, QuantSpec},
+        };
+        let quant = QuantModel::quantize(&tiny_compile_model(), &QuantSpec::default())
+            .expect("quantize the toy model");
+        let ring = ParamsLiteral {
+            log_n: 5,
+            log_q: vec![40, 40, 40],
+            log_p: vec![40],
+            dnum: None,
+            secret: hecnn_rlwe::SecretDistribution::Ternary,
+            security: hecnn_rlwe::SecurityLevel::UncheckedForReproduction,
+        };
+        let plan = bfv_batch::plan(
+            quant,
+            &BfvOptions {
+                ring: Some(ring),
+                ..BfvOptions::default()
+            },
+        )
+        .expect("plan the toy model");
+        let plan_bytes = plan.to_bytes().expect("plan bytes");
+        let shared = std::sync::Arc::new(plan.clone());
+        let mut rng = Prng::from_seed([3; 32]);
+        let client = BfvClient::new(shared, backend().clone(), &mut rng).expect("client");
+        let image = vec![1i64; client.plan().quant().input_len()];
+        let cts = client.encrypt(&[image], &mut rng).expect("encrypt");
+        let batch = bfv_batch::batch_to_bytes(&plan, client.params(), backend(), 1, &cts)
+            .expect("batch bytes");
+        let ciphertext = cts[0][0]
+            .to_bytes(backend(), &client.params()[0])
+            .expect("ciphertext bytes");
+        BfvToy {
+            params: client.params().to_vec(),
+            plan,
+            plan_bytes,
+            batch,
+            ciphertext,
+        }
+    })
+}
