@@ -105,9 +105,10 @@ def main():
     ap.add_argument("--count", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--weights", help="trained weights (.npz from tutorial_train.py) instead of seeded random ones")
     a = ap.parse_args()
     images = read_idx_images(a.images)[: a.count]
-    w = weights(a.seed)
+    w = dict(np.load(a.weights)) if a.weights else weights(a.seed)
     t = time.perf_counter()
     ctx = context(a.threads)
     keygen_ms = (time.perf_counter() - t) * 1e3

@@ -400,7 +400,7 @@ fn write_with_mode(path: &Path, bytes: &[u8], private: bool) -> Result<(), NnErr
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(|e: std::io::Error| NnError::Data(format!("{}: {e}", path.display())))
+    result.map_err(|e: std::io::Error| NnError::io(path, e))
 }
 
 #[cfg(test)]

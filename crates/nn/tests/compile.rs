@@ -1057,3 +1057,18 @@ fn a_model_holding_nan_or_infinity_is_refused() {
         assert!(matches!(e, Some(NnError::Graph { .. })), "{e:?}");
     }
 }
+
+/// A hostile level count between refreshes is refused before any parameter is sized by it
+/// (it once sized a prime list: a multi-terabyte allocation).
+#[test]
+fn absurd_refresh_levels_are_refused_up_front() {
+    for levels in [0, 1, 65, 1 << 40] {
+        let mut o = opts(PackingRequest::Single);
+        o.refresh_levels = Some(levels);
+        let e = compile::compile(&model(), &o).unwrap_err();
+        assert!(
+            matches!(e, hecnn_nn::NnError::OutOfRange { ref node, .. } if node == "refresh_levels"),
+            "{levels}: {e}"
+        );
+    }
+}

@@ -172,7 +172,7 @@ pub fn bootstrapped(
             (budget.checked_sub(base)? / REFRESH_LOG_SCALE) as usize
         }
     };
-    if residual < 2 {
+    if !(2..=super::MAX_REFRESH_LEVELS).contains(&residual) {
         return None;
     }
     Some((lit(residual)?, REFRESH_LOG_SCALE, config))

@@ -305,6 +305,21 @@ impl<B: Backend> Server<B> {
         self.run_profiled(inputs, progress, |_, _, _| {})
     }
 
+    /// Checks, without consuming them, that `inputs` are inputs for this server's model,
+    /// packing and key pair: what [`Server::run`] checks before it takes them (a caller that
+    /// must keep refused inputs checks first).
+    ///
+    /// # Errors
+    /// [`NnError::Mismatch`] naming what differs.
+    pub fn check_inputs(&self, inputs: &EncryptedImages<B>) -> Result<(), NnError> {
+        inputs.check(
+            ImagesKind::Inputs,
+            self.plan.fingerprint,
+            self.plan.packing(),
+            &self.key_id,
+        )
+    }
+
     /// As [`Server::run`], calling `on_stage(image, time, ops)` after every stage of a
     /// single-image plan, and after every refresh, with its time and the operations it ran,
     /// for breakdowns.
@@ -317,12 +332,7 @@ impl<B: Backend> Server<B> {
         mut progress: impl FnMut(usize, usize),
         mut on_stage: impl FnMut(usize, crate::single::StageTime, hecnn_ckks::OpCounts) + Send,
     ) -> Result<EncryptedImages<B>, NnError> {
-        inputs.check(
-            ImagesKind::Inputs,
-            self.plan.fingerprint,
-            self.plan.packing(),
-            &self.key_id,
-        )?;
+        self.check_inputs(&inputs)?;
         let be = self.eval.backend();
         let mut inputs = inputs;
         let cts = inputs.take_ciphertexts();
