@@ -112,6 +112,58 @@ fn both_packings_run_encrypted_and_simulated_as_the_cleartext_model() {
 }
 
 #[test]
+fn a_run_stops_when_its_caller_cancels_it() {
+    let model = model();
+    let imgs = images(3, 101);
+    let be = CpuBackend::new(2).unwrap();
+    for packing in [PackingRequest::Batch, PackingRequest::Single] {
+        let c = compile::compile(&model, &opts(packing)).unwrap();
+        let client = Client::new(c.client_spec(), be.clone()).unwrap();
+        let mut rng = Prng::from_seed([8; 32]);
+        let keys = client.keygen(&mut rng).unwrap();
+        let server = Server::new(c.server_plan(), keys.evaluation, be.clone()).unwrap();
+        // Never cancelled: the run goes to the end, with `full` progress reports.
+        let mut full = 0;
+        let out = server.run_unless(
+            client.encrypt(&keys.public, &imgs, &mut rng).unwrap(),
+            |_, _| full += 1,
+            |_, _, _| {},
+            &|| false,
+        );
+        assert_eq!(
+            client.decrypt(&keys.secret, &out.unwrap()).unwrap().len(),
+            3
+        );
+        // Cancelled once the first layer (batch) or image (single) has been reported.
+        let reports = std::sync::atomic::AtomicUsize::new(0);
+        let first = if packing == PackingRequest::Batch {
+            2
+        } else {
+            1
+        };
+        let r = server.run_unless(
+            client.encrypt(&keys.public, &imgs, &mut rng).unwrap(),
+            |_, _| {
+                reports.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            },
+            |_, _, _| {},
+            &|| reports.load(std::sync::atomic::Ordering::Relaxed) >= first,
+        );
+        assert!(
+            matches!(r, Err(NnError::Cancelled(_))),
+            "{packing:?}: {:?}",
+            r.err()
+        );
+        assert_eq!(
+            reports.into_inner(),
+            first,
+            "{packing:?}: it went on after the cancel"
+        );
+        assert!(first < full, "{packing:?}: {full} reports in a whole run");
+    }
+}
+
+#[test]
 fn a_compiled_model_round_trips_without_planning_again_and_refuses_damage() {
     for packing in [PackingRequest::Batch, PackingRequest::Single] {
         let c = compile::compile(&model(), &opts(packing)).unwrap();

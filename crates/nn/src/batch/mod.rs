@@ -685,7 +685,22 @@ impl BatchPlan {
         &self,
         eng: &E,
         inputs: Vec<E::Ct>,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<(Vec<E::Ct>, OutputMap), NnError> {
+        self.run_unless(eng, inputs, progress, &|| false)
+    }
+
+    /// [`BatchPlan::run`], asking `cancelled` after every node and stopping with
+    /// [`NnError::Cancelled`] once it says so (a caller that went away, a user's Ctrl-C).
+    ///
+    /// # Errors
+    /// Those of [`BatchPlan::run`]; [`NnError::Cancelled`].
+    pub fn run_unless<E: Scheme>(
+        &self,
+        eng: &E,
+        inputs: Vec<E::Ct>,
         mut progress: impl FnMut(usize, usize),
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<(Vec<E::Ct>, OutputMap), NnError> {
         if inputs.len() != self.inputs() {
             return Err(NnError::Mismatch {
@@ -773,6 +788,12 @@ impl BatchPlan {
             // A chain completes its nodes at its head's turn; never report going backwards.
             reported = reported.max(slot + 1);
             progress(reported, total);
+            if cancelled() {
+                return Err(NnError::Cancelled(format!(
+                    "batch evaluation after node '{}'",
+                    node.name
+                )));
+            }
         }
         let out = values[self.model.output]
             .take()

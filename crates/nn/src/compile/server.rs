@@ -329,8 +329,24 @@ impl<B: Backend> Server<B> {
     pub fn run_profiled(
         &self,
         inputs: EncryptedImages<B>,
+        progress: impl FnMut(usize, usize),
+        on_stage: impl FnMut(usize, crate::single::StageTime, hecnn_ckks::OpCounts) + Send,
+    ) -> Result<EncryptedImages<B>, NnError> {
+        self.run_unless(inputs, progress, on_stage, &|| false)
+    }
+
+    /// [`Server::run_profiled`], asking `cancelled` after every layer (batch packing) or
+    /// image (single-image packing) and stopping with [`NnError::Cancelled`] once it says
+    /// so: a caller that went away, a user's Ctrl-C. The inputs are consumed either way.
+    ///
+    /// # Errors
+    /// As [`Server::run`]; [`NnError::Cancelled`].
+    pub fn run_unless(
+        &self,
+        inputs: EncryptedImages<B>,
         mut progress: impl FnMut(usize, usize),
         mut on_stage: impl FnMut(usize, crate::single::StageTime, hecnn_ckks::OpCounts) + Send,
+        cancelled: &(dyn Fn() -> bool + Sync),
     ) -> Result<EncryptedImages<B>, NnError> {
         self.check_inputs(&inputs)?;
         let be = self.eval.backend();
@@ -338,7 +354,7 @@ impl<B: Backend> Server<B> {
         let cts = inputs.take_ciphertexts();
         match (&*self.plan.plan, &self.encoded) {
             (PackedPlan::Batch(plan), _) => {
-                let (out, map) = plan.run_encrypted(&self.eval, cts, &mut progress)?;
+                let (out, map) = plan.run_unless(&self.eval, cts, &mut progress, cancelled)?;
                 Ok(EncryptedImages::outputs(&inputs, map, out))
             }
             (PackedPlan::Single(plan), Some(encoded)) => {
@@ -369,6 +385,12 @@ impl<B: Backend> Server<B> {
                     out.extend(o);
                     map = m;
                     progress(i + 1, images);
+                    if cancelled() && i + 1 < images {
+                        return Err(NnError::Cancelled(format!(
+                            "single-image evaluation after image {} of {images}",
+                            i + 1
+                        )));
+                    }
                 }
                 Ok(EncryptedImages::outputs(&inputs, map, out))
             }
