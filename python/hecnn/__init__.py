@@ -47,10 +47,12 @@ from ._errors import (
     ParametersError,
     RangeError,
     ShapeError,
+    SignatureError,
     UnsupportedOperatorError,
     UsageError,
 )
-from ._hecnn import Client, ClientSpec, CompiledModel, EncryptedImages, Server
+from ._hecnn import Client, ClientSpec, CompiledModel, Edge, EncryptedImages, Owner, Server
+from ._serve import ServeClient, ServeSession, ServiceError
 
 __version__: str = _hecnn.__version__
 
@@ -64,6 +66,12 @@ __all__ = [
     "Client",
     "Server",
     "EncryptedImages",
+    "protect",
+    "Owner",
+    "Edge",
+    "ServeClient",
+    "ServeSession",
+    "ServiceError",
     "Progress",
 ]
 __all__ += _errors.__all__
@@ -259,6 +267,88 @@ def compile(
                 calibration=result,
             )
     return compiled
+
+
+def protect(
+    model: ModelSource,
+    layers: str = "classifier",
+    security: Union[int, str] = 128,
+    *,
+    signing_key: Optional[bytes] = None,
+    example_input: Optional[Any] = None,
+    threads: int = 0,
+    progress: Optional[Progress] = None,
+) -> Owner:
+    """Protects a model for deployment to an edge node (Gomez et al.): the model owner's
+    side.
+
+    The protected layers are encrypted under a new secret key that stays with the returned
+    :class:`Owner`; the cleartext feature extractor before them travels in the clear. The
+    protected model is signed, and an :class:`Edge` runs it only once the signature holds.
+
+    Args:
+        model: an ONNX file's path or bytes, or a ``torch.nn.Module`` (exported on
+            ``example_input`` as :func:`compile` does).
+        layers: ``"last"`` (the last dense layer), ``"classifier"`` (the dense layers and
+            polynomial activations after the features) or ``"network"`` (an HE-friendly
+            network whole: linear layers and activations of degree at most 2).
+        security: 128, 192 or 256 bits (the smallest ring the HE standard admits), or
+            ``"insecure"`` for toy parameters in tests.
+        signing_key: the owner's Ed25519 signing key (PKCS#8 bytes from
+            :meth:`Owner.signing_key`), to sign every model of one owner with one key; a
+            new key when ``None``.
+        example_input: the input a torch module is traced on, ``(1, C, H, W)``.
+        threads: worker threads (0: every core).
+        progress: ``progress("protect", done, total)`` between the steps.
+
+    Returns:
+        The :class:`Owner`: ``protected_model()``, ``owner_key``, ``public_key()``,
+        ``evaluation_keys()`` for the edge, ``decrypt()`` for its results, ``save()``.
+
+    Raises:
+        ModelError: a model whose layers cannot be protected (``Unprotectable``), or
+            unsupported operators.
+        ParametersError: the protected part is deeper or wider than the parameters at
+            ``security`` hold.
+    """
+    torch = _torch_module(model)
+    if torch is not None:
+        if example_input is None:
+            raise UsageError(
+                "example_input=None: a torch.nn.Module is traced on an example input",
+                "Usage",
+                argument="example_input",
+                value="None",
+                expected="an input (1, C, H, W)",
+            )
+        example = _as_array(example_input)
+        source: Any = _export_torch(torch, model, example[None] if example.ndim == 3 else example)
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        source = bytes(model)
+    elif isinstance(model, (str, os.PathLike)):
+        source = os.fspath(model)
+    else:
+        raise UsageError(
+            f"model={type(model).__name__}: expected an ONNX file's path or bytes, or a "
+            "torch.nn.Module",
+            "Usage",
+            argument="model",
+            value=type(model).__name__,
+            expected="an ONNX file's path or bytes, or a torch.nn.Module",
+        )
+    if security == "insecure":
+        warnings.warn(
+            "hecnn.protect(security='insecure'): unchecked toy parameters, for tests only",
+            stacklevel=2,
+        )
+    return _hecnn.protect_onnx(
+        source,
+        layers=layers,
+        security=security,
+        signing_key=None if signing_key is None else bytes(signing_key),
+        threads=threads,
+        progress=progress,
+    )
 
 
 def load(path: Union[str, "os.PathLike[str]"], threads: int = 0) -> CompiledModel:

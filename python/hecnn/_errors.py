@@ -28,6 +28,7 @@ __all__ = [
     "EvaluationError",
     "ArtifactError",
     "MismatchError",
+    "SignatureError",
     "FileError",
     "DataError",
     "CryptoError",
@@ -126,6 +127,12 @@ class ArtifactError(HecnnError):
     """Bytes that are not the artifact they should be: ``Format`` (``what``, ``reason``),
     ``Version`` (``found``, ``expected``, ``remedy``), ``Checksum``, ``TooLarge``,
     ``LayoutMismatch``."""
+
+
+class SignatureError(ArtifactError):
+    """A protected model whose owner signature does not hold (``Signature``; ``detail``):
+    unsigned, signed by another owner, or altered after signing; or a malformed owner or
+    signing key. The edge refuses to run it."""
 
 
 class MismatchError(HecnnError):

@@ -15,8 +15,11 @@ __all__ = [
     "ClientSpec",
     "CompiledModel",
     "EncryptedImages",
+    "Edge",
+    "Owner",
     "Server",
     "compile_onnx",
+    "protect_onnx",
     "load_idx",
     "load_mnist",
     "__version__",
@@ -274,4 +277,100 @@ class Server:
     def run(
         self, inputs: Union[EncryptedImages, bytes], progress: Optional[_Progress] = None
     ) -> EncryptedImages:
-        """Evaluates the plan on encrypted inputs (consumed); returns encrypted outputs."""
+        """Evaluates the plan on encrypted inputs (consumed); returns encrypted outputs. A
+        raising ``progress`` stops the run at the next layer or image."""
+
+def protect_onnx(
+    source: Union[_PathLike, bytes],
+    layers: str = "classifier",
+    security: Union[int, str, None] = None,
+    signing_key: Optional[bytes] = None,
+    threads: int = 0,
+    progress: Optional[_Progress] = None,
+) -> Owner:
+    """Protects an ONNX model: encrypted layers under a new owner key, signed (see
+    ``hecnn.protect``)."""
+
+@final
+class Owner:
+    """The owner of a protected model: the signed model, the edge's keys, the secret key
+    that decrypts the edge's results, the signing key."""
+
+    @staticmethod
+    def load(directory: _PathLike, threads: int = 0) -> Owner:
+        """Loads an owner directory (``hecnn protect``'s or :meth:`save`'s)."""
+    def protected_model(self) -> bytes:
+        """The signed protected model (``model.hecnnp``)."""
+    @property
+    def owner_key(self) -> str:
+        """The public signing key's text (``owner.pub``), for the edge, out of band."""
+    def public_key(self) -> bytes:
+        """``public.key``: the edge encrypts features with it."""
+    def evaluation_keys(self) -> bytes:
+        """``eval.keys``: relinearization and rotations, for the edge."""
+    def secret_key(self) -> bytes:
+        """``secret.key``: keep private."""
+    def signing_key(self) -> Optional[bytes]:
+        """The signing key (PKCS#8): keep private; sign later models with it."""
+    @property
+    def key_id(self) -> str:
+        """The key-pair id (hex) of the weights and results."""
+    @property
+    def scope(self) -> str:
+        """``"last"``, ``"classifier"`` or ``"network"``."""
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+    @property
+    def output_size(self) -> int:
+        """The number of logits."""
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The protected part's parameters."""
+    def decrypt(self, results: Union[bytes, list[bytes]]) -> np.ndarray:
+        """``(outputs,)`` logits for one result, ``(N, outputs)`` for a list."""
+    def plaintext(self, x: _ArrayLike) -> np.ndarray:
+        """The unprotected model's logits (an owner made by ``protect`` only)."""
+    def save(self, directory: _PathLike, force: bool = False) -> None:
+        """Writes the CLI's owner files; secrets at 0600."""
+
+@final
+class Edge:
+    """An edge node running a protected model it verified; no secret key."""
+
+    def __new__(
+        cls,
+        protected_model: bytes,
+        owner_key: Union[str, bytes, _PathLike],
+        evaluation_keys: bytes,
+        public_key: Optional[bytes] = None,
+        threads: int = 0,
+    ) -> Edge:
+        """Verifies the owner's signature, then loads the model and keys."""
+    @staticmethod
+    def load(
+        directory: _PathLike, owner_key: Union[str, bytes, _PathLike], threads: int = 0
+    ) -> Edge:
+        """Loads a deployment directory; refuses one holding the owner's secrets."""
+    @property
+    def key_id(self) -> str:
+        """The owner's key-pair id (hex)."""
+    @property
+    def scope(self) -> str:
+        """``"last"``, ``"classifier"`` or ``"network"``."""
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)``."""
+    @property
+    def output_size(self) -> int:
+        """The number of logits the owner decrypts."""
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The protected part's parameters."""
+    def run(
+        self,
+        x: _ArrayLike,
+        encrypt_features: bool = False,
+        progress: Optional[_Progress] = None,
+    ) -> list[bytes]:
+        """One encrypted result (``.hcno`` bytes) per image, for the owner."""

@@ -122,6 +122,15 @@ impl PyClientSpec {
         })
     }
 
+    /// Pickling: the spec's bytes, read back by :meth:`from_bytes`.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+    ) -> Result<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,)), Error> {
+        let from_bytes = slf.get_type().getattr("from_bytes")?;
+        Ok((from_bytes, (slf.get().to_bytes(py)?,)))
+    }
+
     /// Writes the spec to ``path`` (atomically).
     fn save(&self, path: PathBuf) -> Result<(), Error> {
         Ok(data::write_atomic(&path, &self.inner.to_bytes()?)?)

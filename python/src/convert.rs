@@ -128,8 +128,9 @@ pub fn backend(threads: usize) -> Result<CpuBackend, Error> {
 
 /// A progress callback `progress(stage, done, total)`, called with the GIL; the first
 /// exception it raises (or a pending signal such as Ctrl-C) is kept and raised when the
-/// call returns. The work itself cannot be interrupted half-way (the library's run has no
-/// cancellation hook): the exception is raised after it.
+/// call returns. Work that reports between steps (a server's layers or images, an edge's
+/// images) stops at the next step once it has raised ([`Progress::stopped`]); work without
+/// steps (key generation) finishes first.
 pub struct Progress {
     callback: Option<Py<PyAny>>,
     error: Option<PyErr>,
@@ -160,6 +161,12 @@ impl Progress {
                 self.error = Some(e);
             }
         });
+    }
+
+    /// Whether the callback raised (or a signal arrived): work that reports between steps
+    /// stops at the next one.
+    pub fn stopped(&self) -> bool {
+        self.error.is_some()
     }
 
     /// `result`, unless the callback raised (its exception then).

@@ -15,6 +15,8 @@ pub enum Error {
     Nn(NnError),
     /// A Python exception (a progress callback's, a signal's), raised again as it is.
     Py(PyErr),
+    /// A protected model whose signature does not hold (or a malformed signing key).
+    Signature(String),
     /// An argument the binding cannot use.
     Usage {
         /// The argument.
@@ -91,6 +93,7 @@ fn message(e: &Error) -> String {
     match e {
         Error::Nn(e) => e.to_string(),
         Error::Py(e) => e.to_string(),
+        Error::Signature(why) => why.clone(),
         Error::Usage {
             argument,
             value,
@@ -114,6 +117,11 @@ fn to_python(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
             kw.set_item("value", value)?;
             kw.set_item("expected", expected)?;
             "UsageError"
+        }
+        Error::Signature(why) => {
+            kw.set_item("kind", "Signature")?;
+            kw.set_item("detail", why)?;
+            "SignatureError"
         }
         Error::Nn(e) => nn_fields(&kw, e)?,
     };

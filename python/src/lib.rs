@@ -12,6 +12,7 @@ mod client;
 mod convert;
 mod errors;
 mod model;
+mod protected;
 mod server;
 
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ fn _hecnn(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::PyClient>()?;
     m.add_class::<client::PyEncryptedImages>()?;
     m.add_class::<server::PyServer>()?;
+    m.add_function(wrap_pyfunction!(protected::protect_onnx, m)?)?;
+    m.add_class::<protected::PyOwner>()?;
+    m.add_class::<protected::PyEdge>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

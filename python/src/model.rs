@@ -21,7 +21,7 @@ use crate::errors::Error;
 
 /// The security level of `security`: 128, 192 or 256 (bits), or `"insecure"` for toy
 /// parameters in tests (no check; everything reports them as insecure).
-fn security_level(security: &Bound<'_, PyAny>) -> Result<SecurityLevel, Error> {
+pub(crate) fn security_level(security: &Bound<'_, PyAny>) -> Result<SecurityLevel, Error> {
     if let Ok(bits) = security.extract::<u32>() {
         return match bits {
             128 => Ok(SecurityLevel::Bits128),
@@ -371,6 +371,16 @@ impl PyCompiledModel {
     fn from_bytes(py: Python<'_>, data: &[u8], threads: usize) -> Result<Self, Error> {
         let c = py.detach(|| CompiledModel::from_bytes(data))?;
         Ok(Self::new(c, convert::backend(threads)?))
+    }
+
+    /// Pickling: the model's bytes (:meth:`to_bytes`), read back by :meth:`from_bytes` (so
+    /// a compiled model travels to ``multiprocessing`` workers and caches).
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+    ) -> Result<(Bound<'py, PyAny>, (Bound<'py, PyBytes>,)), Error> {
+        let from_bytes = slf.get_type().getattr("from_bytes")?;
+        Ok((from_bytes, (slf.get().to_bytes(py)?,)))
     }
 
     /// Writes the compiled model to ``path`` (atomically).

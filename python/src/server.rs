@@ -1,6 +1,8 @@
 //! The inference server's side: a compiled model's plan and one client's evaluation keys;
 //! no secret key.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use hecnn_nn::compile::{ClientSpec, CompiledModel, ImagesKind, Server};
 use hecnn_ring::CpuBackend;
 use hecnn_rlwe::{EncapsulationKeys, EvaluationKeys};
@@ -24,6 +26,29 @@ pub struct PyServer {
     server: Server<CpuBackend>,
     spec: ClientSpec,
     be: CpuBackend,
+}
+
+impl PyServer {
+    /// Runs `images`, reporting to `progress` and stopping once it has raised.
+    fn run_reporting(
+        &self,
+        images: hecnn_nn::compile::EncryptedImages<CpuBackend>,
+        progress: &mut Progress,
+    ) -> Result<hecnn_nn::compile::EncryptedImages<CpuBackend>, Error> {
+        let stop = AtomicBool::new(false);
+        let out = self.server.run_unless(
+            images,
+            |d, t| {
+                progress.report("run", d, t);
+                if progress.stopped() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            },
+            |_, _, _| {},
+            &|| stop.load(Ordering::Relaxed),
+        )?;
+        Ok(out)
+    }
 }
 
 #[pymethods]
@@ -105,7 +130,9 @@ impl PyServer {
     /// Evaluates the plan on a client's encrypted inputs (:class:`EncryptedImages`, which
     /// this consumes, or their bytes) and returns the encrypted outputs. ``progress(stage,
     /// done, total)`` is called with ``stage="run"`` after every layer (batch packing) or
-    /// image (single-image packing). The GIL is released meanwhile.
+    /// image (single-image packing); an exception it raises (or Ctrl-C) stops the run at
+    /// the next layer or image and is raised (the inputs are consumed). The GIL is released
+    /// meanwhile.
     #[pyo3(signature = (inputs, progress = None))]
     fn run(
         &self,
@@ -120,11 +147,9 @@ impl PyServer {
                 // Inputs the server refuses (another key pair, model or packing) stay with
                 // the caller: checked before they are taken.
                 e.with(|images| Ok(self.server.check_inputs(images)?))?;
-                let r = e.take().and_then(|images| {
-                    Ok(self
-                        .server
-                        .run(images, |d, t| progress.report("run", d, t))?)
-                });
+                let r = e
+                    .take()
+                    .and_then(|images| self.run_reporting(images, &mut progress));
                 progress.finish(r)
             })?
         } else if let Ok(b) = inputs.cast::<PyBytes>() {
@@ -132,11 +157,7 @@ impl PyServer {
             py.detach(|| {
                 let r =
                     PyEncryptedImages::read(&bytes, &self.spec, &self.be, Some(ImagesKind::Inputs))
-                        .and_then(|images| {
-                            Ok(self
-                                .server
-                                .run(images, |d, t| progress.report("run", d, t))?)
-                        });
+                        .and_then(|images| self.run_reporting(images, &mut progress));
                 progress.finish(r)
             })?
         } else {

@@ -4,6 +4,7 @@ the server's (evaluation) keys and the ciphertexts, as bytes and as files."""
 from __future__ import annotations
 
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -22,6 +23,18 @@ def test_compiled_model_bytes_and_files(compiled, digits, tmp_path):
     assert loaded.fingerprint == compiled.fingerprint
     assert loaded.report() == compiled.report()
     np.testing.assert_array_equal(loaded.predict(x[:4]), compiled.predict(x[:4]))
+
+
+def test_models_and_specs_pickle_and_clients_do_not(single, digits):
+    x, _ = digits
+    again = pickle.loads(pickle.dumps(single))
+    assert isinstance(again, hecnn.CompiledModel) and again.fingerprint == single.fingerprint
+    np.testing.assert_array_equal(again.predict(x[:2]), single.predict(x[:2]))
+    spec = pickle.loads(pickle.dumps(single.client_spec()))
+    assert spec.fingerprint == single.fingerprint
+    # A client holds a secret key: it is not pickled by accident.
+    with pytest.raises(TypeError):
+        pickle.dumps(hecnn.Client(spec))
 
 
 def test_client_spec_bytes_and_files(single, tmp_path):

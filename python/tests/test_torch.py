@@ -73,3 +73,25 @@ def test_relu_replaced_by_a_polynomial():
         hecnn.compile(net, example_input=example, mode="single")
     c = hecnn.compile(net, example_input=example, mode="single", relu_poly=[0, 0, 1])
     assert c.packing == "single"
+
+
+def test_a_torch_module_is_protected_and_runs_on_an_edge(digits):
+    x, _ = digits
+    torch.manual_seed(1)
+    # A cleartext feature extractor (ReLU is fine: the edge runs it in the clear), then a
+    # classifier with a square activation, which the owner encrypts.
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 5, stride=2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 12 * 12, 32), Square(), torch.nn.Linear(32, 10),
+    ).eval()
+    owner = hecnn.protect(net, layers="classifier", example_input=x[:1])
+    assert owner.scope == "classifier"
+    edge = hecnn.Edge(owner.protected_model(), owner.owner_key, owner.evaluation_keys(),
+                      owner.public_key())
+    with torch.no_grad():
+        want = net(torch.as_tensor(x[:3])).numpy()
+    np.testing.assert_allclose(owner.plaintext(x[:3]), want, rtol=1e-4, atol=1e-4)
+    got = owner.decrypt(edge.run(x[:3], encrypt_features=True))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+    with pytest.raises(hecnn.UsageError):
+        hecnn.protect(net)  # a module needs its example input
