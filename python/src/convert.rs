@@ -9,12 +9,34 @@ use numpy::ndarray::Array2;
 use numpy::{AllowTypeChange, IntoPyArray, PyArray2, PyArrayLikeDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use pyo3::{Borrowed, FromPyObject};
 
 use crate::errors::Error;
 
-/// A float array of images: `(C, H, W)` for one image or `(N, C, H, W)` for several (any
-/// numeric dtype; converted to `float64`).
-pub type Images<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
+/// An array of images: `(C, H, W)` for one image or `(N, C, H, W)` for several, of a
+/// numeric dtype (bool, integer or float; converted to `float64`). Strings, complex numbers
+/// and objects are refused rather than parsed or truncated.
+pub struct Images<'py>(PyArrayLikeDyn<'py, f64, AllowTypeChange>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Images<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let array = obj.py().import("numpy")?.call_method1("asarray", (obj,))?;
+        let dtype = array.getattr("dtype")?;
+        let kind: String = dtype.getattr("kind")?.extract()?;
+        if !matches!(kind.as_str(), "b" | "i" | "u" | "f") {
+            return Err(Error::usage(
+                "x",
+                format!("an array of dtype {}", dtype.str()?),
+                "a numeric array (bool, integer or float): strings, complex numbers and \
+                 objects are not images",
+            )
+            .into());
+        }
+        Ok(Self(array.extract()?))
+    }
+}
 
 /// The images of `array` as tensors, and whether it held one image without a batch axis.
 ///
@@ -22,6 +44,7 @@ pub type Images<'py> = PyArrayLikeDyn<'py, f64, AllowTypeChange>;
 /// [`NnError::Mismatch`] (`what = "image shape"`) when the array is not `(C, H, W)` or
 /// `(N, C, H, W)` with the model's `C, H, W`.
 pub fn images(array: &Images<'_>, shape: [usize; 3]) -> Result<(Vec<Tensor>, bool), Error> {
+    let array = &array.0;
     let dims = array.shape().to_vec();
     let wrong = || {
         Error::Nn(NnError::Mismatch {

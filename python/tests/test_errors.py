@@ -77,6 +77,17 @@ def test_bad_arguments(single, model_path):
         single.predict(np.full((1, 28, 28), np.nan))
 
 
+def test_images_of_a_non_numeric_dtype_are_refused_not_converted(single, digits):
+    x, _ = digits
+    for bad in (x[:1].astype(np.complex128) + 1j, x[:1].astype(str), x[:1].astype(object)):
+        with pytest.raises(hecnn.UsageError) as e:
+            single.predict(bad)
+        assert e.value.argument == "x" and "dtype" in e.value.value
+    # Integer and boolean images are numbers: accepted (as float64).
+    np.testing.assert_allclose(single.predict((x[:1] > 0.5).astype(np.uint8)),
+                               single.predict((x[:1] > 0.5).astype(np.float64)))
+
+
 def test_no_parameters_for_a_ring_too_small(model_path):
     with pytest.raises(hecnn.ParametersError) as e:
         hecnn.compile(model_path, mode="batch", log_n=10)
