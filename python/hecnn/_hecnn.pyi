@@ -99,8 +99,9 @@ class CompiledModel:
     @property
     def memory_estimate(self) -> dict[str, Any]:
         """``{"bytes": int, "what": str}``: memory the server needs at once."""
-    def time_estimate(self) -> Optional[dict[str, float]]:
-        """Estimated seconds of one image (single-image packing) on this machine."""
+    def time_estimate(self) -> Optional[dict[str, Union[int, float]]]:
+        """Estimated seconds of one image (single-image packing) on this machine: floats
+        (``total_s``, ``linear_s``, …) and counts (``bootstraps``, ``key_switches``)."""
     def report(self) -> str:
         """The plan, parameters, operation counts and keys (``hecnn compile``'s report)."""
     def to_bytes(self) -> bytes:
