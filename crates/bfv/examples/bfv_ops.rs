@@ -25,6 +25,12 @@ use hecnn_bfv::{BatchEncoder, Decryptor, Evaluator, Preset, encrypt_pk, encrypt_
 use hecnn_ring::{CpuBackend, Prng};
 use hecnn_rlwe::{KeyRequirements, SecretKey};
 
+/// The allocator the `hecnn` binary runs with: freed polynomial buffers are reused, not
+/// returned to the kernel and page-faulted (and zeroed) again on the next operation, which
+/// the system allocator does for every buffer above its mmap threshold.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Samples in ms: one untimed warm-up, then `reps` timed calls.
 fn samples_ms(reps: usize, mut f: impl FnMut()) -> Vec<f64> {
     f();
