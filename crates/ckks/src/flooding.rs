@@ -39,8 +39,9 @@ pub const DEFAULT_QUERIES_LOG2: u32 = 20;
 pub const MAX_SIGMA_LOG2: f64 = 48.0;
 
 /// Bits of the modulus kept clear above the flooding's standard deviation, so that neither
-/// the flooding's tail nor the message wraps modulo `Q` at the output level.
-const WRAP_MARGIN_BITS: f64 = 8.0;
+/// the flooding's tail nor the message wraps modulo `Q` at the output level: a flooding is
+/// refused unless `log2 σ + WRAP_MARGIN_BITS ≤ log2 Q − 1` ([`Decryptor::decrypt_flooded`]).
+pub const WRAP_MARGIN_BITS: f64 = 8.0;
 
 /// How a decryption is flooded: the statistical security, the number of decryptions it must
 /// withstand and the noise bound it hides.
@@ -151,8 +152,14 @@ impl Flooding {
 /// real, estimated from its imaginary parts (the heuristic of Costache et al., which
 /// OpenFHE's noise-estimation mode uses): the slots `i·Im(z_j)` are the embedding of the
 /// noise's antisymmetric half `(e − conj(e))/2`, whose largest coefficient, doubled,
-/// estimates `‖e‖_∞`. Measure it with a key of its own on representative inputs, never on
-/// the ciphertexts being released (the estimate is a function of their noise).
+/// estimates `‖e‖_∞`. The estimate is a function of the ciphertext's noise, hence of the
+/// secret key: its value must never leave the key's holder. Run on ciphertexts being
+/// released (as `hecnn_nn::protect::decrypt_output_flooded` does, to refuse results noisier
+/// than the flooding's bound), whether it passes is itself one bit about `c0 + c1·s` that
+/// whoever chose the ciphertext learns from the outcome: the caller must bound how many
+/// refusals it serves (the owner service suspends a model's releases after a few), and
+/// reveal nothing but the outcome. For calibration, measure it with a key of its own on
+/// representative inputs.
 ///
 /// # Errors
 /// Backend failures.

@@ -7,15 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use hecnn_ckks::{CkksError, CkksParams, Decryptor, Encoder, Evaluator, Flooding, flooding};
+use hecnn_ckks::{CkksParams, Decryptor, Encoder, Evaluator, flooding};
 use hecnn_deploy::signing::{self, OwnerKey, SigningKey};
 use hecnn_nn::{
     data::Dataset,
     exec::{self, argmax},
     onnx,
-    protect::{
-        self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output, decrypt_output_with,
-    },
+    protect::{self, FeatureInput, ProtectPlan, ProtectedModel, Scope, decrypt_output},
 };
 use hecnn_ring::{Backend, CpuBackend, Prng};
 use hecnn_rlwe::SecretKey;
@@ -76,10 +74,22 @@ pub struct ProtectArgs {
     /// OUT_DIR/owner.pub, which the edge must receive out of band.
     #[arg(long)]
     signing_key: Option<PathBuf>,
+    /// Measure the model's output noise on the first `--calibrate-images` images of this
+    /// data set (mnist, cifar10, sample:mnist, …) with a throwaway key, and keep it in
+    /// OUT_DIR/noise-bound: `hecnn owner decrypt` then floods for this model's own noise
+    /// (`protect::measure_output_noise_log2`) instead of the ring degree's fixed bound.
+    #[arg(long, value_name = "DATA")]
+    calibrate: Option<String>,
+    /// Images `--calibrate` measures on.
+    #[arg(long, default_value_t = 16)]
+    calibrate_images: usize,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
+
+/// The owner's measured output noise bound (`hecnn protect --calibrate`), beside its secret key.
+pub const NOISE_BOUND_FILE: &str = "noise-bound";
 
 /// The owner's public signing key, next to the protected model (`hecnn protect`).
 pub const OWNER_KEY_FILE: &str = "owner.pub";
@@ -139,6 +149,28 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let evk = sk.evaluation_keys(&be, &protected.key_requirements(), &mut rng)?;
     let paths = KeyPaths::in_dir(&a.out_dir);
     cnn::write_secret(&paths.secret, &sk.to_secret_bytes())?;
+    let noise_bound = match &a.calibrate {
+        Some(data) => {
+            let ds = cnn::load_data(data)?;
+            let count = a.calibrate_images.clamp(1, ds.len().max(1));
+            let features = (0..count.min(ds.len()))
+                .map(|i| plan.spec().features_of(&ds.image(i)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let bound = be.install(|| {
+                protect::measure_output_noise_log2(&plan, &params, &be, &features, &mut rng)
+            })?;
+            cnn::write_file(
+                &a.out_dir.join(NOISE_BOUND_FILE),
+                format!("{bound:.2}\n").as_bytes(),
+            )?;
+            Some((bound, features.len()))
+        }
+        None => {
+            // A bound measured for an earlier model does not hold for this one.
+            let _ = std::fs::remove_file(a.out_dir.join(NOISE_BOUND_FILE));
+            None
+        }
+    };
     let model_bytes = signer.sign_model(&protected.to_bytes(&be)?);
     cnn::write_file(&a.out_dir.join(PROTECTED_FILE), &model_bytes)?;
     cnn::write_file(
@@ -181,6 +213,14 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
         if made { "made in" } else { "from" },
         signing_path.display()
     );
+    if let Some((bound, n)) = noise_bound {
+        println!(
+            "  output noise measured on {n} images: flooding bound 2^{bound:.1} (fixed bound \
+             for N = 2^{}: 2^{:.1}), in {NOISE_BOUND_FILE}",
+            params.rlwe().log_n(),
+            protect::output_noise_bound_log2(&params)
+        );
+    }
     Ok(())
 }
 
@@ -231,6 +271,11 @@ pub struct BenchProtectedArgs {
     /// Skip encrypted features.
     #[arg(long)]
     plain_only: bool,
+    /// The parameters from before flooding was sized for (49-bit output prime, 40-bit
+    /// levels: `protect::parameters_unflooded`), for comparison: their outputs cannot be
+    /// flooded, and the flooding columns say so.
+    #[arg(long)]
+    unflooded: bool,
     /// The bundled sample images (`sample:<data>`) instead of the test split: a smoke run
     /// that needs no fetched data set.
     #[arg(long)]
@@ -277,15 +322,15 @@ struct Row {
     /// The largest output noise (log2, coefficient domain, estimated from the imaginary
     /// parts) over the images.
     noise_log2: f64,
-    /// The flooding at the default security and query count for that noise (`None`: wider
-    /// than the modulus or the sampler allows).
-    flooding: Option<Flooding>,
-    /// `-log2` of the largest logit error once flooded.
-    flooded_precision_bits: f64,
+    /// The owner's flooding of these parameters' outputs (`protect::output_flooding`), or
+    /// why there is none (the unflooded chain).
+    flooding: Result<protect::OutputFlooding, String>,
+    /// The largest `|flooded − unflooded|` logit difference over the images.
+    flooded_worst: f64,
     /// Images whose flooded prediction is the unprotected model's.
     flooded_agree: usize,
-    /// Standard deviation the flooding adds to each logit.
-    flooded_std: f64,
+    /// Results refused because their noise was above the flooding's bound.
+    flooded_refused: usize,
 }
 
 struct Setup<'a> {
@@ -315,7 +360,11 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
     let (mut feat_t, mut enc_t, mut proc_t, mut dec_t) = (vec![], vec![], vec![], vec![]);
     let (mut process_mem, mut decrypt_mem, mut levels_left) = (0, 0, usize::MAX);
     let (mut worst, mut agree) = (0.0f64, 0);
-    let mut outputs = Vec::with_capacity(ds.len());
+    // The owner's flooding (its fixed noise bound, not the noise measured here), as
+    // `owner decrypt` and the owner service apply it: fixed before any result exists, so
+    // each result is flooded as soon as it is out and none is kept.
+    let flooding = protect::output_flooding(edge.spec(), &s.params).map_err(|e| e.to_string());
+    let (mut flooded_worst, mut flooded_agree, mut flooded_refused) = (0.0f64, 0, 0);
     let mut noise_log2 = 0.0f64;
     for i in 0..ds.len() {
         let image = ds.image(i);
@@ -354,43 +403,23 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
                 &encoder, s.be, &s.params, &pt,
             )?);
         }
-        outputs.push((out, want));
-    }
-    // Flooding sized on the largest noise seen (one bit of margin), as the owner's would
-    // be: the same for every result.
-    let flooding = Flooding::with_defaults(noise_log2 + 1.0).ok();
-    let (mut flooded_worst, mut flooded_agree) = (0.0f64, 0);
-    let out_scale = outputs
-        .first()
-        .and_then(|(out, _)| out.ciphertexts().first())
-        .map_or(1.0, |ct| ct.scale());
-    let flooded_std = flooding
-        .as_ref()
-        .map_or(f64::NAN, |f| f.slot_std(s.params.n(), out_scale));
-    if let Some(f) = &flooding {
-        for (out, want) in &outputs {
-            let logits = decrypt_output_with(edge.spec(), &s.params, s.be, out, |ct| {
-                dec.decrypt_flooded(ct, f, &mut rng)
-            });
-            match logits {
-                Ok(logits) => {
-                    for (a, b) in logits.iter().zip(want.data()) {
-                        // A refusal (NaN) stays one.
-                        flooded_worst = if flooded_worst.is_nan() {
-                            f64::NAN
-                        } else {
-                            flooded_worst.max((a - b).abs())
-                        };
+        if let Ok(f) = &flooding {
+            match protect::decrypt_output_flooded(
+                edge.spec(),
+                &s.params,
+                &dec,
+                s.be,
+                &out,
+                f,
+                &mut rng,
+            ) {
+                Ok(flooded) => {
+                    for (a, b) in flooded.iter().zip(&logits) {
+                        flooded_worst = flooded_worst.max((a - b).abs());
                     }
-                    flooded_agree += usize::from(argmax(&logits) == argmax(want.data()));
+                    flooded_agree += usize::from(argmax(&flooded) == argmax(want.data()));
                 }
-                // Wider than the modulus left at the output: refused (reported as such).
-                Err(hecnn_nn::NnError::Encrypted {
-                    source: hecnn_nn::scheme::SchemeError::Ckks(CkksError::FloodingTooWide { .. }),
-                    ..
-                }) => {
-                    flooded_worst = f64::NAN;
-                }
+                Err(hecnn_nn::NnError::NoiseAboveBound { .. }) => flooded_refused += 1,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -411,13 +440,9 @@ fn bench_row(s: &Setup<'_>, ds: &Dataset, encrypted: bool) -> Result<Row, CliErr
         total: ds.len(),
         noise_log2,
         flooding,
-        flooded_precision_bits: if flooded_worst.is_nan() {
-            f64::NAN
-        } else {
-            -flooded_worst.max(f64::MIN_POSITIVE).log2()
-        },
+        flooded_worst,
         flooded_agree,
-        flooded_std,
+        flooded_refused,
     })
 }
 
@@ -508,7 +533,13 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
                 }
             };
             for &bits in &a.security {
-                let params = match protect::parameters(plan.spec(), cnn::security_level(bits)?) {
+                let level = cnn::security_level(bits)?;
+                let params = if a.unflooded {
+                    protect::parameters_unflooded(plan.spec(), level)
+                } else {
+                    protect::parameters(plan.spec(), level)
+                };
+                let params = match params {
                     Ok(params) => params,
                     Err(e) => {
                         accuracy_lines.push(format!("{name} {v} at {bits}-bit: skipped: {e}"));
@@ -564,31 +595,51 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
                         r.agree,
                         r.total
                     );
+                    let p = s.params.rlwe();
+                    let out_scale = protect_out_scale(&s.params, &plan);
                     flooding_lines.push(format!(
-                        "| {name} | {label} | {} | {bits} | 2^{} | 2^{:.1} | {} | {} | {}/{} |",
+                        "| {name} | {label} | {} | {bits} | 2^{} | {:.0} | 2^{:.0} / 2^{} | 2^{:.1} | {} | {}/{} |",
                         if encrypted { "encrypted" } else { "plain" },
-                        s.params.rlwe().log_n(),
+                        p.log_n(),
+                        p.log_qp(),
+                        out_scale.log2(),
+                        match &r.flooding {
+                            Ok(f) => format!("{:.0}", f.output_log_q()),
+                            Err(_) => format!(
+                                "{:.0}",
+                                (0..=r.levels_left)
+                                    .map(|l| s.params.q_at(l).log2())
+                                    .sum::<f64>()
+                            ),
+                        },
                         r.noise_log2,
-                        r.flooding.map_or("beyond 2^48".into(), |f| format!(
-                            "2^{:.1} ({:.1} bits)",
-                            f.sigma_log2(),
-                            f.cost_bits()
-                        )),
-                        match r.flooding {
-                            None => "–".to_string(),
-                            Some(_) if r.flooded_precision_bits.is_nan() => format!(
-                                "refused: σ·2^8 above the output modulus (it would add ±{:.1e} \
-                                 to each logit)",
-                                r.flooded_std
+                        match &r.flooding {
+                            Ok(f) => format!(
+                                "2^{:.1} | 2^{:.1} ({:.1} bits) | ±{:.1e} | {} bits | {:.1e}{}",
+                                f.flooding().noise_log2(),
+                                f.flooding().sigma_log2(),
+                                f.flooding().cost_bits(),
+                                f.output_std(),
+                                f.release_bits(),
+                                r.flooded_worst,
+                                if r.flooded_refused > 0 {
+                                    format!(" ({} refused: noise above the bound)", r.flooded_refused)
+                                } else {
+                                    String::new()
+                                }
                             ),
-                            Some(_) => format!(
-                                "{:.1} bits (±{:.1e} per logit)",
-                                r.flooded_precision_bits, r.flooded_std
-                            ),
+                            Err(e) => format!("– | – | – | – | refused: {e}"),
                         },
                         r.flooded_agree,
                         r.total
                     ));
+                    let per_model = hecnn_ckks::Flooding::with_defaults(r.noise_log2 + 1.0)
+                        .map_or("–".into(), |f| {
+                            format!("±{:.1e}", f.slot_std(s.params.n(), out_scale))
+                        });
+                    if let Some(l) = flooding_lines.last_mut() {
+                        l.push_str(&format!(" {per_model} |"));
+                    }
                 }
             }
         }
@@ -598,21 +649,28 @@ pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
         println!("{l}");
     }
     println!(
-        "\nIND-CPA-D: the same results decrypted with noise flooding at {}-bit statistical \
-         security over 2^{} decryptions (σ = √(12τ)·2^(s/2)·E, E the largest output noise \
-         measured, doubled):\n",
+        "\nIND-CPA-D: the same results decrypted for release (`protect::decrypt_output_flooded`): \
+         noise flooding at {}-bit statistical security over 2^{} decryptions (σ = √(12τ)·2^(s/2)·E, \
+         E the owner's noise bound, not the noise measured here), rounded to the bits it leaves; \
+         the error column is the largest |flooded − unflooded| logit:\n",
         flooding::DEFAULT_STATISTICAL_BITS,
         flooding::DEFAULT_QUERIES_LOG2
     );
     println!(
-        "| data | variant | features | security | N | output noise E | flooding σ (cost) | \
-         precision flooded | same as unprotected |"
+        "| data | variant | features | security | N | log QP | output scale / modulus | \
+         output noise E (measured) | bound | flooding σ (cost) | σ per logit | released | \
+         max error flooded | same as unprotected | σ per logit for a bound of E + 1 bit |"
     );
-    println!("|{}", "---|".repeat(9));
+    println!("|{}", "---|".repeat(15));
     for l in flooding_lines {
         println!("{l}");
     }
     Ok(())
+}
+
+/// The scale of a protected part's outputs under `params`.
+fn protect_out_scale(params: &CkksParams, plan: &ProtectPlan) -> f64 {
+    protect::output_scale(plan.spec(), params).unwrap_or(f64::NAN)
 }
 
 /// `hecnn edge …`: what an edge node does with a deployed protected model.
@@ -680,6 +738,18 @@ pub struct OwnerDecryptArgs {
     /// names).
     #[arg(long)]
     data: Option<String>,
+    /// Print the class only, without the flooded logits. The class still comes from the
+    /// flooded decryption (an argmax of an unflooded one is an oracle on the key), and a
+    /// result noisier than the bound is refused all the same; models protected before their
+    /// parameters were sized for flooding print an unflooded class, their only output.
+    #[arg(long)]
+    class_only: bool,
+    /// The output noise (log2, coefficient domain) the flooding hides [default: the bound
+    /// `hecnn protect --calibrate` measured (OWNER/noise-bound), else the ring degree's
+    /// fixed bound, `protect::output_noise_bound_log2`]. A lower bound floods less; results
+    /// noisier than it are refused, not released.
+    #[arg(long, value_name = "LOG2")]
+    noise_bound: Option<f64>,
 }
 
 pub fn edge(cmd: &EdgeCommand) -> Result<(), CliError> {
@@ -799,6 +869,56 @@ fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
     }
     let dec = Decryptor::new(&sk, &be)?;
     let ds = a.data.as_deref().map(cnn::load_data).transpose()?;
+    // Logits and classes leave the owner noise-flooded (IND-CPA-D), where the parameters
+    // allow it, `--class-only` included.
+    let flooding = {
+        let measured = match std::fs::read_to_string(a.owner.join(NOISE_BOUND_FILE)) {
+            Ok(text) => Some(text.trim().parse::<f64>().map_err(|e| {
+                CliError::Usage(format!("{}: {e}", a.owner.join(NOISE_BOUND_FILE).display()))
+            })?),
+            Err(_) => None,
+        };
+        let bound = a.noise_bound.or(measured);
+        let flooding = match bound {
+            Some(bound) => hecnn_ckks::Flooding::with_defaults(bound)
+                .map_err(hecnn_nn::NnError::from)
+                .and_then(|f| protect::output_flooding_with(model.spec(), &params, f)),
+            None => protect::output_flooding(model.spec(), &params),
+        };
+        match flooding {
+            Ok(f) => {
+                println!(
+                    "{} noise-flooded: σ = 2^{:.1} for output noise up to 2^{:.1} ({}-bit \
+                     statistical security over 2^{} decryptions; {:.1} bits of precision), \
+                     ±{:.1e} per logit, rounded to 2^-{}",
+                    if a.class_only { "classes" } else { "logits" },
+                    f.flooding().sigma_log2(),
+                    f.flooding().noise_log2(),
+                    f.flooding().statistical_bits(),
+                    f.flooding().queries_log2(),
+                    f.flooding().cost_bits(),
+                    f.output_std(),
+                    f.release_bits()
+                );
+                Some(f)
+            }
+            // A bound the owner chose that cannot be used is the owner's error.
+            Err(e) if bound.is_some() => {
+                return Err(CliError::Usage(format!(
+                    "noise bound 2^{}: {e}",
+                    bound.unwrap_or_default()
+                )));
+            }
+            Err(e) => {
+                println!(
+                    "classes only, unflooded: these parameters cannot flood their outputs ({e}); \
+                     an unflooded class is an oracle on the key, protect the model again"
+                );
+                None
+            }
+        }
+    };
+    let mut rng = Prng::from_entropy()?;
     let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(&a.input)
         .map_err(|e| CliError::Usage(format!("{}: {e}", a.input.display())))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -822,15 +942,48 @@ fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
                 path.display()
             )));
         }
-        let logits = decrypt_output(model.spec(), &params, &dec, &be, &out)?;
-        let class = argmax(&logits);
+        let (class, shown) = match &flooding {
+            Some(f) => {
+                match protect::decrypt_output_flooded(
+                    model.spec(),
+                    &params,
+                    &dec,
+                    &be,
+                    &out,
+                    f,
+                    &mut rng,
+                ) {
+                    Ok(logits) => {
+                        let digits = (f64::from(f.release_bits()) * 2f64.log10()).ceil() as usize;
+                        let text: Vec<String> =
+                            logits.iter().map(|l| format!("{l:.digits$}")).collect();
+                        let shown = if a.class_only {
+                            String::new()
+                        } else {
+                            format!(", logits [{}]", text.join(", "))
+                        };
+                        (argmax(&logits), shown)
+                    }
+                    // The message names the public bound only, never the noise estimate.
+                    Err(e @ hecnn_nn::NnError::NoiseAboveBound { .. }) => {
+                        println!("image {idx}: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            None => (
+                argmax(&decrypt_output(model.spec(), &params, &dec, &be, &out)?),
+                String::new(),
+            ),
+        };
         let label = ds.as_ref().and_then(|d| d.labels().get(*idx).copied());
         if let Some(l) = label {
             labelled += 1;
             correct += usize::from(usize::from(l) == class);
         }
         println!(
-            "image {idx}: class {class}{}",
+            "image {idx}: class {class}{}{shown}",
             label.map(|l| format!(" (label {l})")).unwrap_or_default()
         );
     }

@@ -59,11 +59,22 @@ pub struct OwnerServeArgs {
     /// Worker threads for protection and decryption (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Release the logits, rounded to this many fractional bits (at most 20), beside the
-    /// class. By default only the class leaves the owner: full logits would let an edge
-    /// that colludes with a consumer recover the secret key (docs/services.md, Security).
-    #[arg(long, value_name = "BITS")]
-    release_logits: Option<u32>,
+    /// Release the logits beside the class: `flooded` decrypts them with noise flooding
+    /// (IND-CPA-D; models protected with flooding-sized parameters, the default since
+    /// issue 24 §1), rounded to the bits the flooding leaves; a number BITS (at most 20)
+    /// rounds the logits to that many fractional bits (flooded ones where the model can
+    /// flood; unflooded ones, for trusted consumers only, for models protected before). By
+    /// default only the class leaves the owner, from the flooded decryption where the model
+    /// can flood: unflooded logits would let an edge that colludes with a consumer recover
+    /// the secret key (docs/services.md, Guarantees).
+    #[arg(long, value_name = "flooded|BITS")]
+    release_logits: Option<String>,
+    /// Results of a model refused for noise above its flooding's bound before the owner
+    /// stops decrypting that model's results (until it is protected again under a fresh
+    /// key): each refusal tells the edge one bit about the model's secret key
+    /// (docs/services.md, Guarantees). At least 1.
+    #[arg(long, value_name = "N", default_value_t = owner::DEFAULT_REFUSAL_BUDGET)]
+    refusal_budget: u32,
 }
 
 /// `hecnn edge serve`.
@@ -153,15 +164,32 @@ pub fn owner_serve(a: &OwnerServeArgs) -> Result<(), CliError> {
     config.tls = a.tls.files();
     config.master_key = a.master_key.clone();
     config.edge_ca = a.edge_ca.clone();
-    config.release = match a.release_logits {
+    if a.refusal_budget == 0 {
+        return Err(CliError::Usage(
+            "--refusal-budget 0: at least one refusal is served before a model's releases are \
+             suspended"
+                .into(),
+        ));
+    }
+    config.refusal_budget = a.refusal_budget;
+    config.release = match a.release_logits.as_deref() {
         None => owner::Release::Class,
-        Some(bits) if bits <= owner::Release::MAX_BITS => owner::Release::RoundedLogits { bits },
-        Some(bits) => {
-            return Err(CliError::Usage(format!(
-                "--release-logits {bits}: at most {} fractional bits leave the owner",
-                owner::Release::MAX_BITS
-            )));
-        }
+        Some("flooded") => owner::Release::FloodedLogits,
+        Some(bits) => match bits.parse::<u32>() {
+            Ok(bits) if bits <= owner::Release::MAX_BITS => owner::Release::RoundedLogits { bits },
+            Ok(bits) => {
+                return Err(CliError::Usage(format!(
+                    "--release-logits {bits}: at most {} fractional bits leave the owner \
+                     unflooded (`--release-logits flooded` releases flooded logits)",
+                    owner::Release::MAX_BITS
+                )));
+            }
+            Err(_) => {
+                return Err(CliError::Usage(format!(
+                    "--release-logits {bits}: give `flooded` or a number of fractional bits"
+                )));
+            }
+        },
     };
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     run_service(async {

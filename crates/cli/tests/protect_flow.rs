@@ -28,26 +28,32 @@ fn whole_network_protected_through_the_cli() {
     flow("models/hcnn-mnist.onnx", "network", 2);
 }
 
-/// `bench protected` runs every row and its flooding table: a flooding too wide for the
-/// output modulus is reported as refused, not an error that ends the benchmark (it ended
-/// it, unnoticed, because no test ran the command).
+/// `bench protected` runs every row and its flooding table: with the default parameters
+/// (sized for flooding) every row releases flooded logits; with `--unflooded` (the chain from
+/// before) a flooding too wide for the output modulus is reported as refused, not an error
+/// that ends the benchmark (it ended it, unnoticed, because no test ran the command).
 #[test]
 fn bench_protected_reports_refused_flooding_and_finishes() {
-    let (ok, log) = hecnn(&[
-        "bench",
-        "protected",
-        "--data",
-        "mnist",
-        "--variants",
-        "relu,poly",
-        "--security",
-        "128",
-        "--images",
-        "2",
-        "--sample",
-        "--threads",
-        "1",
-    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "protected",
+            "--data",
+            "mnist",
+            "--variants",
+            "relu,poly",
+            "--security",
+            "128",
+            "--images",
+            "2",
+            "--sample",
+            "--threads",
+            "1",
+        ];
+        args.extend(extra);
+        hecnn(&args)
+    };
+    let (ok, log) = bench(&[]);
     assert!(ok, "{log}");
     for row in [
         "| mnist | last layer | plain | 128",
@@ -56,6 +62,19 @@ fn bench_protected_reports_refused_flooding_and_finishes() {
         assert!(log.contains(row), "no row {row:?}: {log}");
     }
     assert!(log.contains("IND-CPA-D"), "{log}");
+    assert!(!log.contains("refused"), "{log}");
+    // Four flooding rows (two variants, plain and encrypted), each with released bits and
+    // the unprotected model's predictions.
+    let flooded = log
+        .lines()
+        .filter(|l| {
+            l.starts_with("| mnist") && l.contains("(26.8 bits) | ±") && l.contains("| 2/2 |")
+        })
+        .count();
+    assert_eq!(flooded, 4, "{log}");
+
+    let (ok, log) = bench(&["--unflooded", "--plain-only"]);
+    assert!(ok, "{log}");
     assert!(log.contains("refused"), "{log}");
 }
 
@@ -166,11 +185,48 @@ fn flow(model: &str, layers: &str, count: usize) {
             "sample:mnist",
         ]);
         assert!(ok, "{log}");
+        // The logits leave the owner noise-flooded (IND-CPA-D), with σ and its cost.
+        assert!(log.contains("logits noise-flooded: σ = 2^"), "{log}");
         for i in 0..count {
             let want = exec::argmax(exec::run(&m, &sample.image(i)).unwrap().data());
             assert!(log.contains(&format!("image {i}: class {want} ")), "{log}");
         }
+        assert_eq!(log.matches(", logits [").count(), count, "{log}");
     }
+
+    // `--class-only` takes the class from the same flooded decryption: the classes come out
+    // without logits, and a bound below the results' noise refuses the classes too, with a
+    // message that names the bound alone (never the secret-dependent noise estimate).
+    let class_only = |extra: &[&str]| {
+        let mut args = vec![
+            "owner".to_string(),
+            "decrypt".into(),
+            "--owner".into(),
+            s(&owner),
+            "--in".into(),
+            s(&results),
+            "--class-only".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        hecnn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let (ok, log) = class_only(&[]);
+    assert!(ok, "{log}");
+    assert!(log.contains("classes noise-flooded: σ = 2^"), "{log}");
+    for i in 0..count {
+        let want = exec::argmax(exec::run(&m, &sample.image(i)).unwrap().data());
+        assert!(log.contains(&format!("image {i}: class {want}")), "{log}");
+    }
+    assert!(!log.contains(", logits ["), "{log}");
+    let (ok, log) = class_only(&["--noise-bound", "1"]);
+    assert!(ok, "{log}");
+    assert_eq!(
+        log.matches("a result noisier than the flooding bound 2^1.0: not released")
+            .count(),
+        count,
+        "{log}"
+    );
+    assert!(!log.contains(": class "), "{log}");
 
     // A model changed after signing, or signed by someone else, is refused before it is
     // read; so is a model whose owner key the edge was not given.

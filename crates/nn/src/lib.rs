@@ -126,6 +126,19 @@ pub enum NnError {
     /// Work stopped on request (its caller went away) before it finished.
     #[error("{0}: cancelled")]
     Cancelled(String),
+    /// A protected result whose estimated noise is above the bound its flooding was sized to
+    /// hide (inputs far outside what the model was measured on, or a crafted ciphertext):
+    /// flooded, its noise would still show, so it is not released. The message names the
+    /// (public) bound only: the noise estimate is a function of the secret key, for the
+    /// owner's eyes alone, and must never reach whoever sent the result.
+    #[error("a result noisier than the flooding bound 2^{bound_log2:.1}: not released")]
+    NoiseAboveBound {
+        /// `log2` of the result's estimated noise (coefficient domain). Secret-dependent:
+        /// the owner's alone, never to be shown to an edge or a consumer.
+        noise_log2: f64,
+        /// `log2` of the bound the flooding hides.
+        bound_log2: f64,
+    },
     /// Values with fewer levels than the plan needs.
     #[error("{what} needs {needed} levels, {have} left")]
     Levels {

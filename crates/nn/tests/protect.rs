@@ -477,3 +477,271 @@ fn absurd_layer_sizes_are_refused_not_overflowed() {
     let err = ProtectPlan::new(&dense_chain(&widths), Scope::Classifier).unwrap_err();
     assert!(err.to_string().contains("at most 64"), "{err}");
 }
+
+/// The flooding-sized chain (`protect::parameters`) at a toy ring degree: the owner's
+/// flooded decryption (default statistical security and query count, the fixed noise bound)
+/// moves no logit by more than its stated bound, keeps every argmax, and the chain from
+/// before flooding was sized for refuses to flood.
+#[test]
+fn flooded_outputs_stay_within_their_bound_and_keep_the_argmax() {
+    use hecnn_ckks::flooding;
+    use hecnn_nn::compile::params::{Chain, literal};
+    use hecnn_nn::protect::{decrypt_output_flooded, output_flooding};
+    use hecnn_rlwe::SecurityLevel;
+
+    let variants = [
+        (model(Some(Op::Relu)), Scope::LastLayer),
+        (model(None), Scope::Classifier),
+        (
+            model(Some(Op::Poly(vec![0.0, 2.0, 1.0]))),
+            Scope::Classifier,
+        ),
+    ];
+    for (m, scope) in variants {
+        let plan = ProtectPlan::new(&m, scope).unwrap();
+        let depth = plan.spec().depth();
+        let (lit, log_scale) = literal(
+            Chain::Protected,
+            depth,
+            11,
+            SecurityLevel::UncheckedForReproduction,
+        )
+        .unwrap();
+        assert_eq!(log_scale, 60);
+        let params = Arc::new(CkksParams::from_literal(&lit, log_scale).unwrap());
+        assert_eq!(params.max_level(), depth + 1, "a two-prime output level");
+        let be = CpuBackend::new(2).unwrap();
+        let mut rng = Prng::from_seed([9; 32]);
+        let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+        let protected = plan.protect(&params, &sk, &be, &mut rng).unwrap();
+        let keys = sk
+            .evaluation_keys(&be, &protected.key_requirements(), &mut rng)
+            .unwrap();
+        let pk = sk.public_key(&be, &mut rng).unwrap();
+        let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+        let dec = Decryptor::new(&sk, &be).unwrap();
+
+        let f = output_flooding(protected.spec(), &params).unwrap();
+        assert_eq!(
+            f.flooding().statistical_bits(),
+            flooding::DEFAULT_STATISTICAL_BITS
+        );
+        assert_eq!(f.flooding().queries_log2(), flooding::DEFAULT_QUERIES_LOG2);
+        // σ ≈ 2^46 at N = 2^11, each logit moved by σ·√(N/2)/2^60 ≈ 2^-9.
+        assert!(
+            f.output_std() < 4e-3,
+            "{scope:?}: ±{:e} per logit",
+            f.output_std()
+        );
+        assert!(f.release_bits() >= 8, "{} bits", f.release_bits());
+        // Six standard deviations and the rounding: no honest logit moves by more.
+        let bound = 6.0 * f.output_std() + f64::from(f.release_bits()).exp2().recip();
+        assert!(bound < 2.5e-2);
+        let mut worst = 0.0f64;
+        for seed in 0..4 {
+            let x = image(300 + seed);
+            let want = exec::run(&m, &x).unwrap();
+            let feats = protected.spec().features_of(&x).unwrap();
+            let enc = protected
+                .encrypt_features(&eval, &pk, &feats, &mut rng)
+                .unwrap();
+            for input in [FeatureInput::Plain(feats), FeatureInput::Encrypted(enc)] {
+                let out = protected.evaluate(&eval, &input).unwrap();
+                assert_eq!(out.levels_left(), 1);
+                let exact = decrypt_output(protected.spec(), &params, &dec, &be, &out).unwrap();
+                let flooded = decrypt_output_flooded(
+                    protected.spec(),
+                    &params,
+                    &dec,
+                    &be,
+                    &out,
+                    &f,
+                    &mut rng,
+                )
+                .unwrap();
+                for (a, b) in flooded.iter().zip(&exact) {
+                    worst = worst.max((a - b).abs());
+                    // Rounded to the released bits.
+                    let unit = f64::from(f.release_bits()).exp2();
+                    assert_eq!((a * unit).fract(), 0.0);
+                }
+                // The same class as the cleartext model wherever its margin exceeds the bound.
+                let mut sorted = want.data().to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                if sorted[0] - sorted[1] > 2.0 * bound {
+                    assert_eq!(exec::argmax(&flooded), exec::argmax(want.data()));
+                }
+                for (a, b) in exact.iter().zip(want.data()) {
+                    assert!((a - b).abs() < 1e-6, "unflooded {a} vs {b}");
+                }
+            }
+        }
+        assert!(worst <= bound, "{scope:?}: flooded logits {worst:e} off");
+        // Rounding alone moves a logit by at most half a unit: a move beyond a whole unit is
+        // the flooding's.
+        let unit = f64::from(f.release_bits()).exp2().recip();
+        assert!(
+            worst > unit,
+            "{scope:?}: {worst:e} moved, no more than rounding"
+        );
+
+        // The flooding's spread: the same result decrypted many times deviates from the
+        // exact logits by about `output_std` (the rounding's unit²/12 beside it), fresh each
+        // time.
+        let feats = protected.spec().features_of(&image(310)).unwrap();
+        let out = protected
+            .evaluate(&eval, &FeatureInput::Plain(feats))
+            .unwrap();
+        let exact = decrypt_output(protected.spec(), &params, &dec, &be, &out).unwrap();
+        let (mut sum, mut sum_sq, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        let mut first = None;
+        let mut all_same = true;
+        for _ in 0..100 {
+            let flooded =
+                decrypt_output_flooded(protected.spec(), &params, &dec, &be, &out, &f, &mut rng)
+                    .unwrap();
+            match &first {
+                None => first = Some(flooded.clone()),
+                Some(v) => all_same &= *v == flooded,
+            }
+            for (a, b) in flooded.iter().zip(&exact) {
+                let d = a - b;
+                sum += d;
+                sum_sq += d * d;
+                n += 1.0;
+            }
+        }
+        assert!(!all_same, "{scope:?}: the same flooding every time");
+        let std = (sum_sq / n - (sum / n).powi(2)).sqrt();
+        assert!(
+            (0.5 * f.output_std()..=2.0 * f.output_std()).contains(&std),
+            "{scope:?}: flooded logits spread ±{std:e}, the flooding promises ±{:e}",
+            f.output_std()
+        );
+    }
+}
+
+/// `protect::parameters` at 128 bits is the flooding-sized chain and passes the security
+/// table; the chain from before flooding was sized for cannot flood its outputs.
+#[test]
+fn protected_parameters_are_sized_for_flooding_and_the_old_ones_refuse_it() {
+    use hecnn_nn::protect::{output_flooding, parameters, parameters_unflooded};
+    use hecnn_rlwe::SecurityLevel;
+
+    let plan = ProtectPlan::new(&model(Some(Op::Relu)), Scope::LastLayer).unwrap();
+    let params = parameters(plan.spec(), SecurityLevel::Bits128).unwrap();
+    assert_eq!(params.rlwe().log_n(), 13);
+    assert_eq!(params.log_scale(), 60);
+    assert!(params.rlwe().log_qp() <= 218.0);
+    let f = output_flooding(plan.spec(), &params).unwrap();
+    assert!(f.output_log_q() > f.flooding().sigma_log2() + 9.0);
+    // 2^21 of noise hidden at N = 2^13: each logit moves by about 1.4·10^-2.
+    assert!(f.output_std() < 2e-2, "±{:e}", f.output_std());
+    assert_eq!(f.flooding().noise_log2(), 21.0);
+
+    let old = parameters_unflooded(plan.spec(), SecurityLevel::Bits128).unwrap();
+    assert_eq!(old.log_scale(), 40);
+    match output_flooding(plan.spec(), &old) {
+        Err(NnError::Ckks(hecnn_ckks::CkksError::FloodingTooWide { .. })) => {}
+        other => panic!("the 49-bit output prime flooded: {other:?}"),
+    }
+}
+
+/// A per-model bound measured by the owner (`measure_output_noise_log2`, with a throwaway
+/// key) is below the ring degree's fixed bound, floods less, and releases the edge's results
+/// on similar inputs; a bound below their noise refuses them instead of releasing them.
+#[test]
+fn a_measured_noise_bound_floods_less_and_refuses_what_it_does_not_cover() {
+    use hecnn_ckks::Flooding;
+    use hecnn_nn::compile::params::{Chain, literal};
+    use hecnn_nn::protect::{
+        decrypt_output_flooded, measure_output_noise_log2, output_flooding, output_flooding_with,
+    };
+    use hecnn_rlwe::SecurityLevel;
+
+    let m = model(Some(Op::Poly(vec![0.0, 2.0, 1.0])));
+    let plan = ProtectPlan::new(&m, Scope::Classifier).unwrap();
+    let (lit, s) = literal(
+        Chain::Protected,
+        plan.spec().depth(),
+        11,
+        SecurityLevel::UncheckedForReproduction,
+    )
+    .unwrap();
+    let params = Arc::new(CkksParams::from_literal(&lit, s).unwrap());
+    let be = CpuBackend::new(2).unwrap();
+    let mut rng = Prng::from_seed([5; 32]);
+    let calibration: Vec<Vec<f64>> = (0..4)
+        .map(|i| plan.spec().features_of(&image(500 + i)).unwrap())
+        .collect();
+    let bound = measure_output_noise_log2(&plan, &params, &be, &calibration, &mut rng).unwrap();
+    assert!(measure_output_noise_log2(&plan, &params, &be, &[], &mut rng).is_err());
+
+    let sk = SecretKey::generate(params.rlwe(), &mut rng).unwrap();
+    let protected = plan.protect(&params, &sk, &be, &mut rng).unwrap();
+    let keys = sk
+        .evaluation_keys(&be, &protected.key_requirements(), &mut rng)
+        .unwrap();
+    let eval = Evaluator::new(Arc::clone(&params), Arc::new(keys), be.clone()).unwrap();
+    let dec = Decryptor::new(&sk, &be).unwrap();
+    let fixed = output_flooding(protected.spec(), &params).unwrap();
+    assert!(
+        bound + 2.0 < fixed.flooding().noise_log2(),
+        "2^{bound} measured"
+    );
+    let measured = output_flooding_with(
+        protected.spec(),
+        &params,
+        Flooding::with_defaults(bound).unwrap(),
+    )
+    .unwrap();
+    assert!(measured.output_std() < fixed.output_std() / 4.0);
+    let too_low = output_flooding_with(
+        protected.spec(),
+        &params,
+        Flooding::with_defaults(bound - 6.0).unwrap(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        let x = image(600 + i);
+        let f = protected.spec().features_of(&x).unwrap();
+        let out = protected.evaluate(&eval, &FeatureInput::Plain(f)).unwrap();
+        let exact = decrypt_output(protected.spec(), &params, &dec, &be, &out).unwrap();
+        let got = decrypt_output_flooded(
+            protected.spec(),
+            &params,
+            &dec,
+            &be,
+            &out,
+            &measured,
+            &mut rng,
+        )
+        .unwrap();
+        let allowed =
+            6.0 * measured.output_std() + f64::from(measured.release_bits()).exp2().recip();
+        for (a, b) in got.iter().zip(&exact) {
+            assert!((a - b).abs() <= allowed, "{a} vs {b}");
+        }
+        match decrypt_output_flooded(
+            protected.spec(),
+            &params,
+            &dec,
+            &be,
+            &out,
+            &too_low,
+            &mut rng,
+        ) {
+            Err(e @ NnError::NoiseAboveBound { .. }) => {
+                // The message names the public bound, never the secret-dependent estimate.
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "a result noisier than the flooding bound 2^{:.1}: not released",
+                        bound - 6.0
+                    )
+                );
+            }
+            other => panic!("a result above the bound was released: {other:?}"),
+        }
+    }
+}

@@ -526,14 +526,25 @@ async fn get_results<B: Backend + Clone>(
     let mut rows = owner
         .db(move |db| db.results(q.after, q.deployment, limit))
         .await?;
-    // Rows stored under an earlier, more generous policy leave under the current one.
+    // Rows stored under an earlier, more generous policy leave under the current one. Under
+    // flooded release, only logits stored flooded leave (rounded when they were decrypted);
+    // rows stored unflooded (under a rounded release, or before the registry recorded it)
+    // leave their class alone.
     for r in &mut rows {
         r.logits = match (r.logits.take(), owner.config.release) {
             (Some(l), release @ super::Release::RoundedLogits { .. }) => {
                 release.apply(&l).ok().and_then(|p| p.logits)
             }
+            (Some(l), super::Release::FloodedLogits) if r.flooded => Some(l),
             _ => None,
         };
+        // Refusals stored before their reason was a fixed string named the noise estimate.
+        if r.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("a result with output noise"))
+        {
+            r.error = Some(super::REFUSED_REASON.into());
+        }
     }
     Ok(Json(json!({ "results": rows })))
 }

@@ -25,7 +25,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hecnn_ckks::Decryptor;
-use hecnn_nn::protect::{ProtectedModel, ProtectedOutput, decrypt_output};
+use hecnn_nn::NnError;
+use hecnn_nn::protect::{
+    ProtectedModel, ProtectedOutput, decrypt_output, decrypt_output_flooded, output_flooding,
+};
 
 use crate::signing::SigningKey;
 use hecnn_ring::Backend;
@@ -57,24 +60,69 @@ pub struct OwnerConfig {
     pub max_result_bytes: usize,
     /// What of a decrypted result leaves the owner.
     pub release: Release,
+    /// Results of a model refused for noise above the flooding's bound
+    /// ([`REFUSED_REASON`]) before the owner stops decrypting that model's results
+    /// ([`SUSPENDED_REASON`]; default [`DEFAULT_REFUSAL_BUDGET`]). Each refusal tells the
+    /// edge that crafted the result one bit about the model's secret key; this bounds them.
+    /// Counted from the refused results stored in the registry, so it survives restarts; a
+    /// budget of 0 suspends every model's releases.
+    pub refusal_budget: u32,
 }
+
+/// The default [`OwnerConfig::refusal_budget`]: one refusal, then the model's releases are
+/// suspended until it is protected again under a fresh key. Honest results are not refused
+/// (the flooding's bound sits above every noise measured: `hecnn_nn::protect::OUTPUT_NOISE_LOG2`),
+/// so a refusal means a crafted result or inputs far outside the model's.
+pub const DEFAULT_REFUSAL_BUDGET: u32 = 1;
+
+/// What is stored and served for a result refused because its noise is above the flooding's
+/// bound: a fixed string (the noise estimate behind the refusal is secret-dependent and
+/// stays in the owner's log).
+pub const REFUSED_REASON: &str =
+    "not released: the result is noisier than the model's noise flooding hides";
+
+/// What is stored and served for the results of a model whose refusal budget is spent: a
+/// fixed string, whatever the result (it is not decrypted).
+pub const SUSPENDED_REASON: &str =
+    "release suspended: this model's key must be renewed (hecnn protect again)";
 
 /// What of a decrypted result the owner stores and serves to consumers.
 ///
 /// A CKKS decryption is `m + e` with the noise `e` a function of the secret key, and an edge
 /// node knows the ciphertexts it sends: full-precision logits let it (or a consumer it
 /// colludes with) solve for the key (Li and Micciancio; `hecnn_ckks::flooding`). Noise
-/// flooding at 30-bit statistical security costs about 27 bits of precision, more than the
-/// protected parameters' outputs carry (`hecnn bench protected` measures both), so until
-/// they do, the owner releases the class alone by default.
+/// flooding at 30-bit statistical security costs about 27 bits of precision: models
+/// protected with `hecnn_nn::protect::parameters` (a `2^60` scale) keep 5 to 6 fractional
+/// bits of their logits once flooded (6 at N = 2^13, 5 from 2^14 with the default noise
+/// bounds; [`Release::FloodedLogits`]). For such models **every** release mode decides from
+/// the flooded decryption (`hecnn_nn::protect::decrypt_output_flooded`): the class is the
+/// flooded logits' largest, rounded logits are the flooded ones rounded, and a result
+/// noisier than the flooding's bound is refused ([`REFUSED_REASON`]) in every mode, within
+/// the refusal budget ([`OwnerConfig::refusal_budget`]). Models protected before (a `2^40`
+/// scale) cannot be flooded: their class (and rounded logits) come from an unflooded
+/// decryption, an oracle on the secret key that an adaptive edge can query (residual risk:
+/// protect them again).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Release {
-    /// The predicted class only (the default).
+    /// The predicted class only (the default): the flooded logits' largest where the model
+    /// can flood (a result above the flooding's bound is refused), an unflooded argmax for
+    /// models protected before.
     #[default]
     Class,
-    /// The class and the logits rounded to multiples of `2^-bits`. Rounding drops the
-    /// low-order bits where the noise lives, but it is no proof against adaptive queries:
-    /// release logits only to consumers the owner trusts not to collude with an edge.
+    /// The class and the logits decrypted with noise flooding
+    /// (`hecnn_nn::protect::decrypt_output_flooded`: the flooding the model's parameters
+    /// allow at the default statistical security, rounded to the bits it leaves). The class
+    /// is the flooded logits' largest. A model whose parameters cannot be flooded (protected
+    /// before they were sized for it) releases its class alone, and a result noisier than
+    /// the flooding's bound is refused. Only logits stored flooded are served
+    /// ([`ResultRow::flooded`]); rows stored under an earlier, unflooded release serve
+    /// their class alone.
+    FloodedLogits,
+    /// The class and the logits rounded to multiples of `2^-bits`: the flooded logits for
+    /// models whose parameters can flood, **unflooded** ones for models protected before.
+    /// Unflooded, rounding drops the low-order bits where the noise lives, but it is no
+    /// proof against adaptive queries: release logits this way only to consumers the owner
+    /// trusts not to collude with an edge, and prefer [`Release::FloodedLogits`].
     RoundedLogits {
         /// Fractional bits kept (at most 20).
         bits: u32,
@@ -82,12 +130,19 @@ pub enum Release {
 }
 
 impl Release {
-    /// The most fractional bits [`Release::RoundedLogits`] keeps: the protected outputs'
-    /// noise sits near `2^-21` (bench/RESULTS.md), and keeping it would hand it out.
+    /// The most fractional bits [`Release::RoundedLogits`] keeps: the unflooded outputs'
+    /// noise sits near `2^-21` at the `2^40` scale (bench/RESULTS.md), and keeping it would
+    /// hand it out.
     pub const MAX_BITS: u32 = 20;
 
-    /// What leaves the owner of a decryption's `logits`: the class, and the rounded logits
-    /// when released.
+    /// Whether results are decrypted with noise flooding.
+    pub fn flooded(self) -> bool {
+        self == Self::FloodedLogits
+    }
+
+    /// What leaves the owner of a decryption's `logits`: the class, and the logits when
+    /// released (rounded for [`Release::RoundedLogits`]; as given for
+    /// [`Release::FloodedLogits`], whose decryption flooded and rounded them).
     ///
     /// # Errors
     /// [`DeployError::Config`] for more fractional bits than [`Release::MAX_BITS`].
@@ -97,12 +152,19 @@ impl Release {
             Self::Class => Ok(Prediction {
                 class,
                 logits: None,
+                flooded: false,
+            }),
+            Self::FloodedLogits => Ok(Prediction {
+                class,
+                logits: Some(logits.to_vec()),
+                flooded: false,
             }),
             Self::RoundedLogits { bits } if bits <= Self::MAX_BITS => {
                 let unit = f64::from(bits).exp2();
                 Ok(Prediction {
                     class,
                     logits: Some(logits.iter().map(|l| (l * unit).round() / unit).collect()),
+                    flooded: false,
                 })
             }
             Self::RoundedLogits { bits } => Err(DeployError::Config(format!(
@@ -120,6 +182,8 @@ pub struct Prediction {
     pub class: u32,
     /// The rounded logits, when the owner releases them.
     pub logits: Option<Vec<f64>>,
+    /// Whether the class and logits come from a noise-flooded decryption.
+    pub flooded: bool,
 }
 
 impl OwnerConfig {
@@ -135,6 +199,7 @@ impl OwnerConfig {
             max_model_bytes: 256 << 20,
             max_result_bytes: 16 << 20,
             release: Release::Class,
+            refusal_budget: DEFAULT_REFUSAL_BUDGET,
         }
     }
 }
@@ -218,21 +283,98 @@ impl<B: Backend + Clone> Owner<B> {
         Ok(())
     }
 
-    fn decrypt(&self, model_id: u64, bytes: &[u8]) -> Result<Vec<f64>, DeployError> {
+    /// Decrypts a result for `release`: what [`Release::apply`] then turns into what leaves
+    /// the owner.
+    fn decrypt(&self, model_id: u64, bytes: &[u8]) -> Result<Prediction, DeployError> {
         let l = self
             .loaded(model_id)?
             .ok_or_else(|| DeployError::Wire(format!("model {model_id} is not registered")))?;
-        let (out, _) =
-            ProtectedOutput::from_bytes(&self.be, l.model.spec(), l.model.params(), bytes)?;
+        let (spec, params) = (l.model.spec(), l.model.params());
+        let (out, _) = ProtectedOutput::from_bytes(&self.be, spec, params, bytes)?;
         let dec = Decryptor::new(&l.secret, &self.be)?;
-        Ok(decrypt_output(
-            l.model.spec(),
-            l.model.params(),
-            &dec,
-            &self.be,
-            &out,
-        )?)
+        let release = self.config.release;
+        let Ok(flooding) = output_flooding(spec, params) else {
+            // Parameters that cannot flood (models protected before they were sized for
+            // it): the class, or rounded logits, from an unflooded decryption (an oracle on
+            // the key: the residual risk of such models, documented in docs/services.md);
+            // flooded logits are not released.
+            let logits = decrypt_output(spec, params, &dec, &self.be, &out)?;
+            return match release {
+                Release::FloodedLogits => Release::Class.apply(&logits),
+                r => r.apply(&logits),
+            };
+        };
+        // Every release mode decides from the flooded decryption, the class included: an
+        // argmax of an unflooded one would be an oracle on the key. A refusal
+        // (`NnError::NoiseAboveBound`) is counted against the refusal budget by the caller.
+        let mut rng = hecnn_ring::Prng::from_entropy()?;
+        let logits =
+            decrypt_output_flooded(spec, params, &dec, &self.be, &out, &flooding, &mut rng)?;
+        let mut p = release.apply(&logits)?;
+        p.flooded = true;
+        Ok(p)
     }
+}
+
+/// A batch of decryption outcomes as the registry stores them: a prediction or the fixed
+/// reason it was not released, by sequence number.
+type Outcomes = Vec<(u64, Result<Prediction, String>)>;
+
+/// The outcomes of a batch of decryptions, in sequence order, as they are stored: each
+/// refusal for noise above the flooding's bound is counted against its model's budget
+/// (`refused`, the model's refusals so far, updated), stored as [`REFUSED_REASON`] and
+/// logged (with the noise estimate) for the owner on stderr only; once a model has spent
+/// `budget` refusals, its later results are stored as [`SUSPENDED_REASON`] whatever they
+/// decrypted to. `Err` is for errors to retry later (the registry, the master key).
+fn apply_refusal_budget(
+    decrypted: Vec<(u64, u64, Result<Prediction, DeployError>)>,
+    refused: &mut HashMap<u64, u32>,
+    budget: u32,
+) -> Result<Outcomes, DeployError> {
+    let mut outcomes = Vec::with_capacity(decrypted.len());
+    for (seq, model_id, prediction) in decrypted {
+        let spent = refused.entry(model_id).or_insert(0);
+        if *spent >= budget {
+            outcomes.push((seq, Err(SUSPENDED_REASON.to_string())));
+            continue;
+        }
+        match prediction {
+            Ok(p) => outcomes.push((seq, Ok(p))),
+            Err(DeployError::Nn(NnError::NoiseAboveBound {
+                noise_log2,
+                bound_log2,
+            })) => {
+                *spent += 1;
+                // The owner's log only: the estimate is a function of the secret key.
+                eprintln!(
+                    "decryption agent: result {seq} of model {model_id}: estimated noise \
+                     2^{noise_log2:.1} above the flooding bound 2^{bound_log2:.1}: refused \
+                     ({spent} of {budget} refusals)"
+                );
+                if *spent >= budget {
+                    eprintln!(
+                        "decryption agent: model {model_id}: refusal budget ({budget}) spent: \
+                         its results are no longer decrypted; protect the model again under a \
+                         fresh key (each refusal told the edge one bit about this key)"
+                    );
+                }
+                outcomes.push((seq, Err(REFUSED_REASON.to_string())));
+            }
+            // A result that does not decode or decrypt never will: record why.
+            Err(
+                e @ (DeployError::Nn(_)
+                | DeployError::Ckks(_)
+                | DeployError::Rlwe(_)
+                | DeployError::Wire(_)),
+            ) => {
+                eprintln!("decryption agent: result {seq}: {e}");
+                outcomes.push((seq, Err(e.to_string())));
+            }
+            // Anything else (the registry, the master key) is retried later.
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outcomes)
 }
 
 /// The secret key of a registered model, unsealed with the master key: for the owner's own
@@ -568,26 +710,30 @@ async fn decryption_agent<B: Backend + Clone>(owner: Arc<Owner<B>>) {
         }
         let o = Arc::clone(&owner);
         let done = tokio::task::spawn_blocking(move || {
-            let results =
-                o.be.par_map(batch, |r| (r.seq, o.decrypt(r.model_id, &r.output)));
-            let mut outcomes = Vec::with_capacity(results.len());
-            for (seq, logits) in results {
-                match logits.and_then(|l| o.config.release.apply(&l)) {
-                    Ok(p) => outcomes.push((seq, Ok(p))),
-                    // A result that does not decode or decrypt never will: record why.
-                    Err(
-                        e @ (DeployError::Nn(_)
-                        | DeployError::Ckks(_)
-                        | DeployError::Rlwe(_)
-                        | DeployError::Wire(_)),
-                    ) => {
-                        eprintln!("decryption agent: result {seq}: {e}");
-                        outcomes.push((seq, Err(e.to_string())));
+            let budget = o.config.refusal_budget;
+            // Each model's refusals so far (stored results), so the budget survives restarts.
+            let mut refused = HashMap::new();
+            {
+                let db = o.db.lock().unwrap_or_else(PoisonError::into_inner);
+                for r in &batch {
+                    if let std::collections::hash_map::Entry::Vacant(e) = refused.entry(r.model_id)
+                    {
+                        e.insert(db.refusals(r.model_id, REFUSED_REASON)?);
                     }
-                    // Anything else (the registry, the master key) is retried later.
-                    Err(e) => return Err(e),
                 }
             }
+            // Results of a model whose budget is already spent are not decrypted at all.
+            let results = o.be.par_map(batch, |r| {
+                let prediction = if refused.get(&r.model_id).is_some_and(|&n| n >= budget) {
+                    Err(DeployError::Config(SUSPENDED_REASON.into()))
+                } else {
+                    o.decrypt(r.model_id, &r.output)
+                };
+                (r.seq, r.model_id, prediction)
+            });
+            // The budget is applied in sequence order, after the parallel decryptions: a
+            // batch cannot spend more refusals than the budget allows.
+            let outcomes = apply_refusal_budget(results, &mut refused, budget)?;
             o.db.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .store_decrypted(&outcomes)
@@ -713,7 +859,8 @@ mod tests {
             Release::default().apply(&logits).unwrap(),
             Prediction {
                 class: 1,
-                logits: None
+                logits: None,
+                flooded: false,
             }
         );
         let p = Release::RoundedLogits { bits: 4 }.apply(&logits).unwrap();
@@ -727,5 +874,153 @@ mod tests {
                 .all(|l| (l * f64::from(1u32 << 20)).fract() == 0.0)
         );
         assert!(Release::RoundedLogits { bits: 21 }.apply(&logits).is_err());
+    }
+
+    /// Each refusal is counted against its model's budget, stored as a fixed string (never
+    /// the noise estimate), and once the budget is spent the model's later results are
+    /// suspended whatever they decrypted to; other models are not affected.
+    #[test]
+    fn the_refusal_budget_suspends_a_models_releases() {
+        use super::{DeployError, NnError, REFUSED_REASON, SUSPENDED_REASON, apply_refusal_budget};
+        use std::collections::HashMap;
+        let ok = || {
+            Ok(Prediction {
+                class: 1,
+                logits: None,
+                flooded: true,
+            })
+        };
+        let refused = || {
+            Err(DeployError::Nn(NnError::NoiseAboveBound {
+                noise_log2: 23.456,
+                bound_log2: 21.0,
+            }))
+        };
+        for budget in [1, 2] {
+            let mut spent = HashMap::new();
+            let batch = vec![
+                (1, 7, ok()),
+                (2, 7, refused()),
+                (3, 8, ok()),
+                (4, 7, refused()),
+                (5, 7, ok()),
+                (6, 8, refused()),
+            ];
+            let out = apply_refusal_budget(batch, &mut spent, budget).unwrap();
+            let reasons: Vec<Option<&str>> = out
+                .iter()
+                .map(|(_, o)| o.as_ref().err().map(String::as_str))
+                .collect();
+            let want: Vec<Option<&str>> = if budget == 1 {
+                vec![
+                    None,
+                    Some(REFUSED_REASON),
+                    None,
+                    Some(SUSPENDED_REASON),
+                    Some(SUSPENDED_REASON),
+                    Some(REFUSED_REASON),
+                ]
+            } else {
+                vec![
+                    None,
+                    Some(REFUSED_REASON),
+                    None,
+                    Some(REFUSED_REASON),
+                    Some(SUSPENDED_REASON),
+                    Some(REFUSED_REASON),
+                ]
+            };
+            assert_eq!(reasons, want, "budget {budget}");
+            assert_eq!(
+                out.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                [1, 2, 3, 4, 5, 6]
+            );
+            for (_, o) in &out {
+                if let Err(e) = o {
+                    assert!(!e.contains("23.4") && !e.contains("23.5"), "{e}");
+                }
+            }
+            // A later batch: model 7 stays suspended (its refusals counted), model 8 follows
+            // its own count.
+            let out =
+                apply_refusal_budget(vec![(7, 7, ok()), (8, 8, ok())], &mut spent, budget).unwrap();
+            assert_eq!(
+                out[0].1.as_ref().err().map(String::as_str),
+                Some(SUSPENDED_REASON)
+            );
+            assert_eq!(out[1].1.is_ok(), budget > 1);
+        }
+    }
+
+    /// The registry counts a model's stored refusals (so the budget survives restarts),
+    /// records whether a row's prediction was flooded, and reads rows from before it
+    /// recorded it as not flooded.
+    #[test]
+    fn refusals_and_flooded_rows_are_recorded() {
+        use super::REFUSED_REASON;
+        use super::registry::NewModel;
+        let dir = std::env::temp_dir().join(format!("hecnn-refusals-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.sqlite");
+        let mut reg = Registry::open(&path).unwrap();
+        let model = reg
+            .insert_model(&NewModel {
+                name: "m",
+                scope: "last",
+                security: 128,
+                encrypt_features: false,
+                key_id: [1; 32],
+                protected: b"p",
+                public_key: b"k",
+                eval_keys: b"e",
+                sealed_secret: b"s",
+            })
+            .unwrap();
+        let node = reg
+            .insert_node(
+                "edge",
+                "http://127.0.0.1:1",
+                crate::auth::TokenHash([3; 32]),
+                b"t",
+            )
+            .unwrap();
+        let dep = reg.insert_deployment(model.id, node).unwrap();
+        for i in 0..4 {
+            reg.insert_result(dep, &format!("x{i}"), &[i]).unwrap();
+        }
+        let p = |flooded| Prediction {
+            class: 2,
+            logits: Some(vec![0.5, 1.0, 2.0]),
+            flooded,
+        };
+        reg.store_decrypted(&[
+            (1, Ok(p(true))),
+            (2, Ok(p(false))),
+            (3, Err(REFUSED_REASON.to_string())),
+        ])
+        .unwrap();
+        assert_eq!(reg.refusals(model.id, REFUSED_REASON).unwrap(), 1);
+        assert_eq!(reg.refusals(model.id + 1, REFUSED_REASON).unwrap(), 0);
+        let rows = reg.results(0, None, 10).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.flooded).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        assert_eq!(rows[2].error.as_deref(), Some(REFUSED_REASON));
+        drop(reg);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn flooded_release_keeps_the_flooded_logits_and_their_class() {
+        // The decryption flooded and rounded them; the release passes them on.
+        let flooded = [0.125, 1.984_375, 2.015_625, -3.25];
+        let p = Release::FloodedLogits.apply(&flooded).unwrap();
+        assert_eq!(p.class, 2);
+        assert_eq!(p.logits, Some(flooded.to_vec()));
+        assert!(Release::FloodedLogits.flooded());
+        assert!(!Release::default().flooded());
+        assert!(!Release::RoundedLogits { bits: 8 }.flooded());
     }
 }

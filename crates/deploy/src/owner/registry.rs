@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS results (
     logits TEXT,
     decrypted INTEGER,
     error TEXT,
+    flooded INTEGER,
     UNIQUE (deployment_id, input_id)
 );
 CREATE INDEX IF NOT EXISTS results_pending ON results (seq) WHERE decrypted IS NULL;
@@ -197,6 +198,10 @@ pub struct ResultRow {
     pub logits: Option<Vec<f64>>,
     /// Why the result could not be decrypted, if it could not.
     pub error: Option<String>,
+    /// Whether the stored class and logits come from a noise-flooded decryption (false for
+    /// rows stored before the registry recorded it). Not served: it decides what is.
+    #[serde(skip)]
+    pub flooded: bool,
 }
 
 /// An encrypted result waiting for the decryption agent.
@@ -250,6 +255,16 @@ impl Registry {
         )?;
         if !has_revoked {
             conn.execute_batch("ALTER TABLE nodes ADD COLUMN revoked INTEGER")?;
+        }
+        // Registries from before flooded releases: the column is added once, empty (a row
+        // without it was not flooded).
+        let has_flooded: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('results') WHERE name = 'flooded'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !has_flooded {
+            conn.execute_batch("ALTER TABLE results ADD COLUMN flooded INTEGER")?;
         }
         Ok(Self { conn })
     }
@@ -770,8 +785,9 @@ impl Registry {
                         .transpose()
                         .map_err(|e| DeployError::Wire(e.to_string()))?;
                     tx.execute(
-                        "UPDATE results SET class = ?2, logits = ?3, decrypted = ?4 WHERE seq = ?1",
-                        params![*seq as i64, p.class, json, t],
+                        "UPDATE results SET class = ?2, logits = ?3, decrypted = ?4, flooded = ?5 \
+                         WHERE seq = ?1",
+                        params![*seq as i64, p.class, json, t, p.flooded.then_some(1i64)],
                     )?;
                 }
                 Err(e) => {
@@ -786,6 +802,21 @@ impl Registry {
         Ok(())
     }
 
+    /// How many results of model `model_id` were stored with the error `reason` (the
+    /// refusals the decryption agent counts against the model's budget).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub fn refusals(&self, model_id: u64, reason: &str) -> Result<u32, DeployError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM results r JOIN deployments d ON d.id = r.deployment_id \
+             WHERE d.model_id = ?1 AND r.error = ?2",
+            params![model_id as i64, reason],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// Decrypted results (a prediction or a decryption error) after `after` (by sequence
     /// number), optionally of one deployment.
     ///
@@ -798,7 +829,8 @@ impl Registry {
         limit: usize,
     ) -> Result<Vec<ResultRow>, DeployError> {
         let mut st = self.conn.prepare(
-            "SELECT seq, deployment_id, input_id, received, class, logits, error FROM results \
+            "SELECT seq, deployment_id, input_id, received, class, logits, error, flooded \
+             FROM results \
              WHERE seq > ?1 AND decrypted IS NOT NULL AND (?2 IS NULL OR deployment_id = ?2) \
              ORDER BY seq LIMIT ?3",
         )?;
@@ -814,6 +846,7 @@ impl Registry {
                     class: r.get(4)?,
                     logits: logits.and_then(|l| serde_json::from_str(&l).ok()),
                     error: r.get(6)?,
+                    flooded: r.get::<_, Option<i64>>(7)?.is_some_and(|f| f != 0),
                 })
             },
         )?;
@@ -824,6 +857,36 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A registry written before results recorded whether they were flooded opens, gains
+    /// the column empty, and its stored logits read as not flooded.
+    #[test]
+    fn a_registry_from_before_flooded_results_is_migrated() {
+        let dir = std::env::temp_dir().join(format!("hecnn-flooded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("registry.sqlite");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE results (seq INTEGER PRIMARY KEY, deployment_id INTEGER NOT NULL, \
+                 input_id TEXT NOT NULL, output BLOB NOT NULL, received INTEGER NOT NULL, \
+                 class INTEGER, logits TEXT, decrypted INTEGER, error TEXT, \
+                 UNIQUE (deployment_id, input_id));
+                 INSERT INTO results (deployment_id, input_id, output, received, class, logits, \
+                 decrypted) VALUES (1, 'x', x'00', 1, 3, '[0.5,1.0]', 2);",
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        let rows = reg.results(0, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].logits, Some(vec![0.5, 1.0]));
+        assert!(!rows[0].flooded);
+        drop(reg);
+        assert!(Registry::open(&path).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A registry written before nodes could be revoked opens, gains the column empty, and
     /// its nodes keep working until revoked.

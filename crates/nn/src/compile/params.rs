@@ -5,8 +5,10 @@
 //! The three chains differ in what their values need: batch packing keeps every
 //! intermediate value below 2^17 at a 2^30 scale (one image per slot: no rotations, two-prime
 //! digits); single-image packing spends the security budget on the largest scale and
-//! special primes (hoisted rotations dominate); a protected model's encrypted weights
-//! take a 2^40 scale. All primes stay below 2^50, the reach of the IFMA kernels.
+//! special primes (hoisted rotations dominate); a protected model's encrypted weights take
+//! a 2^60 scale and a two-prime output level, so that its decryptions can be noise-flooded
+//! ([`PROTECT_LOG_SCALE`]). The batch and single-image primes stay below 2^50, the reach of
+//! the IFMA kernels; the protected chain's level primes use the wide (50–61-bit) kernels.
 
 use std::sync::Arc;
 
@@ -22,8 +24,13 @@ pub enum Chain {
     Batch,
     /// Single-image packing: the largest scale the security table allows at the degree.
     Single,
-    /// A protected model's encrypted part: 49-bit base, 40-bit levels, one special prime.
+    /// A protected model's encrypted part, sized for noise-flooded decryption: a two-prime
+    /// output level (61 + 25 bits), 60-bit levels, one 61-bit special prime.
     Protected,
+    /// A protected model's encrypted part before flooding was sized for (49-bit output
+    /// prime, 40-bit levels, one 49-bit special prime): smaller rings, but its outputs
+    /// cannot be flooded (`hecnn bench protected --unflooded` compares the two).
+    ProtectedUnflooded,
 }
 
 impl std::fmt::Display for Chain {
@@ -32,6 +39,7 @@ impl std::fmt::Display for Chain {
             Self::Batch => "batch packing",
             Self::Single => "single-image packing",
             Self::Protected => "the protected part",
+            Self::ProtectedUnflooded => "the protected part (unflooded)",
         })
     }
 }
@@ -49,6 +57,7 @@ pub fn literal(
         Chain::Batch => Some(batch(depth, log_n, security)),
         Chain::Single => single(depth, log_n, security),
         Chain::Protected => Some(protected(depth, log_n, security)),
+        Chain::ProtectedUnflooded => Some(protected_unflooded(depth, log_n, security)),
     }
 }
 
@@ -178,14 +187,60 @@ pub fn bootstrapped(
     Some((lit(residual)?, REFRESH_LOG_SCALE, config))
 }
 
-/// Scale bits of a protected model's parameters.
-pub const PROTECT_LOG_SCALE: u32 = 40;
+/// Scale bits of a protected model's parameters ([`Chain::Protected`]): features are
+/// encoded at `2^60`, the weights of each layer at its level's prime (near `2^60`), so the
+/// outputs keep the scale `2^60`.
+///
+/// Why so large: a decryption that leaves the owner is flooded with a Gaussian of standard
+/// deviation `σ = √(12τ)·2^(s/2)·E` (`hecnn_ckks::flooding`), `2^26.8·E` at the defaults,
+/// and every logit then moves by about `σ·√(N/2) / scale`. The output noise `E` does not
+/// grow with the scale (the fresh noise of the encrypted weights and features times the
+/// features and weights, key switching, rescaling: `2^13`–`2^20` in `bench/RESULTS.md`
+/// §9b), so the scale buys the precision back: at `2^40` the flooding moves each logit by
+/// `±10^3`, at `2^60` by `10^-3` to `3·10^-2` (the bound's and the ring's share). Two
+/// limits stop the scale there: the primes (at most 61 bits in the ring crate, and the
+/// level primes straddle `2^60`) and the encoder, whose `f64` arithmetic leaves a relative
+/// error near `2^-52` that larger scales would only copy.
+pub const PROTECT_LOG_SCALE: u32 = 60;
 
-/// A protected model's chain: a 49-bit output prime, one 40-bit prime per level, one 49-bit
-/// special prime.
+/// Bits of the two primes of a protected model's output level ([`Chain::Protected`]): the
+/// outputs stay at level 1, where the modulus (`2^86`) holds a logit up to `2^24` at the
+/// `2^60` scale and a flooding up to the sampler's `2^48` with the decryption's `2^8`
+/// margin (`hecnn_ckks::Decryptor::decrypt_flooded` refuses a wider one). The base prime
+/// is the larger (CKKS parameters keep the scale below it).
+pub const PROTECT_OUTPUT_LOG_Q: [u32; 2] = [61, 25];
+
+/// Bits of the special prime of [`Chain::Protected`]: above every ciphertext prime, so
+/// that key switching with one-prime digits adds noise far below the output's.
+pub const PROTECT_SPECIAL_LOG_P: u32 = 61;
+
+/// Scale bits of the unflooded protected chain ([`Chain::ProtectedUnflooded`]).
+pub const UNFLOODED_PROTECT_LOG_SCALE: u32 = 40;
+
+/// A protected model's chain for flooded decryption ([`PROTECT_LOG_SCALE`]): the two
+/// output primes of [`PROTECT_OUTPUT_LOG_Q`], one 60-bit prime per level, one 61-bit
+/// special prime. `depth + 1` levels: the result is decrypted at level 1.
 fn protected(depth: usize, log_n: u32, security: SecurityLevel) -> (ParamsLiteral, u32) {
-    let mut log_q = vec![49];
+    let mut log_q = PROTECT_OUTPUT_LOG_Q.to_vec();
     log_q.extend(std::iter::repeat_n(PROTECT_LOG_SCALE, depth));
+    (
+        ParamsLiteral {
+            log_n,
+            log_q,
+            log_p: vec![PROTECT_SPECIAL_LOG_P],
+            dnum: None,
+            secret: SecretDistribution::Ternary,
+            security,
+        },
+        PROTECT_LOG_SCALE,
+    )
+}
+
+/// The unflooded protected chain: a 49-bit output prime, one 40-bit prime per level, one
+/// 49-bit special prime.
+fn protected_unflooded(depth: usize, log_n: u32, security: SecurityLevel) -> (ParamsLiteral, u32) {
+    let mut log_q = vec![49];
+    log_q.extend(std::iter::repeat_n(UNFLOODED_PROTECT_LOG_SCALE, depth));
     (
         ParamsLiteral {
             log_n,
@@ -195,7 +250,7 @@ fn protected(depth: usize, log_n: u32, security: SecurityLevel) -> (ParamsLitera
             secret: SecretDistribution::Ternary,
             security,
         },
-        PROTECT_LOG_SCALE,
+        UNFLOODED_PROTECT_LOG_SCALE,
     )
 }
 

@@ -84,8 +84,8 @@ pub use wire::{OUTPUT_MAGIC, PROTECTED_MAGIC, WIRE_VERSION};
 use std::sync::Arc;
 
 use hecnn_ckks::{
-    Ciphertext, CkksError, CkksParams, Decryptor, Encoder, Evaluator, Plaintext, encrypt_pk,
-    encrypt_sk,
+    Ciphertext, CkksError, CkksParams, Decryptor, Encoder, Evaluator, Flooding, Plaintext,
+    encrypt_pk, encrypt_sk, flooding,
 };
 use hecnn_ring::{Backend, Prng};
 use hecnn_rlwe::{KeyRequirements, PublicKey, SecretKey};
@@ -93,7 +93,7 @@ use hecnn_rlwe::{KeyRequirements, PublicKey, SecretKey};
 use crate::NnError;
 use crate::compile::client::short;
 
-pub use crate::compile::params::PROTECT_LOG_SCALE;
+pub use crate::compile::params::{PROTECT_LOG_SCALE, UNFLOODED_PROTECT_LOG_SCALE};
 
 /// Most switching keys an edge deployment may carry when it loads its evaluation keys (the
 /// relinearization key and the rotations of the block sums: far fewer in practice).
@@ -106,10 +106,13 @@ fn he(what: &'static str) -> impl Fn(CkksError) -> NnError {
     }
 }
 
-/// The smallest parameters for the protected part at `security`: the protected chain of
-/// [`crate::compile::params`] (a 49-bit output prime, one 40-bit prime per level of
-/// [`ProtectedSpec::depth`], one 49-bit special prime) at the smallest ring degree (from
-/// 2^13) whose bound in the security table admits them and whose slots hold the layout.
+/// The smallest parameters for the protected part at `security`, sized for flooded
+/// decryption: the protected chain of [`crate::compile::params`] (two output primes of 61
+/// and 25 bits, one 60-bit prime per level of [`ProtectedSpec::depth`] at the scale
+/// [`PROTECT_LOG_SCALE`] = 60, one 61-bit special prime; results are decrypted at the
+/// two-prime level) at the smallest ring degree (from 2^13) whose bound in the security
+/// table admits them and whose slots hold the layout. [`output_flooding`] floods their
+/// outputs at the default statistical security.
 ///
 /// # Errors
 /// [`NnError::NoParameters`] when no ring degree up to 2^16 fits: the depth is beyond what
@@ -118,13 +121,36 @@ pub fn parameters(
     spec: &ProtectedSpec,
     security: hecnn_rlwe::SecurityLevel,
 ) -> Result<Arc<CkksParams>, NnError> {
-    crate::compile::params::smallest_ring(
-        crate::compile::params::Chain::Protected,
-        spec.depth(),
+    parameters_of(crate::compile::params::Chain::Protected, spec, security)
+}
+
+/// The parameters the protected part had before they were sized for flooding: a 49-bit
+/// output prime, one 40-bit prime per level, one 49-bit special prime, at the smallest ring
+/// degree that holds them. Their outputs carry about 21 bits and cannot be flooded (the
+/// flooding would move every logit by about `10^3`, and [`output_flooding`] refuses them):
+/// for comparisons, and for owners who release the class alone.
+///
+/// # Errors
+/// As [`parameters`].
+pub fn parameters_unflooded(
+    spec: &ProtectedSpec,
+    security: hecnn_rlwe::SecurityLevel,
+) -> Result<Arc<CkksParams>, NnError> {
+    parameters_of(
+        crate::compile::params::Chain::ProtectedUnflooded,
+        spec,
         security,
-        13..=16,
-        |p| spec.layout(p.max_slots()).map(drop),
     )
+}
+
+fn parameters_of(
+    chain: crate::compile::params::Chain,
+    spec: &ProtectedSpec,
+    security: hecnn_rlwe::SecurityLevel,
+) -> Result<Arc<CkksParams>, NnError> {
+    crate::compile::params::smallest_ring(chain, spec.depth(), security, 13..=16, |p| {
+        spec.layout(p.max_slots()).map(drop)
+    })
     .map(|(params, ())| params)
 }
 
@@ -525,15 +551,19 @@ impl<B: Backend> ProtectedModel<B> {
         })
     }
 
-    /// A column layer's products summed over the groups, plus its bias.
+    /// A column layer's products summed over the groups, plus its bias. The groups are
+    /// summed before the rescale: the rotations' key-switching noise is then divided by the
+    /// level's prime with the products' (an output noise 2 to 3 bits lower, which the
+    /// owner's noise flooding multiplies by 2^26.8), at the cost of one more limb per
+    /// rotation.
     fn sum_columns(
         &self,
         eval: &Evaluator<B>,
         products: &Ciphertext<B>,
         layer: &EncryptedLayer<B>,
     ) -> Result<Ciphertext<B>, CkksError> {
-        let y = eval.rescale(products)?;
-        let y = eval.inner_sum(&y, self.layout.block as i64, self.layout.groups)?;
+        let y = eval.inner_sum(products, self.layout.block as i64, self.layout.groups)?;
+        let y = eval.rescale(&y)?;
         eval.add(&y, &layer.biases[0])
     }
 
@@ -558,9 +588,9 @@ impl<B: Backend> ProtectedModel<B> {
                     .par_map(
                         layer.weights.iter().zip(&layer.biases).collect(),
                         |(row, bias)| {
-                            let z = eval.rescale(&eval.mul_relin(row, &x)?)?;
-                            let z = eval.inner_sum(&z, 1, block)?;
-                            eval.add(&z, bias)
+                            // Summed before the rescale, as in `sum_columns`.
+                            let z = eval.inner_sum(&eval.mul_relin(row, &x)?, 1, block)?;
+                            eval.add(&eval.rescale(&z)?, bias)
                         },
                     )
                     .into_iter()
@@ -622,6 +652,16 @@ fn output_shape(params: &CkksParams, spec: &ProtectedSpec, layout: &Layout) -> (
     (last, level, scale)
 }
 
+/// The scale of the protected part's outputs under `params` (the working scale for the
+/// default chains, up to the drift of the primes).
+///
+/// # Errors
+/// Layout errors (too few slots).
+pub fn output_scale(spec: &ProtectedSpec, params: &CkksParams) -> Result<f64, NnError> {
+    let layout = spec.layout(params.max_slots())?;
+    Ok(output_shape(params, spec, &layout).2)
+}
+
 /// Decrypts an edge node's result into the model's outputs (the owner's side).
 ///
 /// # Errors
@@ -681,4 +721,245 @@ pub fn decrypt_output_with<B: Backend>(
     }
     values.truncate(spec.outputs());
     Ok(values)
+}
+
+/// `log2` of the output noise (coefficient domain) that [`output_flooding`] hides at ring
+/// degree 2^13 ([`output_noise_bound_log2`] adds [`OUTPUT_NOISE_LOG2_PER_DOUBLING`] per
+/// doubling of the degree, up to [`MAX_OUTPUT_NOISE_LOG2`]).
+///
+/// Measured with `hecnn bench protected` (bench/RESULTS.md §9b): the largest noise
+/// estimated over the Gomez variants on MNIST and CIFAR-10, plain and encrypted features,
+/// 128 to 256 bits (the estimator already doubles it) was 2^19.0 at N = 2^13, 2^20.1 at
+/// 2^14 and 2^15.9 at 2^15, the largest from CIFAR-10's composed classifier on 2304
+/// encrypted features; most variants stay below 2^16.7. The bound keeps a margin above
+/// them: 2 bits at 2^13 (2^21.0), 5.3 bits from 2^15 (2^21.2), but only 1.1 bits at 2^14,
+/// where [`MAX_OUTPUT_NOISE_LOG2`] (the widest flooding the exact sampler draws, 2^48)
+/// caps it at 2^21.2: a wider margin there needs a wider sampler, or a per-model bound.
+/// An owner who measured its own model may flood for a lower bound
+/// ([`output_flooding_with`]): results above it are refused, not released.
+/// A result noisier than the bound is not released ([`decrypt_output_flooded`] refuses it
+/// with [`NnError::NoiseAboveBound`]): flooding sized on a typical rather than a worst-case
+/// noise is what Guo et al. (USENIX Security 2024) attack.
+pub const OUTPUT_NOISE_LOG2: f64 = 21.0;
+
+/// Bits [`output_noise_bound_log2`] adds per doubling of the ring degree (the layouts sum
+/// twice the groups, and a polynomial product's noise grows with the degree's square root;
+/// the same variant measured 0.5 to 1.6 bits noisier at 2^14 than at 2^13).
+pub const OUTPUT_NOISE_LOG2_PER_DOUBLING: f64 = 0.7;
+
+/// The largest noise bound [`output_noise_bound_log2`] gives: the widest flooding the
+/// sampler draws exactly ([`flooding::MAX_SIGMA_LOG2`]) at the default statistical
+/// security and query count.
+pub const MAX_OUTPUT_NOISE_LOG2: f64 = 21.2;
+
+/// The noise bound [`output_flooding`] floods for at the parameters' ring degree:
+/// [`OUTPUT_NOISE_LOG2`] `+` [`OUTPUT_NOISE_LOG2_PER_DOUBLING`]` · (log_n − 13)`, at most
+/// [`MAX_OUTPUT_NOISE_LOG2`] (2^21.0 at N = 2^13, 2^21.2 from 2^14; below 2^13, 0.7 bit less
+/// per halving).
+pub fn output_noise_bound_log2(params: &CkksParams) -> f64 {
+    let doublings = f64::from(params.rlwe().log_n()) - 13.0;
+    (OUTPUT_NOISE_LOG2 + OUTPUT_NOISE_LOG2_PER_DOUBLING * doublings).min(MAX_OUTPUT_NOISE_LOG2)
+}
+
+/// How the owner floods a protected model's results before they leave it: the flooding
+/// ([`hecnn_ckks::flooding`]) and what it costs each output.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OutputFlooding {
+    flooding: Flooding,
+    output_std: f64,
+    output_log_q: f64,
+}
+
+impl OutputFlooding {
+    /// The flooding: its statistical security, query count, noise bound and σ.
+    pub fn flooding(&self) -> &Flooding {
+        &self.flooding
+    }
+
+    /// Standard deviation the flooding adds to each output (logit): `σ·√(N/2) / scale`.
+    pub fn output_std(&self) -> f64 {
+        self.output_std
+    }
+
+    /// `log2` of the modulus the outputs are decrypted under.
+    pub fn output_log_q(&self) -> f64 {
+        self.output_log_q
+    }
+
+    /// Fractional bits of a flooded output worth releasing: `⌊−log2(output_std)⌋`, the
+    /// bits above the flooding's standard deviation (0 when it moves outputs by more than
+    /// 1). [`decrypt_output_flooded`] rounds the outputs to `2^-release_bits`.
+    pub fn release_bits(&self) -> u32 {
+        let bits = (-self.output_std.log2()).floor();
+        if bits.is_finite() && bits > 0.0 {
+            bits.min(52.0) as u32
+        } else {
+            0
+        }
+    }
+
+    /// `x` rounded to `2^-release_bits`.
+    pub fn round(&self, x: f64) -> f64 {
+        let unit = f64::from(self.release_bits()).exp2();
+        (x * unit).round() / unit
+    }
+}
+
+/// The owner's flooding of `spec`'s results under `params`: at the default statistical
+/// security over the default number of decryptions
+/// ([`hecnn_ckks::flooding::DEFAULT_STATISTICAL_BITS`],
+/// [`hecnn_ckks::flooding::DEFAULT_QUERIES_LOG2`]) for output noise up to
+/// [`output_noise_bound_log2`].
+///
+/// # Errors
+/// [`CkksError::FloodingTooWide`] (in [`NnError::Ckks`]) when the output level's modulus
+/// cannot hold the flooding ([`parameters_unflooded`]'s single 49-bit output prime);
+/// layout errors.
+pub fn output_flooding(
+    spec: &ProtectedSpec,
+    params: &CkksParams,
+) -> Result<OutputFlooding, NnError> {
+    output_flooding_with(
+        spec,
+        params,
+        Flooding::with_defaults(output_noise_bound_log2(params))?,
+    )
+}
+
+/// [`output_flooding`] with a flooding of the caller's (another security, query count or
+/// noise bound).
+///
+/// # Errors
+/// As [`output_flooding`].
+pub fn output_flooding_with(
+    spec: &ProtectedSpec,
+    params: &CkksParams,
+    flooding: Flooding,
+) -> Result<OutputFlooding, NnError> {
+    let layout = spec.layout(params.max_slots())?;
+    let (_, level, scale) = output_shape(params, spec, &layout);
+    let output_log_q: f64 = (0..=level).map(|l| params.q_at(l).log2()).sum();
+    if flooding.sigma_log2() + flooding::WRAP_MARGIN_BITS > output_log_q - 1.0 {
+        return Err(CkksError::FloodingTooWide {
+            sigma_log2: flooding.sigma_log2(),
+            log_q: output_log_q,
+        }
+        .into());
+    }
+    Ok(OutputFlooding {
+        flooding,
+        output_std: flooding.slot_std(params.n(), scale),
+        output_log_q,
+    })
+}
+
+/// Decrypts an edge node's result for release (the owner's side): every ciphertext's noise
+/// is estimated first, and a result noisier than the flooding's bound is refused; then each
+/// ciphertext is decrypted with noise flooding ([`Decryptor::decrypt_flooded`]) and the
+/// outputs are rounded to [`OutputFlooding::release_bits`].
+///
+/// # What the outcome leaks
+/// Whether a result is released or refused is a function of its noise, that is of
+/// `c0 + c1·s`: **each outcome tells whoever chose the ciphertext one bit about the secret
+/// key**, and an adaptive edge that crafts results at the threshold can recover the key's
+/// coefficients one by one in about `N` queries. The flooding hides everything else (the
+/// released values), so the leak is exactly the refusals an attacker gets to see. Callers
+/// must therefore (the owner service does both):
+/// - bound the refusals per key: after a small budget, stop decrypting results under that
+///   key altogether (and protect the model again under a fresh key), so at most that many
+///   bits leave (honest results are not refused: the bound sits above every measured
+///   noise);
+/// - take every release decision from this function, the class included: an `argmax` of
+///   an unflooded decryption is an oracle too.
+///
+/// The [`NnError::NoiseAboveBound`] error's message names the public bound only; its
+/// `noise_log2` is the secret-dependent estimate, for the owner's eyes alone.
+///
+/// # Errors
+/// [`NnError::NoiseAboveBound`]; the errors of [`decrypt_output`] and of the flooded
+/// decryption.
+pub fn decrypt_output_flooded<B: Backend>(
+    spec: &ProtectedSpec,
+    params: &CkksParams,
+    decryptor: &Decryptor<'_, B>,
+    be: &B,
+    out: &ProtectedOutput<B>,
+    flooding: &OutputFlooding,
+    rng: &mut Prng,
+) -> Result<Vec<f64>, NnError> {
+    let encoder = Encoder::new(params.n());
+    let bound_log2 = flooding.flooding.noise_log2();
+    for ct in &out.cts {
+        let pt = decryptor.decrypt(ct).map_err(he("decrypt"))?;
+        let noise_log2 =
+            flooding::estimate_noise_log2(&encoder, be, params, &pt).map_err(he("decrypt"))?;
+        if noise_log2 > bound_log2 {
+            return Err(NnError::NoiseAboveBound {
+                noise_log2,
+                bound_log2,
+            });
+        }
+    }
+    let values = decrypt_output_with(spec, params, be, out, |ct| {
+        decryptor.decrypt_flooded(ct, &flooding.flooding, rng)
+    })?;
+    Ok(values.into_iter().map(|v| flooding.round(v)).collect())
+}
+
+/// Bits [`measure_output_noise_log2`] adds to the largest noise it measures.
+pub const MEASURED_NOISE_MARGIN_LOG2: f64 = 1.0;
+
+/// The owner's measurement of a model's output noise, for a per-model flooding bound
+/// ([`output_flooding_with`]; `hecnn protect --calibrate`): protects `plan` under a
+/// throwaway key of its own, evaluates it on every feature vector of `features` with the
+/// features in the clear and encrypted, and returns the largest estimated output noise
+/// (`log2`, coefficient domain; [`hecnn_ckks::flooding::estimate_noise_log2`]) plus
+/// [`MEASURED_NOISE_MARGIN_LOG2`]. The key never decrypts a released result, so the
+/// measurement tells nothing about the owner's key.
+///
+/// The bound is as good as the features are representative: results noisier than it are
+/// refused by [`decrypt_output_flooded`], so features unlike the edge's show up as refusals,
+/// not as leaks.
+///
+/// # Errors
+/// [`NnError::Shape`] for no feature vectors or ones of the wrong length; the errors of
+/// protection, evaluation and decryption.
+pub fn measure_output_noise_log2<B: Backend + Clone>(
+    plan: &ProtectPlan,
+    params: &Arc<CkksParams>,
+    be: &B,
+    features: &[Vec<f64>],
+    rng: &mut Prng,
+) -> Result<f64, NnError> {
+    if features.is_empty() {
+        return Err(NnError::Shape(
+            "no feature vectors to measure the output noise on".into(),
+        ));
+    }
+    let sk = SecretKey::generate(params.rlwe(), rng)?;
+    let protected = plan.protect(params, &sk, be, rng)?;
+    let keys = sk.evaluation_keys(be, &protected.key_requirements(), rng)?;
+    let pk = sk.public_key(be, rng)?;
+    let eval = Evaluator::new(Arc::clone(params), Arc::new(keys), be.clone())
+        .map_err(he("measure noise"))?;
+    let dec = Decryptor::new(&sk, be).map_err(he("measure noise"))?;
+    let encoder = Encoder::new(params.n());
+    let mut worst = 0.0f64;
+    for f in features {
+        let encrypted = protected.encrypt_features(&eval, &pk, f, rng)?;
+        for input in [
+            FeatureInput::Plain(f.clone()),
+            FeatureInput::Encrypted(encrypted),
+        ] {
+            let out = protected.evaluate(&eval, &input)?;
+            for ct in &out.cts {
+                let pt = dec.decrypt(ct).map_err(he("measure noise"))?;
+                worst = worst.max(
+                    flooding::estimate_noise_log2(&encoder, be, params, &pt)
+                        .map_err(he("measure noise"))?,
+                );
+            }
+        }
+    }
+    Ok(worst + MEASURED_NOISE_MARGIN_LOG2)
 }

@@ -412,8 +412,9 @@ pub struct LayerLayout {
 /// Every slot a weight ciphertext does not use encrypts zero, so whatever the input holds
 /// there (such as the square of a stray sum) never reaches an output. Those stray sums are
 /// not masked away (that would cost a level): like the outputs, they must stay within the
-/// output prime's headroom over the scale (2^9 with the 49-bit prime and 2^40 scale of
-/// [`crate::protect::parameters`]).
+/// output modulus' headroom over the scale (2^25 with the 61 + 25-bit output level and the
+/// 2^60 scale of [`crate::protect::parameters`]; 2^8 with the 49-bit prime and 2^40 scale
+/// of [`crate::protect::parameters_unflooded`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     /// Slots per ciphertext.
