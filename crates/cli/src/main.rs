@@ -181,7 +181,7 @@ impl CliError {
                 | NnError::Unprotectable { .. }
                 | NnError::NoParameters { .. }
                 | NnError::NoBfvParameters { .. }
-                | NnError::Quantization(_),
+                | NnError::Quantization { .. },
             ) => 65,
             _ => 1,
         }

@@ -121,8 +121,14 @@ pub enum NnError {
         why: String,
     },
     /// A model or spec that does not quantize to integers.
-    #[error("quantization: {0}")]
-    Quantization(String),
+    #[error("quantization: {what}: {why}")]
+    Quantization {
+        /// What does not quantize: a setting (`input bits`, `weight bits`, `input range`),
+        /// a node (its bias), or the plaintext moduli.
+        what: String,
+        /// Why, with the bound it breaks.
+        why: String,
+    },
     /// Work stopped on request (its caller went away) before it finished.
     #[error("{0}: cancelled")]
     Cancelled(String),

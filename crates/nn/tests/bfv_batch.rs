@@ -137,7 +137,7 @@ fn refuses_what_integers_cannot_run() {
     };
     assert!(matches!(
         QuantModel::quantize(&tiny(3), &bad),
-        Err(NnError::Quantization(_))
+        Err(NnError::Quantization { ref what, .. }) if what == "weight bits"
     ));
     let bad = QuantSpec {
         input_range: (1.0, 0.0),
@@ -145,7 +145,7 @@ fn refuses_what_integers_cannot_run() {
     };
     assert!(matches!(
         QuantModel::quantize(&tiny(3), &bad),
-        Err(NnError::Quantization(_))
+        Err(NnError::Quantization { ref what, .. }) if what == "input range"
     ));
 }
 

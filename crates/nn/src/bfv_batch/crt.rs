@@ -38,7 +38,10 @@ impl Crt {
     /// # Errors
     /// [`NnError::Quantization`] naming what is wrong.
     pub fn new(moduli: &[u64]) -> Result<Self, NnError> {
-        let bad = |why: &str| NnError::Quantization(format!("plaintext moduli {moduli:?}: {why}"));
+        let bad = |why: &str| NnError::Quantization {
+            what: format!("plaintext moduli {moduli:?}"),
+            why: why.into(),
+        };
         if moduli.is_empty() || moduli.iter().any(|&t| t < 2) {
             return Err(bad("need at least one modulus, each at least 2"));
         }

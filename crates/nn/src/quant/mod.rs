@@ -57,26 +57,30 @@ pub const MAX_QUANT_BITS: u32 = 16;
 impl QuantSpec {
     fn check(&self) -> Result<(), NnError> {
         let (lo, hi) = self.input_range;
-        let bad = |why: String| NnError::Quantization(why);
+        let bad = |what: &str, why: String| NnError::Quantization {
+            what: what.into(),
+            why,
+        };
         if !(1..=MAX_QUANT_BITS).contains(&self.input_bits) {
-            return Err(bad(format!(
-                "input bits must be 1 to {MAX_QUANT_BITS}, not {}",
-                self.input_bits
-            )));
+            return Err(bad(
+                "input bits",
+                format!("must be 1 to {MAX_QUANT_BITS}, not {}", self.input_bits),
+            ));
         }
         if !(2..=MAX_QUANT_BITS).contains(&self.weight_bits) {
-            return Err(bad(format!(
-                "weight bits must be 2 to {MAX_QUANT_BITS}, not {}",
-                self.weight_bits
-            )));
+            return Err(bad(
+                "weight bits",
+                format!("must be 2 to {MAX_QUANT_BITS}, not {}", self.weight_bits),
+            ));
         }
         if !(lo.is_finite() && hi.is_finite() && lo < hi && hi > 0.0) {
-            return Err(bad(format!(
-                "the input range [{lo}, {hi}] must be finite, non-empty and reach above 0"
-            )));
+            return Err(bad(
+                "input range",
+                format!("[{lo}, {hi}] must be finite, non-empty and reach above 0"),
+            ));
         }
         if self.input_bits == 1 && lo < 0.0 {
-            return Err(bad("a signed input needs at least 2 bits".into()));
+            return Err(bad("input bits", "a signed input needs at least 2".into()));
         }
         Ok(())
     }
@@ -407,9 +411,10 @@ fn quantize_rows(
 fn quantize_bias(node: &str, b: f64, s: f64) -> Result<i128, NnError> {
     let v = (b * s).round();
     if !v.is_finite() || v.abs() > MAX_BIAS {
-        return Err(NnError::Quantization(format!(
-            "'{node}': a bias of {b:e} at scale {s:e} does not fit the integer executor"
-        )));
+        return Err(NnError::Quantization {
+            what: format!("bias of '{node}'"),
+            why: format!("{b:e} at scale {s:e} does not fit the integer executor"),
+        });
     }
     Ok(v as i128)
 }
