@@ -6,8 +6,8 @@
 //! cargo run --release --manifest-path fuzz/Cargo.toml --example seeds
 //! ```
 //!
-//! The output is deterministic except for the signatures and the owner key of the signed
-//! models (the signing key is generated per process); the committed seeds are one run's.
+//! The output is deterministic: the signed models are signed with the fixed fuzz signing key
+//! (`hecnn_fuzz::signing_key`), so they verify as given.
 //! Reproducers of fixed crashes (`*-oom`: parameter literals asking for 20,000 primes at
 //! `N = 2^17`) are committed beside them and are not written here.
 

@@ -191,11 +191,26 @@ pub struct Protected {
     pub owner: OwnerKey,
 }
 
-/// A fresh Ed25519 signing key. The fixture makes one per process: the targets only need a
-/// key that stays the same within a process (signed seeds made by another process are
-/// refused by the check as given, and verify once signed again).
+/// The fixed seed of the fuzz signing key: public on purpose (it signs fuzz inputs only),
+/// so that the committed signed seeds verify as given in every process.
+const FUZZ_SIGNING_SEED: [u8; 32] = *b"hecnn fuzz signing key, public!!";
+
+/// The fuzz targets' Ed25519 signing key, the same in every process: made from
+/// [`FUZZ_SIGNING_SEED`] as a PKCS#8 v2 document (what `SigningKey` reads).
 pub fn signing_key() -> SigningKey {
-    SigningKey::generate().expect("signing key")
+    // RFC 8410 / RFC 5958: version 1 (v2), Ed25519, the seed, then the public key.
+    const PREFIX: [u8; 16] = [
+        0x30, 0x53, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const MIDDLE: [u8; 5] = [0xa1, 0x23, 0x03, 0x21, 0x00];
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&FUZZ_SIGNING_SEED)
+        .expect("an Ed25519 seed");
+    let mut doc = PREFIX.to_vec();
+    doc.extend_from_slice(&FUZZ_SIGNING_SEED);
+    doc.extend_from_slice(&MIDDLE);
+    doc.extend_from_slice(ring::signature::KeyPair::public_key(&pair).as_ref());
+    SigningKey::from_pkcs8(&doc).expect("the fixed fuzz signing key")
 }
 
 /// The protected-model fixture, built once.
