@@ -110,7 +110,8 @@ class ParametersError(HecnnError):
 
 class RangeError(HecnnError):
     """A value beyond what the parameters hold (``OutOfRange``: ``node``, ``value``,
-    ``bound``, ``what``)."""
+    ``bound``, ``what``), or a protected result noisier than the bound its release is
+    flooded for (``NoiseAboveBound``: ``noise_log2``, ``bound_log2``): not released."""
 
 
 class CalibrationError(HecnnError):

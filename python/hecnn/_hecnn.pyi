@@ -328,8 +328,17 @@ class Owner:
     @property
     def parameters(self) -> dict[str, Any]:
         """The protected part's parameters."""
-    def decrypt(self, results: Union[bytes, list[bytes]]) -> np.ndarray:
-        """``(outputs,)`` logits for one result, ``(N, outputs)`` for a list."""
+    def decrypt(
+        self,
+        results: Union[bytes, list[bytes]],
+        release: bool = False,
+        noise_bound: Optional[float] = None,
+    ) -> np.ndarray:
+        """``(outputs,)`` logits for one result, ``(N, outputs)`` for a list; with
+        ``release=True`` noise-flooded and rounded, fit to leave the owner."""
+    def release_precision(self, noise_bound: Optional[float] = None) -> dict[str, Any]:
+        """The flooding of released logits: ``noise_bound_log2``, ``sigma_log2``,
+        ``output_std``, ``release_bits``."""
     def plaintext(self, x: _ArrayLike) -> np.ndarray:
         """The unprotected model's logits (an owner made by ``protect`` only)."""
     def save(self, directory: _PathLike, force: bool = False) -> None:

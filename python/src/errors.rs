@@ -220,6 +220,14 @@ fn nn_fields(kw: &Bound<'_, PyDict>, e: &NnError) -> PyResult<&'static str> {
             set("why", why)?;
             ("Unprotectable", "ModelError")
         }
+        NnError::NoiseAboveBound {
+            noise_log2,
+            bound_log2,
+        } => {
+            kw.set_item("noise_log2", noise_log2)?;
+            kw.set_item("bound_log2", bound_log2)?;
+            ("NoiseAboveBound", "RangeError")
+        }
         NnError::Internal(detail) => {
             set("detail", detail)?;
             ("Internal", "InternalError")

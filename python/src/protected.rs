@@ -10,11 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hecnn_ckks::{Decryptor, Evaluator};
+use hecnn_ckks::{Decryptor, Evaluator, Flooding};
 use hecnn_deploy::signing::{self, OwnerKey, SigningKey};
 use hecnn_nn::compile::read_bounded;
 use hecnn_nn::protect::{
-    self, FeatureInput, MAX_EDGE_KEYS, ProtectPlan, ProtectedModel, ProtectedOutput, Scope,
+    self, FeatureInput, MAX_EDGE_KEYS, OutputFlooding, ProtectPlan, ProtectedModel,
+    ProtectedOutput, Scope,
 };
 use hecnn_nn::{NnError, data, onnx};
 use hecnn_ring::{Backend, CpuBackend, Prng};
@@ -202,11 +203,14 @@ pub struct PyOwner {
 }
 
 impl PyOwner {
-    /// Decrypts one result (the CLI's `.hcno` bytes).
+    /// Decrypts one result (the CLI's `.hcno` bytes), flooded for release when `flooding`
+    /// is given.
     fn decrypt_one(
         &self,
         dec: &Decryptor<'_, CpuBackend>,
         bytes: &[u8],
+        flooding: Option<&OutputFlooding>,
+        rng: &mut Prng,
     ) -> Result<Vec<f64>, Error> {
         let params = self.model.params();
         let (out, key) = ProtectedOutput::from_bytes(&self.be, self.model.spec(), params, bytes)?;
@@ -217,13 +221,33 @@ impl PyOwner {
                 found: convert::hex(&key),
             }));
         }
-        Ok(protect::decrypt_output(
-            self.model.spec(),
-            params,
-            dec,
-            &self.be,
-            &out,
-        )?)
+        let spec = self.model.spec();
+        Ok(match flooding {
+            Some(f) => protect::decrypt_output_flooded(spec, params, dec, &self.be, &out, f, rng)?,
+            None => protect::decrypt_output(spec, params, dec, &self.be, &out)?,
+        })
+    }
+}
+
+impl PyOwner {
+    /// The flooding of released logits at `noise_bound` (`log2`), or at the ring degree's.
+    fn flooding(&self, noise_bound: Option<f64>) -> Result<OutputFlooding, Error> {
+        let (spec, params) = (self.model.spec(), self.model.params());
+        Ok(match noise_bound {
+            None => protect::output_flooding(spec, params)?,
+            Some(b) if b.is_finite() && b > 0.0 => protect::output_flooding_with(
+                spec,
+                params,
+                Flooding::with_defaults(b).map_err(NnError::from)?,
+            )?,
+            Some(b) => {
+                return Err(Error::usage(
+                    "noise_bound",
+                    b.to_string(),
+                    "a positive log2 noise bound",
+                ));
+            }
+        })
     }
 }
 
@@ -324,19 +348,42 @@ impl PyOwner {
 
     /// Decrypts the edge's results: one result's bytes give ``(outputs,)`` logits, a list
     /// of them ``(N, outputs)``. Checks that each is encrypted under this owner's key and
-    /// has the model's shape. These are the owner's own values, at the noise's precision:
-    /// release only classes (or rounded logits) to others. The GIL is released meanwhile.
+    /// has the model's shape. The GIL is released meanwhile.
+    ///
+    /// ``release=False``: the owner's own values, at the noise's precision; never hand them
+    /// to another party (CKKS decryptions leak the noise, and with it the key: IND-CPA-D).
+    /// ``release=True``: logits fit to leave the owner: each decryption noise-flooded at
+    /// 30-bit statistical security over 2^20 decryptions for output noise up to
+    /// ``noise_bound`` (``log2``; by default the bound for the ring degree, or the one
+    /// ``hecnn protect --calibrate`` measured), then rounded to the bits the flooding
+    /// leaves (:meth:`release_precision`). A result noisier than the bound is refused
+    /// (``NoiseAboveBound``) rather than released.
+    #[pyo3(signature = (results, release = false, noise_bound = None))]
     fn decrypt<'py>(
         &self,
         py: Python<'py>,
         results: &Bound<'py, PyAny>,
+        release: bool,
+        noise_bound: Option<f64>,
     ) -> Result<Bound<'py, PyAny>, Error> {
         let (items, single) = results_of(results)?;
+        let flooding = if release {
+            Some(self.flooding(noise_bound)?)
+        } else if noise_bound.is_some() {
+            return Err(Error::usage(
+                "noise_bound",
+                "a bound without release=True",
+                "release=True (the bound sizes the flooding of released logits)",
+            ));
+        } else {
+            None
+        };
         let rows = py.detach(|| {
             let dec = Decryptor::new(&self.secret, &self.be)?;
+            let mut rng = Prng::from_entropy()?;
             items
                 .iter()
-                .map(|b| self.decrypt_one(&dec, b))
+                .map(|b| self.decrypt_one(&dec, b, flooding.as_ref(), &mut rng))
                 .collect::<Result<Vec<_>, Error>>()
         })?;
         let outputs = self.model.spec().outputs();
@@ -346,6 +393,25 @@ impl PyOwner {
             return Ok(a.into_any());
         }
         Ok(convert::logits(py, rows, outputs)?.into_any())
+    }
+
+    /// What ``decrypt(..., release=True)`` costs: a dict with ``noise_bound_log2``,
+    /// ``sigma_log2`` (the flooding's standard deviation, coefficient domain),
+    /// ``output_std`` (what it adds to each logit) and ``release_bits`` (fractional bits
+    /// of each released logit).
+    #[pyo3(signature = (noise_bound = None))]
+    fn release_precision<'py>(
+        &self,
+        py: Python<'py>,
+        noise_bound: Option<f64>,
+    ) -> Result<Bound<'py, PyDict>, Error> {
+        let f = self.flooding(noise_bound)?;
+        let d = PyDict::new(py);
+        d.set_item("noise_bound_log2", f.flooding().noise_log2())?;
+        d.set_item("sigma_log2", f.flooding().sigma_log2())?;
+        d.set_item("output_std", f.output_std())?;
+        d.set_item("release_bits", f.release_bits())?;
+        Ok(d)
     }
 
     /// The unprotected model's logits on ``x`` (``(C, H, W)`` or ``(N, C, H, W)``), computed

@@ -135,3 +135,26 @@ def test_files_are_the_clis_and_secrets_stay_private(owner, edge, digits, tmp_pa
     out = run("owner", "decrypt", "--owner", d, "--in", mine)
     for i, c in enumerate(owner.plaintext(x[:3]).argmax(1)):
         assert f"image {i}: class {c}" in out
+
+
+def test_released_logits_are_flooded_and_rounded(owner, edge, digits):
+    x, _ = digits
+    results = edge.run(x[:4])
+    own = owner.decrypt(results)
+    cost = owner.release_precision()
+    assert cost["release_bits"] >= 5 and cost["sigma_log2"] > cost["noise_bound_log2"] + 20
+    released = owner.decrypt(results, release=True)
+    again = owner.decrypt(results, release=True)
+    unit = 2.0 ** -cost["release_bits"]
+    # Rounded to the bits the flooding leaves, within a few of its deviations of the
+    # owner's own values, the same classes; and fresh flooding on every decryption.
+    np.testing.assert_array_equal(np.round(released / unit) * unit, released)
+    assert np.abs(released - own).max() < 8 * cost["output_std"] + unit
+    np.testing.assert_array_equal(released.argmax(1), own.argmax(1))
+    assert not np.array_equal(released, again)
+    # A bound below the result's noise refuses the release instead of leaking it.
+    with pytest.raises(hecnn.RangeError) as e:
+        owner.decrypt(results, release=True, noise_bound=1.0)
+    assert e.value.kind == "NoiseAboveBound" and e.value.bound_log2 == 1.0
+    with pytest.raises(hecnn.UsageError):
+        owner.decrypt(results, noise_bound=20.0)
