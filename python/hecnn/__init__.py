@@ -128,6 +128,41 @@ def _as_array(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
+def _no_example(expected: str) -> UsageError:
+    """The error for a torch module given without an input to trace it on."""
+    return UsageError(
+        "example_input=None: a torch.nn.Module is traced on an example input",
+        "Usage",
+        argument="example_input",
+        value="None",
+        expected=expected,
+    )
+
+
+def _onnx_source(model: Any) -> Any:
+    """An ONNX model given as a path or bytes, as the extension takes it."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    raise UsageError(
+        f"model={type(model).__name__}: expected an ONNX file's path or bytes, or a "
+        "torch.nn.Module",
+        "Usage",
+        argument="model",
+        value=type(model).__name__,
+        expected="an ONNX file's path or bytes, or a torch.nn.Module",
+    )
+
+
+def _warn_if_insecure(call: str, security: Union[int, str]) -> None:
+    if security == "insecure":
+        warnings.warn(
+            f"hecnn.{call}(security='insecure'): unchecked toy parameters, for tests only",
+            stacklevel=3,
+        )
+
+
 def compile(
     model: ModelSource,
     inputset: Optional[Any] = None,
@@ -202,13 +237,7 @@ def compile(
         example = example_input
         if example is None:
             if calibration is None or len(calibration) == 0:
-                raise UsageError(
-                    "example_input=None: a torch.nn.Module is traced on an example input",
-                    "Usage",
-                    argument="example_input",
-                    value="None",
-                    expected="an input (1, C, H, W), or an inputset",
-                )
+                raise _no_example("an input (1, C, H, W), or an inputset")
             example = calibration[:1]
         example = _as_array(example)
         if example.ndim == 3:
@@ -218,24 +247,9 @@ def compile(
         report("export", 0)
         source: Any = _export_torch(torch, model, example)
         report("export", 1)
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        source = bytes(model)
-    elif isinstance(model, (str, os.PathLike)):
-        source = os.fspath(model)
     else:
-        raise UsageError(
-            f"model={type(model).__name__}: expected an ONNX file's path or bytes, or a "
-            "torch.nn.Module",
-            "Usage",
-            argument="model",
-            value=type(model).__name__,
-            expected="an ONNX file's path or bytes, or a torch.nn.Module",
-        )
-    if security == "insecure":
-        warnings.warn(
-            "hecnn.compile(security='insecure'): unchecked toy parameters, for tests only",
-            stacklevel=2,
-        )
+        source = _onnx_source(model)
+    _warn_if_insecure("compile", security)
     if images is None:
         images = len(calibration) if calibration is not None else 1
     report("compile", 0)
@@ -314,33 +328,12 @@ def protect(
     torch = _torch_module(model)
     if torch is not None:
         if example_input is None:
-            raise UsageError(
-                "example_input=None: a torch.nn.Module is traced on an example input",
-                "Usage",
-                argument="example_input",
-                value="None",
-                expected="an input (1, C, H, W)",
-            )
+            raise _no_example("an input (1, C, H, W)")
         example = _as_array(example_input)
         source: Any = _export_torch(torch, model, example[None] if example.ndim == 3 else example)
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        source = bytes(model)
-    elif isinstance(model, (str, os.PathLike)):
-        source = os.fspath(model)
     else:
-        raise UsageError(
-            f"model={type(model).__name__}: expected an ONNX file's path or bytes, or a "
-            "torch.nn.Module",
-            "Usage",
-            argument="model",
-            value=type(model).__name__,
-            expected="an ONNX file's path or bytes, or a torch.nn.Module",
-        )
-    if security == "insecure":
-        warnings.warn(
-            "hecnn.protect(security='insecure'): unchecked toy parameters, for tests only",
-            stacklevel=2,
-        )
+        source = _onnx_source(model)
+    _warn_if_insecure("protect", security)
     return _hecnn.protect_onnx(
         source,
         layers=layers,
