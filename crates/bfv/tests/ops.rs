@@ -157,6 +157,37 @@ fn multiplication_relinearization_and_squaring() {
 }
 
 #[test]
+fn a_dot_product_equals_the_sum_of_its_products() {
+    for log_n in hecnn_testkit::test_log_ns() {
+        let mut c = setup(log_n, 3, &[]);
+        let n = c.n();
+        let xs: Vec<Vec<u64>> = (0..5).map(|k| values(20 + k, n, T)).collect();
+        let ys: Vec<Vec<u64>> = (0..5).map(|k| values(40 + k, n, T)).collect();
+        let cx: Vec<_> = xs.iter().map(|v| c.encrypt(v)).collect();
+        let cy: Vec<_> = ys.iter().map(|v| c.encrypt(v)).collect();
+        let pairs: Vec<_> = cx.iter().zip(&cy).collect();
+        let d = c.eval.dot(&pairs).unwrap();
+        assert_eq!(d.degree(), 2);
+        let want = xs
+            .iter()
+            .zip(&ys)
+            .fold(vec![0; n], |acc, (x, y)| add(&acc, &mul(x, y)));
+        assert_eq!(c.decrypt(&d), want, "logN={log_n}");
+        // One scaling instead of five: no noisier than the sum of the products.
+        let mut sum = c.eval.mul(&cx[0], &cy[0]).unwrap();
+        for (x, y) in cx.iter().zip(&cy).skip(1) {
+            sum = c.eval.add(&sum, &c.eval.mul(x, y).unwrap()).unwrap();
+        }
+        assert_eq!(c.decrypt(&sum), want);
+        assert!(c.budget(&d) >= c.budget(&sum) - 1.0);
+        // A pair that is one ciphertext twice is a square.
+        let sq = c.eval.dot(&[(&cx[0], &cx[0])]).unwrap();
+        assert_eq!(c.decrypt(&sq), mul(&xs[0], &xs[0]));
+        assert!(c.eval.dot(&[]).is_err());
+    }
+}
+
+#[test]
 fn multiplication_chain_until_the_budget_runs_out() {
     for log_n in hecnn_testkit::test_log_ns() {
         let mut c = setup(log_n, 4, &[]);
