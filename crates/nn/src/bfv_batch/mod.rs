@@ -259,7 +259,7 @@ pub(crate) fn predict(
 }
 
 /// The rings the planner tries at `security`.
-fn candidate_rings(security: SecurityLevel) -> Vec<ParamsLiteral> {
+pub(crate) fn candidate_rings(security: SecurityLevel) -> Vec<ParamsLiteral> {
     let mut out = Vec::new();
     for log_n in 13..=15 {
         let Some(bound) = hecnn_rlwe::security::max_log_qp(log_n, security) else {
@@ -285,11 +285,11 @@ fn candidate_rings(security: SecurityLevel) -> Vec<ParamsLiteral> {
 }
 
 /// A candidate: its ring, moduli and predicted budgets.
-struct Candidate {
-    ring: ParamsLiteral,
-    moduli: Vec<u64>,
-    budgets: Vec<f64>,
-    cost: usize,
+pub(crate) struct Candidate {
+    pub(crate) ring: ParamsLiteral,
+    pub(crate) moduli: Vec<u64>,
+    pub(crate) budgets: Vec<f64>,
+    pub(crate) cost: usize,
 }
 
 /// Smallest budget of a plan's layers.
@@ -297,11 +297,11 @@ pub(crate) fn floor_budget(budgets: &[f64]) -> f64 {
     budgets.iter().copied().fold(f64::INFINITY, f64::min)
 }
 
-/// Fits plaintext moduli on one ring, if the noise allows.
-fn fit_ring(
+/// Fits plaintext moduli on one ring, if the noise allows: `predict` gives the budget
+/// after every layer for one plaintext modulus on the ring.
+pub(crate) fn fit_ring(
     ring: &ParamsLiteral,
-    quant: &QuantModel,
-    lazy: &[bool],
+    predict: impl Fn(&Params, u64) -> Result<Vec<f64>, hecnn_bfv::BfvError>,
     bound: u128,
     opts: &BfvOptions,
 ) -> Result<Option<Candidate>, NnError> {
@@ -309,7 +309,7 @@ fn fit_ring(
     let bfv = |e: hecnn_bfv::BfvError| bfv_error("parameters", e);
     let rlwe = ring.build().map_err(|e| bfv(e.into()))?;
     let ok = |t: u64| -> Result<Option<Vec<f64>>, NnError> {
-        let b = predict(&rlwe, t, quant, lazy).map_err(bfv)?;
+        let b = predict(&rlwe, t).map_err(bfv)?;
         Ok((floor_budget(&b) >= opts.margin_bits).then_some(b))
     };
     // The largest t (by bits) that keeps the margin; the budget falls as t grows.
@@ -381,7 +381,8 @@ pub fn plan(quant: QuantModel, opts: &BfvOptions) -> Result<BfvPlan, NnError> {
     };
     let mut best: Option<Candidate> = None;
     for ring in &rings {
-        if let Some(c) = fit_ring(ring, &quant, &lazy, output_bound, opts)?
+        let predict = |rlwe: &Params, t| predict(rlwe, t, &quant, &lazy);
+        if let Some(c) = fit_ring(ring, predict, output_bound, opts)?
             && best.as_ref().is_none_or(|b| c.cost < b.cost)
         {
             best = Some(c);

@@ -72,9 +72,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod bfv;
+mod bfv_wire;
 mod plan;
 mod wire;
 
+pub use bfv_wire::{
+    BFV_OUTPUT_MAGIC, BFV_OWNER_MAGIC, BFV_PROTECTED_MAGIC, BFV_WIRE_VERSION, MAX_BFV_MODULI,
+};
 pub use plan::{
     DenseWeights, Form, LayerLayout, LayerShape, Layout, MAX_LAYER_WEIGHTS,
     MAX_PROTECTED_CIPHERTEXTS, MAX_PROTECTED_LAYERS, ProtectPlan, ProtectedSpec, Scope,
@@ -204,31 +209,44 @@ pub struct ProtectedModel<B: Backend> {
 
 /// The slot vectors of one layer's weight and bias ciphertexts (see [`Layout`]).
 fn layer_slots(layout: &Layout, at: usize, w: &DenseWeights) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    layer_slots_of(layout, at, w.inputs, w.outputs, &w.weight, &w.bias)
+}
+
+/// [`layer_slots`] for any slot type: `weight` row-major `[outputs][inputs]`, one bias per
+/// output (CKKS's reals, BFV's integers).
+pub(crate) fn layer_slots_of<T: Copy + Default>(
+    layout: &Layout,
+    at: usize,
+    inputs: usize,
+    outputs: usize,
+    weight: &[T],
+    bias: &[T],
+) -> (Vec<Vec<T>>, Vec<Vec<T>>) {
     let l = layout.layers[at];
     let (groups, slots) = (layout.groups, layout.slots);
     match l.form {
         Form::Columns => {
             let weights = (0..l.weights)
                 .map(|t| {
-                    let mut v = vec![0.0; slots];
+                    let mut v = vec![T::default(); slots];
                     for g in 0..groups {
                         let col = t * groups + g;
-                        if col < w.inputs {
-                            for j in 0..w.outputs {
-                                v[layout.slot(l.offset, g, j)] = w.weight[j * w.inputs + col];
+                        if col < inputs {
+                            for j in 0..outputs {
+                                v[layout.slot(l.offset, g, j)] = weight[j * inputs + col];
                             }
                         }
                     }
                     v
                 })
                 .collect();
-            let mut bias = vec![0.0; slots];
+            let mut b = vec![T::default(); slots];
             for g in 0..groups {
-                for (j, &b) in w.bias.iter().enumerate() {
-                    bias[layout.slot(l.offset, g, j)] = b;
+                for (j, &x) in bias.iter().enumerate() {
+                    b[layout.slot(l.offset, g, j)] = x;
                 }
             }
-            (weights, vec![bias])
+            (weights, vec![b])
         }
         Form::Rows => {
             // Outputs land in the `block − inputs + 1` slots that end at each group's
@@ -236,22 +254,22 @@ fn layer_slots(layout: &Layout, at: usize, w: &DenseWeights) -> (Vec<Vec<f64>>, 
             let window = if groups == 1 {
                 slots - 1
             } else {
-                layout.block - w.inputs
+                layout.block - inputs
             };
             (0..l.weights)
                 .map(|u| {
-                    let mut v = vec![0.0; slots];
-                    let mut b = vec![0.0; slots];
+                    let mut v = vec![T::default(); slots];
+                    let mut b = vec![T::default(); slots];
                     for g in 0..groups {
                         let row = u * groups + g;
-                        if row >= w.outputs {
+                        if row >= outputs {
                             continue;
                         }
-                        for j in 0..w.inputs {
-                            v[layout.slot(l.offset, g, j)] = w.weight[row * w.inputs + j];
+                        for j in 0..inputs {
+                            v[layout.slot(l.offset, g, j)] = weight[row * inputs + j];
                         }
                         for k in 0..=window {
-                            b[layout.slot(l.offset + slots - window, g, k)] = w.bias[row];
+                            b[layout.slot(l.offset + slots - window, g, k)] = bias[row];
                         }
                     }
                     (v, b)
@@ -259,6 +277,43 @@ fn layer_slots(layout: &Layout, at: usize, w: &DenseWeights) -> (Vec<Vec<f64>>, 
                 .unzip()
         }
     }
+}
+
+/// The outputs of a protected part from the decoded slots of its result's ciphertexts (in
+/// order), as the last layer's form leaves them.
+pub(crate) fn read_outputs<T: Copy>(
+    layout: &Layout,
+    outputs: usize,
+    decoded: &[Vec<T>],
+) -> Result<Vec<T>, NnError> {
+    let Some(last) = layout.layers.last() else {
+        return Err(NnError::Format {
+            what: "protected model",
+            reason: "a protected part without layers".into(),
+        });
+    };
+    let mut values = Vec::with_capacity(outputs);
+    for slots in decoded {
+        let at = |i: usize| {
+            slots.get(i).copied().ok_or_else(|| {
+                NnError::Internal(format!("slot {i} of a result of {} slots", slots.len()))
+            })
+        };
+        match last.form {
+            Form::Columns => {
+                for j in 0..outputs {
+                    values.push(at(layout.slot(last.offset, 0, j))?);
+                }
+            }
+            Form::Rows => {
+                for g in 0..layout.groups {
+                    values.push(at(layout.slot(last.offset, g, 0))?);
+                }
+            }
+        }
+    }
+    values.truncate(outputs);
+    Ok(values)
 }
 
 impl ProtectPlan {
@@ -697,30 +752,16 @@ pub fn decrypt_output_with<B: Backend>(
             out.cts.len()
         )));
     }
-    let Some(last) = layout.layers.last() else {
-        return Err(NnError::Format {
-            what: "protected model",
-            reason: "a protected part without layers".into(),
-        });
-    };
     let encoder = Encoder::new(params.n());
-    let mut values = Vec::with_capacity(spec.outputs());
-    for ct in &out.cts {
-        let pt = decrypt(ct).map_err(he("decrypt"))?;
-        let slots = encoder
-            .decode_real(be, params, &pt)
-            .map_err(he("decrypt"))?;
-        match last.form {
-            Form::Columns => {
-                values.extend((0..spec.outputs()).map(|j| slots[layout.slot(last.offset, 0, j)]));
-            }
-            Form::Rows => {
-                values.extend((0..layout.groups).map(|g| slots[layout.slot(last.offset, g, 0)]));
-            }
-        }
-    }
-    values.truncate(spec.outputs());
-    Ok(values)
+    let decoded = out
+        .cts
+        .iter()
+        .map(|ct| {
+            let pt = decrypt(ct).map_err(he("decrypt"))?;
+            encoder.decode_real(be, params, &pt).map_err(he("decrypt"))
+        })
+        .collect::<Result<Vec<_>, NnError>>()?;
+    read_outputs(&layout, spec.outputs(), &decoded)
 }
 
 /// `log2` of the output noise (coefficient domain) that [`output_flooding`] hides at ring

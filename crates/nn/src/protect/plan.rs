@@ -435,8 +435,8 @@ impl Layout {
 
     /// The feature vector laid out for column group `t` of the first layer: feature
     /// `t·groups + g` over the whole of block `g`.
-    pub fn feature_column(&self, features: &[f64], t: usize) -> Vec<f64> {
-        let mut v = vec![0.0; self.slots];
+    pub fn feature_column<T: Copy + Default>(&self, features: &[T], t: usize) -> Vec<T> {
+        let mut v = vec![T::default(); self.slots];
         for (g, chunk) in v.chunks_mut(self.block).enumerate() {
             if let Some(&x) = features.get(t * self.groups + g) {
                 chunk.fill(x);
@@ -471,6 +471,8 @@ pub struct ProtectPlan {
     spec: ProtectedSpec,
     /// Each layer with the `a` and `c` of the activation before it folded in.
     layers: Vec<DenseWeights>,
+    /// Per layer, the `(a, c)` folded into it (`None` for the first).
+    folds: Vec<Option<(f64, f64)>>,
 }
 
 /// One step of the protected chain before normalisation.
@@ -608,15 +610,18 @@ impl ProtectPlan {
         prefix.output = stop;
         // Alternate linear layers and squares; fold each square's `a`, `c` forward.
         let mut layers: Vec<DenseWeights> = Vec::new();
+        let mut folds: Vec<Option<(f64, f64)>> = Vec::new();
         let mut shape: Vec<LayerShape> = Vec::new();
         let mut pending: Option<(f64, f64)> = None;
         for link in links {
             match link {
                 Link::Linear(mut w) => {
                     // Links alternate: consecutive linear layers were composed above.
-                    if let Some((a, c)) = pending.take() {
+                    let fold = pending.take();
+                    if let Some((a, c)) = fold {
                         w.fold_input_affine(a, c);
                     }
+                    folds.push(fold);
                     shape.push(LayerShape {
                         inputs: w.inputs,
                         outputs: w.outputs,
@@ -648,7 +653,11 @@ impl ProtectPlan {
             layers: shape,
         };
         spec.check()?;
-        Ok(Self { spec, layers })
+        Ok(Self {
+            spec,
+            layers,
+            folds,
+        })
     }
 
     /// The public part.
@@ -660,6 +669,12 @@ impl ProtectPlan {
     /// before it folded in.
     pub fn layers(&self) -> &[DenseWeights] {
         &self.layers
+    }
+
+    /// Per layer, the `a` and `c` of the activation `a·(x + δ)² + c` before it, folded
+    /// into its weights and bias (`None` for the first layer).
+    pub(crate) fn folds(&self) -> &[Option<(f64, f64)>] {
+        &self.folds
     }
 
     /// The protected part evaluated in cleartext on a feature vector, with exactly the

@@ -12,7 +12,9 @@
 //!   and `s_j` chosen so that the largest `|v_ji|·s_j` is `2^(weight_bits−1) − 1` (per
 //!   output neuron, which is finer than per channel); a row whose effective weights are all
 //!   equal in magnitude (average pooling) keeps them exact as `±1`;
-//! - a square `a·x²`: `x_int²`, at scale `s²/a`.
+//! - a square `a·x²`: `x_int²`, at scale `s²/a`; a constant `c` (`a·x² + c`) is rounded
+//!   once per neuron at that scale and folded into the next linear layer's biases through
+//!   its integer weights, so that the quantized weights cancel it exactly.
 //!
 //! The executor ([`QuantModel::run`]) computes in `i128` with every operation checked.
 //! [`QuantModel::bounds`] propagates worst-case intervals from the input range to every
@@ -179,6 +181,9 @@ impl QuantModel {
         let qmax = ((1i64 << (spec.weight_bits - 1)) - 1) as f64;
         let mut scales = vec![input.scale; shapes[0].iter().product()];
         let mut layers = Vec::new();
+        // Per-neuron integer constants of a square `a·x² + c0` awaiting the next linear
+        // layer.
+        let mut pending: Option<Vec<i128>> = None;
         for &id in &path[1..] {
             let node = &model.nodes[id];
             let unsupported = |why: &str| NnError::NotSupported {
@@ -190,11 +195,38 @@ impl QuantModel {
             match &node.op {
                 Op::Flatten => {}
                 Op::Poly(c) => {
-                    let a = square_coefficient(c).ok_or_else(|| unsupported(SQUARES_ONLY))?;
+                    let (a, c0) = square_terms(c).ok_or_else(|| unsupported(SQUARES_ONLY))?;
+                    if pending.is_some() {
+                        return Err(unsupported(CONSTANT_THEN_LINEAR));
+                    }
                     scales.iter_mut().for_each(|s| *s = *s * *s / a);
                     layers.push(QuantLayer::Square {
                         node: node.name.clone(),
                     });
+                    if c0 != 0.0 {
+                        // `a·x² + c0` at scale `s²/a`: the constant, rounded once per
+                        // neuron, is folded into the next layer's biases through its
+                        // integer weights (exact: the quantized weights cancel it).
+                        pending = Some(
+                            scales
+                                .iter()
+                                .map(|&s| {
+                                    let v = (c0 * s).round();
+                                    if v.is_finite() && v.abs() <= MAX_BIAS {
+                                        Ok(v as i128)
+                                    } else {
+                                        Err(NnError::Quantization {
+                                            what: format!("the constant of '{}'", node.name),
+                                            why: format!("{c0} at scale {s:e} does not fit"),
+                                        })
+                                    }
+                                })
+                                .collect::<Result<Vec<_>, _>>()?,
+                        );
+                    }
+                }
+                Op::ChannelPoly(per) if pending.is_some() => {
+                    return Err(unsupported(CONSTANT_THEN_LINEAR));
                 }
                 Op::ChannelPoly(per) => {
                     let a: Vec<f64> = per
@@ -225,7 +257,10 @@ impl QuantModel {
                              in a chain (no ReLU, max pooling or residual additions)",
                         ));
                     };
-                    let (rows, out_scales) = quantize_rows(&node.name, &rows, &scales, qmax)?;
+                    let (mut rows, out_scales) = quantize_rows(&node.name, &rows, &scales, qmax)?;
+                    if let Some(constants) = pending.take() {
+                        fold_constants(&node.name, &mut rows, &constants)?;
+                    }
                     layers.push(QuantLayer::Linear {
                         node: node.name.clone(),
                         rows,
@@ -233,6 +268,14 @@ impl QuantModel {
                     scales = out_scales;
                 }
             }
+        }
+        if pending.is_some() {
+            return Err(NnError::NotSupported {
+                node: model.nodes[model.output].name.clone(),
+                op: model.nodes[model.output].op.kind(),
+                packing: "integer (BFV)",
+                why: CONSTANT_THEN_LINEAR.into(),
+            });
         }
         let [c, h, w] = model.input_shape;
         Ok(Self {
@@ -317,8 +360,38 @@ impl QuantModel {
     }
 }
 
-const SQUARES_ONLY: &str = "integer mode runs a·x² activations only (HCNN's square); retrain \
-                            with x², or run the model in CKKS";
+const SQUARES_ONLY: &str = "integer mode runs a·x² (+ c) activations only (HCNN's square); \
+                            retrain with x², or run the model in CKKS";
+
+const CONSTANT_THEN_LINEAR: &str = "the constant of an a·x² + c activation is folded into \
+                                    the next linear layer, and none follows it";
+
+/// `(a, c0)` if the polynomial is `a·x² + c0` with `a ≠ 0` (no linear term).
+fn square_terms(c: &[f64]) -> Option<(f64, f64)> {
+    let c0 = c.first().copied().unwrap_or(0.0);
+    let a = square_coefficient(&[&[0.0], c.get(1..).unwrap_or(&[])].concat())?;
+    c0.is_finite().then_some((a, c0))
+}
+
+/// Adds `Σ_i w_i·constants[i]` to every row's bias (a constant input folded exactly).
+fn fold_constants(node: &str, rows: &mut [QuantRow], constants: &[i128]) -> Result<(), NnError> {
+    let overflow = || NnError::Quantization {
+        what: format!("the biases of '{node}'"),
+        why: "the folded constant of the activation before it overflows".into(),
+    };
+    for row in rows {
+        for &(i, w) in &row.terms {
+            let k = *constants
+                .get(i as usize)
+                .ok_or_else(|| NnError::Internal(format!("'{node}': input {i} out of range")))?;
+            row.bias = k
+                .checked_mul(i128::from(w))
+                .and_then(|v| row.bias.checked_add(v))
+                .ok_or_else(overflow)?;
+        }
+    }
+    Ok(())
+}
 
 /// `a` if the polynomial is `a·x²` with `a ≠ 0`.
 fn square_coefficient(c: &[f64]) -> Option<f64> {
