@@ -54,38 +54,50 @@ pub const PROTECTED_FILE: &str = "model.hecnnp";
 pub struct ProtectArgs {
     /// ONNX model (a cleartext feature extractor followed by dense layers, or an
     /// HE-friendly network for `--layers network`).
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Which layers to encrypt.
     #[arg(long, value_enum, default_value_t = Layers::Classifier)]
-    layers: Layers,
+    pub(crate) layers: Layers,
     /// Security level of the parameters: 128, 192 or 256.
     #[arg(long, default_value_t = 128)]
-    security: u32,
+    pub(crate) security: u32,
     /// Output directory: the protected model, the owner's secret key and the keys the
     /// edge receives.
     #[arg(short, long, default_value = "protected")]
-    out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// Replace an existing owner secret key in the output directory (results encrypted
     /// under it become unreadable).
     #[arg(long)]
-    force: bool,
+    pub(crate) force: bool,
     /// The owner's signing key (Ed25519), made on first use and kept for every model the
     /// owner publishes [default: OUT_DIR/owner-signing.key]. Its public half goes to
     /// OUT_DIR/owner.pub, which the edge must receive out of band.
     #[arg(long)]
-    signing_key: Option<PathBuf>,
-    /// Measure the model's output noise on the first `--calibrate-images` images of this
-    /// data set (mnist, cifar10, sample:mnist, …) with a throwaway key, and keep it in
+    pub(crate) signing_key: Option<PathBuf>,
+    /// CKKS: measure the model's output noise on the first `--calibrate-images` images of
+    /// this data set (mnist, cifar10, sample:mnist, …) with a throwaway key, and keep it in
     /// OUT_DIR/noise-bound: `hecnn owner decrypt` then floods for this model's own noise
     /// (`protect::measure_output_noise_log2`) instead of the ring degree's fixed bound.
+    /// BFV (required): the data whose features set the features' quantization range (500
+    /// images of the training split of mnist or cifar10).
     #[arg(long, value_name = "DATA")]
-    calibrate: Option<String>,
+    pub(crate) calibrate: Option<String>,
     /// Images `--calibrate` measures on.
     #[arg(long, default_value_t = 16)]
-    calibrate_images: usize,
+    pub(crate) calibrate_images: usize,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub(crate) threads: usize,
+    /// The scheme: CKKS (approximate; results noise-flooded before they leave the owner)
+    /// or BFV (exact integer results and the noise budget; features and weights quantized).
+    #[arg(long, value_enum, default_value_t = crate::eval_cmd::SchemeArg::Ckks)]
+    pub(crate) scheme: crate::eval_cmd::SchemeArg,
+    /// BFV: bits of the quantized features.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) feature_bits: u32,
+    /// BFV: bits of the quantized protected weights.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) weight_bits: u32,
 }
 
 /// The owner's measured output noise bound (`hecnn protect --calibrate`), beside its secret key.
@@ -110,20 +122,22 @@ fn signing_key(path: &Path) -> Result<(SigningKey, bool), CliError> {
     Ok((key, true))
 }
 
-/// The protected model at `path` once its signature by `owner_key` (a key file) holds.
-fn read_signed(
-    be: &CpuBackend,
-    path: &Path,
-    owner_key: &Path,
-) -> Result<ProtectedModel<CpuBackend>, CliError> {
+/// The protected model's bytes at `path` once its signature by `owner_key` (a key file)
+/// holds.
+fn read_signed_bytes(path: &Path, owner_key: &Path) -> Result<Vec<u8>, CliError> {
     let key = OwnerKey::read(owner_key)?;
     let signed = cnn::read_file(path)?;
     let model = signing::verify_model(&signed, &key)
         .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    Ok(ProtectedModel::from_bytes(be, model)?)
+    Ok(model.to_vec())
 }
 
-fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
+/// Whether verified model bytes are a BFV protected model (else CKKS).
+fn is_bfv(model: &[u8]) -> bool {
+    model.starts_with(&protect::BFV_PROTECTED_MAGIC)
+}
+
+pub(crate) fn import(path: &Path) -> Result<hecnn_nn::Model, CliError> {
     Ok(onnx::import_onnx_file(path)?)
 }
 
@@ -138,6 +152,9 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| a.out_dir.join(SIGNING_KEY_FILE));
     let (signer, made) = signing_key(&signing_path)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
+    if a.scheme == crate::eval_cmd::SchemeArg::Bfv {
+        return crate::protect_bfv_cmd::protect_bfv(a, &model, &plan, &signer, &signing_path, made);
+    }
     let params = protect::parameters(plan.spec(), cnn::security_level(a.security)?)?;
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     let mut rng = Prng::from_entropy()?;
@@ -252,25 +269,25 @@ pub enum BenchData {
 pub struct BenchProtectedArgs {
     /// Data sets.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchData::Mnist, BenchData::Cifar10])]
-    data: Vec<BenchData>,
+    pub(crate) data: Vec<BenchData>,
     /// Variants: relu (last layer), linear (classifier, no activation), poly (classifier,
     /// x²+2x), all on `protect-<data>-<variant>.onnx`; network (HCNN's network
     /// `hcnn-<data>.onnx`, protected whole where it fits).
     #[arg(long, value_delimiter = ',', default_values_t = ["relu".to_string(), "linear".into(), "poly".into()])]
-    variants: Vec<String>,
+    pub(crate) variants: Vec<String>,
     /// Security levels.
     #[arg(long, value_delimiter = ',', default_values_t = [128u32, 192, 256])]
-    security: Vec<u32>,
+    pub(crate) security: Vec<u32>,
     /// Test images timed per row (the first ones of the test split).
     #[arg(long, default_value_t = 10)]
-    images: usize,
+    pub(crate) images: usize,
     /// Images whose protected prediction is compared with the unprotected model (plain
     /// features, 128-bit only; default: the same as --images).
     #[arg(long)]
-    accuracy_images: Option<usize>,
+    pub(crate) accuracy_images: Option<usize>,
     /// Skip encrypted features.
     #[arg(long)]
-    plain_only: bool,
+    pub(crate) plain_only: bool,
     /// The parameters from before flooding was sized for (49-bit output prime, 40-bit
     /// levels: `protect::parameters_unflooded`), for comparison: their outputs cannot be
     /// flooded, and the flooding columns say so.
@@ -279,27 +296,37 @@ pub struct BenchProtectedArgs {
     /// The bundled sample images (`sample:<data>`) instead of the test split: a smoke run
     /// that needs no fetched data set.
     #[arg(long)]
-    sample: bool,
+    pub(crate) sample: bool,
     /// Model directory.
     #[arg(long, default_value = "models")]
-    models: PathBuf,
+    pub(crate) models: PathBuf,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub(crate) threads: usize,
+    /// The scheme: CKKS (approximate, outputs flooded before release) or BFV (exact
+    /// integers, the noise budget reported; Gomez et al.'s setting).
+    #[arg(long, value_enum, default_value_t = crate::eval_cmd::SchemeArg::Ckks)]
+    pub(crate) scheme: crate::eval_cmd::SchemeArg,
+    /// BFV: bits of the quantized features (over the range seen on 500 training images).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) feature_bits: u32,
+    /// BFV: bits of the quantized protected weights.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) weight_bits: u32,
 }
 
 /// Resets the peak-RSS counter (Linux `clear_refs` 5), so that [`peak_rss`] reports the
 /// peak of the phase that follows. Silently does nothing elsewhere.
-fn reset_peak() {
+pub(crate) fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Peak resident memory since the last [`reset_peak`], in bytes (0 where unknown).
-fn peak_rss() -> usize {
+pub(crate) fn peak_rss() -> usize {
     crate::cnn_cmds::peak_rss().unwrap_or(0)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -481,7 +508,7 @@ fn accuracy(s: &Setup<'_>, ds: &Dataset) -> Result<(usize, usize, usize), CliErr
 }
 
 /// A variant's label, scope and model file name for data set `data`.
-fn variant(v: &str, data: &str) -> Result<(&'static str, Scope, String), CliError> {
+pub(crate) fn variant(v: &str, data: &str) -> Result<(&'static str, Scope, String), CliError> {
     let gomez = format!("protect-{data}-{v}.onnx");
     match v {
         "relu" => Ok(("last layer", Scope::LastLayer, gomez)),
@@ -499,6 +526,9 @@ fn variant(v: &str, data: &str) -> Result<(&'static str, Scope, String), CliErro
 }
 
 pub fn bench_protected(a: &BenchProtectedArgs) -> Result<(), CliError> {
+    if a.scheme == crate::eval_cmd::SchemeArg::Bfv {
+        return crate::bench_protected_bfv::bench_protected_bfv(a);
+    }
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
     println!(
         "| data | variant | features | security | N | model enc. | model size | enc. mem | \
@@ -700,29 +730,29 @@ pub enum OwnerCommand {
 pub struct EdgeRunArgs {
     /// The deployment: a directory with model.hecnnp, public.key and eval.keys.
     #[arg(long, default_value = "edge")]
-    deployment: PathBuf,
+    pub(crate) deployment: PathBuf,
     /// The owner's public signing key (`owner.pub` from `hecnn protect`), received out of
     /// band: the model runs only if the owner signed it.
     #[arg(long)]
-    owner_key: PathBuf,
+    pub(crate) owner_key: PathBuf,
     /// Data: mnist, cifar10, sample:mnist, sample:cifar10, idx:IMAGES,LABELS, cifar-bin:FILE.
     #[arg(long, default_value = "sample:mnist")]
-    data: String,
+    pub(crate) data: String,
     /// First image.
     #[arg(long, default_value_t = 0)]
-    offset: usize,
+    pub(crate) offset: usize,
     /// Number of images (default: all from --offset).
     #[arg(long)]
-    count: Option<usize>,
+    pub(crate) count: Option<usize>,
     /// Encrypt the features with the owner's public key (ciphertext × ciphertext products).
     #[arg(long)]
-    encrypt_features: bool,
+    pub(crate) encrypt_features: bool,
     /// Directory for the encrypted results (`<image index>.hcno`).
     #[arg(short, long, default_value = "results")]
-    out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
-    threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// `hecnn owner decrypt`.
@@ -730,26 +760,26 @@ pub struct EdgeRunArgs {
 pub struct OwnerDecryptArgs {
     /// The owner's directory from `hecnn protect` (model.hecnnp, owner.pub and secret.key).
     #[arg(long, default_value = "protected")]
-    owner: PathBuf,
+    pub(crate) owner: PathBuf,
     /// Directory of result files from `hecnn edge run`.
     #[arg(long = "in", default_value = "results")]
-    input: PathBuf,
+    pub(crate) input: PathBuf,
     /// The data set the edge classified, to report accuracy (image indices from the file
     /// names).
     #[arg(long)]
-    data: Option<String>,
+    pub(crate) data: Option<String>,
     /// Print the class only, without the flooded logits. The class still comes from the
     /// flooded decryption (an argmax of an unflooded one is an oracle on the key), and a
     /// result noisier than the bound is refused all the same; models protected before their
     /// parameters were sized for flooding print an unflooded class, their only output.
     #[arg(long)]
-    class_only: bool,
+    pub(crate) class_only: bool,
     /// The output noise (log2, coefficient domain) the flooding hides [default: the bound
     /// `hecnn protect --calibrate` measured (OWNER/noise-bound), else the ring degree's
     /// fixed bound, `protect::output_noise_bound_log2`]. A lower bound floods less; results
     /// noisier than it are refused, not released.
     #[arg(long, value_name = "LOG2")]
-    noise_bound: Option<f64>,
+    pub(crate) noise_bound: Option<f64>,
 }
 
 pub fn edge(cmd: &EdgeCommand) -> Result<(), CliError> {
@@ -771,6 +801,10 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
     for (secret, what) in [
         (paths.secret.clone(), "secret key"),
         (a.deployment.join(SIGNING_KEY_FILE), "signing key"),
+        (
+            a.deployment.join(crate::protect_bfv_cmd::OWNER_PLAN_FILE),
+            "BFV plan (the quantized weights in the clear)",
+        ),
     ] {
         if std::fs::symlink_metadata(&secret).is_ok() {
             return Err(CliError::Usage(format!(
@@ -780,8 +814,12 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
             )));
         }
     }
+    let bytes = read_signed_bytes(&a.deployment.join(PROTECTED_FILE), &a.owner_key)?;
+    if is_bfv(&bytes) {
+        return crate::protect_bfv_cmd::edge_run_bfv(a, &bytes);
+    }
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
-    let model = read_signed(&be, &a.deployment.join(PROTECTED_FILE), &a.owner_key)?;
+    let model = ProtectedModel::from_bytes(&be, &bytes)?;
     let params = Arc::clone(model.params());
     let evk = hecnn_rlwe::EvaluationKeys::from_bytes(
         &be,
@@ -849,14 +887,28 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The result files (`<image index>.hcno`) in `dir`, by index.
+pub(crate) fn result_files(dir: &Path) -> Result<Vec<(usize, PathBuf)>, CliError> {
+    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let idx = p.file_stem()?.to_str()?.parse().ok()?;
+            (p.extension()? == "hcno").then_some((idx, p))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
-    let be = CpuBackend::new(1)?;
     // The owner's own files: the model as the owner's key signed it.
-    let model = read_signed(
-        &be,
-        &a.owner.join(PROTECTED_FILE),
-        &a.owner.join(OWNER_KEY_FILE),
-    )?;
+    let bytes = read_signed_bytes(&a.owner.join(PROTECTED_FILE), &a.owner.join(OWNER_KEY_FILE))?;
+    if is_bfv(&bytes) {
+        return crate::protect_bfv_cmd::owner_decrypt_bfv(a, &bytes);
+    }
+    let be = CpuBackend::new(1)?;
+    let model = ProtectedModel::from_bytes(&be, &bytes)?;
     let params = Arc::clone(model.params());
     let sk = SecretKey::from_secret_bytes(
         params.rlwe(),
@@ -919,15 +971,7 @@ fn owner_decrypt(a: &OwnerDecryptArgs) -> Result<(), CliError> {
         }
     };
     let mut rng = Prng::from_entropy()?;
-    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(&a.input)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", a.input.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter_map(|p| {
-            let idx = p.file_stem()?.to_str()?.parse().ok()?;
-            (p.extension()? == "hcno").then_some((idx, p))
-        })
-        .collect();
-    files.sort();
+    let files = result_files(&a.input)?;
     let (mut correct, mut labelled) = (0, 0);
     for (idx, path) in &files {
         let (out, key) = hecnn_nn::protect::ProtectedOutput::from_bytes(
