@@ -434,6 +434,15 @@ impl BfvProtectPlan {
                  moduli differ)",
             ));
         }
+        // What exactness rests on is re-derived, not trusted: the worst-case output and
+        // moduli whose product exceeds twice it.
+        let bound = f.quant.bounds()?.output_magnitude();
+        let crt = Crt::new(&f.moduli).map_err(malformed)?;
+        if bound != f.output_bound || !crate::bfv_batch::holds(crt.product(), bound) {
+            return Err(malformed(
+                "the owner's plan's moduli do not hold its integer network's outputs",
+            ));
+        }
         let (layers, squares) = super::bfv::int_layers(&f.quant)?;
         let spec = &model.spec;
         let shapes_match = layers.len() == spec.layers.len()
