@@ -207,10 +207,27 @@ impl<B: Backend> Decryptor<'_, B> {
         flooding: &Flooding,
         rng: &mut Prng,
     ) -> Result<Plaintext<B>, CkksError> {
+        self.flood(self.decrypt(ct)?, flooding, rng)
+    }
+
+    /// Floods a plaintext this decryptor decrypted (`+ z`, as [`Self::decrypt_flooded`]):
+    /// for an owner who inspects a decryption (its noise, against a bound) before it
+    /// releases the flooded values, without decrypting twice. The unflooded plaintext is
+    /// consumed: only the flooded one leaves.
+    ///
+    /// # Errors
+    /// [`CkksError::FloodingTooWide`] when the flooding's tail would wrap the modulus of the
+    /// plaintext's basis; backend failures.
+    pub fn flood(
+        &self,
+        mut pt: Plaintext<B>,
+        flooding: &Flooding,
+        rng: &mut Prng,
+    ) -> Result<Plaintext<B>, CkksError> {
         let inner = self.inner();
         let (params, be) = (inner.params(), inner.backend());
         let ctx = params.ctx();
-        let basis: Basis = ct.inner().basis();
+        let basis: Basis = pt.poly().basis();
         let log_q: f64 = (0..basis.len())
             .map(|pos| (ctx.limb_modulus(&basis, pos).value() as f64).log2())
             .sum();
@@ -220,7 +237,6 @@ impl<B: Backend> Decryptor<'_, B> {
                 log_q,
             });
         }
-        let mut pt = self.decrypt(ct)?;
         let z = zeroize::Zeroizing::new(sample_flooding(rng, ctx.n(), flooding.sigma_log2()));
         let limbs = zeroize::Zeroizing::new(sampler::small_to_rns(ctx, basis, &z));
         let mut z = RnsPoly::<B, Coeff>::from_host(be, ctx, basis, &limbs)?.into_eval(be, ctx);

@@ -930,6 +930,9 @@ pub fn decrypt_output_flooded<B: Backend>(
 ) -> Result<Vec<f64>, NnError> {
     let encoder = Encoder::new(params.n());
     let bound_log2 = flooding.flooding.noise_log2();
+    // Each ciphertext is decrypted once: every noise is checked before any result is
+    // flooded, then the same plaintexts are flooded and decoded.
+    let mut plain = Vec::with_capacity(out.cts.len());
     for ct in &out.cts {
         let pt = decryptor.decrypt(ct).map_err(he("decrypt"))?;
         let noise_log2 =
@@ -940,9 +943,14 @@ pub fn decrypt_output_flooded<B: Backend>(
                 bound_log2,
             });
         }
+        plain.push(pt);
     }
-    let values = decrypt_output_with(spec, params, be, out, |ct| {
-        decryptor.decrypt_flooded(ct, &flooding.flooding, rng)
+    let mut plain = plain.into_iter();
+    let values = decrypt_output_with(spec, params, be, out, |_| {
+        let pt = plain.next().ok_or(CkksError::InvalidArgument {
+            what: "a result with more ciphertexts than it was decrypted with",
+        })?;
+        decryptor.flood(pt, &flooding.flooding, rng)
     })?;
     Ok(values.into_iter().map(|v| flooding.round(v)).collect())
 }
