@@ -450,6 +450,15 @@ fn bfv_seeds(root: &Path) {
     put_with_variants(root, target, "ciphertext", &toy.ciphertext);
 }
 
+/// The BFV protected-model files: a model, a result, the owner's plan.
+fn bfv_protected_seeds(root: &Path) {
+    let p = hecnn_fuzz::bfv_protected();
+    let target = "bfv_protected";
+    put_with_variants(root, target, "model", &p.model_bytes);
+    put_with_variants(root, target, "output", &p.output);
+    put_with_variants(root, target, "owner", &p.owner);
+}
+
 fn main() {
     let fuzz = Path::new(env!("CARGO_MANIFEST_DIR"));
     let root = fuzz.join("seeds");
@@ -460,5 +469,6 @@ fn main() {
     onnx_seeds(&root, fuzz.parent().expect("repository root"));
     data_seeds(&root);
     bfv_seeds(&root);
+    bfv_protected_seeds(&root);
     println!("seeds written to {}", root.display());
 }

@@ -444,3 +444,107 @@ pub fn bfv_toy() -> &'static BfvToy {
         }
     })
 }
+
+/// A tiny BFV protected model (the protected-model graph at `N = 2^5`, checks off), the
+/// owner's plan bytes and an encrypted result, for the BFV protected-model parsers.
+pub struct BfvProtected {
+    /// The edge's model.
+    pub model: hecnn_nn::protect::bfv::BfvProtectedModel<CpuBackend>,
+    /// Its bytes.
+    pub model_bytes: Vec<u8>,
+    /// The owner's plan as `BfvProtectPlan::to_owner_bytes` writes it.
+    pub owner: Vec<u8>,
+    /// One encrypted result.
+    pub output: Vec<u8>,
+}
+
+/// The BFV protected-model fixture, built once.
+pub fn bfv_protected() -> &'static BfvProtected {
+    static P: OnceLock<BfvProtected> = OnceLock::new();
+    P.get_or_init(|| {
+        use hecnn_nn::protect::bfv::{BfvFeatures, BfvProtectOptions, BfvProtectPlan};
+        let be = backend();
+        let plan = ProtectPlan::new(&tiny_protect_model(), Scope::Classifier).expect("plan");
+        let mut opts = BfvProtectOptions::with_feature_range((-1.0, 1.0));
+        opts.bfv.ring = Some(ParamsLiteral {
+            log_n: PROTECTED_LOG_N,
+            log_q: vec![50; 4],
+            log_p: vec![50],
+            dnum: None,
+            secret: hecnn_rlwe::SecretDistribution::Ternary,
+            security: SecurityLevel::UncheckedForReproduction,
+        });
+        let bfv = BfvProtectPlan::new(&plan, &opts).expect("BFV plan");
+        let mut rng = Prng::from_seed([5; 32]);
+        let sk = SecretKey::generate(&bfv.rlwe().expect("ring"), &mut rng).expect("key");
+        let model = bfv.protect(&sk, be, &mut rng).expect("protect");
+        let keys = Arc::new(
+            sk.evaluation_keys(be, &model.key_requirements(), &mut rng)
+                .expect("evaluation keys"),
+        );
+        let q = model
+            .quantize_features(&[0.5, -1.0, 0.25, 0.75])
+            .expect("features");
+        let output = model
+            .evaluate(&keys, be, &BfvFeatures::Plain(q))
+            .and_then(|o| o.to_bytes(be, &model))
+            .expect("result");
+        BfvProtected {
+            model_bytes: model.to_bytes(be).expect("model bytes"),
+            owner: bfv.to_owner_bytes(sk.key_id()).expect("owner plan"),
+            output,
+            model,
+        }
+    })
+}
+
+/// A BFV protected-model file, field for field (postcard encodes a struct as the tuple of
+/// its fields).
+#[derive(Serialize, Deserialize)]
+struct BfvModelFileMirror {
+    magic: [u8; 4],
+    version: u16,
+    prefix: Vec<u8>,
+    scope: String,
+    features: u64,
+    layers: Vec<(u64, Option<f64>)>,
+    literal: ParamsLiteral,
+    moduli: Vec<u64>,
+    input: (f64, i64, i64),
+    key_id: [u8; 32],
+    instances: Vec<Vec<(Vec<Vec<u8>>, Vec<Vec<u8>>)>>,
+}
+
+/// A BFV protected model's result, field for field.
+#[derive(Serialize, Deserialize)]
+struct BfvOutputFileMirror {
+    magic: [u8; 4],
+    version: u16,
+    key_id: [u8; 32],
+    moduli: Vec<u64>,
+    cts: Vec<Vec<Vec<u8>>>,
+}
+
+/// A BFV protected model with every ciphertext's checksum recomputed; `None` when it does
+/// not decode as one.
+pub fn reseal_bfv_protected(data: &[u8]) -> Option<Vec<u8>> {
+    let mut f: BfvModelFileMirror = postcard::from_bytes(data).ok()?;
+    for layers in &mut f.instances {
+        for (weights, biases) in layers {
+            for ct in weights.iter_mut().chain(biases.iter_mut()) {
+                *ct = reseal_rlwe(ct);
+            }
+        }
+    }
+    postcard::to_allocvec(&f).ok()
+}
+
+/// A BFV protected model's result with every ciphertext's checksum recomputed; `None` when
+/// it does not decode as one.
+pub fn reseal_bfv_output(data: &[u8]) -> Option<Vec<u8>> {
+    let mut f: BfvOutputFileMirror = postcard::from_bytes(data).ok()?;
+    for ct in f.cts.iter_mut().flatten() {
+        *ct = reseal_rlwe(ct);
+    }
+    postcard::to_allocvec(&f).ok()
+}
