@@ -437,9 +437,10 @@ impl<B: Backend> Evaluator<B> {
     }
 
     /// `Σ a_i · b_i` without relinearization: a degree-2 ciphertext. The tensor products
-    /// accumulate in `Q_l ∪ R` and are scaled by `t/Q_l` once, so a dot product of `k`
-    /// pairs costs `4k` lifts and 3 scalings instead of `k` multiplications' `4k` and `3k`
-    /// (its rounding noise is one product's, not `k`).
+    /// accumulate in `Q_l ∪ R` and are scaled by `t/Q_l` once per group of as many as the
+    /// auxiliary basis holds exactly (its slack over one product's bound; in practice all
+    /// of them), so a dot product of `k` pairs costs `4k` lifts and 3 scalings per group
+    /// instead of `k` multiplications' `4k` and `3k`.
     ///
     /// # Errors
     /// [`BfvError::InvalidArgument`] for no pairs; as [`Evaluator::mul`] for each pair (all
@@ -463,6 +464,25 @@ impl<B: Backend> Evaluator<B> {
             Self::check_degree(a, 1)?;
             Self::check_degree(b, 1)?;
         }
+        let mut total: Option<Ciphertext<B>> = None;
+        for group in pairs.chunks(self.params.dot_capacity(level)) {
+            let part = self.dot_group(group, level)?;
+            match total.as_mut() {
+                None => total = Some(part),
+                Some(t) => self.add_assign(t, &part)?,
+            }
+        }
+        total.ok_or(BfvError::InvalidArgument {
+            what: "a dot product of no pairs",
+        })
+    }
+
+    /// One scaling's worth of [`Self::dot`]: checked pairs at `level`.
+    fn dot_group(
+        &self,
+        pairs: &[(&Ciphertext<B>, &Ciphertext<B>)],
+        level: usize,
+    ) -> Result<Ciphertext<B>, BfvError> {
         let aux = self.params.aux();
         let be = &self.be;
         // d0 = Σ a0·b0, d1 = Σ a0·b1 + a1·b0, d2 = Σ a1·b1

@@ -185,6 +185,17 @@ impl BfvParams {
         })
     }
 
+    /// Tensor products whose sum one HPS scaling at `level` handles exactly: `R` is sized
+    /// for one product (`R > 2^4·t·N·Q`, see [`crate::rns`]), and a sum of `k` grows the
+    /// scaled value by up to `k`, so `k` may reach `2^⌊log2 R − log2(2^4·t·N·Q_level)⌋`.
+    pub(crate) fn dot_capacity(&self, level: usize) -> usize {
+        let log_r: f64 = self.aux.p_values().iter().map(|&r| (r as f64).log2()).sum();
+        let need =
+            self.log_q_at(level) + (self.t as f64).log2() + f64::from(self.rlwe.log_n()) + 4.0;
+        let slack = (log_r - need).floor().clamp(0.0, 20.0);
+        1usize << slack as u32
+    }
+
     pub(crate) fn aux(&self) -> &RnsContext {
         &self.aux
     }

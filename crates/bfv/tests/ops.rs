@@ -161,8 +161,9 @@ fn a_dot_product_equals_the_sum_of_its_products() {
     for log_n in hecnn_testkit::test_log_ns() {
         let mut c = setup(log_n, 3, &[]);
         let n = c.n();
-        let xs: Vec<Vec<u64>> = (0..5).map(|k| values(20 + k, n, T)).collect();
-        let ys: Vec<Vec<u64>> = (0..5).map(|k| values(40 + k, n, T)).collect();
+        // Many pairs: the sum of tensor products grows with their count.
+        let xs: Vec<Vec<u64>> = (0..48).map(|k| values(20 + k, n, T)).collect();
+        let ys: Vec<Vec<u64>> = (0..48).map(|k| values(140 + k, n, T)).collect();
         let cx: Vec<_> = xs.iter().map(|v| c.encrypt(v)).collect();
         let cy: Vec<_> = ys.iter().map(|v| c.encrypt(v)).collect();
         let pairs: Vec<_> = cx.iter().zip(&cy).collect();
@@ -173,7 +174,7 @@ fn a_dot_product_equals_the_sum_of_its_products() {
             .zip(&ys)
             .fold(vec![0; n], |acc, (x, y)| add(&acc, &mul(x, y)));
         assert_eq!(c.decrypt(&d), want, "logN={log_n}");
-        // One scaling instead of five: no noisier than the sum of the products.
+        // Fewer scalings than products: no noisier than the sum of the products.
         let mut sum = c.eval.mul(&cx[0], &cy[0]).unwrap();
         for (x, y) in cx.iter().zip(&cy).skip(1) {
             sum = c.eval.add(&sum, &c.eval.mul(x, y).unwrap()).unwrap();

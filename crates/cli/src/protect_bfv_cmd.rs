@@ -221,8 +221,8 @@ pub fn edge_run_bfv(a: &EdgeRunArgs, model_bytes: &[u8]) -> Result<(), CliError>
     Ok(())
 }
 
-/// `hecnn owner decrypt` for a BFV model: exact outputs, no flooding needed (a correct BFV
-/// decryption reveals nothing about the noise), the budget left reported.
+/// `hecnn owner decrypt` for a BFV model: exact outputs (an honest edge's results need no
+/// flooding), the budget left reported to the owner.
 pub fn owner_decrypt_bfv(a: &OwnerDecryptArgs, model_bytes: &[u8]) -> Result<(), CliError> {
     let be = CpuBackend::new(1)?;
     let model = BfvProtectedModel::from_bytes(&be, model_bytes)?;
@@ -276,8 +276,10 @@ pub fn owner_decrypt_bfv(a: &OwnerDecryptArgs, model_bytes: &[u8]) -> Result<(),
     }
     if !files.is_empty() {
         println!(
-            "BFV: exact integer outputs (no flooding needed); smallest noise budget left {budget:.1} \
-             bits (predicted {:.1} for plain features, {:.1} for encrypted)",
+            "BFV: exact integer outputs (an honest edge's results need no flooding; never show \
+             outputs to an edge you do not trust: docs/bfv.md); owner-only diagnostic: smallest \
+             noise budget left {budget:.1} bits (predicted {:.1} for plain features, {:.1} for \
+             encrypted)",
             plan.predicted_budgets(false)
                 .last()
                 .copied()

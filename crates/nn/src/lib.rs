@@ -145,6 +145,16 @@ pub enum NnError {
         /// `log2` of the bound the flooding hides.
         bound_log2: f64,
     },
+    /// A BFV result whose measured noise budget is below `bound_bits`: its decryption would
+    /// be wrong, so nothing is released. The message names the public threshold only (the
+    /// measured budget depends on the secret key).
+    #[error("{what}: noise budget exhausted (below {bound_bits} bits): not decrypted")]
+    BudgetExhausted {
+        /// The ciphertext refused.
+        what: String,
+        /// The public threshold.
+        bound_bits: f64,
+    },
     /// Values with fewer levels than the plan needs.
     #[error("{what} needs {needed} levels, {have} left")]
     Levels {

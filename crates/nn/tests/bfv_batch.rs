@@ -123,6 +123,46 @@ fn quantized_executor_tracks_the_model_and_bounds_hold() {
 }
 
 #[test]
+fn a_square_with_a_constant_folds_into_the_next_biases_exactly() {
+    // x² + 0.75 (scaled by 0.5): the constant reaches the dense layer's biases through its
+    // integer weights; the dequantized outputs follow the real network and the bounds hold.
+    let mut model = tiny(11);
+    model.nodes[2].op = Op::Poly(vec![0.75, 0.0, 0.5]);
+    let q = QuantModel::quantize(
+        &model,
+        &QuantSpec {
+            input_bits: 8,
+            weight_bits: 10,
+            ..QuantSpec::default()
+        },
+    )
+    .unwrap();
+    let bounds = q.bounds().unwrap();
+    for x in &images(&q, 10, 300) {
+        let y = q.run(x).unwrap();
+        for (k, &(lo, hi)) in bounds.outputs.iter().enumerate() {
+            assert!(lo <= y[k] && y[k] <= hi);
+        }
+        let real: Vec<f64> = x.iter().map(|&v| v as f64 / q.input().scale).collect();
+        let want = exec::run(&model, &Tensor::new(vec![1, 5, 5], real).unwrap()).unwrap();
+        for (g, w) in q.dequantize(&y).iter().zip(want.data()) {
+            assert!((g - w).abs() < 2e-2 * (1.0 + w.abs()), "{g} vs {w}");
+        }
+    }
+    // A constant with no linear layer after it has nowhere to go.
+    let mut last = tiny(11);
+    last.nodes.truncate(3);
+    last.nodes[2].op = Op::Poly(vec![0.75, 0.0, 1.0]);
+    last.output = 2;
+    let err = QuantModel::quantize(&last, &QuantSpec::default()).unwrap_err();
+    assert!(matches!(err, NnError::NotSupported { .. }), "{err}");
+    // A linear term is still not a square.
+    let mut linear = tiny(11);
+    linear.nodes[2].op = Op::Poly(vec![0.0, 1.0, 1.0]);
+    assert!(QuantModel::quantize(&linear, &QuantSpec::default()).is_err());
+}
+
+#[test]
 fn refuses_what_integers_cannot_run() {
     let mut model = tiny(3);
     model.nodes[2].op = Op::Poly(vec![0.1, 0.5, 0.25]);

@@ -134,72 +134,24 @@ impl BfvPlan {
             what: PLAN.what,
             reason,
         };
-        let input = self.quant.input();
-        let limit = 1u64 << crate::quant::MAX_QUANT_BITS;
-        if input.lo > input.hi
-            || input.lo.unsigned_abs() > limit
-            || input.hi.unsigned_abs() > limit
-            || !(input.scale.is_finite() && input.scale > 0.0)
-        {
-            return Err(bad(format!("input range [{}, {}]", input.lo, input.hi)));
-        }
+        self.quant
+            .check_structure(crate::ir::MAX_INPUT_VALUES, MAX_PLAN_LAYERS, MAX_PLAN_TERMS)
+            .map_err(bad)?;
         let layers = self.quant.layers();
-        if layers.len() > MAX_PLAN_LAYERS {
-            return Err(bad(format!(
-                "{} layers (at most {MAX_PLAN_LAYERS})",
-                layers.len()
-            )));
-        }
-        let terms: usize = layers
-            .iter()
-            .map(|l| match l {
-                QuantLayer::Linear { rows, .. } => rows.iter().map(|r| r.terms.len() + 1).sum(),
-                QuantLayer::Square { .. } => 0,
-            })
-            .sum();
-        if terms > MAX_PLAN_TERMS {
-            return Err(bad(format!("{terms} weights (at most {MAX_PLAN_TERMS})")));
-        }
         if self.lazy.len() != layers.len() || self.budgets.len() != layers.len() {
             return Err(bad(
                 "one relinearization flag and one budget per layer".into()
             ));
         }
-        let [c, h, w] = self.quant.input_shape();
-        let mut width = c
-            .checked_mul(h)
-            .and_then(|v| v.checked_mul(w))
-            .filter(|&v| (1..=crate::ir::MAX_INPUT_VALUES).contains(&v))
-            .ok_or_else(|| bad(format!("input shape {:?}", [c, h, w])))?;
         for (i, layer) in layers.iter().enumerate() {
-            match layer {
-                QuantLayer::Linear { rows, node } => {
-                    if let Some(r) = rows
-                        .iter()
-                        .find(|r| r.terms.iter().any(|&(j, _)| j as usize >= width))
-                    {
-                        return Err(bad(format!(
-                            "layer '{node}' reads input {} of {width}",
-                            r.terms.iter().map(|&(j, _)| j).max().unwrap_or(0)
-                        )));
-                    }
-                    if rows.is_empty() || rows.len() > crate::ir::MAX_INPUT_VALUES {
-                        return Err(bad(format!("layer '{node}' has {} outputs", rows.len())));
-                    }
-                    width = rows.len();
-                }
-                QuantLayer::Square { node } => {
-                    if self.lazy[i] && !matches!(layers.get(i + 1), Some(QuantLayer::Linear { .. }))
-                    {
-                        return Err(bad(format!(
-                            "square '{node}' waits for a linear layer that does not follow"
-                        )));
-                    }
-                }
+            if let QuantLayer::Square { node } = layer
+                && self.lazy[i]
+                && !matches!(layers.get(i + 1), Some(QuantLayer::Linear { .. }))
+            {
+                return Err(bad(format!(
+                    "square '{node}' waits for a linear layer that does not follow"
+                )));
             }
-        }
-        if width != self.quant.output_len() {
-            return Err(bad("output scales do not match the last layer".into()));
         }
         if self.lazy != super::lazy_squares(&self.quant) {
             return Err(bad(

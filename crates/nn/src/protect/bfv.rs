@@ -11,8 +11,13 @@
 //! What BFV gives here that CKKS does not:
 //! - the owner's decryption is **exact**: every output equals the integer reference
 //!   ([`BfvProtectPlan::reference`]) bit for bit;
-//! - a correct BFV decryption reveals nothing about the noise, so results leave the owner
-//!   without flooding (CKKS's need [`super::output_flooding`]);
+//! - the decryption of a result an honest edge computed reveals nothing about its noise,
+//!   so no flooding is needed (CKKS's results need [`super::output_flooding`]). A dishonest
+//!   edge is another matter, in either scheme: it can send crafted ciphertexts as
+//!   "results" (a noiseless `(0, Δ·X^k)` decrypts to the secret key's coefficients, a
+//!   replayed weight ciphertext to the weights), so an owner who decrypts results from an
+//!   untrusted edge and shows the outputs to it is a decryption oracle; release classes
+//!   only to such parties, and bound the decryptions per key;
 //! - the **noise budget** left in every result is measured at decryption and predicted by
 //!   the plan for each layer ([`BfvProtectPlan::budgets`]), the figure Gomez et al. report.
 //!
@@ -383,7 +388,14 @@ impl BfvProtectPlan {
         };
         let mut best: Option<(crate::bfv_batch::Candidate, Layout)> = None;
         for ring in &rings {
-            let Ok(layout) = spec.layout(1 << (ring.log_n - 1)) else {
+            let Some(slots) = ring
+                .log_n
+                .checked_sub(1)
+                .and_then(|k| 1usize.checked_shl(k))
+            else {
+                continue;
+            };
+            let Ok(layout) = spec.layout(slots) else {
                 continue;
             };
             let predict = |rlwe: &Params, t: u64| {
@@ -592,8 +604,14 @@ impl BfvProtectPlan {
             }
             instances.push(layers);
         }
+        // The edge's spec says where a square is, not its shift: BFV folds the shift into
+        // the encrypted bias, and the public file need not carry it.
+        let mut spec = self.spec.clone();
+        for l in &mut spec.layers {
+            l.square = l.square.map(|_| 0.0);
+        }
         Ok(BfvProtectedModel {
-            spec: self.spec.clone(),
+            spec,
             input: self.quant.input(),
             ring: self.ring.clone(),
             moduli: self.moduli.clone(),
@@ -641,15 +659,12 @@ impl BfvProtectPlan {
             for (k, ct) in cts.iter().enumerate() {
                 let b = dec.noise_budget_bits(ct).map_err(err)?;
                 if b < EXHAUSTED_BELOW_BITS {
-                    return Err(NnError::OutOfRange {
-                        node: format!(
+                    return Err(NnError::BudgetExhausted {
+                        what: format!(
                             "result ciphertext {k} (plaintext modulus {})",
                             self.moduli[i]
                         ),
-                        value: b,
-                        bound: EXHAUSTED_BELOW_BITS,
-                        what: "noise budget (bits, measured): exhausted, the decryption would \
-                               be wrong",
+                        bound_bits: EXHAUSTED_BELOW_BITS,
                     });
                 }
                 budget = budget.min(b);
@@ -659,7 +674,17 @@ impl BfvProtectPlan {
         }
         let crt = Crt::new(&self.moduli)?;
         let values = (0..self.spec.outputs())
-            .map(|j| crt.combine(&residues.iter().map(|r| r[j]).collect::<Vec<_>>()))
+            .map(|j| {
+                let r = residues
+                    .iter()
+                    .map(|r| {
+                        r.get(j).copied().ok_or_else(|| {
+                            NnError::Internal(format!("output {j} missing from a result"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                crt.combine(&r)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(BfvDecrypted {
             logits: self.quant.dequantize(&values),
@@ -685,7 +710,9 @@ pub struct BfvDecrypted {
     pub values: Vec<i128>,
     /// The real values they stand for (`value / scale` per output).
     pub logits: Vec<f64>,
-    /// The smallest noise budget (bits) left in any result ciphertext, measured.
+    /// The smallest noise budget (bits) left in any result ciphertext, measured. A
+    /// function of the secret key: an owner's diagnostic, never to be released to whoever
+    /// sent the result.
     pub budget_bits: f64,
 }
 
@@ -1081,6 +1108,13 @@ impl<B: Backend> BfvProtectedModel<B> {
                     let x = value.first().ok_or_else(|| {
                         NnError::Internal(format!("protected layer {at} has no input"))
                     })?;
+                    if layer.weights.len() != layer.biases.len() {
+                        return Err(NnError::Internal(format!(
+                            "protected layer {at}: {} weight and {} bias ciphertexts",
+                            layer.weights.len(),
+                            layer.biases.len()
+                        )));
+                    }
                     let jobs: Vec<(&Ciphertext<B>, &Ciphertext<B>)> =
                         layer.weights.iter().zip(&layer.biases).collect();
                     eval.backend()

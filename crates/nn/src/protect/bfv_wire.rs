@@ -434,8 +434,29 @@ impl BfvProtectPlan {
                  moduli differ)",
             ));
         }
-        // What exactness rests on is re-derived, not trusted: the worst-case output and
-        // moduli whose product exceeds twice it.
+        // Sizes first (nothing is allocated by a count the file states before it is
+        // bounded), then what exactness rests on, re-derived: the worst-case output over
+        // the model's own feature range, and moduli whose product exceeds twice it.
+        let spec = &model.spec;
+        f.quant
+            .check_structure(
+                spec.features()
+                    .max(spec.layers.iter().map(|l| l.outputs).max().unwrap_or(0)),
+                2 * MAX_PROTECTED_LAYERS,
+                crate::bfv_batch::MAX_PLAN_TERMS,
+            )
+            .map_err(|e| malformed(format!("owner's plan: {e}")))?;
+        let input = f.quant.input();
+        if f.quant.input_len() != spec.features()
+            || f.quant.output_len() != spec.outputs()
+            || input != model.input
+            || f.budgets.len() != spec.layers.len()
+            || f.by_features.iter().any(|b| b.len() != spec.layers.len())
+        {
+            return Err(malformed(
+                "the owner's plan has another shape or feature quantization than the model",
+            ));
+        }
         let bound = f.quant.bounds()?.output_magnitude();
         let crt = Crt::new(&f.moduli).map_err(malformed)?;
         if bound != f.output_bound || !crate::bfv_batch::holds(crt.product(), bound) {
@@ -444,7 +465,6 @@ impl BfvProtectPlan {
             ));
         }
         let (layers, squares) = super::bfv::int_layers(&f.quant)?;
-        let spec = &model.spec;
         let shapes_match = layers.len() == spec.layers.len()
             && f.quant.input_len() == spec.features()
             && layers

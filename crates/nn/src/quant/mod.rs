@@ -351,6 +351,79 @@ impl QuantModel {
             .collect())
     }
 
+    /// Checks what a deserialized model must satisfy before anything runs it or sizes a
+    /// buffer by it: an input range within [`MAX_QUANT_BITS`], an input of at most
+    /// `max_values` values, at most `max_layers` layers and `max_terms` weights, every row
+    /// reading an input that exists, and finite, non-negative output scales, one per output.
+    ///
+    /// # Errors
+    /// What is wrong, in words (the caller wraps it in its format's error).
+    pub fn check_structure(
+        &self,
+        max_values: usize,
+        max_layers: usize,
+        max_terms: usize,
+    ) -> Result<(), String> {
+        let input = self.input;
+        let limit = 1u64 << MAX_QUANT_BITS;
+        if input.lo > input.hi
+            || input.lo.unsigned_abs() > limit
+            || input.hi.unsigned_abs() > limit
+            || !(input.scale.is_finite() && input.scale > 0.0)
+        {
+            return Err(format!("input range [{}, {}]", input.lo, input.hi));
+        }
+        if self.layers.len() > max_layers {
+            return Err(format!(
+                "{} layers (at most {max_layers})",
+                self.layers.len()
+            ));
+        }
+        let terms: usize = self
+            .layers
+            .iter()
+            .map(|l| match l {
+                QuantLayer::Linear { rows, .. } => rows.iter().map(|r| r.terms.len() + 1).sum(),
+                QuantLayer::Square { .. } => 0,
+            })
+            .fold(0usize, usize::saturating_add);
+        if terms > max_terms {
+            return Err(format!("{terms} weights (at most {max_terms})"));
+        }
+        let [c, h, w] = self.input_shape;
+        let mut width = c
+            .checked_mul(h)
+            .and_then(|v| v.checked_mul(w))
+            .filter(|&v| (1..=max_values).contains(&v))
+            .ok_or_else(|| format!("input shape {:?}", [c, h, w]))?;
+        for layer in &self.layers {
+            if let QuantLayer::Linear { rows, node } = layer {
+                if let Some(r) = rows
+                    .iter()
+                    .find(|r| r.terms.iter().any(|&(j, _)| j as usize >= width))
+                {
+                    return Err(format!(
+                        "layer '{node}' reads input {} of {width}",
+                        r.terms.iter().map(|&(j, _)| j).max().unwrap_or(0)
+                    ));
+                }
+                if rows.is_empty() || rows.len() > max_values {
+                    return Err(format!("layer '{node}' has {} outputs", rows.len()));
+                }
+                width = rows.len();
+            }
+        }
+        if width != self.output_scales.len()
+            || self
+                .output_scales
+                .iter()
+                .any(|s| !(s.is_finite() && *s >= 0.0))
+        {
+            return Err("output scales do not match the last layer".into());
+        }
+        Ok(())
+    }
+
     /// The real values that integer outputs stand for (`y / s` per output).
     pub fn dequantize(&self, y: &[i128]) -> Vec<f64> {
         y.iter()
