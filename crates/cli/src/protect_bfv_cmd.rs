@@ -32,17 +32,17 @@ use crate::{
 /// The owner's BFV plan (the quantized weights in the clear: written like a secret key).
 pub const OWNER_PLAN_FILE: &str = "owner-plan.hcbp";
 
-/// Images of the calibration data whose features set the quantization range.
+/// Images of the calibration data whose features set the quantization range, by default.
 const CALIBRATION_IMAGES: usize = 500;
 
-/// The calibration images: the training split of a named data set (never its test
-/// images), any other data set as given.
-fn calibration_data(spec: &str) -> Result<hecnn_nn::data::Dataset, CliError> {
+/// The first `count` calibration images: of the training split of a named data set (never
+/// its test images), of any other data set as given.
+fn calibration_data(spec: &str, count: usize) -> Result<hecnn_nn::data::Dataset, CliError> {
     let ds = match spec {
         "mnist" | "cifar10" => cnn::load_split_pair(spec)?.0,
         other => cnn::load_data(other)?,
     };
-    Ok(ds.take(CALIBRATION_IMAGES.min(ds.len())))
+    Ok(ds.take(count.clamp(1, ds.len().max(1))))
 }
 
 /// `hecnn protect --scheme bfv`.
@@ -62,7 +62,7 @@ pub fn protect_bfv(
                 .into(),
         )
     })?;
-    let ds = calibration_data(data)?;
+    let ds = calibration_data(data, a.calibrate_images.unwrap_or(CALIBRATION_IMAGES))?;
     if ds.shape() != model.input_shape {
         return Err(CliError::Usage(format!(
             "--calibrate {data}: images of shape {:?}, the model takes {:?}",
@@ -76,8 +76,12 @@ pub fn protect_bfv(
     let range = feature_range(samples.iter().map(Vec::as_slice))
         .ok_or_else(|| CliError::Usage(format!("--calibrate {data}: every feature is zero")))?;
     let mut opts = BfvProtectOptions::with_feature_range(range);
-    opts.quant.input_bits = a.feature_bits;
-    opts.quant.weight_bits = a.weight_bits;
+    if let Some(bits) = a.feature_bits {
+        opts.quant.input_bits = bits;
+    }
+    if let Some(bits) = a.weight_bits {
+        opts.quant.weight_bits = bits;
+    }
     opts.bfv.security = cnn::security_level(a.security)?;
     let bfv = BfvProtectPlan::new(plan, &opts)?;
     let be = CpuBackend::new(crate::cnn_cmds::threads(a.threads))?;
@@ -114,11 +118,11 @@ pub fn protect_bfv(
         "  features quantized to {} bits over [{:.4}, {:.4}] (from {} images of {data}), \
          weights to {} bits; predicted budget at the output: {:.1} bits (plain features), \
          {:.1} bits (encrypted)",
-        a.feature_bits,
+        opts.quant.input_bits,
         range.0,
         range.1,
         ds.len(),
-        a.weight_bits,
+        opts.quant.weight_bits,
         bfv.predicted_budgets(false)
             .last()
             .copied()
@@ -244,12 +248,21 @@ pub fn owner_decrypt_bfv(a: &OwnerDecryptArgs, model_bytes: &[u8]) -> Result<(),
     }
     let ds = a.data.as_deref().map(cnn::load_data).transpose()?;
     let files: Vec<(usize, PathBuf)> = result_files(&a.input)?;
-    let (mut correct, mut labelled) = (0, 0);
+    let (mut correct, mut labelled, mut refused) = (0, 0, 0);
     let mut budget = f64::INFINITY;
     for (idx, path) in &files {
         let out = BfvProtectedOutput::from_bytes(&be, &model, &cnn::read_file(path)?)
             .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-        let got = plan.decrypt(&sk, &be, &out)?;
+        let got = match plan.decrypt(&sk, &be, &out) {
+            Ok(got) => got,
+            // The message names the public threshold only; the other results go on.
+            Err(e @ hecnn_nn::NnError::BudgetExhausted { .. }) => {
+                println!("image {idx}: {e}");
+                refused += 1;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         budget = budget.min(got.budget_bits);
         let class = argmax(&got.logits);
         let shown = if a.class_only {
@@ -274,7 +287,13 @@ pub fn owner_decrypt_bfv(a: &OwnerDecryptArgs, model_bytes: &[u8]) -> Result<(),
             100.0 * correct as f64 / labelled as f64
         );
     }
-    if !files.is_empty() {
+    if refused > 0 {
+        println!(
+            "{refused} result(s) refused: their noise budget was exhausted (an evaluation that \
+             went wrong, or results the owner's key did not produce)"
+        );
+    }
+    if budget.is_finite() {
         println!(
             "BFV: exact integer outputs (an honest edge's results need no flooding; never show \
              outputs to an edge you do not trust: docs/bfv.md); owner-only diagnostic: smallest \

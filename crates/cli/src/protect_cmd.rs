@@ -78,13 +78,14 @@ pub struct ProtectArgs {
     /// this data set (mnist, cifar10, sample:mnist, …) with a throwaway key, and keep it in
     /// OUT_DIR/noise-bound: `hecnn owner decrypt` then floods for this model's own noise
     /// (`protect::measure_output_noise_log2`) instead of the ring degree's fixed bound.
-    /// BFV (required): the data whose features set the features' quantization range (500
-    /// images of the training split of mnist or cifar10).
+    /// BFV (required): the data whose features set the features' quantization range (the
+    /// training split of mnist or cifar10).
     #[arg(long, value_name = "DATA")]
     pub(crate) calibrate: Option<String>,
-    /// Images `--calibrate` measures on.
-    #[arg(long, default_value_t = 16)]
-    pub(crate) calibrate_images: usize,
+    /// Images `--calibrate` measures on [default: 16 for CKKS's noise, 500 for BFV's
+    /// feature range].
+    #[arg(long)]
+    pub(crate) calibrate_images: Option<usize>,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
@@ -92,12 +93,12 @@ pub struct ProtectArgs {
     /// or BFV (exact integer results and the noise budget; features and weights quantized).
     #[arg(long, value_enum, default_value_t = crate::eval_cmd::SchemeArg::Ckks)]
     pub(crate) scheme: crate::eval_cmd::SchemeArg,
-    /// BFV: bits of the quantized features.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) feature_bits: u32,
-    /// BFV: bits of the quantized protected weights.
-    #[arg(long, default_value_t = 8)]
-    pub(crate) weight_bits: u32,
+    /// BFV: bits of the quantized features [default: 8].
+    #[arg(long)]
+    pub(crate) feature_bits: Option<u32>,
+    /// BFV: bits of the quantized protected weights [default: 8].
+    #[arg(long)]
+    pub(crate) weight_bits: Option<u32>,
 }
 
 /// The owner's measured output noise bound (`hecnn protect --calibrate`), beside its secret key.
@@ -152,6 +153,15 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
         .unwrap_or_else(|| a.out_dir.join(SIGNING_KEY_FILE));
     let (signer, made) = signing_key(&signing_path)?;
     let plan = ProtectPlan::new(&model, a.layers.into())?;
+    if a.scheme == crate::eval_cmd::SchemeArg::Ckks
+        && (a.feature_bits.is_some() || a.weight_bits.is_some())
+    {
+        return Err(CliError::Usage(
+            "--feature-bits and --weight-bits quantize for BFV (--scheme bfv); CKKS runs the \
+             model's real weights"
+                .into(),
+        ));
+    }
     if a.scheme == crate::eval_cmd::SchemeArg::Bfv {
         return crate::protect_bfv_cmd::protect_bfv(a, &model, &plan, &signer, &signing_path, made);
     }
@@ -169,7 +179,7 @@ pub fn protect_model(a: &ProtectArgs) -> Result<(), CliError> {
     let noise_bound = match &a.calibrate {
         Some(data) => {
             let ds = cnn::load_data(data)?;
-            let count = a.calibrate_images.clamp(1, ds.len().max(1));
+            let count = a.calibrate_images.unwrap_or(16).clamp(1, ds.len().max(1));
             let features = (0..count.min(ds.len()))
                 .map(|i| plan.spec().features_of(&ds.image(i)))
                 .collect::<Result<Vec<_>, _>>()?;

@@ -19,6 +19,9 @@ fn bfv_owner_protects_edge_classifies_owner_decrypts_exactly() {
     let (owner, edge, results) = (tmp.join("owner"), tmp.join("edge"), tmp.join("results"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
+    // Quantization options are BFV's; CKKS refuses them rather than ignoring them.
+    let (ok, log) = hecnn(&["protect", model, "--feature-bits", "6", "-o", &s(&owner)]);
+    assert!(!ok && log.contains("--scheme bfv"), "{log}");
     // BFV quantizes the features over a calibrated range: without data it says so.
     let (ok, log) = hecnn(&[
         "protect",
