@@ -24,7 +24,8 @@ use crate::{
     CliError,
     cnn::{self, KeyPaths},
     protect_cmd::{
-        EdgeRunArgs, OWNER_KEY_FILE, OwnerDecryptArgs, PROTECTED_FILE, ProtectArgs, result_files,
+        EdgeRunArgs, OWNER_KEY_FILE, OwnerDecryptArgs, PROTECTED_FILE, ProtectArgs, edge_images,
+        result_files,
     },
     stats::human_bytes,
 };
@@ -175,24 +176,7 @@ pub fn edge_run_bfv(a: &EdgeRunArgs, model_bytes: &[u8]) -> Result<(), CliError>
     } else {
         None
     };
-    let ds = cnn::load_data(&a.data)?;
-    if ds.shape() != model.spec().prefix.input_shape {
-        return Err(CliError::Usage(format!(
-            "the data has images of shape {:?}, the model takes {:?}",
-            ds.shape(),
-            model.spec().prefix.input_shape
-        )));
-    }
-    if a.offset >= ds.len() {
-        return Err(CliError::Usage(format!(
-            "--offset {} is past the {} images of the data set",
-            a.offset,
-            ds.len()
-        )));
-    }
-    let end = a.count.map_or(ds.len(), |c| (a.offset + c).min(ds.len()));
-    std::fs::create_dir_all(&a.out_dir)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let (ds, end) = edge_images(a, model.spec().prefix.input_shape)?;
     let pb = indicatif::ProgressBar::new((end - a.offset) as u64);
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;

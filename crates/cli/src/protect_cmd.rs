@@ -847,24 +847,7 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
         None
     };
     let eval = Evaluator::new(Arc::clone(&params), Arc::new(evk), be.clone())?;
-    let ds = cnn::load_data(&a.data)?;
-    if ds.shape() != model.spec().prefix.input_shape {
-        return Err(CliError::Usage(format!(
-            "the data has images of shape {:?}, the model takes {:?}",
-            ds.shape(),
-            model.spec().prefix.input_shape
-        )));
-    }
-    if a.offset >= ds.len() {
-        return Err(CliError::Usage(format!(
-            "--offset {} is past the {} images of the data set",
-            a.offset,
-            ds.len()
-        )));
-    }
-    let end = a.count.map_or(ds.len(), |c| (a.offset + c).min(ds.len()));
-    std::fs::create_dir_all(&a.out_dir)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    let (ds, end) = edge_images(a, model.spec().prefix.input_shape)?;
     let pb = indicatif::ProgressBar::new((end - a.offset) as u64);
     let t = Instant::now();
     let mut rng = Prng::from_entropy()?;
@@ -895,6 +878,33 @@ fn edge_run(a: &EdgeRunArgs) -> Result<(), CliError> {
         a.out_dir.display()
     );
     Ok(())
+}
+
+/// The images an edge run classifies: the data set (of the model's input shape) and the
+/// end of the `--offset`/`--count` range; the results directory made.
+pub(crate) fn edge_images(
+    a: &EdgeRunArgs,
+    input_shape: [usize; 3],
+) -> Result<(hecnn_nn::data::Dataset, usize), CliError> {
+    let ds = cnn::load_data(&a.data)?;
+    if ds.shape() != input_shape {
+        return Err(CliError::Usage(format!(
+            "the data has images of shape {:?}, the model takes {:?}",
+            ds.shape(),
+            input_shape
+        )));
+    }
+    if a.offset >= ds.len() {
+        return Err(CliError::Usage(format!(
+            "--offset {} is past the {} images of the data set",
+            a.offset,
+            ds.len()
+        )));
+    }
+    let end = a.count.map_or(ds.len(), |c| (a.offset + c).min(ds.len()));
+    std::fs::create_dir_all(&a.out_dir)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", a.out_dir.display())))?;
+    Ok((ds, end))
 }
 
 /// The result files (`<image index>.hcno`) in `dir`, by index.

@@ -12,8 +12,8 @@ use hecnn_ring::Backend;
 use hecnn_rlwe::ParamsLiteral;
 use serde::{Deserialize, Serialize};
 
+use super::MAX_PROTECTED_LAYERS;
 use super::bfv::{BfvProtectPlan, BfvProtectedModel, BfvProtectedOutput, EncryptedLayer};
-use super::{LayerShape, MAX_PROTECTED_LAYERS, ProtectedSpec, Scope};
 use crate::bfv_batch::{Crt, bfv_error};
 use crate::quant::{InputQuant, MAX_QUANT_BITS, QuantModel};
 use crate::{NnError, onnx};
@@ -110,10 +110,6 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NnError> {
 
 fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, NnError> {
     postcard::from_bytes(bytes).map_err(|e| malformed(format!("unreadable {what} ({e})")))
-}
-
-fn to_usize(v: u64, what: &str) -> Result<usize, NnError> {
-    usize::try_from(v).map_err(|_| malformed(format!("{what} out of range")))
 }
 
 /// The ring and one checked BFV instance per modulus.
@@ -236,34 +232,13 @@ impl<B: Backend> BfvProtectedModel<B> {
             )));
         }
         let params = instances(&f.literal, &f.moduli)?;
-        let prefix = onnx::import_onnx(&f.prefix)?;
-        let scope = Scope::from_name(&f.scope)
-            .ok_or_else(|| malformed(format!("unknown scope '{}'", f.scope)))?;
-        let features = to_usize(f.features, "feature count")?;
-        let mut inputs = features;
-        let mut layers = Vec::with_capacity(f.layers.len());
-        for l in &f.layers {
-            let outputs = to_usize(l.outputs, "output count")?;
-            layers.push(LayerShape {
-                inputs,
-                outputs,
-                square: l.square,
-            });
-            inputs = outputs;
-        }
-        let spec = ProtectedSpec {
-            prefix,
-            scope,
-            layers,
-        };
-        spec.check().map_err(malformed)?;
-        let shapes = spec.prefix.shapes()?;
-        let produced: usize = shapes[spec.prefix.output].iter().product();
-        if produced != features {
-            return Err(malformed(format!(
-                "the feature extractor produces {produced} values, the spec declares {features}"
-            )));
-        }
+        let spec = super::wire::read_spec(
+            "BFV protected model",
+            &f.prefix,
+            &f.scope,
+            f.features,
+            f.layers.iter().map(|l| (l.outputs, l.square)),
+        )?;
         let layout = spec.layout(1 << (f.literal.log_n - 1))?;
         if f.instances.len() != params.len() {
             return Err(malformed(format!(

@@ -188,8 +188,47 @@ fn to_u64(v: usize) -> u64 {
     v as u64
 }
 
-fn to_usize(v: u64, what: &str) -> Result<usize, NnError> {
-    usize::try_from(v).map_err(|_| malformed(format!("{what} out of range")))
+/// The public spec a protected-model file declares (either scheme), checked: a known
+/// scope, counts that fit, layers that chain, and a feature extractor that produces the
+/// declared features. Errors are [`NnError::Format`] of `what`.
+pub(super) fn read_spec(
+    what: &'static str,
+    prefix: &[u8],
+    scope: &str,
+    features: u64,
+    layers: impl ExactSizeIterator<Item = (u64, Option<f64>)>,
+) -> Result<ProtectedSpec, NnError> {
+    let bad = |reason: String| NnError::Format { what, reason };
+    let count =
+        |v: u64, of: &str| usize::try_from(v).map_err(|_| bad(format!("{of} out of range")));
+    let prefix = onnx::import_onnx(prefix)?;
+    let scope = Scope::from_name(scope).ok_or_else(|| bad(format!("unknown scope '{scope}'")))?;
+    let features = count(features, "feature count")?;
+    let mut inputs = features;
+    let mut shapes = Vec::with_capacity(layers.len());
+    for (outputs, square) in layers {
+        let outputs = count(outputs, "output count")?;
+        shapes.push(LayerShape {
+            inputs,
+            outputs,
+            square,
+        });
+        inputs = outputs;
+    }
+    let spec = ProtectedSpec {
+        prefix,
+        scope,
+        layers: shapes,
+    };
+    spec.check().map_err(|e| bad(e.to_string()))?;
+    let shapes = spec.prefix.shapes()?;
+    let produced: usize = shapes[spec.prefix.output].iter().product();
+    if produced != features {
+        return Err(bad(format!(
+            "the feature extractor produces {produced} values, the spec declares {features}"
+        )));
+    }
+    Ok(spec)
 }
 
 impl<B: Backend> ProtectedModel<B> {
@@ -246,34 +285,13 @@ impl<B: Backend> ProtectedModel<B> {
         }
         let params =
             Arc::new(CkksParams::from_literal(&f.literal, f.log_scale).map_err(he("parameters"))?);
-        let prefix = onnx::import_onnx(&f.prefix)?;
-        let scope = Scope::from_name(&f.scope)
-            .ok_or_else(|| malformed(format!("unknown scope '{}'", f.scope)))?;
-        let features = to_usize(f.features, "feature count")?;
-        let mut inputs = features;
-        let mut layers = Vec::with_capacity(f.layers.len());
-        for l in &f.layers {
-            let outputs = to_usize(l.outputs, "output count")?;
-            layers.push(LayerShape {
-                inputs,
-                outputs,
-                square: l.square,
-            });
-            inputs = outputs;
-        }
-        let spec = ProtectedSpec {
-            prefix,
-            scope,
-            layers,
-        };
-        spec.check().map_err(malformed)?;
-        let shapes = spec.prefix.shapes()?;
-        let produced: usize = shapes[spec.prefix.output].iter().product();
-        if produced != features {
-            return Err(malformed(format!(
-                "the feature extractor produces {produced} values, the spec declares {features}"
-            )));
-        }
+        let spec = read_spec(
+            "protected model",
+            &f.prefix,
+            &f.scope,
+            f.features,
+            f.layers.iter().map(|l| (l.outputs, l.square)),
+        )?;
         if params.max_level() < spec.depth() {
             return Err(malformed(format!(
                 "{} levels for a protected part of depth {}",
